@@ -1,0 +1,31 @@
+"""The error tree of the consumers.
+
+    ConsumerError
+    ├── PermanentFailure        the work can never succeed as it is (bad record, provider refusal)
+    └── TransientFailure        retry later (provider 5xx, timeout, connection refused, 429)
+        └── RateLimited         carries the provider's `retry_after` seconds
+
+Foreign errors (httpx, sockets) are mapped once, at the provider adapter boundary.
+"""
+
+from __future__ import annotations
+
+
+class ConsumerError(Exception):
+    retriable: bool = False
+
+
+class PermanentFailure(ConsumerError):
+    retriable = False
+
+
+class TransientFailure(ConsumerError):
+    retriable = True
+
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class RateLimited(TransientFailure):
+    pass

@@ -1,0 +1,148 @@
+"""Focus NFe HTTP adapter (NFS-e): emit, query, cancel, register hooks.
+
+The transport is a seam (`httpx.AsyncClient(transport=...)`), so the adapter is tested against
+the sandbox over real sockets and, in unit tests, against `httpx.MockTransport`.
+Every httpx error is mapped here to the consumer error tree; nothing foreign leaks out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+
+from consumers.errors import PermanentFailure, RateLimited, TransientFailure
+
+
+@dataclass(frozen=True)
+class FocusReply:
+    status_code: int
+    body: dict[str, Any]
+
+
+class RateLimitGate:
+    """Honours Focus's `Rate-Limit-*` headers: when the window is spent, callers wait for the
+    reset instead of collecting 429s (100 requests per minute per token in production)."""
+
+    def __init__(self) -> None:
+        self._resume_at = 0.0
+
+    async def wait(self) -> None:
+        delay = self._resume_at - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+
+    def observe(self, headers: httpx.Headers) -> None:
+        remaining = headers.get("Rate-Limit-Remaining")
+        reset = headers.get("Rate-Limit-Reset")
+        try:
+            if remaining is not None and reset is not None and int(remaining) <= 0:
+                self._resume_at = max(self._resume_at, time.monotonic() + float(reset))
+        except ValueError:
+            pass
+
+    def block_for(self, seconds: float) -> None:
+        self._resume_at = max(self._resume_at, time.monotonic() + seconds)
+
+
+class FocusClient:
+    def __init__(
+        self,
+        base_url: str,
+        token: str,
+        timeout: float = 30.0,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        self._client = httpx.AsyncClient(
+            base_url=base_url.rstrip("/"),
+            auth=(token, ""),
+            timeout=timeout,
+            transport=transport,
+            limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
+            headers={"User-Agent": "notaflow"},
+        )
+        self._gate = RateLimitGate()
+
+    async def aclose(self) -> None:
+        await self._client.aclose()
+
+    async def _request(
+        self, method: str, url: str, json: Any = None, params: dict[str, str] | None = None
+    ) -> FocusReply:
+        await self._gate.wait()
+        try:
+            resp = await self._client.request(method, url, json=json, params=params)
+        except httpx.TimeoutException as exc:
+            raise TransientFailure(f"Focus {method} {url}: timeout") from exc
+        except httpx.TransportError as exc:
+            raise TransientFailure(f"Focus {method} {url}: {exc!r}") from exc
+        self._gate.observe(resp.headers)
+        if resp.status_code == 429:
+            retry_after = _seconds(resp.headers.get("Retry-After")) or _seconds(
+                resp.headers.get("Rate-Limit-Reset")
+            )
+            self._gate.block_for(retry_after or 1.0)
+            raise RateLimited("Focus rate limit reached", retry_after=retry_after or 1.0)
+        if resp.status_code >= 500:
+            raise TransientFailure(f"Focus {method} {url}: HTTP {resp.status_code}")
+        try:
+            body = resp.json() if resp.content else {}
+        except ValueError as exc:
+            raise TransientFailure(f"Focus {method} {url}: body is not JSON") from exc
+        if not isinstance(body, dict):
+            body = {"data": body}
+        if resp.status_code in (401, 403):
+            # Our own credentials are wrong: no retry fixes that, an operator must.
+            raise PermanentFailure(f"Focus refused our token: {body.get('mensagem', resp.status_code)}")
+        return FocusReply(resp.status_code, body)
+
+    async def emit_nfse(self, ref: str, document: dict[str, Any]) -> FocusReply:
+        return await self._request("POST", "/v2/nfse", json=document, params={"ref": ref})
+
+    async def get_nfse(self, ref: str) -> FocusReply:
+        return await self._request("GET", f"/v2/nfse/{ref}")
+
+    async def cancel_nfse(self, ref: str, justificativa: str) -> FocusReply:
+        return await self._request("DELETE", f"/v2/nfse/{ref}", json={"justificativa": justificativa})
+
+    async def download(self, path: str) -> bytes:
+        await self._gate.wait()
+        try:
+            resp = await self._client.get(path)
+        except httpx.HTTPError as exc:
+            raise TransientFailure(f"Focus GET {path}: {exc!r}") from exc
+        if resp.status_code >= 400:
+            raise TransientFailure(f"Focus GET {path}: HTTP {resp.status_code}")
+        return resp.content
+
+    async def register_hook(
+        self, url: str, authorization: str, header: str = "Authorization", event: str = "nfse"
+    ) -> FocusReply:
+        """Register our provider-webhook route, unless a hook with that URL already exists."""
+        listing = await self._request("GET", "/v2/hooks")
+        hooks = listing.body.get("data", []) if listing.status_code == 200 else []
+        for hook in hooks if isinstance(hooks, list) else []:
+            if hook.get("url") == url and hook.get("event") == event and not hook.get("deleted"):
+                return FocusReply(200, hook)
+        return await self._request(
+            "POST",
+            "/v2/hooks",
+            json={
+                "event": event,
+                "url": url,
+                "authorization": authorization,
+                "authorization_header": header,
+            },
+        )
+
+
+def _seconds(value: str | None) -> float | None:
+    if not value:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        return None

@@ -1,0 +1,278 @@
+"""The consumer runner: Kafka in, handler calls out, offsets committed only when safe.
+
+- Order per document, parallel across documents: records with the same key run one after the
+  other (a chain of tasks per key); different keys run concurrently, even inside one partition.
+- Bounded in-flight work: a semaphore caps the records being handled; fetching pauses when full.
+- Commits: for each partition, the offset after the longest prefix of finished records, so a
+  crash redelivers only unfinished work (handlers are idempotent) and never skips any.
+- Failures: a TransientFailure is retried with exponential backoff and jitter, blocking only
+  its own document; a PermanentFailure, an unreadable record or exhausted retries go to the
+  dead-letter topic with origin, error and attempt count, and the partition moves on.
+- Shutdown (SIGTERM -> `stop()`): stop fetching, let in-flight work finish within a grace
+  period, commit, leave the group.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import CommitFailedError, KafkaError
+
+from consumers.errors import TransientFailure
+from notaflow.bus import Bus, client_options
+from notaflow.errors import InvalidDocument
+from notaflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+Handler = Callable[[Any], Awaitable[None]]
+
+
+@dataclass
+class RetryPolicy:
+    base: float = 1.0
+    maximum: float = 60.0
+    attempts: int = 8
+
+    def delay(self, attempt: int, hint: float | None = None) -> float:
+        """Full-jitter exponential backoff; a provider's Retry-After wins when longer."""
+        backoff = random.uniform(0, min(self.maximum, self.base * 2 ** (attempt - 1)))
+        return max(backoff, hint or 0.0)
+
+
+@dataclass
+class _Partition:
+    pending: dict[int, bool] = field(default_factory=dict)  # offset -> done
+    next_commit: int | None = None  # offset to commit (last done prefix + 1)
+    dirty: bool = False
+
+    def add(self, offset: int) -> None:
+        self.pending[offset] = False
+        if self.next_commit is None:
+            self.next_commit = offset
+
+    def done(self, offset: int) -> None:
+        if offset in self.pending:
+            self.pending[offset] = True
+        # Advance over the finished prefix; offsets may have gaps (compaction, transactions).
+        for off in sorted(self.pending):
+            if not self.pending[off]:
+                self.next_commit = off
+                break
+            del self.pending[off]
+            self.next_commit = off + 1
+            self.dirty = True
+
+
+@dataclass
+class Stats:
+    processed: int = 0
+    retried: int = 0
+    dead_lettered: int = 0
+    last_progress: float = field(default_factory=time.monotonic)
+
+
+class Runner:
+    def __init__(
+        self,
+        settings: Settings,
+        name: str,
+        topics: list[str],
+        handler: Handler,
+        bus: Bus,
+        dead_letter_topic: str,
+        concurrency: int | None = None,
+        retry: RetryPolicy | None = None,
+        grace: float = 20.0,
+    ) -> None:
+        self._settings = settings
+        self.name = name
+        self._topics = topics
+        self._handler = handler
+        self._bus = bus
+        self._dlq = dead_letter_topic
+        self._slots = asyncio.Semaphore(concurrency or settings.consumer_concurrency)
+        self._retry = retry or RetryPolicy(
+            settings.consumer_retry_base, settings.consumer_retry_max, settings.consumer_max_attempts
+        )
+        self._grace = grace
+        self._chains: dict[bytes | None, asyncio.Task[None]] = {}
+        self._parts: dict[TopicPartition, _Partition] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+        self._consumer: AIOKafkaConsumer | None = None
+        self.stats = Stats()
+        self.assigned = asyncio.Event()
+
+    def stop(self) -> None:
+        """Signal-safe: only sets a flag; `run` does the ordered shutdown."""
+        self._stopping.set()
+
+    async def run(self) -> None:
+        consumer = AIOKafkaConsumer(
+            **client_options(self._settings),
+            group_id=f"notaflow-{self.name}",
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            session_timeout_ms=self._settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=self._settings.kafka_heartbeat_ms,
+            max_poll_interval_ms=300_000,
+        )
+        self._consumer = consumer
+        consumer.subscribe(self._topics, listener=_Listener(self))
+        await consumer.start()
+        try:
+            last_commit = time.monotonic()
+            while not self._stopping.is_set():
+                try:
+                    batches = await consumer.getmany(timeout_ms=200, max_records=500)
+                except KafkaError as exc:
+                    log.warning("%s: fetch failed: %r", self.name, exc)
+                    await asyncio.sleep(0.5)
+                    continue
+                for tp, records in batches.items():
+                    for record in records:
+                        await self._slots.acquire()
+                        self._schedule(tp, record)
+                if time.monotonic() - last_commit > 0.5:
+                    await self.commit()
+                    last_commit = time.monotonic()
+        finally:
+            await self._drain()
+            with contextlib.suppress(Exception):
+                await consumer.stop()
+
+    def _schedule(self, tp: TopicPartition, record: Any) -> None:
+        part = self._parts.setdefault(tp, _Partition())
+        part.add(record.offset)
+        previous = self._chains.get(record.key)
+        task = asyncio.create_task(self._run_one(tp, record, previous))
+        self._chains[record.key] = task
+        self._tasks.add(task)
+        task.add_done_callback(lambda t, key=record.key: self._forget(key, t))
+
+    def _forget(self, key: bytes | None, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if self._chains.get(key) is task:
+            del self._chains[key]
+
+    async def _run_one(
+        self, tp: TopicPartition, record: Any, previous: asyncio.Task[None] | None
+    ) -> None:
+        try:
+            if previous is not None:
+                # Same document: wait for the earlier event whatever became of it.
+                await asyncio.wait([previous])
+            await self._handle_with_retries(record)
+        except BaseException:
+            # Not done (shutdown, or even the dead-letter publish failed): the offset stays
+            # uncommitted and the record comes back to whoever owns the partition next.
+            log.exception("%s: offset %s left for redelivery", self.name, record.offset)
+            raise
+        else:
+            self.stats.processed += 1
+            self.stats.last_progress = time.monotonic()
+            part = self._parts.get(tp)
+            if part is not None:
+                part.done(record.offset)
+        finally:
+            self._slots.release()
+
+    async def _handle_with_retries(self, record: Any) -> None:
+        attempt = 1
+        while True:
+            try:
+                await self._handler(record)
+                return
+            except InvalidDocument as exc:
+                await self._dead_letter(record, f"invalid: {exc.field}: {exc.message}", attempt)
+                return
+            except TransientFailure as exc:
+                error = f"{type(exc).__name__}: {exc}"
+                hint = exc.retry_after
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                if not getattr(exc, "retriable", False):
+                    log.warning("%s: permanent failure at offset %s: %r", self.name, record.offset, exc)
+                    await self._dead_letter(record, f"{type(exc).__name__}: {exc}", attempt)
+                    return
+                error, hint = f"{type(exc).__name__}: {exc}", None
+            if attempt >= self._retry.attempts or self._stopping.is_set():
+                if self._stopping.is_set():
+                    # Leave it uncommitted: the next owner of the partition retries it.
+                    raise asyncio.CancelledError
+                await self._dead_letter(record, error, attempt)
+                return
+            delay = self._retry.delay(attempt, hint)
+            log.info("%s: retry %d in %.2fs: %s", self.name, attempt, delay, error)
+            self.stats.retried += 1
+            attempt += 1
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), delay)
+
+    async def _dead_letter(self, record: Any, error: str, attempts: int) -> None:
+        headers = list(record.headers or [])
+        headers += [
+            ("dlq_consumer", self.name.encode()),
+            ("dlq_origin_topic", record.topic.encode()),
+            ("dlq_origin_partition", str(record.partition).encode()),
+            ("dlq_origin_offset", str(record.offset).encode()),
+            ("dlq_error", error[:2000].encode()),
+            ("dlq_attempts", str(attempts).encode()),
+            ("dlq_time", str(int(time.time() * 1000)).encode()),
+        ]
+        log.warning("%s: dead-lettering offset %s: %s", self.name, record.offset, error)
+        # If even the DLQ publish fails, this raises and the offset stays uncommitted.
+        await self._bus.publish_raw(self._dlq, record.value, record.key, headers)
+        self.stats.dead_lettered += 1
+
+    async def commit(self, only: set[TopicPartition] | None = None) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        offsets = {
+            tp: part.next_commit
+            for tp, part in self._parts.items()
+            if part.dirty and part.next_commit is not None and (only is None or tp in only)
+        }
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)  # type: ignore[arg-type]
+        except (CommitFailedError, KafkaError) as exc:
+            log.warning("%s: commit failed (will be redelivered): %r", self.name, exc)
+            return
+        for tp in offsets:
+            self._parts[tp].dirty = False
+
+    async def _drain(self) -> None:
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=self._grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+        await self.commit()
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, runner: Runner) -> None:
+        self._runner = runner
+
+    async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
+        await self._runner.commit(set(revoked))
+        for tp in revoked:
+            self._runner._parts.pop(tp, None)
+
+    async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        if assigned:
+            self._runner.assigned.set()

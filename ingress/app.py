@@ -1,0 +1,64 @@
+"""The ingress application: routes of every dialect, error rendering, resource lifetime."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from ingress import focus_nfse, health, provider_webhooks
+from ingress.deps import IngressDeps
+from ingress.errors import FocusError, IngressError
+
+log = logging.getLogger(__name__)
+
+
+async def _ingress_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, IngressError)
+    return exc.response()
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return FocusError(404, "nao_encontrado", "Recurso não encontrado").response()
+    if exc.status_code == 405:
+        return FocusError(405, "metodo_nao_permitido", "Método HTTP não permitido").response()
+    return FocusError(exc.status_code, "requisicao_invalida", str(exc.detail)).response()
+
+
+async def _unexpected(request: Request, exc: Exception) -> Response:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return JSONResponse(
+        {"codigo": "erro_interno", "mensagem": "Erro interno; nada foi registrado."}, status_code=500
+    )
+
+
+def create_app(d: IngressDeps, manage_resources: bool = True) -> Starlette:
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        if manage_resources:
+            await d.bus.start()
+        try:
+            yield
+        finally:
+            if manage_resources:
+                await d.bus.stop()
+                await d.engine.dispose()
+
+    app = Starlette(
+        routes=[*health.routes, *focus_nfse.routes, *provider_webhooks.routes],
+        exception_handlers={
+            IngressError: _ingress_error,
+            HTTPException: _http_error,
+            Exception: _unexpected,
+        },
+        lifespan=lifespan,
+    )
+    app.state.deps = d
+    return app

@@ -1,0 +1,30 @@
+"""What the ingress's handlers need, built by the composition root and handed to `create_app`."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from sqlalchemy.ext.asyncio import AsyncEngine
+from starlette.requests import Request
+
+from ingress.auth import TenantCache
+from notaflow.bus import Bus
+from notaflow.settings import Settings
+from notaflow.store import DocumentStore, TenantStore
+from notaflow.topics import Topics
+
+
+@dataclass
+class IngressDeps:
+    settings: Settings
+    engine: AsyncEngine
+    bus: Bus
+    documents: DocumentStore
+    tenants: TenantStore
+    tenant_cache: TenantCache
+    topics: Topics
+
+
+def deps(request: Request) -> IngressDeps:
+    value: IngressDeps = request.app.state.deps
+    return value

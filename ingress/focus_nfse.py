@@ -1,0 +1,129 @@
+"""Focus NFe dialect, NFS-e (seed 001): POST /v2/nfse?ref=, GET /v2/nfse/REF, XML downloads."""
+
+from __future__ import annotations
+
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ingress.auth import basic_token
+from ingress.body import BodyNotJson, BodyTooLarge, read_json
+from ingress.deps import IngressDeps, deps
+from ingress.errors import FocusError, invalid, not_found, unavailable
+from notaflow import topics as t
+from notaflow.envelope import Event
+from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
+from notaflow.nfse import normalize_nfse, validate_ref
+from notaflow.store import Tenant
+from notaflow.store.documents import AUTHORIZED, CANCELLED
+from notaflow.views import nfse_view
+
+KIND = "nfse"
+SOURCE = "notaflow/ingress"
+
+
+async def authenticate(request: Request, d: IngressDeps) -> Tenant:
+    token = basic_token(request)
+    if token is None:
+        raise FocusError(
+            401,
+            "nao_autorizado",
+            "Informe o token de acesso (HTTP Basic: token como usuário, senha vazia)",
+            headers={"WWW-Authenticate": 'Basic realm="notaflow"'},
+        )
+    tenant = await d.tenant_cache.lookup(token)
+    if tenant is None:
+        # The same answer for an unknown and a revoked token: nothing says which tenants exist.
+        raise FocusError(403, "permissao_negada", "Token inválido ou sem permissão de acesso")
+    return tenant
+
+
+async def focus_json(request: Request, d: IngressDeps, empty: object = None) -> object:
+    try:
+        return await read_json(request, d.settings.max_body_bytes, empty)
+    except BodyTooLarge as exc:
+        raise FocusError(
+            413,
+            "requisicao_invalida",
+            f"Corpo da requisição maior que o limite de {d.settings.max_body_bytes} bytes",
+        ) from exc
+    except BodyNotJson as exc:
+        if exc.unsupported_type:
+            raise FocusError(415, "requisicao_invalida", "Envie o corpo em JSON") from exc
+        raise invalid("O corpo da requisição não é um JSON válido") from exc
+
+
+async def create_nfse(request: Request) -> Response:
+    d = deps(request)
+    tenant = await authenticate(request, d)
+    try:
+        ref = validate_ref(request.query_params.get("ref"))
+    except InvalidDocument as exc:
+        raise invalid(exc.message) from exc
+    raw = await focus_json(request, d)
+    try:
+        document = normalize_nfse(raw)
+    except InvalidDocument as exc:
+        raise invalid(exc.message) from exc
+    cnpj = document["prestador"]["cnpj"]
+    if cnpj not in tenant.cnpjs:
+        raise FocusError(
+            400, "empresa_nao_habilitada", "Emitente ainda não habilitado para emissão de NFSe"
+        )
+    command_id = str(uuid.uuid4())
+    try:
+        claim = await d.documents.claim(tenant.id, KIND, ref, cnpj, document, command_id, SOURCE)
+    except RefInUse as exc:
+        if exc.status in (AUTHORIZED, CANCELLED):
+            raise FocusError(422, "nfe_autorizada", "Nota fiscal já autorizada") from exc
+        raise FocusError(422, "em_processamento", "Nota fiscal em processamento") from exc
+    event = Event(
+        type=t.NFSE_EMIT,
+        source=SOURCE,
+        data={"tenant": tenant.id, "ref": ref, "nfse": document},
+        subject=ref,
+        id=command_id,
+        tenant=tenant.id,
+        traceparent=request.headers.get("traceparent", ""),
+    )
+    try:
+        await d.bus.publish(d.topics.nfse_commands, event, t.document_key(tenant.id, KIND, ref))
+    except BusUnavailable as exc:
+        # Not in Kafka means not accepted: give the ref back so the client's retry can use it.
+        await d.documents.release(claim)
+        raise unavailable() from exc
+    return JSONResponse(
+        {"cnpj_prestador": cnpj, "ref": ref, "status": "processando_autorizacao"}, status_code=202
+    )
+
+
+async def get_nfse(request: Request) -> Response:
+    d = deps(request)
+    tenant = await authenticate(request, d)
+    doc = await d.documents.get(tenant.id, KIND, request.path_params["ref"])
+    if doc is None:
+        raise not_found()
+    view = nfse_view(doc)
+    if request.query_params.get("completa") == "1":
+        view["requisicao_nota_fiscal"] = doc.payload
+    return JSONResponse(view)
+
+
+async def nfse_xml(request: Request) -> Response:
+    """The XML of an authorized note, at the path Focus gives in `caminho_xml_nota_fiscal`.
+    Like Focus, the unguessable path is the credential."""
+    d = deps(request)
+    blob = await d.documents.get_blob("/notas_fiscais_servico/" + request.path_params["name"])
+    if blob is None:
+        raise not_found()
+    content_type, data = blob
+    return Response(data, media_type=content_type)
+
+
+routes = [
+    Route("/v2/nfse", create_nfse, methods=["POST"]),
+    Route("/v2/nfse/{ref}", get_nfse, methods=["GET"]),
+    Route("/notas_fiscais_servico/{name}", nfse_xml, methods=["GET"]),
+]

@@ -1,0 +1,58 @@
+"""Provider callbacks: Focus NFe calls our hook when a note's status changes.
+
+Focus proves itself only with the static value registered for the hook, in a configurable
+header; it is compared in constant time. A valid callback is published to the provider-events
+topic (the emission consumer applies it); duplicates are harmless there.
+"""
+
+from __future__ import annotations
+
+import hmac
+
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from ingress.deps import deps
+from ingress.errors import FocusError, unavailable
+from ingress.focus_nfse import focus_json
+from notaflow import topics as t
+from notaflow.envelope import Event
+from notaflow.errors import BusUnavailable
+from schemas import validator
+
+SOURCE = "notaflow/ingress/focus-webhook"
+
+
+async def focus_nfse_callback(request: Request) -> Response:
+    d = deps(request)
+    secret = d.settings.focus_webhook_secret
+    given = request.headers.get(d.settings.focus_webhook_header, "")
+    if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
+        raise FocusError(401, "nao_autorizado", "Autorização do webhook inválida")
+    body = await focus_json(request, d)
+    if not isinstance(body, dict) or not validator("focus_callback").is_valid(body):
+        raise FocusError(400, "requisicao_invalida", "Corpo do webhook fora do formato da Focus NFe")
+    doc = await d.documents.by_provider_ref(str(body["ref"]))
+    # Same key as the document's commands, so the consumer sees them in order.
+    key = (
+        t.document_key(doc.tenant_id, doc.kind, doc.ref)
+        if doc is not None
+        else f"provider:{body['ref']}".encode()
+    )
+    event = Event(
+        type=t.FOCUS_NFSE_CALLBACK,
+        source=SOURCE,
+        data=body,
+        subject=str(body["ref"]),
+        tenant=doc.tenant_id if doc is not None else "",
+        traceparent=request.headers.get("traceparent", ""),
+    )
+    try:
+        await d.bus.publish(d.topics.provider_events, event, key)
+    except BusUnavailable as exc:
+        raise unavailable() from exc  # Focus retries the delivery later
+    return JSONResponse({"status": "recebido"})
+
+
+routes = [Route("/webhooks/focus/nfse", focus_nfse_callback, methods=["POST"])]

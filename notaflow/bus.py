@@ -1,0 +1,167 @@
+"""Kafka wiring: the producer the ingress and consumers publish with, and topic creation.
+
+A 2xx from the ingress means the record is acknowledged by every in-sync replica (acks=all), so
+`publish` waits for the ack and turns every Kafka failure into `BusUnavailable` (HTTP 503).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from typing import Any
+
+from aiokafka import AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+
+from notaflow.envelope import Event
+from notaflow.errors import BusUnavailable
+from notaflow.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def client_options(settings: Settings) -> dict[str, Any]:
+    """Connection options shared by producers, consumers and the admin client."""
+    opts: dict[str, Any] = {
+        "bootstrap_servers": settings.kafka_bootstrap,
+        "security_protocol": settings.kafka_security_protocol,
+    }
+    if settings.kafka_sasl_mechanism:
+        opts.update(
+            sasl_mechanism=settings.kafka_sasl_mechanism,
+            sasl_plain_username=settings.kafka_sasl_username,
+            sasl_plain_password=settings.kafka_sasl_password,
+        )
+    if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
+        from aiokafka.helpers import create_ssl_context
+
+        opts["ssl_context"] = create_ssl_context()
+    return opts
+
+
+class Bus:
+    """One producer per process. Starts even when Kafka is down and keeps trying, so the ingress
+    can come up, answer 503 and report not-ready instead of crash-looping."""
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._producer: AIOKafkaProducer | None = None
+        self._connect_task: asyncio.Task[None] | None = None
+        self._ready_at = 0.0
+        self._ready = False
+
+    async def start(self) -> None:
+        self._connect_task = asyncio.create_task(self._connect_forever(), name="bus-connect")
+
+    async def wait_connected(self, timeout: float) -> None:
+        if self._connect_task is not None:
+            await asyncio.wait_for(asyncio.shield(self._connect_task), timeout)
+
+    async def _connect_forever(self) -> None:
+        delay = 0.2
+        while True:
+            producer = AIOKafkaProducer(
+                **client_options(self._settings),
+                acks="all",
+                enable_idempotence=self._settings.kafka_idempotence,
+                linger_ms=1,
+                request_timeout_ms=int(self._settings.kafka_publish_timeout * 1000),
+                max_request_size=4 * 1024 * 1024,
+            )
+            try:
+                await producer.start()
+            except (KafkaError, OSError) as exc:
+                log.warning("kafka not reachable yet: %s", exc)
+                with contextlib.suppress(Exception):
+                    await producer.stop()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self._producer = producer
+            self._ready, self._ready_at = True, time.monotonic()
+            return
+
+    async def stop(self) -> None:
+        if self._connect_task is not None and not self._connect_task.done():
+            self._connect_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._connect_task
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+            self._producer = None
+
+    async def publish(self, topic: str, event: Event, key: bytes) -> None:
+        producer = self._producer
+        if producer is None:
+            raise BusUnavailable("Kafka is not connected")
+        try:
+            await asyncio.wait_for(
+                producer.send_and_wait(topic, event.value(), key=key, headers=event.headers()),
+                self._settings.kafka_publish_timeout,
+            )
+        except (KafkaError, TimeoutError, OSError) as exc:
+            self._ready = False
+            raise BusUnavailable(f"Kafka did not acknowledge the record: {exc!r}") from exc
+        self._ready, self._ready_at = True, time.monotonic()
+
+    async def publish_raw(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        producer = self._producer
+        if producer is None:
+            raise BusUnavailable("Kafka is not connected")
+        try:
+            await asyncio.wait_for(
+                producer.send_and_wait(topic, value, key=key, headers=headers),
+                self._settings.kafka_publish_timeout,
+            )
+        except (KafkaError, TimeoutError, OSError) as exc:
+            raise BusUnavailable(f"Kafka did not acknowledge the record: {exc!r}") from exc
+
+    async def ready(self) -> bool:
+        """Cheap readiness: a recent ack proves the broker is there; otherwise ask for metadata."""
+        producer = self._producer
+        if producer is None:
+            return False
+        if self._ready and time.monotonic() - self._ready_at < 2.0:
+            return True
+        try:
+            await asyncio.wait_for(producer.client.fetch_all_metadata(), 2.0)
+        except (KafkaError, TimeoutError, OSError):
+            self._ready = False
+            return False
+        self._ready, self._ready_at = True, time.monotonic()
+        return True
+
+
+async def ensure_topics(settings: Settings, names: list[str], timeout: float = 30.0) -> None:
+    """Create missing topics with the configured partition count (idempotent)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        admin = AIOKafkaAdminClient(**client_options(settings), request_timeout_ms=5000)
+        try:
+            await admin.start()
+            existing = set(await admin.list_topics())
+            missing = [n for n in names if n not in existing]
+            if missing:
+                try:
+                    await admin.create_topics(
+                        [
+                            NewTopic(n, settings.kafka_partitions, settings.kafka_replication)
+                            for n in missing
+                        ]
+                    )
+                except TopicAlreadyExistsError:
+                    pass
+            return
+        except (KafkaError, OSError) as exc:
+            if time.monotonic() > deadline:
+                raise BusUnavailable(f"could not create topics: {exc!r}") from exc
+            await asyncio.sleep(0.5)
+        finally:
+            with contextlib.suppress(Exception):
+                await admin.close()

@@ -1,0 +1,130 @@
+"""`notaflow` command line: the production processes, operator verbs and the dev stack."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+
+from notaflow.settings import Settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="notaflow", description=__doc__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    dev = sub.add_parser("dev", help="run the whole system on this machine")
+    dev.add_argument("--port", type=int, default=8000, help="ingress HTTP port (default 8000)")
+    dev.add_argument("--kafka-port", type=int, default=9092, help="embedded broker port")
+    dev.add_argument("--data-dir", default=".notaflow", help="SQLite, logs, demo token")
+    dev.add_argument("--sandbox-delay", type=float, default=0.5, help="sandbox processing time (s)")
+
+    sub.add_parser("ingress", help="run the HTTP ingress (configured by NOTAFLOW_*)")
+    consume = sub.add_parser("consume", help="run a consumer (configured by NOTAFLOW_*)")
+    consume.add_argument("name", choices=["emission"])
+    sub.add_parser("migrate", help="create or upgrade the database schema and Kafka topics")
+
+    tenant = sub.add_parser("tenant", help="manage tenants")
+    tsub = tenant.add_subparsers(dest="tenant_command", required=True)
+    create = tsub.add_parser("create", help="create a tenant and print a new API token")
+    create.add_argument("id")
+    create.add_argument("--name", default="")
+    create.add_argument("--cnpj", action="append", default=[], help="company it may emit for")
+
+    hist = sub.add_parser("history", help="show a document's status history")
+    hist.add_argument("tenant")
+    hist.add_argument("ref")
+
+    hook = sub.add_parser("focus-hook", help="register notaflow's callback URL at Focus NFe")
+    hook.add_argument("url", help="public URL of /webhooks/focus/nfse")
+
+    sandbox = sub.add_parser("sandbox", help="run a provider sandbox")
+    sandbox.add_argument("provider", choices=["focus"])
+    sandbox.add_argument("--host", default="127.0.0.1")
+    sandbox.add_argument("--port", type=int, default=8100)
+    sandbox.add_argument("--token", action="append", default=[])
+    sandbox.add_argument("--delay", type=float, default=0.5)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    from notaflow import processes
+
+    if args.command == "dev":
+        from notaflow.devstack import DevOptions, run_dev
+
+        return run_dev(
+            DevOptions(
+                port=args.port,
+                kafka_port=args.kafka_port,
+                data_dir=args.data_dir,
+                sandbox_delay=args.sandbox_delay,
+            )
+        )
+    settings = Settings.from_env()
+    processes.configure_logging(settings.log_level)
+    if args.command == "ingress":
+        asyncio.run(processes.run_ingress(settings))
+    elif args.command == "consume":
+        asyncio.run(processes.run_consumer(settings, args.name))
+    elif args.command == "migrate":
+        asyncio.run(processes.prepare(settings))
+    elif args.command == "tenant":
+        print(asyncio.run(_create_tenant(settings, args.id, args.name or args.id, args.cnpj)))
+    elif args.command == "history":
+        print(json.dumps(asyncio.run(_history(settings, args.tenant, args.ref)), indent=2, default=str))
+    elif args.command == "focus-hook":
+        print(json.dumps(asyncio.run(_register_hook(settings, args.url)), indent=2))
+    elif args.command == "sandbox":
+        asyncio.run(processes.run_focus_sandbox(args.host, args.port, set(args.token), args.delay))
+    return 0
+
+
+async def _create_tenant(settings: Settings, tenant_id: str, name: str, cnpjs: list[str]) -> str:
+    from notaflow.brdocs import clean_document, valid_cnpj
+    from notaflow.store import TenantStore, create_engine, migrate
+
+    cleaned = [clean_document(c) for c in cnpjs]
+    bad = [c for c in cleaned if not valid_cnpj(c)]
+    if bad:
+        raise SystemExit(f"invalid CNPJ: {', '.join(bad)}")
+    engine = create_engine(settings.database_url)
+    try:
+        await migrate(engine)
+        return await TenantStore(engine).create(tenant_id, name, cleaned)
+    finally:
+        await engine.dispose()
+
+
+async def _history(settings: Settings, tenant: str, ref: str) -> object:
+    from notaflow.store import DocumentStore, create_engine
+
+    engine = create_engine(settings.database_url)
+    try:
+        docs = DocumentStore(engine)
+        doc = await docs.get(tenant, "nfse", ref)
+        if doc is None:
+            raise SystemExit("not found")
+        return {"document_id": doc.id, "status": doc.status, "history": await docs.history(doc.id)}
+    finally:
+        await engine.dispose()
+
+
+async def _register_hook(settings: Settings, url: str) -> object:
+    from consumers.providers.focus import FocusClient
+
+    client = FocusClient(settings.focus_base_url, settings.focus_token, settings.focus_timeout)
+    try:
+        reply = await client.register_hook(
+            url, settings.focus_webhook_secret, settings.focus_webhook_header
+        )
+        return reply.body
+    finally:
+        await client.aclose()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,391 @@
+"""Validation and normalisation of Focus NFe NFS-e commands (`/v2/nfse`, seed 001).
+
+`normalize_nfse` is the one entry point the ingress and the Kafka consumers share. It runs in
+three steps, cheapest first because the ingress calls it for every request:
+
+1. the JSON Schema `schemas/nfse.schema.json` through the compiled jsonschema_rs validator; the
+   detailed (slow) error list is only computed when the fast `is_valid` says no;
+2. fiscal checks the schema cannot express: CPF/CNPJ check digits, IBGE municipality codes,
+   real UFs, calendar dates;
+3. a new dict with only the known fields, in one canonical form (see `normalize_nfse`), and the
+   defaults of `DEFAULTS_DOC` filled in.
+
+The known fields are read from the schema itself, so a field added there is validated and
+kept without touching this module; a new `$defs` entry needs a handler and a message here, and
+the import fails loudly until it has one.
+
+Every failure is `InvalidDocument(field, message)`, with Focus's Portuguese wording and the
+dotted path of the first offending field (the smallest path, so the answer is deterministic).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from decimal import Decimal
+from typing import Any, Final
+
+import jsonschema_rs
+
+import schemas
+from notaflow.brdocs import (
+    clean_document,
+    only_digits,
+    valid_cnpj,
+    valid_cpf,
+    valid_ibge_municipio,
+    valid_uf,
+)
+from notaflow.errors import InvalidDocument
+
+__all__ = [
+    "DEFAULTS_DOC",
+    "NOT_AN_OBJECT",
+    "normalize_nfse",
+    "validate_justificativa",
+    "validate_ref",
+]
+
+NOT_AN_OBJECT: Final = "O corpo da requisição deve ser um objeto JSON"
+_NOT_UTF8: Final = "O corpo da requisição contém texto que não é UTF-8 válido"
+
+# (field, default, why): the README lists these. A default whose field has no dot is applied
+# as is; servico.codigo_municipio is copied from the prestador (see `_apply_defaults`).
+DEFAULTS_DOC: Final[tuple[tuple[str, object, str], ...]] = (
+    (
+        "natureza_operacao",
+        "1",
+        "the seed marks it required yet gives 'Valor padrão: 1' and its JSON example omits it",
+    ),
+    (
+        "optante_simples_nacional",
+        False,
+        "the seed marks it required, but its JSON, Java, Ruby and JS examples omit it",
+    ),
+    (
+        "incentivador_cultural",
+        False,
+        "the seed gives 'Valor padrão: false'",
+    ),
+    (
+        "servico.codigo_municipio",
+        "prestador.codigo_municipio",
+        "the seed marks it required, but its JSON, Ruby and JS examples omit it; the service "
+        "is most often rendered where the prestador is established",
+    ),
+)
+_TOP_LEVEL_DEFAULTS: Final[dict[str, object]] = {
+    field: default for field, default, _ in DEFAULTS_DOC if "." not in field
+}
+
+_REF = re.compile(r"[A-Za-z0-9]+")
+_REF_MAX = 50
+_JUSTIFICATIVA_MIN, _JUSTIFICATIVA_MAX = 15, 255
+
+# Mirrors the `data_emissao` pattern of the schema, with groups, to check the calendar.
+_DATE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})"
+    r"(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.[0-9]{1,9})?)?"
+    r"(Z|[+-][0-9]{1,2}(?::?[0-9]{2})?)?)?"
+)
+
+
+def _missing(field: str) -> str:
+    return f'Parâmetro "{field}" não informado'
+
+
+def _invalid(field: str, why: str) -> str:
+    return f'Parâmetro "{field}" inválido: {why}'
+
+
+def _reject(field: str, why: str) -> InvalidDocument:
+    return InvalidDocument(field, _invalid(field, why))
+
+
+# --- step 2 and 3: one handler per schema definition ---------------------------------------
+# A handler gets a value the schema already accepted, with its dotted path for errors, and
+# returns the canonical value or raises InvalidDocument for a fiscal rule.
+
+_Handler = Callable[[str, Any], object]
+
+
+def _text(path: str, value: str) -> str:
+    return value
+
+
+def _boolean(path: str, value: bool | str | int | float) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        return value in ("true", "1")
+    return value == 1
+
+
+def _code(path: str, value: str | int | float) -> str:
+    # The schema allows "1" or 1 (and so 1.0, which JSON Schema counts as equal to 1).
+    return value if isinstance(value, str) else str(int(value))
+
+
+def _decimal(path: str, value: str | int | float) -> str:
+    # Keep the client's scale: "1.00" stays "1.00". A float goes through its shortest repr,
+    # which is what the client wrote (1.0 -> "1.0", 2.92 -> "2.92"), never its binary value.
+    number = Decimal(value) if isinstance(value, str | int) else Decimal(repr(value))
+    if number.is_zero():
+        number = number.copy_abs()  # -0.0 passes "minimum: 0"; "-0.0" would not pass again
+    return format(number, "f")
+
+
+def _cnpj(path: str, value: str) -> str:
+    number = clean_document(value)
+    if len(number) != 14:
+        raise _reject(path, "CNPJ deve ter 14 caracteres")
+    if not valid_cnpj(number):
+        raise _reject(path, "CNPJ com dígito verificador inválido")
+    return number
+
+
+def _cpf(path: str, value: str) -> str:
+    number = clean_document(value)
+    if len(number) != 11 or not number.isdigit():
+        raise _reject(path, "CPF deve ter 11 dígitos")
+    if not valid_cpf(number):
+        raise _reject(path, "CPF com dígito verificador inválido")
+    return number
+
+
+def _codigo_municipio(path: str, value: str) -> str:
+    if not valid_ibge_municipio(value):
+        raise _reject(path, "código IBGE de município inválido")
+    return value
+
+
+def _uf(path: str, value: str) -> str:
+    uf = value.upper()
+    if not valid_uf(uf):
+        raise _reject(path, "UF inexistente")
+    return uf
+
+
+def _digits(path: str, value: str) -> str:
+    # inscricao_municipal and cep: the seed says non-digits are ignored.
+    return only_digits(value)
+
+
+def _data_emissao(path: str, value: str) -> str:
+    # Kept as the client wrote it (municipalities differ in whether they use the time at all);
+    # only checked to be a real date and offset.
+    if not _real_date(value):
+        raise _reject(path, _DEF_MESSAGES["data_emissao"])
+    return value
+
+
+def _real_date(value: str) -> bool:
+    match = _DATE.fullmatch(value)
+    if match is None:
+        return False
+    year, month, day, hour, minute, second, offset = match.groups()
+    try:
+        datetime(
+            int(year), int(month), int(day), int(hour or 0), int(minute or 0), int(second or 0)
+        )
+    except ValueError:
+        return False
+    if offset is None or offset == "Z":
+        return True
+    digits = offset[1:].replace(":", "")
+    hours, minutes = (digits[:-2], digits[-2:]) if len(digits) > 2 else (digits, "0")
+    return int(hours) < 24 and int(minutes) < 60
+
+
+_HANDLERS: Final[dict[str, _Handler]] = {
+    "data_emissao": _data_emissao,
+    "natureza_operacao": _code,
+    "regime_especial_tributacao": _code,
+    "booleano": _boolean,
+    "decimal": _decimal,
+    "cnpj": _cnpj,
+    "cpf": _cpf,
+    "codigo_municipio": _codigo_municipio,
+    "inscricao_municipal": _digits,
+    "uf": _uf,
+    "cep": _digits,
+}
+
+# What a schema failure inside a definition means to the client, besides a wrong JSON type
+# (answered first, by `_describe`). Enum definitions get "valores aceitos ..." built from the
+# schema; cnpj and cpf can only fail on type, their format is a fiscal check.
+_STATIC_DEF_MESSAGES: Final[dict[str, str]] = {
+    "data_emissao": "deve ser uma data ISO 8601, por exemplo 2016-12-25T12:00-0300",
+    "booleano": "deve ser true ou false",
+    "decimal": "deve ser um número decimal",
+    "codigo_municipio": "código IBGE de município inválido",
+    "inscricao_municipal": "deve conter dígitos",
+    "uf": "deve ser a sigla da UF com 2 letras",
+    "cep": "CEP deve ter 8 dígitos",
+}
+
+
+def _def_messages(defs: Mapping[str, Any]) -> dict[str, str]:
+    messages = dict(_STATIC_DEF_MESSAGES)
+    for name, definition in defs.items():
+        if name not in messages and "enum" in definition:
+            accepted = dict.fromkeys(str(option) for option in definition["enum"])
+            messages[name] = "valores aceitos " + ", ".join(accepted)
+    return messages
+
+
+@dataclass(frozen=True)
+class _Object:
+    fields: Mapping[str, _Handler | _Object]
+
+
+def _compile(schema: Mapping[str, Any]) -> _Object:
+    fields: dict[str, _Handler | _Object] = {}
+    for name, sub in schema["properties"].items():
+        if "properties" in sub:
+            fields[name] = _compile(sub)
+        elif "$ref" in sub:
+            definition = sub["$ref"].removeprefix("#/$defs/")
+            if definition not in _HANDLERS:
+                raise RuntimeError(f"nfse schema definition {definition!r} has no handler")
+            fields[name] = _HANDLERS[definition]
+        else:
+            fields[name] = _text
+    return _Object(fields)
+
+
+_SCHEMA: Final = schemas.load("nfse")
+_VALIDATOR: Final = schemas.validator("nfse")
+_DEF_MESSAGES: Final = _def_messages(_SCHEMA["$defs"])
+_PLAN: Final = _compile(_SCHEMA)
+
+
+# --- step 1: schema errors in Focus's words ----------------------------------------------
+
+
+def _dotted(path: list[str | int]) -> str:
+    return ".".join(str(part) for part in path)
+
+
+def _definition(schema_path: list[str | int]) -> str | None:
+    """The innermost `$defs` entry the failing keyword belongs to, if any."""
+    for index in range(len(schema_path) - 2, -1, -1):
+        if schema_path[index] == "$defs":
+            return str(schema_path[index + 1])
+    return None
+
+
+def _describe(error: jsonschema_rs.ValidationError) -> tuple[str, str]:
+    kind = error.kind
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
+        field = _dotted([*error.instance_path, kind.property])
+        return field, _missing(field)
+    field = _dotted(error.instance_path)
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.MinLength):
+        return field, _missing(field)  # "" is how form-built clients leave a field out
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Type):
+        expected = "um objeto" if "object" in kind.types else "um texto"
+        return field, _invalid(field, f"deve ser {expected}")
+    definition = _definition(error.schema_path)
+    if definition in _DEF_MESSAGES:
+        return field, _invalid(field, _DEF_MESSAGES[definition])
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.MaxLength):
+        return field, _invalid(field, f"tamanho máximo {kind.limit} caracteres")
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Not):
+        return field, _invalid(field, "informe cpf ou cnpj, não ambos")
+    return field, _invalid(field, "valor não aceito")
+
+
+def _first_schema_error(raw: dict[str, Any]) -> InvalidDocument:
+    described = [_describe(error) for error in _VALIDATOR.iter_errors(raw)]
+    if not described:  # is_valid and iter_errors disagree: never seen, still answer sanely
+        return InvalidDocument("", NOT_AN_OBJECT)
+    field, message = min(described)
+    return InvalidDocument(field, message)
+
+
+# --- the entry points ---------------------------------------------------------------------
+
+
+def _normalize_object(raw: Mapping[str, Any], plan: _Object, prefix: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for name, node in plan.fields.items():
+        if name in raw:
+            path = prefix + name
+            value = raw[name]
+            if isinstance(node, _Object):
+                out[name] = _normalize_object(value, node, path + ".")
+            else:
+                out[name] = node(path, value)
+    return out
+
+
+def _apply_defaults(doc: dict[str, Any]) -> None:
+    for field, default in _TOP_LEVEL_DEFAULTS.items():
+        doc.setdefault(field, default)
+    doc["servico"].setdefault("codigo_municipio", doc["prestador"]["codigo_municipio"])
+
+
+def normalize_nfse(raw: object) -> dict[str, Any]:
+    """Validate an NFS-e document (a parsed JSON body) and return it in canonical form.
+
+    The result is a new dict with only the fields the schema knows, in which booleans are
+    `bool`; decimals are decimal strings keeping the client's scale ("1.00", 1.0 -> "1.0",
+    3 -> "3"); enum codes are strings ("1"); CPF, CNPJ, CEP and inscrições municipais carry no
+    punctuation (CNPJ letters uppercased); `uf` is uppercase; `data_emissao` is the client's
+    string; and the `DEFAULTS_DOC` defaults are filled in. Normalising the result again gives
+    the same dict.
+
+    Raises InvalidDocument for anything else.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidDocument("", NOT_AN_OBJECT)
+    try:
+        valid = _VALIDATOR.is_valid(raw)
+    except UnicodeEncodeError:  # lone surrogates, which json.loads lets through from "\ud800"
+        raise InvalidDocument("", _NOT_UTF8) from None
+    except ValueError:  # a value JSON cannot hold (bytes, a non-string key): not a JSON body
+        raise InvalidDocument("", NOT_AN_OBJECT) from None
+    if not valid:
+        raise _first_schema_error(raw)
+    doc = _normalize_object(raw, _PLAN, "")
+    _apply_defaults(doc)
+    return doc
+
+
+def validate_justificativa(body: object) -> str:
+    """The `justificativa` of a cancellation body, trimmed; 15 to 255 characters."""
+    if not isinstance(body, dict):
+        raise InvalidDocument("", NOT_AN_OBJECT)
+    value = body.get("justificativa")
+    if value is None or value == "":
+        raise InvalidDocument("justificativa", _missing("justificativa"))
+    if not isinstance(value, str):
+        raise _reject("justificativa", "deve ser um texto")
+    # Trimmed first: padding with spaces must not turn a too-short reason into a valid one.
+    text = value.strip()
+    if not _JUSTIFICATIVA_MIN <= len(text) <= _JUSTIFICATIVA_MAX:
+        raise InvalidDocument(
+            "justificativa",
+            f'Parâmetro "justificativa" deve ter entre {_JUSTIFICATIVA_MIN} e '
+            f"{_JUSTIFICATIVA_MAX} caracteres",
+        )
+    return text
+
+
+def validate_ref(ref: str | None) -> str:
+    """A document reference: required, ASCII letters and digits only, at most 50 characters.
+
+    The seed's own consulta example shows "nfs-2", but Focus's rule (and our issue) is letters
+    and digits only; refs become Kafka keys and URL path segments, where that rule keeps them
+    unambiguous.
+    """
+    if ref is None or ref == "":
+        raise InvalidDocument("ref", _missing("ref"))
+    if not _REF.fullmatch(ref):
+        raise _reject("ref", "use apenas letras e números")
+    if len(ref) > _REF_MAX:
+        raise _reject("ref", f"tamanho máximo {_REF_MAX} caracteres")
+    return ref

@@ -1,0 +1,76 @@
+"""Engine creation and migrations: one code path for SQLite (embedded) and PostgreSQL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from alembic import command
+from alembic.config import Config
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from notaflow.errors import ConfigurationError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def async_url(url: str) -> str:
+    """Accept the URLs operators write (`postgresql://`, `sqlite:///x.db`) and pick the async
+    driver this project ships with."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return str(parsed.set(drivername="sqlite+aiosqlite").render_as_string(hide_password=False))
+    if backend in {"postgresql", "postgres"}:
+        return parsed.set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
+    raise ConfigurationError(f"unsupported database URL {parsed.drivername!r}")
+
+
+def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    url = async_url(url)
+    if url.startswith("sqlite"):
+        # Several processes (ingress, consumers) share the file: WAL lets readers run beside
+        # the writer, and busy_timeout makes a writer wait instead of failing at once.
+        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+
+        @sa.event.listens_for(engine.sync_engine, "connect")
+        def _pragmas(dbapi_conn: Any, _record: Any) -> None:
+            cur = dbapi_conn.cursor()
+            cur.execute("PRAGMA journal_mode=WAL")
+            cur.execute("PRAGMA busy_timeout=30000")
+            cur.execute("PRAGMA synchronous=NORMAL")
+            cur.execute("PRAGMA foreign_keys=ON")
+            cur.close()
+
+        return engine
+    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **kwargs)
+
+
+def _alembic_config(connection: sa.Connection) -> Config:
+    cfg = Config()
+    cfg.set_main_option("script_location", str(MIGRATIONS))
+    cfg.attributes["connection"] = connection
+    return cfg
+
+
+async def migrate(engine: AsyncEngine) -> None:
+    """Bring the schema to the newest revision (safe to run from several processes on
+    PostgreSQL: Alembic's version table update is transactional)."""
+    async with engine.begin() as conn:
+        await _run(conn, lambda c: command.upgrade(_alembic_config(c), "head"))
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    async with engine.connect() as conn:
+        def _rev(c: sa.Connection) -> str | None:
+            from alembic.runtime.migration import MigrationContext
+
+            return MigrationContext.configure(c).get_current_revision()
+
+        return await conn.run_sync(_rev)
+
+
+async def _run(conn: AsyncConnection, fn: Any) -> None:
+    await conn.run_sync(fn)

@@ -1,0 +1,40 @@
+"""Topic names, event types and record keys: the Kafka contract other systems code against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+# CloudEvents `type` values.
+NFSE_EMIT = "br.notaflow.nfse.emit"
+NFSE_CANCEL = "br.notaflow.nfse.cancel"
+FOCUS_NFSE_CALLBACK = "br.notaflow.provider.focus.nfse"
+NFSE_STATUS = "br.notaflow.nfse.status"
+
+
+@dataclass(frozen=True)
+class Topics:
+    prefix: str = "notaflow."
+
+    @property
+    def nfse_commands(self) -> str:
+        return self.prefix + "nfse.commands"
+
+    @property
+    def provider_events(self) -> str:
+        return self.prefix + "provider.events"
+
+    @property
+    def lifecycle(self) -> str:
+        return self.prefix + "lifecycle"
+
+    @property
+    def dead_letter(self) -> str:
+        return self.prefix + "dead-letter"
+
+    def all(self) -> list[str]:
+        return [self.nfse_commands, self.provider_events, self.lifecycle, self.dead_letter]
+
+
+def document_key(tenant: str, kind: str, ref: str) -> bytes:
+    """Kafka key: one document's events share a partition, so they stay in order."""
+    return f"{tenant}:{kind}:{ref}".encode()

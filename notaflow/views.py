@@ -1,0 +1,42 @@
+"""The public shape of a document: what `GET /v2/nfse/REF` answers, what lifecycle events and
+client webhooks carry. One function, so the three never drift apart."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, Document
+
+# Provider fields copied onto the public view once the prefeitura answered (seed 001, GET).
+RESULT_FIELDS = (
+    "numero_rps",
+    "serie_rps",
+    "tipo_rps",
+    "numero",
+    "codigo_verificacao",
+    "data_emissao",
+    "url",
+    "url_danfse",
+    "caminho_xml_nota_fiscal",
+    "numero_nfse_substituida",
+    "numero_nfse_substituta",
+)
+
+
+def nfse_view(doc: Document) -> dict[str, Any]:
+    view: dict[str, Any] = {"cnpj_prestador": doc.cnpj_prestador, "ref": doc.ref}
+    for name in ("numero_rps", "serie_rps", "tipo_rps"):
+        if doc.result.get(name) is not None:
+            view[name] = doc.result[name]
+    view["status"] = doc.status
+    if doc.status in (AUTHORIZED, CANCELLED):
+        for name in RESULT_FIELDS[3:]:
+            if doc.result.get(name) is not None:
+                view[name] = doc.result[name]
+    if doc.status == ERROR and doc.erros:
+        view["erros"] = doc.erros
+    return view
+
+
+def result_from_provider(body: dict[str, Any]) -> dict[str, Any]:
+    return {k: body[k] for k in RESULT_FIELDS if body.get(k) is not None}
