@@ -1,0 +1,243 @@
+"""Test infrastructure: real servers (Tansu broker, throwaway PostgreSQL, notaflow processes)
+started on free loopback ports and always stopped."""
+
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from notaflow.broker import free_port, port_open
+
+ROOT = Path(__file__).resolve().parent.parent
+NOTAFLOW = [sys.executable, "-m", "notaflow.cli"]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"condition not met within {timeout}s")
+        time.sleep(interval)
+
+
+def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
+    def ok() -> bool:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with {proc.returncode} before {url} answered")
+        try:
+            return httpx.get(url, timeout=1).status_code == 200
+        except httpx.HTTPError:
+            return False
+
+    wait_for(ok, timeout, 0.1)
+
+
+class Proc:
+    """A notaflow CLI process with its output in a log file, stopped by SIGTERM."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_dir: Path, name: str) -> None:
+        self.name = name
+        self.log = log_dir / f"{name}.log"
+        self._out = open(self.log, "ab")  # noqa: SIM115
+        self.process = subprocess.Popen(
+            [*NOTAFLOW, *args],
+            env={**os.environ, **env},
+            cwd=ROOT,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def stop(self, timeout: float = 20.0) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self._out.close()
+        return self.process.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def pg_binaries() -> Path | None:
+    found = shutil.which("initdb")
+    if found:
+        return Path(found).resolve().parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))
+    return Path(candidates[-1]).parent if candidates else None
+
+
+class ThrowawayPostgres:
+    """A private PostgreSQL cluster in a temporary directory, on a free port, trust auth on
+    loopback. As root (CI), the server runs as the `postgres` system user, since PostgreSQL
+    refuses to run as root."""
+
+    def __init__(self) -> None:
+        bindir = pg_binaries()
+        if bindir is None:
+            raise RuntimeError("PostgreSQL server binaries not found")
+        self.bindir = bindir
+        self.port = free_port()
+        self.dir = Path(tempfile.mkdtemp(prefix="notaflow-pg-"))
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def _as_owner(self, args: list[str]) -> list[str]:
+        if os.geteuid() == 0:
+            return ["runuser", "-u", "postgres", "--", *args]
+        return args
+
+    def start(self) -> str:
+        data = self.dir / "data"
+        if os.geteuid() == 0:
+            shutil.chown(self.dir, "postgres")
+        subprocess.run(
+            self._as_owner(
+                [str(self.bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
+                 "--no-sync", "-E", "UTF8"]
+            ),
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.process = subprocess.Popen(
+            self._as_owner(
+                [str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port),
+                 "-h", "127.0.0.1", "-k", str(self.dir), "-c", "fsync=off",
+                 "-c", "max_connections=200"]
+            ),
+            stdout=open(self.dir / "postgres.log", "ab"),  # noqa: SIM115
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        wait_for(lambda: port_open("127.0.0.1", self.port), 30)
+        time.sleep(0.3)
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def create_database(self, name: str) -> str:
+        import asyncio
+
+        import asyncpg
+
+        async def create() -> None:
+            conn = await asyncpg.connect(f"postgresql://postgres@127.0.0.1:{self.port}/postgres")
+            try:
+                await conn.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await conn.close()
+
+        asyncio.run(create())
+        return f"postgresql://postgres@127.0.0.1:{self.port}/{name}"
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)  # fast shutdown
+            try:
+                self.process.wait(20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+DEMO_CNPJS = ["51916585000125", "07504505000132"]
+
+
+class Stack:
+    """notaflow in production form: `notaflow sandbox focus`, `notaflow migrate`,
+    `notaflow tenant create`, `notaflow focus-hook`, `notaflow consume emission` and
+    `notaflow ingress`, each a separate process configured only by NOTAFLOW_* variables."""
+
+    def __init__(self, settings: Any, log_dir: Path, sandbox_delay: float = 0.2) -> None:
+        self.log_dir = log_dir
+        self.sandbox_port = free_port()
+        self.port = free_port()
+        self.settings = settings.replace(
+            port=self.port,
+            public_url=f"http://127.0.0.1:{self.port}",
+            focus_base_url=f"http://127.0.0.1:{self.sandbox_port}",
+            focus_token="sandbox-token",
+            focus_webhook_secret="s3cret-" + os.urandom(6).hex(),
+        )
+        self.env = self.settings.env()
+        self.sandbox_delay = sandbox_delay
+        self.procs: list[Proc] = []
+        self.token = ""
+
+    @property
+    def base(self) -> str:
+        return self.settings.public_url
+
+    @property
+    def sandbox(self) -> str:
+        return self.settings.focus_base_url
+
+    def run(self, *args: str) -> str:
+        out = subprocess.run(
+            [*NOTAFLOW, *args], env={**os.environ, **self.env}, cwd=ROOT, capture_output=True,
+            text=True, timeout=120,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"notaflow {' '.join(args)} failed: {out.stdout}{out.stderr}")
+        return out.stdout.strip()
+
+    def start(self) -> Stack:
+        sandbox = self.spawn(
+            ["sandbox", "focus", "--port", str(self.sandbox_port), "--token", "sandbox-token",
+             "--delay", str(self.sandbox_delay)],
+            "sandbox",
+        )
+        self.run("migrate")
+        self.token = self.run(
+            "tenant", "create", "acme", "--name", "ACME", *[f"--cnpj={c}" for c in DEMO_CNPJS]
+        ).splitlines()[-1]
+        wait_http(f"{self.sandbox}/_sandbox/stats", proc=sandbox.process)
+        self.run("focus-hook", f"{self.base}/webhooks/focus/nfse")
+        self.spawn(["consume", "emission"], "consumer")
+        ingress = self.spawn(["ingress"], "ingress")
+        wait_http(f"{self.base}/readyz", proc=ingress.process)
+        return self
+
+    def spawn(self, args: list[str], name: str) -> Proc:
+        proc = Proc(args, self.env, self.log_dir, name)
+        self.procs.append(proc)
+        return proc
+
+    def stop(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop()
+
+    def logs(self) -> str:
+        return "\n".join(f"--- {p.name}\n{p.output()[-3000:]}" for p in self.procs)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.base, auth=(self.token, ""), timeout=10)
+
+    def wait_status(self, ref: str, statuses: set[str], timeout: float = 20.0) -> dict[str, Any]:
+        with self.client() as c:
+            def done() -> dict[str, Any] | None:
+                body: dict[str, Any] = c.get(f"/v2/nfse/{ref}").json()
+                return body if body.get("status") in statuses else None
+
+            try:
+                result: dict[str, Any] = wait_for(done, timeout, 0.1)
+            except TimeoutError as exc:
+                raise AssertionError(f"{ref} never reached {statuses}\n{self.logs()}") from exc
+            return result
