@@ -10,6 +10,7 @@ stdnum and are written here following `shared/specs/validation.md`.
 from __future__ import annotations
 
 import re
+from functools import lru_cache
 
 from stdnum.br import cnpj as _stdnum_cnpj
 from stdnum.br import cpf as _stdnum_cpf
@@ -97,14 +98,27 @@ def valid_cpf(value: str) -> bool:
         return False
     if len(set(number)) == 1:
         return False
-    return bool(_stdnum_cpf.is_valid(number))
+    return _stdnum_valid_cpf(number)
 
 
 def valid_cnpj(value: str) -> bool:
     """14 characters (the first 12 may be letters from July 2026) with both check digits right;
     punctuation is ignored and letters are compared uppercase."""
     number = clean_document(value)
-    return len(number) == 14 and bool(_stdnum_cnpj.is_valid(number))
+    return len(number) == 14 and _stdnum_valid_cnpj(number)
+
+
+# stdnum re-cleans and checks Unicode on every call, about 10 µs per number: most of what the
+# ingress spends on a document. The same prestadores (and many tomadores) come back all day, so
+# the answers for recent numbers are kept; the cache is bounded, and the functions are pure.
+@lru_cache(maxsize=16384)
+def _stdnum_valid_cpf(number: str) -> bool:
+    return bool(_stdnum_cpf.is_valid(number))
+
+
+@lru_cache(maxsize=16384)
+def _stdnum_valid_cnpj(number: str) -> bool:
+    return bool(_stdnum_cnpj.is_valid(number))
 
 
 def ibge_check_digit(first6: str) -> str:
@@ -119,6 +133,7 @@ def ibge_check_digit(first6: str) -> str:
     return str((10 - total % 10) % 10)
 
 
+@lru_cache(maxsize=8192)  # Brazil has about 5,570 municipalities: every answer fits
 def valid_ibge_municipio(code: str) -> bool:
     """A 7-digit IBGE municipality code: a real UF prefix and the right check digit, or one of
     `IBGE_EXCEPTIONS`."""

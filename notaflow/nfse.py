@@ -11,8 +11,8 @@ three steps, cheapest first because the ingress calls it for every request:
    defaults of `DEFAULTS_DOC` filled in.
 
 The known fields are read from the schema itself, so a field added there is validated and
-kept without touching this module; a new `$defs` entry needs a handler and a message here, and
-the import fails loudly until it has one.
+kept without touching this module; a new `$defs` entry needs a handler here (the import fails
+loudly until it has one) and should get a message in `_STATIC_DEF_MESSAGES`.
 
 Every failure is `InvalidDocument(field, message)`, with Focus's Portuguese wording and the
 dotted path of the first offending field (the smallest path, so the answer is deterministic).
@@ -112,6 +112,13 @@ _Handler = Callable[[str, Any], object]
 
 
 def _text(path: str, value: str) -> str:
+    # Free text is the one place a lone surrogate (json.loads turns "\ud800" into one) gets
+    # past the schema; it would fail later, when the bus or the database encodes UTF-8.
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise _reject(path, "contém caracteres inválidos") from None
     return value
 
 
@@ -251,8 +258,10 @@ def _compile(schema: Mapping[str, Any]) -> _Object:
             if definition not in _HANDLERS:
                 raise RuntimeError(f"nfse schema definition {definition!r} has no handler")
             fields[name] = _HANDLERS[definition]
-        else:
+        elif sub.get("type") == "string":
             fields[name] = _text
+        else:
+            raise RuntimeError(f"nfse schema property {name!r} needs a $ref or type string")
     return _Object(fields)
 
 
@@ -309,16 +318,27 @@ def _first_schema_error(raw: dict[str, Any]) -> InvalidDocument:
 # --- the entry points ---------------------------------------------------------------------
 
 
-def _normalize_object(raw: Mapping[str, Any], plan: _Object, prefix: str) -> dict[str, Any]:
+def _normalize_object(
+    raw: Mapping[str, Any], plan: _Object, prefix: str, errors: list[InvalidDocument] | None
+) -> dict[str, Any]:
+    """The known fields of `raw`, normalised. Driven by the client's keys rather than the plan
+    because a document carries far fewer fields than the schema knows. With `errors`, fiscal
+    failures are collected instead of raised (the slow path that finds the smallest one)."""
     out: dict[str, Any] = {}
-    for name, node in plan.fields.items():
-        if name in raw:
-            path = prefix + name
-            value = raw[name]
-            if isinstance(node, _Object):
-                out[name] = _normalize_object(value, node, path + ".")
-            else:
-                out[name] = node(path, value)
+    fields = plan.fields
+    for name, value in raw.items():
+        node = fields.get(name)
+        if node is None:
+            continue
+        if isinstance(node, _Object):
+            out[name] = _normalize_object(value, node, prefix + name + ".", errors)
+        elif errors is None:
+            out[name] = node(prefix + name, value)
+        else:
+            try:
+                out[name] = node(prefix + name, value)
+            except InvalidDocument as error:
+                errors.append(error)
     return out
 
 
@@ -343,14 +363,20 @@ def normalize_nfse(raw: object) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise InvalidDocument("", NOT_AN_OBJECT)
     try:
-        valid = _VALIDATOR.is_valid(raw)
+        if not _VALIDATOR.is_valid(raw):
+            raise _first_schema_error(raw)
     except UnicodeEncodeError:  # lone surrogates, which json.loads lets through from "\ud800"
         raise InvalidDocument("", _NOT_UTF8) from None
     except ValueError:  # a value JSON cannot hold (bytes, a non-string key): not a JSON body
         raise InvalidDocument("", NOT_AN_OBJECT) from None
-    if not valid:
-        raise _first_schema_error(raw)
-    doc = _normalize_object(raw, _PLAN, "")
+    try:
+        doc = _normalize_object(raw, _PLAN, "", None)
+    except InvalidDocument:
+        # Rare: walk again collecting every fiscal error, to report the smallest path as the
+        # schema step does, whatever order the client wrote its fields in.
+        errors: list[InvalidDocument] = []
+        _normalize_object(raw, _PLAN, "", errors)
+        raise min(errors, key=lambda error: (error.field, error.message)) from None
     _apply_defaults(doc)
     return doc
 
