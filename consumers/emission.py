@@ -35,7 +35,11 @@ def provider_ref(doc: Document) -> str:
 
 class EmissionConsumer:
     def __init__(
-        self, documents: DocumentStore, tenants: TenantStore, focus: FocusClient, bus: Bus,
+        self,
+        documents: DocumentStore,
+        tenants: TenantStore,
+        focus: FocusClient,
+        bus: Bus,
         topics: t.Topics,
     ) -> None:
         self._docs = documents
@@ -94,7 +98,11 @@ class EmissionConsumer:
             return
         # The provider refused the document outright: a final, explained state.
         erros = reply.body.get("erros") or [
-            {"codigo": code or str(reply.status_code), "mensagem": reply.body.get("mensagem"), "correcao": None}
+            {
+                "codigo": code or str(reply.status_code),
+                "mensagem": reply.body.get("mensagem"),
+                "correcao": None,
+            }
         ]
         await self._finish(doc, ERROR, None, erros, event)
 
@@ -146,4 +154,6 @@ class EmissionConsumer:
             tenant=doc.tenant_id,
             traceparent=cause.traceparent,
         )
-        await self._bus.publish(self._topics.lifecycle, event, t.document_key(doc.tenant_id, KIND, doc.ref))
+        await self._bus.publish(
+            self._topics.lifecycle, event, t.document_key(doc.tenant_id, KIND, doc.ref)
+        )

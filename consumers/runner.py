@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import random
 import time
@@ -101,7 +102,9 @@ class Runner:
         self._dlq = dead_letter_topic
         self._slots = asyncio.Semaphore(concurrency or settings.consumer_concurrency)
         self._retry = retry or RetryPolicy(
-            settings.consumer_retry_base, settings.consumer_retry_max, settings.consumer_max_attempts
+            settings.consumer_retry_base,
+            settings.consumer_retry_max,
+            settings.consumer_max_attempts,
         )
         self._grace = grace
         self._chains: dict[bytes | None, asyncio.Task[None]] = {}
@@ -157,7 +160,7 @@ class Runner:
         task = asyncio.create_task(self._run_one(tp, record, previous))
         self._chains[record.key] = task
         self._tasks.add(task)
-        task.add_done_callback(lambda t, key=record.key: self._forget(key, t))
+        task.add_done_callback(functools.partial(self._forget, record.key))
 
     def _forget(self, key: bytes | None, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -202,7 +205,9 @@ class Runner:
                 raise
             except Exception as exc:
                 if not getattr(exc, "retriable", False):
-                    log.warning("%s: permanent failure at offset %s: %r", self.name, record.offset, exc)
+                    log.warning(
+                        "%s: permanent failure at offset %s: %r", self.name, record.offset, exc
+                    )
                     await self._dead_letter(record, f"{type(exc).__name__}: {exc}", attempt)
                     return
                 error, hint = f"{type(exc).__name__}: {exc}", None
@@ -247,7 +252,7 @@ class Runner:
         if not offsets:
             return
         try:
-            await consumer.commit(offsets)  # type: ignore[arg-type]
+            await consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
             log.warning("%s: commit failed (will be redelivered): %r", self.name, exc)
             return
@@ -264,7 +269,7 @@ class Runner:
         await self.commit()
 
 
-class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Listener(ConsumerRebalanceListener):
     def __init__(self, runner: Runner) -> None:
         self._runner = runner
 

@@ -34,9 +34,8 @@ async def _http_error(request: Request, exc: Exception) -> Response:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    return JSONResponse(
-        {"codigo": "erro_interno", "mensagem": "Erro interno; nada foi registrado."}, status_code=500
-    )
+    body = {"codigo": "erro_interno", "mensagem": "Erro interno; nada foi registrado."}
+    return JSONResponse(body, status_code=500)
 
 
 def create_app(d: IngressDeps, manage_resources: bool = True) -> Starlette:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+import orjson
 from starlette.requests import Request
 
 
@@ -26,8 +26,10 @@ _NEVER_JSON = ("multipart/", "application/xml", "text/xml", "image/", "audio/", 
 
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise BodyTooLarge
+    if declared is not None and declared.isdigit():
+        if int(declared) > limit:
+            raise BodyTooLarge
+        return await request.body()  # the server enforces Content-Length
     chunks: list[bytes] = []
     size = 0
     async for chunk in request.stream():
@@ -48,6 +50,6 @@ async def read_json(request: Request, limit: int, empty: Any = None) -> Any:
             return empty
         raise BodyNotJson(unsupported_type=False)
     try:
-        return json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+        return orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
         raise BodyNotJson(unsupported_type=False) from exc

@@ -10,7 +10,7 @@ from starlette.requests import Request
 from ingress.auth import TenantCache
 from notaflow.bus import Bus
 from notaflow.settings import Settings
-from notaflow.store import DocumentStore, TenantStore
+from notaflow.store import ClaimQueue, DocumentStore, TenantStore
 from notaflow.topics import Topics
 
 
@@ -20,6 +20,7 @@ class IngressDeps:
     engine: AsyncEngine
     bus: Bus
     documents: DocumentStore
+    claims: ClaimQueue
     tenants: TenantStore
     tenant_cache: TenantCache
     topics: Topics

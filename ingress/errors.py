@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from starlette.responses import JSONResponse
+from ingress.responses import FastJSONResponse as JSONResponse
 
 
 class IngressError(Exception):

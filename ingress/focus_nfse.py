@@ -5,18 +5,19 @@ from __future__ import annotations
 import uuid
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ingress.auth import basic_token
 from ingress.body import BodyNotJson, BodyTooLarge, read_json
 from ingress.deps import IngressDeps, deps
 from ingress.errors import FocusError, invalid, not_found, unavailable
+from ingress.responses import FastJSONResponse
 from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
 from notaflow.nfse import normalize_nfse, validate_ref
-from notaflow.store import Tenant
+from notaflow.store import ClaimRequest, Tenant
 from notaflow.store.documents import AUTHORIZED, CANCELLED
 from notaflow.views import nfse_view
 
@@ -74,7 +75,9 @@ async def create_nfse(request: Request) -> Response:
         )
     command_id = str(uuid.uuid4())
     try:
-        claim = await d.documents.claim(tenant.id, KIND, ref, cnpj, document, command_id, SOURCE)
+        claim = await d.claims.claim(
+            ClaimRequest(tenant.id, KIND, ref, cnpj, document, command_id, SOURCE)
+        )
     except RefInUse as exc:
         if exc.status in (AUTHORIZED, CANCELLED):
             raise FocusError(422, "nfe_autorizada", "Nota fiscal já autorizada") from exc
@@ -94,7 +97,7 @@ async def create_nfse(request: Request) -> Response:
         # Not in Kafka means not accepted: give the ref back so the client's retry can use it.
         await d.documents.release(claim)
         raise unavailable() from exc
-    return JSONResponse(
+    return FastJSONResponse(
         {"cnpj_prestador": cnpj, "ref": ref, "status": "processando_autorizacao"}, status_code=202
     )
 
@@ -108,7 +111,7 @@ async def get_nfse(request: Request) -> Response:
     view = nfse_view(doc)
     if request.query_params.get("completa") == "1":
         view["requisicao_nota_fiscal"] = doc.payload
-    return JSONResponse(view)
+    return FastJSONResponse(view)
 
 
 async def nfse_xml(request: Request) -> Response:

@@ -6,15 +6,16 @@ import asyncio
 
 import sqlalchemy as sa
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ingress.deps import deps
+from ingress.responses import FastJSONResponse
 
 
 async def healthz(request: Request) -> Response:
     # Answering at all proves the event loop turns.
-    return JSONResponse({"status": "ok"})
+    return FastJSONResponse({"status": "ok"})
 
 
 async def readyz(request: Request) -> Response:
@@ -28,7 +29,7 @@ async def readyz(request: Request) -> Response:
     except Exception:
         database = False
     ok = kafka and database
-    return JSONResponse(
+    return FastJSONResponse(
         {"status": "ready" if ok else "not_ready", "kafka": kafka, "database": database},
         status_code=200 if ok else 503,
     )

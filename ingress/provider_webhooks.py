@@ -10,12 +10,13 @@ from __future__ import annotations
 import hmac
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ingress.deps import deps
 from ingress.errors import FocusError, unavailable
 from ingress.focus_nfse import focus_json
+from ingress.responses import FastJSONResponse
 from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
@@ -32,7 +33,9 @@ async def focus_nfse_callback(request: Request) -> Response:
         raise FocusError(401, "nao_autorizado", "Autorização do webhook inválida")
     body = await focus_json(request, d)
     if not isinstance(body, dict) or not validator("focus_callback").is_valid(body):
-        raise FocusError(400, "requisicao_invalida", "Corpo do webhook fora do formato da Focus NFe")
+        raise FocusError(
+            400, "requisicao_invalida", "Corpo do webhook fora do formato da Focus NFe"
+        )
     doc = await d.documents.by_provider_ref(str(body["ref"]))
     # Same key as the document's commands, so the consumer sees them in order.
     key = (
@@ -52,7 +55,7 @@ async def focus_nfse_callback(request: Request) -> Response:
         await d.bus.publish(d.topics.provider_events, event, key)
     except BusUnavailable as exc:
         raise unavailable() from exc  # Focus retries the delivery later
-    return JSONResponse({"status": "recebido"})
+    return FastJSONResponse({"status": "recebido"})
 
 
 routes = [Route("/webhooks/focus/nfse", focus_nfse_callback, methods=["POST"])]

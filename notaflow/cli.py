@@ -75,7 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "tenant":
         print(asyncio.run(_create_tenant(settings, args.id, args.name or args.id, args.cnpj)))
     elif args.command == "history":
-        print(json.dumps(asyncio.run(_history(settings, args.tenant, args.ref)), indent=2, default=str))
+        print(
+            json.dumps(
+                asyncio.run(_history(settings, args.tenant, args.ref)), indent=2, default=str
+            )
+        )
     elif args.command == "focus-hook":
         print(json.dumps(asyncio.run(_register_hook(settings, args.url)), indent=2))
     elif args.command == "sandbox":

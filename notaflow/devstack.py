@@ -9,6 +9,7 @@ child that dies on its own brings the whole stack down with an error.
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import secrets
 import signal
@@ -128,6 +129,33 @@ def wait_ready(url: str, children: list[Child], timeout: float = 60.0) -> None:
     raise RuntimeError(f"{url} was not ready within {timeout:.0f}s")
 
 
+# A note that the sandbox authorizes, as a one-line JSON for the banner's curl.
+DEMO_NOTE = json.dumps(
+    {
+        "data_emissao": "2017-09-21T22:15:00",
+        "prestador": {
+            "cnpj": "51916585000125",
+            "inscricao_municipal": "12345",
+            "codigo_municipio": "3516200",
+        },
+        "tomador": {
+            "cnpj": "07504505000132",
+            "razao_social": "Acras Tecnologia da Informação LTDA",
+            "email": "contato@focusnfe.com.br",
+        },
+        "servico": {
+            "aliquota": 3,
+            "discriminacao": "Nota fiscal referente a serviços prestados",
+            "iss_retido": "false",
+            "item_lista_servico": "0107",
+            "valor_servicos": 1.0,
+        },
+    },
+    ensure_ascii=False,
+    separators=(",", ":"),
+)
+
+
 def banner(opts: DevOptions, settings: Settings, token: str, data: Path) -> str:
     base = settings.public_url
     return f"""
@@ -140,7 +168,7 @@ notaflow dev is up.
   demo token   {token}   (also in {data}/demo-token)
 
 Try it:
-  curl -u "{token}:" -X POST "{base}/v2/nfse?ref=demo$(date +%s)" -d '{{"data_emissao":"2017-09-21T22:15:00","prestador":{{"cnpj":"51916585000125","inscricao_municipal":"12345","codigo_municipio":"3516200"}},"tomador":{{"cnpj":"07504505000132","razao_social":"Acras Tecnologia da Informação LTDA","email":"contato@focusnfe.com.br"}},"servico":{{"aliquota":3,"discriminacao":"Nota fiscal referente a serviços prestados","iss_retido":"false","item_lista_servico":"0107","valor_servicos":1.0}}}}'
+  curl -u "{token}:" -X POST "{base}/v2/nfse?ref=demo$(date +%s)" -d '{DEMO_NOTE}'
   curl -u "{token}:" {base}/v2/nfse/REF
 
 Ctrl-C stops everything.
@@ -178,15 +206,25 @@ def run_dev(opts: DevOptions) -> int:
         children.append(
             Child(
                 "sandbox-focus",
-                ["sandbox", "focus", "--port", str(sandbox_port), "--token", settings.focus_token,
-                 "--delay", str(opts.sandbox_delay)],
+                [
+                    "sandbox",
+                    "focus",
+                    "--port",
+                    str(sandbox_port),
+                    "--token",
+                    settings.focus_token,
+                    "--delay",
+                    str(opts.sandbox_delay),
+                ],
                 env,
                 data / "sandbox-focus.log",
             )
         )
         wait_ready(f"{settings.focus_base_url}/_sandbox/stats", children)
         asyncio.run(register_hook(settings))
-        children.append(Child("consumer-emission", ["consume", "emission"], env, data / "consumer-emission.log"))
+        children.append(
+            Child("consumer-emission", ["consume", "emission"], env, data / "consumer-emission.log")
+        )
         children.append(Child("ingress", ["ingress"], env, data / "ingress.log"))
         wait_ready(f"{settings.public_url}/readyz", children)
         print(banner(opts, settings, token, data), flush=True)

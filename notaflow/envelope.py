@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import orjson
 
 from notaflow.errors import InvalidDocument
 
@@ -44,7 +45,7 @@ class Event:
         return out
 
     def value(self) -> bytes:
-        return json.dumps(self.data, ensure_ascii=False, separators=(",", ":")).encode()
+        return orjson.dumps(self.data)
 
 
 def decode(headers: Headers | None, value: bytes | None) -> Event:
@@ -61,8 +62,8 @@ def decode(headers: Headers | None, value: bytes | None) -> Event:
     if attrs.get("ce_specversion", SPECVERSION) != SPECVERSION:
         raise InvalidDocument("ce_specversion", "unsupported CloudEvents specversion")
     try:
-        data = json.loads(value or b"")
-    except (ValueError, UnicodeDecodeError) as exc:
+        data = orjson.loads(value or b"")
+    except orjson.JSONDecodeError as exc:
         raise InvalidDocument("data", f"value is not JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise InvalidDocument("data", "value must be a JSON object")

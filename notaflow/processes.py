@@ -13,7 +13,7 @@ import uvicorn
 
 from notaflow.bus import Bus, ensure_topics
 from notaflow.settings import Settings
-from notaflow.store import DocumentStore, TenantStore, create_engine, migrate
+from notaflow.store import ClaimQueue, DocumentStore, TenantStore, create_engine, migrate
 from notaflow.topics import Topics
 
 log = logging.getLogger("notaflow")
@@ -36,11 +36,13 @@ async def run_ingress(settings: Settings) -> None:
 
     engine = create_engine(settings.database_url)
     tenants = TenantStore(engine)
+    documents = DocumentStore(engine)
     deps = IngressDeps(
         settings=settings,
         engine=engine,
         bus=Bus(settings),
-        documents=DocumentStore(engine),
+        documents=documents,
+        claims=ClaimQueue(documents),
         tenants=tenants,
         tenant_cache=TenantCache(tenants),
         topics=Topics(settings.kafka_topic_prefix),

@@ -110,8 +110,18 @@ class ThrowawayPostgres:
             shutil.chown(self.dir, "postgres")
         subprocess.run(
             self._as_owner(
-                [str(self.bindir / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres",
-                 "--no-sync", "-E", "UTF8"]
+                [
+                    str(self.bindir / "initdb"),
+                    "-D",
+                    str(data),
+                    "-A",
+                    "trust",
+                    "-U",
+                    "postgres",
+                    "--no-sync",
+                    "-E",
+                    "UTF8",
+                ]
             ),
             check=True,
             stdout=subprocess.DEVNULL,
@@ -119,9 +129,21 @@ class ThrowawayPostgres:
         )
         self.process = subprocess.Popen(
             self._as_owner(
-                [str(self.bindir / "postgres"), "-D", str(data), "-p", str(self.port),
-                 "-h", "127.0.0.1", "-k", str(self.dir), "-c", "fsync=off",
-                 "-c", "max_connections=200"]
+                [
+                    str(self.bindir / "postgres"),
+                    "-D",
+                    str(data),
+                    "-p",
+                    str(self.port),
+                    "-h",
+                    "127.0.0.1",
+                    "-k",
+                    str(self.dir),
+                    "-c",
+                    "fsync=off",
+                    "-c",
+                    "max_connections=200",
+                ]
             ),
             stdout=open(self.dir / "postgres.log", "ab"),  # noqa: SIM115
             stderr=subprocess.STDOUT,
@@ -191,8 +213,12 @@ class Stack:
 
     def run(self, *args: str) -> str:
         out = subprocess.run(
-            [*NOTAFLOW, *args], env={**os.environ, **self.env}, cwd=ROOT, capture_output=True,
-            text=True, timeout=120,
+            [*NOTAFLOW, *args],
+            env={**os.environ, **self.env},
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
         if out.returncode != 0:
             raise RuntimeError(f"notaflow {' '.join(args)} failed: {out.stdout}{out.stderr}")
@@ -200,8 +226,16 @@ class Stack:
 
     def start(self) -> Stack:
         sandbox = self.spawn(
-            ["sandbox", "focus", "--port", str(self.sandbox_port), "--token", "sandbox-token",
-             "--delay", str(self.sandbox_delay)],
+            [
+                "sandbox",
+                "focus",
+                "--port",
+                str(self.sandbox_port),
+                "--token",
+                "sandbox-token",
+                "--delay",
+                str(self.sandbox_delay),
+            ],
             "sandbox",
         )
         self.run("migrate")
@@ -232,6 +266,7 @@ class Stack:
 
     def wait_status(self, ref: str, statuses: set[str], timeout: float = 20.0) -> dict[str, Any]:
         with self.client() as c:
+
             def done() -> dict[str, Any] | None:
                 body: dict[str, Any] = c.get(f"/v2/nfse/{ref}").json()
                 return body if body.get("status") in statuses else None

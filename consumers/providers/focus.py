@@ -96,7 +96,9 @@ class FocusClient:
             body = {"data": body}
         if resp.status_code in (401, 403):
             # Our own credentials are wrong: no retry fixes that, an operator must.
-            raise PermanentFailure(f"Focus refused our token: {body.get('mensagem', resp.status_code)}")
+            raise PermanentFailure(
+                f"Focus refused our token: {body.get('mensagem', resp.status_code)}"
+            )
         return FocusReply(resp.status_code, body)
 
     async def emit_nfse(self, ref: str, document: dict[str, Any]) -> FocusReply:
@@ -106,7 +108,9 @@ class FocusClient:
         return await self._request("GET", f"/v2/nfse/{ref}")
 
     async def cancel_nfse(self, ref: str, justificativa: str) -> FocusReply:
-        return await self._request("DELETE", f"/v2/nfse/{ref}", json={"justificativa": justificativa})
+        return await self._request(
+            "DELETE", f"/v2/nfse/{ref}", json={"justificativa": justificativa}
+        )
 
     async def download(self, path: str) -> bytes:
         await self._gate.wait()

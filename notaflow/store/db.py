@@ -64,6 +64,7 @@ async def migrate(engine: AsyncEngine) -> None:
 
 async def current_revision(engine: AsyncEngine) -> str | None:
     async with engine.connect() as conn:
+
         def _rev(c: sa.Connection) -> str | None:
             from alembic.runtime.migration import MigrationContext
 

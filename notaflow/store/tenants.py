@@ -50,9 +50,16 @@ class TenantStore:
                     )
                 )
                 if have is None:
-                    await conn.execute(tenant_companies.insert().values(tenant_id=tenant_id, cnpj=cnpj))
+                    await conn.execute(
+                        tenant_companies.insert().values(tenant_id=tenant_id, cnpj=cnpj)
+                    )
             h = hash_token(token)
-            if await conn.scalar(sa.select(tenant_tokens.c.token_hash).where(tenant_tokens.c.token_hash == h)) is None:
+            if (
+                await conn.scalar(
+                    sa.select(tenant_tokens.c.token_hash).where(tenant_tokens.c.token_hash == h)
+                )
+                is None
+            ):
                 await conn.execute(
                     tenant_tokens.insert().values(
                         token_hash=h, tenant_id=tenant_id, label="api", created_at=now
@@ -83,14 +90,14 @@ class TenantStore:
 
     async def get(self, tenant_id: str) -> Tenant | None:
         async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id))
-            ).first()
+            row = (await conn.execute(sa.select(tenants).where(tenants.c.id == tenant_id))).first()
             if row is None:
                 return None
             cnpjs = (
                 await conn.scalars(
-                    sa.select(tenant_companies.c.cnpj).where(tenant_companies.c.tenant_id == tenant_id)
+                    sa.select(tenant_companies.c.cnpj).where(
+                        tenant_companies.c.tenant_id == tenant_id
+                    )
                 )
             ).all()
         return Tenant(id=row.id, name=row.name, cnpjs=frozenset(cnpjs))

@@ -8,7 +8,11 @@ from typing import Any
 # "Exemplo de um arquivo JSON" — its prestador CNPJ 18765499000199 fails the check digit.
 JSON_EXAMPLE: dict[str, Any] = {
     "data_emissao": "2017-09-21T22:15:00",
-    "prestador": {"cnpj": "18765499000199", "inscricao_municipal": "12345", "codigo_municipio": "3516200"},
+    "prestador": {
+        "cnpj": "18765499000199",
+        "inscricao_municipal": "12345",
+        "codigo_municipio": "3516200",
+    },
     "tomador": {
         "cnpj": "07504505000132",
         "razao_social": "Acras Tecnologia da Informação LTDA",
@@ -42,7 +46,11 @@ PYTHON_EXAMPLE: dict[str, Any] = {
     "natureza_operacao": "1",
     "optante_simples_nacional": "true",
     "status": "1",
-    "prestador": {"cnpj": "99999999999999", "inscricao_municipal": "99999999", "codigo_municipio": "9999999"},
+    "prestador": {
+        "cnpj": "99999999999999",
+        "inscricao_municipal": "99999999",
+        "codigo_municipio": "9999999",
+    },
     "servico": {
         "aliquota": "2.92",
         "base_calculo": "1.00",

@@ -9,7 +9,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,19 +27,32 @@ class Dev:
         self.data = tmp / "data"
         self.out = tmp / "dev.out"
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "notaflow.cli", "dev", "--port", str(self.port),
-             "--kafka-port", str(self.kafka_port), "--data-dir", str(self.data),
-             "--sandbox-delay", "0.2"],
-            cwd=ROOT, stdout=open(self.out, "wb"), stderr=subprocess.STDOUT,  # noqa: SIM115
+            [
+                sys.executable,
+                "-m",
+                "notaflow.cli",
+                "dev",
+                "--port",
+                str(self.port),
+                "--kafka-port",
+                str(self.kafka_port),
+                "--data-dir",
+                str(self.data),
+                "--sandbox-delay",
+                "0.2",
+            ],
+            cwd=ROOT,
+            stdout=open(self.out, "wb"),  # noqa: SIM115 - lives as long as the process
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.base = f"http://127.0.0.1:{self.port}"
         try:
             wait_http(f"{self.base}/readyz", timeout=90, proc=self.process)
             wait_for(lambda: "Ctrl-C stops everything" in self.out.read_text(), 10)
-        except Exception:
+        except Exception as exc:
             self.stop()
-            raise AssertionError(self.out.read_text())
+            raise AssertionError(self.out.read_text()) from exc
         self.token = (self.data / "demo-token").read_text().strip()
 
     def client(self) -> httpx.Client:
@@ -50,7 +62,8 @@ class Dev:
         with self.client() as c:
             result: dict[str, Any] = wait_for(
                 lambda: (b := c.get(f"/v2/nfse/{ref}").json()).get("status") in statuses and b,
-                20, 0.1,
+                20,
+                0.1,
             )
         return result
 
@@ -79,7 +92,9 @@ def test_banner_prints_token_broker_and_a_working_curl(dev: Dev) -> None:
     curl_line = next(line for line in banner.splitlines() if "curl" in line and "-X POST" in line)
     if shutil.which("curl") is None:
         pytest.skip("curl not installed")
-    out = subprocess.run(["bash", "-c", curl_line.strip()], capture_output=True, text=True, timeout=20)
+    out = subprocess.run(
+        ["bash", "-c", curl_line.strip()], capture_output=True, text=True, timeout=20
+    )
     body = json.loads(out.stdout)
     assert body["status"] == "processando_autorizacao", out.stdout
     assert dev.wait_status(body["ref"], {"autorizado"})["numero"]
@@ -99,13 +114,23 @@ def test_seed_examples_with_valid_cnpjs_are_authorized(dev: Dev) -> None:
     with dev.client() as c:
         r1 = c.post("/v2/nfse", params={"ref": "seed1"}, json=with_valid_cnpjs(JSON_EXAMPLE))
         # requests.post(url, params=ref, data=json.dumps(nfse), auth=(token, "")): no type.
-        r2 = c.post("/v2/nfse", params={"ref": "seed2"},
-                    content=json.dumps(with_valid_cnpjs(PYTHON_EXAMPLE)))
+        r2 = c.post(
+            "/v2/nfse",
+            params={"ref": "seed2"},
+            content=json.dumps(with_valid_cnpjs(PYTHON_EXAMPLE)),
+        )
     assert (r1.status_code, r2.status_code) == (202, 202), (r1.text, r2.text)
     for ref in ("seed1", "seed2"):
         note = dev.wait_status(ref, {"autorizado"})
-        assert {"numero", "codigo_verificacao", "data_emissao", "url",
-                "caminho_xml_nota_fiscal", "numero_rps", "serie_rps"} <= note.keys()
+        assert {
+            "numero",
+            "codigo_verificacao",
+            "data_emissao",
+            "url",
+            "caminho_xml_nota_fiscal",
+            "numero_rps",
+            "serie_rps",
+        } <= note.keys()
 
 
 def test_curl_upload_form(dev: Dev, tmp_path: Path) -> None:
@@ -114,9 +139,20 @@ def test_curl_upload_form(dev: Dev, tmp_path: Path) -> None:
     doc = tmp_path / "arquivo.json"
     doc.write_text(json.dumps(with_valid_cnpjs(JSON_EXAMPLE), ensure_ascii=False))
     out = subprocess.run(
-        ["curl", "-s", "-u", f"{dev.token}:", "-X", "POST", "-T", str(doc),
-         f"{dev.base}/v2/nfse?ref=curlT"],
-        capture_output=True, text=True, timeout=20,
+        [
+            "curl",
+            "-s",
+            "-u",
+            f"{dev.token}:",
+            "-X",
+            "POST",
+            "-T",
+            str(doc),
+            f"{dev.base}/v2/nfse?ref=curlT",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=20,
     )
     assert json.loads(out.stdout)["status"] == "processando_autorizacao", out.stdout
     assert dev.wait_status("curlT", {"autorizado"})["status"] == "autorizado"
@@ -147,14 +183,17 @@ def test_company_not_enabled(dev: Dev) -> None:
 
 def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
     d = Dev(tmp_path)
-    children = [
-        int(pid)
-        for pid in subprocess.run(
-            ["pgrep", "-P", str(d.process.pid)], capture_output=True, text=True
-        ).stdout.split()
-    ]
-    assert len(children) == 4, children  # broker, sandbox, consumer, ingress
-    assert d.stop() == 0
+    try:
+        children = [
+            int(pid)
+            for pid in subprocess.run(
+                ["pgrep", "-P", str(d.process.pid)], capture_output=True, text=True
+            ).stdout.split()
+        ]
+        assert len(children) == 4, children  # broker, sandbox, consumer, ingress
+    finally:
+        code = d.stop()
+    assert code == 0
     for pid in children:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)

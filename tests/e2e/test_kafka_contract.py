@@ -18,7 +18,7 @@ from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.settings import Settings
 from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from tests.support import Stack, wait_for
+from tests.support import Stack
 
 
 @pytest.fixture
@@ -28,7 +28,9 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     s.stop()
 
 
-async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]) -> None:
+async def produce(
+    bootstrap: str, topic: str, records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]]
+) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
     try:
@@ -40,8 +42,12 @@ async def produce(bootstrap: str, topic: str, records: list[tuple[bytes, bytes, 
 
 async def consume_all(bootstrap: str, topic: str, want: int, timeout: float = 20) -> list[Any]:
     consumer = AIOKafkaConsumer(
-        topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
-        group_id=f"test-{uuid.uuid4().hex[:6]}", session_timeout_ms=6000, heartbeat_interval_ms=300,
+        topic,
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        group_id=f"test-{uuid.uuid4().hex[:6]}",
+        session_timeout_ms=6000,
+        heartbeat_interval_ms=300,
     )
     await consumer.start()
     got: list[Any] = []
@@ -59,8 +65,12 @@ async def consume_all(bootstrap: str, topic: str, want: int, timeout: float = 20
 
 
 def emit_record(tenant: str, ref: str, doc: Any) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
-    event = Event(type=t.NFSE_EMIT, source="erp-x", data={"tenant": tenant, "ref": ref, "nfse": doc},
-                  subject=ref)
+    event = Event(
+        type=t.NFSE_EMIT,
+        source="erp-x",
+        data={"tenant": tenant, "ref": ref, "nfse": doc},
+        subject=ref,
+    )
     return t.document_key(tenant, "nfse", ref), event.value(), event.headers()
 
 
@@ -69,7 +79,11 @@ def test_commands_straight_from_kafka_and_dead_letters(stack: Stack) -> None:
     bad_doc = with_valid_cnpjs(JSON_EXAMPLE)
     bad_doc["prestador"]["codigo_municipio"] = "35503080"  # 8 digits
     records = [
-        (b"garbage", b"{not json", [("ce_id", b"1"), ("ce_type", t.NFSE_EMIT.encode()), ("ce_source", b"x")]),
+        (
+            b"garbage",
+            b"{not json",
+            [("ce_id", b"1"), ("ce_type", t.NFSE_EMIT.encode()), ("ce_source", b"x")],
+        ),
         emit_record("acme", "kbad", bad_doc),
         emit_record("acme", "kgood", with_valid_cnpjs(JSON_EXAMPLE)),
     ]
@@ -85,14 +99,21 @@ def test_commands_straight_from_kafka_and_dead_letters(stack: Stack) -> None:
     with stack.client() as c:
         assert c.get("/v2/nfse/kbad").status_code == 404
     lifecycle = asyncio.run(consume_all(stack.settings.kafka_bootstrap, topics.lifecycle, 2))
-    statuses = [json.loads(r.value)["status"] for r in lifecycle if json.loads(r.value)["ref"] == "kgood"]
+    statuses = [
+        json.loads(r.value)["status"] for r in lifecycle if json.loads(r.value)["ref"] == "kgood"
+    ]
     assert statuses == ["processando_autorizacao", "autorizado"]
     assert dict(lifecycle[-1].headers)["ce_type"] == t.NFSE_STATUS.encode()
 
 
 def test_provider_webhook_auth_and_duplicates(stack: Stack) -> None:
     with stack.client() as c:
-        assert c.post("/v2/nfse", params={"ref": "wh1"}, json=with_valid_cnpjs(JSON_EXAMPLE)).status_code == 202
+        assert (
+            c.post(
+                "/v2/nfse", params={"ref": "wh1"}, json=with_valid_cnpjs(JSON_EXAMPLE)
+            ).status_code
+            == 202
+        )
     note = stack.wait_status("wh1", {"autorizado"})
     hook = f"{stack.base}/webhooks/focus/nfse"
     provider_ref = "N1A1"
@@ -111,18 +132,31 @@ def test_provider_webhook_auth_and_duplicates(stack: Stack) -> None:
     with stack.client() as c:
         assert c.get("/v2/nfse/wh1").json() == note
     out = stack.run("history", "acme", "wh1")
-    assert [h["status"] for h in json.loads(out)["history"]] == ["processando_autorizacao", "autorizado"]
+    assert [h["status"] for h in json.loads(out)["history"]] == [
+        "processando_autorizacao",
+        "autorizado",
+    ]
 
 
 def test_redelivered_command_emits_once(stack: Stack) -> None:
     topics = t.Topics(stack.settings.kafka_topic_prefix)
     with stack.client() as c:
-        assert c.post("/v2/nfse", params={"ref": "dup1"}, json=with_valid_cnpjs(JSON_EXAMPLE)).status_code == 202
+        assert (
+            c.post(
+                "/v2/nfse", params={"ref": "dup1"}, json=with_valid_cnpjs(JSON_EXAMPLE)
+            ).status_code
+            == 202
+        )
     stack.wait_status("dup1", {"autorizado"})
     # A redelivery: the very record the ingress published, read back and published again.
     records = asyncio.run(consume_all(stack.settings.kafka_bootstrap, topics.nfse_commands, 1))
-    asyncio.run(produce(stack.settings.kafka_bootstrap, topics.nfse_commands,
-                        [(r.key, r.value, list(r.headers)) for r in records] * 2))
+    asyncio.run(
+        produce(
+            stack.settings.kafka_bootstrap,
+            topics.nfse_commands,
+            [(r.key, r.value, list(r.headers)) for r in records] * 2,
+        )
+    )
     asyncio.run(asyncio.sleep(2))
     stats = httpx.get(f"{stack.sandbox}/_sandbox/stats").json()
     assert stats["emissions"] == {"N1A1": 1}, stats

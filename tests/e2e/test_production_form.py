@@ -37,8 +37,15 @@ def test_emit_authorize_query(stack: Stack) -> None:
         )
         assert r.status_code == 202, r.text
     note = stack.wait_status("pf1", {"autorizado"})
-    for field in ("numero", "codigo_verificacao", "data_emissao", "url", "caminho_xml_nota_fiscal",
-                  "numero_rps", "serie_rps"):
+    for field in (
+        "numero",
+        "codigo_verificacao",
+        "data_emissao",
+        "url",
+        "caminho_xml_nota_fiscal",
+        "numero_rps",
+        "serie_rps",
+    ):
         assert note.get(field), (field, note)
     assert note["cnpj_prestador"] == "51916585000125" and note["ref"] == "pf1"
     xml = httpx.get(stack.base + note["caminho_xml_nota_fiscal"])

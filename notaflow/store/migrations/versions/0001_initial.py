@@ -41,9 +41,9 @@ def upgrade() -> None:
         sa.Column("command_id", sa.String(64), nullable=False),
         sa.Column("provider_ref", sa.String(64), unique=True),
         sa.Column("cnpj_prestador", sa.String(14), nullable=False),
-        sa.Column("payload", sa.JSON, nullable=False),
-        sa.Column("result", sa.JSON),
-        sa.Column("erros", sa.JSON),
+        sa.Column("payload", sa.Text, nullable=False),
+        sa.Column("result", sa.Text),
+        sa.Column("erros", sa.Text),
         sa.Column("submitted_at", TS),
         sa.Column("created_at", TS, nullable=False),
         sa.Column("updated_at", TS, nullable=False),
@@ -58,7 +58,7 @@ def upgrade() -> None:
         sa.Column("attempt", sa.Integer, nullable=False),
         sa.Column("status", sa.String(32), nullable=False),
         sa.Column("source", sa.String(64), nullable=False),
-        sa.Column("detail", sa.JSON),
+        sa.Column("detail", sa.Text),
         sa.Column("at", TS, nullable=False),
     )
     op.create_index("ix_document_events_document_id", "document_events", ["document_id"])

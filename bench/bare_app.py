@@ -1,0 +1,31 @@
+"""The baseline of the ingress benchmark: a bare Starlette endpoint that parses the same JSON
+body and answers 202, served by the same uvicorn settings as the real ingress."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+
+async def accept(request: Request) -> Response:
+    body = json.loads(await request.body())
+    return JSONResponse(
+        {
+            "cnpj_prestador": body["prestador"]["cnpj"],
+            "ref": request.query_params["ref"],
+            "status": "processando_autorizacao",
+        },
+        status_code=202,
+    )
+
+
+app = Starlette(routes=[Route("/v2/nfse", accept, methods=["POST"])])
+
+if __name__ == "__main__":
+    uvicorn.run(app, host="127.0.0.1", port=int(sys.argv[1]), log_level="warning", access_log=False)
