@@ -1,0 +1,441 @@
+"""The consumer runner against the real broker: order per key with concurrency across keys,
+bounded in-flight work, commits that never pass unfinished work, retries and dead letters;
+plus the pure commit arithmetic and retry delays."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import random
+import time
+from collections import Counter, defaultdict
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+
+from consumers.errors import PermanentFailure, RateLimited, TransientFailure
+from consumers.runner import RetryPolicy, Runner, _Partition
+from notaflow.bus import Bus, client_options, ensure_topics
+from notaflow.errors import InvalidDocument
+from notaflow.settings import Settings
+
+Handler = Callable[[Any], Awaitable[None]]
+
+
+@pytest.fixture
+def fast(settings: Settings) -> Settings:
+    # A group join on this broker takes about half the session timeout: keep it short.
+    return settings.replace(kafka_session_timeout_ms=1000, kafka_heartbeat_ms=100)
+
+
+async def eventually(predicate: Callable[[], bool], timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"condition not met within {timeout}s")
+        await asyncio.sleep(0.01)
+
+
+async def produce(
+    settings: Settings,
+    topic: str,
+    records: list[tuple[bytes, bytes, list[tuple[str, bytes]]]],
+) -> list[Any]:
+    """Publish in order (one producer keeps per-partition order); return the metadata."""
+    producer = AIOKafkaProducer(**client_options(settings), acks="all", linger_ms=5)
+    await producer.start()
+    try:
+        futures = [
+            await producer.send(topic, value, key=key, headers=headers)
+            for key, value, headers in records
+        ]
+        return list(await asyncio.gather(*futures))
+    finally:
+        await producer.stop()
+
+
+async def committed(settings: Settings, group: str, tp: TopicPartition) -> int | None:
+    """The group's committed offset, read without joining the group."""
+    consumer = AIOKafkaConsumer(
+        **client_options(settings), group_id=group, enable_auto_commit=False
+    )
+    await consumer.start()
+    try:
+        return await consumer.committed(tp)
+    finally:
+        await consumer.stop()
+
+
+async def read_all(settings: Settings, topic: str, want: int, timeout: float = 10) -> list[Any]:
+    """Every record of `topic` from the beginning, without a group."""
+    consumer = AIOKafkaConsumer(**client_options(settings), group_id=None)
+    await consumer.start()
+    got: list[Any] = []
+    try:
+        consumer.assign([TopicPartition(topic, p) for p in range(settings.kafka_partitions)])
+        await consumer.seek_to_beginning()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout):
+                while len(got) < want:
+                    for records in (await consumer.getmany(timeout_ms=200)).values():
+                        got.extend(records)
+        # A little longer, to catch records that should not be there.
+        for records in (await consumer.getmany(timeout_ms=300)).values():
+            got.extend(records)
+    finally:
+        await consumer.stop()
+    return got
+
+
+@dataclass
+class Running:
+    runner: Runner
+    task: asyncio.Task[None]
+    bus: Bus
+    stopped_in: float | None = None
+
+    async def stop(self, timeout: float = 15) -> None:
+        started = time.monotonic()
+        self.runner.stop()
+        await asyncio.wait_for(asyncio.shield(self.task), timeout)
+        self.stopped_in = time.monotonic() - started
+
+
+@contextlib.asynccontextmanager
+async def running(
+    settings: Settings, name: str, topic: str, handler: Handler, **options: Any
+) -> AsyncIterator[Running]:
+    bus = Bus(settings)
+    await bus.start()
+    await bus.wait_connected(10)
+    runner = Runner(
+        settings,
+        name,
+        [topic],
+        handler,
+        bus,
+        dead_letter_topic=settings.kafka_topic_prefix + "dead-letter",
+        **options,
+    )
+    handle = Running(runner, asyncio.create_task(runner.run(), name=f"runner-{name}"), bus)
+    try:
+        yield handle
+    finally:
+        if not handle.task.done():
+            handle.runner.stop()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(handle.task), 1)
+            handle.task.cancel()
+            with contextlib.suppress(BaseException):
+                await handle.task
+        await bus.stop()
+
+
+@dataclass
+class Call:
+    key: str
+    seq: int
+    partition: int
+    offset: int
+    start: float
+    end: float = 0.0
+
+
+@dataclass
+class Tracker:
+    """Records handler calls and how many run at once."""
+
+    calls: list[Call] = field(default_factory=list)
+    in_flight: int = 0
+    max_in_flight: int = 0
+    max_sleep: float = 0.02
+
+    async def handle(self, record: Any) -> None:
+        body = json.loads(record.value)
+        call = Call(body["key"], body["seq"], record.partition, record.offset, time.monotonic())
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            await asyncio.sleep(random.uniform(0, self.max_sleep))
+        finally:
+            self.in_flight -= 1
+        call.end = time.monotonic()
+        self.calls.append(call)
+
+
+def keyed(key: str, seq: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
+    return key.encode(), json.dumps({"key": key, "seq": seq}).encode(), []
+
+
+# -- order, concurrency, commits -----------------------------------------------------------
+
+
+async def test_order_per_key_concurrency_across_keys_and_commits(fast: Settings) -> None:
+    topic = fast.kafka_topic_prefix + "orders"
+    await ensure_topics(fast, [topic, fast.kafka_topic_prefix + "dead-letter"])
+    keys = [f"doc-{i}" for i in range(20)]
+    seqs: Counter[str] = Counter()
+    records = []
+    rng = random.Random(7)
+    for _ in range(300):
+        key = rng.choice(keys)
+        records.append(keyed(key, seqs[key]))
+        seqs[key] += 1
+    meta = await produce(fast, topic, records)
+    assert len({m.partition for m in meta}) == 3
+
+    tracker = Tracker()
+    async with running(fast, "orders", topic, tracker.handle) as run:
+        await eventually(lambda: len(tracker.calls) >= 300)
+        await asyncio.sleep(0.2)  # anything handled twice would show up now
+        await run.stop()
+    assert run.runner.stats.processed == 300
+
+    # All handled, once.
+    handled = Counter((c.key, c.seq) for c in tracker.calls)
+    assert set(handled.values()) == {1}
+    assert sorted(handled) == sorted((k, s) for k in seqs for s in range(seqs[k]))
+
+    # One document's events one after the other, in produced order.
+    by_key: dict[str, list[Call]] = defaultdict(list)
+    for call in sorted(tracker.calls, key=lambda c: c.start):
+        by_key[call.key].append(call)
+    for key, calls in by_key.items():
+        assert [c.seq for c in calls] == list(range(seqs[key])), key
+        for earlier, later in itertools.pairwise(calls):
+            assert later.start >= earlier.end, f"{key}: seq {later.seq} overlapped its predecessor"
+
+    # Different documents really ran at the same time, also inside one partition.
+    assert tracker.max_in_flight > 3
+    same_partition_overlap = any(
+        a.key != b.key and a.partition == b.partition and a.start < b.end and b.start < a.end
+        for a, b in itertools.combinations(tracker.calls, 2)
+    )
+    assert same_partition_overlap
+
+    # Everything was committed: a new member of the group gets only what comes next.
+    await produce(fast, topic, [keyed("fresh", 0)])
+    again = Tracker()
+    async with running(fast, "orders", topic, again.handle) as run:
+        await eventually(lambda: len(again.calls) >= 1)
+        await asyncio.sleep(0.5)
+        await run.stop()
+    assert [(c.key, c.seq) for c in again.calls] == [("fresh", 0)]
+
+
+async def test_in_flight_is_bounded_by_concurrency(fast: Settings) -> None:
+    topic = fast.kafka_topic_prefix + "bounded"
+    await ensure_topics(fast, [topic, fast.kafka_topic_prefix + "dead-letter"])
+    # Distinct keys, so only the semaphore (not per-key order) limits parallelism.
+    await produce(fast, topic, [keyed(f"doc-{i}", 0) for i in range(60)])
+
+    tracker = Tracker(max_sleep=0.03)
+    async with running(fast, "bounded", topic, tracker.handle, concurrency=5) as run:
+        await eventually(lambda: len(tracker.calls) >= 60)
+        await run.stop()
+    assert tracker.max_in_flight == 5
+    assert len(tracker.calls) == 60
+
+
+async def test_unfinished_offset_is_not_committed(fast: Settings) -> None:
+    one = fast.replace(kafka_partitions=1)
+    topic = one.kafka_topic_prefix + "stuck"
+    await ensure_topics(one, [topic, one.kafka_topic_prefix + "dead-letter"])
+    await produce(one, topic, [keyed(f"doc-{i}", 0) for i in range(10)])
+    stuck_at = 4
+    done: list[int] = []
+
+    async def handler(record: Any) -> None:
+        if record.offset == stuck_at:
+            await asyncio.Event().wait()  # never finishes
+        done.append(record.offset)
+
+    async with running(one, "stuck", topic, handler, grace=0.3) as run:
+        await eventually(lambda: len(done) == 9)
+        await run.stop()
+    assert sorted(done) == [o for o in range(10) if o != stuck_at]
+    assert run.runner.stats.processed == 9
+    assert run.stopped_in is not None and run.stopped_in < 5
+    # Later offsets finished, but the commit never passes the one that did not.
+    assert await committed(one, "notaflow-stuck", TopicPartition(topic, 0)) == stuck_at
+
+
+@pytest.mark.xfail(
+    strict=True,
+    raises=TimeoutError,
+    reason="BUG: Runner.run blocks in `await self._slots.acquire()` for the rest of the "
+    "fetched batch, so stop() is not seen while every slot is held by a slow handler",
+)
+async def test_stop_is_bounded_when_every_slot_is_busy(fast: Settings) -> None:
+    one = fast.replace(kafka_partitions=1)
+    topic = one.kafka_topic_prefix + "full"
+    await ensure_topics(one, [topic, one.kafka_topic_prefix + "dead-letter"])
+    await produce(one, topic, [keyed(f"doc-{i}", 0) for i in range(6)])
+    started: list[int] = []
+
+    async def handler(record: Any) -> None:
+        started.append(record.offset)
+        await asyncio.Event().wait()  # a provider call that hangs
+
+    async with running(one, "full", topic, handler, concurrency=2, grace=0.3) as run:
+        await eventually(lambda: len(started) == 2)
+        # The grace period bounds shutdown: 0.3 s, then cancel, commit and leave.
+        await run.stop(timeout=2)
+    assert started == [0, 1]
+    assert await committed(one, "notaflow-full", TopicPartition(topic, 0)) is None
+
+
+# -- retries and dead letters --------------------------------------------------------------
+
+
+async def test_retries_and_dead_letters(fast: Settings) -> None:
+    one = fast.replace(kafka_partitions=1)
+    topic = one.kafka_topic_prefix + "work"
+    dlq = one.kafka_topic_prefix + "dead-letter"
+    await ensure_topics(one, [topic, dlq])
+    plan = [
+        ("A", "flaky"),  # 0: two transient failures, then success
+        ("B", "doomed"),  # 1: transient forever: dead-lettered after 4 attempts
+        ("B", "ok"),  # 2: the same document continues after its dead letter
+        ("C", "invalid"),  # 3: InvalidDocument: dead-lettered at once
+        ("D", "refused"),  # 4: PermanentFailure: dead-lettered at once
+        ("E", "crash"),  # 5: an unexpected, non-retriable error: dead-lettered at once
+        ("F", "limited"),  # 6: 429 with Retry-After 0.3 s, then success
+        ("G", "ok"),  # 7: the partition keeps flowing
+    ]
+    await produce(
+        one,
+        topic,
+        [
+            (key.encode(), json.dumps({"do": do}).encode(), [("ce_id", f"id-{i}".encode())])
+            for i, (key, do) in enumerate(plan)
+        ],
+    )
+    attempts: Counter[int] = Counter()
+    times: dict[int, list[float]] = defaultdict(list)
+    finished: list[int] = []
+
+    async def handler(record: Any) -> None:
+        attempts[record.offset] += 1
+        times[record.offset].append(time.monotonic())
+        do = json.loads(record.value)["do"]
+        n = attempts[record.offset]
+        if do == "flaky" and n <= 2:
+            raise TransientFailure(f"HTTP 503 (try {n})")
+        if do == "doomed":
+            raise TransientFailure("HTTP 502")
+        if do == "invalid":
+            raise InvalidDocument("prestador.cnpj", "CNPJ do prestador inválido")
+        if do == "refused":
+            raise PermanentFailure("Focus refused our token")
+        if do == "crash":
+            raise RuntimeError("handler bug")
+        if do == "limited" and n == 1:
+            raise RateLimited("Focus rate limit reached", retry_after=0.3)
+        finished.append(record.offset)
+
+    policy = RetryPolicy(base=0.01, maximum=0.05, attempts=4)
+    async with running(one, "work", topic, handler, retry=policy) as run:
+        await eventually(lambda: run.runner.stats.processed == len(plan))
+        await run.stop()
+
+    assert attempts == {0: 3, 1: 4, 2: 1, 3: 1, 4: 1, 5: 1, 6: 2, 7: 1}
+    assert sorted(finished) == [0, 2, 6, 7]
+    assert times[2][0] > times[1][-1], "the document's next event waited for the dead letter"
+    assert times[6][1] - times[6][0] >= 0.29, "the provider's Retry-After beats a short backoff"
+    stats = run.runner.stats
+    assert (stats.retried, stats.dead_lettered) == (2 + 3 + 1, 4)
+    assert await committed(one, "notaflow-work", TopicPartition(topic, 0)) == len(plan)
+
+    letters = {int(dict(r.headers)["dlq_origin_offset"]): r for r in await read_all(one, dlq, 4)}
+    assert sorted(letters) == [1, 3, 4, 5]
+    expected = {
+        1: ("4", "TransientFailure: HTTP 502"),
+        3: ("1", "invalid: prestador.cnpj: CNPJ do prestador inválido"),
+        4: ("1", "PermanentFailure: Focus refused our token"),
+        5: ("1", "RuntimeError: handler bug"),
+    }
+    for offset, (tries, error) in expected.items():
+        record = letters[offset]
+        headers = {name: value.decode() for name, value in record.headers}
+        assert headers["dlq_origin_topic"] == topic
+        assert headers["dlq_origin_partition"] == "0"
+        assert headers["dlq_origin_offset"] == str(offset)
+        assert headers["dlq_attempts"] == tries
+        assert headers["dlq_error"] == error
+        assert headers["dlq_consumer"] == "work"
+        assert int(headers["dlq_time"]) > 0
+        assert headers["ce_id"] == f"id-{offset}", "the original headers travel along"
+        assert record.key == plan[offset][0].encode()
+        assert json.loads(record.value) == {"do": plan[offset][1]}
+
+
+# -- pure parts ----------------------------------------------------------------------------
+
+
+def test_partition_commits_only_the_finished_prefix() -> None:
+    part = _Partition()
+    for offset in (10, 11, 12, 13):
+        part.add(offset)
+    assert (part.next_commit, part.dirty) == (10, False)
+    part.done(12)  # out of order: nothing to commit yet
+    assert (part.next_commit, part.dirty) == (10, False)
+    part.done(10)
+    assert (part.next_commit, part.dirty) == (11, True)
+    part.dirty = False  # as after a commit
+    part.done(11)  # releases 11 and the already finished 12
+    assert (part.next_commit, part.dirty) == (13, True)
+    part.done(13)
+    assert part.next_commit == 14
+    assert part.pending == {}
+
+
+def test_partition_skips_gaps_between_offsets() -> None:
+    part = _Partition()
+    for offset in (5, 8, 20):  # compaction or transaction markers leave holes
+        part.add(offset)
+    part.done(20)
+    assert part.next_commit == 5
+    part.done(5)
+    assert part.next_commit == 8
+    part.done(8)
+    assert part.next_commit == 21
+    part.add(30)
+    part.done(30)
+    assert part.next_commit == 31
+
+
+def test_partition_ignores_unknown_and_repeated_offsets() -> None:
+    part = _Partition()
+    part.add(0)
+    part.add(1)
+    part.done(7)  # never added (partition revoked and reassigned meanwhile)
+    assert (part.next_commit, part.dirty) == (0, False)
+    part.done(0)
+    part.done(0)
+    assert part.next_commit == 1
+    assert part.pending == {1: False}
+
+
+def test_retry_delay_bounds() -> None:
+    policy = RetryPolicy(base=0.5, maximum=4.0, attempts=8)
+    for attempt in range(1, 9):
+        cap = min(4.0, 0.5 * 2 ** (attempt - 1))
+        delays = [policy.delay(attempt) for _ in range(300)]
+        assert all(0 <= d <= cap for d in delays), attempt
+        assert len(set(delays)) > 1, "jittered"
+    assert max(policy.delay(8) for _ in range(300)) > 2.0  # the cap, not the base, bounds it
+
+
+def test_retry_delay_hint_wins_when_longer() -> None:
+    policy = RetryPolicy(base=0.1, maximum=1.0)
+    assert policy.delay(1, hint=5.0) == 5.0
+    assert policy.delay(20, hint=30.0) == 30.0
+    assert all(policy.delay(3, hint=0.05) >= 0.05 for _ in range(100))
+    assert all(policy.delay(3, hint=0.0) <= 0.4 for _ in range(100))
+    assert all(0 <= policy.delay(3, hint=None) <= 0.4 for _ in range(100))

@@ -1,0 +1,323 @@
+"""The Focus NFe HTTP adapter against `httpx.MockTransport`: what goes on the wire, how every
+answer and every foreign error lands in the consumer error tree, and the rate-limit gate."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from collections.abc import Callable
+
+import httpx
+import pytest
+
+from consumers.errors import ConsumerError, PermanentFailure, RateLimited, TransientFailure
+from consumers.providers.focus import FocusClient, FocusReply, RateLimitGate
+
+BASE = "https://focus.test"
+TOKEN = "tok-123"
+
+Handler = Callable[[httpx.Request], httpx.Response]
+
+
+def client(handler: Handler) -> FocusClient:
+    return FocusClient(BASE, TOKEN, timeout=5, transport=httpx.MockTransport(handler))
+
+
+def subclasses(cls: type[Exception]) -> list[type[Exception]]:
+    """Every subclass, however deep, in a stable order (test ids)."""
+    found: set[type[Exception]] = set()
+    todo = [cls]
+    while todo:
+        for sub in todo.pop().__subclasses__():
+            found.add(sub)
+            todo.append(sub)
+    return sorted(found, key=lambda c: c.__name__)
+
+
+async def test_basic_auth_is_token_with_empty_password() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(200, json={"status": "autorizado"})
+
+    focus = client(handler)
+    try:
+        await focus.get_nfse("r1")
+    finally:
+        await focus.aclose()
+    scheme, _, encoded = seen[0].headers["Authorization"].partition(" ")
+    assert scheme == "Basic"
+    assert base64.b64decode(encoded) == f"{TOKEN}:".encode()
+
+
+async def test_emit_sends_ref_query_and_json_document() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        return httpx.Response(202, json={"ref": "r-1", "status": "processando_autorizacao"})
+
+    document = {"prestador": {"cnpj": "51916585000125"}, "servico": {"valor_servicos": 10.5}}
+    focus = client(handler)
+    try:
+        reply = await focus.emit_nfse("r-1", document)
+    finally:
+        await focus.aclose()
+    assert reply == FocusReply(202, {"ref": "r-1", "status": "processando_autorizacao"})
+    request = seen[0]
+    assert request.method == "POST"
+    assert request.url.path == "/v2/nfse"
+    assert request.url.params["ref"] == "r-1"
+    assert request.headers["Content-Type"] == "application/json"
+    assert json.loads(request.content) == document
+
+
+@pytest.mark.parametrize("status", [500, 502, 503, 504])
+async def test_5xx_is_transient(status: int) -> None:
+    focus = client(lambda r: httpx.Response(status, text="upstream down"))
+    try:
+        with pytest.raises(TransientFailure) as info:
+            await focus.get_nfse("r1")
+    finally:
+        await focus.aclose()
+    assert not isinstance(info.value, RateLimited)
+    assert str(status) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "exc",
+    [httpx.ConnectTimeout, httpx.ReadTimeout, httpx.PoolTimeout, httpx.ConnectError],
+)
+async def test_timeouts_and_connection_errors_are_transient(
+    exc: type[httpx.RequestError],
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc("boom", request=request)
+
+    focus = client(handler)
+    try:
+        with pytest.raises(TransientFailure) as info:
+            await focus.emit_nfse("r1", {})
+    finally:
+        await focus.aclose()
+    assert isinstance(info.value.__cause__, exc)
+
+
+@pytest.mark.parametrize("exc", subclasses(httpx.TransportError))
+async def test_every_transport_error_maps_into_the_consumer_tree(
+    exc: type[httpx.TransportError],
+) -> None:
+    """A new httpx error class without a mapping fails here instead of leaking to the runner."""
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc("boom", request=request)
+
+    focus = client(handler)
+    try:
+        with pytest.raises(ConsumerError) as info:
+            await focus.get_nfse("r1")
+    finally:
+        await focus.aclose()
+    assert isinstance(info.value, TransientFailure)
+    assert isinstance(info.value.__cause__, exc)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: FocusClient._request catches only httpx.TransportError; other "
+    "httpx.RequestError subclasses (DecodingError, TooManyRedirects) leak unmapped",
+)
+@pytest.mark.parametrize(
+    "exc",
+    [cls for cls in subclasses(httpx.RequestError) if not issubclass(cls, httpx.TransportError)],
+)
+async def test_every_request_error_maps_into_the_consumer_tree(
+    exc: type[httpx.RequestError],
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        raise exc("boom", request=request)
+
+    focus = client(handler)
+    try:
+        with pytest.raises(ConsumerError):
+            await focus.get_nfse("r1")
+    finally:
+        await focus.aclose()
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="BUG: a body that fails Content-Encoding decoding raises httpx.DecodingError, "
+    "which FocusClient._request does not map (the runner then dead-letters it as permanent)",
+)
+async def test_undecodable_body_is_transient() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200,
+            headers={"Content-Encoding": "gzip", "Content-Type": "application/json"},
+            content=b"definitely not gzip",
+        )
+
+    focus = client(handler)
+    try:
+        with pytest.raises(TransientFailure):
+            await focus.get_nfse("r1")
+    finally:
+        await focus.aclose()
+
+
+@pytest.mark.parametrize(
+    ("headers", "expected"),
+    [
+        ({"Retry-After": "0.2"}, 0.2),
+        ({"Rate-Limit-Reset": "0.2"}, 0.2),
+        ({"Retry-After": "0.2", "Rate-Limit-Reset": "7"}, 0.2),
+    ],
+)
+async def test_429_raises_rate_limited_and_the_gate_holds_the_next_call(
+    headers: dict[str, str], expected: float
+) -> None:
+    calls: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            return httpx.Response(429, headers=headers, json={"codigo": "limite_excedido"})
+        return httpx.Response(200, json={"status": "autorizado"})
+
+    focus = client(handler)
+    try:
+        with pytest.raises(RateLimited) as info:
+            await focus.get_nfse("r1")
+        assert info.value.retry_after == pytest.approx(expected)
+        assert info.value.retriable
+        reply = await focus.get_nfse("r1")
+    finally:
+        await focus.aclose()
+    assert reply.status_code == 200
+    assert calls[1] - calls[0] >= expected - 0.02
+
+
+async def test_spent_rate_limit_window_makes_the_next_call_wait() -> None:
+    calls: list[float] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        calls.append(time.monotonic())
+        return httpx.Response(
+            200,
+            headers={
+                "Rate-Limit-Remaining": "0" if len(calls) == 1 else "99",
+                "Rate-Limit-Reset": "0.2",
+            },
+            json={"status": "autorizado"},
+        )
+
+    focus = client(handler)
+    try:
+        first = await focus.get_nfse("r1")  # succeeds: the window is spent only afterwards
+        await focus.get_nfse("r1")
+        await focus.get_nfse("r1")  # remaining 99 again: no wait
+    finally:
+        await focus.aclose()
+    assert first.status_code == 200
+    assert calls[1] - calls[0] >= 0.18
+    assert calls[2] - calls[1] < 0.1
+
+
+async def test_remaining_window_does_not_wait() -> None:
+    gate = RateLimitGate()
+    gate.observe(httpx.Headers({"Rate-Limit-Remaining": "5", "Rate-Limit-Reset": "30"}))
+    gate.observe(httpx.Headers({"Rate-Limit-Remaining": "bogus", "Rate-Limit-Reset": "30"}))
+    gate.observe(httpx.Headers({"Rate-Limit-Remaining": "0"}))  # no reset: nothing to wait for
+    started = time.monotonic()
+    await gate.wait()
+    assert time.monotonic() - started < 0.05
+
+
+@pytest.mark.parametrize("status", [401, 403])
+async def test_bad_credentials_are_permanent(status: int) -> None:
+    focus = client(lambda r: httpx.Response(status, json={"mensagem": "token inválido"}))
+    try:
+        with pytest.raises(PermanentFailure, match="token inválido"):
+            await focus.emit_nfse("r1", {})
+    finally:
+        await focus.aclose()
+
+
+async def test_non_json_success_body_is_transient() -> None:
+    focus = client(lambda r: httpx.Response(200, text="<html>gateway</html>"))
+    try:
+        with pytest.raises(TransientFailure, match="not JSON"):
+            await focus.get_nfse("r1")
+    finally:
+        await focus.aclose()
+
+
+async def test_422_em_processamento_is_a_reply_not_an_error() -> None:
+    body = {"codigo": "em_processamento", "mensagem": "Nota fiscal em processamento"}
+    focus = client(lambda r: httpx.Response(422, json=body))
+    try:
+        reply = await focus.emit_nfse("r1", {})
+    finally:
+        await focus.aclose()
+    assert reply == FocusReply(422, body)
+
+
+async def test_empty_body_is_an_empty_reply() -> None:
+    focus = client(lambda r: httpx.Response(204))
+    try:
+        reply = await focus.cancel_nfse("r1", "erro de digitação no valor")
+    finally:
+        await focus.aclose()
+    assert reply == FocusReply(204, {})
+
+
+async def test_register_hook_reuses_an_existing_hook() -> None:
+    url = "https://notaflow.test/webhooks/focus/nfse"
+    existing = {"id": "h1", "url": url, "event": "nfse", "authorization": "x"}
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        assert request.method == "GET", "must not create a duplicate hook"
+        return httpx.Response(
+            200, json=[{"id": "h0", "url": "https://other", "event": "nfse"}, existing]
+        )
+
+    focus = client(handler)
+    try:
+        reply = await focus.register_hook(url, "secret")
+    finally:
+        await focus.aclose()
+    assert reply == FocusReply(200, existing)
+    assert [(r.method, r.url.path) for r in seen] == [("GET", "/v2/hooks")]
+
+
+async def test_register_hook_creates_when_missing_or_deleted() -> None:
+    url = "https://notaflow.test/webhooks/focus/nfse"
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.method == "GET":
+            return httpx.Response(
+                200, json=[{"id": "h1", "url": url, "event": "nfse", "deleted": True}]
+            )
+        return httpx.Response(201, json={"id": "h2", **json.loads(request.content)})
+
+    focus = client(handler)
+    try:
+        reply = await focus.register_hook(url, "secret", header="X-Token")
+    finally:
+        await focus.aclose()
+    assert [(r.method, r.url.path) for r in seen] == [("GET", "/v2/hooks"), ("POST", "/v2/hooks")]
+    assert json.loads(seen[1].content) == {
+        "event": "nfse",
+        "url": url,
+        "authorization": "secret",
+        "authorization_header": "X-Token",
+    }
+    assert reply.status_code == 201
+    assert reply.body["id"] == "h2"
