@@ -85,6 +85,7 @@ def main() -> int:
         print("wrk not found: apt-get install wrk", file=sys.stderr)
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="notaflow-bench-"))
+    logs = Path(tempfile.gettempdir())  # kept after the run, to explain any non-2xx
     broker = EmbeddedBroker(free_port(), log_file=tmp / "broker.log")
     broker.start()
     pg = ThrowawayPostgres() if args.database == "postgres" else None
@@ -113,15 +114,9 @@ def main() -> int:
             .stdout.strip()
             .splitlines()[-1]
         )
-        log = open(tmp / "procs.log", "ab")  # noqa: SIM115
+        log = open(logs / "bench-processes.log", "wb")  # noqa: SIM115
         procs.append(
-            subprocess.Popen(
-                [*NOTAFLOW, "ingress"],
-                env=env,
-                cwd=ROOT,
-                stdout=open("/tmp/ingress-bench.log", "wb"),
-                stderr=log,
-            )
+            subprocess.Popen([*NOTAFLOW, "ingress"], env=env, cwd=ROOT, stdout=log, stderr=log)
         )
         procs.append(
             subprocess.Popen(

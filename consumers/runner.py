@@ -143,8 +143,11 @@ class Runner:
                     continue
                 for tp, records in batches.items():
                     for record in records:
-                        await self._slots.acquire()
+                        if not await self._slot_or_stop():
+                            break  # unscheduled records stay uncommitted: redelivered later
                         self._schedule(tp, record)
+                    if self._stopping.is_set():
+                        break
                 if time.monotonic() - last_commit > 0.5:
                     await self.commit()
                     last_commit = time.monotonic()
@@ -152,6 +155,26 @@ class Runner:
             await self._drain()
             with contextlib.suppress(Exception):
                 await consumer.stop()
+
+    async def _slot_or_stop(self) -> bool:
+        """Wait for a free slot, but give up as soon as a stop is asked for, so a handler that
+        hangs while holding every slot cannot keep the consumer from shutting down."""
+        if self._stopping.is_set():
+            return False
+        if not self._slots.locked():
+            await self._slots.acquire()
+            return True
+        acquire = asyncio.ensure_future(self._slots.acquire())
+        stop = asyncio.ensure_future(self._stopping.wait())
+        await asyncio.wait({acquire, stop}, return_when=asyncio.FIRST_COMPLETED)
+        stop.cancel()
+        if acquire.done() and not acquire.cancelled():
+            if self._stopping.is_set():
+                self._slots.release()
+                return False
+            return True
+        acquire.cancel()
+        return False
 
     def _schedule(self, tp: TopicPartition, record: Any) -> None:
         part = self._parts.setdefault(tp, _Partition())

@@ -8,9 +8,10 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
 from ingress.auth import TenantCache
+from ingress.intake import Intake
 from notaflow.bus import Bus
 from notaflow.settings import Settings
-from notaflow.store import ClaimQueue, DocumentStore, TenantStore
+from notaflow.store import DocumentStore, TenantStore
 from notaflow.topics import Topics
 
 
@@ -20,7 +21,7 @@ class IngressDeps:
     engine: AsyncEngine
     bus: Bus
     documents: DocumentStore
-    claims: ClaimQueue
+    intake: Intake
     tenants: TenantStore
     tenant_cache: TenantCache
     topics: Topics

@@ -74,14 +74,6 @@ async def create_nfse(request: Request) -> Response:
             400, "empresa_nao_habilitada", "Emitente ainda não habilitado para emissão de NFSe"
         )
     command_id = str(uuid.uuid4())
-    try:
-        claim = await d.claims.claim(
-            ClaimRequest(tenant.id, KIND, ref, cnpj, document, command_id, SOURCE)
-        )
-    except RefInUse as exc:
-        if exc.status in (AUTHORIZED, CANCELLED):
-            raise FocusError(422, "nfe_autorizada", "Nota fiscal já autorizada") from exc
-        raise FocusError(422, "em_processamento", "Nota fiscal em processamento") from exc
     event = Event(
         type=t.NFSE_EMIT,
         source=SOURCE,
@@ -91,11 +83,14 @@ async def create_nfse(request: Request) -> Response:
         tenant=tenant.id,
         traceparent=request.headers.get("traceparent", ""),
     )
+    claim = ClaimRequest(tenant.id, KIND, ref, cnpj, document, command_id, SOURCE)
     try:
-        await d.bus.publish(d.topics.nfse_commands, event, t.document_key(tenant.id, KIND, ref))
+        await d.intake.submit(claim, event, t.document_key(tenant.id, KIND, ref))
+    except RefInUse as exc:
+        if exc.status in (AUTHORIZED, CANCELLED):
+            raise FocusError(422, "nfe_autorizada", "Nota fiscal já autorizada") from exc
+        raise FocusError(422, "em_processamento", "Nota fiscal em processamento") from exc
     except BusUnavailable as exc:
-        # Not in Kafka means not accepted: give the ref back so the client's retry can use it.
-        await d.documents.release(claim)
         raise unavailable() from exc
     return FastJSONResponse(
         {"cnpj_prestador": cnpj, "ref": ref, "status": "processando_autorizacao"}, status_code=202

@@ -8,12 +8,13 @@ import asyncio
 import contextlib
 import logging
 import signal
+import sys
 
 import uvicorn
 
 from notaflow.bus import Bus, ensure_topics
 from notaflow.settings import Settings
-from notaflow.store import ClaimQueue, DocumentStore, TenantStore, create_engine, migrate
+from notaflow.store import DocumentStore, TenantStore, create_engine, migrate
 from notaflow.topics import Topics
 
 log = logging.getLogger("notaflow")
@@ -30,22 +31,28 @@ def configure_logging(level: str) -> None:
 
 
 async def run_ingress(settings: Settings) -> None:
+    # The claim writer's thread needs the GIL briefly per batch; with the default 5 ms switch
+    # interval it waits behind the busy event loop and every request's latency grows.
+    sys.setswitchinterval(0.0005)
     from ingress.app import create_app
     from ingress.auth import TenantCache
     from ingress.deps import IngressDeps
+    from ingress.intake import Intake
 
     engine = create_engine(settings.database_url)
     tenants = TenantStore(engine)
     documents = DocumentStore(engine)
+    bus = Bus(settings)
+    topics = Topics(settings.kafka_topic_prefix)
     deps = IngressDeps(
         settings=settings,
         engine=engine,
-        bus=Bus(settings),
+        bus=bus,
         documents=documents,
-        claims=ClaimQueue(documents),
+        intake=Intake(documents, bus, topics.nfse_commands),
         tenants=tenants,
         tenant_cache=TenantCache(tenants),
-        topics=Topics(settings.kafka_topic_prefix),
+        topics=topics,
     )
     config = uvicorn.Config(
         create_app(deps),

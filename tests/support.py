@@ -170,7 +170,9 @@ class ThrowawayPostgres:
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)  # fast shutdown
+            # To the whole session: as root the server runs under runuser, which does not
+            # pass SIGINT (PostgreSQL's fast shutdown) on.
+            os.killpg(self.process.pid, signal.SIGINT)
             try:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:

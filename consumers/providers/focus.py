@@ -77,7 +77,9 @@ class FocusClient:
             resp = await self._client.request(method, url, json=json, params=params)
         except httpx.TimeoutException as exc:
             raise TransientFailure(f"Focus {method} {url}: timeout") from exc
-        except httpx.TransportError as exc:
+        except httpx.HTTPError as exc:
+            # Transport failures, undecodable bodies, redirect loops: none is the document's
+            # fault, so all are worth another try.
             raise TransientFailure(f"Focus {method} {url}: {exc!r}") from exc
         self._gate.observe(resp.headers)
         if resp.status_code == 429:

@@ -1,12 +1,11 @@
 """State: documents with their status history, tenants and credentials, blobs."""
 
 from notaflow.store.db import create_engine, migrate
-from notaflow.store.documents import Claim, ClaimQueue, ClaimRequest, Document, DocumentStore
+from notaflow.store.documents import Claim, ClaimRequest, Document, DocumentStore
 from notaflow.store.tenants import Tenant, TenantStore
 
 __all__ = [
     "Claim",
-    "ClaimQueue",
     "ClaimRequest",
     "Document",
     "DocumentStore",

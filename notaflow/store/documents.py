@@ -8,12 +8,14 @@ what makes redelivery harmless.
 from __future__ import annotations
 
 import asyncio
+import sqlite3
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -112,6 +114,15 @@ def _doc(row: sa.Row[Any]) -> Document:
 class DocumentStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        self._sqlite_writer = (
+            _SqliteClaimWriter(engine.url.database or "")
+            if engine.dialect.name == "sqlite"
+            else None
+        )
+
+    def close(self) -> None:
+        if self._sqlite_writer is not None:
+            self._sqlite_writer.close()
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -207,48 +218,21 @@ class DocumentStore:
         )
 
     async def claim_many(self, requests: list[ClaimRequest]) -> list[Claim | RefInUse]:
-        """Claim many refs in one transaction (group commit): one INSERT .. ON CONFLICT DO
-        NOTHING for all of them; the few that collide take the one-by-one path."""
+        """Claim many refs in one transaction (group commit): one multi-row INSERT .. ON
+        CONFLICT DO NOTHING for all of them; the few that collide take the one-by-one path.
+
+        This is the ingress's hot path, so it speaks to the driver directly (one statement,
+        parameters built in one pass) instead of through SQLAlchemy's per-row processing; the
+        rows it writes are the ones the Core table definitions read back."""
+        if not requests:
+            return []
         now = _now()
-        rows = [
-            {
-                "tenant_id": r.tenant_id,
-                "kind": r.kind,
-                "ref": r.ref,
-                "status": PROCESSING,
-                "attempt": 1,
-                "command_id": r.command_id,
-                "cnpj_prestador": r.cnpj_prestador,
-                "payload": r.payload,
-                "created_at": now,
-                "updated_at": now,
-            }
-            for r in requests
-        ]
-        async with self._engine.begin() as conn:
-            dialect = postgresql if conn.dialect.name == "postgresql" else sqlite
-            stmt = (
-                dialect.insert(documents)
-                .on_conflict_do_nothing(index_elements=["tenant_id", "kind", "ref"])
-                .returning(documents.c.id, documents.c.command_id)
-            )
-            inserted = {row.command_id: int(row.id) for row in await conn.execute(stmt, rows)}
-            if inserted:
-                await conn.execute(
-                    document_events.insert(),
-                    [
-                        {
-                            "document_id": inserted[r.command_id],
-                            "attempt": 1,
-                            "status": PROCESSING,
-                            "source": r.source,
-                            "detail": None,
-                            "at": now,
-                        }
-                        for r in requests
-                        if r.command_id in inserted
-                    ],
-                )
+        if self._sqlite_writer is not None:
+            inserted = await self._sqlite_writer.claim(requests, now)
+        else:
+            async with self._engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                inserted = await _pg_claim(raw.driver_connection, requests, now)
         out: list[Claim | RefInUse] = []
         for r in requests:
             if r.command_id in inserted:
@@ -451,38 +435,122 @@ class DocumentStore:
         return (row.content_type, row.data) if row is not None else None
 
 
-class ClaimQueue:
-    """Group commit for the ingress hot path: concurrent requests' claims share one
-    transaction. A batch starts as soon as the previous one ends, so an idle ingress adds no
-    latency and a busy one pays one commit per batch instead of one per request."""
+_DOC_COLUMNS = (
+    "tenant_id, kind, ref, status, attempt, command_id, cnpj_prestador, payload, "
+    "created_at, updated_at"
+)
 
-    def __init__(self, store: DocumentStore, max_batch: int = 256) -> None:
-        self._store = store
-        self._max = max_batch
-        self._waiting: list[tuple[ClaimRequest, asyncio.Future[Claim]]] = []
-        self._worker: asyncio.Task[None] | None = None
 
-    async def claim(self, request: ClaimRequest) -> Claim:
-        future: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
-        self._waiting.append((request, future))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._drain())
-        return await future
+async def _pg_claim(driver: Any, requests: list[ClaimRequest], now: datetime) -> dict[str, int]:
+    """asyncpg: the whole batch as arrays, unnested server-side, in one round trip."""
+    async with driver.transaction():
+        rows = await driver.fetch(
+            f"INSERT INTO documents ({_DOC_COLUMNS}) "
+            "SELECT t, k, r, $7, 1, c, n, p, $8, $8 "
+            "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])"
+            " AS u(t, k, r, c, n, p) "
+            "ON CONFLICT (tenant_id, kind, ref) DO NOTHING RETURNING id, command_id",
+            [r.tenant_id for r in requests],
+            [r.kind for r in requests],
+            [r.ref for r in requests],
+            [r.command_id for r in requests],
+            [r.cnpj_prestador for r in requests],
+            [orjson.dumps(r.payload).decode() for r in requests],
+            PROCESSING,
+            now,
+        )
+        inserted = {row["command_id"]: int(row["id"]) for row in rows}
+        if inserted:
+            sources = {r.command_id: r.source for r in requests}
+            await driver.execute(
+                "INSERT INTO document_events (document_id, attempt, status, source, at) "
+                "SELECT d, 1, $3, s, $4 FROM unnest($1::bigint[], $2::text[]) AS u(d, s)",
+                list(inserted.values()),
+                [sources[c] for c in inserted],
+                PROCESSING,
+                now,
+            )
+    return inserted
 
-    async def _drain(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
-            try:
-                results = await self._store.claim_many([req for req, _ in batch])
-            except Exception as exc:  # the database failed: every waiter gets the error
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
-                continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if future.done():
-                    continue
-                if isinstance(result, RefInUse):
-                    future.set_exception(result)
-                else:
-                    future.set_result(result)
+
+def _sqlite_time(value: datetime) -> str:
+    # The storage format of SQLAlchemy's SQLite DateTime, so Core reads these rows back.
+    return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
+
+
+class _SqliteClaimWriter:
+    """The SQLite side of the group commit: a connection of its own, used from one thread, so
+    a whole batch (insert, history, commit) costs one hop off the event loop instead of one
+    per statement. SQLite has a single writer anyway; busy_timeout covers the other
+    processes (consumers) writing to the same file."""
+
+    def __init__(self, path: str) -> None:
+        self._path = path
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claims")
+        self._conn: sqlite3.Connection | None = None
+
+    async def claim(self, requests: list[ClaimRequest], now: datetime) -> dict[str, int]:
+        # Inline first: a batch is a few milliseconds of SQLite work at most, and handing it
+        # to a thread costs more in GIL hand-offs than it saves. Only when another process
+        # holds the write lock (a short busy timeout expires) does the batch wait in the
+        # thread, so the event loop never blocks on a lock.
+        try:
+            return self._claim(requests, now, busy_ms=20)
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) and "busy" not in str(exc):
+                raise
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._executor, self._claim, requests, now, 30_000)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            conn = sqlite3.connect(
+                self._path, timeout=30, isolation_level=None, check_same_thread=False
+            )
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn = conn
+        return self._conn
+
+    def _claim(self, requests: list[ClaimRequest], now: datetime, busy_ms: int) -> dict[str, int]:
+        # Callers never overlap (the intake runs one claim batch at a time), so the loop and
+        # the fallback thread can share one connection.
+        conn = self._connection()
+        conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        at = _sqlite_time(now)
+        params: list[Any] = []
+        for r in requests:
+            params += [
+                r.tenant_id, r.kind, r.ref, PROCESSING, 1, r.command_id, r.cnpj_prestador,
+                orjson.dumps(r.payload).decode(), at, at,
+            ]  # fmt: skip
+        values = ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * len(requests))
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            rows = conn.execute(
+                f"INSERT INTO documents ({_DOC_COLUMNS}) VALUES {values} "
+                "ON CONFLICT (tenant_id, kind, ref) DO NOTHING RETURNING id, command_id",
+                params,
+            ).fetchall()
+            inserted = {command_id: int(doc_id) for doc_id, command_id in rows}
+            if inserted:
+                sources = {r.command_id: r.source for r in requests}
+                conn.executemany(
+                    "INSERT INTO document_events (document_id, attempt, status, source, at) "
+                    "VALUES (?, 1, ?, ?, ?)",
+                    [(doc_id, PROCESSING, sources[c], at) for c, doc_id in inserted.items()],
+                )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        return inserted
+
+    def close(self) -> None:
+        def _close() -> None:
+            if self._conn is not None:
+                self._conn.close()
+                self._conn = None
+
+        self._executor.submit(_close).result()
+        self._executor.shutdown(wait=True)

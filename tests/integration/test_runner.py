@@ -265,12 +265,6 @@ async def test_unfinished_offset_is_not_committed(fast: Settings) -> None:
     assert await committed(one, "notaflow-stuck", TopicPartition(topic, 0)) == stuck_at
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TimeoutError,
-    reason="BUG: Runner.run blocks in `await self._slots.acquire()` for the rest of the "
-    "fetched batch, so stop() is not seen while every slot is held by a slow handler",
-)
 async def test_stop_is_bounded_when_every_slot_is_busy(fast: Settings) -> None:
     one = fast.replace(kafka_partitions=1)
     topic = one.kafka_topic_prefix + "full"

@@ -4,10 +4,9 @@ commit queue under concurrency, tenants with hashed tokens, and blobs."""
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
@@ -17,7 +16,6 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from notaflow.errors import RefInUse
 from notaflow.store import (
     Claim,
-    ClaimQueue,
     ClaimRequest,
     DocumentStore,
     TenantStore,
@@ -40,8 +38,10 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
 
 
 @pytest.fixture
-def store(engine: AsyncEngine) -> DocumentStore:
-    return DocumentStore(engine)
+def store(engine: AsyncEngine) -> Iterator[DocumentStore]:
+    s = DocumentStore(engine)
+    yield s
+    s.close()
 
 
 async def claim(
@@ -257,34 +257,24 @@ async def test_lookups_by_id_provider_ref_and_stuck(store: DocumentStore) -> Non
 # -- group commit ----------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("max_batch", [256, 16])
-async def test_claim_queue_one_winner_per_ref(
-    engine: AsyncEngine, store: DocumentStore, max_batch: int
-) -> None:
-    queue = ClaimQueue(store, max_batch=max_batch)
+async def test_claim_many_one_winner_per_ref(engine: AsyncEngine, store: DocumentStore) -> None:
     refs = [f"r{i}" for i in range(180)]
-    duplicated = refs[::9]  # 20 refs requested twice, in different batches when they are small
-    assert len(duplicated) == 20
+    duplicated = refs[::9]  # 20 refs requested twice in the same batch
     requests = [request(r) for r in refs] + [request(r) for r in duplicated]
-    results = await asyncio.gather(*(queue.claim(r) for r in requests), return_exceptions=True)
-
-    winners: dict[str, list[Claim]] = {}
-    losers: dict[str, list[RefInUse]] = {}
-    for req, result in zip(requests, results, strict=True):
-        if isinstance(result, Claim):
-            assert result.command_id == req.command_id
-            winners.setdefault(req.ref, []).append(result)
-        else:
-            assert isinstance(result, RefInUse), result
-            assert (result.ref, result.status) == (req.ref, PROCESSING)
-            losers.setdefault(req.ref, []).append(result)
-    assert {ref: len(w) for ref, w in winners.items()} == dict.fromkeys(refs, 1)
-    assert {ref: len(lost) for ref, lost in losers.items()} == dict.fromkeys(duplicated, 1)
+    results = await store.claim_many(requests)
+    winners = {
+        req.ref for req, res in zip(requests, results, strict=True) if isinstance(res, Claim)
+    }
+    losers = [
+        (req.ref, res.status)
+        for req, res in zip(requests, results, strict=True)
+        if isinstance(res, RefInUse)
+    ]
+    assert winners == set(refs)
+    assert sorted(losers) == sorted((r, PROCESSING) for r in duplicated)
     assert await count(engine, documents) == 180
     assert await count(engine, document_events) == 180
-    for ref in duplicated:
-        doc = await store.get("acme", "nfse", ref)
-        assert doc is not None and doc.command_id == winners[ref][0].command_id
+    assert await store.claim_many([]) == []
 
 
 async def test_claim_many_mixes_new_reused_and_busy_refs(store: DocumentStore) -> None:
@@ -313,21 +303,6 @@ async def test_claim_many_mixes_new_reused_and_busy_refs(store: DocumentStore) -
                 result.attempt,
             )
             assert (await store.history(doc.id))[-1]["source"] == "ingress"
-
-
-async def test_claim_many_of_nothing_is_nothing(
-    engine: AsyncEngine, store: DocumentStore, database_url: str, request: pytest.FixtureRequest
-) -> None:
-    if database_url.startswith("sqlite"):
-        request.applymarker(
-            pytest.mark.xfail(
-                strict=True,
-                reason="BUG: on SQLite claim_many([]) renders INSERT .. ON CONFLICT with no "
-                "VALUES (syntax error) instead of returning []",
-            )
-        )
-    assert await store.claim_many([]) == []
-    assert await count(engine, documents) == 0
 
 
 # -- tenants -------------------------------------------------------------------------------

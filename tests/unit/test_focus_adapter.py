@@ -124,11 +124,6 @@ async def test_every_transport_error_maps_into_the_consumer_tree(
     assert isinstance(info.value.__cause__, exc)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: FocusClient._request catches only httpx.TransportError; other "
-    "httpx.RequestError subclasses (DecodingError, TooManyRedirects) leak unmapped",
-)
 @pytest.mark.parametrize(
     "exc",
     [cls for cls in subclasses(httpx.RequestError) if not issubclass(cls, httpx.TransportError)],
@@ -147,11 +142,6 @@ async def test_every_request_error_maps_into_the_consumer_tree(
         await focus.aclose()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a body that fails Content-Encoding decoding raises httpx.DecodingError, "
-    "which FocusClient._request does not map (the runner then dead-letters it as permanent)",
-)
 async def test_undecodable_body_is_transient() -> None:
     def handler(request: httpx.Request) -> httpx.Response:
         return httpx.Response(
