@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 async def _ingress_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, IngressError)
+    if exc.status_code >= 500:
+        log.warning("%s %s answered %d: %s", request.method, request.url.path, exc.status_code, exc)
     return exc.response()
 
 

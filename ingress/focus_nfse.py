@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from urllib.parse import unquote_plus
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -23,6 +24,16 @@ from notaflow.views import nfse_view
 
 KIND = "nfse"
 SOURCE = "notaflow/ingress"
+
+
+def query_value(request: Request, name: str) -> str | None:
+    """One query parameter without building Starlette's full multi-dict (measurable on the
+    hot path); the first occurrence wins, as with `query_params.get`."""
+    prefix = name.encode() + b"="
+    for part in request.scope.get("query_string", b"").split(b"&"):
+        if part.startswith(prefix):
+            return unquote_plus(part[len(prefix) :].decode("latin-1"))
+    return None
 
 
 async def authenticate(request: Request, d: IngressDeps) -> Tenant:
@@ -60,7 +71,7 @@ async def create_nfse(request: Request) -> Response:
     d = deps(request)
     tenant = await authenticate(request, d)
     try:
-        ref = validate_ref(request.query_params.get("ref"))
+        ref = validate_ref(query_value(request, "ref"))
     except InvalidDocument as exc:
         raise invalid(exc.message) from exc
     raw = await focus_json(request, d)

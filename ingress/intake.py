@@ -79,6 +79,7 @@ class Intake:
                 self._topic, [(item[2], item[1]) for item, _ in claimed]
             )
             if error is not None:
+                log.warning("publish of %d commands failed: %s", len(claimed), error)
                 # Not in Kafka means not accepted: give the refs back for the clients' retries.
                 for _, claim in claimed:
                     try:

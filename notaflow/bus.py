@@ -53,6 +53,7 @@ class Bus:
         self._connect_task: asyncio.Task[None] | None = None
         self._ready_at = 0.0
         self._ready = False
+        self._last_batch: dict[tuple[str, int], asyncio.Future[Any]] = {}
 
     async def start(self) -> None:
         self._connect_task = asyncio.create_task(self._connect_forever(), name="bus-connect")
@@ -142,11 +143,18 @@ class Bus:
                     if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
                         return BusUnavailable("record larger than the producer's batch size")
                     open_batches.append(batch)
-            acks = [
-                await producer.send_batch(batch, topic, partition=partition)
-                for partition, open_batches in batches.items()
-                for batch in open_batches
-            ]
+            acks = []
+            for partition, open_batches in batches.items():
+                for batch in open_batches:
+                    # One of our batches pending per partition at a time: aiokafka's
+                    # add_batch subtracts the whole elapsed time on every wait, so batches
+                    # queued behind several others time out long before request_timeout.
+                    previous = self._last_batch.get((topic, partition))
+                    if previous is not None and not previous.done():
+                        await asyncio.wait([previous])
+                    ack = await producer.send_batch(batch, topic, partition=partition)
+                    self._last_batch[(topic, partition)] = ack
+                    acks.append(ack)
             for ack in acks:
                 await ack
         except (KafkaError, TimeoutError, OSError) as exc:
