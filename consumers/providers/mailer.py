@@ -1,0 +1,244 @@
+"""SMTP mailer: sends one message and answers per envelope recipient.
+
+Every aiosmtplib, socket and TLS error is mapped here, once, to the consumer error tree:
+
+    connection refused / reset, timeouts, 4xx for every recipient, 4xx at DATA
+                                                    -> TransientFailure (retry later)
+    authentication refused (5xx), sender refused (5xx), TLS certificate not trusted,
+    server lacks STARTTLS/AUTH/SMTPUTF8, 5xx banner -> PermanentFailure (an operator must act)
+    5xx for some or all recipients, 5xx at DATA     -> results with accepted=False: a refused
+                                                       address is an answer, not an error; the
+                                                       caller records it (HubSoft's per-recipient
+                                                       `enviado`/`mensagem_erro`)
+
+Sends to one server are serialised and spaced by `pause_between_sends` seconds, measured from
+the end of the previous send, like HubSoft does so the server is not put on spam blacklists.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+import time
+import weakref
+from collections.abc import Sequence
+from dataclasses import dataclass
+from email.headerregistry import Address
+from email.message import EmailMessage
+from email.utils import getaddresses
+from typing import Literal
+
+import aiosmtplib
+from email_validator import EmailNotValidError, validate_email
+
+from consumers.errors import ConsumerError, PermanentFailure, TransientFailure
+
+__all__ = [
+    "Mailer",
+    "RecipientResult",
+    "Security",
+    "SmtpConfig",
+    "map_smtp_error",
+    "valid_email",
+]
+
+Security = Literal["none", "starttls", "tls"]
+
+
+@dataclass(frozen=True)
+class SmtpConfig:
+    host: str
+    sender_address: str
+    port: int = 25
+    security: Security = "none"
+    username: str | None = None
+    password: str | None = None
+    timeout: float = 30.0
+    sender_name: str = ""
+    pause_between_sends: float = 1.0
+    validate_certs: bool = True
+    # EHLO name; None asks the OS (socket.getfqdn), which can take seconds without DNS.
+    local_hostname: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.security not in ("none", "starttls", "tls"):
+            raise ValueError(f"security must be none, starttls or tls, not {self.security!r}")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together")
+        if self.pause_between_sends < 0:
+            raise ValueError("pause_between_sends must be >= 0")
+
+    @property
+    def from_header(self) -> str:
+        """The `From` value: `Name <address>`, encoded on serialisation when not ASCII."""
+        return str(Address(display_name=self.sender_name, addr_spec=self.sender_address))
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    address: str
+    accepted: bool
+    code: int | None  # the SMTP reply code; None when refused before talking to the server
+    message: str
+    host: str
+
+    @property
+    def transient(self) -> bool:
+        """A 4xx refusal: the same message to this address may succeed later."""
+        return not self.accepted and self.code is not None and 400 <= self.code < 500
+
+
+def valid_email(address: str) -> bool:
+    """Syntax only (no DNS): what a mail server could accept as a recipient."""
+    try:
+        validate_email(address, check_deliverability=False)
+    except EmailNotValidError:
+        return False
+    return True
+
+
+class _ServerGate:
+    def __init__(self) -> None:
+        self.lock = asyncio.Lock()
+        self.last_end: float | None = None
+
+
+# Locks belong to one event loop, so the gates are kept per loop and per (host, port).
+_gates: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, dict[tuple[str, int], _ServerGate]]
+_gates = weakref.WeakKeyDictionary()
+
+
+def _gate(host: str, port: int) -> _ServerGate:
+    per_loop = _gates.setdefault(asyncio.get_running_loop(), {})
+    return per_loop.setdefault((host.lower(), port), _ServerGate())
+
+
+def _envelope_recipients(message: EmailMessage) -> list[str]:
+    fields: list[str] = []
+    for header in ("To", "Cc", "Bcc"):
+        fields.extend(str(value) for value in message.get_all(header, []))
+    seen: dict[str, None] = {}
+    for _name, address in getaddresses(fields):
+        if address:
+            seen.setdefault(address, None)
+    return list(seen)
+
+
+def _is_4xx(code: int) -> bool:
+    return 400 <= code < 500
+
+
+class Mailer:
+    def __init__(self, config: SmtpConfig) -> None:
+        self.config = config
+
+    async def send(
+        self, message: EmailMessage, recipients: Sequence[str] | None = None
+    ) -> list[RecipientResult]:
+        """Send `message` to `recipients` (default: its To, Cc and Bcc addresses), one result
+        per recipient in order. Raises TransientFailure or PermanentFailure (module docstring)."""
+        addresses = list(dict.fromkeys(recipients)) if recipients is not None else None
+        if addresses is None:
+            addresses = _envelope_recipients(message)
+        host = self.config.host
+        invalid = {a: RecipientResult(a, False, None, "invalid address", host) for a in addresses}
+        deliverable = [a for a in addresses if valid_email(a)]
+        for address in deliverable:
+            del invalid[address]
+        if not deliverable:
+            return [invalid[a] for a in addresses]
+
+        gate = _gate(self.config.host, self.config.port)
+        async with gate.lock:
+            if gate.last_end is not None:
+                wait = gate.last_end + self.config.pause_between_sends - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            try:
+                sent = await self._send(message, deliverable)
+            finally:
+                gate.last_end = time.monotonic()
+        return [invalid.get(a) or sent[a] for a in addresses]
+
+    async def _send(
+        self, message: EmailMessage, recipients: list[str]
+    ) -> dict[str, RecipientResult]:
+        cfg = self.config
+        client = aiosmtplib.SMTP(
+            hostname=cfg.host,
+            port=cfg.port,
+            username=cfg.username,
+            password=cfg.password,
+            local_hostname=cfg.local_hostname,
+            timeout=cfg.timeout,
+            use_tls=cfg.security == "tls",
+            start_tls=cfg.security == "starttls",
+            validate_certs=cfg.validate_certs,
+        )
+        try:
+            async with client:  # a failing QUIT after the DATA reply is ignored by aiosmtplib
+                errors, reply = await client.send_message(
+                    message, sender=cfg.sender_address, recipients=recipients
+                )
+        except aiosmtplib.SMTPRecipientsRefused as exc:
+            if not all(_is_4xx(r.code) for r in exc.recipients):
+                return {
+                    r.recipient: RecipientResult(r.recipient, False, r.code, r.message, cfg.host)
+                    for r in exc.recipients
+                }
+            raise map_smtp_error(exc, cfg.host, cfg.port) from exc
+        except aiosmtplib.SMTPDataError as exc:
+            if not _is_4xx(exc.code):  # the message itself is refused, for everyone
+                return {
+                    a: RecipientResult(a, False, exc.code, exc.message, cfg.host)
+                    for a in recipients
+                }
+            raise map_smtp_error(exc, cfg.host, cfg.port) from exc
+        except (aiosmtplib.SMTPException, OSError) as exc:  # ssl.SSLError is an OSError
+            raise map_smtp_error(exc, cfg.host, cfg.port) from exc
+
+        # aiosmtplib gives the DATA reply text only; reaching here means it was a 250.
+        return {
+            a: (
+                RecipientResult(a, False, errors[a].code, errors[a].message, cfg.host)
+                if a in errors
+                else RecipientResult(a, True, 250, reply, cfg.host)
+            )
+            for a in recipients
+        }
+
+
+def map_smtp_error(exc: BaseException, host: str, port: int) -> ConsumerError:
+    """The consumer error for a foreign SMTP, socket or TLS error (see the module docstring)."""
+    where = f"SMTP {host}:{port}"
+    if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
+        codes = [r.code for r in exc.recipients]
+        detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
+        if codes and all(_is_4xx(c) for c in codes):
+            return TransientFailure(f"{where} deferred every recipient: {detail}")
+        return PermanentFailure(f"{where} refused every recipient: {detail}")
+    if isinstance(exc, aiosmtplib.SMTPResponseException):
+        if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
+            what = "authentication"
+        elif isinstance(exc, aiosmtplib.SMTPSenderRefused):
+            what = f"sender {exc.sender}"
+        elif isinstance(exc, aiosmtplib.SMTPDataError):
+            what = "message"
+        else:
+            what = "reply"
+        text = f"{where} {what}: {exc.code} {exc.message}"
+        # 4xx is "try again later"; a 5xx here is configuration (credentials, sender, server).
+        return PermanentFailure(text) if exc.code >= 500 else TransientFailure(text)
+    if isinstance(exc, aiosmtplib.SMTPNotSupported):
+        return PermanentFailure(f"{where}: {exc.message}")
+    cert_error = exc if isinstance(exc, ssl.SSLCertVerificationError) else exc.__cause__
+    if isinstance(cert_error, ssl.SSLCertVerificationError):
+        return PermanentFailure(f"{where}: TLS certificate not trusted: {cert_error}")
+    if type(exc) is aiosmtplib.SMTPException:
+        # aiosmtplib raises the bare class for what the server lacks (STARTTLS, AUTH, XOAUTH2)
+        return PermanentFailure(f"{where}: {exc.message}")
+    if isinstance(exc, aiosmtplib.SMTPException):  # disconnected, timeouts, connect errors
+        return TransientFailure(f"{where}: {exc.message}")
+    if isinstance(exc, OSError | TimeoutError):
+        return TransientFailure(f"{where}: {type(exc).__name__}: {exc}")
+    return PermanentFailure(f"{where}: unexpected {type(exc).__name__}: {exc}")
