@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from consumers.errors import PermanentFailure
+from consumers.lifecycle import publish_status
 from consumers.providers.focus import FocusClient
 from notaflow import topics as t
 from notaflow.bus import Bus
@@ -20,7 +21,7 @@ from notaflow.errors import InvalidDocument, RefInUse
 from notaflow.nfse import normalize_nfse
 from notaflow.store import Document, DocumentStore, TenantStore
 from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, PROCESSING, TRANSITIONS
-from notaflow.views import nfse_view, result_from_provider
+from notaflow.views import result_from_provider
 from schemas import validator
 
 log = logging.getLogger(__name__)
@@ -142,18 +143,4 @@ class EmissionConsumer:
             await self._publish_status(updated, cause)
 
     async def _publish_status(self, doc: Document, cause: Event) -> None:
-        """Lifecycle event with a deterministic id: a retry after a crash republishes the same
-        id, which downstream consumers deduplicate."""
-        data = {"tenant": doc.tenant_id, "kind": KIND, "id": doc.id, **nfse_view(doc)}
-        event = Event(
-            type=t.NFSE_STATUS,
-            source=SOURCE,
-            data=data,
-            subject=doc.ref,
-            id=f"nfse-{doc.id}-{doc.attempt}-{doc.status}",
-            tenant=doc.tenant_id,
-            traceparent=cause.traceparent,
-        )
-        await self._bus.publish(
-            self._topics.lifecycle, event, t.document_key(doc.tenant_id, KIND, doc.ref)
-        )
+        await publish_status(self._bus, self._topics, doc, SOURCE, cause)

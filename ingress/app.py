@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ingress import focus_nfse, health, provider_webhooks
+from ingress import focus_hooks, focus_nfse, health, provider_webhooks
 from ingress.deps import IngressDeps
 from ingress.errors import FocusError, IngressError
 
@@ -45,15 +45,25 @@ def create_app(d: IngressDeps, manage_resources: bool = True) -> Starlette:
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if manage_resources:
             await d.bus.start()
+            if d.replies is not None:
+                await d.replies.start()
         try:
             yield
         finally:
             if manage_resources:
+                if d.replies is not None:
+                    await d.replies.stop()
                 await d.bus.stop()
+                d.documents.close()
                 await d.engine.dispose()
 
     app = Starlette(
-        routes=[*health.routes, *focus_nfse.routes, *provider_webhooks.routes],
+        routes=[
+            *health.routes,
+            *focus_nfse.routes,
+            *focus_hooks.routes,
+            *provider_webhooks.routes,
+        ],
         exception_handlers={
             IngressError: _ingress_error,
             HTTPException: _http_error,

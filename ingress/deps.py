@@ -10,8 +10,9 @@ from starlette.requests import Request
 from ingress.auth import TenantCache
 from ingress.intake import Intake
 from notaflow.bus import Bus
+from notaflow.replies import ReplyListener, ReplyWaiters
 from notaflow.settings import Settings
-from notaflow.store import DocumentStore, TenantStore
+from notaflow.store import DocumentStore, HookStore, TenantStore
 from notaflow.topics import Topics
 
 
@@ -25,6 +26,9 @@ class IngressDeps:
     tenants: TenantStore
     tenant_cache: TenantCache
     topics: Topics
+    hooks: HookStore
+    waiters: ReplyWaiters
+    replies: ReplyListener | None = None
 
 
 def deps(request: Request) -> IngressDeps:

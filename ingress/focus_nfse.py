@@ -15,11 +15,12 @@ from ingress.deps import IngressDeps, deps
 from ingress.errors import FocusError, invalid, not_found, unavailable
 from ingress.responses import FastJSONResponse
 from notaflow import topics as t
+from notaflow.emails import MAX_PER_REQUEST, valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
-from notaflow.nfse import normalize_nfse, validate_ref
+from notaflow.nfse import normalize_nfse, validate_justificativa, validate_ref
 from notaflow.store import ClaimRequest, Tenant
-from notaflow.store.documents import AUTHORIZED, CANCELLED
+from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
 from notaflow.views import nfse_view
 
 KIND = "nfse"
@@ -131,8 +132,122 @@ async def nfse_xml(request: Request) -> Response:
     return Response(data, media_type=content_type)
 
 
+async def cancel_nfse(request: Request) -> Response:
+    """Synchronous, as at Focus: publish the cancel command, wait (bounded) for the
+    cancellation consumer's answer; past the bound, 202 with the note as it stands."""
+    d = deps(request)
+    tenant = await authenticate(request, d)
+    ref = request.path_params["ref"]
+    body = await focus_json(request, d)
+    try:
+        justificativa = validate_justificativa(body)
+    except InvalidDocument as exc:
+        raise invalid(exc.message) from exc
+    doc = await d.documents.get(tenant.id, KIND, ref)
+    if doc is None:
+        raise not_found()
+    if doc.status == CANCELLED:
+        raise FocusError(400, "nfe_cancelada", "Nota Fiscal já cancelada")
+    if doc.status == ERROR:
+        raise FocusError(400, "nfe_nao_autorizada", NAO_AUTORIZADA)
+    command_id = str(uuid.uuid4())
+    event = Event(
+        type=t.NFSE_CANCEL,
+        source=SOURCE,
+        data={"tenant": tenant.id, "ref": ref, "justificativa": justificativa},
+        subject=ref,
+        id=command_id,
+        tenant=tenant.id,
+        traceparent=request.headers.get("traceparent", ""),
+    )
+    d.waiters.register(command_id)  # before publishing: the answer may be quick
+    try:
+        await d.bus.publish(d.topics.nfse_commands, event, t.document_key(tenant.id, KIND, ref))
+    except BusUnavailable as exc:
+        d.waiters.forget(command_id)
+        raise unavailable() from exc
+    outcome = await d.waiters.wait(command_id, d.settings.cancel_wait)
+    if outcome is None:
+        current = await d.documents.get(tenant.id, KIND, ref)
+        return FastJSONResponse(nfse_view(current) if current else {"ref": ref}, status_code=202)
+    status = outcome.get("status")
+    if status == "cancelado":
+        return FastJSONResponse({"status": "cancelado"})
+    if status == "erro_cancelamento":
+        return FastJSONResponse({"status": "erro_cancelamento", "erros": outcome.get("erros", [])})
+    if status == "nfe_cancelada":
+        raise FocusError(400, "nfe_cancelada", "Nota Fiscal já cancelada")
+    if status == "nfe_nao_autorizada":
+        raise FocusError(400, "nfe_nao_autorizada", NAO_AUTORIZADA)
+    raise not_found()
+
+
+async def email_nfse(request: Request) -> Response:
+    """A copy of an authorized note to up to 10 addresses, sent in the background."""
+    d = deps(request)
+    tenant = await authenticate(request, d)
+    ref = request.path_params["ref"]
+    body = await focus_json(request, d)
+    emails = body.get("emails") if isinstance(body, dict) else None
+    if emails is None:
+        raise invalid('Parâmetro "emails" não informado')
+    if not isinstance(emails, list) or not emails:
+        raise invalid('Parâmetro "emails" deve ser uma lista de e-mails')
+    if len(emails) > MAX_PER_REQUEST:
+        raise invalid(f'Parâmetro "emails" aceita no máximo {MAX_PER_REQUEST} e-mails por vez')
+    for address in emails:
+        if not isinstance(address, str) or not valid_email(address):
+            raise invalid(f"E-mail inválido: {address}")
+    doc = await d.documents.get(tenant.id, KIND, ref)
+    if doc is None:
+        raise not_found()
+    if doc.status not in (AUTHORIZED, CANCELLED):
+        raise FocusError(400, "nfe_nao_autorizada", "Nota fiscal não autorizada")
+    event = Event(
+        type=t.NFSE_EMAIL,
+        source=SOURCE,
+        data={"tenant": tenant.id, "ref": ref, "emails": list(dict.fromkeys(emails))},
+        subject=ref,
+        tenant=tenant.id,
+        traceparent=request.headers.get("traceparent", ""),
+    )
+    try:
+        await d.bus.publish(d.topics.nfse_commands, event, t.document_key(tenant.id, KIND, ref))
+    except BusUnavailable as exc:
+        raise unavailable() from exc
+    return FastJSONResponse({"emails": event.data["emails"]})
+
+
+async def refire_hook(request: Request) -> Response:
+    """Deliver the note's current state to its hooks again (answers the hooks fired)."""
+    d = deps(request)
+    tenant = await authenticate(request, d)
+    ref = request.path_params["ref"]
+    doc = await d.documents.get(tenant.id, KIND, ref)
+    if doc is None:
+        raise not_found()
+    fired = await d.hooks.matching(tenant.id, KIND, doc.cnpj_prestador)
+    event = Event(
+        type=t.NFSE_HOOK,
+        source=SOURCE,
+        data={"tenant": tenant.id, "ref": ref},
+        subject=ref,
+        tenant=tenant.id,
+    )
+    try:
+        await d.bus.publish(d.topics.nfse_commands, event, t.document_key(tenant.id, KIND, ref))
+    except BusUnavailable as exc:
+        raise unavailable() from exc
+    return FastJSONResponse([hook.public() for hook in fired])
+
+
+NAO_AUTORIZADA = "Nota fiscal não autorizada não pode ser cancelada"
+
 routes = [
     Route("/v2/nfse", create_nfse, methods=["POST"]),
     Route("/v2/nfse/{ref}", get_nfse, methods=["GET"]),
+    Route("/v2/nfse/{ref}", cancel_nfse, methods=["DELETE"]),
+    Route("/v2/nfse/{ref}/email", email_nfse, methods=["POST"]),
+    Route("/v2/nfse/{ref}/hook", refire_hook, methods=["POST"]),
     Route("/notas_fiscais_servico/{name}", nfse_xml, methods=["GET"]),
 ]

@@ -23,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("ingress", help="run the HTTP ingress (configured by NOTAFLOW_*)")
     consume = sub.add_parser("consume", help="run a consumer (configured by NOTAFLOW_*)")
-    consume.add_argument("name", choices=["emission"])
+    consume.add_argument("name", choices=["emission", "cancellation", "notification"])
     sub.add_parser("migrate", help="create or upgrade the database schema and Kafka topics")
 
     tenant = sub.add_parser("tenant", help="manage tenants")
@@ -41,7 +41,8 @@ def _parser() -> argparse.ArgumentParser:
     hook.add_argument("url", help="public URL of /webhooks/focus/nfse")
 
     sandbox = sub.add_parser("sandbox", help="run a provider sandbox")
-    sandbox.add_argument("provider", choices=["focus"])
+    sandbox.add_argument("provider", choices=["focus", "smtp"])
+    sandbox.add_argument("--outbox", default="outbox", help="smtp: where .eml files go")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8100)
     sandbox.add_argument("--token", action="append", default=[])
@@ -82,6 +83,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     elif args.command == "focus-hook":
         print(json.dumps(asyncio.run(_register_hook(settings, args.url)), indent=2))
+    elif args.command == "sandbox" and args.provider == "smtp":
+        asyncio.run(processes.run_smtp_sink(args.host, args.port, args.outbox))
     elif args.command == "sandbox":
         asyncio.run(processes.run_focus_sandbox(args.host, args.port, set(args.token), args.delay))
     return 0

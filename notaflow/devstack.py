@@ -64,7 +64,9 @@ class Child:
         self._log.close()
 
 
-def dev_settings(opts: DevOptions, data: Path, sandbox_port: int, secret: str) -> Settings:
+def dev_settings(
+    opts: DevOptions, data: Path, sandbox_port: int, secret: str, smtp_port: int
+) -> Settings:
     return Settings(
         kafka_bootstrap=f"127.0.0.1:{opts.kafka_port}",
         kafka_partitions=6,
@@ -80,6 +82,14 @@ def dev_settings(opts: DevOptions, data: Path, sandbox_port: int, secret: str) -
         focus_webhook_secret=secret,
         consumer_retry_base=0.5,
         consumer_retry_max=10.0,
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_port,
+        smtp_security="none",
+        smtp_sender="nfse@notaflow.localhost",
+        smtp_sender_name="notaflow dev",
+        smtp_pause=0.2,
+        # The dev hooks usually point at the developer's own machine.
+        hooks_allow_private=True,
     )
 
 
@@ -163,6 +173,7 @@ notaflow dev is up.
   ingress      {base}   (GET {base}/readyz)
   kafka        {settings.kafka_bootstrap}   (embedded Tansu, memory storage: lost on exit)
   focus sandbox {settings.focus_base_url}
+  smtp sink    127.0.0.1:{settings.smtp_port}   (every e-mail lands in {data}/outbox/*.eml)
   database     {settings.database_url}
   logs         {data}/*.log
   demo token   {token}   (also in {data}/demo-token)
@@ -182,9 +193,9 @@ def run_dev(opts: DevOptions) -> int:
         if port_open("127.0.0.1", port):
             print(f"port {port} is in use: choose another with {what}", file=sys.stderr)
             return 2
-    sandbox_port = free_port()
+    sandbox_port, smtp_port = free_port(), free_port()
     secret = secrets.token_urlsafe(24)
-    settings = dev_settings(opts, data, sandbox_port, secret)
+    settings = dev_settings(opts, data, sandbox_port, secret, smtp_port)
     env = settings.env()
 
     stop_requested = False
@@ -220,11 +231,20 @@ def run_dev(opts: DevOptions) -> int:
                 data / "sandbox-focus.log",
             )
         )
+        children.append(
+            Child(
+                "smtp-sink",
+                ["sandbox", "smtp", "--port", str(smtp_port), "--outbox", str(data / "outbox")],
+                env,
+                data / "smtp-sink.log",
+            )
+        )
         wait_ready(f"{settings.focus_base_url}/_sandbox/stats", children)
         asyncio.run(register_hook(settings))
-        children.append(
-            Child("consumer-emission", ["consume", "emission"], env, data / "consumer-emission.log")
-        )
+        for name in ("emission", "cancellation", "notification"):
+            children.append(
+                Child(f"consumer-{name}", ["consume", name], env, data / f"consumer-{name}.log")
+            )
         children.append(Child("ingress", ["ingress"], env, data / "ingress.log"))
         wait_ready(f"{settings.public_url}/readyz", children)
         print(banner(opts, settings, token, data), flush=True)

@@ -13,13 +13,21 @@ import sys
 import uvicorn
 
 from notaflow.bus import Bus, ensure_topics
+from notaflow.replies import ReplyListener, ReplyWaiters
 from notaflow.settings import Settings
-from notaflow.store import DocumentStore, TenantStore, create_engine, migrate
+from notaflow.store import (
+    DeliveryStore,
+    DocumentStore,
+    HookStore,
+    TenantStore,
+    create_engine,
+    migrate,
+)
 from notaflow.topics import Topics
 
 log = logging.getLogger("notaflow")
 
-CONSUMERS = ("emission",)
+CONSUMERS = ("emission", "cancellation", "notification")
 
 
 def configure_logging(level: str) -> None:
@@ -44,6 +52,7 @@ async def run_ingress(settings: Settings) -> None:
     documents = DocumentStore(engine)
     bus = Bus(settings)
     topics = Topics(settings.kafka_topic_prefix)
+    waiters = ReplyWaiters()
     deps = IngressDeps(
         settings=settings,
         engine=engine,
@@ -53,6 +62,9 @@ async def run_ingress(settings: Settings) -> None:
         tenants=tenants,
         tenant_cache=TenantCache(tenants),
         topics=topics,
+        hooks=HookStore(engine),
+        waiters=waiters,
+        replies=ReplyListener(settings, topics.replies, waiters),
     )
     config = uvicorn.Config(
         create_app(deps),
@@ -67,37 +79,93 @@ async def run_ingress(settings: Settings) -> None:
 
 
 async def run_consumer(settings: Settings, name: str) -> None:
+    from consumers.cancellation import CancellationConsumer
     from consumers.emission import EmissionConsumer
+    from consumers.notification import NotificationConsumer, NotificationSettings
     from consumers.providers.focus import FocusClient
+    from consumers.providers.mailer import Mailer, SmtpConfig
+    from consumers.providers.webhooks import WebhookSender
     from consumers.runner import Runner
 
     if name not in CONSUMERS:
         raise SystemExit(f"unknown consumer {name!r}; choose one of {', '.join(CONSUMERS)}")
     topics = Topics(settings.kafka_topic_prefix)
     engine = create_engine(settings.database_url)
+    documents = DocumentStore(engine)
     bus = Bus(settings)
     await bus.start()
     await ensure_topics(settings, topics.all())
     await bus.wait_connected(60)
     focus = FocusClient(settings.focus_base_url, settings.focus_token, settings.focus_timeout)
-    consumer = EmissionConsumer(DocumentStore(engine), TenantStore(engine), focus, bus, topics)
-    runner = Runner(
-        settings,
-        name,
-        [topics.nfse_commands, topics.provider_events],
-        consumer.handle,
-        bus,
-        topics.dead_letter,
+    webhooks = WebhookSender(
+        allow_private=settings.hooks_allow_private, timeout=settings.hooks_timeout
     )
+    stop_retries = asyncio.Event()
+    background: list[asyncio.Task[None]] = []
+    if name == "emission":
+        emission = EmissionConsumer(documents, TenantStore(engine), focus, bus, topics)
+        handler, subscribed = emission.handle, [topics.nfse_commands, topics.provider_events]
+    elif name == "cancellation":
+        cancellation = CancellationConsumer(documents, focus, bus, topics)
+        handler, subscribed = cancellation.handle, [topics.nfse_commands]
+    else:
+        mailer = (
+            Mailer(
+                SmtpConfig(
+                    host=settings.smtp_host,
+                    port=settings.smtp_port,
+                    security=settings.smtp_security,  # type: ignore[arg-type]
+                    username=settings.smtp_username or None,
+                    password=settings.smtp_password or None,
+                    timeout=settings.smtp_timeout,
+                    sender_address=settings.smtp_sender,
+                    sender_name=settings.smtp_sender_name,
+                    pause_between_sends=settings.smtp_pause,
+                    local_hostname="notaflow",
+                )
+            )
+            if settings.smtp_host
+            else None
+        )
+        notification = NotificationConsumer(
+            documents,
+            TenantStore(engine),
+            HookStore(engine),
+            DeliveryStore(engine),
+            mailer,
+            webhooks,
+            bus,
+            topics,
+            NotificationSettings(
+                public_url=settings.public_url,
+                hook_schedule=tuple(
+                    float(x) for x in settings.hooks_retry_schedule.split(",") if x.strip()
+                ),
+            ),
+        )
+        handler, subscribed = notification.handle, [topics.lifecycle, topics.nfse_commands]
+        background.append(asyncio.create_task(notification.run_retries(stop_retries)))
+    runner = Runner(settings, name, subscribed, handler, bus, topics.dead_letter)
     loop = asyncio.get_running_loop()
+
+    def stop() -> None:
+        runner.stop()
+        stop_retries.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, runner.stop)
+        loop.add_signal_handler(sig, stop)
     log.info("consumer %s started (%s)", name, settings.kafka_bootstrap)
     try:
         await runner.run()
     finally:
+        stop_retries.set()
+        for task in background:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await webhooks.aclose()
         await focus.aclose()
         await bus.stop()
+        documents.close()
         await engine.dispose()
         log.info("consumer %s stopped: %s", name, runner.stats)
 
@@ -121,6 +189,24 @@ async def run_focus_sandbox(host: str, port: int, tokens: set[str], delay: float
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     task = asyncio.create_task(serve_focus_sandbox(config, host, port))
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    task.cancel()
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def run_smtp_sink(host: str, port: int, outbox: str) -> None:
+    from pathlib import Path
+
+    from sandbox.smtp_sink import serve_smtp_sink
+
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(serve_smtp_sink(Path(outbox), host, port))
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     task.cancel()

@@ -48,6 +48,24 @@ class Settings:
     # Static value Focus sends in the header of our hook; compared in constant time.
     focus_webhook_secret: str = ""
     focus_webhook_header: str = "Authorization"
+    # How long DELETE /v2/nfse/REF waits for the provider's answer before answering 202.
+    cancel_wait: float = 10.0
+    # How long the synchronous HubSoft e-mail route waits for the sends.
+    sync_email_wait: float = 60.0
+    # SMTP (empty host: e-mail is not configured; HubSoft's route says so)
+    smtp_host: str = ""
+    smtp_port: int = 587
+    smtp_security: str = "starttls"
+    smtp_username: str = ""
+    smtp_password: str = ""
+    smtp_sender: str = "notaflow@localhost"
+    smtp_sender_name: str = "notaflow"
+    smtp_pause: float = 1.0
+    smtp_timeout: float = 30.0
+    # Client webhooks
+    hooks_allow_private: bool = False
+    hooks_retry_schedule: str = "60,1800,3600,10800,86400"
+    hooks_timeout: float = 10.0
     # Consumers
     consumer_concurrency: int = 200
     consumer_retry_base: float = 1.0

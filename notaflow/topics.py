@@ -9,6 +9,9 @@ NFSE_EMIT = "br.notaflow.nfse.emit"
 NFSE_CANCEL = "br.notaflow.nfse.cancel"
 FOCUS_NFSE_CALLBACK = "br.notaflow.provider.focus.nfse"
 NFSE_STATUS = "br.notaflow.nfse.status"
+NFSE_EMAIL = "br.notaflow.nfse.email"
+NFSE_HOOK = "br.notaflow.nfse.hook"
+REPLY = "br.notaflow.reply"
 
 
 @dataclass(frozen=True)
@@ -31,8 +34,19 @@ class Topics:
     def dead_letter(self) -> str:
         return self.prefix + "dead-letter"
 
+    @property
+    def replies(self) -> str:
+        """Outcomes of synchronous commands (cancel, HubSoft e-mail) for the waiting ingress."""
+        return self.prefix + "replies"
+
     def all(self) -> list[str]:
-        return [self.nfse_commands, self.provider_events, self.lifecycle, self.dead_letter]
+        return [
+            self.nfse_commands,
+            self.provider_events,
+            self.lifecycle,
+            self.dead_letter,
+            self.replies,
+        ]
 
 
 def document_key(tenant: str, kind: str, ref: str) -> bytes:

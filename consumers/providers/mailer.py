@@ -29,9 +29,9 @@ from email.utils import getaddresses
 from typing import Literal
 
 import aiosmtplib
-from email_validator import EmailNotValidError, validate_email
 
 from consumers.errors import ConsumerError, PermanentFailure, TransientFailure
+from notaflow.emails import valid_email
 
 __all__ = [
     "Mailer",
@@ -86,15 +86,6 @@ class RecipientResult:
     def transient(self) -> bool:
         """A 4xx refusal: the same message to this address may succeed later."""
         return not self.accepted and self.code is not None and 400 <= self.code < 500
-
-
-def valid_email(address: str) -> bool:
-    """Syntax only (no DNS): what a mail server could accept as a recipient."""
-    try:
-        validate_email(address, check_deliverability=False)
-    except EmailNotValidError:
-        return False
-    return True
 
 
 class _ServerGate:

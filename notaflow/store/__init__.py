@@ -1,16 +1,23 @@
 """State: documents with their status history, tenants and credentials, blobs."""
 
 from notaflow.store.db import create_engine, migrate
+from notaflow.store.deliveries import Delivery, DeliveryStore
 from notaflow.store.documents import Claim, ClaimRequest, Document, DocumentStore
+from notaflow.store.hooks import Hook, HookStore, TooManyHooks
 from notaflow.store.tenants import Tenant, TenantStore
 
 __all__ = [
     "Claim",
     "ClaimRequest",
+    "Delivery",
+    "DeliveryStore",
     "Document",
     "DocumentStore",
+    "Hook",
+    "HookStore",
     "Tenant",
     "TenantStore",
+    "TooManyHooks",
     "create_engine",
     "migrate",
 ]

@@ -358,6 +358,7 @@ class DocumentStore:
         source: str,
         result: dict[str, Any] | None = None,
         erros: list[dict[str, Any]] | None = None,
+        detail: dict[str, Any] | None = None,
     ) -> Document | None:
         """Move a document to `status` if that is a legal next step for this attempt; return
         the updated document, or None when the change was already applied or is not allowed."""
@@ -382,11 +383,18 @@ class DocumentStore:
             )
             if res.rowcount != 1:
                 return None
-            await self._record(conn, document_id, attempt, status, source, erros, now)
+            await self._record(conn, document_id, attempt, status, source, detail or erros, now)
             row = (
                 await conn.execute(sa.select(documents).where(documents.c.id == document_id))
             ).first()
         return _doc(row) if row is not None else None
+
+    async def note(
+        self, document_id: int, attempt: int, status: str, source: str, detail: Any
+    ) -> None:
+        """A history entry that is not a status change (e.g. a refused cancellation)."""
+        async with self._engine.begin() as conn:
+            await self._record(conn, document_id, attempt, status, source, detail, _now())
 
     @staticmethod
     async def _record(

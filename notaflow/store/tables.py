@@ -94,3 +94,50 @@ blobs = sa.Table(
     sa.Column("data", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
+
+hooks = sa.Table(
+    "hooks",
+    metadata,
+    sa.Column("id", sa.String(16), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("cnpj", sa.String(14)),
+    sa.Column("cpf", sa.String(11)),
+    sa.Column("event", sa.String(32), nullable=False),
+    sa.Column("url", sa.String(2000), nullable=False),
+    sa.Column("authorization", sa.String(1000)),
+    sa.Column("authorization_header", sa.String(100)),
+    sa.Column("signing_secret", sa.String(100), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("deleted_at", sa.DateTime(timezone=True)),
+)
+
+deliveries = sa.Table(
+    "deliveries",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("tenant_id", sa.String(64), nullable=False),
+    sa.Column("document_id", sa.BigInteger, nullable=False),
+    sa.Column("channel", sa.String(16), nullable=False),
+    sa.Column("dedupe_key", sa.String(300), nullable=False, unique=True),
+    sa.Column("target", sa.String(2000), nullable=False),
+    sa.Column("payload", Json(), nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
+    sa.Column("locked_until", sa.DateTime(timezone=True)),
+    sa.Column("last_error", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+
+delivery_attempts = sa.Table(
+    "delivery_attempts",
+    metadata,
+    sa.Column("id", sa.BigInteger().with_variant(sa.Integer, "sqlite"), primary_key=True),
+    sa.Column("delivery_id", sa.BigInteger, nullable=False),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("ok", sa.Boolean, nullable=False),
+    sa.Column("code", sa.Integer),
+    sa.Column("message", sa.Text),
+    sa.Column("host", sa.String(300)),
+)

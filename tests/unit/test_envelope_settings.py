@@ -242,4 +242,5 @@ def test_topic_names_carry_the_prefix() -> None:
         "t1.provider.events",
         "t1.lifecycle",
         "t1.dead-letter",
+        "t1.replies",
     ]

@@ -1,0 +1,108 @@
+"""The cancellation consumer: NFS-e cancel commands in, Focus's synchronous DELETE out, the
+outcome recorded, published on the lifecycle topic and answered to the waiting ingress.
+
+A cancel that arrives while its note is still being authorized waits (a transient failure,
+retried with backoff, blocking only that document): cancel and emit share the document key,
+so the cancel can never overtake the emit command, and it acts on the emission's outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from consumers.errors import TransientFailure
+from consumers.lifecycle import publish_status, reply
+from consumers.providers.focus import FocusClient
+from notaflow import topics as t
+from notaflow.bus import Bus
+from notaflow.envelope import Event, decode
+from notaflow.errors import InvalidDocument
+from notaflow.store import Document, DocumentStore
+from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, PROCESSING
+from notaflow.views import result_from_provider
+from schemas import validator
+
+log = logging.getLogger(__name__)
+SOURCE = "notaflow/consumers/cancellation"
+KIND = "nfse"
+
+
+class CancellationConsumer:
+    def __init__(
+        self, documents: DocumentStore, focus: FocusClient, bus: Bus, topics: t.Topics
+    ) -> None:
+        self._docs = documents
+        self._focus = focus
+        self._bus = bus
+        self._topics = topics
+
+    async def handle(self, record: Any) -> None:
+        event = decode(record.headers, record.value)
+        if event.type == t.NFSE_CANCEL:
+            await self.cancel(event)
+
+    async def cancel(self, event: Event) -> None:
+        data = event.data
+        errors = sorted(validator("nfse_cancel_command").iter_errors(data), key=str)
+        if errors:
+            raise InvalidDocument("data", f"comando inválido: {errors[0]}")
+        doc = await self._docs.get(data["tenant"], KIND, data["ref"])
+        if doc is None:
+            await self._answer(event, "nao_encontrado")
+            return
+        if doc.status == PROCESSING:
+            raise TransientFailure("a nota ainda está em processamento", retry_after=1.0)
+        if doc.status == ERROR:
+            await self._answer(event, "nfe_nao_autorizada")
+            return
+        if doc.status == CANCELLED:
+            await self._answer(
+                event, "cancelado" if await self._cancelled_by(doc, event) else "nfe_cancelada"
+            )
+            return
+        assert doc.status == AUTHORIZED and doc.provider_ref is not None
+        answer = await self._focus.cancel_nfse(doc.provider_ref, data["justificativa"])
+        body = answer.body
+        if body.get("status") == "cancelado" or body.get("codigo") == "nfe_cancelada":
+            # nfe_cancelada from Focus: an earlier delivery of this command got through.
+            await self._cancelled(doc, event, body)
+            return
+        if body.get("codigo") == "nfe_nao_autorizada":
+            await self._answer(event, "nfe_nao_autorizada")
+            return
+        erros = body.get("erros") or [
+            {
+                "codigo": body.get("codigo") or str(answer.status_code),
+                "mensagem": body.get("mensagem"),
+                "correcao": None,
+            }
+        ]
+        await self._docs.note(doc.id, doc.attempt, "erro_cancelamento", SOURCE, erros)
+        await self._answer(event, "erro_cancelamento", erros)
+
+    async def _cancelled(self, doc: Document, event: Event, body: dict[str, Any]) -> None:
+        result = {**doc.result, **result_from_provider(body)}
+        updated = await self._docs.transition(doc.id, doc.attempt, CANCELLED, SOURCE, result)
+        if updated is not None:
+            await self._docs.note(
+                doc.id, doc.attempt, "cancelamento", SOURCE, {"command_id": event.id}
+            )
+            await publish_status(self._bus, self._topics, updated, SOURCE, event)
+        await self._answer(event, "cancelado")
+
+    async def _cancelled_by(self, doc: Document, event: Event) -> bool:
+        """Whether this very command cancelled the note (a redelivery gets the same answer)."""
+        for entry in await self._docs.history(doc.id):
+            detail = entry.get("detail")
+            if entry["status"] == CANCELLED and isinstance(detail, dict):
+                return bool(detail.get("command_id") == event.id)
+        return False
+
+    async def _answer(
+        self, event: Event, status: str, erros: list[dict[str, Any]] | None = None
+    ) -> None:
+        data: dict[str, Any] = {"status": status}
+        if erros:
+            data["erros"] = erros
+        await reply(self._bus, self._topics, event, SOURCE, data)

@@ -1,0 +1,45 @@
+"""Publishing what happened: status changes on the lifecycle topic and answers on the replies
+topic. Shared by every consumer so the events look the same whoever made the change."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from notaflow import topics as t
+from notaflow.bus import Bus
+from notaflow.envelope import Event
+from notaflow.store import Document
+from notaflow.views import nfse_view
+
+
+async def publish_status(
+    bus: Bus, topics: t.Topics, doc: Document, source: str, cause: Event
+) -> None:
+    """A lifecycle event with a deterministic id: a retry after a crash republishes the same
+    id, which downstream consumers deduplicate."""
+    data = {"tenant": doc.tenant_id, "kind": doc.kind, "id": doc.id, **nfse_view(doc)}
+    event = Event(
+        type=t.NFSE_STATUS,
+        source=source,
+        data=data,
+        subject=doc.ref,
+        id=f"{doc.kind}-{doc.id}-{doc.attempt}-{doc.status}",
+        tenant=doc.tenant_id,
+        traceparent=cause.traceparent,
+    )
+    await bus.publish(topics.lifecycle, event, t.document_key(doc.tenant_id, doc.kind, doc.ref))
+
+
+async def reply(
+    bus: Bus, topics: t.Topics, cause: Event, source: str, data: dict[str, Any]
+) -> None:
+    """The outcome of a synchronous command, for the ingress waiting on `cause.id`."""
+    event = Event(
+        type=t.REPLY,
+        source=source,
+        data={"command_id": cause.id, **data},
+        subject=cause.subject,
+        tenant=cause.tenant,
+        traceparent=cause.traceparent,
+    )
+    await bus.publish(topics.replies, event, cause.id.encode())

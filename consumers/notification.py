@@ -1,0 +1,271 @@
+"""The notification consumer: e-mail and client webhooks for every change of a note.
+
+- Lifecycle events: each status change goes to the tenant's hooks (one JSON POST with the GET
+  fields); `autorizado` and `cancelado` also e-mail the note's `tomador.email` (Focus does).
+- E-mail commands (`POST /v2/nfse/REF/email`, HubSoft's synchronous route) and hook re-fires.
+
+Every delivery is a row keyed by (event id, recipient or hook): a redelivered record finds its
+row and sends nothing twice. Failures are recorded per attempt and retried on a schedule by
+`run_retries`, which survives restarts because the schedule lives in the database; a row is
+locked while it is being attempted, so several replicas never send the same thing at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+from urllib.parse import urlsplit
+
+from consumers.errors import ConsumerError, PermanentFailure
+from consumers.lifecycle import reply
+from consumers.mail_templates import NfseLinks, format_cnpj, render_nfse_email
+from consumers.providers.mailer import Mailer
+from consumers.providers.webhooks import HookTarget, WebhookSender, next_attempt_delay
+from notaflow import topics as t
+from notaflow.bus import Bus
+from notaflow.envelope import Event, decode
+from notaflow.store import (
+    Delivery,
+    DeliveryStore,
+    Document,
+    DocumentStore,
+    HookStore,
+    TenantStore,
+)
+from notaflow.store.deliveries import PENDING, SENT
+from notaflow.store.documents import AUTHORIZED, CANCELLED
+from notaflow.views import nfse_view
+
+log = logging.getLogger(__name__)
+SOURCE = "notaflow/consumers/notification"
+EMAIL_KINDS = {AUTHORIZED: "autorizada", CANCELLED: "cancelada"}
+# SMTP "try again later" (4xx, outages) is retried sooner than Focus's hook schedule.
+EMAIL_RETRY_SCHEDULE: tuple[float, ...] = (60, 300, 1800, 3600, 10800)
+LOCK_SECONDS = 120.0
+
+
+@dataclass(frozen=True)
+class NotificationSettings:
+    public_url: str
+    hook_schedule: Sequence[float]
+    email_schedule: Sequence[float] = EMAIL_RETRY_SCHEDULE
+    retry_poll: float = 1.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    ok: bool
+    code: int | None
+    message: str
+    host: str
+    at: datetime
+
+
+class NotificationConsumer:
+    def __init__(
+        self,
+        documents: DocumentStore,
+        tenants: TenantStore,
+        hooks: HookStore,
+        deliveries: DeliveryStore,
+        mailer: Mailer | None,
+        webhooks: WebhookSender,
+        bus: Bus,
+        topics: t.Topics,
+        settings: NotificationSettings,
+    ) -> None:
+        self._docs = documents
+        self._tenants = tenants
+        self._hooks = hooks
+        self._deliveries = deliveries
+        self._mailer = mailer
+        self._webhooks = webhooks
+        self._bus = bus
+        self._topics = topics
+        self._settings = settings
+
+    async def handle(self, record: Any) -> None:
+        event = decode(record.headers, record.value)
+        if event.type == t.NFSE_STATUS:
+            await self.on_status(event)
+        elif event.type == t.NFSE_EMAIL:
+            await self.on_email(event)
+        elif event.type == t.NFSE_HOOK:
+            await self.on_refire(event)
+
+    # -- what to deliver ---------------------------------------------------------------------
+
+    async def on_status(self, event: Event) -> None:
+        doc = await self._docs.by_id(int(event.data.get("id", 0)))
+        if doc is None:
+            return
+        view = {k: v for k, v in event.data.items() if k not in ("tenant", "kind", "id")}
+        await self._fire_hooks(doc, view, event.id)
+        kind = EMAIL_KINDS.get(str(view.get("status")))
+        address = (doc.payload.get("tomador") or {}).get("email")
+        if kind and address:
+            await self._email(doc, [address], kind, view, event.id)
+
+    async def on_email(self, event: Event) -> None:
+        data = event.data
+        doc = await self._docs.get(str(data.get("tenant")), "nfse", str(data.get("ref")))
+        if doc is None:
+            return
+        emails = [e for e in data.get("emails", []) if isinstance(e, str)]
+        outcomes = await self._email(doc, emails, "copia", nfse_view(doc), event.id)
+        if data.get("sync"):
+            await reply(self._bus, self._topics, event, SOURCE, {"results": outcomes})
+
+    async def on_refire(self, event: Event) -> None:
+        data = event.data
+        doc = await self._docs.get(str(data.get("tenant")), "nfse", str(data.get("ref")))
+        if doc is not None:
+            await self._fire_hooks(doc, nfse_view(doc), event.id)
+
+    async def _fire_hooks(self, doc: Document, view: dict[str, Any], event_id: str) -> None:
+        for hook in await self._hooks.matching(doc.tenant_id, "nfse", doc.cnpj_prestador):
+            delivery = await self._deliveries.ensure(
+                doc.tenant_id, doc.id, "webhook", f"hook:{event_id}:{hook.id}", hook.id,
+                {"body": view},
+            )  # fmt: skip
+            await self.attempt(delivery)
+
+    async def _email(
+        self, doc: Document, addresses: list[str], kind: str, view: dict[str, Any], event_id: str
+    ) -> list[dict[str, Any]]:
+        results = []
+        for address in dict.fromkeys(addresses):
+            delivery = await self._deliveries.ensure(
+                doc.tenant_id, doc.id, "email", f"email:{event_id}:{address}", address,
+                {"kind": kind, "view": view},
+            )  # fmt: skip
+            outcome = await self.attempt(delivery)
+            if outcome is None:  # a redelivery: answer what the first delivery did
+                again = await self._deliveries.by_key(delivery.dedupe_key)
+                delivery = again or delivery
+                sent = delivery.status == SENT
+                error = None if sent else (delivery.last_error or "envio em andamento")
+                host = self._mailer.config.host if self._mailer else ""
+                at = datetime.now(UTC)
+            else:
+                sent, host, at = outcome.ok, outcome.host, outcome.at
+                error = None if outcome.ok else outcome.message
+            results.append(
+                {
+                    "email": address,
+                    "id": delivery.id,
+                    "enviado": sent,
+                    "mensagem_erro": error,
+                    "host": host,
+                    "data_envio": at.isoformat(),
+                }
+            )
+        return results
+
+    # -- delivering --------------------------------------------------------------------------
+
+    async def attempt(self, delivery: Delivery) -> Outcome | None:
+        """One attempt at a pending delivery; None when it is not ours to attempt now."""
+        if delivery.status != PENDING or not await self._deliveries.lock(delivery.id, LOCK_SECONDS):
+            return None
+        doc = await self._docs.by_id(delivery.document_id)
+        if delivery.channel == "webhook":
+            outcome, retry = await self._post(delivery)
+            schedule = self._settings.hook_schedule
+        else:
+            outcome, retry = await self._send_mail(delivery, doc)
+            schedule = self._settings.email_schedule
+        next_at = None
+        if not outcome.ok and retry:
+            delay = next_attempt_delay(delivery.attempts + 1, schedule)
+            next_at = None if delay is None else datetime.now(UTC) + timedelta(seconds=delay)
+        await self._deliveries.record(
+            delivery.id, outcome.ok, outcome.code, outcome.message, outcome.host, next_at
+        )
+        if not outcome.ok:
+            log.info(
+                "delivery %s (%s) failed: %s; %s",
+                delivery.id, delivery.channel, outcome.message,
+                f"retry at {next_at.isoformat()}" if next_at else "giving up",
+            )  # fmt: skip
+        return outcome
+
+    async def _post(self, delivery: Delivery) -> tuple[Outcome, bool]:
+        hook = await self._hooks.get(delivery.tenant_id, delivery.target)
+        now = datetime.now(UTC)
+        if hook is None or hook.deleted:
+            return Outcome(False, None, "gatilho removido", "", now), False
+        target = HookTarget(
+            url=hook.url,
+            signing_secret=hook.signing_secret,
+            authorization=hook.authorization,
+            authorization_header=hook.authorization_header,
+        )
+        result = await self._webhooks.deliver(
+            target, delivery.payload["body"], f"msg_nf{delivery.id}", int(time.time())
+        )
+        host = urlsplit(hook.url).hostname or ""
+        message = "ok" if result.ok else (result.error or f"HTTP {result.status_code}")
+        return Outcome(result.ok, result.status_code, message, host, now), result.retryable
+
+    async def _send_mail(self, delivery: Delivery, doc: Document | None) -> tuple[Outcome, bool]:
+        now = datetime.now(UTC)
+        if self._mailer is None:
+            return Outcome(False, None, "nenhum servidor SMTP configurado", "", now), False
+        if doc is None:
+            return Outcome(False, None, "nota não encontrada", "", now), False
+        host = self._mailer.config.host
+        message = render_nfse_email(
+            delivery.payload["kind"],
+            delivery.payload["view"],
+            doc.payload,
+            self._links(delivery.payload["view"]),
+            issuer_name=await self._issuer(doc),
+            sender=self._mailer.config.from_header,
+            recipients=[delivery.target],
+            message_id_domain=urlsplit(self._settings.public_url).hostname or "notaflow",
+            # Stable across retries, so a receiver can tell a resend from a new message.
+            message_id=f"<nf{delivery.id}@{urlsplit(self._settings.public_url).hostname}>",
+        )
+        try:
+            [result] = await self._mailer.send(message, [delivery.target])
+        except ConsumerError as exc:
+            return Outcome(False, None, str(exc), host, now), not isinstance(exc, PermanentFailure)
+        return (
+            Outcome(result.accepted, result.code, result.message, result.host, now),
+            result.transient,
+        )
+
+    async def _issuer(self, doc: Document) -> str:
+        # The NFS-e request names the prestador only by CNPJ; the tenant is who clients know.
+        tenant = await self._tenants.get(doc.tenant_id)
+        return tenant.name if tenant else f"CNPJ {format_cnpj(doc.cnpj_prestador)}"
+
+    def _links(self, view: dict[str, Any]) -> NfseLinks:
+        xml = view.get("caminho_xml_nota_fiscal")
+        return NfseLinks(
+            espelho_url=str(view.get("url") or ""),
+            xml_url=f"{self._settings.public_url.rstrip('/')}{xml}" if xml else "",
+            danfse_url=view.get("url_danfse"),
+        )
+
+    # -- retries -----------------------------------------------------------------------------
+
+    async def run_retries(self, stop: asyncio.Event) -> None:
+        """Attempt due deliveries until `stop` is set."""
+        while not stop.is_set():
+            try:
+                for delivery in await self._deliveries.due():
+                    if stop.is_set():
+                        break
+                    await self.attempt(delivery)
+            except Exception:
+                log.exception("retry pass failed")
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), self._settings.retry_poll)

@@ -1,0 +1,118 @@
+"""Focus NFe dialect, webhooks (gatilhos): POST/GET/DELETE /v2/hooks.
+
+Beyond Focus, each hook gets a `signing_secret`: deliveries carry a Standard Webhooks
+signature receivers can verify, besides the static authorization value Focus offers."""
+
+from __future__ import annotations
+
+import secrets
+from base64 import b64encode
+from urllib.parse import urlsplit
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ingress.deps import deps
+from ingress.errors import FocusError, invalid
+from ingress.focus_nfse import authenticate, focus_json
+from ingress.responses import FastJSONResponse
+from notaflow.brdocs import clean_document, valid_cnpj, valid_cpf
+from notaflow.store import TooManyHooks
+
+EVENTS = ("nfse", "nfe", "nfce", "nfce_contingencia", "inutilizacao", "cte", "mdfe")
+
+
+def _text(body: dict[str, object], name: str, limit: int) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise invalid(f'Parâmetro "{name}" inválido')
+    return value
+
+
+def _valid_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.username
+
+
+async def create_hook(request: Request) -> Response:
+    d = deps(request)
+    tenant = await authenticate(request, d)
+    body = await focus_json(request, d)
+    if not isinstance(body, dict):
+        raise invalid("O corpo da requisição deve ser um objeto JSON")
+    event = body.get("event")
+    if event not in EVENTS:
+        raise invalid('Parâmetro "event" deve ser um evento válido.')
+    url = body.get("url")
+    if not isinstance(url, str) or not url:
+        raise invalid('Parâmetro "url" não informado')
+    if len(url) > 2000 or not _valid_url(url):
+        raise invalid(f"URL inválida: {url}")
+    cnpj = _text(body, "cnpj", 18)
+    cpf = _text(body, "cpf", 14)
+    if cnpj and cpf:
+        raise invalid("Informe cnpj ou cpf, não ambos")
+    if cnpj:
+        cnpj = clean_document(cnpj)
+        if not valid_cnpj(cnpj):
+            raise invalid('Parâmetro "cnpj" inválido')
+        if cnpj not in tenant.cnpjs:
+            raise FocusError(404, "nao_encontrado", "Empresa não encontrada")
+    if cpf:
+        cpf = clean_document(cpf)
+        if not valid_cpf(cpf):
+            raise invalid('Parâmetro "cpf" inválido')
+    try:
+        hook = await d.hooks.create(
+            tenant.id,
+            str(event),
+            url,
+            signing_secret="whsec_" + b64encode(secrets.token_bytes(24)).decode(),
+            cnpj=cnpj,
+            cpf=cpf,
+            authorization=_text(body, "authorization", 1000),
+            authorization_header=_text(body, "authorization_header", 100),
+        )
+    except TooManyHooks as exc:
+        raise invalid("Limite de 5 gatilhos por empresa e evento atingido") from exc
+    return FastJSONResponse(hook.public())
+
+
+async def list_hooks(request: Request) -> Response:
+    d = deps(request)
+    tenant = await authenticate(request, d)
+    return FastJSONResponse([hook.public() for hook in await d.hooks.all(tenant.id)])
+
+
+async def get_hook(request: Request) -> Response:
+    d = deps(request)
+    tenant = await authenticate(request, d)
+    hook = await d.hooks.get(tenant.id, request.path_params["id"])
+    if hook is None or hook.deleted:
+        raise FocusError(404, "nao_encontrado", "Gatilho não encontrado")
+    return FastJSONResponse(hook.public())
+
+
+async def delete_hook(request: Request) -> Response:
+    d = deps(request)
+    tenant = await authenticate(request, d)
+    existing = await d.hooks.get(tenant.id, request.path_params["id"])
+    if existing is None or existing.deleted:
+        raise FocusError(404, "nao_encontrado", "Gatilho não encontrado")
+    hook = await d.hooks.delete(tenant.id, existing.id)
+    assert hook is not None
+    return FastJSONResponse(hook.public())
+
+
+routes = [
+    Route("/v2/hooks", create_hook, methods=["POST"]),
+    Route("/v2/hooks", list_hooks, methods=["GET"]),
+    Route("/v2/hooks/{id}", get_hook, methods=["GET"]),
+    Route("/v2/hooks/{id}", delete_hook, methods=["DELETE"]),
+]

@@ -1,0 +1,342 @@
+"""Validation and normalisation of NFC-e commands for the Emites-Client (seed 002).
+
+`normalize_nfce` is the entry point the ingress and the consumers share, cheapest step first:
+
+1. the JSON Schema `schemas/nfce.schema.json` through the compiled jsonschema_rs validator; the
+   detailed error list is only computed when the fast `is_valid` says no;
+2. fiscal checks the schema cannot express: `cliente.cpf_cnpj` CPF or CNPJ check digits,
+   IBGE municipality code and real UF of `cliente.endereco`, the card acquirer's CNPJ; and
+   every text in ISO-8859-1, the only character set the Emites wire carries;
+3. a new dict: nulls dropped (the protocol treats null and absent alike), payments under
+   `forma_pagamento` whichever name the client used, `cliente.cpf_cnpj` without punctuation,
+   and the defaults of `DEFAULTS_DOC` filled in. Unknown fields are kept: the official schema
+   knows more optional fields (carrier, vehicle, volumes) than our spec lists, and Emites
+   validates them itself.
+
+Every failure is `InvalidDocument(field, message)` with Focus-style Portuguese wording and the
+dotted path of the first offending field ("produtos.0.ncm"); the smallest path wins, so the
+answer does not depend on the order the client wrote its fields in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final
+
+import jsonschema_rs
+
+import schemas
+from notaflow.brdocs import (
+    clean_document,
+    valid_cnpj,
+    valid_cpf,
+    valid_ibge_municipio,
+    valid_uf,
+)
+from notaflow.emites_wire import PayloadNotEncodable, check_payload
+from notaflow.errors import InvalidDocument
+
+__all__ = [
+    "DEFAULTS_DOC",
+    "MOTIVO_MAX",
+    "MOTIVO_MIN",
+    "NOT_AN_OBJECT",
+    "normalize_nfce",
+    "validate_motivo",
+]
+
+NOT_AN_OBJECT: Final = "O corpo da requisição deve ser um objeto JSON"
+_NOT_UTF8: Final = "O corpo da requisição contém texto que não é UTF-8 válido"
+MOTIVO_MIN, MOTIVO_MAX = 15, 255
+
+# (field, default, why): the README lists these; the schema carries the same `default`s.
+DEFAULTS_DOC: Final[tuple[tuple[str, object, str], ...]] = (
+    ("tipo_operacao", 1, "1 = saída: an NFC-e records a sale to a consumer"),
+    ("finalidade_nfe", 1, "1 = NF-e normal"),
+    ("destino_operacao", 1, "1 = operação interna: a consumer buys in the shop's own state"),
+    ("indicador_consumidor_final", 1, "1 = consumidor final, which an NFC-e always has"),
+    ("tipo_impressao", 4, "4 = DANFE NFC-e"),
+)
+_DEFAULTS: Final[dict[str, object]] = {field: default for field, default, _ in DEFAULTS_DOC}
+
+_PAYMENTS: Final = "forma_pagamento"
+_PAYMENTS_RENAMED: Final = "forma_de_pagamento"
+
+_SCHEMA: Final = schemas.load("nfce")
+_VALIDATOR: Final = schemas.validator("nfce")
+
+# What a `pattern` failure means, by the name of the field (or of the array holding it).
+_PATTERN_MESSAGES: Final[dict[str, str]] = {
+    "ncm": "NCM deve ter de 2 a 8 dígitos",
+    "cfop": "CFOP deve ter 4 dígitos",
+    "cest": "CEST deve ter 7 dígitos",
+    "codigo_ean": "deve ter de 8 a 14 dígitos ou ser SEM GTIN",
+    "cpf_cnpj": "informe o CPF (11 dígitos) ou o CNPJ (14 caracteres)",
+    "cnpj_credenciadora": "CNPJ deve ter 14 caracteres",
+    "codigo_municipio": "código IBGE de município deve ter 7 dígitos",
+    "uf": "deve ser a sigla da UF com 2 letras maiúsculas",
+    "cep": "CEP deve ter 8 dígitos",
+    "telefone": "deve ter de 6 a 14 dígitos",
+    "email": "não é um endereço de e-mail válido",
+}
+_TYPE_NAMES: Final[dict[str, str]] = {
+    "object": "um objeto",
+    "array": "uma lista",
+    "string": "um texto",
+    "number": "um número",
+    "integer": "um número inteiro",
+}
+
+
+def _missing(field: str) -> str:
+    return f'Parâmetro "{field}" não informado'
+
+
+def _invalid(field: str, why: str) -> str:
+    return f'Parâmetro "{field}" inválido: {why}'
+
+
+def _reject(field: str, why: str) -> InvalidDocument:
+    return InvalidDocument(field, _invalid(field, why))
+
+
+# --- step 1: schema errors in Focus's words ----------------------------------------------
+
+
+def _resolve(node: Mapping[str, Any]) -> Mapping[str, Any]:
+    while "$ref" in node:
+        node = _SCHEMA["$defs"][node["$ref"].removeprefix("#/$defs/")]
+    return node
+
+
+def _node(path: list[str | int]) -> Mapping[str, Any] | None:
+    """The schema of the value at `path`, None where only `qualquer` applies."""
+    node: Mapping[str, Any] | None = _resolve(_SCHEMA)
+    for part in path:
+        if node is None:
+            return None
+        child = node.get("items") if isinstance(part, int) else node.get("properties", {}).get(part)
+        node = _resolve(child) if child is not None else None
+    return node
+
+
+def _required(path: list[str | int]) -> bool:
+    if not path or isinstance(path[-1], int):
+        return False
+    parent = _node(path[:-1])
+    return parent is not None and path[-1] in parent.get("required", ())
+
+
+def _dotted(path: list[str | int]) -> str:
+    return ".".join(str(part) for part in path)
+
+
+def _sort_key(path: list[str | int]) -> tuple[str, ...]:
+    # Indices compare as numbers: produtos.2 comes before produtos.10.
+    return tuple(f"{part:09d}" if isinstance(part, int) else part for part in path)
+
+
+def _literal(option: object) -> str:
+    if option is True or option is False:
+        return "true" if option else "false"
+    return f'"{option}"' if isinstance(option, str) else str(option)
+
+
+def _describe(error: jsonschema_rs.ValidationError) -> tuple[tuple[str, ...], str, str]:
+    kind = error.kind
+    path = list(error.instance_path)
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
+        path.append(kind.property)
+        field = _dotted(path)
+        return _sort_key(path), field, _missing(field)
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.OneOfNotValid):
+        return (_PAYMENTS,), _PAYMENTS, _missing(_PAYMENTS)
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.OneOfMultipleValid):
+        why = f'informe "{_PAYMENTS}" ou "{_PAYMENTS_RENAMED}", não ambos'
+        return (_PAYMENTS,), _PAYMENTS, _invalid(_PAYMENTS, why)
+    field = _dotted(path)
+    return _sort_key(path), field, _message(error, path, field)
+
+
+def _message(error: jsonschema_rs.ValidationError, path: list[str | int], field: str) -> str:
+    kind = error.kind
+    value = error.instance
+    node = _node(path) or {}
+    if value == "":
+        if _required(path):
+            return _missing(field)
+        return _invalid(field, "não pode ser vazio; omita o campo ou envie null")
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Type):
+        expected = " ou ".join(_TYPE_NAMES.get(t, t) for t in kind.types if t != "null")
+        return _invalid(field, f"deve ser {expected}")
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Enum):
+        options = ", ".join(_literal(option) for option in kind.options if option is not None)
+        return _invalid(field, f"valores aceitos {options}")
+    if isinstance(
+        kind,
+        jsonschema_rs.ValidationErrorKind.MinItems | jsonschema_rs.ValidationErrorKind.MaxItems,
+    ):
+        low, high = node.get("minItems", 0), node.get("maxItems")
+        return _invalid(field, f"deve ter entre {low} e {high} itens")
+    if isinstance(
+        kind,
+        jsonschema_rs.ValidationErrorKind.MinLength | jsonschema_rs.ValidationErrorKind.MaxLength,
+    ):
+        low, high = node.get("minLength", 0), node.get("maxLength")
+        if high is None:
+            return _invalid(field, f"tamanho mínimo {low} caracteres")
+        return _invalid(field, f"tamanho deve estar entre {low} e {high} caracteres")
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.Minimum):
+        return _invalid(field, f"deve ser maior ou igual a {kind.limit}")
+    if isinstance(kind, jsonschema_rs.ValidationErrorKind.ExclusiveMinimum):
+        return _invalid(field, f"deve ser maior que {kind.limit}")
+    name = next((part for part in reversed(path) if isinstance(part, str)), "")
+    if name in _PATTERN_MESSAGES:
+        return _invalid(field, _PATTERN_MESSAGES[name])
+    return _invalid(field, "valor não aceito")
+
+
+def _first_schema_error(raw: dict[str, Any]) -> InvalidDocument:
+    described = [_describe(error) for error in _VALIDATOR.iter_errors(raw)]
+    if not described:  # is_valid and iter_errors disagree: never seen, still answer sanely
+        return InvalidDocument("", NOT_AN_OBJECT)
+    _, field, message = min(described)
+    return InvalidDocument(field, message)
+
+
+# --- step 2: fiscal checks ----------------------------------------------------------------
+
+
+def _cpf_cnpj(field: str, value: str) -> str:
+    number = clean_document(value)
+    if len(number) == 11 and number.isdigit():
+        if not valid_cpf(number):
+            raise _reject(field, "CPF com dígito verificador inválido")
+    elif len(number) == 14:
+        if not valid_cnpj(number):
+            raise _reject(field, "CNPJ com dígito verificador inválido")
+    else:
+        raise _reject(field, "informe o CPF (11 dígitos) ou o CNPJ (14 caracteres)")
+    return number
+
+
+def _cnpj(field: str, value: str) -> str:
+    if not valid_cnpj(value):
+        raise _reject(field, "CNPJ com dígito verificador inválido")
+    return value
+
+
+def _codigo_municipio(field: str, value: str) -> str:
+    if not valid_ibge_municipio(value):
+        raise _reject(field, "código IBGE de município inválido")
+    return value
+
+
+def _uf(field: str, value: str) -> str:
+    if not valid_uf(value):
+        raise _reject(field, "UF inexistente")
+    return value
+
+
+_Check = Callable[[str, str], str]
+
+
+def _fiscal(doc: dict[str, Any], errors: list[tuple[tuple[str, ...], InvalidDocument]]) -> None:
+    """Run the checks on `doc` (already nulls-free and schema-valid), replacing each value by
+    its canonical form; failures are appended to `errors`."""
+
+    def check(holder: Any, key: str, path: list[str | int], function: _Check) -> None:
+        if not isinstance(holder, dict) or key not in holder:
+            return
+        try:
+            holder[key] = function(_dotted([*path, key]), holder[key])
+        except InvalidDocument as error:
+            errors.append((_sort_key([*path, key]), error))
+
+    cliente = doc.get("cliente")
+    check(cliente, "cpf_cnpj", ["cliente"], _cpf_cnpj)
+    endereco = cliente.get("endereco") if isinstance(cliente, dict) else None
+    check(endereco, "codigo_municipio", ["cliente", "endereco"], _codigo_municipio)
+    check(endereco, "uf", ["cliente", "endereco"], _uf)
+    for index, payment in enumerate(doc.get(_PAYMENTS, ())):
+        cartao = payment.get("cartao")
+        check(cartao, "cnpj_credenciadora", [_PAYMENTS, index, "cartao"], _cnpj)
+
+
+def _without_nulls(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+    if isinstance(value, list):
+        return [_without_nulls(item) for item in value]
+    return value
+
+
+# --- the entry points ---------------------------------------------------------------------
+
+
+def normalize_nfce(raw: object) -> dict[str, Any]:
+    """Validate a CREATE_NFCE document (a parsed JSON body) and return it ready for Emites.
+
+    The result is a new dict without null values; the payments under `forma_pagamento` (the
+    client may send `forma_de_pagamento`, the maintainers' later name, but not both);
+    `cliente.cpf_cnpj` without punctuation (CNPJ letters uppercased); the defaults of
+    `DEFAULTS_DOC` where the client left the field out; everything else as sent, unknown
+    fields included. Normalising the result again gives the same dict.
+
+    Raises InvalidDocument naming the first offending field.
+    """
+    if not isinstance(raw, dict):
+        raise InvalidDocument("", NOT_AN_OBJECT)
+    try:
+        if not _VALIDATOR.is_valid(raw):
+            raise _first_schema_error(raw)
+    except UnicodeEncodeError:  # lone surrogates, which json.loads lets through from "\ud800"
+        raise InvalidDocument("", _NOT_UTF8) from None
+    except ValueError:  # a value JSON cannot hold (bytes, a non-string key): not a JSON body
+        raise InvalidDocument("", NOT_AN_OBJECT) from None
+    doc: dict[str, Any] = _without_nulls(raw)
+    if _PAYMENTS_RENAMED in doc:
+        doc[_PAYMENTS] = doc.pop(_PAYMENTS_RENAMED)
+    errors: list[tuple[tuple[str, ...], InvalidDocument]] = []
+    _fiscal(doc, errors)
+    try:
+        check_payload(doc)
+    except PayloadNotEncodable as exc:
+        why = f'contém "{exc.char}", caractere fora do ISO-8859-1 aceito pela Emites'
+        if exc.char is None:
+            why = "valor não aceito"
+        parts = [int(part) if part.isdigit() else part for part in exc.field.split(".")]
+        errors.append((_sort_key(parts), _reject(exc.field, why)))
+    if errors:
+        raise min(errors, key=lambda item: (item[0], item[1].message))[1]
+    for field, default in _DEFAULTS.items():
+        doc.setdefault(field, default)
+    return doc
+
+
+def validate_motivo(body: object) -> str | None:
+    """The Emites `motivo` of a cancellation, from the Focus-dialect `justificativa`, trimmed.
+
+    Emites makes the reason optional (absent or null gives None), but when present it must
+    have 15 to 255 characters; an empty string is refused rather than taken for absent.
+    """
+    if not isinstance(body, dict):
+        raise InvalidDocument("", NOT_AN_OBJECT)
+    value = body.get("justificativa")
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise _reject("justificativa", "deve ser um texto")
+    # Trimmed first: padding with spaces must not turn a too-short reason into a valid one.
+    text = value.strip()
+    if not MOTIVO_MIN <= len(text) <= MOTIVO_MAX:
+        raise InvalidDocument(
+            "justificativa",
+            f'Parâmetro "justificativa" deve ter entre {MOTIVO_MIN} e {MOTIVO_MAX} caracteres',
+        )
+    try:
+        check_payload(text)
+    except PayloadNotEncodable as exc:
+        why = f'contém "{exc.char}", caractere fora do ISO-8859-1 aceito pela Emites'
+        raise _reject("justificativa", why) from None
+    return text

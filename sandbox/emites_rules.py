@@ -1,0 +1,476 @@
+"""How the sandbox Emites-Client (and the SEFAZ behind it) decides an NFC-e, without I/O.
+
+`sandbox.emites` is the asyncio TCP shell: it keeps the state (numbers, notes, clock) and calls
+in here for every decision, so each rule is tested without a socket. Deliberately independent
+of `notaflow.nfce`: the sandbox stands in for the real service, so it validates with the same
+schema file but its own checks and its own (Java bean-validation-like) messages, keyed by
+property paths such as `produtos[0].ncm`.
+
+CREATE_NFCE (`validation_errors`, then `sefaz_rejection`, then `authorize`):
+
+    schema errors, CPF/CNPJ check digits, IBGE code, UF    -> rejeitada, erros by field path
+    a product with ncm "00"                                -> rejeitada, erros.rejeicao 471
+    payments below the note's total                        -> rejeitada, erros.rejeicao 865
+    otherwise                                              -> sucesso, the request echoed plus
+        id, nfe_numero, serie, danfe_url, xml_url, danfe (a real PDF, base64), xml (base64),
+        resposta_emissao {chave_acesso, codigo_verificacao, data_emissao, numero_protocolo}
+        and produtos[i].tributacao
+
+CANCEL_NFCE (`cancel_errors`, then `cancel_decision`):
+
+    no/bad chave_acesso, motivo outside 15..255            -> rejeitada, erros by field
+    a well-formed key the sandbox never issued             -> cancelamento_rejeitado 217
+    already cancelled                                      -> cancelamento_rejeitado 218
+    more than `cancel_window` seconds after authorization  -> cancelamento_rejeitado 501
+    otherwise                                              -> cancelada, cancel_xml_url,
+                                                              resposta_cancelamento
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import xml.etree.ElementTree as ET
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any, Final
+
+import jsonschema_rs
+from fpdf import FPDF
+
+import schemas
+from notaflow.brdocs import (
+    access_key_check_digit,
+    clean_document,
+    valid_access_key,
+    valid_cnpj,
+    valid_cpf,
+    valid_ibge_municipio,
+    valid_uf,
+)
+
+MODELO_NFCE: Final = "65"
+TP_EMIS_NORMAL: Final = "1"
+AMBIENTE_HOMOLOGACAO: Final = "2"
+MOTIVO_MIN, MOTIVO_MAX = 15, 255
+
+REJEICAO_NCM: Final = "471 - Rejeição: Informado NCM=00 indevidamente"
+REJEICAO_PAGAMENTO: Final = "865 - Rejeição: Total dos pagamentos menor que o total da nota"
+REJEICAO_NAO_CONSTA: Final = "217 - Rejeição: NF-e não consta na base de dados da SEFAZ"
+REJEICAO_JA_CANCELADA: Final = "218 - Rejeição: NF-e já está cancelada na base de dados da SEFAZ"
+REJEICAO_PRAZO: Final = "501 - Rejeicao: Prazo de Cancelamento Superior ao Previsto na Legislacao"
+
+_PAYMENTS: Final = ("forma_pagamento", "forma_de_pagamento")
+_NAO_NULO: Final = "não pode ser nulo"
+_NAO_VAZIO: Final = "não pode ser vazio"
+
+
+@dataclass(frozen=True)
+class Emitente:
+    cnpj: str = "22769530000131"
+    razao_social: str = "EMITES SANDBOX LTDA"
+    uf_code: str = "53"  # IBGE code of the UF: 53 = DF, like the spec's example keys
+
+
+# --- CREATE_NFCE validation ---------------------------------------------------------------
+
+
+def _java_path(path: Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _schema_message(error: jsonschema_rs.ValidationError) -> tuple[str, str]:
+    kind = error.kind
+    kinds = jsonschema_rs.ValidationErrorKind
+    path = list(error.instance_path)
+    if isinstance(kind, kinds.Required):
+        return _java_path([*path, kind.property]), _NAO_NULO
+    if isinstance(kind, kinds.OneOfNotValid):
+        return "forma_pagamento", _NAO_NULO
+    if isinstance(kind, kinds.OneOfMultipleValid):
+        return "forma_pagamento", "informe forma_pagamento ou forma_de_pagamento, não ambos"
+    field = _java_path(path)
+    if error.instance == "":
+        return field, _NAO_VAZIO
+    if isinstance(kind, kinds.Enum):
+        options = ", ".join(str(option) for option in kind.options if option is not None)
+        return field, f"deve ser um dos valores: {options}"
+    if isinstance(kind, kinds.MinItems | kinds.MaxItems):
+        bounds = {"produtos": (1, 500)}.get(str(path[-1]) if path else "", (1, 100))
+        return field, f"tamanho deve estar entre {bounds[0]} e {bounds[1]}"
+    if isinstance(kind, kinds.MinLength | kinds.MaxLength):
+        return (
+            field,
+            f"tamanho {'mínimo' if isinstance(kind, kinds.MinLength) else 'máximo'} é {kind.limit}",
+        )
+    if isinstance(kind, kinds.Minimum):
+        return field, f"deve ser maior que ou igual à {kind.limit}"
+    if isinstance(kind, kinds.ExclusiveMinimum):
+        return field, f"deve ser maior que {kind.limit}"
+    if isinstance(kind, kinds.Type):
+        return field, "tipo inválido, esperado " + " ou ".join(kind.types)
+    if path and path[-1] == "email":
+        return field, "não é um endereço de e-mail válido"
+    return field, "formato inválido"
+
+
+def _fiscal_errors(doc: Mapping[str, Any]) -> dict[str, list[str]]:
+    erros: dict[str, list[str]] = {}
+    cliente = doc.get("cliente")
+    if isinstance(cliente, dict):
+        number = clean_document(str(cliente.get("cpf_cnpj", "")))
+        if len(number) == 11 and not valid_cpf(number):
+            erros["cliente.cpf_cnpj"] = ["CPF inválido"]
+        elif len(number) == 14 and not valid_cnpj(number):
+            erros["cliente.cpf_cnpj"] = ["CNPJ inválido"]
+        elif len(number) not in (11, 14):
+            erros["cliente.cpf_cnpj"] = ["deve ser um CPF ou um CNPJ"]
+        endereco = cliente.get("endereco")
+        if isinstance(endereco, dict):
+            if not valid_ibge_municipio(str(endereco.get("codigo_municipio"))):
+                erros["cliente.endereco.codigo_municipio"] = ["código de município inválido"]
+            if not valid_uf(str(endereco.get("uf"))):
+                erros["cliente.endereco.uf"] = ["UF inválida"]
+    return erros
+
+
+def validation_errors(doc: object) -> dict[str, list[str]]:
+    """Emites' own validation of a CREATE_NFCE payload: field path -> messages; {} if valid."""
+    if not isinstance(doc, dict):
+        return {"": ["o corpo deve ser um objeto JSON"]}
+    validator = schemas.validator("nfce")
+    erros: dict[str, list[str]] = {}
+    if not validator.is_valid(doc):
+        for error in validator.iter_errors(doc):
+            field, message = _schema_message(error)
+            if message not in erros.setdefault(field, []):
+                erros[field].append(message)
+        return erros
+    return _fiscal_errors(doc)
+
+
+def _decimal(value: object) -> Decimal:
+    return Decimal(str(value)) if value is not None else Decimal(0)
+
+
+def payments(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
+    for name in _PAYMENTS:
+        if isinstance(doc.get(name), list):
+            return list(doc[name])
+    return []
+
+
+def total(doc: Mapping[str, Any]) -> Decimal:
+    """vNF: products less discounts plus freight, insurance and other expenses."""
+    result = Decimal(0)
+    for produto in doc.get("produtos", ()):
+        result += _decimal(produto.get("valor_total_produto"))
+        result -= _decimal(produto.get("valor_desconto"))
+        result += _decimal(produto.get("valor_frete"))
+        result += _decimal(produto.get("valor_seguro"))
+        result += _decimal(produto.get("valor_outras_despesas"))
+    return result
+
+
+def sefaz_rejection(doc: Mapping[str, Any]) -> str | None:
+    """What SEFAZ would refuse in a document Emites accepted, as `erros.rejeicao`."""
+    if any(produto.get("ncm") == "00" for produto in doc.get("produtos", ())):
+        return REJEICAO_NCM
+    paid = sum((_decimal(p.get("valor_do_pagamento")) for p in payments(doc)), Decimal(0))
+    if paid < total(doc):
+        return REJEICAO_PAGAMENTO
+    return None
+
+
+# --- authorization ------------------------------------------------------------------------
+
+
+def utc_text(moment: datetime) -> str:
+    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def codigo_numerico(cnpj: str, serie: int, numero: int) -> str:
+    """cNF, the 8 random digits of the key; derived, so a replay gives the same key."""
+    digest = hashlib.sha256(f"cNF:{cnpj}:{serie}:{numero}".encode()).digest()
+    return f"{int.from_bytes(digest[:8], 'big') % 10**8:08d}"
+
+
+def access_key(emitente: Emitente, issued_at: datetime, serie: int, numero: int) -> str:
+    """UF(2) AAMM(4) CNPJ(14) modelo 65 série(3) número(9) tpEmis(1) cNF(8) DV(1)."""
+    first43 = (
+        f"{emitente.uf_code}{issued_at:%y%m}{emitente.cnpj}{MODELO_NFCE}{serie:03d}"
+        f"{numero:09d}{TP_EMIS_NORMAL}{codigo_numerico(emitente.cnpj, serie, numero)}"
+    )
+    return first43 + access_key_check_digit(first43)
+
+
+def protocolo(emitente: Emitente, moment: datetime, sequence: int) -> str:
+    """15 digits: ambiente(1) UF(2) AA(2) sequence(10), the layout SEFAZ protocols follow."""
+    return f"{AMBIENTE_HOMOLOGACAO}{emitente.uf_code}{moment:%y}{sequence % 10**10:010d}"
+
+
+def codigo_verificacao(chave: str) -> str:
+    return hashlib.sha256(f"cv:{chave}".encode()).hexdigest()[:16].upper()
+
+
+def tributacao(produto: Mapping[str, Any]) -> dict[str, Any]:
+    """Simples Nacional (CSOSN 102, PIS/COFINS 49) and the IBPT-style approximate taxes."""
+    valor = _decimal(produto.get("valor_total_produto"))
+    return {
+        "icms_origem": produto.get("codigo_origem_produto", 0),
+        "icms_situacao_tributaria": "102",
+        "pis_situacao_tributaria": "49",
+        "cofins_situacao_tributaria": "49",
+        "valor_total_tributos": float((valor * Decimal("0.3145")).quantize(Decimal("0.01"))),
+    }
+
+
+def _money(value: Decimal) -> str:
+    return (
+        f"{value.quantize(Decimal('0.01')):,.2f}".replace(",", "X")
+        .replace(".", ",")
+        .replace("X", ".")
+    )
+
+
+def _grouped(key: str) -> str:
+    return " ".join(key[i : i + 4] for i in range(0, len(key), 4))
+
+
+def render_danfe(
+    doc: Mapping[str, Any],
+    emitente: Emitente,
+    chave: str,
+    serie: int,
+    numero: int,
+    protocol: str,
+    issued_at: datetime,
+) -> bytes:
+    """A small but real DANFE NFC-e (80 mm receipt) as PDF bytes, deterministic per input."""
+    pdf = FPDF(orientation="P", unit="mm", format=(80, 297))
+    pdf.set_creation_date(issued_at)
+    pdf.set_title(f"DANFE NFC-e {numero:09d}")
+    pdf.set_margins(4, 4, 4)
+    pdf.set_auto_page_break(auto=True, margin=4)
+    pdf.add_page()
+    width = pdf.epw
+
+    def line(text: str, size: float = 7, style: str = "", align: str = "L") -> None:
+        pdf.set_font("helvetica", style=style, size=size)
+        pdf.multi_cell(width, size * 0.5, text, align=align, new_x="LMARGIN", new_y="NEXT")
+
+    line(emitente.razao_social, 8, "B", "C")
+    line(f"CNPJ: {emitente.cnpj}", align="C")
+    line("DANFE NFC-e - Documento Auxiliar da Nota Fiscal de Consumidor Eletrônica", 7, "B", "C")
+    line("EMITIDA EM AMBIENTE DE HOMOLOGAÇÃO - SEM VALOR FISCAL", 6, "B", "C")
+    pdf.ln(1)
+    line("Código | Descrição | Qtde | Un | Vl Unit | Vl Total", 6, "B")
+    for produto in doc.get("produtos", ()):
+        line(
+            f"{produto.get('codigo_produto')} {produto.get('descricao')} "
+            f"{produto.get('quantidade_comercial')} {produto.get('unidade_comercial')} x "
+            f"{_money(_decimal(produto.get('valor_unitario_comercial')))} = "
+            f"{_money(_decimal(produto.get('valor_total_produto')))}",
+            6,
+        )
+    pdf.ln(1)
+    line(f"Qtde. total de itens: {len(doc.get('produtos', ()))}")
+    line(f"VALOR TOTAL R$ {_money(total(doc))}", 8, "B")
+    for payment in payments(doc):
+        amount = _money(_decimal(payment.get("valor_do_pagamento")))
+        line(f"Forma de pagamento {payment.get('tipo_de_pagamento')}: R$ {amount}")
+    pdf.ln(1)
+    line(f"NFC-e nº {numero:09d} Série {serie:03d} {utc_text(issued_at)}", 7, "B", "C")
+    line("Consulte pela Chave de Acesso:", align="C")
+    line(_grouped(chave), 7, "", "C")
+    line(f"Protocolo de autorização: {protocol}", align="C")
+    cliente = doc.get("cliente")
+    if isinstance(cliente, dict):
+        line(f"CONSUMIDOR: {cliente.get('cpf_cnpj')} {cliente.get('nome')}", align="C")
+    else:
+        line("CONSUMIDOR NÃO IDENTIFICADO", align="C")
+    return bytes(pdf.output())
+
+
+def _sub(parent: ET.Element, tag: str, text: object = None) -> ET.Element:
+    element = ET.SubElement(parent, tag)
+    if text is not None:
+        element.text = str(text)
+    return element
+
+
+def render_xml(
+    doc: Mapping[str, Any],
+    emitente: Emitente,
+    chave: str,
+    serie: int,
+    numero: int,
+    protocol: str,
+    issued_at: datetime,
+) -> bytes:
+    """An nfeProc-shaped XML (unsigned: the sandbox has no certificate)."""
+    root = ET.Element("nfeProc", {"xmlns": "http://www.portalfiscal.inf.br/nfe", "versao": "4.00"})
+    inf = _sub(_sub(root, "NFe"), "infNFe")
+    inf.set("Id", f"NFe{chave}")
+    inf.set("versao", "4.00")
+    ide = _sub(inf, "ide")
+    for tag, value in (
+        ("cUF", emitente.uf_code),
+        ("cNF", chave[35:43]),
+        ("natOp", doc.get("natureza_operacao")),
+        ("mod", MODELO_NFCE),
+        ("serie", serie),
+        ("nNF", numero),
+        ("dhEmi", utc_text(issued_at)),
+        ("tpNF", doc.get("tipo_operacao", 1)),
+        ("idDest", doc.get("destino_operacao", 1)),
+        ("tpImp", doc.get("tipo_impressao", 4)),
+        ("tpEmis", TP_EMIS_NORMAL),
+        ("cDV", chave[43]),
+        ("tpAmb", AMBIENTE_HOMOLOGACAO),
+        ("finNFe", doc.get("finalidade_nfe", 1)),
+        ("indFinal", doc.get("indicador_consumidor_final", 1)),
+        ("indPres", doc.get("indicador_presenca")),
+    ):
+        _sub(ide, tag, value)
+    emit = _sub(inf, "emit")
+    _sub(emit, "CNPJ", emitente.cnpj)
+    _sub(emit, "xNome", emitente.razao_social)
+    for index, produto in enumerate(doc.get("produtos", ()), start=1):
+        det = _sub(inf, "det")
+        det.set("nItem", str(index))
+        prod = _sub(det, "prod")
+        _sub(prod, "cProd", produto.get("codigo_produto"))
+        _sub(prod, "cEAN", produto.get("codigo_ean") or "SEM GTIN")
+        _sub(prod, "xProd", produto.get("descricao"))
+        _sub(prod, "NCM", produto.get("ncm"))
+        _sub(prod, "CFOP", produto.get("cfop") or "5102")
+        _sub(prod, "uCom", produto.get("unidade_comercial"))
+        _sub(prod, "qCom", produto.get("quantidade_comercial"))
+        _sub(prod, "vUnCom", produto.get("valor_unitario_comercial"))
+        _sub(prod, "vProd", produto.get("valor_total_produto"))
+    _sub(_sub(_sub(inf, "total"), "ICMSTot"), "vNF", f"{total(doc):.2f}")
+    info = _sub(_sub(root, "protNFe"), "infProt")
+    _sub(info, "tpAmb", AMBIENTE_HOMOLOGACAO)
+    _sub(info, "chNFe", chave)
+    _sub(info, "dhRecbto", utc_text(issued_at))
+    _sub(info, "nProt", protocol)
+    _sub(info, "cStat", "100")
+    _sub(info, "xMotivo", "Autorizado o uso da NF-e")
+    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
+
+
+def authorize(
+    doc: Mapping[str, Any],
+    *,
+    emitente: Emitente,
+    id_: int,
+    serie: int,
+    numero: int,
+    protocol_sequence: int,
+    issued_at: datetime,
+    public_url: str,
+) -> dict[str, Any]:
+    """The `sucesso` answer: the request echoed plus what Emites and SEFAZ add."""
+    chave = access_key(emitente, issued_at, serie, numero)
+    protocol = protocolo(emitente, issued_at, protocol_sequence)
+    answer = dict(doc)
+    answer["produtos"] = [
+        {**produto, "tributacao": tributacao(produto)} for produto in doc.get("produtos", ())
+    ]
+    danfe = render_danfe(doc, emitente, chave, serie, numero, protocol, issued_at)
+    xml = render_xml(doc, emitente, chave, serie, numero, protocol, issued_at)
+    answer.update(
+        {
+            "status": "sucesso",
+            "id": id_,
+            "nfe_numero": numero,
+            "serie": serie,
+            "danfe_url": f"{public_url}/nfce/{chave}/danfe.pdf",
+            "xml_url": f"{public_url}/nfce/{chave}.xml",
+            "danfe": base64.b64encode(danfe).decode("ascii"),
+            "xml": base64.b64encode(xml).decode("ascii"),
+            "resposta_emissao": {
+                "chave_acesso": chave,
+                "codigo_verificacao": codigo_verificacao(chave),
+                "data_emissao": utc_text(issued_at),
+                "numero_protocolo": protocol,
+            },
+        }
+    )
+    return answer
+
+
+def rejected(
+    doc: object, erros: Mapping[str, list[str]], status: str = "rejeitada"
+) -> dict[str, Any]:
+    """A rejection echoes the request (when it is an object) with `status` and `erros`."""
+    answer = dict(doc) if isinstance(doc, dict) else {}
+    answer.update({"status": status, "erros": dict(erros)})
+    return answer
+
+
+# --- cancellation -------------------------------------------------------------------------
+
+
+def cancel_errors(body: Mapping[str, Any]) -> dict[str, list[str]]:
+    """Emites' validation of a CANCEL_NFCE payload: field -> messages; {} if well-formed."""
+    erros: dict[str, list[str]] = {}
+    chave = body.get("chave_acesso")
+    if chave is None:
+        erros["chave_acesso"] = [_NAO_NULO]
+    elif not isinstance(chave, str) or len(chave) != 44 or not chave.isdigit():
+        erros["chave_acesso"] = ["deve ter 44 dígitos"]
+    elif not valid_access_key(chave):
+        erros["chave_acesso"] = ["chave de acesso inválida (dígito verificador não confere)"]
+    elif chave[20:22] != MODELO_NFCE:
+        erros["chave_acesso"] = ["a chave de acesso não é de uma NFC-e (modelo 65)"]
+    motivo = body.get("motivo")
+    if motivo is not None and (
+        not isinstance(motivo, str) or not MOTIVO_MIN <= len(motivo) <= MOTIVO_MAX
+    ):
+        erros["motivo"] = [f"tamanho deve estar entre {MOTIVO_MIN} e {MOTIVO_MAX}"]
+    return erros
+
+
+def cancel_rejection(
+    authorized_at: float | None, cancelled: bool, now: float, window: float
+) -> str | None:
+    """SEFAZ's answer to a well-formed cancellation: None means it is accepted.
+    `authorized_at` is None for a key the sandbox never issued."""
+    if authorized_at is None:
+        return REJEICAO_NAO_CONSTA
+    if cancelled:
+        return REJEICAO_JA_CANCELADA
+    if now - authorized_at > window:
+        return REJEICAO_PRAZO
+    return None
+
+
+def cancelled(
+    authorized: Mapping[str, Any],
+    *,
+    emitente: Emitente,
+    protocol_sequence: int,
+    cancelled_at: datetime,
+    public_url: str,
+) -> dict[str, Any]:
+    """The `cancelada` answer: the authorized note (without its big blobs) plus the event."""
+    answer = {k: v for k, v in authorized.items() if k not in ("danfe", "xml")}
+    chave = authorized["resposta_emissao"]["chave_acesso"]
+    answer.update(
+        {
+            "status": "cancelada",
+            "cancel_xml_url": f"{public_url}/nfce/{chave}-cancelamento.xml",
+            "resposta_cancelamento": {
+                "chave_acesso": chave,
+                "numero_protocolo": protocolo(emitente, cancelled_at, protocol_sequence),
+            },
+        }
+    )
+    return answer
