@@ -1,7 +1,8 @@
 """The notification consumer: e-mail and client webhooks for every change of a note.
 
-- Lifecycle events: each status change goes to the tenant's hooks (one JSON POST with the GET
-  fields); `autorizado` and `cancelado` also e-mail the note's `tomador.email` (Focus does).
+- Lifecycle events: each outcome (autorizado, erro_autorizacao, cancelado) goes to the tenant's
+  hooks (one JSON POST with the GET fields); `autorizado` and `cancelado` also e-mail the
+  note's `tomador.email` (Focus does both).
 - E-mail commands (`POST /v2/nfse/REF/email`, HubSoft's synchronous route) and hook re-fires.
 
 Every delivery is a row keyed by (event id, recipient or hook): a redelivered record finds its
@@ -39,12 +40,15 @@ from notaflow.store import (
     TenantStore,
 )
 from notaflow.store.deliveries import PENDING, SENT
-from notaflow.store.documents import AUTHORIZED, CANCELLED
+from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
 from notaflow.views import nfse_view
 
 log = logging.getLogger(__name__)
 SOURCE = "notaflow/consumers/notification"
 EMAIL_KINDS = {AUTHORIZED: "autorizada", CANCELLED: "cancelada"}
+# As at Focus, hooks fire when the prefeitura has spoken, not when a note enters processing
+# (the client knows that already: it got the 202).
+HOOK_STATUSES = frozenset({AUTHORIZED, ERROR, CANCELLED})
 # SMTP "try again later" (4xx, outages) is retried sooner than Focus's hook schedule.
 EMAIL_RETRY_SCHEDULE: tuple[float, ...] = (60, 300, 1800, 3600, 10800)
 LOCK_SECONDS = 120.0
@@ -106,7 +110,8 @@ class NotificationConsumer:
         if doc is None:
             return
         view = {k: v for k, v in event.data.items() if k not in ("tenant", "kind", "id")}
-        await self._fire_hooks(doc, view, event.id)
+        if view.get("status") in HOOK_STATUSES:
+            await self._fire_hooks(doc, view, event.id)
         kind = EMAIL_KINDS.get(str(view.get("status")))
         address = (doc.payload.get("tomador") or {}).get("email")
         if kind and address:
@@ -237,10 +242,12 @@ class NotificationConsumer:
             [result] = await self._mailer.send(message, [delivery.target])
         except ConsumerError as exc:
             return Outcome(False, None, str(exc), host, now), not isinstance(exc, PermanentFailure)
-        return (
-            Outcome(result.accepted, result.code, result.message, result.host, now),
-            result.transient,
+        text = (
+            result.message
+            if result.accepted or result.code is None
+            else (f"{result.code} {result.message}")
         )
+        return Outcome(result.accepted, result.code, text, result.host, now), result.transient
 
     async def _issuer(self, doc: Document) -> str:
         # The NFS-e request names the prestador only by CNPJ; the tenant is who clients know.

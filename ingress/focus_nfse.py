@@ -115,7 +115,8 @@ async def get_nfse(request: Request) -> Response:
     doc = await d.documents.get(tenant.id, KIND, request.path_params["ref"])
     if doc is None:
         raise not_found()
-    view = nfse_view(doc)
+    # Beyond Focus: the numeric id other dialects name the note by (HubSoft id_nota_fiscal).
+    view = {**nfse_view(doc), "id": doc.id}
     if request.query_params.get("completa") == "1":
         view["requisicao_nota_fiscal"] = doc.payload
     return FastJSONResponse(view)

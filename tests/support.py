@@ -3,19 +3,29 @@ started on free loopback ports and always stopped."""
 
 from __future__ import annotations
 
+import asyncio
 import glob
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 
 from notaflow.broker import free_port, port_open
 
@@ -189,7 +199,14 @@ class Stack:
     `notaflow tenant create`, `notaflow focus-hook`, `notaflow consume emission` and
     `notaflow ingress`, each a separate process configured only by NOTAFLOW_* variables."""
 
-    def __init__(self, settings: Any, log_dir: Path, sandbox_delay: float = 0.2) -> None:
+    def __init__(
+        self,
+        settings: Any,
+        log_dir: Path,
+        sandbox_delay: float = 0.2,
+        consumers: tuple[str, ...] = ("emission",),
+    ) -> None:
+        self.consumers = consumers
         self.log_dir = log_dir
         self.sandbox_port = free_port()
         self.port = free_port()
@@ -246,7 +263,8 @@ class Stack:
         ).splitlines()[-1]
         wait_http(f"{self.sandbox}/_sandbox/stats", proc=sandbox.process)
         self.run("focus-hook", f"{self.base}/webhooks/focus/nfse")
-        self.spawn(["consume", "emission"], "consumer")
+        for name in self.consumers:
+            self.spawn(["consume", name], f"consumer-{name}")
         ingress = self.spawn(["ingress"], "ingress")
         wait_http(f"{self.base}/readyz", proc=ingress.process)
         return self
@@ -278,3 +296,111 @@ class Stack:
             except TimeoutError as exc:
                 raise AssertionError(f"{ref} never reached {statuses}\n{self.logs()}") from exc
             return result
+
+
+@dataclass(frozen=True)
+class Seen:
+    path: str
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass(frozen=True)
+class Reply:
+    status: int = 200
+    delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+class Receiver:
+    """A webhook endpoint on a real socket: records every request, answers from a script."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.seen: list[Seen] = []
+        self.script: deque[Reply] = deque()
+
+    def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
+        return f"http://{host}:{self.port}{path}"
+
+    def fail(self, times: int, status: int = 500) -> None:
+        self.script.extend(Reply(status) for _ in range(times))
+
+    def reset(self) -> None:
+        self.seen.clear()
+        self.script.clear()
+
+    async def endpoint(self, request: Request) -> Response:
+        self.seen.append(Seen(request.url.path, dict(request.headers), await request.body()))
+        reply = self.script.popleft() if self.script else Reply()
+        if reply.delay:
+            await asyncio.sleep(reply.delay)
+        return Response(status_code=reply.status, headers=reply.headers)
+
+
+class ReceiverServer:
+    """`Receiver` served by uvicorn in a thread (IPPROTO_TCP socket: TCP_NODELAY on)."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.receiver = Receiver(self.sock.getsockname()[1])
+        app = Starlette(
+            routes=[Route("/{path:path}", self.receiver.endpoint, methods=["GET", "POST", "PUT"])]
+        )
+        config = uvicorn.Config(
+            app, loop="asyncio", http="h11", lifespan="off", log_level="warning", access_log=False
+        )
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
+        )
+
+    def start(self) -> Receiver:
+        self.thread.start()
+        deadline = time.monotonic() + 5
+        while not self.server.started:
+            assert self.thread.is_alive() and time.monotonic() < deadline, "receiver did not start"
+            time.sleep(0.01)
+        return self.receiver
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(5)
+        self.sock.close()
+
+
+class ThreadedSmtpSink:
+    """The project's SMTP sink (aiosmtpd) on its own event loop in a thread, so synchronous
+    tests can count and script what a real SMTP server receives."""
+
+    def __init__(self, outbox: Path | None = None) -> None:
+        from sandbox.smtp_sink import SmtpSink
+
+        self.loop = asyncio.new_event_loop()
+        self.sink = SmtpSink(outbox)
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+
+    def start(self) -> ThreadedSmtpSink:
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self.sink.start(), self.loop).result(10)
+        return self
+
+    @property
+    def port(self) -> int:
+        return int(self.sink.port)
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        async def run() -> Any:
+            return fn()
+
+        return asyncio.run_coroutine_threadsafe(run(), self.loop).result(10)
+
+    def received(self) -> list[Any]:
+        return list(self.call(lambda: list(self.sink.received)))
+
+    def stop(self) -> None:
+        asyncio.run_coroutine_threadsafe(self.sink.stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)

@@ -7,25 +7,16 @@ appears, and the one sender pointed at public addresses goes through `httpx.Mock
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import socket
-import threading
 import time
-from collections import deque
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import httpx
 import pytest
-import uvicorn
 from standardwebhooks import Webhook
-from starlette.applications import Starlette
-from starlette.requests import Request
-from starlette.responses import Response
-from starlette.routing import Route
 
 from consumers.errors import PermanentFailure, TransientFailure
 from consumers.providers.webhooks import (
@@ -41,6 +32,7 @@ from consumers.providers.webhooks import (
     sign,
     verify,
 )
+from tests.support import Receiver, ReceiverServer, Reply
 
 PAYLOAD: dict[str, Any] = {
     "ref": "nota-42",
@@ -54,69 +46,11 @@ PAYLOAD: dict[str, Any] = {
 # --------------------------------------------------------------------------- real receiver
 
 
-@dataclass(frozen=True)
-class Seen:
-    path: str
-    headers: dict[str, str]
-    body: bytes
-
-
-@dataclass(frozen=True)
-class Reply:
-    status: int = 200
-    delay: float = 0.0
-    headers: dict[str, str] = field(default_factory=dict)
-
-
-class Receiver:
-    """A webhook endpoint on a real socket: records every request, answers from a script."""
-
-    def __init__(self, port: int) -> None:
-        self.port = port
-        self.seen: list[Seen] = []
-        self.script: deque[Reply] = deque()
-
-    def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
-        return f"http://{host}:{self.port}{path}"
-
-    def fail(self, times: int, status: int = 500) -> None:
-        self.script.extend(Reply(status) for _ in range(times))
-
-    def reset(self) -> None:
-        self.seen.clear()
-        self.script.clear()
-
-    async def endpoint(self, request: Request) -> Response:
-        self.seen.append(Seen(request.url.path, dict(request.headers), await request.body()))
-        reply = self.script.popleft() if self.script else Reply()
-        if reply.delay:
-            await asyncio.sleep(reply.delay)
-        return Response(status_code=reply.status, headers=reply.headers)
-
-
 @pytest.fixture(scope="module")
 def server() -> Iterator[Receiver]:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    receiver = Receiver(sock.getsockname()[1])
-    app = Starlette(
-        routes=[Route("/{path:path}", receiver.endpoint, methods=["GET", "POST", "PUT"])]
-    )
-    config = uvicorn.Config(
-        app, loop="asyncio", http="h11", lifespan="off", log_level="warning", access_log=False
-    )
-    srv = uvicorn.Server(config)
-    thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 5
-    while not srv.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "receiver did not start"
-        time.sleep(0.01)
-    yield receiver
-    srv.should_exit = True
-    thread.join(5)
-    sock.close()
+    srv = ReceiverServer()
+    yield srv.start()
+    srv.stop()
 
 
 @pytest.fixture
