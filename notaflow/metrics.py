@@ -1,0 +1,195 @@
+"""Prometheus metrics of every notaflow process, defined once.
+
+`Metrics(registry)` registers the whole set on the registry it is given: production passes one
+registry per process, tests build their own so no two tests share counters. Names follow
+Prometheus conventions: the `notaflow_` prefix, the unit in the name (`_seconds`), `_total` on
+counters. Labels are bounded by construction: routes are templates (`/v2/nfse/{ref}`, never the
+raw path), outcomes and kinds come from fixed sets, and nothing is labelled by tenant or ref.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterator
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+)
+
+__all__ = [
+    "CONSUMER_OUTCOMES",
+    "DELIVERY_OUTCOMES",
+    "EMAIL_OUTCOMES",
+    "Metrics",
+    "render",
+]
+
+CONSUMER_OUTCOMES = ("processed", "failed", "retried", "dead_lettered")
+EMAIL_OUTCOMES = ("sent", "failed", "retried")
+DELIVERY_OUTCOMES = ("delivered", "failed", "retried")
+
+# An ingress answer is a few ms (validation, claim, acks=all publish); the synchronous routes
+# (cancellation, HubSoft's e-mail) wait up to 10-60 s, hence the long tail.
+HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+# acks=all on a healthy cluster is milliseconds; the publish timeout (5 s) bounds the top.
+PUBLISH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
+# Provider calls (Focus, SMTP, hooks) take 100 ms to the 30 s timeout; handlers include them.
+SLOW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class Metrics:
+    """Every metric of notaflow, registered on `registry`."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        r = registry
+        self.http_requests_total = Counter(
+            "notaflow_http_requests_total",
+            "HTTP requests answered by the ingress, by route template.",
+            ["route", "method", "status"],
+            registry=r,
+        )
+        self.http_request_duration_seconds = Histogram(
+            "notaflow_http_request_duration_seconds",
+            "Time from request to the last byte of the answer.",
+            ["route", "method"],
+            buckets=HTTP_BUCKETS,
+            registry=r,
+        )
+        self.kafka_publish_duration_seconds = Histogram(
+            "notaflow_kafka_publish_duration_seconds",
+            "Time for Kafka to acknowledge a publish (acks=all).",
+            ["topic"],
+            buckets=PUBLISH_BUCKETS,
+            registry=r,
+        )
+        self.consumer_records_total = Counter(
+            "notaflow_consumer_records_total",
+            "Records a consumer finished, by outcome (processed|failed|retried|dead_lettered).",
+            ["consumer", "outcome"],
+            registry=r,
+        )
+        self.consumer_processing_duration_seconds = Histogram(
+            "notaflow_consumer_processing_duration_seconds",
+            "Time a consumer spent on one record, retries included.",
+            ["consumer"],
+            buckets=SLOW_BUCKETS,
+            registry=r,
+        )
+        self.consumer_in_flight = Gauge(
+            "notaflow_consumer_in_flight",
+            "Records being handled right now.",
+            ["consumer"],
+            registry=r,
+        )
+        self.consumer_lag = Gauge(
+            "notaflow_consumer_lag",
+            "Records between the committed offset and the partition's high watermark.",
+            ["consumer", "topic", "partition"],
+            registry=r,
+        )
+        self.provider_request_duration_seconds = Histogram(
+            "notaflow_provider_request_duration_seconds",
+            "Time of one call to a provider (Focus, SMTP, client webhooks, Emites).",
+            ["provider", "operation"],
+            buckets=SLOW_BUCKETS,
+            registry=r,
+        )
+        self.provider_errors_total = Counter(
+            "notaflow_provider_errors_total",
+            "Failed provider calls, by kind of failure (an exception class or an HTTP class).",
+            ["provider", "operation", "kind"],
+            registry=r,
+        )
+        self.emails_total = Counter(
+            "notaflow_emails_total",
+            "E-mails handed to SMTP, by outcome (sent|failed|retried).",
+            ["outcome"],
+            registry=r,
+        )
+        self.webhook_deliveries_total = Counter(
+            "notaflow_webhook_deliveries_total",
+            "Client webhook deliveries, by outcome (delivered|failed|retried).",
+            ["outcome"],
+            registry=r,
+        )
+
+    # Small helpers, so callers cannot misspell an outcome into a new time series.
+
+    def consumer_record(self, consumer: str, outcome: str) -> None:
+        if outcome not in CONSUMER_OUTCOMES:
+            raise ValueError(f"unknown consumer outcome {outcome!r}")
+        self.consumer_records_total.labels(consumer, outcome).inc()
+
+    def email(self, outcome: str) -> None:
+        if outcome not in EMAIL_OUTCOMES:
+            raise ValueError(f"unknown e-mail outcome {outcome!r}")
+        self.emails_total.labels(outcome).inc()
+
+    def webhook_delivery(self, outcome: str) -> None:
+        if outcome not in DELIVERY_OUTCOMES:
+            raise ValueError(f"unknown delivery outcome {outcome!r}")
+        self.webhook_deliveries_total.labels(outcome).inc()
+
+    def set_consumer_lag(self, consumer: str, topic: str, partition: int, lag: int) -> None:
+        self.consumer_lag.labels(consumer, topic, str(partition)).set(max(lag, 0))
+
+    def forget_partition(self, consumer: str, topic: str, partition: int) -> None:
+        """Drop a revoked partition's lag, so a partition now owned by another pod does not
+        keep reporting this pod's last value."""
+        with contextlib.suppress(KeyError):
+            self.consumer_lag.remove(consumer, topic, str(partition))
+
+    @contextlib.contextmanager
+    def processing(self, consumer: str) -> Iterator[None]:
+        """Around one record's handling: in-flight gauge and processing time."""
+        gauge = self.consumer_in_flight.labels(consumer)
+        gauge.inc()
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            gauge.dec()
+            self.consumer_processing_duration_seconds.labels(consumer).observe(
+                time.perf_counter() - start
+            )
+
+    @contextlib.contextmanager
+    def publishing(self, topic: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.kafka_publish_duration_seconds.labels(topic).observe(time.perf_counter() - start)
+
+    @contextlib.contextmanager
+    def provider_call(
+        self,
+        provider: str,
+        operation: str,
+        kind: Callable[[BaseException], str] = lambda exc: type(exc).__name__,
+    ) -> Iterator[None]:
+        """Time a provider call; an exception counts as an error of `kind(exc)` and propagates.
+        The default kind is the exception's class name: bounded, since our adapters map every
+        foreign error to a few classes of their own."""
+        start = time.perf_counter()
+        try:
+            yield
+        except Exception as exc:
+            self.provider_errors_total.labels(provider, operation, kind(exc)).inc()
+            raise
+        finally:
+            self.provider_request_duration_seconds.labels(provider, operation).observe(
+                time.perf_counter() - start
+            )
+
+
+def render(registry: CollectorRegistry) -> tuple[bytes, str]:
+    """The registry in Prometheus's text exposition format, and its content type."""
+    return generate_latest(registry), CONTENT_TYPE_LATEST
