@@ -11,8 +11,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from consumers.errors import TransientFailure
+from consumers.errors import PermanentFailure, TransientFailure
 from consumers.lifecycle import publish_status, reply
+from consumers.nfce import NfceCanceller
 from consumers.providers.focus import FocusClient
 from notaflow import topics as t
 from notaflow.bus import Bus
@@ -30,8 +31,14 @@ KIND = "nfse"
 
 class CancellationConsumer:
     def __init__(
-        self, documents: DocumentStore, focus: FocusClient, bus: Bus, topics: t.Topics
+        self,
+        documents: DocumentStore,
+        focus: FocusClient,
+        bus: Bus,
+        topics: t.Topics,
+        nfce: NfceCanceller | None = None,
     ) -> None:
+        self._nfce = nfce
         self._docs = documents
         self._focus = focus
         self._bus = bus
@@ -41,6 +48,10 @@ class CancellationConsumer:
         event = decode(record.headers, record.value)
         if event.type == t.NFSE_CANCEL:
             await self.cancel(event)
+        elif event.type == t.NFCE_CANCEL:
+            if self._nfce is None:
+                raise PermanentFailure("NFC-e is not configured (NOTAFLOW_EMITES_*)")
+            await self._nfce.cancel(event)
 
     async def cancel(self, event: Event) -> None:
         data = event.data

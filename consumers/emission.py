@@ -13,6 +13,7 @@ from typing import Any
 
 from consumers.errors import PermanentFailure
 from consumers.lifecycle import publish_status
+from consumers.nfce import NfceEmitter
 from consumers.providers.focus import FocusClient
 from notaflow import topics as t
 from notaflow.bus import Bus
@@ -42,7 +43,9 @@ class EmissionConsumer:
         focus: FocusClient,
         bus: Bus,
         topics: t.Topics,
+        nfce: NfceEmitter | None = None,
     ) -> None:
+        self._nfce = nfce
         self._docs = documents
         self._tenants = tenants
         self._focus = focus
@@ -55,6 +58,10 @@ class EmissionConsumer:
             await self.emit(event)
         elif event.type == t.FOCUS_NFSE_CALLBACK:
             await self.apply_callback(event)
+        elif event.type == t.NFCE_CREATE:
+            if self._nfce is None:
+                raise PermanentFailure("NFC-e is not configured (NOTAFLOW_EMITES_*)")
+            await self._nfce.create(event)
         # Other command types on the topic belong to other consumers.
 
     # -- emit ----------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
     ConsumerError
     ├── PermanentFailure        the work can never succeed as it is (bad record, provider refusal)
     └── TransientFailure        retry later (provider 5xx, timeout, connection refused, 429)
-        └── RateLimited         carries the provider's `retry_after` seconds
+        ├── RateLimited         carries the provider's `retry_after` seconds
+        └── Unsent              the request never left this process: retrying cannot repeat it
 
 Foreign errors (httpx, sockets) are mapped once, at the provider adapter boundary.
 """
@@ -29,3 +30,8 @@ class TransientFailure(ConsumerError):
 
 class RateLimited(TransientFailure):
     pass
+
+
+class Unsent(TransientFailure):
+    """For providers without idempotency keys (Emites-Client): only a request that surely
+    never reached the provider may be sent again."""

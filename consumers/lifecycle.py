@@ -9,7 +9,7 @@ from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.envelope import Event
 from notaflow.store import Document
-from notaflow.views import nfse_view
+from notaflow.views import view_of
 
 
 async def publish_status(
@@ -17,9 +17,9 @@ async def publish_status(
 ) -> None:
     """A lifecycle event with a deterministic id: a retry after a crash republishes the same
     id, which downstream consumers deduplicate."""
-    data = {"tenant": doc.tenant_id, "kind": doc.kind, "id": doc.id, **nfse_view(doc)}
+    data = {"tenant": doc.tenant_id, "kind": doc.kind, "id": doc.id, **view_of(doc)}
     event = Event(
-        type=t.NFSE_STATUS,
+        type=t.NFCE_STATUS if doc.kind == "nfce" else t.NFSE_STATUS,
         source=source,
         data=data,
         subject=doc.ref,

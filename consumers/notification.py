@@ -114,7 +114,7 @@ class NotificationConsumer:
             await self._fire_hooks(doc, view, event.id)
         kind = EMAIL_KINDS.get(str(view.get("status")))
         address = (doc.payload.get("tomador") or {}).get("email")
-        if kind and address:
+        if kind and address and doc.kind == "nfse":
             await self._email(doc, [address], kind, view, event.id)
 
     async def on_email(self, event: Event) -> None:
@@ -134,7 +134,8 @@ class NotificationConsumer:
             await self._fire_hooks(doc, nfse_view(doc), event.id)
 
     async def _fire_hooks(self, doc: Document, view: dict[str, Any], event_id: str) -> None:
-        for hook in await self._hooks.matching(doc.tenant_id, "nfse", doc.cnpj_prestador):
+        # Hooks subscribe by document kind: Focus's `nfse` and `nfce` events.
+        for hook in await self._hooks.matching(doc.tenant_id, doc.kind, doc.cnpj_prestador):
             delivery = await self._deliveries.ensure(
                 doc.tenant_id, doc.id, "webhook", f"hook:{event_id}:{hook.id}", hook.id,
                 {"body": view},

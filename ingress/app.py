@@ -11,7 +11,7 @@ from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from ingress import focus_hooks, focus_nfse, health, hubsoft, provider_webhooks
+from ingress import focus_hooks, focus_nfce, focus_nfse, health, hubsoft, provider_webhooks
 from ingress.deps import IngressDeps
 from ingress.errors import FocusError, IngressError
 
@@ -62,6 +62,7 @@ def create_app(d: IngressDeps, manage_resources: bool = True) -> Starlette:
             *health.routes,
             *focus_nfse.routes,
             *focus_hooks.routes,
+            *focus_nfce.routes,
             *provider_webhooks.routes,
             *hubsoft.routes,
         ],

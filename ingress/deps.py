@@ -23,6 +23,7 @@ class IngressDeps:
     bus: Bus
     documents: DocumentStore
     intake: Intake
+    nfce_intake: Intake
     tenants: TenantStore
     tenant_cache: TenantCache
     topics: Topics

@@ -41,7 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     hook.add_argument("url", help="public URL of /webhooks/focus/nfse")
 
     sandbox = sub.add_parser("sandbox", help="run a provider sandbox")
-    sandbox.add_argument("provider", choices=["focus", "smtp"])
+    sandbox.add_argument("provider", choices=["focus", "smtp", "emites"])
+    sandbox.add_argument("--cnpj", default="51916585000125", help="emites: the emitter's CNPJ")
+    sandbox.add_argument(
+        "--cancel-window",
+        type=float,
+        default=1800,
+        help="emites: seconds to cancel (SEFAZ: 30 min)",
+    )
     sandbox.add_argument("--outbox", default="outbox", help="smtp: where .eml files go")
     sandbox.add_argument("--host", default="127.0.0.1")
     sandbox.add_argument("--port", type=int, default=8100)
@@ -83,6 +90,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     elif args.command == "focus-hook":
         print(json.dumps(asyncio.run(_register_hook(settings, args.url)), indent=2))
+    elif args.command == "sandbox" and args.provider == "emites":
+        asyncio.run(
+            processes.run_emites_sandbox(args.host, args.port, args.cnpj, args.cancel_window)
+        )
     elif args.command == "sandbox" and args.provider == "smtp":
         asyncio.run(processes.run_smtp_sink(args.host, args.port, args.outbox))
     elif args.command == "sandbox":

@@ -65,7 +65,7 @@ class Child:
 
 
 def dev_settings(
-    opts: DevOptions, data: Path, sandbox_port: int, secret: str, smtp_port: int
+    opts: DevOptions, data: Path, sandbox_port: int, secret: str, smtp_port: int, emites_port: int
 ) -> Settings:
     return Settings(
         kafka_bootstrap=f"127.0.0.1:{opts.kafka_port}",
@@ -90,6 +90,9 @@ def dev_settings(
         smtp_pause=0.2,
         # The dev hooks usually point at the developer's own machine.
         hooks_allow_private=True,
+        emites_host="127.0.0.1",
+        emites_port=emites_port,
+        emites_cnpj=DEMO_CNPJS[0],
     )
 
 
@@ -173,6 +176,7 @@ notaflow dev is up.
   ingress      {base}   (GET {base}/readyz)
   kafka        {settings.kafka_bootstrap}   (embedded Tansu, memory storage: lost on exit)
   focus sandbox {settings.focus_base_url}
+  emites       127.0.0.1:{settings.emites_port}   (NFC-e TCP sandbox for {settings.emites_cnpj})
   smtp sink    127.0.0.1:{settings.smtp_port}   (every e-mail lands in {data}/outbox/*.eml)
   database     {settings.database_url}
   logs         {data}/*.log
@@ -193,9 +197,9 @@ def run_dev(opts: DevOptions) -> int:
         if port_open("127.0.0.1", port):
             print(f"port {port} is in use: choose another with {what}", file=sys.stderr)
             return 2
-    sandbox_port, smtp_port = free_port(), free_port()
+    sandbox_port, smtp_port, emites_port = free_port(), free_port(), free_port()
     secret = secrets.token_urlsafe(24)
-    settings = dev_settings(opts, data, sandbox_port, secret, smtp_port)
+    settings = dev_settings(opts, data, sandbox_port, secret, smtp_port, emites_port)
     env = settings.env()
 
     stop_requested = False
@@ -237,6 +241,14 @@ def run_dev(opts: DevOptions) -> int:
                 ["sandbox", "smtp", "--port", str(smtp_port), "--outbox", str(data / "outbox")],
                 env,
                 data / "smtp-sink.log",
+            )
+        )
+        children.append(
+            Child(
+                "sandbox-emites",
+                ["sandbox", "emites", "--port", str(emites_port), "--cnpj", DEMO_CNPJS[0]],
+                env,
+                data / "sandbox-emites.log",
             )
         )
         wait_ready(f"{settings.focus_base_url}/_sandbox/stats", children)

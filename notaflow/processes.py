@@ -59,6 +59,7 @@ async def run_ingress(settings: Settings) -> None:
         bus=bus,
         documents=documents,
         intake=Intake(documents, bus, topics.nfse_commands),
+        nfce_intake=Intake(documents, bus, topics.nfce_commands),
         tenants=tenants,
         tenant_cache=TenantCache(tenants),
         topics=topics,
@@ -81,7 +82,9 @@ async def run_ingress(settings: Settings) -> None:
 async def run_consumer(settings: Settings, name: str) -> None:
     from consumers.cancellation import CancellationConsumer
     from consumers.emission import EmissionConsumer
+    from consumers.nfce import NfceCanceller, NfceEmitter
     from consumers.notification import NotificationConsumer, NotificationSettings
+    from consumers.providers.emites import EmitesClient
     from consumers.providers.focus import FocusClient
     from consumers.providers.mailer import Mailer, SmtpConfig
     from consumers.providers.webhooks import WebhookSender
@@ -102,12 +105,42 @@ async def run_consumer(settings: Settings, name: str) -> None:
     )
     stop_retries = asyncio.Event()
     background: list[asyncio.Task[None]] = []
+    emites = (
+        EmitesClient(
+            settings.emites_host,
+            settings.emites_port,
+            pool_size=settings.emites_pool,
+            request_timeout=settings.emites_timeout,
+        )
+        if settings.emites_cnpj
+        else None
+    )
     if name == "emission":
-        emission = EmissionConsumer(documents, TenantStore(engine), focus, bus, topics)
-        handler, subscribed = emission.handle, [topics.nfse_commands, topics.provider_events]
+        tenants = TenantStore(engine)
+        nfce_emitter = (
+            NfceEmitter(
+                documents,
+                tenants,
+                emites,
+                bus,
+                topics,
+                settings.emites_cnpj,
+                "notaflow/consumers/emission",
+            )
+            if emites
+            else None
+        )
+        emission = EmissionConsumer(documents, tenants, focus, bus, topics, nfce_emitter)
+        handler = emission.handle
+        subscribed = [topics.nfse_commands, topics.nfce_commands, topics.provider_events]
     elif name == "cancellation":
-        cancellation = CancellationConsumer(documents, focus, bus, topics)
-        handler, subscribed = cancellation.handle, [topics.nfse_commands]
+        canceller = (
+            NfceCanceller(documents, emites, bus, topics, "notaflow/consumers/cancellation")
+            if emites
+            else None
+        )
+        cancellation = CancellationConsumer(documents, focus, bus, topics, canceller)
+        handler, subscribed = cancellation.handle, [topics.nfse_commands, topics.nfce_commands]
     else:
         mailer = (
             Mailer(
@@ -164,6 +197,8 @@ async def run_consumer(settings: Settings, name: str) -> None:
                 await task
         await webhooks.aclose()
         await focus.aclose()
+        if emites is not None:
+            await emites.aclose()
         await bus.stop()
         documents.close()
         await engine.dispose()
@@ -207,6 +242,23 @@ async def run_smtp_sink(host: str, port: int, outbox: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     task = asyncio.create_task(serve_smtp_sink(Path(outbox), host, port))
+    waiter = asyncio.create_task(stop.wait())
+    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+    task.cancel()
+    waiter.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+async def run_emites_sandbox(host: str, port: int, cnpj: str, cancel_window: float) -> None:
+    from sandbox.emites import EmitesSandboxConfig, serve_emites_sandbox
+
+    config = EmitesSandboxConfig(emitter_cnpj=cnpj, cancel_window=cancel_window)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    task = asyncio.create_task(serve_emites_sandbox(config, host, port))
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     task.cancel()

@@ -48,6 +48,14 @@ class Settings:
     # Static value Focus sends in the header of our hook; compared in constant time.
     focus_webhook_secret: str = ""
     focus_webhook_header: str = "Authorization"
+    # Provider: Emites-Client (NFC-e over TCP); the CNPJ it issues for
+    emites_host: str = "127.0.0.1"
+    emites_port: int = 9100
+    emites_pool: int = 4
+    emites_timeout: float = 60.0
+    emites_cnpj: str = ""
+    # How long POST/DELETE /v2/nfce wait for SEFAZ's answer before answering 202.
+    nfce_wait: float = 30.0
     # How long DELETE /v2/nfse/REF waits for the provider's answer before answering 202.
     cancel_wait: float = 10.0
     # How long the synchronous HubSoft e-mail route waits for the sends.

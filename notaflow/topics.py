@@ -12,6 +12,9 @@ NFSE_STATUS = "br.notaflow.nfse.status"
 NFSE_EMAIL = "br.notaflow.nfse.email"
 NFSE_HOOK = "br.notaflow.nfse.hook"
 REPLY = "br.notaflow.reply"
+NFCE_CREATE = "br.notaflow.nfce.create"
+NFCE_CANCEL = "br.notaflow.nfce.cancel"
+NFCE_STATUS = "br.notaflow.nfce.status"
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,10 @@ class Topics:
     @property
     def nfse_commands(self) -> str:
         return self.prefix + "nfse.commands"
+
+    @property
+    def nfce_commands(self) -> str:
+        return self.prefix + "nfce.commands"
 
     @property
     def provider_events(self) -> str:
@@ -42,6 +49,7 @@ class Topics:
     def all(self) -> list[str]:
         return [
             self.nfse_commands,
+            self.nfce_commands,
             self.provider_events,
             self.lifecycle,
             self.dead_letter,

@@ -40,3 +40,38 @@ def nfse_view(doc: Document) -> dict[str, Any]:
 
 def result_from_provider(body: dict[str, Any]) -> dict[str, Any]:
     return {k: body[k] for k in RESULT_FIELDS if body.get(k) is not None}
+
+
+NFCE_RESULT_FIELDS = (
+    "numero",
+    "serie",
+    "chave_nfe",
+    "protocolo",
+    "data_emissao",
+    "codigo_verificacao",
+    "caminho_xml_nota_fiscal",
+    "caminho_danfe",
+    "caminho_xml_cancelamento",
+)
+
+
+def nfce_view(doc: Document) -> dict[str, Any]:
+    """Focus NFC-e's GET shape for a note issued through Emites-Client."""
+    view: dict[str, Any] = {
+        "cnpj_emitente": doc.cnpj_prestador,
+        "ref": doc.ref,
+        "status": doc.status,
+    }
+    for name in NFCE_RESULT_FIELDS:
+        if doc.result.get(name) is not None:
+            view[name] = doc.result[name]
+    if doc.result.get("status_sefaz"):
+        view["status_sefaz"] = doc.result["status_sefaz"]
+        view["mensagem_sefaz"] = doc.result.get("mensagem_sefaz")
+    if doc.status == ERROR and doc.erros:
+        view["erros"] = doc.erros
+    return view
+
+
+def view_of(doc: Document) -> dict[str, Any]:
+    return nfce_view(doc) if doc.kind == "nfce" else nfse_view(doc)

@@ -27,7 +27,7 @@ import binascii
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
-from consumers.errors import PermanentFailure, TransientFailure
+from consumers.errors import PermanentFailure, TransientFailure, Unsent
 from notaflow.brdocs import valid_access_key
 from notaflow.emites_wire import (
     DEFAULT_MAX_FRAME,
@@ -251,7 +251,7 @@ class EmitesClient:
 
     async def _call(self, identifier: str, payload: dict[str, Any]) -> dict[str, Any]:
         if self._closed:
-            raise TransientFailure(f"{self._label}: client closed")
+            raise Unsent(f"{self._label}: client closed")
         try:
             data = encode_frame(identifier, payload)
         except PayloadNotEncodable as exc:
@@ -294,10 +294,8 @@ class EmitesClient:
                     lambda: _Connection(self._label, self.max_frame), self.host, self.port
                 )
         except TimeoutError:
-            raise TransientFailure(
-                f"{where} within {self.connect_timeout:g} s; retry may help"
-            ) from None
+            raise Unsent(f"{where} within {self.connect_timeout:g} s; retry may help") from None
         except OSError as exc:
-            raise TransientFailure(f"{where} ({exc.strerror or exc}); retry may help") from exc
+            raise Unsent(f"{where} ({exc.strerror or exc}); retry may help") from exc
         self.connections_opened += 1
         return connection

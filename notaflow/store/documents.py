@@ -342,6 +342,15 @@ class DocumentStore:
             )
         return res.rowcount == 1
 
+    async def unmark_submitted(self, document_id: int, attempt: int) -> None:
+        """The request surely never reached the provider: it may be sent again."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                documents.update()
+                .where(documents.c.id == document_id, documents.c.attempt == attempt)
+                .values(submitted_at=None, updated_at=_now())
+            )
+
     async def set_provider_ref(self, document_id: int, attempt: int, provider_ref: str) -> None:
         async with self._engine.begin() as conn:
             await conn.execute(

@@ -239,6 +239,7 @@ def test_topic_names_carry_the_prefix() -> None:
     topics = Topics("t1.")
     assert topics.all() == [
         "t1.nfse.commands",
+        "t1.nfce.commands",
         "t1.provider.events",
         "t1.lifecycle",
         "t1.dead-letter",

@@ -1,0 +1,223 @@
+"""NFC-e through the Emites-Client TCP service: create (emission consumer) and cancel
+(cancellation consumer). NFC-e is synchronous for clients, so each outcome is also answered
+on the replies topic to the waiting ingress.
+
+Emites-Client has no idempotency key: a CREATE_NFCE that may have reached it is never sent
+again. The note is marked submitted before the request leaves; only a request that surely
+never left (`Unsent`: no connection) is retried. A timeout after sending leaves the outcome
+unknown: the record goes to the dead-letter topic with that explanation instead of risking a
+second note.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from consumers.errors import PermanentFailure, TransientFailure, Unsent
+from consumers.lifecycle import publish_status, reply
+from consumers.providers.emites import EmitesClient, EmitesReply
+from notaflow import topics as t
+from notaflow.bus import Bus
+from notaflow.envelope import Event
+from notaflow.errors import InvalidDocument, RefInUse
+from notaflow.nfce import normalize_nfce
+from notaflow.store import Document, DocumentStore, TenantStore
+from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, PROCESSING
+from notaflow.views import nfce_view
+from schemas import validator
+
+log = logging.getLogger(__name__)
+KIND = "nfce"
+
+
+def _erros(reply: EmitesReply) -> list[dict[str, Any]]:
+    """Emites' `{"field.path": ["message"]}` as Focus-style `erros`, field kept."""
+    out = []
+    for field, messages in sorted(reply.erros.items()):
+        for message in messages:
+            code = message.split(" ", 1)[0] if field == "rejeicao" else "validacao"
+            out.append({"codigo": code, "mensagem": message, "campo": field})
+    return out or [{"codigo": reply.status, "mensagem": "rejeitada", "campo": None}]
+
+
+def blob_key(doc: Document, name: str) -> str:
+    """Where a note's DANFE or XML is stored: by document id, since refs repeat across
+    tenants (the API serves them at /v2/nfce/REF/danfe.pdf and /xml, behind the tenant's auth)."""
+    return f"nfce/{doc.id}/{name}"
+
+
+class NfceEmitter:
+    def __init__(
+        self,
+        documents: DocumentStore,
+        tenants: TenantStore,
+        emites: EmitesClient,
+        bus: Bus,
+        topics: t.Topics,
+        cnpj: str,
+        source: str,
+    ) -> None:
+        self._docs = documents
+        self._tenants = tenants
+        self._emites = emites
+        self._bus = bus
+        self._topics = topics
+        self._cnpj = cnpj
+        self._source = source
+
+    async def create(self, event: Event) -> None:
+        data = event.data
+        errors = sorted(validator("nfce_create_command").iter_errors(data), key=str)
+        if errors:
+            raise InvalidDocument("data", f"comando inválido: {errors[0]}")
+        tenant_id, ref = data["tenant"], data["ref"]
+        document = normalize_nfce(data["nfce"])
+        tenant = await self._tenants.get(tenant_id)
+        if tenant is None:
+            raise InvalidDocument("tenant", f"tenant desconhecido: {tenant_id}")
+        if self._cnpj not in tenant.cnpjs:
+            raise InvalidDocument("cnpj", "empresa_nao_habilitada")
+        doc = await self._docs.get(tenant_id, KIND, ref)
+        if doc is None or (doc.command_id != event.id and doc.status == ERROR):
+            try:
+                await self._docs.claim(
+                    tenant_id, KIND, ref, self._cnpj, document, event.id, self._source
+                )
+            except RefInUse as exc:
+                raise PermanentFailure(f"ref {ref} em uso ({exc.status})") from exc
+            doc = await self._docs.get(tenant_id, KIND, ref)
+            assert doc is not None
+        if doc.command_id != event.id or doc.status != PROCESSING:
+            await self._answer(event, doc)  # a redelivery: answer what happened
+            return
+        if doc.submitted_at is not None:
+            raise PermanentFailure(
+                "CREATE_NFCE may already have reached Emites-Client (outcome unknown): "
+                "not sent again; check the note there before replaying this record"
+            )
+        await self._docs.mark_submitted(doc.id, doc.attempt, f"E{doc.id}A{doc.attempt}")
+        try:
+            answer = await self._emites.create_nfce(doc.payload)
+        except Unsent:
+            await self._docs.unmark_submitted(doc.id, doc.attempt)
+            raise
+        except TransientFailure as exc:
+            raise PermanentFailure(f"outcome unknown after sending CREATE_NFCE: {exc}") from exc
+        if answer.status == "sucesso":
+            await self._authorized(doc, answer, event)
+        elif answer.status == "processando":
+            raise PermanentFailure("Emites-Client answered 'processando': reconcile the note")
+        else:
+            await self._finish(doc, ERROR, None, _erros(answer), event)
+
+    async def _authorized(self, doc: Document, answer: EmitesReply, event: Event) -> None:
+        result: dict[str, Any] = {
+            "numero": answer.numero,
+            "serie": answer.serie,
+            "chave_nfe": answer.chave_acesso,
+            "protocolo": answer.numero_protocolo,
+            "data_emissao": answer.data_emissao,
+            "codigo_verificacao": answer.codigo_verificacao,
+            "status_sefaz": "100",
+            "mensagem_sefaz": "Autorizado o uso da NF-e",
+        }
+        if answer.danfe:
+            key = blob_key(doc, "danfe.pdf")
+            await self._docs.put_blob(key, doc.tenant_id, "application/pdf", answer.danfe)
+            result["caminho_danfe"] = f"/v2/nfce/{doc.ref}/danfe.pdf"
+        if answer.xml:
+            key = blob_key(doc, "nfce.xml")
+            await self._docs.put_blob(key, doc.tenant_id, "application/xml", answer.xml)
+            result["caminho_xml_nota_fiscal"] = f"/v2/nfce/{doc.ref}/xml"
+        await self._finish(doc, AUTHORIZED, result, None, event)
+
+    async def _finish(
+        self,
+        doc: Document,
+        status: str,
+        result: dict[str, Any] | None,
+        erros: list[dict[str, Any]] | None,
+        event: Event,
+    ) -> None:
+        updated = await self._docs.transition(
+            doc.id, doc.attempt, status, self._source, result, erros
+        )
+        if updated is not None:
+            await publish_status(self._bus, self._topics, updated, self._source, event)
+        current = updated or await self._docs.by_id(doc.id)
+        if current is not None:
+            await self._answer(event, current)
+
+    async def _answer(self, event: Event, doc: Document) -> None:
+        await reply(self._bus, self._topics, event, self._source, {"note": nfce_view(doc)})
+
+
+class NfceCanceller:
+    def __init__(
+        self, documents: DocumentStore, emites: EmitesClient, bus: Bus, topics: t.Topics,
+        source: str,
+    ) -> None:  # fmt: skip
+        self._docs = documents
+        self._emites = emites
+        self._bus = bus
+        self._topics = topics
+        self._source = source
+
+    async def cancel(self, event: Event) -> None:
+        data = event.data
+        errors = sorted(validator("nfce_cancel_command").iter_errors(data), key=str)
+        if errors:
+            raise InvalidDocument("data", f"comando inválido: {errors[0]}")
+        doc = await self._docs.get(data["tenant"], KIND, data["ref"])
+        if doc is None:
+            await self._answer(event, "nao_encontrado")
+            return
+        if doc.status == PROCESSING:
+            raise TransientFailure("a nota ainda está em processamento", retry_after=1.0)
+        if doc.status == ERROR:
+            await self._answer(event, "nfe_nao_autorizada")
+            return
+        if doc.status == CANCELLED:
+            await self._answer(
+                event, "cancelado" if await self._mine(doc, event) else "nfe_cancelada"
+            )
+            return
+        chave = doc.result.get("chave_nfe")
+        if not chave:
+            raise PermanentFailure(f"NFC-e {doc.ref} autorizada sem chave de acesso")
+        answer = await self._emites.cancel_nfce(str(chave), data.get("motivo"))
+        if answer.status == "cancelada":
+            result = {**doc.result, "status_sefaz": "135", "mensagem_sefaz": "Evento registrado"}
+            if answer.cancel_xml_url:
+                result["caminho_xml_cancelamento"] = answer.cancel_xml_url
+            updated = await self._docs.transition(
+                doc.id,
+                doc.attempt,
+                CANCELLED,
+                self._source,
+                result,
+                detail={"command_id": event.id},
+            )
+            if updated is not None:
+                await publish_status(self._bus, self._topics, updated, self._source, event)
+            await self._answer(event, "cancelado")
+            return
+        erros = _erros(answer)
+        await self._docs.note(doc.id, doc.attempt, "erro_cancelamento", self._source, erros)
+        await self._answer(event, "erro_cancelamento", erros)
+
+    async def _mine(self, doc: Document, event: Event) -> bool:
+        for entry in await self._docs.history(doc.id):
+            detail = entry.get("detail")
+            if entry["status"] == CANCELLED and isinstance(detail, dict):
+                return bool(detail.get("command_id") == event.id)
+        return False
+
+    async def _answer(
+        self, event: Event, status: str, erros: list[dict[str, Any]] | None = None
+    ) -> None:
+        data: dict[str, Any] = {"status": status}
+        if erros:
+            data["erros"] = erros
+        await reply(self._bus, self._topics, event, self._source, data)

@@ -1,0 +1,164 @@
+"""Focus NFe dialect, NFC-e (documents in Emites-Client's format, seed 002): synchronous for
+clients like Focus's NFC-e. POST and DELETE publish the command and wait (bounded) for the
+consumer's answer on the replies topic; past the bound, 202 with the note as it stands."""
+
+from __future__ import annotations
+
+import uuid
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from ingress.deps import deps
+from ingress.errors import FocusError, invalid, not_found, unavailable
+from ingress.focus_nfse import authenticate, focus_json, query_value
+from ingress.responses import FastJSONResponse
+from notaflow import topics as t
+from notaflow.envelope import Event
+from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
+from notaflow.nfce import normalize_nfce, validate_motivo
+from notaflow.nfse import validate_ref
+from notaflow.store import ClaimRequest
+from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
+from notaflow.views import nfce_view
+
+KIND = "nfce"
+SOURCE = "notaflow/ingress"
+
+
+async def create_nfce(request: Request) -> Response:
+    d = deps(request)
+    tenant = await authenticate(request, d)
+    try:
+        ref = validate_ref(query_value(request, "ref"))
+    except InvalidDocument as exc:
+        raise invalid(exc.message) from exc
+    raw = await focus_json(request, d)
+    try:
+        document = normalize_nfce(raw)
+    except InvalidDocument as exc:
+        raise invalid(exc.message) from exc
+    cnpj = d.settings.emites_cnpj
+    if not cnpj or cnpj not in tenant.cnpjs:
+        raise FocusError(
+            400, "empresa_nao_habilitada", "Emitente ainda não habilitado para emissão de NFC-e"
+        )
+    command_id = str(uuid.uuid4())
+    event = Event(
+        type=t.NFCE_CREATE,
+        source=SOURCE,
+        data={"tenant": tenant.id, "ref": ref, "nfce": document},
+        subject=ref,
+        id=command_id,
+        tenant=tenant.id,
+        traceparent=request.headers.get("traceparent", ""),
+    )
+    d.waiters.register(command_id)  # before publishing: SEFAZ may answer quickly
+    try:
+        await d.nfce_intake.submit(
+            ClaimRequest(tenant.id, KIND, ref, cnpj, document, command_id, SOURCE),
+            event,
+            t.document_key(tenant.id, KIND, ref),
+        )
+    except RefInUse as exc:
+        d.waiters.forget(command_id)
+        if exc.status in (AUTHORIZED, CANCELLED):
+            raise FocusError(422, "nfe_autorizada", "Nota fiscal já autorizada") from exc
+        raise FocusError(422, "em_processamento", "Nota fiscal em processamento") from exc
+    except BusUnavailable as exc:
+        d.waiters.forget(command_id)
+        raise unavailable() from exc
+    outcome = await d.waiters.wait(command_id, d.settings.nfce_wait)
+    if outcome is None or not isinstance(outcome.get("note"), dict):
+        doc = await d.documents.get(tenant.id, KIND, ref)
+        body = nfce_view(doc) if doc else {"ref": ref, "status": "processando_autorizacao"}
+        return FastJSONResponse(body, status_code=202)
+    note = outcome["note"]
+    code = {AUTHORIZED: 201, ERROR: 422}.get(note.get("status"), 202)
+    return FastJSONResponse(note, status_code=code)
+
+
+async def get_nfce(request: Request) -> Response:
+    d = deps(request)
+    tenant = await authenticate(request, d)
+    doc = await d.documents.get(tenant.id, KIND, request.path_params["ref"])
+    if doc is None:
+        raise not_found()
+    return FastJSONResponse({**nfce_view(doc), "id": doc.id})
+
+
+async def cancel_nfce(request: Request) -> Response:
+    d = deps(request)
+    tenant = await authenticate(request, d)
+    ref = request.path_params["ref"]
+    body = await focus_json(request, d, empty={})
+    try:
+        motivo = validate_motivo(body)
+    except InvalidDocument as exc:
+        raise invalid(exc.message) from exc
+    doc = await d.documents.get(tenant.id, KIND, ref)
+    if doc is None:
+        raise not_found()
+    if doc.status == CANCELLED:
+        raise FocusError(400, "nfe_cancelada", "Nota Fiscal já cancelada")
+    if doc.status == ERROR:
+        raise FocusError(
+            400, "nfe_nao_autorizada", "Nota fiscal não autorizada não pode ser cancelada"
+        )
+    command_id = str(uuid.uuid4())
+    event = Event(
+        type=t.NFCE_CANCEL,
+        source=SOURCE,
+        data={"tenant": tenant.id, "ref": ref, "motivo": motivo},
+        subject=ref,
+        id=command_id,
+        tenant=tenant.id,
+    )
+    d.waiters.register(command_id)
+    try:
+        await d.bus.publish(d.topics.nfce_commands, event, t.document_key(tenant.id, KIND, ref))
+    except BusUnavailable as exc:
+        d.waiters.forget(command_id)
+        raise unavailable() from exc
+    outcome = await d.waiters.wait(command_id, d.settings.nfce_wait)
+    if outcome is None:
+        current = await d.documents.get(tenant.id, KIND, ref)
+        return FastJSONResponse(nfce_view(current) if current else {"ref": ref}, status_code=202)
+    status = outcome.get("status")
+    if status == "cancelado":
+        current = await d.documents.get(tenant.id, KIND, ref)
+        return FastJSONResponse(nfce_view(current) if current else {"status": "cancelado"})
+    if status == "erro_cancelamento":
+        return FastJSONResponse({"status": "erro_cancelamento", "erros": outcome.get("erros", [])})
+    if status == "nfe_cancelada":
+        raise FocusError(400, "nfe_cancelada", "Nota Fiscal já cancelada")
+    if status == "nfe_nao_autorizada":
+        raise FocusError(
+            400, "nfe_nao_autorizada", "Nota fiscal não autorizada não pode ser cancelada"
+        )
+    raise not_found()
+
+
+async def nfce_file(request: Request) -> Response:
+    """The DANFE (PDF) or XML Emites-Client returned, kept by notaflow outside Kafka."""
+    d = deps(request)
+    tenant = await authenticate(request, d)
+    doc = await d.documents.get(tenant.id, KIND, request.path_params["ref"])
+    if doc is None:
+        raise not_found()
+    name = "danfe.pdf" if request.url.path.endswith("danfe.pdf") else "nfce.xml"
+    blob = await d.documents.get_blob(f"nfce/{doc.id}/{name}")
+    if blob is None:
+        raise not_found()
+    content_type, data = blob
+    return Response(data, media_type=content_type)
+
+
+routes = [
+    Route("/v2/nfce", create_nfce, methods=["POST"]),
+    Route("/v2/nfce/{ref}", get_nfce, methods=["GET"]),
+    Route("/v2/nfce/{ref}", cancel_nfce, methods=["DELETE"]),
+    Route("/v2/nfce/{ref}/danfe.pdf", nfce_file, methods=["GET"]),
+    Route("/v2/nfce/{ref}/xml", nfce_file, methods=["GET"]),
+]
