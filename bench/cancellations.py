@@ -23,10 +23,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from notaflow.broker import EmbeddedBroker, free_port  # noqa: E402
-from notaflow.settings import Settings  # noqa: E402
-from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs  # noqa: E402
-from tests.support import Stack, wait_for  # noqa: E402
+from notaflow.broker import EmbeddedBroker, free_port
+from notaflow.settings import Settings
+from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
+from tests.support import Stack
 
 JUST = {"justificativa": "Cancelamento de teste de carga do notaflow"}
 
@@ -43,10 +43,17 @@ async def main(notes: int, hold: float) -> None:
     broker = EmbeddedBroker(free_port(), log_file=tmp / "broker.log")
     broker.start()
     settings = Settings(
-        kafka_bootstrap=broker.bootstrap, kafka_idempotence=False, kafka_partitions=6,
-        kafka_session_timeout_ms=6000, kafka_heartbeat_ms=500,
-        database_url=f"sqlite:///{tmp / 'nf.db'}", cancel_wait=60, log_level="WARNING",
-        consumer_retry_base=0.2, consumer_retry_max=0.5, consumer_max_attempts=400,
+        kafka_bootstrap=broker.bootstrap,
+        kafka_idempotence=False,
+        kafka_partitions=6,
+        kafka_session_timeout_ms=6000,
+        kafka_heartbeat_ms=500,
+        database_url=f"sqlite:///{tmp / 'nf.db'}",
+        cancel_wait=60,
+        log_level="WARNING",
+        consumer_retry_base=0.2,
+        consumer_retry_max=0.5,
+        consumer_max_attempts=400,
     )
     stack = Stack(settings, tmp, consumers=("emission", "cancellation")).start()
     ingress = next(p for p in stack.procs if p.name == "ingress").process.pid
@@ -82,10 +89,14 @@ async def main(notes: int, hold: float) -> None:
         ok = codes.count(200)
         print(f"\n{notes} concurrent cancellations of notes still processing for {hold}s")
         print(f"answered 200 cancelado: {ok}/{notes}; wall {elapsed:.1f}s")
-        print(f"latency p50 {latencies[len(latencies) // 2]:.2f}s  "
-              f"p99 {latencies[int(len(latencies) * 0.99) - 1]:.2f}s")
-        print(f"ingress RSS idle {idle / 1024:.1f} MiB, peak while all wait "
-              f"{peak / 1024:.1f} MiB: {(peak - idle) / notes:.1f} KiB per waiting request")
+        print(
+            f"latency p50 {latencies[len(latencies) // 2]:.2f}s  "
+            f"p99 {latencies[int(len(latencies) * 0.99) - 1]:.2f}s"
+        )
+        print(
+            f"ingress RSS idle {idle / 1024:.1f} MiB, peak while all wait "
+            f"{peak / 1024:.1f} MiB: {(peak - idle) / notes:.1f} KiB per waiting request"
+        )
     finally:
         stack.stop()
         broker.stop()

@@ -192,7 +192,81 @@ def render_nfse_email(
     msg["Message-ID"] = message_id or make_msgid(domain=message_id_domain)
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot
     msg.set_content("\n".join(text_lines), charset="utf-8")
-    msg.add_alternative(_html(kind, greeting, facts, link_rows, footer), subtype="html")
+    msg.add_alternative(_html(_INTRO[kind], greeting, facts, link_rows, footer), subtype="html")
+    return msg
+
+
+_NFCE_INTRO: dict[str, str] = {
+    "autorizada": "A sua nota fiscal de consumidor eletrônica (NFC-e) foi autorizada pela SEFAZ.",
+    "cancelada": "A NFC-e abaixo foi CANCELADA e não tem mais validade fiscal.",
+}
+
+
+def render_nfce_email(
+    kind: Literal["autorizada", "cancelada"],
+    view: Mapping[str, Any],
+    document: Mapping[str, Any],
+    issuer_name: str,
+    sender: str,
+    recipients: Sequence[str],
+    message_id_domain: str,
+    *,
+    danfe: bytes | None = None,
+    now: datetime | None = None,
+    message_id: str | None = None,
+) -> EmailMessage:
+    """The e-mail about one NFC-e, with its DANFE attached (a consumer has no portal to look
+    the note up in: the PDF is the note they keep)."""
+    if kind not in _NFCE_INTRO:
+        raise ValueError(f"unknown e-mail kind {kind!r}")
+    if not recipients:
+        raise ValueError("an e-mail needs at least one recipient")
+    issuer = _one_line(issuer_name)
+    numero = _one_line(view.get("numero") or view.get("ref") or "?")
+    cliente: Mapping[str, Any] = document.get("cliente") or {}
+    total = sum(
+        (Decimal(str(p.get("valor_total_produto", 0))) for p in document.get("produtos") or []),
+        Decimal(0),
+    )
+    facts = [
+        (label, value)
+        for label, value in (
+            ("NFC-e nº", f"{numero} (série {_one_line(view.get('serie') or '?')})"),
+            ("Chave de acesso", _one_line(view.get("chave_nfe") or "")),
+            ("Protocolo", _one_line(view.get("protocolo") or "")),
+            ("Data de emissão", _format_date(view.get("data_emissao"))),
+            ("Emitente", " — ".join(
+                p for p in (issuer, f"CNPJ {format_cnpj(str(view.get('cnpj_emitente', '')))}") if p
+            )),
+            ("Valor total", format_brl(total)),
+        )
+        if value
+    ]  # fmt: skip
+    name = _one_line(cliente.get("nome") or "")
+    greeting = f"Olá, {name}," if name else "Olá,"
+    footer = (
+        f"Mensagem enviada automaticamente em nome de {issuer}. "
+        "Por favor, não responda a este e-mail."
+    )
+    text = [greeting, "", _NFCE_INTRO[kind], ""] + [f"{label}: {value}" for label, value in facts]
+    if danfe:
+        text += ["", "O DANFE (PDF) da nota segue em anexo."]
+    text += ["", footer, ""]
+    msg = EmailMessage()
+    verb = "autorizada" if kind == "autorizada" else "cancelada"
+    msg["Subject"] = f"NFC-e nº {numero} {verb} — {issuer}"
+    msg["From"] = _one_line(sender)
+    msg["To"] = ", ".join(_one_line(r) for r in recipients)
+    when = now if now is not None else datetime.now(UTC)
+    msg["Date"] = formatdate(when.timestamp(), localtime=False, usegmt=True)
+    msg["Message-ID"] = message_id or make_msgid(domain=message_id_domain)
+    msg["Auto-Submitted"] = "auto-generated"
+    msg.set_content("\n".join(text), charset="utf-8")
+    msg.add_alternative(_html(_NFCE_INTRO[kind], greeting, facts, [], footer), subtype="html")
+    if danfe:
+        msg.add_attachment(
+            danfe, maintype="application", subtype="pdf", filename=f"NFCe-{numero}.pdf"
+        )
     return msg
 
 
@@ -204,7 +278,7 @@ def _link(label: str, url: str) -> str:
 
 
 def _html(
-    kind: str,
+    intro: str,
     greeting: str,
     facts: list[tuple[str, str]],
     link_rows: list[tuple[str, str]],
@@ -220,7 +294,7 @@ def _html(
     return (
         '<!DOCTYPE html>\n<html lang="pt-BR">\n<head><meta charset="utf-8"></head>\n'
         '<body style="font-family:sans-serif">\n'
-        f"<p>{e(greeting)}</p>\n<p>{e(_INTRO[kind])}</p>\n"
+        f"<p>{e(greeting)}</p>\n<p>{e(intro)}</p>\n"
         f"<table>\n{rows}\n</table>\n"
         + (f"<ul>\n{items}</ul>\n" if items else "")
         + f'<p style="color:#666;font-size:small">{e(footer)}</p>\n</body>\n</html>\n'

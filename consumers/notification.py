@@ -20,12 +20,18 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from email.message import EmailMessage
 from typing import Any
 from urllib.parse import urlsplit
 
 from consumers.errors import ConsumerError, PermanentFailure
 from consumers.lifecycle import reply
-from consumers.mail_templates import NfseLinks, format_cnpj, render_nfse_email
+from consumers.mail_templates import (
+    NfseLinks,
+    format_cnpj,
+    render_nfce_email,
+    render_nfse_email,
+)
 from consumers.providers.mailer import Mailer
 from consumers.providers.webhooks import HookTarget, WebhookSender, next_attempt_delay
 from notaflow import topics as t
@@ -96,7 +102,7 @@ class NotificationConsumer:
 
     async def handle(self, record: Any) -> None:
         event = decode(record.headers, record.value)
-        if event.type == t.NFSE_STATUS:
+        if event.type in (t.NFSE_STATUS, t.NFCE_STATUS):
             await self.on_status(event)
         elif event.type == t.NFSE_EMAIL:
             await self.on_email(event)
@@ -113,8 +119,10 @@ class NotificationConsumer:
         if view.get("status") in HOOK_STATUSES:
             await self._fire_hooks(doc, view, event.id)
         kind = EMAIL_KINDS.get(str(view.get("status")))
-        address = (doc.payload.get("tomador") or {}).get("email")
-        if kind and address and doc.kind == "nfse":
+        # The NFS-e's tomador, the NFC-e's cliente: whoever the note was issued to.
+        party = doc.payload.get("tomador" if doc.kind == "nfse" else "cliente") or {}
+        address = party.get("email")
+        if kind and address:
             await self._email(doc, [address], kind, view, event.id)
 
     async def on_email(self, event: Event) -> None:
@@ -227,6 +235,20 @@ class NotificationConsumer:
         if doc is None:
             return Outcome(False, None, "nota não encontrada", "", now), False
         host = self._mailer.config.host
+        if doc.kind == "nfce":
+            blob = await self._docs.get_blob(f"nfce/{doc.id}/danfe.pdf")
+            message = render_nfce_email(
+                delivery.payload["kind"],
+                delivery.payload["view"],
+                doc.payload,
+                issuer_name=await self._issuer(doc),
+                sender=self._mailer.config.from_header,
+                recipients=[delivery.target],
+                message_id_domain=urlsplit(self._settings.public_url).hostname or "notaflow",
+                danfe=blob[1] if blob else None,
+                message_id=f"<nf{delivery.id}@{urlsplit(self._settings.public_url).hostname}>",
+            )
+            return await self._deliver_mail(message, delivery, host, now)
         message = render_nfse_email(
             delivery.payload["kind"],
             delivery.payload["view"],
@@ -239,6 +261,12 @@ class NotificationConsumer:
             # Stable across retries, so a receiver can tell a resend from a new message.
             message_id=f"<nf{delivery.id}@{urlsplit(self._settings.public_url).hostname}>",
         )
+        return await self._deliver_mail(message, delivery, host, now)
+
+    async def _deliver_mail(
+        self, message: EmailMessage, delivery: Delivery, host: str, now: datetime
+    ) -> tuple[Outcome, bool]:
+        assert self._mailer is not None
         try:
             [result] = await self._mailer.send(message, [delivery.target])
         except ConsumerError as exc:

@@ -30,6 +30,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from consumers.errors import TransientFailure
 from notaflow.bus import Bus, client_options
 from notaflow.errors import InvalidDocument
+from notaflow.metrics import Metrics
 from notaflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -93,7 +94,9 @@ class Runner:
         concurrency: int | None = None,
         retry: RetryPolicy | None = None,
         grace: float = 20.0,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._settings = settings
         self.name = name
         self._topics = topics
@@ -151,10 +154,28 @@ class Runner:
                 if time.monotonic() - last_commit > 0.5:
                     await self.commit()
                     last_commit = time.monotonic()
+                    if self._metrics is not None:
+                        for tp, lag in self.lag().items():
+                            self._metrics.set_consumer_lag(self.name, tp.topic, tp.partition, lag)
         finally:
             await self._drain()
             with contextlib.suppress(Exception):
                 await consumer.stop()
+
+    def lag(self) -> dict[TopicPartition, int]:
+        """Records behind the high-water mark, per assigned partition (for metrics, health)."""
+        consumer = self._consumer
+        out: dict[TopicPartition, int] = {}
+        if consumer is None:
+            return out
+        for tp in consumer.assignment():
+            high, part = consumer.highwater(tp), self._parts.get(tp)
+            if high is not None and part is not None and part.next_commit is not None:
+                out[tp] = max(high - part.next_commit, 0)
+        return out
+
+    def busy(self) -> bool:
+        return bool(self._tasks) or any(self.lag().values())
 
     async def _slot_or_stop(self) -> bool:
         """Wait for a free slot, but give up as soon as a stop is asked for, so a handler that
@@ -197,13 +218,23 @@ class Runner:
             if previous is not None:
                 # Same document: wait for the earlier event whatever became of it.
                 await asyncio.wait([previous])
-            await self._handle_with_retries(record)
+            timer = (
+                self._metrics.processing(self.name)
+                if self._metrics is not None
+                else contextlib.nullcontext()
+            )
+            with timer:
+                outcome = await self._handle_with_retries(record)
         except BaseException:
+            if self._metrics is not None:
+                self._metrics.consumer_record(self.name, "failed")
             # Not done (shutdown, or even the dead-letter publish failed): the offset stays
             # uncommitted and the record comes back to whoever owns the partition next.
             log.exception("%s: offset %s left for redelivery", self.name, record.offset)
             raise
         else:
+            if self._metrics is not None:
+                self._metrics.consumer_record(self.name, outcome)
             self.stats.processed += 1
             self.stats.last_progress = time.monotonic()
             part = self._parts.get(tp)
@@ -212,15 +243,16 @@ class Runner:
         finally:
             self._slots.release()
 
-    async def _handle_with_retries(self, record: Any) -> None:
+    async def _handle_with_retries(self, record: Any) -> str:
+        """Returns the outcome: processed or dead_lettered."""
         attempt = 1
         while True:
             try:
                 await self._handler(record)
-                return
+                return "processed"
             except InvalidDocument as exc:
                 await self._dead_letter(record, f"invalid: {exc.field}: {exc.message}", attempt)
-                return
+                return "dead_lettered"
             except TransientFailure as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 hint = exc.retry_after
@@ -232,17 +264,19 @@ class Runner:
                         "%s: permanent failure at offset %s: %r", self.name, record.offset, exc
                     )
                     await self._dead_letter(record, f"{type(exc).__name__}: {exc}", attempt)
-                    return
+                    return "dead_lettered"
                 error, hint = f"{type(exc).__name__}: {exc}", None
             if attempt >= self._retry.attempts or self._stopping.is_set():
                 if self._stopping.is_set():
                     # Leave it uncommitted: the next owner of the partition retries it.
                     raise asyncio.CancelledError
                 await self._dead_letter(record, error, attempt)
-                return
+                return "dead_lettered"
             delay = self._retry.delay(attempt, hint)
             log.info("%s: retry %d in %.2fs: %s", self.name, attempt, delay, error)
             self.stats.retried += 1
+            if self._metrics is not None:
+                self._metrics.consumer_record(self.name, "retried")
             attempt += 1
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), delay)
@@ -300,6 +334,8 @@ class _Listener(ConsumerRebalanceListener):
         await self._runner.commit(set(revoked))
         for tp in revoked:
             self._runner._parts.pop(tp, None)
+            if self._runner._metrics is not None:
+                self._runner._metrics.forget_partition(self._runner.name, tp.topic, tp.partition)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
         if assigned:

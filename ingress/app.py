@@ -8,12 +8,15 @@ from collections.abc import AsyncIterator
 
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from ingress import focus_hooks, focus_nfce, focus_nfse, health, hubsoft, provider_webhooks
 from ingress.deps import IngressDeps
 from ingress.errors import FocusError, IngressError
+from ingress.observability import MetricsMiddleware, metrics_route, openapi_routes
+from notaflow.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +43,9 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     return JSONResponse(body, status_code=500)
 
 
-def create_app(d: IngressDeps, manage_resources: bool = True) -> Starlette:
+def create_app(
+    d: IngressDeps, manage_resources: bool = True, metrics: Metrics | None = None
+) -> Starlette:
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         if manage_resources:
@@ -65,7 +70,10 @@ def create_app(d: IngressDeps, manage_resources: bool = True) -> Starlette:
             *focus_nfce.routes,
             *provider_webhooks.routes,
             *hubsoft.routes,
+            *openapi_routes(),
+            *([metrics_route(metrics.registry)] if metrics else []),
         ],
+        middleware=[Middleware(MetricsMiddleware, metrics=metrics)] if metrics else [],
         exception_handlers={
             IngressError: _ingress_error,
             HTTPException: _http_error,

@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         )
     settings = Settings.from_env()
-    processes.configure_logging(settings.log_level)
+    service = f"consumer-{args.name}" if args.command == "consume" else str(args.command)
+    processes.configure_logging(settings.log_level, settings.log_format, service)
     if args.command == "ingress":
         asyncio.run(processes.run_ingress(settings))
     elif args.command == "consume":

@@ -90,6 +90,7 @@ def dev_settings(
         smtp_pause=0.2,
         # The dev hooks usually point at the developer's own machine.
         hooks_allow_private=True,
+        health_port=0,  # three consumers on one machine
         emites_host="127.0.0.1",
         emites_port=emites_port,
         emites_cnpj=DEMO_CNPJS[0],

@@ -30,7 +30,13 @@ log = logging.getLogger("notaflow")
 CONSUMERS = ("emission", "cancellation", "notification")
 
 
-def configure_logging(level: str) -> None:
+def configure_logging(level: str, fmt: str = "text", service: str = "notaflow") -> None:
+    if fmt == "json":
+        from notaflow.logs import configure_json_logging
+
+        configure_json_logging(level, service)
+        logging.getLogger("aiokafka").setLevel(logging.WARNING)
+        return
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -42,10 +48,13 @@ async def run_ingress(settings: Settings) -> None:
     # The claim writer's thread needs the GIL briefly per batch; with the default 5 ms switch
     # interval it waits behind the busy event loop and every request's latency grows.
     sys.setswitchinterval(0.0005)
+    from prometheus_client import CollectorRegistry
+
     from ingress.app import create_app
     from ingress.auth import TenantCache
     from ingress.deps import IngressDeps
     from ingress.intake import Intake
+    from notaflow.metrics import Metrics
 
     engine = create_engine(settings.database_url)
     tenants = TenantStore(engine)
@@ -68,7 +77,7 @@ async def run_ingress(settings: Settings) -> None:
         replies=ReplyListener(settings, topics.replies, waiters),
     )
     config = uvicorn.Config(
-        create_app(deps),
+        create_app(deps, metrics=Metrics(CollectorRegistry())),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -80,6 +89,8 @@ async def run_ingress(settings: Settings) -> None:
 
 
 async def run_consumer(settings: Settings, name: str) -> None:
+    from prometheus_client import CollectorRegistry
+
     from consumers.cancellation import CancellationConsumer
     from consumers.emission import EmissionConsumer
     from consumers.nfce import NfceCanceller, NfceEmitter
@@ -89,6 +100,8 @@ async def run_consumer(settings: Settings, name: str) -> None:
     from consumers.providers.mailer import Mailer, SmtpConfig
     from consumers.providers.webhooks import WebhookSender
     from consumers.runner import Runner
+    from notaflow.health import HealthServer, progress_check
+    from notaflow.metrics import Metrics
 
     if name not in CONSUMERS:
         raise SystemExit(f"unknown consumer {name!r}; choose one of {', '.join(CONSUMERS)}")
@@ -178,7 +191,15 @@ async def run_consumer(settings: Settings, name: str) -> None:
         )
         handler, subscribed = notification.handle, [topics.lifecycle, topics.nfse_commands]
         background.append(asyncio.create_task(notification.run_retries(stop_retries)))
-    runner = Runner(settings, name, subscribed, handler, bus, topics.dead_letter)
+    metrics = Metrics(CollectorRegistry())
+    runner = Runner(settings, name, subscribed, handler, bus, topics.dead_letter, metrics=metrics)
+    health = HealthServer(
+        settings.health_host,
+        settings.health_port,
+        progress_check(lambda: runner.stats, settings.health_max_idle, runner.busy),
+        metrics.registry,
+    )
+    await health.start()
     loop = asyncio.get_running_loop()
 
     def stop() -> None:
@@ -202,6 +223,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
         await bus.stop()
         documents.close()
         await engine.dispose()
+        await health.stop()
         log.info("consumer %s stopped: %s", name, runner.stats)
 
 

@@ -80,6 +80,11 @@ class Settings:
     consumer_retry_max: float = 60.0
     consumer_max_attempts: int = 8
     log_level: str = "INFO"
+    # Observability
+    log_format: str = "text"  # json in production (one JSON object per line)
+    health_host: str = "0.0.0.0"  # consumers' /healthz and /metrics (probes hit the pod IP)
+    health_port: int = 8081  # 0: any free port (several consumers on one machine)
+    health_max_idle: float = 300.0  # busy without progress this long: /healthz answers 503
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod

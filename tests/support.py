@@ -211,6 +211,7 @@ class Stack:
         self.sandbox_port = free_port()
         self.port = free_port()
         self.settings = settings.replace(
+            health_port=0,
             port=self.port,
             public_url=f"http://127.0.0.1:{self.port}",
             focus_base_url=f"http://127.0.0.1:{self.sandbox_port}",

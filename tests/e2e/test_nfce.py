@@ -9,6 +9,7 @@ import io
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import httpx
 import pytest
@@ -18,14 +19,23 @@ from notaflow.brdocs import valid_access_key
 from notaflow.broker import EmbeddedBroker, free_port, port_open
 from notaflow.settings import Settings
 from tests.emites import valid_nfce
-from tests.support import Proc, Stack, wait_for
+from tests.support import Proc, Stack, ThreadedSmtpSink, wait_for
 
 CNPJ = "51916585000125"
 CANCEL_WINDOW = 4.0
 
 
 @pytest.fixture(scope="module")
-def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+def sink() -> Iterator[ThreadedSmtpSink]:
+    s = ThreadedSmtpSink().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def stack(
+    broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory, sink: ThreadedSmtpSink
+) -> Iterator[Stack]:
     tmp = tmp_path_factory.mktemp("nfce")
     emites_port = free_port()
     settings = Settings(
@@ -44,6 +54,10 @@ def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
         emites_cnpj=CNPJ,
         emites_timeout=5.0,
         nfce_wait=8.0,
+        smtp_host="127.0.0.1",
+        smtp_port=sink.port,
+        smtp_security="none",
+        smtp_pause=0.05,
     )
     emites = Proc(
         ["sandbox", "emites", "--port", str(emites_port), "--cnpj", CNPJ,
@@ -51,13 +65,13 @@ def stack(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
         settings.env(), tmp, "sandbox-emites",
     )  # fmt: skip
     wait_for(lambda: port_open("127.0.0.1", emites_port), 15)
-    s = Stack(settings, tmp, consumers=("emission", "cancellation")).start()
+    s = Stack(settings, tmp, consumers=("emission", "cancellation", "notification")).start()
     s.procs.insert(0, emites)
     yield s
     s.stop()
 
 
-def test_create_download_cancel(stack: Stack) -> None:
+def test_create_download_cancel(stack: Stack, sink: ThreadedSmtpSink) -> None:
     with stack.client() as c:
         r = c.post("/v2/nfce", params={"ref": "v1"}, json=valid_nfce())
         assert r.status_code == 201, r.text
@@ -83,6 +97,18 @@ def test_create_download_cancel(stack: Stack) -> None:
             "DELETE", "/v2/nfce/v1", json={"justificativa": "Cliente desistiu da compra"}
         )
         assert (twice.status_code, twice.json()["codigo"]) == (400, "nfe_cancelada")
+
+    # The customer gets the authorized note with its DANFE attached, then the cancellation.
+    def to_customer() -> list[Any]:
+        return [m for m in sink.received() if "jose@example.com" in m.rcpt_tos]
+
+    mails = wait_for(lambda: len(to_customer()) >= 2 and to_customer(), 15)
+    authorized = next(m.message for m in mails if "autorizada" in str(m.message["Subject"]))
+    [attachment] = list(authorized.iter_attachments())
+    assert attachment.get_content_type() == "application/pdf"
+    assert attachment.get_content().startswith(b"%PDF")
+    assert note["chave_nfe"] in authorized.get_body(("plain",)).get_content()
+    assert any("cancelada" in str(m.message["Subject"]) for m in mails)
 
 
 def test_cancel_after_the_window_is_refused_501(stack: Stack) -> None:

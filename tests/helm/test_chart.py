@@ -169,6 +169,8 @@ def test_default_renders_only_the_core(default: list[Manifest]) -> None:
         "ConfigMap",
         "Deployment",
         "Deployment",
+        "Deployment",
+        "Deployment",
         "Job",
         "Secret",
         "Secret",
@@ -189,7 +191,7 @@ def test_ci_values_turn_everything_on(full: list[Manifest]) -> None:
         "CronJob",
     }
     assert len(of_kind(full, "CronJob")) == 2
-    assert len(of_kind(full, "KafkaTopic")) == 4
+    assert len(of_kind(full, "KafkaTopic")) == 6
 
 
 # --- values.schema.json --------------------------------------------------------------------
@@ -242,7 +244,7 @@ def test_ingress_probes_and_port(default: list[Manifest]) -> None:
 
 
 def test_one_deployment_per_enabled_consumer(default: list[Manifest], full: list[Manifest]) -> None:
-    assert set(consumer_deployments(default)) == {"emission"}
+    assert set(consumer_deployments(default)) == {"emission", "cancellation", "notification"}
     deployments = consumer_deployments(full)
     assert set(deployments) == {"emission", "cancellation", "notification"}
     selectors = set()
@@ -263,7 +265,12 @@ def test_one_deployment_per_enabled_consumer(default: list[Manifest], full: list
 
 def test_a_new_consumer_is_one_values_entry() -> None:
     docs = render({"consumers": {"audit-log": {"enabled": True, "topics": ["lifecycle"]}}})
-    assert set(consumer_deployments(docs)) == {"emission", "audit-log"}
+    assert set(consumer_deployments(docs)) == {
+        "emission",
+        "cancellation",
+        "notification",
+        "audit-log",
+    }
     dep = consumer_deployments(docs)["audit-log"]
     assert pod_spec(dep)["containers"][0]["args"] == ["consume", "audit-log"]
 
@@ -447,7 +454,11 @@ def test_keda_scales_on_group_lag_and_never_past_the_partitions(full: list[Manif
         t["metadata"]["topic"]
         for t in scaled[f"{RELEASE}-notaflow-consumer-emission"]["spec"]["triggers"]
     ]
-    assert topics == ["notaflow.nfse.commands", "notaflow.provider.events"]
+    assert topics == [
+        "notaflow.nfse.commands",
+        "notaflow.nfce.commands",
+        "notaflow.provider.events",
+    ]
 
 
 @pytest.mark.parametrize("partitions,asked,expected", [(2, 10, 2), (12, 5, 5), (3, 3, 3)])
@@ -456,17 +467,20 @@ def test_keda_max_replicas_is_capped(partitions: int, asked: int, expected: int)
         "config": {"kafka": {"partitions": partitions}},
         "consumerDefaults": {"keda": {"enabled": True, "maxReplicaCount": asked}},
     }
-    (obj,) = of_kind(render(values), "ScaledObject")
-    assert obj["spec"]["maxReplicaCount"] == expected
+    objects = of_kind(render(values), "ScaledObject")
+    assert len(objects) == 3  # one per default consumer
+    assert all(obj["spec"]["maxReplicaCount"] == expected for obj in objects)
 
 
 def test_strimzi_topics_follow_the_kafka_settings(full: list[Manifest]) -> None:
     topics = {d["spec"]["topicName"]: d for d in of_kind(full, "KafkaTopic")}
     assert set(topics) == {
         "notaflow.nfse.commands",
+        "notaflow.nfce.commands",
         "notaflow.provider.events",
         "notaflow.lifecycle",
         "notaflow.dead-letter",
+        "notaflow.replies",
     }
     for obj in topics.values():
         assert obj["metadata"]["labels"]["strimzi.io/cluster"] == "main"
