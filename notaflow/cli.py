@@ -33,6 +33,23 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("--name", default="")
     create.add_argument("--cnpj", action="append", default=[], help="company it may emit for")
 
+    dlq = sub.add_parser("dlq", help="the dead-letter topic: list, replay")
+    dsub = dlq.add_subparsers(dest="dlq_command", required=True)
+    for verb in ("list", "replay"):
+        d = dsub.add_parser(verb)
+        d.add_argument("--id", action="append", default=[], help="partition:offset (repeatable)")
+        d.add_argument("--origin-topic", help="only records that came from this topic")
+        d.add_argument("--error", help="only records whose error contains this text")
+        d.add_argument("--type", help="only records of this CloudEvents type")
+        if verb == "replay":
+            d.add_argument("--all", action="store_true", help="replay everything that matches")
+            d.add_argument("--dry-run", action="store_true", help="say what would be replayed")
+
+    rec = sub.add_parser("reconcile", help="complete notes stuck in processing")
+    rec.add_argument("--older-than", type=float, default=300, help="seconds in processing")
+    rec.add_argument("--limit", type=int, default=100)
+    rec.add_argument("--every", type=float, default=0, help="repeat every N seconds (0: once)")
+
     hist = sub.add_parser("history", help="show a document's status history")
     hist.add_argument("tenant")
     hist.add_argument("ref")
@@ -83,6 +100,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(processes.prepare(settings))
     elif args.command == "tenant":
         print(asyncio.run(_create_tenant(settings, args.id, args.name or args.id, args.cnpj)))
+    elif args.command == "dlq":
+        return asyncio.run(_dlq(settings, args))
+    elif args.command == "reconcile":
+        asyncio.run(processes.run_reconciler(settings, args.older_than, args.limit, args.every))
     elif args.command == "history":
         print(
             json.dumps(
@@ -116,6 +137,42 @@ async def _create_tenant(settings: Settings, tenant_id: str, name: str, cnpjs: l
         return await TenantStore(engine).create(tenant_id, name, cleaned)
     finally:
         await engine.dispose()
+
+
+async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
+    from notaflow import dlq
+    from notaflow.bus import Bus
+    from notaflow.topics import Topics
+
+    letters = dlq.select(
+        await dlq.read_all(settings, Topics(settings.kafka_topic_prefix).dead_letter),
+        ids=args.id,
+        origin_topic=args.origin_topic,
+        error_contains=args.error,
+        ce_type=args.type,
+    )
+    if args.dlq_command == "list":
+        for letter in letters:
+            print(json.dumps(letter.summary(), ensure_ascii=False))
+        print(f"{len(letters)} record(s)", file=sys.stderr)
+        return 0
+    if not (args.id or args.origin_topic or args.error or args.type or args.all):
+        print("replay needs --id, a filter, or --all", file=sys.stderr)
+        return 2
+    if args.dry_run:
+        for letter in letters:
+            print(json.dumps({"would_replay": letter.summary()}, ensure_ascii=False))
+        print(f"{len(letters)} record(s) would be replayed (dry run)", file=sys.stderr)
+        return 0
+    bus = Bus(settings)
+    await bus.start()
+    try:
+        await bus.wait_connected(30)
+        count = await dlq.replay(bus, letters)
+    finally:
+        await bus.stop()
+    print(f"{count} record(s) replayed", file=sys.stderr)
+    return 0
 
 
 async def _history(settings: Settings, tenant: str, ref: str) -> object:

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
+import json
 import logging
 import signal
 import sys
@@ -287,3 +289,29 @@ async def run_emites_sandbox(host: str, port: int, cnpj: str, cancel_window: flo
     waiter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def run_reconciler(settings: Settings, older_than: float, limit: int, every: float) -> None:
+    from consumers.providers.focus import FocusClient
+    from consumers.reconciler import Reconciler
+
+    engine = create_engine(settings.database_url)
+    documents = DocumentStore(engine)
+    bus = Bus(settings)
+    await bus.start()
+    focus = FocusClient(settings.focus_base_url, settings.focus_token, settings.focus_timeout)
+    try:
+        await bus.wait_connected(60)
+        reconciler = Reconciler(documents, focus, bus, Topics(settings.kafka_topic_prefix))
+        while True:
+            report = await reconciler.run_once(older_than, limit)
+            log.info("reconcile: %s", report)
+            print(json.dumps(dataclasses.asdict(report)), flush=True)
+            if every <= 0:
+                return
+            await asyncio.sleep(every)
+    finally:
+        await focus.aclose()
+        await bus.stop()
+        documents.close()
+        await engine.dispose()
