@@ -35,6 +35,8 @@ from notaflow.store.billing_tables import (
     dunning_claims,
     invoices,
 )
+from notaflow.store.deliveries import PENDING, Delivery, DeliveryStore
+from notaflow.store.tables import deliveries, tenant_companies, tenants
 
 SEARCH_COLUMNS = {
     "cpf_cnpj": invoices.c.cpf_cnpj,
@@ -349,6 +351,26 @@ class BillingConfigStore:
         return parse_steps(row.dunning_steps), row.issuer
 
 
+async def issuer_for(
+    engine: AsyncEngine, tenant: str, data: dict[str, Any], policy_issuer: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Who bills: the invoice's own issuer, else the tenant's policy, else the tenant's name and
+    first registered CNPJ."""
+    if data.get("issuer"):
+        return dict(data["issuer"])
+    if policy_issuer:
+        return dict(policy_issuer)
+    async with engine.connect() as conn:
+        name = await conn.scalar(sa.select(tenants.c.name).where(tenants.c.id == tenant))
+        cnpj = await conn.scalar(
+            sa.select(tenant_companies.c.cnpj)
+            .where(tenant_companies.c.tenant_id == tenant)
+            .order_by(tenant_companies.c.cnpj)
+            .limit(1)
+        )
+    return {"nome": name or tenant, **({"cnpj": cnpj} if cnpj else {})}
+
+
 class DunningStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -395,3 +417,56 @@ class DunningStore:
                 )
             ).all()
         return [dict(r._mapping) for r in rows]
+
+
+class InvoiceDeliveryStore(DeliveryStore):
+    """Invoice e-mails as rows of the notification `deliveries` table (dedupe key, attempts),
+    but never scheduled (`next_attempt_at` NULL): the notification consumer's retry loop
+    attempts every due row as an NFS-e message, so these are retried by redelivery of their
+    Kafka command instead."""
+
+    CHANNEL = "invoice-email"
+
+    async def hold(
+        self, tenant_id: str, invoice_id: int, dedupe_key: str, target: str,
+        payload: dict[str, Any],
+    ) -> Delivery:  # fmt: skip
+        now = _now()
+        try:
+            async with self._engine.begin() as conn:
+                await conn.execute(
+                    deliveries.insert().values(
+                        tenant_id=tenant_id, document_id=invoice_id, channel=self.CHANNEL,
+                        dedupe_key=dedupe_key, target=target, payload=payload, status=PENDING,
+                        attempts=0, next_attempt_at=None, created_at=now, updated_at=now,
+                    )
+                )  # fmt: skip
+        except IntegrityError:
+            pass  # a redelivered command
+        found = await self.by_key(dedupe_key)
+        assert found is not None
+        return found
+
+    async def reopen(self, delivery_id: int) -> None:
+        """Pending again after a transient failure, still outside the retry schedule."""
+        async with self._engine.begin() as conn:
+            await conn.execute(
+                deliveries.update()
+                .where(deliveries.c.id == delivery_id)
+                .values(status=PENDING, next_attempt_at=None, locked_until=None)
+            )
+
+    async def for_invoice(self, invoice_id: int) -> list[Delivery]:
+        async with self._engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(deliveries.c.dedupe_key)
+                    .where(
+                        deliveries.c.document_id == invoice_id,
+                        deliveries.c.channel == self.CHANNEL,
+                    )
+                    .order_by(deliveries.c.id)
+                )
+            ).all()
+        found = [await self.by_key(r.dedupe_key) for r in rows]
+        return [d for d in found if d is not None]
