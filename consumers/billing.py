@@ -15,7 +15,6 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from datetime import date
 from email.message import EmailMessage
 from email.utils import formatdate
@@ -37,6 +36,7 @@ from notaflow.store.invoices import (
     Invoice,
     InvoiceDeliveryStore,
     InvoiceStore,
+    compose_mail,
     issuer_for,
 )
 
@@ -63,18 +63,6 @@ class BillingEvents:
         applied = await self._invoices.apply(tenant, invoice_event)
         log.debug("invoice %s/%s event %s applied=%s", tenant, invoice_event.uid,
                   invoice_event.event_id, applied)  # fmt: skip
-
-
-@dataclass(frozen=True)
-class Links:
-    public_url: str
-    secret: str
-
-    def for_invoice(self, tenant: str, uid: str) -> tuple[str, str]:
-        """(HTML view, PDF) URLs a customer opens without credentials."""
-        token = b.sign_link(self.secret, tenant, uid)
-        base = f"{self.public_url.rstrip('/')}/api/v3.2/invoice/{uid}"
-        return f"{base}/html?token={token}", f"{base}/pdf?token={token}"
 
 
 class BillingMailer:
@@ -160,25 +148,6 @@ class BillingMailer:
         return msg
 
 
-async def compose_mail(
-    engine: Any,
-    config: BillingConfigStore,
-    links: Links,
-    invoice: Invoice,
-    action: str,
-    subject: str | None = None,
-    content: str | None = None,
-) -> b.RenderedMail:
-    """The e-mail of `action` for `invoice`: the tenant's template (or the default), links signed
-    for this invoice. Shared by the Wuro route and the dunning job."""
-    template = await config.template(invoice.tenant_id, action)
-    _steps, policy_issuer = await config.policy(invoice.tenant_id)
-    issuer = await issuer_for(engine, invoice.tenant_id, invoice.data, policy_issuer)
-    html_url, pdf_url = links.for_invoice(invoice.tenant_id, invoice.uid)
-    variables = b.template_variables(invoice.data, str(issuer.get("nome") or ""), html_url, pdf_url)
-    return b.render_mail(template, variables, subject, content)
-
-
 class DunningJob:
     def __init__(
         self,
@@ -188,7 +157,7 @@ class DunningJob:
         dunning: DunningStore,
         bus: Bus,
         commands_topic: str,
-        links: Links,
+        links: b.Links,
     ) -> None:
         self._engine = engine
         self._invoices = invoices

@@ -438,6 +438,18 @@ def verify_link(secret: str, token: str, now: float | None = None) -> tuple[str,
     return tenant, uid
 
 
+@dataclass(frozen=True)
+class Links:
+    public_url: str
+    secret: str
+
+    def for_invoice(self, tenant: str, uid: str) -> tuple[str, str]:
+        """(HTML view, PDF) URLs a customer opens without credentials."""
+        token = sign_link(self.secret, tenant, uid)
+        base = f"{self.public_url.rstrip('/')}/api/v3.2/invoice/{uid}"
+        return f"{base}/html?token={token}", f"{base}/pdf?token={token}"
+
+
 def link_secret(settings: Any) -> str:
     """`NOTAFLOW_BILLING_LINK_SECRET` (settings.billing_link_secret)."""
     value = getattr(settings, "billing_link_secret", "") or settings.extra.get(

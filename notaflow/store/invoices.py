@@ -22,11 +22,15 @@ from notaflow.billing import (
     DEFAULT_TEMPLATES,
     OPEN_STATES,
     InvoiceEvent,
+    Links,
     Position,
+    RenderedMail,
     Template,
     merge,
     parse_steps,
+    render_mail,
     should_apply,
+    template_variables,
 )
 from notaflow.store.billing_tables import (
     billing_credentials,
@@ -369,6 +373,25 @@ async def issuer_for(
             .limit(1)
         )
     return {"nome": name or tenant, **({"cnpj": cnpj} if cnpj else {})}
+
+
+async def compose_mail(
+    engine: AsyncEngine,
+    config: BillingConfigStore,
+    links: Links,
+    invoice: Invoice,
+    action: str,
+    subject: str | None = None,
+    content: str | None = None,
+) -> RenderedMail:
+    """The e-mail of `action` for `invoice`: the tenant's template (or the default), links signed
+    for this invoice. Shared by the Wuro route and the dunning job."""
+    template = await config.template(invoice.tenant_id, action)
+    _steps, policy_issuer = await config.policy(invoice.tenant_id)
+    issuer = await issuer_for(engine, invoice.tenant_id, invoice.data, policy_issuer)
+    html_url, pdf_url = links.for_invoice(invoice.tenant_id, invoice.uid)
+    variables = template_variables(invoice.data, str(issuer.get("nome") or ""), html_url, pdf_url)
+    return render_mail(template, variables, subject, content)
 
 
 class DunningStore:

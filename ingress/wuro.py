@@ -1,0 +1,232 @@
+"""Wuro dialect (seed 003): `POST /api/v3.2/invoice/{uid}/mail`, and the invoice's signed
+HTML and PDF links that the e-mails carry.
+
+Auth: `X-APP-ID` / `X-APP-SECRET`, an app credential of the tenant (`notaflow billing-app
+TENANT` prints one; the secret is stored hashed).
+
+The e-mail is rendered here, from the tenant's template for the action (Portuguese defaults),
+so the answer is the seed's `{"resultId", "html", "subject"}`; sending goes through Kafka
+(billing.commands, key tenant:invoice:uid) to the notification consumer, which attaches the PDF
+when `joinPdf` is true. `resultId` is the command id, also the delivery's dedupe key.
+
+Errors (Wuro documents the status codes, not the body; ours):
+`{"error": {"code": "<snake_case>", "message": "<sentence>"}}` with 400 `invoice_draft`,
+`unknown_action`, `invalid_request`, `no_recipient`; 401 `unauthorized`; 403 `invalid_link`;
+404 `not_found`; 503 `unavailable` / `not_configured`.
+
+The links are `GET /api/v3.2/invoice/{uid}/pdf?token=` and `/html?token=`, an HMAC of
+(tenant, uid, expiry) with `NOTAFLOW_BILLING_LINK_SECRET`: a customer opens them without
+credentials, for 90 days.
+"""
+
+from __future__ import annotations
+
+import html
+import uuid
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+from starlette.routing import Route
+
+from consumers.invoice_pdf import render_invoice_pdf
+from ingress.body import BodyNotJson, BodyTooLarge, read_json
+from ingress.deps import IngressDeps, deps
+from ingress.errors import IngressError
+from ingress.responses import FastJSONResponse
+from notaflow import billing as b
+from notaflow.emails import valid_email
+from notaflow.envelope import Event
+from notaflow.errors import BusUnavailable
+from notaflow.store.invoices import (
+    BillingConfigStore,
+    Invoice,
+    InvoiceStore,
+    compose_mail,
+    issuer_for,
+)
+
+SOURCE = "notaflow/ingress/wuro"
+
+
+class WuroError(IngressError):
+    def __init__(self, status_code: int, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.status_code = status_code
+        self.code = code
+        self.message = message
+
+    def response(self) -> FastJSONResponse:
+        body = {"error": {"code": self.code, "message": self.message}}
+        return FastJSONResponse(body, status_code=self.status_code)
+
+
+async def app_tenant(request: Request, d: IngressDeps) -> str:
+    app_id = request.headers.get("x-app-id", "").strip()
+    secret = request.headers.get("x-app-secret", "").strip()
+    if not app_id or not secret:
+        raise WuroError(401, "unauthorized", "X-APP-ID and X-APP-SECRET headers are required")
+    tenant = await BillingConfigStore(d.engine).tenant_for_app(app_id, secret)
+    if tenant is None:
+        raise WuroError(401, "unauthorized", "Invalid X-APP-ID or X-APP-SECRET")
+    return tenant
+
+
+def _links(d: IngressDeps) -> b.Links:
+    secret = b.link_secret(d.settings)
+    if not secret:
+        raise WuroError(503, "not_configured", "Invoice links are not configured")
+    return b.Links(d.settings.public_url, secret)
+
+
+def _email(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not valid_email(value):
+        raise WuroError(400, "invalid_request", f"{name} must be an e-mail address")
+    return value
+
+
+def _text(body: dict[str, Any], name: str, limit: int) -> str | None:
+    value = body.get(name)
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or len(value) > limit:
+        raise WuroError(400, "invalid_request", f"{name} must be a string of at most {limit}")
+    return value
+
+
+def _bool(value: Any) -> bool:
+    if value in (None, False, "false", "0", 0, ""):
+        return False
+    if value in (True, "true", "1", 1):
+        return True
+    raise WuroError(400, "invalid_request", "joinPdf must be a boolean")
+
+
+async def _invoice(d: IngressDeps, tenant: str, uid: str) -> Invoice:
+    invoice = await InvoiceStore(d.engine).get(tenant, uid)
+    if invoice is None or invoice.state == "inactive":
+        raise WuroError(404, "not_found", "Invoice not found")
+    return invoice
+
+
+async def mail(request: Request) -> Response:
+    d = deps(request)
+    tenant = await app_tenant(request, d)
+    try:
+        body = await read_json(request, d.settings.max_body_bytes)
+    except BodyTooLarge as exc:
+        raise WuroError(413, "invalid_request", "Body too large") from exc
+    except BodyNotJson as exc:
+        raise WuroError(400, "invalid_request", "Body must be JSON") from exc
+    if body is None:
+        body = {}
+    if not isinstance(body, dict):
+        raise WuroError(400, "invalid_request", "Body must be a JSON object")
+    action = body.get("action") or "send_invoice"
+    if action not in b.ACTIONS:
+        raise WuroError(400, "unknown_action", "action must be send_invoice or dunning_invoice")
+    to, copyto, reply_to = _email(body, "to"), _email(body, "copyto"), _email(body, "replyTo")
+    subject, content = _text(body, "subject", 500), _text(body, "content", 100_000)
+    join_pdf = _bool(body.get("joinPdf"))
+    invoice = await _invoice(d, tenant, request.path_params["uid"])
+    if invoice.state == "draft":
+        raise WuroError(400, "invoice_draft", "A draft invoice cannot be sent")
+    to = to or (invoice.data.get("customer") or {}).get("email")
+    if not to:
+        raise WuroError(400, "no_recipient", "The customer has no e-mail: give `to`")
+    config = BillingConfigStore(d.engine)
+    rendered = await compose_mail(d.engine, config, _links(d), invoice, action, subject, content)
+    result_id = str(uuid.uuid4())
+    event = Event(
+        type=b.INVOICE_MAIL,
+        source=SOURCE,
+        id=result_id,
+        subject=invoice.uid,
+        tenant=tenant,
+        data={
+            "tenant": tenant,
+            "uid": invoice.uid,
+            "action": action,
+            "to": to,
+            "copyto": copyto,
+            "reply_to": reply_to,
+            "subject": rendered.subject,
+            "html": rendered.html,
+            "text": rendered.text,
+            "join_pdf": join_pdf,
+        },
+    )
+    try:
+        await d.bus.publish(
+            b.commands_topic(d.topics.prefix), event, b.invoice_key(tenant, invoice.uid)
+        )
+    except BusUnavailable as exc:
+        raise WuroError(503, "unavailable", "Service unavailable; nothing was sent") from exc
+    return FastJSONResponse(
+        {"resultId": result_id, "html": rendered.html, "subject": rendered.subject}
+    )
+
+
+async def _linked(request: Request) -> tuple[IngressDeps, Invoice, dict[str, Any]]:
+    d = deps(request)
+    found = b.verify_link(b.link_secret(d.settings), request.query_params.get("token", ""))
+    uid = request.path_params["uid"]
+    if found is None or found[1] != uid:
+        raise WuroError(403, "invalid_link", "Invalid or expired link")
+    invoice = await _invoice(d, found[0], uid)
+    _steps, policy_issuer = await BillingConfigStore(d.engine).policy(invoice.tenant_id)
+    issuer = await issuer_for(d.engine, invoice.tenant_id, invoice.data, policy_issuer)
+    return d, invoice, issuer
+
+
+async def pdf(request: Request) -> Response:
+    _d, invoice, issuer = await _linked(request)
+    number = invoice.data.get("number") or invoice.uid
+    return Response(
+        render_invoice_pdf(invoice.data, issuer),
+        media_type="application/pdf",
+        headers={
+            "Content-Disposition": f'inline; filename="fatura-{number}.pdf"',
+            "Cache-Control": "private, no-store",
+        },
+    )
+
+
+async def view(request: Request) -> Response:
+    _d, invoice, issuer = await _linked(request)
+    data = invoice.data
+    customer = data.get("customer") or {}
+    number = html.escape(str(data.get("number") or invoice.uid))
+    rows = "".join(
+        f"<tr><td>{html.escape(str(line.get('descricao', '')))}</td>"
+        f"<td>{html.escape(str(line.get('quantidade', '1')))}</td>"
+        f"<td>{html.escape(b.format_brl(line.get('total', 0)))}</td></tr>"
+        for line in data.get("lines")
+        or [{"descricao": (data.get("detalhamento") or {}).get("descricao", "Serviços"),
+             "total": data.get("valor", 0)}]
+    )  # fmt: skip
+    token = html.escape(request.query_params.get("token", ""), quote=True)
+    linha = data.get("linha_digitavel")
+    page = (
+        f"<!doctype html><html lang=pt-BR><meta charset=utf-8><title>Fatura {number}</title>"
+        f"<h1>{html.escape(str(issuer.get('nome') or ''))}</h1>"
+        f"<h2>Fatura {number}</h2>"
+        f"<p>Cliente: {html.escape(str(customer.get('nome') or customer.get('contato') or ''))}"
+        f"</p><p>Emissão: {b.br_date(data.get('data_emissao'))} · "
+        f"Vencimento: {b.br_date(data.get('data_vencimento'))}</p>"
+        f"<table><tr><th>Descrição</th><th>Qtd.</th><th>Total</th></tr>{rows}</table>"
+        f"<p><strong>Total: {html.escape(b.format_brl(data.get('valor', 0)))}</strong></p>"
+        + (f"<p>Linha digitável: <code>{html.escape(linha)}</code></p>" if linha else "")
+        + f'<p><a href="pdf?token={token}">PDF</a></p></html>'
+    )
+    return HTMLResponse(page, headers={"Cache-Control": "private, no-store"})
+
+
+routes = [
+    Route("/api/v3.2/invoice/{uid}/mail", mail, methods=["POST"]),
+    Route("/api/v3.2/invoice/{uid}/pdf", pdf, methods=["GET"]),
+    Route("/api/v3.2/invoice/{uid}/html", view, methods=["GET"]),
+]
