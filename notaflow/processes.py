@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import gc
 import json
 import logging
 import signal
@@ -47,9 +48,14 @@ def configure_logging(level: str, fmt: str = "text", service: str = "notaflow") 
 
 
 async def run_ingress(settings: Settings) -> None:
-    # The claim writer's thread needs the GIL briefly per batch; with the default 5 ms switch
-    # interval it waits behind the busy event loop and every request's latency grows.
+    # The claim writer's fallback thread needs the GIL briefly per batch; with the default
+    # 5 ms switch interval it would wait behind the busy event loop.
     sys.setswitchinterval(0.0005)
+    # Every request allocates a few hundred short-lived objects; collecting the young
+    # generation every 700 allocations showed up in the profile. Long-lived start-up objects
+    # are frozen out of the collector's way.
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
     from prometheus_client import CollectorRegistry
 
     from ingress.app import create_app
