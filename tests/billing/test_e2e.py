@@ -130,7 +130,7 @@ def test_events_out_of_order_then_wuro_mail_with_pdf(world: World) -> None:
         body = {"subject": "Sem anexo [facture-numero]", "to": "outro@cliente.example"}
         r = c.post("/api/v3.2/invoice/E2E2/mail", headers=w.wuro(), json=body)
         assert r.status_code == 200, r.text
-    assert with_pdf["subject"] == "Fatura N-E2E2 - acme"
+    assert with_pdf["subject"] == "Fatura N-E2E2 - ACME"
     try:
         wait_for(lambda: len(w.mails("N-E2E2")) == 2, 30, 0.2)
     except TimeoutError as exc:
