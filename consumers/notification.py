@@ -37,6 +37,7 @@ from consumers.providers.webhooks import HookTarget, WebhookSender, next_attempt
 from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.envelope import Event, decode
+from notaflow.metrics import Metrics
 from notaflow.store import (
     Delivery,
     DeliveryStore,
@@ -89,7 +90,9 @@ class NotificationConsumer:
         bus: Bus,
         topics: t.Topics,
         settings: NotificationSettings,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._docs = documents
         self._tenants = tenants
         self._hooks = hooks
@@ -202,6 +205,12 @@ class NotificationConsumer:
         await self._deliveries.record(
             delivery.id, outcome.ok, outcome.code, outcome.message, outcome.host, next_at
         )
+        if self._metrics is not None:
+            result = "retried" if next_at else ("failed" if not outcome.ok else "")
+            if delivery.channel == "webhook":
+                self._metrics.webhook_delivery(result or "delivered")
+            else:
+                self._metrics.email(result or "sent")
         if not outcome.ok:
             log.info(
                 "delivery %s (%s) failed: %s; %s",

@@ -30,6 +30,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from consumers.errors import TransientFailure
 from notaflow.bus import Bus, client_options
 from notaflow.errors import InvalidDocument
+from notaflow.logs import log_context, trace_id_of
 from notaflow.metrics import Metrics
 from notaflow.settings import Settings
 
@@ -248,7 +249,8 @@ class Runner:
         attempt = 1
         while True:
             try:
-                await self._handler(record)
+                with log_context(**_record_context(record)):
+                    await self._handler(record)
                 return "processed"
             except InvalidDocument as exc:
                 await self._dead_letter(record, f"invalid: {exc.field}: {exc.message}", attempt)
@@ -324,6 +326,22 @@ class Runner:
             if pending:
                 await asyncio.wait(pending, timeout=2)
         await self.commit()
+
+
+def _record_context(record: Any) -> dict[str, Any]:
+    """What every log line about this record carries: event id, tenant, ref, trace id."""
+    headers = {k: v for k, v in (record.headers or ()) if v is not None}
+
+    def text(name: str) -> str | None:
+        value = headers.get(name)
+        return value.decode(errors="replace") if isinstance(value, bytes) else None
+
+    return {
+        "event_id": text("ce_id"),
+        "tenant": text("ce_tenant"),
+        "ref": text("ce_subject"),
+        "trace_id": trace_id_of(text("traceparent")),
+    }
 
 
 class _Listener(ConsumerRebalanceListener):

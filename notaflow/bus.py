@@ -19,6 +19,7 @@ from aiokafka.partitioner import murmur2
 
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
+from notaflow.metrics import Metrics
 from notaflow.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -47,8 +48,9 @@ class Bus:
     """One producer per process. Starts even when Kafka is down and keeps trying, so the ingress
     can come up, answer 503 and report not-ready instead of crash-looping."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics | None = None) -> None:
         self._settings = settings
+        self._metrics = metrics
         self._producer: AIOKafkaProducer | None = None
         self._connect_task: asyncio.Task[None] | None = None
         self._ready_at = 0.0
@@ -106,8 +108,9 @@ class Bus:
             # No asyncio timer per record (it showed in the hot path's profile): the producer's
             # own request_timeout_ms (= kafka_publish_timeout) bounds both the metadata wait
             # in send() and the batch's delivery.
-            ack = await producer.send(topic, event.value(), key=key, headers=event.headers())
-            await ack
+            with self._timer(topic):
+                ack = await producer.send(topic, event.value(), key=key, headers=event.headers())
+                await ack
         except (KafkaError, TimeoutError, OSError) as exc:
             self._ready = False
             raise BusUnavailable(f"Kafka did not acknowledge the record: {exc!r}") from exc
@@ -155,8 +158,9 @@ class Bus:
                     ack = await producer.send_batch(batch, topic, partition=partition)
                     self._last_batch[(topic, partition)] = ack
                     acks.append(ack)
-            for ack in acks:
-                await ack
+            with self._timer(topic):
+                for ack in acks:
+                    await ack
         except (KafkaError, TimeoutError, OSError) as exc:
             self._ready = False
             return BusUnavailable(f"Kafka did not acknowledge the records: {exc!r}")
@@ -174,6 +178,9 @@ class Bus:
                 await producer.send_and_wait(topic, value, key=key, headers=headers)
         except (KafkaError, TimeoutError, OSError) as exc:
             raise BusUnavailable(f"Kafka did not acknowledge the record: {exc!r}") from exc
+
+    def _timer(self, topic: str) -> contextlib.AbstractContextManager[None]:
+        return self._metrics.publishing(topic) if self._metrics else contextlib.nullcontext()
 
     async def ready(self) -> bool:
         """Cheap readiness: a recent ack proves the broker is there; otherwise ask for metadata."""

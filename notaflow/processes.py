@@ -67,7 +67,8 @@ async def run_ingress(settings: Settings) -> None:
     engine = create_engine(settings.database_url)
     tenants = TenantStore(engine)
     documents = DocumentStore(engine)
-    bus = Bus(settings)
+    metrics = Metrics(CollectorRegistry())
+    bus = Bus(settings, metrics)
     topics = Topics(settings.kafka_topic_prefix)
     waiters = ReplyWaiters()
     deps = IngressDeps(
@@ -85,7 +86,7 @@ async def run_ingress(settings: Settings) -> None:
         replies=ReplyListener(settings, topics.replies, waiters),
     )
     config = uvicorn.Config(
-        create_app(deps, metrics=Metrics(CollectorRegistry())),
+        create_app(deps, metrics=metrics),
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level.lower(),
@@ -116,11 +117,14 @@ async def run_consumer(settings: Settings, name: str) -> None:
     topics = Topics(settings.kafka_topic_prefix)
     engine = create_engine(settings.database_url)
     documents = DocumentStore(engine)
-    bus = Bus(settings)
+    metrics = Metrics(CollectorRegistry())
+    bus = Bus(settings, metrics)
     await bus.start()
     await ensure_topics(settings, topics.all())
     await bus.wait_connected(60)
-    focus = FocusClient(settings.focus_base_url, settings.focus_token, settings.focus_timeout)
+    focus = FocusClient(
+        settings.focus_base_url, settings.focus_token, settings.focus_timeout, metrics=metrics
+    )
     webhooks = WebhookSender(
         allow_private=settings.hooks_allow_private, timeout=settings.hooks_timeout
     )
@@ -196,10 +200,10 @@ async def run_consumer(settings: Settings, name: str) -> None:
                     float(x) for x in settings.hooks_retry_schedule.split(",") if x.strip()
                 ),
             ),
+            metrics,
         )
         handler, subscribed = notification.handle, [topics.lifecycle, topics.nfse_commands]
         background.append(asyncio.create_task(notification.run_retries(stop_retries)))
-    metrics = Metrics(CollectorRegistry())
     runner = Runner(settings, name, subscribed, handler, bus, topics.dead_letter, metrics=metrics)
     health = HealthServer(
         settings.health_host,

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 
 from consumers.errors import PermanentFailure, RateLimited, TransientFailure
+from notaflow.metrics import Metrics
 
 
 @dataclass(frozen=True)
@@ -55,7 +56,9 @@ class FocusClient:
         token: str,
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
+        self._metrics = metrics
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             auth=(token, ""),
@@ -71,6 +74,15 @@ class FocusClient:
 
     async def _request(
         self, method: str, url: str, json: Any = None, params: dict[str, str] | None = None
+    ) -> FocusReply:
+        if self._metrics is None:
+            return await self._call(method, url, json, params)
+        operation = f"{method} {'/'.join(url.split('/')[:3])}"  # bounded: no refs in labels
+        with self._metrics.provider_call("focus", operation):
+            return await self._call(method, url, json, params)
+
+    async def _call(
+        self, method: str, url: str, json: Any, params: dict[str, str] | None
     ) -> FocusReply:
         await self._gate.wait()
         try:
