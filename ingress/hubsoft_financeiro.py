@@ -192,3 +192,119 @@ routes = [
     Route("/api/v1/integracao/cliente/financeiro", financeiro, methods=["GET"]),
     Route("/api/v1/integracao/faturas/eventos", eventos, methods=["POST"]),
 ]
+
+_ERROR = {
+    "type": "object",
+    "required": ["status", "msg"],
+    "properties": {
+        "status": {"const": "error"},
+        "msg": {"type": "string"},
+        "errors": {"type": "array", "items": {"type": "string"}},
+    },
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {"application/json": {"schema": _ERROR}}}
+
+
+def _query(name: str, schema: dict[str, Any], description: str, required: bool = False) -> Any:
+    return {"name": name, "in": "query", "required": required, "schema": schema,
+            "description": description}  # fmt: skip
+
+
+_DATE = {"type": "string", "format": "date"}
+_FATURA = {
+    "type": "object",
+    "properties": {
+        "id_fatura": {"type": "integer"},
+        "nosso_numero": {"type": ["string", "null"]},
+        "nosso_numero_dv": {"type": ["string", "null"]},
+        "linha_digitavel": {"type": ["string", "null"]},
+        "tipo_cobranca": {"type": ["string", "null"]},
+        "valor": {"type": "number"},
+        "data_vencimento": {"type": "string", "description": "dd/mm/aaaa"},
+        "data_pagamento": {"type": ["string", "null"], "description": "null em aberto"},
+        "detalhamento": {
+            "type": ["object", "null"],
+            "properties": {"descricao": {"type": "string"}, "valor": {"type": "number"}},
+        },
+    },
+}
+
+# Merged into the ingress's OpenAPI document (ingress.observability).
+OPENAPI_PATHS: dict[str, Any] = {
+    "/api/v1/integracao/cliente/financeiro": {
+        "get": {
+            "tags": ["HubSoft"],
+            "operationId": "hubsoftFinanceiro",
+            "summary": "Faturas do cliente (HubSoft, seed 004)",
+            "description": "Da read model de faturas; `status` é `suscess` como no HubSoft.",
+            "security": [{"hubsoftBearer": []}],
+            "parameters": [
+                _query("busca", {"enum": list(BUSCAS)}, "Tipo de busca", True),
+                _query("termo_busca", {"type": "string", "maxLength": 64}, "Termo", True),
+                _query(
+                    "limit",
+                    {"type": "integer", "minimum": 1, "maximum": 50, "default": 20},
+                    "Limite de resultados",
+                ),
+                _query(
+                    "apenas_pendente",
+                    {"enum": list(SIM_NAO), "default": "sim"},
+                    "Apenas faturas pendentes",
+                ),
+                _query(
+                    "order_by", {"enum": list(ORDER_BY), "default": "data_vencimento"}, "Ordenação"
+                ),
+                _query("order_type", {"enum": list(ORDER_TYPES), "default": "asc"}, "Sentido"),
+                _query("data_inicio", _DATE, "Vencimento a partir de (YYYY-MM-DD)"),
+                _query("data_fim", _DATE, "Vencimento até (YYYY-MM-DD)"),
+            ],
+            "responses": {
+                "200": {
+                    "description": "Faturas",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "status": {"const": "suscess"},
+                                    "msg": {"type": "string"},
+                                    "faturas": {"type": "array", "items": _FATURA},
+                                },
+                            }
+                        }
+                    },
+                },
+                "400": _error("Parâmetro ausente ou inválido"),
+                "401": _error("Token ausente, inválido ou revogado"),
+            },
+        }
+    },
+    "/api/v1/integracao/faturas/eventos": {
+        "post": {
+            "tags": ["HubSoft"],
+            "operationId": "faturasEventos",
+            "summary": "Eventos de faturas (issued, updated, paid, cancelled) para billing.events",
+            "description": "Um evento ou uma lista (até 500), no formato de "
+            "`schemas/invoice_event.schema.json`; todos validados antes de publicar.",
+            "security": [{"hubsoftBearer": []}],
+            "requestBody": {
+                "required": True,
+                "content": {
+                    "application/json": {
+                        "schema": {"type": ["object", "array"], "items": {"type": "object"}}
+                    }
+                },
+            },
+            "responses": {
+                "202": {"description": "Publicados no Kafka"},
+                "400": _error("Evento(s) inválido(s); nada publicado"),
+                "401": _error("Token ausente, inválido ou revogado"),
+                "413": _error("Corpo grande demais"),
+                "503": _error("Kafka indisponível; nada publicado"),
+            },
+        }
+    },
+}

@@ -230,3 +230,123 @@ routes = [
     Route("/api/v3.2/invoice/{uid}/pdf", pdf, methods=["GET"]),
     Route("/api/v3.2/invoice/{uid}/html", view, methods=["GET"]),
 ]
+
+_ERROR = {
+    "description": "Erro",
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "error": {
+                        "type": "object",
+                        "properties": {
+                            "code": {"type": "string"},
+                            "message": {"type": "string"},
+                        },
+                    }
+                },
+            }
+        }
+    },
+}
+_UID = {"name": "uid", "in": "path", "required": True, "schema": {"type": "string"}}
+_TOKEN = {"name": "token", "in": "query", "required": True, "schema": {"type": "string"},
+          "description": "Link assinado (HMAC) enviado no e-mail"}  # fmt: skip
+_WURO_AUTH: list[dict[str, list[str]]] = [{"wuroAppId": [], "wuroAppSecret": []}]
+
+# Merged into the ingress's OpenAPI document (ingress.observability).
+OPENAPI_SECURITY: dict[str, Any] = {
+    "wuroAppId": {"type": "apiKey", "in": "header", "name": "X-APP-ID",
+                  "description": "Dialeto Wuro: `notaflow billing-app TENANT`."},
+    "wuroAppSecret": {"type": "apiKey", "in": "header", "name": "X-APP-SECRET",
+                      "description": "Dialeto Wuro: o segredo, guardado só como hash."},
+}  # fmt: skip
+OPENAPI_PATHS: dict[str, Any] = {
+    "/api/v3.2/invoice/{uid}/mail": {
+        "parameters": [_UID],
+        "post": {
+            "tags": ["Wuro"],
+            "operationId": "wuroInvoiceMail",
+            "summary": "Enviar a fatura por e-mail (Wuro, seed 003)",
+            "description": "Renderiza o modelo do tenant para a ação e publica o envio em "
+            "billing.commands; `joinPdf` anexa o PDF da fatura.",
+            "security": _WURO_AUTH,
+            "requestBody": {
+                "content": {
+                    "application/json": {
+                        "schema": {
+                            "type": "object",
+                            "properties": {
+                                "action": {"enum": list(b.ACTIONS), "default": "send_invoice"},
+                                "to": {"type": "string", "format": "email"},
+                                "subject": {"type": "string"},
+                                "content": {"type": "string"},
+                                "copyto": {"type": "string", "format": "email"},
+                                "replyTo": {"type": "string", "format": "email"},
+                                "joinPdf": {"type": "boolean", "default": False},
+                            },
+                        }
+                    }
+                }
+            },
+            "responses": {
+                "200": {
+                    "description": "E-mail renderizado e publicado",
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "resultId": {"type": "string"},
+                                    "html": {"type": "string"},
+                                    "subject": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
+                },
+                "400": _ERROR,
+                "401": _ERROR,
+                "404": _ERROR,
+                "503": _ERROR,
+            },
+        },
+    },
+    "/api/v3.2/invoice/{uid}/pdf": {
+        "parameters": [_UID, _TOKEN],
+        "get": {
+            "tags": ["Wuro"],
+            "operationId": "wuroInvoicePdf",
+            "summary": "PDF da fatura por link assinado ([lien-pdf])",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "PDF",
+                    "content": {
+                        "application/pdf": {"schema": {"type": "string", "format": "binary"}}
+                    },
+                },
+                "403": _ERROR,
+                "404": _ERROR,
+            },
+        },
+    },
+    "/api/v3.2/invoice/{uid}/html": {
+        "parameters": [_UID, _TOKEN],
+        "get": {
+            "tags": ["Wuro"],
+            "operationId": "wuroInvoiceHtml",
+            "summary": "A fatura em HTML por link assinado ([lien-html])",
+            "security": [],
+            "responses": {
+                "200": {
+                    "description": "HTML",
+                    "content": {"text/html": {"schema": {"type": "string"}}},
+                },
+                "403": _ERROR,
+                "404": _ERROR,
+            },
+        },
+    },
+}
