@@ -9,6 +9,7 @@ from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.envelope import Event
 from notaflow.store import Document
+from notaflow.tracing import outgoing_traceparent
 from notaflow.views import view_of
 
 
@@ -25,7 +26,7 @@ async def publish_status(
         subject=doc.ref,
         id=f"{doc.kind}-{doc.id}-{doc.attempt}-{doc.status}",
         tenant=doc.tenant_id,
-        traceparent=cause.traceparent,
+        traceparent=outgoing_traceparent(cause.traceparent),
     )
     await bus.publish(topics.lifecycle, event, t.document_key(doc.tenant_id, doc.kind, doc.ref))
 
@@ -40,6 +41,6 @@ async def reply(
         data={"command_id": cause.id, **data},
         subject=cause.subject,
         tenant=cause.tenant,
-        traceparent=cause.traceparent,
+        traceparent=outgoing_traceparent(cause.traceparent),
     )
     await bus.publish(topics.replies, event, cause.id.encode())

@@ -14,10 +14,13 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from opentelemetry.trace import SpanKind
+
 from consumers.errors import PermanentFailure, TransientFailure, Unsent
 from consumers.lifecycle import publish_status, reply
 from consumers.providers.emites import EmitesClient, EmitesReply
 from notaflow import topics as t
+from notaflow import tracing
 from notaflow.bus import Bus
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument, RefInUse
@@ -98,7 +101,8 @@ class NfceEmitter:
             )
         await self._docs.mark_submitted(doc.id, doc.attempt, f"E{doc.id}A{doc.attempt}")
         try:
-            answer = await self._emites.create_nfce(doc.payload)
+            with tracing.span("emites CREATE_NFCE", kind=SpanKind.CLIENT):
+                answer = await self._emites.create_nfce(doc.payload)
         except Unsent:
             await self._docs.unmark_submitted(doc.id, doc.attempt)
             raise
@@ -186,7 +190,8 @@ class NfceCanceller:
         chave = doc.result.get("chave_nfe")
         if not chave:
             raise PermanentFailure(f"NFC-e {doc.ref} autorizada sem chave de acesso")
-        answer = await self._emites.cancel_nfce(str(chave), data.get("motivo"))
+        with tracing.span("emites CANCEL_NFCE", kind=SpanKind.CLIENT):
+            answer = await self._emites.cancel_nfce(str(chave), data.get("motivo"))
         if answer.status == "cancelada":
             result = {**doc.result, "status_sefaz": "135", "mensagem_sefaz": "Evento registrado"}
             if answer.cancel_xml_url:

@@ -24,6 +24,8 @@ from email.message import EmailMessage
 from typing import Any
 from urllib.parse import urlsplit
 
+from opentelemetry.trace import SpanKind
+
 from consumers.errors import ConsumerError, PermanentFailure
 from consumers.lifecycle import reply
 from consumers.mail_templates import (
@@ -35,6 +37,7 @@ from consumers.mail_templates import (
 from consumers.providers.mailer import Mailer
 from consumers.providers.webhooks import HookTarget, WebhookSender, next_attempt_delay
 from notaflow import topics as t
+from notaflow import tracing
 from notaflow.bus import Bus
 from notaflow.envelope import Event, decode
 from notaflow.metrics import Metrics
@@ -230,9 +233,10 @@ class NotificationConsumer:
             authorization=hook.authorization,
             authorization_header=hook.authorization_header,
         )
-        result = await self._webhooks.deliver(
-            target, delivery.payload["body"], f"msg_nf{delivery.id}", int(time.time())
-        )
+        with tracing.span("webhook POST", kind=SpanKind.CLIENT, **{"hook.id": hook.id}):
+            result = await self._webhooks.deliver(
+                target, delivery.payload["body"], f"msg_nf{delivery.id}", int(time.time())
+            )
         host = urlsplit(hook.url).hostname or ""
         message = "ok" if result.ok else (result.error or f"HTTP {result.status_code}")
         return Outcome(result.ok, result.status_code, message, host, now), result.retryable
@@ -277,7 +281,8 @@ class NotificationConsumer:
     ) -> tuple[Outcome, bool]:
         assert self._mailer is not None
         try:
-            [result] = await self._mailer.send(message, [delivery.target])
+            with tracing.span("smtp send", kind=SpanKind.CLIENT, **{"smtp.host": host}):
+                [result] = await self._mailer.send(message, [delivery.target])
         except ConsumerError as exc:
             return Outcome(False, None, str(exc), host, now), not isinstance(exc, PermanentFailure)
         text = (

@@ -26,8 +26,10 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
+from opentelemetry.trace import SpanKind
 
 from consumers.errors import TransientFailure
+from notaflow import tracing
 from notaflow.bus import Bus, client_options
 from notaflow.errors import InvalidDocument
 from notaflow.logs import log_context, trace_id_of
@@ -249,7 +251,16 @@ class Runner:
         attempt = 1
         while True:
             try:
-                with log_context(**_record_context(record)):
+                context = _record_context(record)
+                with (
+                    log_context(**context),
+                    tracing.span(
+                        f"process {record.topic}",
+                        kind=SpanKind.CONSUMER,
+                        parent_traceparent=context.pop("traceparent", None),
+                        **{"messaging.consumer": self.name, "attempt": attempt},
+                    ),
+                ):
                     await self._handler(record)
                 return "processed"
             except InvalidDocument as exc:
@@ -341,6 +352,7 @@ def _record_context(record: Any) -> dict[str, Any]:
         "tenant": text("ce_tenant"),
         "ref": text("ce_subject"),
         "trace_id": trace_id_of(text("traceparent")),
+        "traceparent": text("traceparent"),
     }
 
 

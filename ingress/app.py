@@ -6,16 +6,19 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 
+from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingress import focus_hooks, focus_nfce, focus_nfse, health, hubsoft, provider_webhooks
 from ingress.deps import IngressDeps
 from ingress.errors import FocusError, IngressError
 from ingress.observability import MetricsMiddleware, metrics_route, openapi_routes
+from notaflow import tracing
 from notaflow.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -41,6 +44,35 @@ async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     body = {"codigo": "erro_interno", "mensagem": "Erro interno; nada foi registrado."}
     return JSONResponse(body, status_code=500)
+
+
+class TracingMiddleware:
+    """A server span per request, continuing the client's `traceparent` when it sends one."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = dict(scope.get("headers") or []).get(b"traceparent", b"").decode("latin-1")
+        with tracing.span(
+            f"HTTP {scope['method']}",
+            kind=SpanKind.SERVER,
+            parent_traceparent=incoming or None,
+            **{"http.method": scope["method"], "http.target": scope.get("path", "")},
+        ) as current:
+
+            async def send_wrapper(message: Message) -> None:
+                if message["type"] == "http.response.start" and current is not None:
+                    current.set_attribute("http.status_code", int(message["status"]))
+                await send(message)
+
+            await self.app(scope, receive, send_wrapper)
+            route = getattr(scope.get("route"), "path", None)
+            if current is not None and route:
+                current.update_name(f"HTTP {scope['method']} {route}")
 
 
 def create_app(
@@ -73,7 +105,10 @@ def create_app(
             *openapi_routes(),
             *([metrics_route(metrics.registry)] if metrics else []),
         ],
-        middleware=[Middleware(MetricsMiddleware, metrics=metrics)] if metrics else [],
+        middleware=[
+            *([Middleware(MetricsMiddleware, metrics=metrics)] if metrics else []),
+            *([Middleware(TracingMiddleware)] if tracing.enabled() else []),
+        ],
         exception_handlers={
             IngressError: _ingress_error,
             HTTPException: _http_error,

@@ -21,6 +21,7 @@ from notaflow.nfce import normalize_nfce, validate_motivo
 from notaflow.nfse import validate_ref
 from notaflow.store import ClaimRequest
 from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
+from notaflow.tracing import outgoing_traceparent
 from notaflow.views import nfce_view
 
 KIND = "nfce"
@@ -52,7 +53,7 @@ async def create_nfce(request: Request) -> Response:
         subject=ref,
         id=command_id,
         tenant=tenant.id,
-        traceparent=request.headers.get("traceparent", ""),
+        traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
     )
     d.waiters.register(command_id)  # before publishing: SEFAZ may answer quickly
     try:

@@ -21,6 +21,7 @@ from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
 from notaflow.nfse import normalize_nfse, validate_justificativa, validate_ref
 from notaflow.store import ClaimRequest, Tenant
 from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
+from notaflow.tracing import outgoing_traceparent
 from notaflow.views import nfse_view
 
 KIND = "nfse"
@@ -93,7 +94,7 @@ async def create_nfse(request: Request) -> Response:
         subject=ref,
         id=command_id,
         tenant=tenant.id,
-        traceparent=request.headers.get("traceparent", ""),
+        traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
     )
     claim = ClaimRequest(tenant.id, KIND, ref, cnpj, document, command_id, SOURCE)
     try:
@@ -159,7 +160,7 @@ async def cancel_nfse(request: Request) -> Response:
         subject=ref,
         id=command_id,
         tenant=tenant.id,
-        traceparent=request.headers.get("traceparent", ""),
+        traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
     )
     d.waiters.register(command_id)  # before publishing: the answer may be quick
     try:
@@ -210,7 +211,7 @@ async def email_nfse(request: Request) -> Response:
         data={"tenant": tenant.id, "ref": ref, "emails": list(dict.fromkeys(emails))},
         subject=ref,
         tenant=tenant.id,
-        traceparent=request.headers.get("traceparent", ""),
+        traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
     )
     try:
         await d.bus.publish(d.topics.nfse_commands, event, t.document_key(tenant.id, KIND, ref))

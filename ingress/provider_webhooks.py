@@ -20,6 +20,7 @@ from ingress.responses import FastJSONResponse
 from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
+from notaflow.tracing import outgoing_traceparent
 from schemas import validator
 
 SOURCE = "notaflow/ingress/focus-webhook"
@@ -49,7 +50,7 @@ async def focus_nfse_callback(request: Request) -> Response:
         data=body,
         subject=str(body["ref"]),
         tenant=doc.tenant_id if doc is not None else "",
-        traceparent=request.headers.get("traceparent", ""),
+        traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
     )
     try:
         await d.bus.publish(d.topics.provider_events, event, key)

@@ -92,6 +92,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     settings = Settings.from_env()
     service = f"consumer-{args.name}" if args.command == "consume" else str(args.command)
     processes.configure_logging(settings.log_level, settings.log_format, service)
+    from notaflow.tracing import configure_tracing
+
+    configure_tracing(service, settings.otel_endpoint, settings.otel_dir)
     if args.command == "ingress":
         asyncio.run(processes.run_ingress(settings))
     elif args.command == "consume":

@@ -15,6 +15,7 @@ import sys
 
 import uvicorn
 
+from notaflow import tracing
 from notaflow.bus import Bus, ensure_topics
 from notaflow.replies import ReplyListener, ReplyWaiters
 from notaflow.settings import Settings
@@ -94,7 +95,10 @@ async def run_ingress(settings: Settings) -> None:
         timeout_graceful_shutdown=10,
         server_header=False,
     )
-    await uvicorn.Server(config).serve()
+    try:
+        await uvicorn.Server(config).serve()
+    finally:
+        tracing.shutdown()
 
 
 async def run_consumer(settings: Settings, name: str) -> None:
@@ -236,6 +240,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
         documents.close()
         await engine.dispose()
         await health.stop()
+        tracing.shutdown()
         log.info("consumer %s stopped: %s", name, runner.stats)
 
 

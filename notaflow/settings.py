@@ -85,6 +85,9 @@ class Settings:
     health_host: str = "0.0.0.0"  # consumers' /healthz and /metrics (probes hit the pod IP)
     health_port: int = 8081  # 0: any free port (several consumers on one machine)
     health_max_idle: float = 300.0  # busy without progress this long: /healthz answers 503
+    # OpenTelemetry tracing (off unless one of these is set)
+    otel_endpoint: str = ""  # OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces
+    otel_dir: str = ""  # write finished spans as JSON lines here (development, tests)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod

@@ -13,8 +13,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import httpx
+from opentelemetry.trace import SpanKind
 
 from consumers.errors import PermanentFailure, RateLimited, TransientFailure
+from notaflow import tracing
 from notaflow.metrics import Metrics
 
 
@@ -86,7 +88,12 @@ class FocusClient:
     ) -> FocusReply:
         await self._gate.wait()
         try:
-            resp = await self._client.request(method, url, json=json, params=params)
+            with tracing.span(f"focus {method}", kind=SpanKind.CLIENT, **{"http.url": url}):
+                parent = tracing.outgoing_traceparent()
+                headers = {"traceparent": parent} if parent else None
+                resp = await self._client.request(
+                    method, url, json=json, params=params, headers=headers
+                )
         except httpx.TimeoutException as exc:
             raise TransientFailure(f"Focus {method} {url}: timeout") from exc
         except httpx.HTTPError as exc:
