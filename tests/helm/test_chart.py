@@ -167,6 +167,7 @@ def test_default_renders_only_the_core(default: list[Manifest]) -> None:
     assert kinds == [
         "ConfigMap",
         "ConfigMap",
+        "CronJob",
         "Deployment",
         "Deployment",
         "Deployment",
@@ -327,10 +328,11 @@ def test_migrate_runs_as_a_pre_install_and_pre_upgrade_hook(default: list[Manife
     assert one(default, "ConfigMap", f"{RELEASE}-notaflow-migrate")["data"] == main["data"]
 
 
-def test_cronjobs_are_off_by_default_and_run_their_command(
+def test_only_the_reconciler_runs_by_default_and_jobs_run_their_command(
     default: list[Manifest], full: list[Manifest]
 ) -> None:
-    assert of_kind(default, "CronJob") == []
+    [reconcile] = of_kind(default, "CronJob")
+    assert pod_spec(reconcile)["containers"][0]["args"] == ["reconcile"]
     jobs = {
         d["metadata"]["labels"]["app.kubernetes.io/component"]: d for d in of_kind(full, "CronJob")
     }
