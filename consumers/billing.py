@@ -23,12 +23,12 @@ from urllib.parse import urlsplit
 
 import schemas
 from consumers.errors import ConsumerError, PermanentFailure, TransientFailure
-from consumers.invoice_pdf import render_invoice_pdf
 from consumers.providers.mailer import Mailer
 from notaflow import billing as b
 from notaflow.bus import Bus
 from notaflow.envelope import Event, decode
 from notaflow.errors import InvalidDocument
+from notaflow.invoice_pdf import render_invoice_pdf
 from notaflow.store.deliveries import PENDING
 from notaflow.store.invoices import (
     BillingConfigStore,

@@ -14,7 +14,16 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingress import focus_hooks, focus_nfce, focus_nfse, health, hubsoft, provider_webhooks
+from ingress import (
+    focus_hooks,
+    focus_nfce,
+    focus_nfse,
+    health,
+    hubsoft,
+    hubsoft_financeiro,
+    provider_webhooks,
+    wuro,
+)
 from ingress.deps import IngressDeps
 from ingress.errors import FocusError, IngressError
 from ingress.observability import MetricsMiddleware, metrics_route, openapi_routes
@@ -102,6 +111,8 @@ def create_app(
             *focus_nfce.routes,
             *provider_webhooks.routes,
             *hubsoft.routes,
+            *hubsoft_financeiro.routes,
+            *wuro.routes,
             *openapi_routes(),
             *([metrics_route(metrics.registry)] if metrics else []),
         ],

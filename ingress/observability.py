@@ -27,6 +27,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 import schemas
+from ingress import hubsoft_financeiro, wuro
 from notaflow.metrics import Metrics, render
 
 __all__ = [
@@ -227,6 +228,7 @@ def _components() -> dict[str, Any]:
                 "description": "Dialeto Focus NFe: o token como usuário, senha vazia "
                 '(`curl -u "TOKEN:"`).',
             },
+            **wuro.OPENAPI_SECURITY,
             "hubsoftBearer": {
                 "type": "http",
                 "scheme": "bearer",
@@ -925,11 +927,12 @@ def openapi_document() -> dict[str, Any]:
             {"name": "Focus NFC-e"},
             {"name": "Focus gatilhos"},
             {"name": "HubSoft"},
+            {"name": "Wuro"},
             {"name": "Provedores"},
             {"name": "Operação"},
         ],
         "security": FOCUS_AUTH,
-        "paths": _paths(),
+        "paths": {**_paths(), **hubsoft_financeiro.OPENAPI_PATHS, **wuro.OPENAPI_PATHS},
         "components": components,
     }
 

@@ -29,7 +29,6 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from consumers.invoice_pdf import render_invoice_pdf
 from ingress.body import BodyNotJson, BodyTooLarge, read_json
 from ingress.deps import IngressDeps, deps
 from ingress.errors import IngressError
@@ -38,6 +37,7 @@ from notaflow import billing as b
 from notaflow.emails import valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
+from notaflow.invoice_pdf import render_invoice_pdf
 from notaflow.store.invoices import (
     BillingConfigStore,
     Invoice,

@@ -23,8 +23,13 @@ def _parser() -> argparse.ArgumentParser:
 
     sub.add_parser("ingress", help="run the HTTP ingress (configured by NOTAFLOW_*)")
     consume = sub.add_parser("consume", help="run a consumer (configured by NOTAFLOW_*)")
-    consume.add_argument("name", choices=["emission", "cancellation", "notification"])
+    consume.add_argument("name", choices=["emission", "cancellation", "notification", "billing"])
     sub.add_parser("migrate", help="create or upgrade the database schema and Kafka topics")
+    sub.add_parser("dunning", help="send the due invoice reminders once (safe to run in parallel)")
+    billing_app = sub.add_parser(
+        "billing-app", help="create a Wuro app credential (X-APP-ID / X-APP-SECRET) for a tenant"
+    )
+    billing_app.add_argument("tenant")
 
     tenant = sub.add_parser("tenant", help="manage tenants")
     tsub = tenant.add_subparsers(dest="tenant_command", required=True)
@@ -101,6 +106,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         asyncio.run(processes.run_consumer(settings, args.name))
     elif args.command == "migrate":
         asyncio.run(processes.prepare(settings))
+    elif args.command == "dunning":
+        print(f"{asyncio.run(processes.run_dunning(settings))} reminder(s) sent")
+    elif args.command == "billing-app":
+        app_id, secret = asyncio.run(_billing_app(settings, args.tenant))
+        print(f"X-APP-ID: {app_id}\nX-APP-SECRET: {secret}")
     elif args.command == "tenant":
         print(asyncio.run(_create_tenant(settings, args.id, args.name or args.id, args.cnpj)))
     elif args.command == "dlq":
@@ -176,6 +186,20 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
         await bus.stop()
     print(f"{count} record(s) replayed", file=sys.stderr)
     return 0
+
+
+async def _billing_app(settings: Settings, tenant_id: str) -> tuple[str, str]:
+    from notaflow.store import TenantStore, create_engine, migrate
+    from notaflow.store.invoices import BillingConfigStore
+
+    engine = create_engine(settings.database_url)
+    try:
+        await migrate(engine)
+        if await TenantStore(engine).get(tenant_id) is None:
+            raise SystemExit(f"unknown tenant {tenant_id!r}")
+        return await BillingConfigStore(engine).create_app(tenant_id)
+    finally:
+        await engine.dispose()
 
 
 async def _history(settings: Settings, tenant: str, ref: str) -> object:

@@ -90,7 +90,8 @@ def dev_settings(
         smtp_pause=0.2,
         # The dev hooks usually point at the developer's own machine.
         hooks_allow_private=True,
-        health_port=0,  # three consumers on one machine
+        health_port=0,  # several consumers on one machine
+        billing_link_secret=secret,
         emites_host="127.0.0.1",
         emites_port=emites_port,
         emites_cnpj=DEMO_CNPJS[0],
@@ -254,7 +255,7 @@ def run_dev(opts: DevOptions) -> int:
         )
         wait_ready(f"{settings.focus_base_url}/_sandbox/stats", children)
         asyncio.run(register_hook(settings))
-        for name in ("emission", "cancellation", "notification"):
+        for name in ("emission", "cancellation", "notification", "billing"):
             children.append(
                 Child(f"consumer-{name}", ["consume", name], env, data / f"consumer-{name}.log")
             )

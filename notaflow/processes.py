@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+from typing import Any
 
 import uvicorn
 
@@ -31,7 +32,7 @@ from notaflow.topics import Topics
 
 log = logging.getLogger("notaflow")
 
-CONSUMERS = ("emission", "cancellation", "notification")
+CONSUMERS = ("emission", "cancellation", "notification", "billing")
 
 
 def configure_logging(level: str, fmt: str = "text", service: str = "notaflow") -> None:
@@ -104,6 +105,7 @@ async def run_ingress(settings: Settings) -> None:
 async def run_consumer(settings: Settings, name: str) -> None:
     from prometheus_client import CollectorRegistry
 
+    from consumers.billing import BillingEvents, BillingMailer
     from consumers.cancellation import CancellationConsumer
     from consumers.emission import EmissionConsumer
     from consumers.nfce import NfceCanceller, NfceEmitter
@@ -115,6 +117,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
     from consumers.runner import Runner
     from notaflow.health import HealthServer, progress_check
     from notaflow.metrics import Metrics
+    from notaflow.store.invoices import BillingConfigStore, InvoiceDeliveryStore, InvoiceStore
 
     if name not in CONSUMERS:
         raise SystemExit(f"unknown consumer {name!r}; choose one of {', '.join(CONSUMERS)}")
@@ -170,6 +173,8 @@ async def run_consumer(settings: Settings, name: str) -> None:
         )
         cancellation = CancellationConsumer(documents, focus, bus, topics, canceller)
         handler, subscribed = cancellation.handle, [topics.nfse_commands, topics.nfce_commands]
+    elif name == "billing":
+        handler, subscribed = BillingEvents(InvoiceStore(engine)).handle, [topics.billing_events]
     else:
         mailer = (
             Mailer(
@@ -206,7 +211,23 @@ async def run_consumer(settings: Settings, name: str) -> None:
             ),
             metrics,
         )
-        handler, subscribed = notification.handle, [topics.lifecycle, topics.nfse_commands]
+        billing_mailer = BillingMailer(
+            engine,
+            InvoiceStore(engine),
+            BillingConfigStore(engine),
+            InvoiceDeliveryStore(engine),
+            mailer,
+            settings.public_url,
+        )
+
+        async def notify(record: Any) -> None:
+            if record.topic == topics.billing_commands:
+                await billing_mailer.handle(record)
+            else:
+                await notification.handle(record)
+
+        handler = notify
+        subscribed = [topics.lifecycle, topics.nfse_commands, topics.billing_commands]
         background.append(asyncio.create_task(notification.run_retries(stop_retries)))
     runner = Runner(settings, name, subscribed, handler, bus, topics.dead_letter, metrics=metrics)
     health = HealthServer(
@@ -242,6 +263,33 @@ async def run_consumer(settings: Settings, name: str) -> None:
         await health.stop()
         tracing.shutdown()
         log.info("consumer %s stopped: %s", name, runner.stats)
+
+
+async def run_dunning(settings: Settings) -> int:
+    """One dunning pass (`notaflow dunning`, e.g. a daily CronJob); safe beside other replicas."""
+    from consumers.billing import DunningJob
+    from notaflow.billing import Links
+    from notaflow.store.invoices import BillingConfigStore, DunningStore, InvoiceStore
+
+    topics = Topics(settings.kafka_topic_prefix)
+    engine = create_engine(settings.database_url)
+    bus = Bus(settings)
+    await bus.start()
+    try:
+        await bus.wait_connected(60)
+        job = DunningJob(
+            engine,
+            InvoiceStore(engine),
+            BillingConfigStore(engine),
+            DunningStore(engine),
+            bus,
+            topics.billing_commands,
+            Links(settings.public_url, settings.billing_link_secret),
+        )
+        return await job.run()
+    finally:
+        await bus.stop()
+        await engine.dispose()
 
 
 async def prepare(settings: Settings) -> None:

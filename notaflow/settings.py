@@ -41,6 +41,8 @@ class Settings:
     port: int = 8000
     max_body_bytes: int = 1_048_576
     public_url: str = "http://127.0.0.1:8000"
+    # HMAC key of the invoice links in billing e-mails (PDF/HTML without credentials).
+    billing_link_secret: str = ""
     # Provider: Focus NFe
     focus_base_url: str = "https://homologacao.focusnfe.com.br"
     focus_token: str = ""

@@ -15,6 +15,8 @@ REPLY = "br.notaflow.reply"
 NFCE_CREATE = "br.notaflow.nfce.create"
 NFCE_CANCEL = "br.notaflow.nfce.cancel"
 NFCE_STATUS = "br.notaflow.nfce.status"
+INVOICE_EVENT = "br.notaflow.invoice.event"
+INVOICE_MAIL = "br.notaflow.invoice.mail"
 
 
 @dataclass(frozen=True)
@@ -46,6 +48,16 @@ class Topics:
         """Outcomes of synchronous commands (cancel, HubSoft e-mail) for the waiting ingress."""
         return self.prefix + "replies"
 
+    @property
+    def billing_events(self) -> str:
+        """Invoice events from billing systems (key tenant:invoice:uid)."""
+        return self.prefix + "billing.events"
+
+    @property
+    def billing_commands(self) -> str:
+        """Invoice e-mails to send (key tenant:invoice:uid)."""
+        return self.prefix + "billing.commands"
+
     def all(self) -> list[str]:
         return [
             self.nfse_commands,
@@ -54,6 +66,8 @@ class Topics:
             self.lifecycle,
             self.dead_letter,
             self.replies,
+            self.billing_events,
+            self.billing_commands,
         ]
 
 

@@ -4,17 +4,29 @@ from notaflow.store.db import create_engine, migrate
 from notaflow.store.deliveries import Delivery, DeliveryStore
 from notaflow.store.documents import Claim, ClaimRequest, Document, DocumentStore
 from notaflow.store.hooks import Hook, HookStore, TooManyHooks
+from notaflow.store.invoices import (
+    BillingConfigStore,
+    DunningStore,
+    Invoice,
+    InvoiceDeliveryStore,
+    InvoiceStore,
+)
 from notaflow.store.tenants import Tenant, TenantStore
 
 __all__ = [
+    "BillingConfigStore",
     "Claim",
     "ClaimRequest",
     "Delivery",
     "DeliveryStore",
     "Document",
     "DocumentStore",
+    "DunningStore",
     "Hook",
     "HookStore",
+    "Invoice",
+    "InvoiceDeliveryStore",
+    "InvoiceStore",
     "Tenant",
     "TenantStore",
     "TooManyHooks",

@@ -122,7 +122,10 @@ class DeliveryStore:
             )
         return res.rowcount == 1
 
-    async def due(self, limit: int = 50) -> list[Delivery]:
+    async def due(
+        self, limit: int = 50, channels: tuple[str, ...] = ("email", "webhook")
+    ) -> list[Delivery]:
+        """Pending deliveries whose retry time has come, of the channels the caller handles."""
         now = _now()
         async with self._engine.connect() as conn:
             rows = (
@@ -130,6 +133,7 @@ class DeliveryStore:
                     sa.select(deliveries)
                     .where(
                         deliveries.c.status == PENDING,
+                        deliveries.c.channel.in_(channels),
                         deliveries.c.next_attempt_at <= now,
                         sa.or_(
                             deliveries.c.locked_until.is_(None), deliveries.c.locked_until < now

@@ -190,7 +190,7 @@ def test_ctrl_c_stops_every_process(tmp_path: Path) -> None:
                 ["pgrep", "-P", str(d.process.pid)], capture_output=True, text=True
             ).stdout.split()
         ]
-        assert len(children) == 8, children  # broker, 3 sandboxes, 3 consumers, ingress
+        assert len(children) == 9, children  # broker, 3 sandboxes, 4 consumers, ingress
     finally:
         code = d.stop()
     assert code == 0

@@ -244,4 +244,6 @@ def test_topic_names_carry_the_prefix() -> None:
         "t1.lifecycle",
         "t1.dead-letter",
         "t1.replies",
+        "t1.billing.events",
+        "t1.billing.commands",
     ]
