@@ -172,6 +172,7 @@ def test_default_renders_only_the_core(default: list[Manifest]) -> None:
         "Deployment",
         "Deployment",
         "Deployment",
+        "Deployment",
         "Job",
         "Secret",
         "Secret",
@@ -192,7 +193,7 @@ def test_ci_values_turn_everything_on(full: list[Manifest]) -> None:
         "CronJob",
     }
     assert len(of_kind(full, "CronJob")) == 2
-    assert len(of_kind(full, "KafkaTopic")) == 6
+    assert len(of_kind(full, "KafkaTopic")) == 8
 
 
 # --- values.schema.json --------------------------------------------------------------------
@@ -245,9 +246,14 @@ def test_ingress_probes_and_port(default: list[Manifest]) -> None:
 
 
 def test_one_deployment_per_enabled_consumer(default: list[Manifest], full: list[Manifest]) -> None:
-    assert set(consumer_deployments(default)) == {"emission", "cancellation", "notification"}
+    assert set(consumer_deployments(default)) == {
+        "emission",
+        "cancellation",
+        "notification",
+        "billing",
+    }
     deployments = consumer_deployments(full)
-    assert set(deployments) == {"emission", "cancellation", "notification"}
+    assert set(deployments) == {"emission", "cancellation", "notification", "billing"}
     selectors = set()
     for name, dep in deployments.items():
         assert dep["metadata"]["name"] == f"{RELEASE}-notaflow-consumer-{name}"
@@ -270,6 +276,7 @@ def test_a_new_consumer_is_one_values_entry() -> None:
         "emission",
         "cancellation",
         "notification",
+        "billing",
         "audit-log",
     }
     dep = consumer_deployments(docs)["audit-log"]
@@ -437,6 +444,7 @@ def test_keda_scales_on_group_lag_and_never_past_the_partitions(full: list[Manif
     assert set(scaled) == {
         f"{RELEASE}-notaflow-consumer-emission",
         f"{RELEASE}-notaflow-consumer-notification",
+        f"{RELEASE}-notaflow-consumer-billing",
     }
     partitions = ci_values()["config"]["kafka"]["partitions"]
     for name, obj in scaled.items():
@@ -470,7 +478,7 @@ def test_keda_max_replicas_is_capped(partitions: int, asked: int, expected: int)
         "consumerDefaults": {"keda": {"enabled": True, "maxReplicaCount": asked}},
     }
     objects = of_kind(render(values), "ScaledObject")
-    assert len(objects) == 3  # one per default consumer
+    assert len(objects) == 4  # one per default consumer
     assert all(obj["spec"]["maxReplicaCount"] == expected for obj in objects)
 
 
@@ -483,6 +491,8 @@ def test_strimzi_topics_follow_the_kafka_settings(full: list[Manifest]) -> None:
         "notaflow.lifecycle",
         "notaflow.dead-letter",
         "notaflow.replies",
+        "notaflow.billing.events",
+        "notaflow.billing.commands",
     }
     for obj in topics.values():
         assert obj["metadata"]["labels"]["strimzi.io/cluster"] == "main"
