@@ -30,6 +30,17 @@ def _parser() -> argparse.ArgumentParser:
         "billing-app", help="create a Wuro app credential (X-APP-ID / X-APP-SECRET) for a tenant"
     )
     billing_app.add_argument("tenant")
+    template = sub.add_parser(
+        "billing-template", help="set a tenant's e-mail template for an invoice action"
+    )
+    template.add_argument("tenant")
+    template.add_argument("action", choices=["send_invoice", "dunning_invoice"])
+    template.add_argument("--subject", required=True, help="may use [facture-numero] etc.")
+    template.add_argument("--content", required=True, help="HTML with [lien-pdf], [contact-nom]…")
+    policy = sub.add_parser("billing-policy", help="set a tenant's dunning steps and issuer")
+    policy.add_argument("tenant")
+    policy.add_argument("--steps", help="days after due, e.g. 3,10")
+    policy.add_argument("--issuer", help='JSON, e.g. {"nome": "ACME", "cnpj": "..."}')
 
     tenant = sub.add_parser("tenant", help="manage tenants")
     tsub = tenant.add_subparsers(dest="tenant_command", required=True)
@@ -111,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "billing-app":
         app_id, secret = asyncio.run(_billing_app(settings, args.tenant))
         print(f"X-APP-ID: {app_id}\nX-APP-SECRET: {secret}")
+    elif args.command in ("billing-template", "billing-policy"):
+        asyncio.run(_billing_config(settings, args))
+        print("ok")
     elif args.command == "tenant":
         print(asyncio.run(_create_tenant(settings, args.id, args.name or args.id, args.cnpj)))
     elif args.command == "dlq":
@@ -198,6 +212,24 @@ async def _billing_app(settings: Settings, tenant_id: str) -> tuple[str, str]:
         if await TenantStore(engine).get(tenant_id) is None:
             raise SystemExit(f"unknown tenant {tenant_id!r}")
         return await BillingConfigStore(engine).create_app(tenant_id)
+    finally:
+        await engine.dispose()
+
+
+async def _billing_config(settings: Settings, args: argparse.Namespace) -> None:
+    from notaflow.store import create_engine, migrate
+    from notaflow.store.invoices import BillingConfigStore
+
+    engine = create_engine(settings.database_url)
+    try:
+        await migrate(engine)
+        config = BillingConfigStore(engine)
+        if args.command == "billing-template":
+            await config.set_template(args.tenant, args.action, args.subject, args.content)
+        else:
+            steps = [int(x) for x in args.steps.split(",")] if args.steps else None
+            issuer = json.loads(args.issuer) if args.issuer else None
+            await config.set_policy(args.tenant, steps, issuer)
     finally:
         await engine.dispose()
 
