@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from consumers.errors import PermanentFailure, TransientFailure
-from consumers.lifecycle import publish_status, reply
+from consumers.lifecycle import cancelled_by, publish_status, reply_status
 from consumers.nfce import NfceCanceller
 from consumers.providers.focus import FocusClient
 from notaflow import topics as t
@@ -69,7 +69,8 @@ class CancellationConsumer:
             return
         if doc.status == CANCELLED:
             await self._answer(
-                event, "cancelado" if await self._cancelled_by(doc, event) else "nfe_cancelada"
+                event,
+                "cancelado" if await cancelled_by(self._docs, doc, event) else "nfe_cancelada",
             )
             return
         assert doc.status == AUTHORIZED and doc.provider_ref is not None
@@ -94,26 +95,15 @@ class CancellationConsumer:
 
     async def _cancelled(self, doc: Document, event: Event, body: dict[str, Any]) -> None:
         result = {**doc.result, **result_from_provider(body)}
-        updated = await self._docs.transition(doc.id, doc.attempt, CANCELLED, SOURCE, result)
+        # The command id goes into the history entry, so a redelivery answers "cancelado".
+        updated = await self._docs.transition(
+            doc.id, doc.attempt, CANCELLED, SOURCE, result, detail={"command_id": event.id}
+        )
         if updated is not None:
-            await self._docs.note(
-                doc.id, doc.attempt, "cancelamento", SOURCE, {"command_id": event.id}
-            )
             await publish_status(self._bus, self._topics, updated, SOURCE, event)
         await self._answer(event, "cancelado")
-
-    async def _cancelled_by(self, doc: Document, event: Event) -> bool:
-        """Whether this very command cancelled the note (a redelivery gets the same answer)."""
-        for entry in await self._docs.history(doc.id):
-            detail = entry.get("detail")
-            if entry["status"] == CANCELLED and isinstance(detail, dict):
-                return bool(detail.get("command_id") == event.id)
-        return False
 
     async def _answer(
         self, event: Event, status: str, erros: list[dict[str, Any]] | None = None
     ) -> None:
-        data: dict[str, Any] = {"status": status}
-        if erros:
-            data["erros"] = erros
-        await reply(self._bus, self._topics, event, SOURCE, data)
+        await reply_status(self._bus, self._topics, event, SOURCE, status, erros)

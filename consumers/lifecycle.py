@@ -8,7 +8,7 @@ from typing import Any
 from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.envelope import Event
-from notaflow.store import Document
+from notaflow.store import Document, DocumentStore
 from notaflow.tracing import outgoing_traceparent
 from notaflow.views import view_of
 
@@ -44,3 +44,27 @@ async def reply(
         traceparent=outgoing_traceparent(cause.traceparent),
     )
     await bus.publish(topics.replies, event, cause.id.encode())
+
+
+async def reply_status(
+    bus: Bus,
+    topics: t.Topics,
+    cause: Event,
+    source: str,
+    status: str,
+    erros: list[dict[str, Any]] | None = None,
+) -> None:
+    """A cancellation's outcome: `status`, and `erros` when the provider refused."""
+    data: dict[str, Any] = {"status": status}
+    if erros:
+        data["erros"] = erros
+    await reply(bus, topics, cause, source, data)
+
+
+async def cancelled_by(documents: DocumentStore, doc: Document, cause: Event) -> bool:
+    """Whether this very command cancelled the note (its redelivery gets the same answer)."""
+    for entry in await documents.history(doc.id):
+        detail = entry.get("detail")
+        if entry["status"] == "cancelado" and isinstance(detail, dict):
+            return bool(detail.get("command_id") == cause.id)
+    return False

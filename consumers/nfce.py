@@ -17,7 +17,7 @@ from typing import Any
 from opentelemetry.trace import SpanKind
 
 from consumers.errors import PermanentFailure, TransientFailure, Unsent
-from consumers.lifecycle import publish_status, reply
+from consumers.lifecycle import cancelled_by, publish_status, reply, reply_status
 from consumers.providers.emites import EmitesClient, EmitesReply
 from notaflow import topics as t
 from notaflow import tracing
@@ -184,7 +184,8 @@ class NfceCanceller:
             return
         if doc.status == CANCELLED:
             await self._answer(
-                event, "cancelado" if await self._mine(doc, event) else "nfe_cancelada"
+                event,
+                "cancelado" if await cancelled_by(self._docs, doc, event) else "nfe_cancelada",
             )
             return
         chave = doc.result.get("chave_nfe")
@@ -212,17 +213,7 @@ class NfceCanceller:
         await self._docs.note(doc.id, doc.attempt, "erro_cancelamento", self._source, erros)
         await self._answer(event, "erro_cancelamento", erros)
 
-    async def _mine(self, doc: Document, event: Event) -> bool:
-        for entry in await self._docs.history(doc.id):
-            detail = entry.get("detail")
-            if entry["status"] == CANCELLED and isinstance(detail, dict):
-                return bool(detail.get("command_id") == event.id)
-        return False
-
     async def _answer(
         self, event: Event, status: str, erros: list[dict[str, Any]] | None = None
     ) -> None:
-        data: dict[str, Any] = {"status": status}
-        if erros:
-            data["erros"] = erros
-        await reply(self._bus, self._topics, event, self._source, data)
+        await reply_status(self._bus, self._topics, event, self._source, status, erros)

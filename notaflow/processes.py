@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+from collections.abc import Coroutine
 from typing import Any
 
 import uvicorn
@@ -302,21 +303,26 @@ async def prepare(settings: Settings) -> None:
     await ensure_topics(settings, Topics(settings.kafka_topic_prefix).all())
 
 
-async def run_focus_sandbox(host: str, port: int, tokens: set[str], delay: float) -> None:
-    from sandbox.focus import FocusSandboxConfig, serve_focus_sandbox
-
-    config = FocusSandboxConfig(tokens=tokens, processing_delay=delay)
+async def serve_until_signal(server: Coroutine[Any, Any, None]) -> None:
+    """Run a sandbox server until SIGTERM/SIGINT, then cancel it (it closes cleanly)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    task = asyncio.create_task(serve_focus_sandbox(config, host, port))
+    task = asyncio.create_task(server)
     waiter = asyncio.create_task(stop.wait())
     await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
     task.cancel()
     waiter.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await task
+
+
+async def run_focus_sandbox(host: str, port: int, tokens: set[str], delay: float) -> None:
+    from sandbox.focus import FocusSandboxConfig, serve_focus_sandbox
+
+    config = FocusSandboxConfig(tokens=tokens, processing_delay=delay)
+    await serve_until_signal(serve_focus_sandbox(config, host, port))
 
 
 async def run_smtp_sink(host: str, port: int, outbox: str) -> None:
@@ -324,34 +330,14 @@ async def run_smtp_sink(host: str, port: int, outbox: str) -> None:
 
     from sandbox.smtp_sink import serve_smtp_sink
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    task = asyncio.create_task(serve_smtp_sink(Path(outbox), host, port))
-    waiter = asyncio.create_task(stop.wait())
-    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    task.cancel()
-    waiter.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await serve_until_signal(serve_smtp_sink(Path(outbox), host, port))
 
 
 async def run_emites_sandbox(host: str, port: int, cnpj: str, cancel_window: float) -> None:
     from sandbox.emites import EmitesSandboxConfig, serve_emites_sandbox
 
     config = EmitesSandboxConfig(emitter_cnpj=cnpj, cancel_window=cancel_window)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    task = asyncio.create_task(serve_emites_sandbox(config, host, port))
-    waiter = asyncio.create_task(stop.wait())
-    await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-    task.cancel()
-    waiter.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await task
+    await serve_until_signal(serve_emites_sandbox(config, host, port))
 
 
 async def run_reconciler(settings: Settings, older_than: float, limit: int, every: float) -> None:
