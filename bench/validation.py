@@ -1,6 +1,6 @@
 """Micro benchmark of `normalize_nfse`, the ingress hot path.
 
-Run: .venv/bin/python bench/validation.py
+Run: bin/bench validation
 
 Measures documents/s of `normalize_nfse` on seed 001's JSON example (with a valid prestador
 CNPJ) against `json.loads` of the same body, the work every request does anyway, and prints
@@ -12,43 +12,19 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from notaflow.errors import InvalidDocument
 from notaflow.nfse import normalize_nfse
+from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 
 BODY = json.dumps(
-    {
-        "data_emissao": "2017-09-21T22:15:00",
-        "prestador": {
-            "cnpj": "51916585000125",
-            "inscricao_municipal": "12345",
-            "codigo_municipio": "3516200",
-        },
-        "tomador": {
-            "cnpj": "07504505000132",
-            "razao_social": "Acras Tecnologia da Informação LTDA",
-            "email": "contato@focusnfe.com.br",
-            "endereco": {
-                "logradouro": "Rua Dias da Rocha Filho",
-                "numero": "999",
-                "complemento": "Prédio 04 - Sala 34C",
-                "bairro": "Alto da XV",
-                "codigo_municipio": "4106902",
-                "uf": "PR",
-                "cep": "80045165",
-            },
-        },
-        "servico": {
-            "aliquota": 3,
-            "discriminacao": "Nota fiscal referente a serviços prestados",
-            "iss_retido": "false",
-            "item_lista_servico": "0107",
-            "codigo_tributario_municipio": "620910000",
-            "valor_servicos": 1.0,
-        },
-    },
+    with_valid_cnpjs(JSON_EXAMPLE),
     ensure_ascii=False,
 )
 

@@ -22,83 +22,20 @@ from notaflow.nfse import (
     validate_justificativa,
     validate_ref,
 )
+from tests.e2e.seed_examples import JSON_EXAMPLE, PYTHON_EXAMPLE
 
 VALID_CNPJ = "51916585000125"  # valid per shared/specs/focus-nfse.md
 VALID_CNPJ_2 = "22769530000131"
 
 # --- the seed's examples, as the body each client sends ------------------------------------
 
-SEED_JSON: dict[str, Any] = {
-    "data_emissao": "2017-09-21T22:15:00",
-    "prestador": {
-        "cnpj": "18765499000199",
-        "inscricao_municipal": "12345",
-        "codigo_municipio": "3516200",
-    },
-    "tomador": {
-        "cnpj": "07504505000132",
-        "razao_social": "Acras Tecnologia da Informação LTDA",
-        "email": "contato@focusnfe.com.br",
-        "endereco": {
-            "logradouro": "Rua Dias da Rocha Filho",
-            "numero": "999",
-            "complemento": "Prédio 04 - Sala 34C",
-            "bairro": "Alto da XV",
-            "codigo_municipio": "4106902",
-            "uf": "PR",
-            "cep": "80045165",
-        },
-    },
-    "servico": {
-        "aliquota": 3,
-        "discriminacao": "Nota fiscal referente a serviços prestados",
-        "iss_retido": "false",
-        "item_lista_servico": "0107",
-        "codigo_tributario_municipio": "620910000",
-        "valor_servicos": 1.0,
-    },
-}
+# The JSON and Python examples are shared with the e2e tests and the benchmark.
+SEED_JSON: dict[str, Any] = JSON_EXAMPLE
 
-# The Ruby example sends the same hash as the JSON example.
 SEED_RUBY: dict[str, Any] = copy.deepcopy(SEED_JSON)
 
-SEED_PYTHON: dict[str, Any] = {
-    "prestador": {
-        "cnpj": "99999999999999",
-        "inscricao_municipal": "99999999",
-        "codigo_municipio": "9999999",
-    },
-    "servico": {
-        "aliquota": "2.92",
-        "base_calculo": "1.00",
-        "discriminacao": "SERVICOS E MAO DE OBRA",
-        "iss_retido": "0",
-        "item_lista_servico": "1412",
-        "valor_iss": "11.68",
-        "valor_liquido": "1.00",
-        "valor_servicos": "1.00",
-    },
-    "tomador": {
-        "endereco": {
-            "bairro": "São Miriti",
-            "cep": "31999-000",
-            "codigo_municipio": "9999999",
-            "logradouro": "João Batista Netos",
-            "numero": "34",
-            "uf": "MG",
-        },
-        "cnpj": "99999999999999",
-        "razao_social": "Parkinson da silva coelho JR",
-    },
-    "razao_social": "ACME INK",
-    "data_emissao": "2018-02-26T12:00:00-03:00",
-    "incentivador_cultural": "false",
-    "natureza_operacao": "1",
-    "optante_simples_nacional": "true",
-    "status": "1",
-}
+SEED_PYTHON: dict[str, Any] = PYTHON_EXAMPLE
 
-# Jettison's JSONObject of HashMaps: every value a string.
 SEED_JAVA: dict[str, Any] = {
     "data_emissao": "2018-01-15T17:40:00",
     "natureza_operacao": "1",
