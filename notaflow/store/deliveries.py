@@ -4,13 +4,15 @@ redelivered Kafka record finds the row it already made; every attempt recorded."
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from notaflow.store.clock import as_utc as _utc
+from notaflow.store.clock import now as _now
 from notaflow.store.tables import deliveries, delivery_attempts
 
 PENDING = "pending"
@@ -31,16 +33,6 @@ class Delivery:
     attempts: int
     next_attempt_at: datetime | None
     last_error: str | None
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def _delivery(row: sa.Row[Any]) -> Delivery:

@@ -20,6 +20,8 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from notaflow.errors import RefInUse
+from notaflow.store.clock import as_utc as _utc
+from notaflow.store.clock import now as _now
 from notaflow.store.tables import blobs, document_events, documents
 
 PROCESSING = "processando_autorizacao"
@@ -77,17 +79,6 @@ class ClaimRequest:
     payload: dict[str, Any]
     command_id: str
     source: str
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(value: datetime | None) -> datetime | None:
-    # SQLite hands timestamps back naive; they were written in UTC.
-    if value is not None and value.tzinfo is None:
-        return value.replace(tzinfo=UTC)
-    return value
 
 
 def _doc(row: sa.Row[Any]) -> Document:

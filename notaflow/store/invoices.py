@@ -9,7 +9,7 @@ import hmac
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import UTC, date, datetime
+from datetime import date
 from decimal import Decimal
 from typing import Any
 
@@ -39,6 +39,8 @@ from notaflow.store.billing_tables import (
     dunning_claims,
     invoices,
 )
+from notaflow.store.clock import as_utc as _utc
+from notaflow.store.clock import now as _now
 from notaflow.store.deliveries import PENDING, Delivery, DeliveryStore
 from notaflow.store.tables import deliveries, tenant_companies, tenants
 
@@ -51,14 +53,6 @@ SEARCH_COLUMNS = {
 
 class _Conflict(Exception):
     pass
-
-
-def _now() -> datetime:
-    return datetime.now(UTC)
-
-
-def _utc(value: datetime) -> datetime:
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
 @dataclass(frozen=True)
