@@ -10,6 +10,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from ingress.cancellation import cancel_and_wait
 from ingress.deps import deps
 from ingress.errors import FocusError, invalid, not_found, unavailable
 from ingress.focus_nfse import authenticate, focus_json, query_value
@@ -98,47 +99,19 @@ async def cancel_nfce(request: Request) -> Response:
         motivo = validate_motivo(body)
     except InvalidDocument as exc:
         raise invalid(exc.message) from exc
-    doc = await d.documents.get(tenant.id, KIND, ref)
-    if doc is None:
-        raise not_found()
-    if doc.status == CANCELLED:
-        raise FocusError(400, "nfe_cancelada", "Nota Fiscal já cancelada")
-    if doc.status == ERROR:
-        raise FocusError(
-            400, "nfe_nao_autorizada", "Nota fiscal não autorizada não pode ser cancelada"
-        )
-    command_id = str(uuid.uuid4())
-    event = Event(
-        type=t.NFCE_CANCEL,
-        source=SOURCE,
-        data={"tenant": tenant.id, "ref": ref, "motivo": motivo},
-        subject=ref,
-        id=command_id,
-        tenant=tenant.id,
+    return await cancel_and_wait(
+        request,
+        d,
+        tenant,
+        kind=KIND,
+        ref=ref,
+        event_type=t.NFCE_CANCEL,
+        topic=d.topics.nfce_commands,
+        data={"motivo": motivo},
+        wait=d.settings.nfce_wait,
+        view=nfce_view,
+        cancelled_body=lambda doc: nfce_view(doc) if doc else {"status": "cancelado"},
     )
-    d.waiters.register(command_id)
-    try:
-        await d.bus.publish(d.topics.nfce_commands, event, t.document_key(tenant.id, KIND, ref))
-    except BusUnavailable as exc:
-        d.waiters.forget(command_id)
-        raise unavailable() from exc
-    outcome = await d.waiters.wait(command_id, d.settings.nfce_wait)
-    if outcome is None:
-        current = await d.documents.get(tenant.id, KIND, ref)
-        return FastJSONResponse(nfce_view(current) if current else {"ref": ref}, status_code=202)
-    status = outcome.get("status")
-    if status == "cancelado":
-        current = await d.documents.get(tenant.id, KIND, ref)
-        return FastJSONResponse(nfce_view(current) if current else {"status": "cancelado"})
-    if status == "erro_cancelamento":
-        return FastJSONResponse({"status": "erro_cancelamento", "erros": outcome.get("erros", [])})
-    if status == "nfe_cancelada":
-        raise FocusError(400, "nfe_cancelada", "Nota Fiscal já cancelada")
-    if status == "nfe_nao_autorizada":
-        raise FocusError(
-            400, "nfe_nao_autorizada", "Nota fiscal não autorizada não pode ser cancelada"
-        )
-    raise not_found()
 
 
 async def nfce_file(request: Request) -> Response:

@@ -11,6 +11,7 @@ from starlette.routing import Route
 
 from ingress.auth import basic_token
 from ingress.body import BodyNotJson, BodyTooLarge, read_json
+from ingress.cancellation import cancel_and_wait
 from ingress.deps import IngressDeps, deps
 from ingress.errors import FocusError, invalid, not_found, unavailable
 from ingress.responses import FastJSONResponse
@@ -20,7 +21,7 @@ from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
 from notaflow.nfse import normalize_nfse, validate_justificativa, validate_ref
 from notaflow.store import ClaimRequest, Tenant
-from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
+from notaflow.store.documents import AUTHORIZED, CANCELLED
 from notaflow.tracing import outgoing_traceparent
 from notaflow.views import nfse_view
 
@@ -145,43 +146,19 @@ async def cancel_nfse(request: Request) -> Response:
         justificativa = validate_justificativa(body)
     except InvalidDocument as exc:
         raise invalid(exc.message) from exc
-    doc = await d.documents.get(tenant.id, KIND, ref)
-    if doc is None:
-        raise not_found()
-    if doc.status == CANCELLED:
-        raise FocusError(400, "nfe_cancelada", "Nota Fiscal já cancelada")
-    if doc.status == ERROR:
-        raise FocusError(400, "nfe_nao_autorizada", NAO_AUTORIZADA)
-    command_id = str(uuid.uuid4())
-    event = Event(
-        type=t.NFSE_CANCEL,
-        source=SOURCE,
-        data={"tenant": tenant.id, "ref": ref, "justificativa": justificativa},
-        subject=ref,
-        id=command_id,
-        tenant=tenant.id,
-        traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
+    return await cancel_and_wait(
+        request,
+        d,
+        tenant,
+        kind=KIND,
+        ref=ref,
+        event_type=t.NFSE_CANCEL,
+        topic=d.topics.nfse_commands,
+        data={"justificativa": justificativa},
+        wait=d.settings.cancel_wait,
+        view=nfse_view,
+        cancelled_body=lambda _doc: {"status": "cancelado"},  # seed 001's answer
     )
-    d.waiters.register(command_id)  # before publishing: the answer may be quick
-    try:
-        await d.bus.publish(d.topics.nfse_commands, event, t.document_key(tenant.id, KIND, ref))
-    except BusUnavailable as exc:
-        d.waiters.forget(command_id)
-        raise unavailable() from exc
-    outcome = await d.waiters.wait(command_id, d.settings.cancel_wait)
-    if outcome is None:
-        current = await d.documents.get(tenant.id, KIND, ref)
-        return FastJSONResponse(nfse_view(current) if current else {"ref": ref}, status_code=202)
-    status = outcome.get("status")
-    if status == "cancelado":
-        return FastJSONResponse({"status": "cancelado"})
-    if status == "erro_cancelamento":
-        return FastJSONResponse({"status": "erro_cancelamento", "erros": outcome.get("erros", [])})
-    if status == "nfe_cancelada":
-        raise FocusError(400, "nfe_cancelada", "Nota Fiscal já cancelada")
-    if status == "nfe_nao_autorizada":
-        raise FocusError(400, "nfe_nao_autorizada", NAO_AUTORIZADA)
-    raise not_found()
 
 
 async def email_nfse(request: Request) -> Response:
@@ -242,8 +219,6 @@ async def refire_hook(request: Request) -> Response:
         raise unavailable() from exc
     return FastJSONResponse([hook.public() for hook in fired])
 
-
-NAO_AUTORIZADA = "Nota fiscal não autorizada não pode ser cancelada"
 
 routes = [
     Route("/v2/nfse", create_nfse, methods=["POST"]),

@@ -1,0 +1,82 @@
+"""Synchronous cancellation over Kafka, shared by the NFS-e and NFC-e routes of the Focus
+dialect: check the note, publish the command, wait (bounded) for the consumer's answer on the
+replies topic, and answer as Focus does."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+
+from ingress.deps import IngressDeps
+from ingress.errors import FocusError, not_found, unavailable
+from ingress.responses import FastJSONResponse
+from notaflow import topics as t
+from notaflow.envelope import Event
+from notaflow.errors import BusUnavailable
+from notaflow.store import Document, Tenant
+from notaflow.store.documents import CANCELLED, ERROR
+from notaflow.tracing import outgoing_traceparent
+
+SOURCE = "notaflow/ingress"
+NAO_AUTORIZADA = "Nota fiscal não autorizada não pode ser cancelada"
+
+
+def _already_cancelled() -> FocusError:
+    return FocusError(400, "nfe_cancelada", "Nota Fiscal já cancelada")
+
+
+async def cancel_and_wait(
+    request: Request,
+    d: IngressDeps,
+    tenant: Tenant,
+    *,
+    kind: str,
+    ref: str,
+    event_type: str,
+    topic: str,
+    data: dict[str, Any],
+    wait: float,
+    view: Callable[[Document], dict[str, Any]],
+    cancelled_body: Callable[[Document | None], dict[str, Any]],
+) -> Response:
+    doc = await d.documents.get(tenant.id, kind, ref)
+    if doc is None:
+        raise not_found()
+    if doc.status == CANCELLED:
+        raise _already_cancelled()
+    if doc.status == ERROR:
+        raise FocusError(400, "nfe_nao_autorizada", NAO_AUTORIZADA)
+    command_id = str(uuid.uuid4())
+    event = Event(
+        type=event_type,
+        source=SOURCE,
+        data={"tenant": tenant.id, "ref": ref, **data},
+        subject=ref,
+        id=command_id,
+        tenant=tenant.id,
+        traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
+    )
+    d.waiters.register(command_id)  # before publishing: the answer may be quick
+    try:
+        await d.bus.publish(topic, event, t.document_key(tenant.id, kind, ref))
+    except BusUnavailable as exc:
+        d.waiters.forget(command_id)
+        raise unavailable() from exc
+    outcome = await d.waiters.wait(command_id, wait)
+    if outcome is None:  # past the bound: the note as it stands; GET and hooks follow up
+        current = await d.documents.get(tenant.id, kind, ref)
+        return FastJSONResponse(view(current) if current else {"ref": ref}, status_code=202)
+    status = outcome.get("status")
+    if status == "cancelado":
+        return FastJSONResponse(cancelled_body(await d.documents.get(tenant.id, kind, ref)))
+    if status == "erro_cancelamento":
+        return FastJSONResponse({"status": "erro_cancelamento", "erros": outcome.get("erros", [])})
+    if status == "nfe_cancelada":
+        raise _already_cancelled()
+    if status == "nfe_nao_autorizada":
+        raise FocusError(400, "nfe_nao_autorizada", NAO_AUTORIZADA)
+    raise not_found()
