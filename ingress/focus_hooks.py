@@ -50,9 +50,9 @@ async def create_hook(request: Request) -> Response:
     if event not in EVENTS:
         raise invalid('Parâmetro "event" deve ser um evento válido.')
     url = body.get("url")
-    if not isinstance(url, str) or not url:
+    if url is None or url == "":
         raise invalid('Parâmetro "url" não informado')
-    if len(url) > 2000 or not _valid_url(url):
+    if not isinstance(url, str) or len(url) > 2000 or not _valid_url(url):
         raise invalid(f"URL inválida: {url}")
     cnpj = _text(body, "cnpj", 18)
     cpf = _text(body, "cpf", 14)

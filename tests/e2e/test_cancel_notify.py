@@ -267,6 +267,8 @@ def test_hooks_crud_and_delivery_with_retries_and_signature(world: World) -> Non
             "URL inválida"
             in c.post("/v2/hooks", json={"event": "nfse", "url": "ftp://x"}).json()["mensagem"]
         )
+        not_text = c.post("/v2/hooks", json={"event": "nfse", "url": 5}).json()
+        assert not_text["mensagem"] == "URL inválida: 5"
         hook = c.post(
             "/v2/hooks",
             json={
