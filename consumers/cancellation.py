@@ -11,18 +11,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from consumers.errors import PermanentFailure, TransientFailure
-from consumers.lifecycle import cancelled_by, publish_status, reply_status
+from consumers.errors import PermanentFailure
+from consumers.lifecycle import note_to_cancel, publish_status, reply_status
 from consumers.nfce import NfceCanceller
 from consumers.providers.focus import FocusClient
 from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.envelope import Event, decode
-from notaflow.errors import InvalidDocument
 from notaflow.store import Document, DocumentStore
-from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, PROCESSING
+from notaflow.store.documents import AUTHORIZED, CANCELLED
 from notaflow.views import result_from_provider
-from schemas import validator
 
 log = logging.getLogger(__name__)
 SOURCE = "notaflow/consumers/cancellation"
@@ -55,23 +53,10 @@ class CancellationConsumer:
 
     async def cancel(self, event: Event) -> None:
         data = event.data
-        errors = sorted(validator("nfse_cancel_command").iter_errors(data), key=str)
-        if errors:
-            raise InvalidDocument("data", f"comando inválido: {errors[0]}")
-        doc = await self._docs.get(data["tenant"], KIND, data["ref"])
+        doc = await note_to_cancel(
+            self._docs, self._bus, self._topics, event, SOURCE, "nfse_cancel_command", KIND
+        )
         if doc is None:
-            await self._answer(event, "nao_encontrado")
-            return
-        if doc.status == PROCESSING:
-            raise TransientFailure("a nota ainda está em processamento", retry_after=1.0)
-        if doc.status == ERROR:
-            await self._answer(event, "nfe_nao_autorizada")
-            return
-        if doc.status == CANCELLED:
-            await self._answer(
-                event,
-                "cancelado" if await cancelled_by(self._docs, doc, event) else "nfe_cancelada",
-            )
             return
         assert doc.status == AUTHORIZED and doc.provider_ref is not None
         answer = await self._focus.cancel_nfse(doc.provider_ref, data["justificativa"])

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from consumers.errors import TransientFailure
 from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.envelope import Event
+from notaflow.errors import InvalidDocument
 from notaflow.store import Document, DocumentStore
+from notaflow.store.documents import CANCELLED, ERROR, PROCESSING
 from notaflow.tracing import outgoing_traceparent
 from notaflow.views import view_of
+from schemas import validator
 
 
 async def publish_status(
@@ -65,6 +69,37 @@ async def cancelled_by(documents: DocumentStore, doc: Document, cause: Event) ->
     """Whether this very command cancelled the note (its redelivery gets the same answer)."""
     for entry in await documents.history(doc.id):
         detail = entry.get("detail")
-        if entry["status"] == "cancelado" and isinstance(detail, dict):
+        if entry["status"] == CANCELLED and isinstance(detail, dict):
             return bool(detail.get("command_id") == cause.id)
     return False
+
+
+async def note_to_cancel(
+    documents: DocumentStore,
+    bus: Bus,
+    topics: t.Topics,
+    cause: Event,
+    source: str,
+    schema: str,
+    kind: str,
+) -> Document | None:
+    """The authorized note a cancel command is about, or None once the command has been
+    answered here (unknown note, not authorized, already cancelled). A note still being
+    authorized makes the command wait: it acts on the emission's outcome."""
+    errors = sorted(validator(schema).iter_errors(cause.data), key=str)
+    if errors:
+        raise InvalidDocument("data", f"comando inválido: {errors[0]}")
+    doc = await documents.get(cause.data["tenant"], kind, cause.data["ref"])
+    if doc is None:
+        await reply_status(bus, topics, cause, source, "nao_encontrado")
+        return None
+    if doc.status == PROCESSING:
+        raise TransientFailure("a nota ainda está em processamento", retry_after=1.0)
+    if doc.status == ERROR:
+        await reply_status(bus, topics, cause, source, "nfe_nao_autorizada")
+        return None
+    if doc.status == CANCELLED:
+        mine = await cancelled_by(documents, doc, cause)
+        await reply_status(bus, topics, cause, source, "cancelado" if mine else "nfe_cancelada")
+        return None
+    return doc

@@ -17,7 +17,7 @@ from typing import Any
 from opentelemetry.trace import SpanKind
 
 from consumers.errors import PermanentFailure, TransientFailure, Unsent
-from consumers.lifecycle import cancelled_by, publish_status, reply, reply_status
+from consumers.lifecycle import note_to_cancel, publish_status, reply, reply_status
 from consumers.providers.emites import EmitesClient, EmitesReply
 from notaflow import topics as t
 from notaflow import tracing
@@ -170,23 +170,10 @@ class NfceCanceller:
 
     async def cancel(self, event: Event) -> None:
         data = event.data
-        errors = sorted(validator("nfce_cancel_command").iter_errors(data), key=str)
-        if errors:
-            raise InvalidDocument("data", f"comando inválido: {errors[0]}")
-        doc = await self._docs.get(data["tenant"], KIND, data["ref"])
+        doc = await note_to_cancel(
+            self._docs, self._bus, self._topics, event, self._source, "nfce_cancel_command", KIND
+        )
         if doc is None:
-            await self._answer(event, "nao_encontrado")
-            return
-        if doc.status == PROCESSING:
-            raise TransientFailure("a nota ainda está em processamento", retry_after=1.0)
-        if doc.status == ERROR:
-            await self._answer(event, "nfe_nao_autorizada")
-            return
-        if doc.status == CANCELLED:
-            await self._answer(
-                event,
-                "cancelado" if await cancelled_by(self._docs, doc, event) else "nfe_cancelada",
-            )
             return
         chave = doc.result.get("chave_nfe")
         if not chave:
