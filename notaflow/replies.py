@@ -54,9 +54,6 @@ class ReplyWaiters:
         finally:
             self.forget(command_id)
 
-    def __len__(self) -> int:
-        return len(self._waiting)
-
 
 class ReplyListener:
     def __init__(self, settings: Settings, topic: str, waiters: ReplyWaiters) -> None:

@@ -179,14 +179,3 @@ class DeliveryStore:
                 )
             ).all()
         return [dict(r._mapping) for r in rows]
-
-    async def for_document(self, document_id: int) -> list[Delivery]:
-        async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(deliveries)
-                    .where(deliveries.c.document_id == document_id)
-                    .order_by(deliveries.c.id)
-                )
-            ).all()
-        return [_delivery(r) for r in rows]

@@ -55,10 +55,6 @@ class Document:
     created_at: datetime
     updated_at: datetime
 
-    @property
-    def numeric_id(self) -> int:
-        return self.id
-
 
 @dataclass(frozen=True)
 class Claim:
