@@ -93,7 +93,11 @@ class EmissionConsumer:
             log.info("skipping stale emit %s for %s/%s", event.id, tenant_id, ref)
             return
         if doc.submitted_at is not None or doc.status != PROCESSING:
-            return  # redelivery of a command already handed to the provider
+            # Redelivery of a command already handed to the provider. Its lifecycle event may
+            # have been lost to a crash: publish it again under the same deterministic id.
+            if doc.status == PROCESSING:
+                await self._publish_status(doc, event)
+            return
         pref = provider_ref(doc)
         # Known before the call, so a callback racing our own bookkeeping still finds the note.
         await self._docs.set_provider_ref(doc.id, doc.attempt, pref)
@@ -127,8 +131,14 @@ class EmissionConsumer:
         status = body["status"]
         if status not in (AUTHORIZED, ERROR, CANCELLED):
             return
+        if doc.status == status:
+            # Already applied. Publish the status again: if a crash came between the state
+            # change and its lifecycle event, this redelivery is the only chance to send it, and
+            # the event's id is deterministic, so downstream deduplicates the extra copy.
+            await self._publish_status(doc, event)
+            return
         if doc.status not in TRANSITIONS[status]:
-            return  # duplicate or late callback: already applied
+            return  # late callback: the note has moved on
         result = result_from_provider(body)
         if status == AUTHORIZED and result.get("caminho_xml_nota_fiscal"):
             path = str(result["caminho_xml_nota_fiscal"])
