@@ -189,6 +189,7 @@ class Nota:
 
 @dataclass
 class Stats:
+    posts: Counter[str] = field(default_factory=Counter)  # every POST /v2/nfse, even refused
     emissions: Counter[str] = field(default_factory=Counter)
     authorizations: Counter[str] = field(default_factory=Counter)
     rejections: Counter[str] = field(default_factory=Counter)
@@ -199,6 +200,7 @@ class Stats:
 
     def as_dict(self) -> dict[str, Any]:
         return {
+            "posts": dict(self.posts),
             "emissions": dict(self.emissions),
             "authorizations": dict(self.authorizations),
             "rejections": dict(self.rejections),
@@ -348,6 +350,7 @@ class FocusSandbox:
         except rules.ScenarioError as exc:
             raise _invalid(f"Marcador do sandbox inválido: {exc}") from exc
         self._posts[token, ref] += 1
+        self.stats.posts[ref] += 1
         if self._posts[token, ref] <= plan.http500:
             self.stats.http500[ref] += 1
             raise FocusError(500, "erro_interno", "Erro interno simulado pelo sandbox")
