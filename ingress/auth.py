@@ -7,7 +7,6 @@ Token lookups hit the database once per token per TTL; a revoked token stops wor
 from __future__ import annotations
 
 import base64
-import binascii
 import functools
 import time
 
@@ -52,7 +51,7 @@ def _basic_user(header: str) -> str | None:
         return None
     try:
         decoded = base64.b64decode(value.strip(), validate=True).decode("utf-8")
-    except (binascii.Error, UnicodeDecodeError):
+    except ValueError:  # binascii.Error, UnicodeDecodeError, or non-ASCII (latin-1) text
         return None
     user, _, _password = decoded.partition(":")
     return user or None
