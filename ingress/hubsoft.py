@@ -114,7 +114,7 @@ def _nota_id(value: object) -> int:
     if value is None or value == "":
         raise HubsoftError(400, "O campo id_nota_fiscal é obrigatório")
     text = str(value) if isinstance(value, int | str) and not isinstance(value, bool) else ""
-    if not text.isdigit() or len(text) > 18:
+    if not (text.isascii() and text.isdigit()) or len(text) > 18:  # "²".isdigit() too
         raise HubsoftError(400, "id_nota_fiscal deve ser um número")
     return int(text)
 
