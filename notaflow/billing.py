@@ -94,6 +94,9 @@ class InvoiceEvent:
         return Position(state, self.sequence, self.occurred_at)
 
 
+_MAX_AMOUNT = Decimal(10) ** 12
+
+
 def amount(value: Any, field: str) -> Decimal:
     if isinstance(value, bool):
         raise InvalidDocument(field, f"Parâmetro {field} inválido: valor")
@@ -101,7 +104,9 @@ def amount(value: Any, field: str) -> Decimal:
         result = Decimal(str(value).replace(",", "."))
     except InvalidOperation as exc:
         raise InvalidDocument(field, f"Parâmetro {field} inválido: valor") from exc
-    if not result.is_finite():
+    # At most 12 integer digits, as the schema's string form: a JSON number may be 1e300, which
+    # quantize() (28 digits) refuses with InvalidOperation, as it would a line's qty × price.
+    if not result.is_finite() or abs(result) >= _MAX_AMOUNT:
         raise InvalidDocument(field, f"Parâmetro {field} inválido: valor")
     return result.quantize(_CENT, rounding=ROUND_HALF_UP)
 
