@@ -26,7 +26,8 @@ _NEVER_JSON = ("multipart/", "application/xml", "text/xml", "image/", "audio/", 
 
 async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit():
+    # ASCII digits only ("²".isdigit() too) and short enough for int(); else count as we read.
+    if declared is not None and declared.isascii() and declared.isdigit() and len(declared) < 19:
         if int(declared) > limit:
             raise BodyTooLarge
         return await request.body()  # the server enforces Content-Length
