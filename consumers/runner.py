@@ -8,6 +8,10 @@
 - Failures: a TransientFailure is retried with exponential backoff and jitter, blocking only
   its own document; a PermanentFailure, an unreadable record or exhausted retries go to the
   dead-letter topic with origin, error and attempt count, and the partition moves on.
+- Retries survive restarts: a retrying record stays uncommitted in Kafka (so it comes back to
+  whoever owns the partition next), and its attempt count and next due time are written to a
+  retry ledger in the database, read back on assignment. Unlike retry topics, this keeps the
+  per-document order: a document's later events wait behind its retrying command.
 - Shutdown (SIGTERM -> `stop()`): stop fetching, let in-flight work finish within a grace
   period, commit, leave the group.
 """
@@ -22,6 +26,7 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -35,6 +40,7 @@ from notaflow.errors import InvalidDocument
 from notaflow.logs import log_context, trace_id_of
 from notaflow.metrics import Metrics
 from notaflow.settings import Settings
+from notaflow.store.retries import Coordinates, RetryLedger, RetryState
 
 log = logging.getLogger(__name__)
 
@@ -98,8 +104,13 @@ class Runner:
         retry: RetryPolicy | None = None,
         grace: float = 20.0,
         metrics: Metrics | None = None,
+        ledger: RetryLedger | None = None,
     ) -> None:
         self._metrics = metrics
+        self._ledger = ledger
+        self._retry_state: dict[Coordinates, RetryState] = {}
+        self._retry_state_loaded = asyncio.Event()
+        self._retry_state_loaded.set()
         self._settings = settings
         self.name = name
         self._topics = topics
@@ -114,6 +125,7 @@ class Runner:
         )
         self._grace = grace
         self._chains: dict[bytes | None, asyncio.Task[None]] = {}
+        self._inflight: dict[TopicPartition, set[int]] = {}  # offsets with a running task
         self._parts: dict[TopicPartition, _Partition] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -203,13 +215,24 @@ class Runner:
     def _schedule(self, tp: TopicPartition, record: Any) -> None:
         part = self._parts.setdefault(tp, _Partition())
         part.add(record.offset)
+        inflight = self._inflight.setdefault(tp, set())
+        if record.offset in inflight:
+            # Fetched again after the partition was revoked and handed back to us while this
+            # record was still being handled: the running task finishes it (and marks it done
+            # in the new partition state); a second task would only do the work twice.
+            self._slots.release()
+            return
+        inflight.add(record.offset)
         previous = self._chains.get(record.key)
         task = asyncio.create_task(self._run_one(tp, record, previous))
         self._chains[record.key] = task
         self._tasks.add(task)
-        task.add_done_callback(functools.partial(self._forget, record.key))
+        task.add_done_callback(functools.partial(self._forget, tp, record.offset, record.key))
 
-    def _forget(self, key: bytes | None, task: asyncio.Task[None]) -> None:
+    def _forget(
+        self, tp: TopicPartition, offset: int, key: bytes | None, task: asyncio.Task[None]
+    ) -> None:
+        self._inflight.get(tp, set()).discard(offset)
         self._tasks.discard(task)
         if self._chains.get(key) is task:
             del self._chains[key]
@@ -248,7 +271,22 @@ class Runner:
 
     async def _handle_with_retries(self, record: Any) -> str:
         """Returns the outcome: processed or dead_lettered."""
+        at: Coordinates = (record.topic, record.partition, record.offset)
         attempt = 1
+        # Records can be fetched while the assignment callback is still reading the ledger.
+        await self._retry_state_loaded.wait()
+        earlier = self._retry_state.get(at)
+        if earlier is not None:
+            # Redelivered after a restart or a rebalance in the middle of its backoff: continue
+            # the schedule where it was, instead of starting over at attempt 1.
+            attempt = earlier.attempts + 1
+            if attempt > self._retry.attempts:
+                await self._dead_letter(record, earlier.last_error or "retries exhausted", attempt)
+                await self._retried_out(at)
+                return "dead_lettered"
+            wait = (earlier.next_at - datetime.now(UTC)).total_seconds()
+            if wait > 0 and not await self._pause(wait):
+                raise asyncio.CancelledError  # stopping: the next owner resumes the schedule
         while True:
             try:
                 context = _record_context(record)
@@ -262,9 +300,11 @@ class Runner:
                     ),
                 ):
                     await self._handler(record)
+                await self._retried_out(at)
                 return "processed"
             except InvalidDocument as exc:
                 await self._dead_letter(record, f"invalid: {exc.field}: {exc.message}", attempt)
+                await self._retried_out(at)
                 return "dead_lettered"
             except TransientFailure as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -277,22 +317,77 @@ class Runner:
                         "%s: permanent failure at offset %s: %r", self.name, record.offset, exc
                     )
                     await self._dead_letter(record, f"{type(exc).__name__}: {exc}", attempt)
+                    await self._retried_out(at)
                     return "dead_lettered"
                 error, hint = f"{type(exc).__name__}: {exc}", None
-            if attempt >= self._retry.attempts or self._stopping.is_set():
-                if self._stopping.is_set():
-                    # Leave it uncommitted: the next owner of the partition retries it.
-                    raise asyncio.CancelledError
+            if self._stopping.is_set():
+                # Leave it uncommitted: the next owner of the partition retries it.
+                await self._remember(at, attempt, 0.0, error)
+                raise asyncio.CancelledError
+            if attempt >= self._retry.attempts:
                 await self._dead_letter(record, error, attempt)
+                await self._retried_out(at)
                 return "dead_lettered"
             delay = self._retry.delay(attempt, hint)
             log.info("%s: retry %d in %.2fs: %s", self.name, attempt, delay, error)
             self.stats.retried += 1
             if self._metrics is not None:
                 self._metrics.consumer_record(self.name, "retried")
+            await self._remember(at, attempt, delay, error)
             attempt += 1
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), delay)
+            if not await self._pause(delay):
+                raise asyncio.CancelledError  # stopping mid-backoff: the ledger has the schedule
+
+    async def _pause(self, seconds: float) -> bool:
+        """Sleep unless a stop is asked for; False when stopping."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+        return not self._stopping.is_set()
+
+    async def _remember(self, at: Coordinates, attempts: int, delay: float, error: str) -> None:
+        state = RetryState(attempts, datetime.now(UTC) + timedelta(seconds=delay), error)
+        self._retry_state[at] = state
+        if self._ledger is None:
+            return
+        try:
+            await self._ledger.record(self.name, at, attempts, state.next_at, error)
+        except Exception as exc:  # the retry still happens; only its survival is at stake
+            log.warning("%s: could not record retry state: %r", self.name, exc)
+
+    async def _retried_out(self, at: Coordinates) -> None:
+        """The record is finished: its retry state, if it had any, goes."""
+        if self._retry_state.pop(at, None) is None or self._ledger is None:
+            return
+        try:
+            await self._ledger.clear(self.name, at)
+        except Exception as exc:  # harmless: rows below the committed offset are pruned
+            log.warning("%s: could not clear retry state: %r", self.name, exc)
+
+    async def load_retry_state(self, assigned: set[TopicPartition]) -> None:
+        """On assignment: the retries the previous owner (or our previous life) left under way."""
+        if self._ledger is None or self._consumer is None or not assigned:
+            return
+        self._retry_state_loaded.clear()
+        try:
+            for tp in assigned:
+                offset = await self._consumer.committed(tp)
+                if offset is not None:
+                    await self._ledger.forget_before(self.name, tp.topic, tp.partition, offset)
+            partitions = [(tp.topic, tp.partition) for tp in assigned]
+            found = await self._ledger.load(self.name, partitions)
+        except Exception as exc:  # degrade to fresh schedules rather than block the assignment
+            log.warning("%s: could not load retry state: %r", self.name, exc)
+            return
+        finally:
+            self._retry_state_loaded.set()
+        self._retry_state.update(found)
+        if found:
+            log.info("%s: resuming %d retries under way", self.name, len(found))
+
+    def forget_retry_state(self, revoked: set[TopicPartition]) -> None:
+        names = {(tp.topic, tp.partition) for tp in revoked}
+        for at in [at for at in self._retry_state if (at[0], at[1]) in names]:
+            del self._retry_state[at]
 
     async def _dead_letter(self, record: Any, error: str, attempts: int) -> None:
         headers = list(record.headers or [])
@@ -362,11 +457,13 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         await self._runner.commit(set(revoked))
+        self._runner.forget_retry_state(set(revoked))
         for tp in revoked:
             self._runner._parts.pop(tp, None)
             if self._runner._metrics is not None:
                 self._runner._metrics.forget_partition(self._runner.name, tp.topic, tp.partition)
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        await self._runner.load_retry_state(set(assigned))
         if assigned:
             self._runner.assigned.set()

@@ -25,6 +25,7 @@ from notaflow.store import (
     DeliveryStore,
     DocumentStore,
     HookStore,
+    RetryLedger,
     TenantStore,
     create_engine,
     migrate,
@@ -230,7 +231,16 @@ async def run_consumer(settings: Settings, name: str) -> None:
         handler = notify
         subscribed = [topics.lifecycle, topics.nfse_commands, topics.billing_commands]
         background.append(asyncio.create_task(notification.run_retries(stop_retries)))
-    runner = Runner(settings, name, subscribed, handler, bus, topics.dead_letter, metrics=metrics)
+    runner = Runner(
+        settings,
+        name,
+        subscribed,
+        handler,
+        bus,
+        topics.dead_letter,
+        metrics=metrics,
+        ledger=RetryLedger(engine),
+    )
     health = HealthServer(
         settings.health_host,
         settings.health_port,

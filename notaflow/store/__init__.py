@@ -11,6 +11,7 @@ from notaflow.store.invoices import (
     InvoiceDeliveryStore,
     InvoiceStore,
 )
+from notaflow.store.retries import RetryLedger, RetryState
 from notaflow.store.tenants import Tenant, TenantStore
 
 __all__ = [
@@ -27,6 +28,8 @@ __all__ = [
     "Invoice",
     "InvoiceDeliveryStore",
     "InvoiceStore",
+    "RetryLedger",
+    "RetryState",
     "Tenant",
     "TenantStore",
     "TooManyHooks",

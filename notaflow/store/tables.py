@@ -141,3 +141,19 @@ delivery_attempts = sa.Table(
     sa.Column("message", sa.Text),
     sa.Column("host", sa.String(300)),
 )
+
+# Retries under way, one row per Kafka record that failed transiently and is waiting for its
+# next attempt. The record itself stays uncommitted in Kafka; this row is what makes its
+# attempt count and next due time survive a restart (see consumers/runner.py).
+consumer_retries = sa.Table(
+    "consumer_retries",
+    metadata,
+    sa.Column("consumer", sa.String(64), primary_key=True),
+    sa.Column("topic", sa.String(255), primary_key=True),
+    sa.Column("partition", sa.Integer, primary_key=True),
+    sa.Column("offset", sa.BigInteger, primary_key=True),
+    sa.Column("attempts", sa.Integer, nullable=False),
+    sa.Column("next_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("last_error", sa.Text),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)

@@ -23,6 +23,7 @@ from consumers.runner import RetryPolicy, Runner, _Partition
 from notaflow.bus import Bus, client_options, ensure_topics
 from notaflow.errors import InvalidDocument
 from notaflow.settings import Settings
+from notaflow.store import RetryLedger, create_engine, migrate
 
 Handler = Callable[[Any], Awaitable[None]]
 
@@ -367,6 +368,50 @@ async def test_retries_and_dead_letters(fast: Settings) -> None:
         assert headers["ce_id"] == f"id-{offset}", "the original headers travel along"
         assert record.key == plan[offset][0].encode()
         assert json.loads(record.value) == {"do": plan[offset][1]}
+
+
+async def test_retry_schedule_survives_a_restart(fast: Settings, database_url: str) -> None:
+    """A record failing transiently is stopped mid-backoff; the next runner (a restart, or the
+    partition's next owner) continues its attempt count from the ledger instead of starting
+    over, so the policy's attempt limit holds across restarts."""
+    one = fast.replace(kafka_partitions=1, database_url=database_url)
+    engine = create_engine(database_url)
+    await migrate(engine)
+    ledger = RetryLedger(engine)
+    topic = one.kafka_topic_prefix + "flaky"
+    dlq = one.kafka_topic_prefix + "dead-letter"
+    await ensure_topics(one, [topic, dlq])
+    await produce(one, topic, [(b"A", b"doomed", []), (b"B", b"fine", [])])
+    calls: Counter[int] = Counter()
+
+    async def handler(record: Any) -> None:
+        calls[record.offset] += 1
+        if record.value == b"doomed":
+            raise TransientFailure("HTTP 503")
+
+    policy = RetryPolicy(base=0.3, maximum=0.3, attempts=4)
+    try:
+        async with running(one, "flaky", topic, handler, retry=policy, ledger=ledger) as run:
+            await eventually(lambda: calls[0] >= 2 and calls[1] == 1)
+            await run.stop()
+        # Stopped in its backoff: uncommitted, and the ledger knows how many attempts failed.
+        before = calls[0]
+        assert 2 <= before < 4
+        assert await committed(one, "notaflow-flaky", TopicPartition(topic, 0)) is None
+        [state] = (await ledger.load("flaky", [(topic, 0)])).values()
+        assert state.attempts == before and state.last_error == "TransientFailure: HTTP 503"
+
+        async with running(one, "flaky", topic, handler, retry=policy, ledger=ledger) as run:
+            await eventually(lambda: run.runner.stats.dead_lettered == 1)
+            await eventually(lambda: calls[1] == 2)  # redelivered: it was never committed
+            await run.stop()
+        assert calls[0] == 4, "attempts before the restart + after it = the policy's four"
+        [letter] = await read_all(one, dlq, 1)
+        assert dict(letter.headers)["dlq_attempts"] == b"4"
+        assert await ledger.load("flaky", [(topic, 0)]) == {}, "finished records leave no row"
+        assert await committed(one, "notaflow-flaky", TopicPartition(topic, 0)) == 2
+    finally:
+        await engine.dispose()
 
 
 # -- pure parts ----------------------------------------------------------------------------
