@@ -42,6 +42,14 @@ async def _ingress_error(request: Request, exc: Exception) -> Response:
 
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
+    # No route matched (e.g. a uid with a "/"): still answer in the dialect of the path.
+    path, status = request.url.path, exc.status_code
+    if path.startswith("/api/v1/"):
+        msg = {404: "Recurso não encontrado", 405: "Método HTTP não permitido"}
+        return hubsoft.HubsoftError(status, msg.get(status, str(exc.detail))).response()
+    if path.startswith("/api/v3.2/"):
+        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
+        return wuro.WuroError(status, code, str(exc.detail)).response()
     if exc.status_code == 404:
         return FocusError(404, "nao_encontrado", "Recurso não encontrado").response()
     if exc.status_code == 405:
