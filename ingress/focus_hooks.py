@@ -27,12 +27,14 @@ def _text(body: dict[str, object], name: str, limit: int) -> str | None:
     value = body.get(name)
     if value is None or value == "":
         return None
-    if not isinstance(value, str) or len(value) > limit:
+    if not isinstance(value, str) or len(value) > limit or "\x00" in value:  # NUL: PostgreSQL
         raise invalid(f'Parâmetro "{name}" inválido')
     return value
 
 
 def _valid_url(url: str) -> bool:
+    if "\x00" in url:  # never in a URL, and PostgreSQL refuses it in text
+        return False
     try:
         parts = urlsplit(url)
     except ValueError:
