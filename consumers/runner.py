@@ -109,6 +109,7 @@ class Runner:
         self._metrics = metrics
         self._ledger = ledger
         self._retry_state: dict[Coordinates, RetryState] = {}
+        self._ledger_changes: dict[Coordinates, RetryState | None] = {}
         self._retry_state_loaded = asyncio.Event()
         self._retry_state_loaded.set()
         self._settings = settings
@@ -150,6 +151,7 @@ class Runner:
         self._consumer = consumer
         consumer.subscribe(self._topics, listener=_Listener(self))
         await consumer.start()
+        flusher = asyncio.create_task(self._flush_retry_state_forever())
         try:
             last_commit = time.monotonic()
             while not self._stopping.is_set():
@@ -174,6 +176,10 @@ class Runner:
                             self._metrics.set_consumer_lag(self.name, tp.topic, tp.partition, lag)
         finally:
             await self._drain()
+            flusher.cancel()
+            with contextlib.suppress(BaseException):
+                await flusher
+            await self.flush_retry_state()
             with contextlib.suppress(Exception):
                 await consumer.stop()
 
@@ -249,8 +255,11 @@ class Runner:
                 if self._metrics is not None
                 else contextlib.nullcontext()
             )
-            with timer:
-                outcome = await self._handle_with_retries(record)
+            context = _record_context(record)
+            traceparent = context.pop("traceparent", None)
+            # The record's ids on every line about it: its attempts, retries and dead letter.
+            with timer, log_context(**context):
+                outcome = await self._handle_with_retries(record, traceparent)
         except BaseException:
             if self._metrics is not None:
                 self._metrics.consumer_record(self.name, "failed")
@@ -269,7 +278,7 @@ class Runner:
         finally:
             self._slots.release()
 
-    async def _handle_with_retries(self, record: Any) -> str:
+    async def _handle_with_retries(self, record: Any, traceparent: str | None) -> str:
         """Returns the outcome: processed or dead_lettered."""
         at: Coordinates = (record.topic, record.partition, record.offset)
         attempt = 1
@@ -282,29 +291,25 @@ class Runner:
             attempt = earlier.attempts + 1
             if attempt > self._retry.attempts:
                 await self._dead_letter(record, earlier.last_error or "retries exhausted", attempt)
-                await self._retried_out(at)
+                self._retried_out(at)
                 return "dead_lettered"
             wait = (earlier.next_at - datetime.now(UTC)).total_seconds()
             if wait > 0 and not await self._pause(wait):
                 raise asyncio.CancelledError  # stopping: the next owner resumes the schedule
         while True:
             try:
-                context = _record_context(record)
-                with (
-                    log_context(**context),
-                    tracing.span(
-                        f"process {record.topic}",
-                        kind=SpanKind.CONSUMER,
-                        parent_traceparent=context.pop("traceparent", None),
-                        **{"messaging.consumer": self.name, "attempt": attempt},
-                    ),
+                with tracing.span(
+                    f"process {record.topic}",
+                    kind=SpanKind.CONSUMER,
+                    parent_traceparent=traceparent,
+                    **{"messaging.consumer": self.name, "attempt": attempt},
                 ):
                     await self._handler(record)
-                await self._retried_out(at)
+                self._retried_out(at)
                 return "processed"
             except InvalidDocument as exc:
                 await self._dead_letter(record, f"invalid: {exc.field}: {exc.message}", attempt)
-                await self._retried_out(at)
+                self._retried_out(at)
                 return "dead_lettered"
             except TransientFailure as exc:
                 error = f"{type(exc).__name__}: {exc}"
@@ -317,23 +322,23 @@ class Runner:
                         "%s: permanent failure at offset %s: %r", self.name, record.offset, exc
                     )
                     await self._dead_letter(record, f"{type(exc).__name__}: {exc}", attempt)
-                    await self._retried_out(at)
+                    self._retried_out(at)
                     return "dead_lettered"
                 error, hint = f"{type(exc).__name__}: {exc}", None
             if self._stopping.is_set():
                 # Leave it uncommitted: the next owner of the partition retries it.
-                await self._remember(at, attempt, 0.0, error)
+                self._remember(at, attempt, 0.0, error)
                 raise asyncio.CancelledError
             if attempt >= self._retry.attempts:
                 await self._dead_letter(record, error, attempt)
-                await self._retried_out(at)
+                self._retried_out(at)
                 return "dead_lettered"
             delay = self._retry.delay(attempt, hint)
             log.info("%s: retry %d in %.2fs: %s", self.name, attempt, delay, error)
             self.stats.retried += 1
             if self._metrics is not None:
                 self._metrics.consumer_record(self.name, "retried")
-            await self._remember(at, attempt, delay, error)
+            self._remember(at, attempt, delay, error)
             attempt += 1
             if not await self._pause(delay):
                 raise asyncio.CancelledError  # stopping mid-backoff: the ledger has the schedule
@@ -344,24 +349,35 @@ class Runner:
             await asyncio.wait_for(self._stopping.wait(), seconds)
         return not self._stopping.is_set()
 
-    async def _remember(self, at: Coordinates, attempts: int, delay: float, error: str) -> None:
+    def _remember(self, at: Coordinates, attempts: int, delay: float, error: str) -> None:
         state = RetryState(attempts, datetime.now(UTC) + timedelta(seconds=delay), error)
         self._retry_state[at] = state
-        if self._ledger is None:
+        if self._ledger is not None:
+            self._ledger_changes[at] = state  # written by the flusher, off the retry's path
+
+    def _retried_out(self, at: Coordinates) -> None:
+        """The record is finished: its retry state, if it had any, goes."""
+        if self._retry_state.pop(at, None) is not None and self._ledger is not None:
+            self._ledger_changes[at] = None
+
+    async def flush_retry_state(self) -> None:
+        """Write the retry changes gathered since the last flush (every 0.2 s, on revoke and
+        at shutdown). A crash loses at most that much of the schedule's progress."""
+        if self._ledger is None or not self._ledger_changes:
             return
+        changes, self._ledger_changes = self._ledger_changes, {}
         try:
-            await self._ledger.record(self.name, at, attempts, state.next_at, error)
-        except Exception as exc:  # the retry still happens; only its survival is at stake
+            await self._ledger.apply(self.name, changes)
+        except BaseException as exc:  # keep them for the next flush; the retries go on
+            self._ledger_changes = {**changes, **self._ledger_changes}
+            if not isinstance(exc, Exception):
+                raise  # cancelled (shutdown): the final flush writes them
             log.warning("%s: could not record retry state: %r", self.name, exc)
 
-    async def _retried_out(self, at: Coordinates) -> None:
-        """The record is finished: its retry state, if it had any, goes."""
-        if self._retry_state.pop(at, None) is None or self._ledger is None:
-            return
-        try:
-            await self._ledger.clear(self.name, at)
-        except Exception as exc:  # harmless: rows below the committed offset are pruned
-            log.warning("%s: could not clear retry state: %r", self.name, exc)
+    async def _flush_retry_state_forever(self) -> None:
+        while True:
+            await asyncio.sleep(0.2)
+            await self.flush_retry_state()
 
     async def load_retry_state(self, assigned: set[TopicPartition]) -> None:
         """On assignment: the retries the previous owner (or our previous life) left under way."""
@@ -457,6 +473,7 @@ class _Listener(ConsumerRebalanceListener):
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
         await self._runner.commit(set(revoked))
+        await self._runner.flush_retry_state()  # the next owner reads where we got to
         self._runner.forget_retry_state(set(revoked))
         for tp in revoked:
             self._runner._parts.pop(tp, None)

@@ -38,6 +38,10 @@ Test control (no auth):
     GET  /_sandbox/stats     counts per ref (emissions accepted, authorizations, rejections,
                              cancellations, 500s) and callbacks sent/failed/given_up/dropped
     POST /_sandbox/clock     {"advance": s} moves the sandbox clock (cancel window, rate limit)
+    POST /_sandbox/outage    {"mode": "http500"|"timeout"|"off", "seconds"?: s, "hang"?: s}
+                             for `seconds`, every authenticated call answers 500, or hangs
+                             `hang` seconds and answers 504 unprocessed (a provider outage)
+    GET  /_sandbox/requests  every POST /v2/nfse: ref, arrival (monotonic), duration, status
 """
 
 from __future__ import annotations
@@ -269,6 +273,10 @@ class FocusSandbox:
         self._hooks: dict[str, Hook] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
+        self._outage: tuple[str, float] | None = None  # mode, until (monotonic)
+        self._outage_hang = 30.0
+        # Every POST /v2/nfse with its monotonic time and answer, for retry-policy checks.
+        self.requests: list[dict[str, Any]] = []
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -314,10 +322,32 @@ class FocusSandbox:
 
     def authenticated(self, handler: Handler) -> Callable[[Request], Awaitable[Response]]:
         async def endpoint(request: Request) -> Response:
+            arrived = time.monotonic()
+            response = await answer(request)
+            if request.method == "POST" and request.url.path == "/v2/nfse":
+                self.requests.append(
+                    {
+                        "ref": request.query_params.get("ref", ""),
+                        "at": arrived,
+                        "took": time.monotonic() - arrived,
+                        "status": response.status_code,
+                    }
+                )
+            return response
+
+        async def answer(request: Request) -> Response:
             try:
                 token = self._token(request)
             except FocusError as exc:
                 return exc.response()
+            outage = self._outage_now()
+            if outage == "http500":
+                return FocusError(500, "erro_interno", "Serviço indisponível (sandbox)").response()
+            if outage == "timeout":
+                # A gateway that never answers in time: the client gives up first; the request
+                # is not processed.
+                await asyncio.sleep(self._outage_hang)
+                return FocusError(504, "gateway_timeout", "Tempo esgotado (sandbox)").response()
             verdict = self._limiter.hit(token, self.now())
             if verdict.allowed:
                 try:
@@ -583,6 +613,33 @@ class FocusSandbox:
         self._scenarios[ref] = scenario
         return JSONResponse({"ref": ref, "status": scenario.status, "http500": scenario.http500})
 
+    def _outage_now(self) -> str | None:
+        if self._outage is None:
+            return None
+        mode, until = self._outage
+        if time.monotonic() >= until:
+            self._outage = None
+            return None
+        return mode
+
+    async def set_outage(self, request: Request) -> Response:
+        try:
+            body = await _json_object(request)
+        except FocusError as exc:
+            return exc.response()
+        mode, seconds, hang = body.get("mode"), body.get("seconds", 3600), body.get("hang", 30)
+        if mode not in ("http500", "timeout", "off"):
+            return _invalid('Parâmetro "mode" deve ser http500, timeout ou off').response()
+        numbers = (seconds, hang)
+        if any(isinstance(n, bool) or not isinstance(n, int | float) or n < 0 for n in numbers):
+            return _invalid('Parâmetros "seconds" e "hang" devem ser números >= 0').response()
+        self._outage = None if mode == "off" else (mode, time.monotonic() + float(seconds))
+        self._outage_hang = float(hang)
+        return JSONResponse({"mode": mode, "seconds": seconds, "hang": hang})
+
+    async def get_requests(self, request: Request) -> Response:
+        return JSONResponse(self.requests)
+
     async def get_stats(self, request: Request) -> Response:
         return JSONResponse(self.stats.as_dict())
 
@@ -617,6 +674,8 @@ class FocusSandbox:
             Route("/nfse/{cnpj}/{numero}/danfse.pdf", self.danfse, methods=["GET"]),
             Route("/_sandbox/scenario", self.set_scenario, methods=["POST"]),
             Route("/_sandbox/stats", self.get_stats, methods=["GET"]),
+            Route("/_sandbox/outage", self.set_outage, methods=["POST"]),
+            Route("/_sandbox/requests", self.get_requests, methods=["GET"]),
             Route("/_sandbox/clock", self.advance_clock, methods=["POST"]),
         ]
 

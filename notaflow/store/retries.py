@@ -49,42 +49,39 @@ class RetryLedger:
                 for r in rows
             }
 
-    async def record(
-        self, consumer: str, at: Coordinates, attempts: int, next_at: datetime, error: str
-    ) -> None:
-        topic, partition, offset = at
-        key = (
-            (t.c.consumer == consumer)
-            & (t.c.topic == topic)
-            & (t.c.partition == partition)
-            & (t.c.offset == offset)
-        )
-        values = {
-            "attempts": attempts,
-            "next_at": next_at,
-            "last_error": error[:2000],
-            "updated_at": now(),
-        }
+    async def apply(self, consumer: str, changes: dict[Coordinates, RetryState | None]) -> None:
+        """Write a batch of changes in one transaction: a state to keep, or None to drop the
+        row. Batched because an outage makes every in-flight record fail at once, and one
+        transaction per failure would queue up behind each other and stretch the backoff."""
+        if not changes:
+            return
+        stamp = now()
         async with self._engine.begin() as conn:
-            updated = await conn.execute(t.update().where(key).values(**values))
-            if updated.rowcount == 0:
+            for topic, partition, offset in changes:
                 await conn.execute(
-                    t.insert().values(
-                        consumer=consumer, topic=topic, partition=partition, offset=offset, **values
+                    t.delete().where(
+                        (t.c.consumer == consumer)
+                        & (t.c.topic == topic)
+                        & (t.c.partition == partition)
+                        & (t.c.offset == offset)
                     )
                 )
-
-    async def clear(self, consumer: str, at: Coordinates) -> None:
-        topic, partition, offset = at
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                t.delete().where(
-                    (t.c.consumer == consumer)
-                    & (t.c.topic == topic)
-                    & (t.c.partition == partition)
-                    & (t.c.offset == offset)
-                )
-            )
+            rows = [
+                {
+                    "consumer": consumer,
+                    "topic": topic,
+                    "partition": partition,
+                    "offset": offset,
+                    "attempts": state.attempts,
+                    "next_at": state.next_at,
+                    "last_error": (state.last_error or "")[:2000],
+                    "updated_at": stamp,
+                }
+                for (topic, partition, offset), state in changes.items()
+                if state is not None
+            ]
+            if rows:
+                await conn.execute(t.insert(), rows)
 
     async def forget_before(self, consumer: str, topic: str, partition: int, offset: int) -> int:
         """Rows below a committed offset are done with (handled by an older version, or their
