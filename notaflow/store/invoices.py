@@ -9,7 +9,7 @@ import hmac
 import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from datetime import date
+from datetime import date, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -392,17 +392,36 @@ class DunningStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
 
-    async def claim(self, tenant: str, invoice_id: int, step: int) -> bool:
-        """Take (invoice, step) for this run; False when another run (or an earlier one) has."""
+    async def claim(
+        self, tenant: str, invoice_id: int, step: int, stale_after: float = 600.0
+    ) -> bool:
+        """Take (invoice, step) for this run; False when another run (or an earlier one) has.
+
+        A claim never marked published and older than `stale_after` seconds belongs to a run
+        that died between claiming and publishing: it is taken over, so that reminder is not
+        lost. Only one taker wins (the update re-checks the age), and the reminder's event id
+        is deterministic, so even a slow original run publishing late sends one e-mail."""
+        now = _now()
         try:
             async with self._engine.begin() as conn:
                 await conn.execute(
                     dunning_claims.insert().values(
-                        invoice_id=invoice_id, step=step, tenant_id=tenant, claimed_at=_now()
+                        invoice_id=invoice_id, step=step, tenant_id=tenant, claimed_at=now
                     )
                 )
         except IntegrityError:
-            return False
+            async with self._engine.begin() as conn:
+                taken = await conn.execute(
+                    dunning_claims.update()
+                    .where(
+                        dunning_claims.c.invoice_id == invoice_id,
+                        dunning_claims.c.step == step,
+                        dunning_claims.c.published_at.is_(None),
+                        dunning_claims.c.claimed_at < now - timedelta(seconds=stale_after),
+                    )
+                    .values(claimed_at=now)
+                )
+            return bool(taken.rowcount)
         return True
 
     async def published(self, invoice_id: int, step: int) -> None:

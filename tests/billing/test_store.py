@@ -150,3 +150,17 @@ async def test_dunning_claims_are_exclusive(engine: AsyncEngine) -> None:
     await d.published(1, 3)
     await d.release(1, 3)  # a published claim stays
     assert not await d.claim("t", 1, 3)
+
+
+async def test_a_dunning_claim_left_unpublished_by_a_dead_run_is_taken_over(
+    engine: AsyncEngine,
+) -> None:
+    d = DunningStore(engine)
+    assert await d.claim("t", 2, 3)  # ... and the run dies before publishing
+    assert not await d.claim("t", 2, 3), "fresh: its run may still be publishing"
+    await asyncio.sleep(0.5)
+    takers = await asyncio.gather(*(d.claim("t", 2, 3, stale_after=0.4) for _ in range(4)))
+    assert sorted(takers) == [False, False, False, True], "one replica takes it over"
+    await d.published(2, 3)
+    await asyncio.sleep(0.5)
+    assert not await d.claim("t", 2, 3, stale_after=0.4), "published claims are final"
