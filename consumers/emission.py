@@ -22,6 +22,7 @@ from notaflow.errors import InvalidDocument, RefInUse
 from notaflow.nfse import normalize_nfse
 from notaflow.store import Document, DocumentStore, TenantStore
 from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, PROCESSING, TRANSITIONS
+from notaflow.store.tenants import TenantCache
 from notaflow.views import result_from_provider
 from schemas import validator
 
@@ -47,7 +48,8 @@ class EmissionConsumer:
     ) -> None:
         self._nfce = nfce
         self._docs = documents
-        self._tenants = tenants
+        # Every command names its tenant; a cached copy saves two queries per note.
+        self._tenants = TenantCache(tenants)
         self._focus = focus
         self._bus = bus
         self._topics = topics
@@ -74,9 +76,11 @@ class EmissionConsumer:
         tenant_id, ref = data["tenant"], data["ref"]
         document = normalize_nfse(data["nfse"])
         tenant = await self._tenants.get(tenant_id)
+        cnpj = document["prestador"]["cnpj"]
+        if tenant is None or cnpj not in tenant.cnpjs:
+            tenant = await self._tenants.get(tenant_id, fresh=True)  # refuse on current data
         if tenant is None:
             raise InvalidDocument("tenant", f"tenant desconhecido: {tenant_id}")
-        cnpj = document["prestador"]["cnpj"]
         if cnpj not in tenant.cnpjs:
             raise InvalidDocument("prestador.cnpj", "empresa_nao_habilitada")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import httpx
 from opentelemetry.trace import SpanKind
 
 from consumers.errors import PermanentFailure, RateLimited, TransientFailure
+from consumers.providers.keepalive import KeepAliveTransport
 from notaflow import tracing
 from notaflow.metrics import Metrics
 
@@ -59,14 +61,18 @@ class FocusClient:
         timeout: float = 30.0,
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: Metrics | None = None,
+        max_connections: int = 1000,
     ) -> None:
         self._metrics = metrics
+        # The consumer's concurrency limit bounds the calls in flight; the connections must not
+        # bound them lower and must all stay alive (a new one per call costs a handshake, with
+        # TLS a lot more): 1,000 is above any sane NOTAFLOW_CONSUMER_CONCURRENCY.
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             auth=(token, ""),
             timeout=timeout,
-            transport=transport,
-            limits=httpx.Limits(max_connections=100, max_keepalive_connections=50),
+            # A transport handed in is a test seam; ours keeps `max_connections` alive.
+            transport=transport or _transport(base_url, max_connections),
             headers={"User-Agent": "notaflow"},
         )
         self._gate = RateLimitGate()
@@ -162,6 +168,23 @@ class FocusClient:
                 "authorization_header": header,
             },
         )
+
+
+def _transport(base_url: str, max_connections: int) -> httpx.AsyncBaseTransport:
+    """The lean keep-alive transport, unless an HTTP(S)_PROXY variable routes this provider
+    through a proxy: then httpx's own (which honours them, as the default client did)."""
+    host = httpx.URL(base_url).host
+    proxies = urllib.request.getproxies()
+    if any(k in proxies for k in ("http", "https", "all")) and not urllib.request.proxy_bypass(
+        host
+    ):
+        return httpx.AsyncHTTPTransport(
+            proxy=proxies.get("https") or proxies.get("all") or proxies.get("http"),
+            limits=httpx.Limits(
+                max_connections=max_connections, max_keepalive_connections=max_connections
+            ),
+        )
+    return KeepAliveTransport(httpx.create_ssl_context(), max_connections)
 
 
 def _seconds(value: str | None) -> float | None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 import sqlalchemy as sa
@@ -99,32 +100,37 @@ def _doc(row: sa.Row[Any]) -> Document:
 
 
 class DocumentStore:
+    """The reads and writes of a busy consumer (`get`, `set_provider_ref`, `mark_submitted`)
+    go through group batches: what concurrent handlers ask for in the same moment costs one
+    round trip (PostgreSQL) or one inline transaction (SQLite), not one pooled connection, one
+    thread hop and one commit each. Callers still get their own answer, after the commit."""
+
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
-        self._sqlite_writer = (
-            _SqliteClaimWriter(engine.url.database or "")
-            if engine.dialect.name == "sqlite"
-            else None
-        )
+        sqlite_path = (engine.url.database or "") if engine.dialect.name == "sqlite" else None
+        self._sqlite_writer = _SqliteWriter(sqlite_path) if sqlite_path is not None else None
+        # Writers of their own: each is used by one batch at a time (see _SqliteWriter).
+        self._sqlite_updates = _SqliteWriter(sqlite_path) if sqlite_path is not None else None
+        self._sqlite_reader = _SqliteWriter(sqlite_path) if sqlite_path is not None else None
+        self._reads: _Batcher[tuple[str, str, str], Document | None] = _Batcher(self._get_many)
+        self._updates: _Batcher[_Update, bool] = _Batcher(self._update_many)
 
     def close(self) -> None:
-        if self._sqlite_writer is not None:
-            self._sqlite_writer.close()
+        for writer in (self._sqlite_writer, self._sqlite_updates, self._sqlite_reader):
+            if writer is not None:
+                writer.close()
 
     # -- reads -------------------------------------------------------------------------------
 
     async def get(self, tenant_id: str, kind: str, ref: str) -> Document | None:
+        return await self._reads.submit((tenant_id, kind, ref))
+
+    async def _get_many(self, keys: list[tuple[str, str, str]]) -> list[Document | None]:
+        if self._sqlite_reader is not None:
+            return await self._sqlite_reader.run(_sqlite_get, keys, transaction=False)
         async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(documents).where(
-                        documents.c.tenant_id == tenant_id,
-                        documents.c.kind == kind,
-                        documents.c.ref == ref,
-                    )
-                )
-            ).first()
-        return _doc(row) if row is not None else None
+            raw = await conn.get_raw_connection()
+            return await _pg_get(raw.driver_connection, keys)
 
     async def by_id(self, document_id: int) -> Document | None:
         async with self._engine.connect() as conn:
@@ -215,7 +221,7 @@ class DocumentStore:
             return []
         now = _now()
         if self._sqlite_writer is not None:
-            inserted = await self._sqlite_writer.claim(requests, now)
+            inserted = await self._sqlite_writer.run(_sqlite_claim, requests, now)
         else:
             async with self._engine.connect() as conn:
                 raw = await conn.get_raw_connection()
@@ -317,17 +323,8 @@ class DocumentStore:
     # -- processing --------------------------------------------------------------------------
 
     async def mark_submitted(self, document_id: int, attempt: int, provider_ref: str) -> bool:
-        async with self._engine.begin() as conn:
-            res = await conn.execute(
-                documents.update()
-                .where(
-                    documents.c.id == document_id,
-                    documents.c.attempt == attempt,
-                    documents.c.submitted_at.is_(None),
-                )
-                .values(provider_ref=provider_ref, submitted_at=_now(), updated_at=_now())
-            )
-        return res.rowcount == 1
+        """Record that the provider has the request; False when it was already recorded."""
+        return await self._updates.submit(_Update(True, document_id, attempt, provider_ref))
 
     async def unmark_submitted(self, document_id: int, attempt: int) -> None:
         """The request surely never reached the provider: it may be sent again."""
@@ -339,12 +336,15 @@ class DocumentStore:
             )
 
     async def set_provider_ref(self, document_id: int, attempt: int, provider_ref: str) -> None:
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                documents.update()
-                .where(documents.c.id == document_id, documents.c.attempt == attempt)
-                .values(provider_ref=provider_ref)
-            )
+        """Committed when this returns: the provider may call back before we hear its answer."""
+        await self._updates.submit(_Update(False, document_id, attempt, provider_ref))
+
+    async def _update_many(self, updates: list[_Update]) -> list[bool]:
+        if self._sqlite_updates is not None:
+            return await self._sqlite_updates.run(_sqlite_update, updates, _now())
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            return await _pg_update(raw.driver_connection, updates, _now())
 
     async def transition(
         self,
@@ -482,29 +482,229 @@ def _sqlite_time(value: datetime) -> str:
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
-class _SqliteClaimWriter:
-    """The SQLite side of the group commit: a connection of its own, used from one thread, so
-    a whole batch (insert, history, commit) costs one hop off the event loop instead of one
-    per statement. SQLite has a single writer anyway; busy_timeout covers the other
-    processes (consumers) writing to the same file."""
+def _sqlite_claim(
+    conn: sqlite3.Connection, requests: list[ClaimRequest], now: datetime
+) -> dict[str, int]:
+    at = _sqlite_time(now)
+    params: list[Any] = []
+    for r in requests:
+        params += [
+            r.tenant_id, r.kind, r.ref, PROCESSING, 1, r.command_id, r.cnpj_prestador,
+            orjson.dumps(r.payload).decode(), at, at,
+        ]  # fmt: skip
+    values = ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * len(requests))
+    rows = conn.execute(
+        f"INSERT INTO documents ({_DOC_COLUMNS}) VALUES {values} "
+        "ON CONFLICT (tenant_id, kind, ref) DO NOTHING RETURNING id, command_id",
+        params,
+    ).fetchall()
+    inserted = {command_id: int(doc_id) for doc_id, command_id in rows}
+    if inserted:
+        sources = {r.command_id: r.source for r in requests}
+        conn.executemany(
+            "INSERT INTO document_events (document_id, attempt, status, source, at) "
+            "VALUES (?, 1, ?, ?, ?)",
+            [(doc_id, PROCESSING, sources[c], at) for c, doc_id in inserted.items()],
+        )
+    return inserted
+
+
+@dataclass(frozen=True)
+class _Update:
+    """`set_provider_ref` (submitted False) or `mark_submitted` (True) of one attempt."""
+
+    submitted: bool
+    document_id: int
+    attempt: int
+    provider_ref: str
+
+
+_SELECT_COLUMNS = (
+    "id, tenant_id, kind, ref, status, attempt, command_id, provider_ref, cnpj_prestador, "
+    "payload, result, erros, submitted_at, created_at, updated_at"
+)
+
+
+def _raw_doc(row: Sequence[Any]) -> Document:
+    """A Document from a driver row in `_SELECT_COLUMNS` order: JSON as text, timestamps as
+    SQLite's text (SQLAlchemy's storage format) or asyncpg's datetimes."""
+
+    def when(value: Any) -> datetime | None:
+        if value is None or isinstance(value, datetime):
+            return _utc(value)
+        return _utc(datetime.fromisoformat(value))
+
+    def json(value: Any) -> Any:
+        return None if value is None else orjson.loads(value)
+
+    return Document(
+        id=row[0],
+        tenant_id=row[1],
+        kind=row[2],
+        ref=row[3],
+        status=row[4],
+        attempt=row[5],
+        command_id=row[6],
+        provider_ref=row[7],
+        cnpj_prestador=row[8],
+        payload=json(row[9]) or {},
+        result=json(row[10]) or {},
+        erros=json(row[11]),
+        submitted_at=when(row[12]),
+        created_at=when(row[13]) or _now(),
+        updated_at=when(row[14]) or _now(),
+    )
+
+
+def _sqlite_get(
+    conn: sqlite3.Connection, keys: list[tuple[str, str, str]]
+) -> list[Document | None]:
+    # One indexed lookup per key on one connection: microseconds each, no thread hop.
+    sql = f"SELECT {_SELECT_COLUMNS} FROM documents WHERE tenant_id = ? AND kind = ? AND ref = ?"
+    out: list[Document | None] = []
+    for key in keys:
+        row = conn.execute(sql, key).fetchone()
+        out.append(_raw_doc(row) if row is not None else None)
+    return out
+
+
+async def _pg_get(driver: Any, keys: list[tuple[str, str, str]]) -> list[Document | None]:
+    rows = await driver.fetch(
+        f"SELECT {', '.join('d.' + c.strip() for c in _SELECT_COLUMNS.split(','))} "
+        "FROM documents d JOIN unnest($1::text[], $2::text[], $3::text[]) AS u(t, k, r) "
+        "ON d.tenant_id = u.t AND d.kind = u.k AND d.ref = u.r",
+        [k[0] for k in keys],
+        [k[1] for k in keys],
+        [k[2] for k in keys],
+    )
+    found = {(row[1], row[2], row[3]): _raw_doc(row) for row in rows}
+    return [found.get(key) for key in keys]
+
+
+def _sqlite_update(conn: sqlite3.Connection, updates: list[_Update], now: datetime) -> list[bool]:
+    # In arrival order, each with its own condition and row count: exactly what the one-by-one
+    # statements did, inside one transaction.
+    at = _sqlite_time(now)
+    out: list[bool] = []
+    for u in updates:
+        if u.submitted:
+            cur = conn.execute(
+                "UPDATE documents SET provider_ref = ?, submitted_at = ?, updated_at = ? "
+                "WHERE id = ? AND attempt = ? AND submitted_at IS NULL",
+                (u.provider_ref, at, at, u.document_id, u.attempt),
+            )
+        else:
+            cur = conn.execute(
+                "UPDATE documents SET provider_ref = ? WHERE id = ? AND attempt = ?",
+                (u.provider_ref, u.document_id, u.attempt),
+            )
+        out.append(cur.rowcount == 1)
+    return out
+
+
+async def _pg_update(driver: Any, updates: list[_Update], now: datetime) -> list[bool]:
+    """asyncpg: one statement per kind of update, the rows as arrays. A batch never holds two
+    updates of one attempt (a handler awaits each before the next, and one document's records
+    run one at a time), so the set-based statements mean the same as the one-by-one ones."""
+    refs = [u for u in updates if not u.submitted]
+    marks = [u for u in updates if u.submitted]
+    done: set[tuple[int, int]] = set()
+    async with driver.transaction():
+        if refs:
+            await driver.execute(
+                "UPDATE documents d SET provider_ref = u.p "
+                "FROM unnest($1::bigint[], $2::int[], $3::text[]) AS u(i, a, p) "
+                "WHERE d.id = u.i AND d.attempt = u.a",
+                [u.document_id for u in refs],
+                [u.attempt for u in refs],
+                [u.provider_ref for u in refs],
+            )
+        if marks:
+            rows = await driver.fetch(
+                "UPDATE documents d SET provider_ref = u.p, submitted_at = $4, updated_at = $4 "
+                "FROM unnest($1::bigint[], $2::int[], $3::text[]) AS u(i, a, p) "
+                "WHERE d.id = u.i AND d.attempt = u.a AND d.submitted_at IS NULL "
+                "RETURNING d.id, d.attempt",
+                [u.document_id for u in marks],
+                [u.attempt for u in marks],
+                [u.provider_ref for u in marks],
+                now,
+            )
+            done = {(int(r[0]), int(r[1])) for r in rows}
+    out: list[bool] = []
+    for u in updates:
+        key = (u.document_id, u.attempt)
+        out.append(not u.submitted or key in done)
+        if u.submitted:
+            done.discard(key)  # a second mark of the same attempt would have found it set
+    return out
+
+
+_T = TypeVar("_T")
+_R = TypeVar("_R")
+
+
+class _Batcher(Generic[_T, _R]):
+    """Group batches for concurrent callers (the ingress's Intake does the same for claims).
+    Batches form by themselves: the next starts when the previous ends, so an idle process
+    adds no latency and a busy one pays one round trip per batch. One batch at a time, which
+    is what lets a batch run on a single connection."""
+
+    def __init__(
+        self, run: Callable[[list[_T]], Awaitable[Sequence[_R]]], max_batch: int = 500
+    ) -> None:
+        self._run = run
+        self._max = max_batch
+        self._waiting: list[tuple[_T, asyncio.Future[_R]]] = []
+        self._worker: asyncio.Task[None] | None = None
+
+    async def submit(self, item: _T) -> _R:
+        future: asyncio.Future[_R] = asyncio.get_running_loop().create_future()
+        self._waiting.append((item, future))
+        if self._worker is None or self._worker.done():
+            self._worker = asyncio.create_task(self._drain())
+        return await future
+
+    async def _drain(self) -> None:
+        while self._waiting:
+            batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
+            try:
+                results = await self._run([item for item, _ in batch])
+            except Exception as exc:  # each caller sees the failure, as it would have alone
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)
+
+
+class _SqliteWriter:
+    """One SQLite connection of its own, for the group batches: a whole batch (statements and
+    commit) costs one step on the event loop instead of a thread hop per statement. Inline
+    first: a batch is a few milliseconds of SQLite work at most, and handing it to a thread
+    costs more in GIL hand-offs than it saves. Only when another process holds the write lock
+    (a short busy timeout expires) does the batch wait in the thread, so the event loop never
+    blocks on a lock. SQLite has a single writer anyway; busy_timeout covers the other
+    processes writing to the same file. Its one user runs one batch at a time, so the loop and
+    the fallback thread never share the connection at once."""
 
     def __init__(self, path: str) -> None:
         self._path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="claims")
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-batch")
         self._conn: sqlite3.Connection | None = None
 
-    async def claim(self, requests: list[ClaimRequest], now: datetime) -> dict[str, int]:
-        # Inline first: a batch is a few milliseconds of SQLite work at most, and handing it
-        # to a thread costs more in GIL hand-offs than it saves. Only when another process
-        # holds the write lock (a short busy timeout expires) does the batch wait in the
-        # thread, so the event loop never blocks on a lock.
+    async def run(self, work: Callable[..., _R], *args: Any, transaction: bool = True) -> _R:
         try:
-            return self._claim(requests, now, busy_ms=20)
+            return self._transaction(work, args, transaction, 20)
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._executor, self._claim, requests, now, 30_000)
+        return await loop.run_in_executor(
+            self._executor, self._transaction, work, args, transaction, 30_000
+        )
 
     def _connection(self) -> sqlite3.Connection:
         if self._conn is None:
@@ -516,39 +716,21 @@ class _SqliteClaimWriter:
             self._conn = conn
         return self._conn
 
-    def _claim(self, requests: list[ClaimRequest], now: datetime, busy_ms: int) -> dict[str, int]:
-        # Callers never overlap (the intake runs one claim batch at a time), so the loop and
-        # the fallback thread can share one connection.
+    def _transaction(
+        self, work: Callable[..., _R], args: tuple[Any, ...], transaction: bool, busy_ms: int
+    ) -> _R:
         conn = self._connection()
         conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
-        at = _sqlite_time(now)
-        params: list[Any] = []
-        for r in requests:
-            params += [
-                r.tenant_id, r.kind, r.ref, PROCESSING, 1, r.command_id, r.cnpj_prestador,
-                orjson.dumps(r.payload).decode(), at, at,
-            ]  # fmt: skip
-        values = ",".join(["(?,?,?,?,?,?,?,?,?,?)"] * len(requests))
+        if not transaction:  # reads: each statement sees the latest commit
+            return work(conn, *args)
         conn.execute("BEGIN IMMEDIATE")
         try:
-            rows = conn.execute(
-                f"INSERT INTO documents ({_DOC_COLUMNS}) VALUES {values} "
-                "ON CONFLICT (tenant_id, kind, ref) DO NOTHING RETURNING id, command_id",
-                params,
-            ).fetchall()
-            inserted = {command_id: int(doc_id) for doc_id, command_id in rows}
-            if inserted:
-                sources = {r.command_id: r.source for r in requests}
-                conn.executemany(
-                    "INSERT INTO document_events (document_id, attempt, status, source, at) "
-                    "VALUES (?, 1, ?, ?, ?)",
-                    [(doc_id, PROCESSING, sources[c], at) for c, doc_id in inserted.items()],
-                )
+            out = work(conn, *args)
             conn.execute("COMMIT")
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return inserted
+        return out
 
     def close(self) -> None:
         def _close() -> None:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -110,3 +113,43 @@ class TenantStore:
                 .values(revoked_at=datetime.now(UTC))
             )
         return bool(res.rowcount)
+
+
+class TenantCache:
+    """`TenantStore.get` for a consumer's hot path: tenants change rarely and every command
+    names one, so a lookup is reused for `ttl` seconds and concurrent lookups of one tenant
+    share a single query. An unknown tenant is never cached (one created a moment ago is found
+    at once), and `fresh` re-reads past the cache, for a caller about to refuse a command
+    because of what the cached copy says (a company added a moment ago is found at once)."""
+
+    def __init__(
+        self,
+        store: TenantStore,
+        ttl: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._store = store
+        self._ttl = ttl
+        self._clock = clock
+        self._entries: dict[str, tuple[float, Tenant]] = {}
+        self._loading: dict[str, asyncio.Future[Tenant | None]] = {}
+
+    async def get(self, tenant_id: str, fresh: bool = False) -> Tenant | None:
+        entry = self._entries.get(tenant_id)
+        if not fresh and entry is not None and self._clock() - entry[0] < self._ttl:
+            return entry[1]
+        loading = self._loading.get(tenant_id)
+        if loading is None:
+            loading = asyncio.ensure_future(self._load(tenant_id))
+            self._loading[tenant_id] = loading
+            loading.add_done_callback(lambda _: self._loading.pop(tenant_id, None))
+        return await asyncio.shield(loading)
+
+    async def _load(self, tenant_id: str) -> Tenant | None:
+        started = self._clock()
+        tenant = await self._store.get(tenant_id)
+        if tenant is None:
+            self._entries.pop(tenant_id, None)
+        else:
+            self._entries[tenant_id] = (started, tenant)
+        return tenant

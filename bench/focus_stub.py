@@ -1,0 +1,124 @@
+"""A minimal Focus-compatible responder for the consumer benchmark: `POST /v2/nfse?ref=REF`
+answers 202 `processando_autorizacao` exactly LATENCY seconds after the request arrived.
+
+Why not `notaflow sandbox focus`: its `--delay` is the *processing* delay (the callback comes
+after it), its POST answers at once, and its Starlette/uvicorn stack, rate limiter, state and
+hook machinery cost more CPU per request than the consumer we want to measure, on a 2-core
+machine they share. This is a bare asyncio protocol (uvloop when present) that keeps
+connections alive and does nothing per request but a timer, so the figures are about the
+consumer.
+
+A POST whose body contains `[bench:rejeitar]` and whose provider ref is a first attempt
+(`...A1`) is refused with 400 and Focus's `erros` list, so the benchmark can send a rejected
+emission followed by its re-emission and check the two arrive in publish order.
+
+`GET /_stats` answers the arrivals as JSON `[[ref, epoch seconds, status], ...]`.
+
+    python bench/focus_stub.py PORT LATENCY
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from urllib.parse import parse_qs, urlsplit
+
+REJECT_MARKER = b"[bench:rejeitar]"
+_ACCEPTED = 202
+_REFUSED = 400
+
+
+def _response(status: int, reason: str, body: bytes) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"content-length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+class Responder(asyncio.Protocol):
+    def __init__(self, latency: float, arrivals: list[tuple[str, float, int]]) -> None:
+        self._latency = latency
+        self._arrivals = arrivals
+        self._buffer = b""
+        self._transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    def data_received(self, data: bytes) -> None:
+        self._buffer += data
+        while True:
+            end = self._buffer.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            head = self._buffer[:end].decode("latin-1")
+            length = 0
+            for line in head.split("\r\n")[1:]:
+                name, _, value = line.partition(":")
+                if name.strip().lower() == "content-length":
+                    length = int(value)
+            if len(self._buffer) < end + 4 + length:
+                return
+            body = self._buffer[end + 4 : end + 4 + length]
+            self._buffer = self._buffer[end + 4 + length :]
+            self._request(head.split("\r\n", 1)[0], body)
+
+    def _request(self, request_line: str, body: bytes) -> None:
+        method, target, _ = request_line.split(" ", 2)
+        url = urlsplit(target)
+        if method == "GET" and url.path == "/_stats":
+            self._send(_response(200, "OK", json.dumps(self._arrivals).encode()))
+            return
+        if method != "POST" or url.path != "/v2/nfse":
+            self._send(_response(404, "Not Found", b'{"codigo":"nao_encontrado"}'))
+            return
+        ref = parse_qs(url.query).get("ref", [""])[0]
+        if REJECT_MARKER in body and ref.endswith("A1"):
+            status, reason = _REFUSED, "Bad Request"
+            answer = {
+                "codigo": "erro_validacao_schema",
+                "mensagem": "rejeitada pelo benchmark",
+                "erros": [{"codigo": "E0", "mensagem": "rejeitada", "correcao": None}],
+            }
+        else:
+            status, reason = _ACCEPTED, "Accepted"
+            answer = {"ref": ref, "status": "processando_autorizacao"}
+        self._arrivals.append((ref, time.time(), status))
+        reply = _response(status, reason, json.dumps(answer).encode())
+        asyncio.get_running_loop().call_later(self._latency, self._send, reply)
+
+    def _send(self, data: bytes) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.write(data)
+
+
+async def serve(port: int, latency: float) -> None:
+    arrivals: list[tuple[str, float, int]] = []
+    loop = asyncio.get_running_loop()
+    server = await loop.create_server(
+        lambda: Responder(latency, arrivals), "127.0.0.1", port, backlog=1024
+    )
+    async with server:
+        await server.serve_forever()
+
+
+def main() -> None:
+    port, latency = int(sys.argv[1]), float(sys.argv[2])
+    try:
+        import uvloop
+
+        uvloop.run(serve(port, latency))
+    except ImportError:
+        asyncio.run(serve(port, latency))
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""The Focus adapter's keep-alive transport against a real socket server: reuse, bodies
+(length and chunked), a server that closes, timeouts mapped to httpx's exceptions."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import httpx
+import pytest
+
+from consumers.providers.keepalive import KeepAliveTransport
+
+
+class Server:
+    def __init__(self) -> None:
+        self.connections = 0
+        self.answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        self.stall = False
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            length = next(
+                (
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                ),
+                0,
+            )
+            await reader.readexactly(length)
+            if self.stall:
+                await asyncio.sleep(5)
+            writer.write(self.answer)
+            await writer.drain()
+            if b"connection: close" in self.answer.lower():
+                writer.close()
+                return
+
+
+@pytest.fixture
+async def server() -> AsyncIterator[tuple[Server, str]]:
+    s = Server()
+    srv = await asyncio.start_server(s.handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    yield s, f"http://127.0.0.1:{port}"
+    srv.close()
+
+
+async def test_reuses_one_connection_for_sequential_calls(server: tuple[Server, str]) -> None:
+    s, base = server
+    async with httpx.AsyncClient(base_url=base, transport=KeepAliveTransport()) as client:
+        for _ in range(5):
+            resp = await client.post("/v2/nfse", params={"ref": "a"}, json={"x": 1})
+            assert resp.status_code == 200 and resp.text == "ok"
+    assert s.connections == 1
+
+
+async def test_chunked_body_and_concurrency(server: tuple[Server, str]) -> None:
+    s, base = server
+    s.answer = (
+        b"HTTP/1.1 202 Accepted\r\ntransfer-encoding: chunked\r\n"
+        b'content-type: application/json\r\n\r\n5\r\n{"a":\r\n2\r\n1}\r\n0\r\n\r\n'
+    )
+    transport = KeepAliveTransport(max_connections=3)
+    async with httpx.AsyncClient(base_url=base, transport=transport) as client:
+        replies = await asyncio.gather(*(client.get("/x") for _ in range(10)))
+    assert all(r.status_code == 202 and r.json() == {"a": 1} for r in replies)
+    assert s.connections <= 3
+
+
+async def test_connection_close_is_not_reused(server: tuple[Server, str]) -> None:
+    s, base = server
+    s.answer = b"HTTP/1.1 200 OK\r\nconnection: close\r\ncontent-length: 2\r\n\r\nok"
+    async with httpx.AsyncClient(base_url=base, transport=KeepAliveTransport()) as client:
+        for _ in range(3):
+            assert (await client.get("/x")).text == "ok"
+    assert s.connections == 3
+
+
+async def test_timeouts_and_refusals_are_httpx_errors(server: tuple[Server, str]) -> None:
+    s, base = server
+    s.stall = True
+    async with httpx.AsyncClient(
+        base_url=base, transport=KeepAliveTransport(), timeout=0.2
+    ) as client:
+        with pytest.raises(httpx.ReadTimeout):
+            await client.get("/x")
+    async with httpx.AsyncClient(transport=KeepAliveTransport()) as client:
+        with pytest.raises(httpx.ConnectError):
+            await client.get("http://127.0.0.1:1/x")
