@@ -146,22 +146,25 @@ class Bus:
                     if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
                         return BusUnavailable("record larger than the producer's batch size")
                     open_batches.append(batch)
+            # One of our batches pending per partition at a time: aiokafka's add_batch
+            # subtracts the whole elapsed time on every wait, so batches queued behind several
+            # others time out long before request_timeout. If Kafka failed one we queued
+            # behind (after a whole request timeout), answer now with nothing sent instead of
+            # spending another timeout: in an outage each request gets its 503 within about
+            # two timeouts, not one more per batch queued ahead of it.
+            queued = [self._last_batch.get((topic, partition)) for partition in batches]
+            waiting = [f for f in queued if f is not None and not f.done()]
+            if waiting:
+                await asyncio.wait(waiting)
+                if any(f.cancelled() or f.exception() is not None for f in waiting):
+                    self._ready = False
+                    return BusUnavailable("Kafka failed the batches queued ahead of these")
             acks = []
             for partition, open_batches in batches.items():
                 for batch in open_batches:
-                    # One of our batches pending per partition at a time: aiokafka's
-                    # add_batch subtracts the whole elapsed time on every wait, so batches
-                    # queued behind several others time out long before request_timeout.
                     previous = self._last_batch.get((topic, partition))
                     if previous is not None and not previous.done():
                         await asyncio.wait([previous])
-                        if previous.cancelled() or previous.exception() is not None:
-                            # Kafka failed the batch we queued behind, after a whole request
-                            # timeout: answer now instead of spending another one behind it,
-                            # so in an outage each request gets its 503 within about two
-                            # timeouts, not one more timeout per batch queued ahead of it.
-                            self._ready = False
-                            return BusUnavailable("Kafka failed this partition's previous batch")
                     ack = await producer.send_batch(batch, topic, partition=partition)
                     self._last_batch[(topic, partition)] = ack
                     acks.append(ack)
