@@ -56,6 +56,8 @@ def unavailable() -> FocusError:
     return FocusError(
         503,
         "servico_indisponivel",
-        "Serviço temporariamente indisponível; nada foi registrado. Tente novamente em instantes.",
+        # Not "nothing was recorded": Kafka may have stored a command whose ack never came
+        # back. Retrying with the same ref is always safe (at worst a 422 em_processamento).
+        "Serviço temporariamente indisponível. Tente novamente em instantes com a mesma ref.",
         headers={"Retry-After": "5"},
     )

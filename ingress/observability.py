@@ -137,7 +137,7 @@ _FOCUS_CODES: dict[int, tuple[str, list[str]]] = {
         ["nfe_autorizada", "em_processamento"],
     ),
     500: ("Erro interno; nada foi registrado", ["erro_interno"]),
-    503: ("Kafka indisponível; nada foi registrado, tente de novo", ["servico_indisponivel"]),
+    503: ("Kafka indisponível; tente de novo com a mesma ref", ["servico_indisponivel"]),
 }
 
 
