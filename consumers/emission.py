@@ -143,6 +143,13 @@ class EmissionConsumer:
             return
         if doc.status not in TRANSITIONS[status]:
             return  # late callback: the note has moved on
+        # The provider's answer may come before our record of handing the note over: a crash
+        # fell between the POST and that bookkeeping, and after the restart this callback was
+        # fetched ahead of the redelivered command. Record it now, with its lifecycle event, so
+        # the stream still reads processing -> outcome.
+        unrecorded = doc.status == PROCESSING and doc.submitted_at is None
+        if unrecorded and await self._docs.mark_submitted(doc.id, doc.attempt, str(body["ref"])):
+            await self._publish_status(doc, event)
         result = result_from_provider(body)
         if status == AUTHORIZED and result.get("caminho_xml_nota_fiscal"):
             path = str(result["caminho_xml_nota_fiscal"])

@@ -228,6 +228,8 @@ def verify_every_note_authorized_once(stack: Stack, refs: list[str], context: st
     assert not dead, f"{context}: {len(dead)} record(s) dead-lettered"
     total_posts = sum(posts.values())
     assert set(records) <= {"processando_autorizacao", "autorizado"}, f"{context}: {records}"
+    processing = len(ids.get("processando_autorizacao", set()))
+    assert processing == n, f"{context}: processando for {processing} of {n} notes"
     lifecycle = {status: (records[status], len(ids[status])) for status in records}
     return Verdict(total_posts, n, total_posts - n, lifecycle)
 
