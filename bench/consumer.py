@@ -273,7 +273,10 @@ def main() -> int:
         latencies: list[float] = []
         paced_rate = 0.0
         if args.paced_seconds > 0:
-            paced = loop.run_until_complete(loader.paced(bound / 2, args.paced_seconds, "p"))
+            # Half of what the backlog showed the consumer can do, so the latency is the
+            # path's own, not a queue's.
+            paced_rate = min(bound, rate) / 2
+            paced = loop.run_until_complete(loader.paced(paced_rate, args.paced_seconds, "p"))
             wait_for(
                 lambda: len(stub_arrivals(stub_url)) >= len(arrivals) + len(paced),
                 timeout=60,
