@@ -12,7 +12,8 @@ A POST whose body contains `[bench:rejeitar]` and whose provider ref is a first 
 (`...A1`) is refused with 400 and Focus's `erros` list, so the benchmark can send a rejected
 emission followed by its re-emission and check the two arrive in publish order.
 
-`GET /_stats` answers the arrivals as JSON `[[ref, epoch seconds, status], ...]`.
+`GET /_stats` answers the arrivals as JSON `[[ref, epoch seconds, status], ...]`, `GET /_count`
+how many there are.
 
     python bench/focus_stub.py PORT LATENCY
 """
@@ -72,6 +73,9 @@ class Responder(asyncio.Protocol):
     def _request(self, request_line: str, body: bytes) -> None:
         method, target, _ = request_line.split(" ", 2)
         url = urlsplit(target)
+        if method == "GET" and url.path == "/_count":  # cheap enough to poll
+            self._send(_response(200, "OK", str(len(self._arrivals)).encode()))
+            return
         if method == "GET" and url.path == "/_stats":
             self._send(_response(200, "OK", json.dumps(self._arrivals).encode()))
             return
