@@ -133,12 +133,37 @@ def _schema_error(raw: Any) -> InvalidDocument | None:
     return None
 
 
+def _nul_path(value: Any, path: str) -> str | None:
+    """The dotted path of the first string (key or value) holding a NUL character."""
+    if isinstance(value, str):
+        return (path or "evento") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            if "\x00" in str(key):
+                return child
+            found = _nul_path(item, child)
+            if found is not None:
+                return found
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            found = _nul_path(item, f"{path}.{i}")
+            if found is not None:
+                return found
+    return None
+
+
 def normalize_event(raw: Any) -> InvoiceEvent:
     """Validate one event (schema, then dates, amounts and documents) and normalize it:
     amounts as "123.45" strings, codes as strings, CPF/CNPJ as digits."""
     error = _schema_error(raw)
     if error is not None:
         raise error
+    nul = _nul_path(raw, "")
+    if nul is not None:
+        # No fiscal text carries a NUL, and PostgreSQL cannot store one in a text column:
+        # refuse it here rather than dead-letter it in the billing consumer.
+        raise InvalidDocument(nul, f"Parâmetro {nul} inválido: caractere nulo")
     inv: dict[str, Any] = dict(raw["invoice"])
     kind = raw["type"]
     if "uid" not in inv:

@@ -75,6 +75,8 @@ def test_normalize_wuro_fields_total_from_totals() -> None:
         (lambda e: e["invoice"].pop("valor"), "invoice.valor"),
         (lambda e: e["invoice"].update(state="paid"), "invoice.state"),
         (lambda e: e.update(occurred_at="yesterday..."), "occurred_at"),
+        (lambda e: e["invoice"].update(number="12\x0034"), "invoice.number"),
+        (lambda e: e["invoice"].update(extra={"a\x00": 1}), "invoice.extra.a"),
     ],
 )
 def test_invalid_events_name_the_field(mutate: object, field: str) -> None:
