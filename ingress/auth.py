@@ -58,6 +58,11 @@ def basic_token(request: Request) -> str | None:
     return _basic_user(request.headers.get("authorization", ""))
 
 
+def basic_user(authorization: str) -> str | None:
+    """`basic_token` of an Authorization header's value (for handlers without a Request)."""
+    return _basic_user(authorization)
+
+
 @functools.lru_cache(maxsize=4096)
 def _basic_user(header: str) -> str | None:
     # Cached: clients send the same header on every request, and decoding it each time was

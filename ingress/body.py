@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
+from starlette.types import Receive
 
 
 class BodyTooLarge(Exception):
@@ -24,12 +25,19 @@ class BodyNotJson(Exception):
 _NEVER_JSON = ("multipart/", "application/xml", "text/xml", "image/", "audio/", "video/")
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    # ASCII digits only ("²".isdigit() too) and short enough for int(); else count as we read.
+def _trusted_length(declared: str | None, limit: int) -> bool:
+    """True when the declared Content-Length can be relied on (the server enforces it); raises
+    BodyTooLarge when it is over the limit. ASCII digits only ("²".isdigit() too) and short
+    enough for int(); otherwise the body is counted as it is read."""
     if declared is not None and declared.isascii() and declared.isdigit() and len(declared) < 19:
         if int(declared) > limit:
             raise BodyTooLarge
+        return True
+    return False
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    if _trusted_length(request.headers.get("content-length"), limit):
         return await request.body()  # the server enforces Content-Length
     chunks: list[bytes] = []
     size = 0
@@ -41,11 +49,35 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def read_json(request: Request, limit: int, empty: Any = None) -> Any:
-    ctype = request.headers.get("content-type", "").lower()
-    if ctype.startswith(_NEVER_JSON):
+async def receive_body(receive: Receive, content_length: str | None, limit: int) -> bytes:
+    """`read_body` for a raw ASGI handler: the same limit, the same ClientDisconnect."""
+    counted = not _trusted_length(content_length, limit)
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.request":
+            chunk = message.get("body", b"")
+            if chunk:
+                if counted:
+                    size += len(chunk)
+                    if size > limit:
+                        raise BodyTooLarge
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        elif message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+
+
+def check_json_type(content_type: str) -> None:
+    """Raises BodyNotJson for a Content-Type that can never carry our JSON."""
+    if content_type.lower().startswith(_NEVER_JSON):
         raise BodyNotJson(unsupported_type=True)
-    raw = await read_body(request, limit)
+
+
+def parse_json(raw: bytes, empty: Any = None) -> Any:
     if not raw.strip():
         if empty is not None:
             return empty
@@ -54,3 +86,8 @@ async def read_json(request: Request, limit: int, empty: Any = None) -> Any:
         return orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         raise BodyNotJson(unsupported_type=False) from exc
+
+
+async def read_json(request: Request, limit: int, empty: Any = None) -> Any:
+    check_json_type(request.headers.get("content-type", ""))
+    return parse_json(await read_body(request, limit), empty)

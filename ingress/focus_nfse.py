@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import Awaitable, Callable
 from urllib.parse import unquote_plus
 
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingress.auth import basic_token
-from ingress.body import BodyNotJson, BodyTooLarge, read_json
+from ingress.auth import basic_user
+from ingress.body import (
+    BodyNotJson,
+    BodyTooLarge,
+    check_json_type,
+    parse_json,
+    read_body,
+    read_json,
+)
 from ingress.cancellation import cancel_and_wait
 from ingress.deps import IngressDeps, deps
 from ingress.errors import FocusError, invalid, not_found, unavailable
@@ -32,15 +40,23 @@ SOURCE = "notaflow/ingress"
 def query_value(request: Request, name: str) -> str | None:
     """One query parameter without building Starlette's full multi-dict (measurable on the
     hot path); the first occurrence wins, as with `query_params.get`."""
+    return query_string_value(request.scope.get("query_string", b""), name)
+
+
+def query_string_value(query_string: bytes, name: str) -> str | None:
     prefix = name.encode() + b"="
-    for part in request.scope.get("query_string", b"").split(b"&"):
+    for part in query_string.split(b"&"):
         if part.startswith(prefix):
             return unquote_plus(part[len(prefix) :].decode("latin-1"))
     return None
 
 
 async def authenticate(request: Request, d: IngressDeps) -> Tenant:
-    token = basic_token(request)
+    return await authenticate_header(request.headers.get("authorization", ""), d)
+
+
+async def authenticate_header(authorization: str, d: IngressDeps) -> Tenant:
+    token = basic_user(authorization)
     if token is None:
         raise FocusError(
             401,
@@ -58,26 +74,60 @@ async def authenticate(request: Request, d: IngressDeps) -> Tenant:
 async def focus_json(request: Request, d: IngressDeps, empty: object = None) -> object:
     try:
         return await read_json(request, d.settings.max_body_bytes, empty)
-    except BodyTooLarge as exc:
-        raise FocusError(
+    except (BodyTooLarge, BodyNotJson) as exc:
+        raise _body_error(exc, d) from exc
+
+
+def _body_error(exc: BodyTooLarge | BodyNotJson, d: IngressDeps) -> FocusError:
+    if isinstance(exc, BodyTooLarge):
+        return FocusError(
             413,
             "requisicao_invalida",
             f"Corpo da requisição maior que o limite de {d.settings.max_body_bytes} bytes",
-        ) from exc
-    except BodyNotJson as exc:
-        if exc.unsupported_type:
-            raise FocusError(415, "requisicao_invalida", "Envie o corpo em JSON") from exc
-        raise invalid("O corpo da requisição não é um JSON válido") from exc
+        )
+    if exc.unsupported_type:
+        return FocusError(415, "requisicao_invalida", "Envie o corpo em JSON")
+    return invalid("O corpo da requisição não é um JSON válido")
 
 
 async def create_nfse(request: Request) -> Response:
-    d = deps(request)
-    tenant = await authenticate(request, d)
+    headers = request.headers
+    cnpj, ref = await accept_nfse(
+        deps(request),
+        authorization=headers.get("authorization", ""),
+        query_string=request.scope.get("query_string", b""),
+        content_type=headers.get("content-type", ""),
+        read=lambda limit: read_body(request, limit),
+        traceparent=headers.get("traceparent", ""),
+    )
+    return FastJSONResponse(accepted_body(cnpj, ref), status_code=202)
+
+
+def accepted_body(cnpj: str, ref: str) -> dict[str, str]:
+    return {"cnpj_prestador": cnpj, "ref": ref, "status": "processando_autorizacao"}
+
+
+async def accept_nfse(
+    d: IngressDeps,
+    authorization: str,
+    query_string: bytes,
+    content_type: str,
+    read: Callable[[int], Awaitable[bytes]],
+    traceparent: str,
+) -> tuple[str, str]:
+    """POST /v2/nfse without Starlette's Request (the ingress's hot route also runs as a raw
+    ASGI handler, see `ingress.app`): the prestador's CNPJ and the ref, once the ref is claimed
+    and the command acknowledged by Kafka; FocusError for every refusal."""
+    tenant = await authenticate_header(authorization, d)
     try:
-        ref = validate_ref(query_value(request, "ref"))
+        ref = validate_ref(query_string_value(query_string, "ref"))
     except InvalidDocument as exc:
         raise invalid(exc.message) from exc
-    raw = await focus_json(request, d)
+    try:
+        check_json_type(content_type)
+        raw = parse_json(await read(d.settings.max_body_bytes))
+    except (BodyTooLarge, BodyNotJson) as exc:
+        raise _body_error(exc, d) from exc
     try:
         document = normalize_nfse(raw)
     except InvalidDocument as exc:
@@ -95,7 +145,7 @@ async def create_nfse(request: Request) -> Response:
         subject=ref,
         id=command_id,
         tenant=tenant.id,
-        traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
+        traceparent=outgoing_traceparent(traceparent),
     )
     claim = ClaimRequest(tenant.id, KIND, ref, cnpj, document, command_id, SOURCE)
     try:
@@ -106,9 +156,7 @@ async def create_nfse(request: Request) -> Response:
         raise FocusError(422, "em_processamento", "Nota fiscal em processamento") from exc
     except BusUnavailable as exc:
         raise unavailable() from exc
-    return FastJSONResponse(
-        {"cnpj_prestador": cnpj, "ref": ref, "status": "processando_autorizacao"}, status_code=202
-    )
+    return cnpj, ref
 
 
 async def get_nfse(request: Request) -> Response:
