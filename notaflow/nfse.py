@@ -245,21 +245,26 @@ def _def_messages(defs: Mapping[str, Any]) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class _Object:
-    fields: Mapping[str, _Handler | _Object]
+    """Each known field of an object: its dotted path (built once here, not per request) and
+    its handler, or the plan of a nested object. Free-text fields are kept apart because they
+    are most of a document and, when ASCII, need no call at all."""
+
+    fields: Mapping[str, tuple[str, _Handler | _Object]]
 
 
-def _compile(schema: Mapping[str, Any]) -> _Object:
-    fields: dict[str, _Handler | _Object] = {}
+def _compile(schema: Mapping[str, Any], prefix: str = "") -> _Object:
+    fields: dict[str, tuple[str, _Handler | _Object]] = {}
     for name, sub in schema["properties"].items():
+        path = prefix + name
         if "properties" in sub:
-            fields[name] = _compile(sub)
+            fields[name] = (path, _compile(sub, path + "."))
         elif "$ref" in sub:
             definition = sub["$ref"].removeprefix("#/$defs/")
             if definition not in _HANDLERS:
                 raise RuntimeError(f"nfse schema definition {definition!r} has no handler")
-            fields[name] = _HANDLERS[definition]
+            fields[name] = (path, _HANDLERS[definition])
         elif sub.get("type") == "string":
-            fields[name] = _text
+            fields[name] = (path, _text)
         else:
             raise RuntimeError(f"nfse schema property {name!r} needs a $ref or type string")
     return _Object(fields)
@@ -319,7 +324,7 @@ def _first_schema_error(raw: dict[str, Any]) -> InvalidDocument:
 
 
 def _normalize_object(
-    raw: Mapping[str, Any], plan: _Object, prefix: str, errors: list[InvalidDocument] | None
+    raw: Mapping[str, Any], plan: _Object, errors: list[InvalidDocument] | None
 ) -> dict[str, Any]:
     """The known fields of `raw`, normalised. Driven by the client's keys rather than the plan
     because a document carries far fewer fields than the schema knows. With `errors`, fiscal
@@ -327,16 +332,19 @@ def _normalize_object(
     out: dict[str, Any] = {}
     fields = plan.fields
     for name, value in raw.items():
-        node = fields.get(name)
-        if node is None:
+        known = fields.get(name)
+        if known is None:
             continue
-        if isinstance(node, _Object):
-            out[name] = _normalize_object(value, node, prefix + name + ".", errors)
+        path, node = known
+        if node is _text and value.isascii():  # the schema made it a string: kept as is
+            out[name] = value
+        elif isinstance(node, _Object):
+            out[name] = _normalize_object(value, node, errors)
         elif errors is None:
-            out[name] = node(prefix + name, value)
+            out[name] = node(path, value)
         else:
             try:
-                out[name] = node(prefix + name, value)
+                out[name] = node(path, value)
             except InvalidDocument as error:
                 errors.append(error)
     return out
@@ -370,12 +378,12 @@ def normalize_nfse(raw: object) -> dict[str, Any]:
     except ValueError:  # a value JSON cannot hold (bytes, a non-string key): not a JSON body
         raise InvalidDocument("", NOT_AN_OBJECT) from None
     try:
-        doc = _normalize_object(raw, _PLAN, "", None)
+        doc = _normalize_object(raw, _PLAN, None)
     except InvalidDocument:
         # Rare: walk again collecting every fiscal error, to report the smallest path as the
         # schema step does, whatever order the client wrote its fields in.
         errors: list[InvalidDocument] = []
-        _normalize_object(raw, _PLAN, "", errors)
+        _normalize_object(raw, _PLAN, errors)
         raise min(errors, key=lambda error: (error.field, error.message)) from None
     _apply_defaults(doc)
     return doc
