@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import struct
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
-from aiokafka.partitioner import murmur2
 
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
@@ -23,6 +24,34 @@ from notaflow.metrics import Metrics
 from notaflow.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+_WORDS: dict[int, Callable[[bytes], tuple[int, ...]]] = {}
+
+
+def murmur2(data: bytes) -> int:
+    """Kafka's murmur2 (the default partitioner's hash), as `aiokafka.partitioner.murmur2`
+    computes it, in half the time: whole little-endian words at once instead of byte by byte
+    (it is paid for every record the ingress publishes). tests/unit checks they agree."""
+    length = len(data)
+    h = 0x9747B28C ^ length
+    words = length >> 2
+    unpack = _WORDS.get(words)
+    if unpack is None:
+        unpack = _WORDS[words] = struct.Struct(f"<{words}I").unpack_from
+    for k in unpack(data):
+        k = (k * 0x5BD1E995) & 0xFFFFFFFF
+        h = ((h * 0x5BD1E995) & 0xFFFFFFFF) ^ (((k ^ (k >> 24)) * 0x5BD1E995) & 0xFFFFFFFF)
+    tail = length & 3
+    if tail:
+        base = length - tail
+        if tail == 3:
+            h ^= data[base + 2] << 16
+        if tail >= 2:
+            h ^= data[base + 1] << 8
+        h = ((h ^ data[base]) * 0x5BD1E995) & 0xFFFFFFFF
+    h = ((h ^ (h >> 13)) * 0x5BD1E995) & 0xFFFFFFFF
+    return h ^ (h >> 15)
 
 
 def client_options(settings: Settings) -> dict[str, Any]:
@@ -165,6 +194,9 @@ class Bus:
                     previous = self._last_batch.get((topic, partition))
                     if previous is not None and not previous.done():
                         await asyncio.wait([previous])
+                    # Closed, the batch is sent at once: an open one lingers (linger_ms) in
+                    # aiokafka's accumulator, a timer and a wake-up per partition per publish.
+                    batch.close()
                     ack = await producer.send_batch(batch, topic, partition=partition)
                     self._last_batch[(topic, partition)] = ack
                     acks.append(ack)
