@@ -38,9 +38,10 @@ Test control (no auth):
     GET  /_sandbox/stats     counts per ref (emissions accepted, authorizations, rejections,
                              cancellations, 500s) and callbacks sent/failed/given_up/dropped
     POST /_sandbox/clock     {"advance": s} moves the sandbox clock (cancel window, rate limit)
-    POST /_sandbox/outage    {"mode": "http500"|"timeout"|"off", "seconds"?: s, "hang"?: s}
-                             for `seconds`, every authenticated call answers 500, or hangs
-                             `hang` seconds and answers 504 unprocessed (a provider outage)
+    POST /_sandbox/outage    {"mode": "http500"|"timeout"|"slow"|"off", "seconds"?: s,
+                             "hang"?: s} for `seconds`, every authenticated call answers 500,
+                             or hangs `hang` seconds and answers 504 unprocessed (an outage),
+                             or (slow) works normally but answers `hang` seconds late
     GET  /_sandbox/requests  every POST /v2/nfse: ref, arrival (monotonic), duration, status
 """
 
@@ -360,6 +361,9 @@ class FocusSandbox:
                 ).response()
                 response.headers["Retry-After"] = str(verdict.reset)
             response.headers.update(verdict.headers())
+            if outage == "slow":
+                # A provider under load: it does the work, but its answer takes `hang` seconds.
+                await asyncio.sleep(self._outage_hang)
             return response
 
         return endpoint
@@ -628,8 +632,8 @@ class FocusSandbox:
         except FocusError as exc:
             return exc.response()
         mode, seconds, hang = body.get("mode"), body.get("seconds", 3600), body.get("hang", 30)
-        if mode not in ("http500", "timeout", "off"):
-            return _invalid('Parâmetro "mode" deve ser http500, timeout ou off').response()
+        if mode not in ("http500", "timeout", "slow", "off"):
+            return _invalid('Parâmetro "mode" deve ser http500, timeout, slow ou off').response()
         numbers = (seconds, hang)
         if any(isinstance(n, bool) or not isinstance(n, int | float) or n < 0 for n in numbers):
             return _invalid('Parâmetros "seconds" e "hang" devem ser números >= 0').response()

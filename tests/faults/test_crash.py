@@ -309,6 +309,10 @@ def test_sigterm_under_load_drains_commits_and_exits_zero(stack: Stack) -> None:
     context = f"seed {SEED + 1}"
     refs = [f"term{i:03d}" for i in range(n)]
     topics = t.Topics(stack.settings.kafka_topic_prefix)
+    # Focus answers in 0.3 s, as under load: handlers spend most of their time mid-call, so the
+    # signal finds work in flight however fast the consumer is.
+    slow = {"mode": "slow", "hang": 0.3, "seconds": 600}
+    httpx.post(f"{stack.sandbox}/_sandbox/outage", json=slow).raise_for_status()
     started = time.monotonic()
     pool = ThreadPoolExecutor(1)
     posting = pool.submit(post_commands, stack, refs)
