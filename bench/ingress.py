@@ -1,7 +1,8 @@
 """Ingress benchmark: accepted `POST /v2/nfse` per second, p50 and p99, through the real ingress
 (auth, JSON Schema + fiscal validation, ref claim in the database, acks=all publish to the
 embedded broker) against a bare Starlette endpoint that only parses the body — both measured
-in this run, on loopback, with wrk. Prints the ratio; absolute numbers drift on shared machines.
+in this run, on loopback, with wrk. Prints the ratio; absolute numbers drift on shared machines,
+so it also prints each server's CPU time per request (from /proc), which drifts much less.
 
     bin/bench ingress [--seconds 10] [--connections 64] [--database sqlite|postgres]
 """
@@ -19,6 +20,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -68,6 +70,26 @@ def run_wrk(url: str, seconds: int, connections: int, token: str, prefix: str) -
     }
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system CPU time of a process so far (Linux), None where /proc is not there."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measured(pid: int, run: Callable[[], dict[str, float]]) -> dict[str, float]:
+    """`run()`'s figures plus the server's CPU microseconds per request during it."""
+    before = cpu_seconds(pid)
+    result = run()
+    after = cpu_seconds(pid)
+    if before is not None and after is not None and result["total"]:
+        result["cpu_us"] = (after - before) / result["total"] * 1e6
+    return result
+
+
 def _ms(value: str) -> float:
     number = float(re.match(r"[\d.]+", value).group(0))  # type: ignore[union-attr]
     unit = value[len(re.match(r"[\d.]+", value).group(0)) :]  # type: ignore[union-attr]
@@ -115,41 +137,54 @@ def main() -> int:
             .splitlines()[-1]
         )
         log = open(logs / "bench-processes.log", "wb")  # noqa: SIM115
-        procs.append(
-            subprocess.Popen([*NOTAFLOW, "ingress"], env=env, cwd=ROOT, stdout=log, stderr=log)
+        ingress = subprocess.Popen(
+            [*NOTAFLOW, "ingress"], env=env, cwd=ROOT, stdout=log, stderr=log
         )
-        procs.append(
-            subprocess.Popen(
-                [sys.executable, str(ROOT / "bench" / "bare_app.py"), str(bare_port)],
-                cwd=ROOT,
-                stdout=log,
-                stderr=log,
-            )
+        procs.append(ingress)
+        bare = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "bare_app.py"), str(bare_port)],
+            cwd=ROOT,
+            stdout=log,
+            stderr=log,
         )
+        procs.append(bare)
         wait_http(f"http://127.0.0.1:{port}/readyz")
         time.sleep(1)
         results: dict[str, list[dict[str, float]]] = {"bare": [], "ingress": []}
-        for r in range(args.rounds):
-            results["bare"].append(
-                run_wrk(
-                    f"http://127.0.0.1:{bare_port}", args.seconds, args.connections, token, f"b{r}x"
+        for round_ in range(args.rounds):
+            for name, pid, url in (
+                ("bare", bare.pid, f"http://127.0.0.1:{bare_port}"),
+                ("ingress", ingress.pid, f"http://127.0.0.1:{port}"),
+            ):
+                prefix = f"{name[0]}{round_}x"
+                results[name].append(
+                    measured(
+                        pid,
+                        lambda url=url, prefix=prefix: run_wrk(  # type: ignore[misc]
+                            url, args.seconds, args.connections, token, prefix
+                        ),
+                    )
                 )
-            )
-            results["ingress"].append(
-                run_wrk(f"http://127.0.0.1:{port}", args.seconds, args.connections, token, f"i{r}x")
-            )
         best = {k: max(v, key=lambda x: x["rps"]) for k, v in results.items()}
         print(
             f"\ningress benchmark ({args.database}, {args.connections} connections, "
             f"{args.seconds}s x {args.rounds} rounds, best round)"
         )
-        print(f"{'':10} {'accepted/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}")
+        print(
+            f"{'':10} {'accepted/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
+            f" {'CPU us/request':>15}"
+        )
         for name, r in best.items():
+            cpu = f"{r['cpu_us']:15.0f}" if "cpu_us" in r else f"{'-':>15}"
             print(
                 f"{name:10} {r['rps']:11.0f} {r['p50']:8.2f} {r['p99']:8.2f} {int(r['non2xx']):8d}"
+                f" {cpu}"
             )
         ratio = best["ingress"]["rps"] / best["bare"]["rps"]
         print(f"ratio ingress/bare: {ratio:.2f} (target >= 0.5)")
+        if "cpu_us" in best["ingress"] and "cpu_us" in best["bare"]:
+            cpu_ratio = best["bare"]["cpu_us"] / best["ingress"]["cpu_us"]
+            print(f"CPU per request, bare/ingress: {cpu_ratio:.2f} (drifts less than req/s)")
         return 0
     finally:
         for proc in procs:
