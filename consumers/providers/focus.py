@@ -11,6 +11,7 @@ import asyncio
 import base64
 import time
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -43,9 +44,10 @@ class RateLimitGate:
         if delay > 0:
             await asyncio.sleep(delay)
 
-    def observe(self, headers: httpx.Headers) -> None:
-        remaining = headers.get("Rate-Limit-Remaining")
-        reset = headers.get("Rate-Limit-Reset")
+    def observe(self, headers: Mapping[str, str]) -> None:
+        """`headers` as httpx's, or a dict with the names in lower case."""
+        remaining = headers.get("rate-limit-remaining")
+        reset = headers.get("rate-limit-reset")
         try:
             if remaining is not None and reset is not None and int(remaining) <= 0:
                 self._resume_at = max(self._resume_at, time.monotonic() + float(reset))
@@ -92,6 +94,13 @@ class FocusClient:
             (b"Authorization", f"Basic {credentials}".encode("latin-1")),
         ]
         self._timeouts = template.extensions["timeout"]
+        # Our own transport takes the request as bytes, without httpx's objects around it.
+        self._raw = self._transport if isinstance(self._transport, KeepAliveTransport) else None
+        base = httpx.URL(self._base)
+        self._scheme = base.raw_scheme
+        self._host = base.host
+        self._port = base.port or (443 if base.scheme == "https" else 80)
+        self._prefix = base.raw_path.rstrip(b"/")
 
     async def aclose(self) -> None:
         await self._client.aclose()
@@ -112,27 +121,24 @@ class FocusClient:
         try:
             if tracing.enabled():
                 with tracing.span(f"focus {method}", kind=SpanKind.CLIENT, **{"http.url": url}):
-                    resp = await self._send(method, url, json, params)
+                    status, headers, content = await self._send(method, url, json, params)
             else:
-                resp = await self._send(method, url, json, params)
+                status, headers, content = await self._send(method, url, json, params)
         except httpx.TimeoutException as exc:
             raise TransientFailure(f"Focus {method} {url}: timeout") from exc
         except httpx.HTTPError as exc:
             # Transport failures, undecodable bodies, redirect loops: none is the document's
             # fault, so all are worth another try.
             raise TransientFailure(f"Focus {method} {url}: {exc!r}") from exc
-        headers = resp.headers
         self._gate.observe(headers)
-        status = resp.status_code
         if status == 429:
-            retry_after = _seconds(headers.get("Retry-After")) or _seconds(
-                headers.get("Rate-Limit-Reset")
+            retry_after = _seconds(headers.get("retry-after")) or _seconds(
+                headers.get("rate-limit-reset")
             )
             self._gate.block_for(retry_after or 1.0)
             raise RateLimited("Focus rate limit reached", retry_after=retry_after or 1.0)
         if status >= 500:
             raise TransientFailure(f"Focus {method} {url}: HTTP {status}")
-        content = resp.content
         try:
             body = orjson.loads(content) if content else {}
         except ValueError as exc:
@@ -146,11 +152,12 @@ class FocusClient:
 
     async def _send(
         self, method: str, url: str, json: Any, params: dict[str, str] | None
-    ) -> httpx.Response:
-        """One exchange straight on the transport, the request as the client would build it."""
-        target = self._base + url
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One exchange straight on the transport, the request as the client would build it:
+        the status, the headers (names in lower case) and the decoded body."""
+        path = url
         if params:
-            target += "?" + "&".join(
+            path += "?" + "&".join(
                 f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params.items()
             )
         headers = self._headers.copy()
@@ -161,8 +168,33 @@ class FocusClient:
         parent = tracing.outgoing_traceparent()
         if parent:
             headers.append((b"traceparent", parent.encode("ascii")))
+        if self._raw is not None and path.isascii():
+            if content or method in ("POST", "PUT", "PATCH"):
+                headers.append((b"Content-Length", str(len(content)).encode("ascii")))
+            reply = await self._raw.exchange(
+                self._scheme,
+                self._host,
+                self._port,
+                method.encode("ascii"),
+                self._prefix + path.encode("ascii"),
+                headers,
+                content,
+                self._timeouts,
+            )
+            fields = {
+                name.decode("latin-1"): value.decode("latin-1") for name, value in reply.headers
+            }
+            if "content-encoding" not in fields:
+                return reply.status_code, fields, reply.content
+            # Compressed: httpx's decoders, as the client would have applied them.
+            resp = httpx.Response(reply.status_code, headers=reply.headers, content=reply.content)
+            return reply.status_code, fields, resp.read()
         request = httpx.Request(
-            method, target, headers=headers, content=content, extensions={"timeout": self._timeouts}
+            method,
+            self._base + path,
+            headers=headers,
+            content=content,
+            extensions={"timeout": self._timeouts},
         )
         resp = await self._transport.handle_async_request(request)
         resp.request = request
@@ -170,7 +202,8 @@ class FocusClient:
             await resp.aread()
         finally:
             await resp.aclose()
-        return resp
+        fields = {name.lower(): value for name, value in resp.headers.items()}
+        return resp.status_code, fields, resp.content
 
     async def emit_nfse(self, ref: str, document: dict[str, Any]) -> FocusReply:
         return await self._request("POST", "/v2/nfse", json=document, params={"ref": ref})

@@ -4,11 +4,13 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import httpx
 import pytest
 
+from consumers.providers.focus import FocusClient
 from consumers.providers.keepalive import KeepAliveTransport
 
 
@@ -17,11 +19,13 @@ class Server:
         self.connections = 0
         self.answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
         self.stall = False
+        self.heads: list[bytes] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
+            self.heads.append(head)
             length = next(
                 (
                     int(line.split(b":")[1])
@@ -91,3 +95,39 @@ async def test_timeouts_and_refusals_are_httpx_errors(server: tuple[Server, str]
     async with httpx.AsyncClient(transport=KeepAliveTransport()) as client:
         with pytest.raises(httpx.ConnectError):
             await client.get("http://127.0.0.1:1/x")
+
+
+async def test_focus_adapter_on_this_transport_sends_what_httpx_would(
+    server: tuple[Server, str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The adapter hands its requests to this transport as bytes: the request line and headers
+    httpx's client would send; the reply's status and body come back."""
+    for var in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy", "all_proxy"):
+        monkeypatch.delenv(var, raising=False)
+    s, base = server
+    s.answer = (
+        b"HTTP/1.1 202 Accepted\r\nRate-Limit-Remaining: 7\r\nRate-Limit-Reset: 60\r\n"
+        b'content-length: 17\r\n\r\n{"status":"ok-1"}'
+    )
+    document = {"servico": {"discriminacao": "ção"}}
+    focus = FocusClient(base, "tok", timeout=5)
+    try:
+        reply = await focus.emit_nfse("N1A1", document)
+    finally:
+        await focus.aclose()
+    assert (reply.status_code, reply.body) == (202, {"status": "ok-1"})
+    lines = s.heads[0].split(b"\r\n")
+    assert lines[0] == b"POST /v2/nfse?ref=N1A1 HTTP/1.1"
+    fields = {
+        k.lower(): v.strip() for k, _, v in (line.partition(b":") for line in lines[1:] if line)
+    }
+    assert fields[b"authorization"] == b"Basic dG9rOg=="
+    assert fields[b"content-type"] == b"application/json"
+    assert (
+        fields[b"content-length"]
+        == str(
+            len(json.dumps(document, ensure_ascii=False, separators=(",", ":")).encode())
+        ).encode()
+    )
+    assert fields[b"user-agent"] == b"notaflow"
+    assert fields[b"host"] == base.removeprefix("http://").encode()
