@@ -685,8 +685,9 @@ class _SqliteWriter:
     commit) costs one step on the event loop instead of a thread hop per statement. Inline
     first: a batch is a few milliseconds of SQLite work at most, and handing it to a thread
     costs more in GIL hand-offs than it saves. Only when another process holds the write lock
-    (a short busy timeout expires) does the batch wait in the thread, so the event loop never
-    blocks on a lock. SQLite has a single writer anyway; busy_timeout covers the other
+    (no busy wait inline: even 20 ms held the whole event loop, every in-flight handler with it,
+    several times a second under load) does the batch wait in the thread, so the event loop
+    never blocks on a lock. SQLite has a single writer anyway; busy_timeout covers the other
     processes writing to the same file. Its one user runs one batch at a time, so the loop and
     the fallback thread never share the connection at once."""
 
@@ -697,7 +698,7 @@ class _SqliteWriter:
 
     async def run(self, work: Callable[..., _R], *args: Any, transaction: bool = True) -> _R:
         try:
-            return self._transaction(work, args, transaction, 20)
+            return self._transaction(work, args, transaction, 0)
         except sqlite3.OperationalError as exc:
             if "locked" not in str(exc) and "busy" not in str(exc):
                 raise
