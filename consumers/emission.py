@@ -109,8 +109,13 @@ class EmissionConsumer:
         code = reply.body.get("codigo")
         if reply.status_code in (200, 201, 202) or code in ("em_processamento", "nfe_autorizada"):
             # 422 for our own provider ref means an earlier delivery of this command got through.
-            if await self._docs.mark_submitted(doc.id, doc.attempt, pref):
-                await self._publish_status(doc, event)
+            # The lifecycle event goes out before the hand-over is recorded: a crash between the
+            # two leaves the note unrecorded, and whatever comes next (this command redelivered,
+            # or the provider's callback fetched ahead of it) publishes it again under the same
+            # id. The other order could lose it: recorded, never published, and a callback
+            # applied first finds the note submitted and moves it on without it.
+            await self._publish_status(doc, event)
+            await self._docs.mark_submitted(doc.id, doc.attempt, pref)
             return
         # The provider refused the document outright: a final, explained state.
         erros = reply.body.get("erros") or [
