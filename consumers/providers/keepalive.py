@@ -6,12 +6,11 @@ socket check on each idle one) each time a request starts or ends, so at 200 cal
 the walk, not the call, was most of the emission consumer's CPU. This keeps httpx's client
 API (auth, URLs, JSON, timeouts, exceptions), so the adapter code and its tests are unchanged.
 
-The HTTP/1.1 framing is done here, not by h11: its per-event state machine and header
-validation were the largest part of what was left of a call's CPU. What a client needs of it is
-small: a request head with a Content-Length body; a response framed by Content-Length, chunked
-transfer coding or the end of the connection, 1xx interim responses skipped. Anything else
-malformed is a RemoteProtocolError, and a connection is reused only after a cleanly framed
-HTTP/1.1 response without `Connection: close`.
+Responses are parsed by httptools (llhttp, the C parser uvicorn serves with), not h11: h11's
+per-event state machine and header validation were the largest part of what was left of a
+call's CPU. The request head is written here (a Content-Length body, names and values checked
+so nothing a caller passes can split it). Anything malformed is a RemoteProtocolError, and a
+connection is reused only after a cleanly framed HTTP/1.1 response without `Connection: close`.
 
 Behaviour kept from httpx: a connection is reused only when both sides finished the previous
 exchange cleanly; failures raise httpx's own exceptions (ConnectError, ReadTimeout, ...). A
@@ -27,6 +26,7 @@ import ssl
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import httptools
 import httpx
 
 _READ_SIZE = 64 * 1024
@@ -37,7 +37,6 @@ _READ_SIZE = 64 * 1024
 _TOKEN = re.compile(rb"[!#$%&'*+\-.^_`|~0-9A-Za-z]+")
 _TARGET = re.compile(rb"[\x21-\x7e]+")
 _VALUE_BAD = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
-_NO_BODY = frozenset((204, 304))
 
 
 class _ProtocolError(Exception):
@@ -223,56 +222,83 @@ def _request_head(
     return b"".join(parts)
 
 
+class _Sink:
+    """httptools callbacks for one response; 1xx interim responses are dropped as they end."""
+
+    __slots__ = (
+        "body",
+        "complete",
+        "head_only",
+        "headers",
+        "keep_alive",
+        "parser",
+        "reason",
+        "status",
+    )
+
+    def __init__(self, head_only: bool) -> None:
+        self.parser = httptools.HttpResponseParser(self)
+        self.head_only = head_only
+        self.status = 0
+        self.reason = b""
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.body: list[bytes] = []
+        self.complete = False
+        self.keep_alive = False
+
+    def on_status(self, reason: bytes) -> None:
+        self.reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.headers.append((name.lower(), value))
+
+    def on_headers_complete(self) -> None:
+        self.status = self.parser.get_status_code()
+        if self.head_only and self.status >= 200:
+            self.complete = True  # a HEAD answer has no body whatever its headers say
+
+    def on_body(self, body: bytes) -> None:
+        self.body.append(body)
+
+    def on_message_complete(self) -> None:
+        if self.status < 200:  # 100 Continue and friends: the real answer follows
+            self.reason, self.headers, self.body = b"", [], []
+            return
+        # Asked now: llhttp only knows while the message is being completed.
+        self.keep_alive = self.parser.should_keep_alive()
+        self.complete = True
+
+
 async def _read_response(reader: asyncio.StreamReader, method: bytes) -> tuple[Reply, bool]:
-    """One response (1xx interim ones skipped) and whether the connection may be reused."""
-    while True:
-        head = await reader.readuntil(b"\r\n\r\n")
-        lines = head[:-4].split(b"\r\n")
-        version, _, rest = lines[0].partition(b" ")
-        code, _, reason = rest.partition(b" ")
-        if version not in (b"HTTP/1.1", b"HTTP/1.0") or len(code) != 3 or not code.isdigit():
-            raise _ProtocolError(f"status line {lines[0][:100]!r}")
-        status = int(code)
-        headers: list[tuple[bytes, bytes]] = []
-        for line in lines[1:]:
-            name, colon, value = line.partition(b":")
-            if not colon or not _TOKEN.fullmatch(name):
-                raise _ProtocolError(f"header line {line[:100]!r}")
-            headers.append((name.lower(), value.strip(b" \t")))
-        if status == 101:
-            raise _ProtocolError("unexpected protocol switch")
-        if status >= 200:
-            break
-    reusable = version == b"HTTP/1.1"
-    chunked, length = False, None
-    for name, value in headers:
-        if name == b"connection" and b"close" in value.lower():
-            reusable = False
-        elif name == b"transfer-encoding":
-            chunked = value.lower().rsplit(b",", 1)[-1].strip() == b"chunked"
-            if not chunked:
-                raise _ProtocolError(f"transfer-encoding {value[:100]!r}")
-        elif name == b"content-length":
-            if not value.isdigit() or (length is not None and int(value) != length):
-                raise _ProtocolError(f"content-length {value[:100]!r}")
-            length = int(value)
-    if method == b"HEAD" or status in _NO_BODY:
-        content = b""
-    elif chunked:
-        chunks = []
-        while True:
-            size = int((await reader.readuntil(b"\r\n")).split(b";", 1)[0].strip(), 16)
-            if size == 0:
-                while await reader.readuntil(b"\r\n") != b"\r\n":
-                    pass  # trailers
-                break
-            chunks.append(await reader.readexactly(size))
-            if await reader.readexactly(2) != b"\r\n":
-                raise _ProtocolError("chunk not followed by CRLF")
-        content = b"".join(chunks)
-    elif length is not None:
-        content = await reader.readexactly(length)
-    else:
-        content = await reader.read()  # framed by the end of the connection
-        reusable = False
-    return Reply(status, reason, headers, content), reusable
+    """One response, parsed by httptools (llhttp, the parser uvicorn serves with), and whether
+    the connection may be reused: only after a cleanly framed HTTP/1.1 answer that does not ask
+    to close and left no stray bytes behind."""
+    sink = _Sink(head_only=method == b"HEAD")
+    stray = False
+    while not sink.complete:
+        data = await reader.read(_READ_SIZE)
+        if not data:
+            if sink.status >= 200 and not _framed(sink.headers):
+                break  # a body framed by the end of the connection
+            # Mapped to "disconnected without a response" or "... in the middle of a response".
+            raise asyncio.IncompleteReadError(b"partial" if sink.status else b"", None)
+        try:
+            sink.parser.feed_data(data)
+        except httptools.HttpParserUpgrade as exc:
+            raise _ProtocolError("unexpected protocol switch") from exc
+        except httptools.HttpParserError as exc:
+            if not sink.complete:
+                raise _ProtocolError(str(exc)) from exc
+            stray = True  # bytes after the answer: answer kept, connection not reused
+    reusable = (
+        sink.complete
+        and not stray
+        and not sink.head_only
+        and sink.parser.get_http_version() == "1.1"
+        and sink.keep_alive
+    )
+    return Reply(sink.status, sink.reason, sink.headers, b"".join(sink.body)), reusable
+
+
+def _framed(headers: list[tuple[bytes, bytes]]) -> bool:
+    return any(name in (b"content-length", b"transfer-encoding") for name, _ in headers)

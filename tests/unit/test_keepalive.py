@@ -19,6 +19,7 @@ class Server:
         self.connections = 0
         self.answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
         self.stall = False
+        self.close_after = False
         self.heads: list[bytes] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -39,7 +40,7 @@ class Server:
                 await asyncio.sleep(5)
             writer.write(self.answer)
             await writer.drain()
-            if b"connection: close" in self.answer.lower():
+            if self.close_after or b"connection: close" in self.answer.lower():
                 writer.close()
                 return
 
@@ -82,6 +83,51 @@ async def test_connection_close_is_not_reused(server: tuple[Server, str]) -> Non
         for _ in range(3):
             assert (await client.get("/x")).text == "ok"
     assert s.connections == 3
+
+
+@pytest.mark.parametrize(
+    ("answer", "text", "reused"),
+    [
+        # An interim 100 Continue is skipped; the real answer follows on the same read.
+        (
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok",
+            "ok",
+            True,
+        ),
+        # HTTP/1.0 without keep-alive: answered, never reused.
+        (b"HTTP/1.0 200 OK\r\ncontent-length: 2\r\n\r\nok", "ok", False),
+        # A body framed by the end of the connection.
+        (b"HTTP/1.1 200 OK\r\nconnection: close\r\n\r\nuntil the end", "until the end", False),
+    ],
+)
+async def test_framings(server: tuple[Server, str], answer: bytes, text: str, reused: bool) -> None:
+    s, base = server
+    s.answer = answer
+    async with httpx.AsyncClient(base_url=base, transport=KeepAliveTransport()) as client:
+        for _ in range(2):
+            resp = await client.post("/x", content=b"{}")
+            assert (resp.status_code, resp.text) == (200, text)
+    assert s.connections == (1 if reused else 2)
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [
+        b"SPDY/3 200 OK\r\n\r\n",  # not HTTP
+        b"HTTP/1.1 200 OK\r\ncontent-length: nope\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\nconnection: close\r\n\r\nshort",
+    ],
+)
+async def test_malformed_answers_are_remote_protocol_errors(
+    server: tuple[Server, str], answer: bytes
+) -> None:
+    s, base = server
+    s.answer = answer
+    s.close_after = True
+    async with httpx.AsyncClient(base_url=base, transport=KeepAliveTransport()) as client:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await client.get("/x")
 
 
 async def test_timeouts_and_refusals_are_httpx_errors(server: tuple[Server, str]) -> None:
