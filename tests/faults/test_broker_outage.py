@@ -41,9 +41,10 @@ from tests.support import Stack
 INTERVAL = 1 / 15  # a command every 67 ms whatever the answers (open loop): ~420 in all
 BEFORE, FIRST_OUTAGE, BETWEEN, SECOND_OUTAGE, AFTER = 3.0, 4.0, 4.0, 12.0, 3.0
 PUBLISH_TIMEOUT = 3.0  # NOTAFLOW_KAFKA_PUBLISH_TIMEOUT: the producer's request timeout
-# Every request answered within this, outage or not: one publish timeout per batch the ingress
-# may have in flight ahead of it (Intake's max_publishing, 4) at most. Measured: about two
-# timeouts; ~10 s when Tansu's SIGTERM grace leaves new connections hanging in its backlog.
+# Every request answered within this, outage or not. Intake publishes one batch at a time and
+# what queues behind a failed one is answered at once, so a request waits about two publish
+# timeouts; ~10 s was seen when Tansu's SIGTERM grace leaves new connections hanging in its
+# backlog. The bound keeps that margin.
 ANSWER_BOUND = 4 * PUBLISH_TIMEOUT
 
 
