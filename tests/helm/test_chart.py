@@ -260,7 +260,7 @@ def test_one_deployment_per_enabled_consumer(default: list[Manifest], full: list
         (container,) = pod_spec(dep)["containers"]
         assert container["args"] == ["consume", name]
         selectors.add(tuple(sorted(dep["spec"]["selector"]["matchLabels"].items())))
-    assert len(selectors) == len(deployments), "each consumer Deployment must select only its own pods"
+    assert len(selectors) == len(deployments), "each consumer Deployment selects only its own pods"
     emission = pod_spec(deployments["emission"])["containers"][0]
     assert env_of(emission)["NOTAFLOW_CONSUMER_CONCURRENCY"] == "50"
     assert env_of(emission)["EXAMPLE"] == "1"
