@@ -6,51 +6,30 @@ Token lookups hit the database once per token per TTL; a revoked token stops wor
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import functools
-import time
 
 from starlette.requests import Request
 
+from notaflow.cache import SharedLoadCache
 from notaflow.store import Tenant, TenantStore
 
 
 class TenantCache:
-    """Concurrent lookups of one token share a single query: when an entry expires under load,
-    every request in flight would otherwise miss at once and each run the two queries (7 % of
-    the ingress's profile at 64 connections)."""
+    """Tenants by token. Concurrent lookups of one token share a single query: when an entry
+    expires under load, every request in flight would otherwise miss at once and each run the
+    two queries (7 % of the ingress's profile at 64 connections). A revoked token stops
+    working within `ttl` seconds."""
 
     def __init__(self, tenants: TenantStore, ttl: float = 10.0, size: int = 10_000) -> None:
-        self._tenants = tenants
-        self._ttl = ttl
-        self._size = size
-        self._entries: dict[str, tuple[float, Tenant | None]] = {}
-        self._loading: dict[str, asyncio.Future[Tenant | None]] = {}
-
-    async def lookup(self, token: str) -> Tenant | None:
         # Keyed by the token itself, in memory only: hashing on every request is measurable on
         # the hot path, and the database still only ever sees hashes.
-        hit = self._entries.get(token)
-        if hit is not None and hit[0] > time.monotonic():
-            return hit[1]
-        loading = self._loading.get(token)
-        if loading is None:
-            loading = asyncio.ensure_future(self._load(token))
-            self._loading[token] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(token, None))
-        # Shielded: a client that goes away does not cancel the others' lookup.
-        return await asyncio.shield(loading)
+        self._cache: SharedLoadCache[str, Tenant | None] = SharedLoadCache(
+            tenants.by_token, ttl, size
+        )
 
-    async def _load(self, token: str) -> Tenant | None:
-        # The entry expires `ttl` after the query started: a token revoked while it ran still
-        # stops working within `ttl`.
-        expires = time.monotonic() + self._ttl
-        tenant = await self._tenants.by_token(token)
-        if len(self._entries) >= self._size:
-            self._entries.clear()
-        self._entries[token] = (expires, tenant)
-        return tenant
+    async def lookup(self, token: str) -> Tenant | None:
+        return await self._cache.get(token)
 
 
 def basic_token(request: Request) -> str | None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import secrets
 import time
@@ -13,6 +12,7 @@ from datetime import UTC, datetime
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from notaflow.cache import SharedLoadCache
 from notaflow.store.tables import tenant_companies, tenant_tokens, tenants
 
 
@@ -128,28 +128,9 @@ class TenantCache:
         ttl: float = 5.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self._store = store
-        self._ttl = ttl
-        self._clock = clock
-        self._entries: dict[str, tuple[float, Tenant]] = {}
-        self._loading: dict[str, asyncio.Future[Tenant | None]] = {}
+        self._cache: SharedLoadCache[str, Tenant | None] = SharedLoadCache(
+            store.get, ttl, keep=lambda tenant: tenant is not None, clock=clock
+        )
 
     async def get(self, tenant_id: str, fresh: bool = False) -> Tenant | None:
-        entry = self._entries.get(tenant_id)
-        if not fresh and entry is not None and self._clock() - entry[0] < self._ttl:
-            return entry[1]
-        loading = self._loading.get(tenant_id)
-        if loading is None:
-            loading = asyncio.ensure_future(self._load(tenant_id))
-            self._loading[tenant_id] = loading
-            loading.add_done_callback(lambda _: self._loading.pop(tenant_id, None))
-        return await asyncio.shield(loading)
-
-    async def _load(self, tenant_id: str) -> Tenant | None:
-        started = self._clock()
-        tenant = await self._store.get(tenant_id)
-        if tenant is None:
-            self._entries.pop(tenant_id, None)
-        else:
-            self._entries[tenant_id] = (started, tenant)
-        return tenant
+        return await self._cache.get(tenant_id, fresh)
