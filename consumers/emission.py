@@ -97,10 +97,8 @@ class EmissionConsumer:
             log.info("skipping stale emit %s for %s/%s", event.id, tenant_id, ref)
             return
         if doc.submitted_at is not None or doc.status != PROCESSING:
-            # Redelivery of a command already handed to the provider. Its lifecycle event may
-            # have been lost to a crash: publish it again under the same deterministic id.
-            if doc.status == PROCESSING:
-                await self._publish_status(doc, event)
+            # Redelivery of a command already handed to the provider (its lifecycle event went
+            # out before the hand-over was recorded, below).
             return
         pref = provider_ref(doc)
         # Known before the call, so a callback racing our own bookkeeping still finds the note.
@@ -150,11 +148,11 @@ class EmissionConsumer:
             return  # late callback: the note has moved on
         # The provider's answer may come before our record of handing the note over: a crash
         # fell between the POST and that bookkeeping, and after the restart this callback was
-        # fetched ahead of the redelivered command. Record it now, with its lifecycle event, so
+        # fetched ahead of the redelivered command. Record it now, event first as in `emit`, so
         # the stream still reads processing -> outcome.
-        unrecorded = doc.status == PROCESSING and doc.submitted_at is None
-        if unrecorded and await self._docs.mark_submitted(doc.id, doc.attempt, str(body["ref"])):
+        if doc.status == PROCESSING and doc.submitted_at is None:
             await self._publish_status(doc, event)
+            await self._docs.mark_submitted(doc.id, doc.attempt, str(body["ref"]))
         result = result_from_provider(body)
         if status == AUTHORIZED and result.get("caminho_xml_nota_fiscal"):
             path = str(result["caminho_xml_nota_fiscal"])
