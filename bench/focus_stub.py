@@ -13,7 +13,8 @@ A POST whose body contains `[bench:rejeitar]` and whose provider ref is a first 
 emission followed by its re-emission and check the two arrive in publish order.
 
 `GET /_stats` answers the arrivals as JSON `[[ref, epoch seconds, status], ...]`, `GET /_count`
-how many there are.
+how many there are, `GET /_peak` the most POSTs it ever had unanswered at once (what the
+consumer's concurrency limit must hold).
 
     python bench/focus_stub.py PORT LATENCY
 """
@@ -39,10 +40,19 @@ def _response(status: int, reason: str, body: bytes) -> bytes:
     return head.encode() + body
 
 
+class Open:
+    """POSTs received and not yet answered, across connections."""
+
+    def __init__(self) -> None:
+        self.now = 0
+        self.peak = 0
+
+
 class Responder(asyncio.Protocol):
-    def __init__(self, latency: float, arrivals: list[tuple[str, float, int]]) -> None:
+    def __init__(self, latency: float, arrivals: list[tuple[str, float, int]], open_: Open) -> None:
         self._latency = latency
         self._arrivals = arrivals
+        self._open = open_
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
 
@@ -76,6 +86,9 @@ class Responder(asyncio.Protocol):
         if method == "GET" and url.path == "/_count":  # cheap enough to poll
             self._send(_response(200, "OK", str(len(self._arrivals)).encode()))
             return
+        if method == "GET" and url.path == "/_peak":
+            self._send(_response(200, "OK", str(self._open.peak).encode()))
+            return
         if method == "GET" and url.path == "/_stats":
             self._send(_response(200, "OK", json.dumps(self._arrivals).encode()))
             return
@@ -94,8 +107,14 @@ class Responder(asyncio.Protocol):
             status, reason = _ACCEPTED, "Accepted"
             answer = {"ref": ref, "status": "processando_autorizacao"}
         self._arrivals.append((ref, time.time(), status))
+        self._open.now += 1
+        self._open.peak = max(self._open.peak, self._open.now)
         reply = _response(status, reason, json.dumps(answer).encode())
-        asyncio.get_running_loop().call_later(self._latency, self._send, reply)
+        asyncio.get_running_loop().call_later(self._latency, self._answer, reply)
+
+    def _answer(self, data: bytes) -> None:
+        self._open.now -= 1
+        self._send(data)
 
     def _send(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
@@ -104,9 +123,10 @@ class Responder(asyncio.Protocol):
 
 async def serve(port: int, latency: float) -> None:
     arrivals: list[tuple[str, float, int]] = []
+    open_ = Open()
     loop = asyncio.get_running_loop()
     server = await loop.create_server(
-        lambda: Responder(latency, arrivals), "127.0.0.1", port, backlog=1024
+        lambda: Responder(latency, arrivals, open_), "127.0.0.1", port, backlog=1024
     )
     async with server:
         await server.serve_forever()

@@ -5,6 +5,7 @@
     └── TransientFailure        retry later (provider 5xx, timeout, connection refused, 429)
         ├── RateLimited         carries the provider's `retry_after` seconds
         └── Unsent              the request never left this process: retrying cannot repeat it
+            └── Stopping        not sent because the process is shutting down: no attempt spent
 
 Foreign errors (httpx, sockets) are mapped once, at the provider adapter boundary.
 """
@@ -35,3 +36,8 @@ class RateLimited(TransientFailure):
 class Unsent(TransientFailure):
     """For providers without idempotency keys (Emites-Client): only a request that surely
     never reached the provider may be sent again."""
+
+
+class Stopping(Unsent):
+    """The call never started because the consumer is stopping: the record stays uncommitted
+    for the partition's next owner, and no attempt of its retry budget is spent."""

@@ -111,6 +111,19 @@ async def run_ingress(settings: Settings) -> None:
         tracing.shutdown()
 
 
+def records_in_flight(settings: Settings, name: str) -> int:
+    """The runner's window. Emission and cancellation call Focus, whose client holds the calls
+    in flight to the concurrency limit by itself, so their window is wider: a record takes a
+    call slot only for the call, and its database reads and writes and its lifecycle event
+    happen while other records' calls are out. The other consumers' work (SMTP, webhooks, the
+    database) has no such limit of its own, so their window is the limit."""
+    if settings.consumer_window > 0:
+        return settings.consumer_window
+    if name in ("emission", "cancellation"):
+        return 4 * settings.consumer_concurrency
+    return settings.consumer_concurrency
+
+
 async def run_consumer(settings: Settings, name: str) -> None:
     # As in the ingress: each record allocates a few hundred short-lived objects, and the
     # young-generation collections every 700 allocations walked the in-flight records' objects
@@ -147,7 +160,11 @@ async def run_consumer(settings: Settings, name: str) -> None:
     await ensure_topics(settings, topics.all())
     await bus.wait_connected(60)
     focus = FocusClient(
-        settings.focus_base_url, settings.focus_token, settings.focus_timeout, metrics=metrics
+        settings.focus_base_url,
+        settings.focus_token,
+        settings.focus_timeout,
+        metrics=metrics,
+        max_in_flight=settings.consumer_concurrency,
     )
     webhooks = WebhookSender(
         allow_private=settings.hooks_allow_private, timeout=settings.hooks_timeout
@@ -253,6 +270,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
         handler,
         bus,
         topics.dead_letter,
+        concurrency=records_in_flight(settings, name),
         metrics=metrics,
         ledger=RetryLedger(engine),
     )
@@ -267,6 +285,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
 
     def stop() -> None:
         runner.stop()
+        focus.stop_calls()  # records still waiting for a call slot are left for redelivery
         stop_retries.set()
 
     for sig in (signal.SIGTERM, signal.SIGINT):

@@ -77,7 +77,12 @@ class Settings:
     hooks_retry_schedule: str = "60,1800,3600,10800,86400"
     hooks_timeout: float = 10.0
     # Consumers
+    # Calls in flight at the provider per consumer process (Focus's client enforces it), and
+    # for consumers without such a client, the records in flight.
     consumer_concurrency: int = 200
+    # Records in flight per process for the Focus consumers (emission, cancellation); 0 means
+    # four times the concurrency: records wait for a call slot with their bookkeeping done.
+    consumer_window: int = 0
     consumer_retry_base: float = 1.0
     consumer_retry_max: float = 60.0
     consumer_max_attempts: int = 8

@@ -20,7 +20,7 @@ import httpx
 import orjson
 from opentelemetry.trace import SpanKind
 
-from consumers.errors import PermanentFailure, RateLimited, TransientFailure
+from consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
 from consumers.providers.keepalive import KeepAliveTransport
 from notaflow import tracing
 from notaflow.metrics import Metrics
@@ -67,11 +67,18 @@ class FocusClient:
         transport: httpx.AsyncBaseTransport | None = None,
         metrics: Metrics | None = None,
         max_connections: int = 1000,
+        max_in_flight: int | None = None,
     ) -> None:
         self._metrics = metrics
-        # The consumer's concurrency limit bounds the calls in flight; the connections must not
-        # bound them lower and must all stay alive (a new one per call costs a handshake, with
-        # TLS a lot more): 1,000 is above any sane NOTAFLOW_CONSUMER_CONCURRENCY.
+        # The consumer's concurrency limit (NOTAFLOW_CONSUMER_CONCURRENCY) is enforced here,
+        # around the exchange itself, rather than by the runner around a whole record: the
+        # record's bookkeeping before and after the call (database, lifecycle event) then
+        # overlaps other calls instead of holding one of the provider's slots idle.
+        self._calls = asyncio.Semaphore(max_in_flight) if max_in_flight else None
+        self._stopping = False
+        # The connections must not bound the calls lower than that, and must all stay alive
+        # (a new one per call costs a handshake, with TLS a lot more): 1,000 is above any sane
+        # NOTAFLOW_CONSUMER_CONCURRENCY.
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
             auth=(token, ""),
@@ -102,11 +109,39 @@ class FocusClient:
         self._port = base.port or (443 if base.scheme == "https" else 80)
         self._prefix = base.raw_path.rstrip(b"/")
 
+    def stop_calls(self) -> None:
+        """Signal-safe: calls not yet started (waiting for a slot) raise Stopping instead of
+        starting; calls in flight finish."""
+        self._stopping = True
+
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    async def _slot(self) -> None:
+        """A call slot, or Stopping: a shutdown must not wait for records queued behind the
+        limit (up to the runner's window) to have their calls made first."""
+        assert self._calls is not None
+        if not self._stopping:
+            await self._calls.acquire()
+            if not self._stopping:
+                return
+            self._calls.release()  # the next waiter wakes and leaves too
+        raise Stopping("Focus: consumer stopping, call not started")
+
     async def _request(
         self, method: str, url: str, json: Any = None, params: dict[str, str] | None = None
+    ) -> FocusReply:
+        await self._gate.wait()
+        if self._calls is None:
+            return await self._timed(method, url, json, params)
+        await self._slot()
+        try:
+            return await self._timed(method, url, json, params)
+        finally:
+            self._calls.release()
+
+    async def _timed(
+        self, method: str, url: str, json: Any, params: dict[str, str] | None
     ) -> FocusReply:
         if self._metrics is None:
             return await self._call(method, url, json, params)
@@ -117,7 +152,6 @@ class FocusClient:
     async def _call(
         self, method: str, url: str, json: Any, params: dict[str, str] | None
     ) -> FocusReply:
-        await self._gate.wait()
         try:
             if tracing.enabled():
                 with tracing.span(f"focus {method}", kind=SpanKind.CLIENT, **{"http.url": url}):
@@ -219,7 +253,14 @@ class FocusClient:
     async def download(self, path: str) -> bytes:
         await self._gate.wait()
         try:
-            resp = await self._client.get(path)
+            if self._calls is None:
+                resp = await self._client.get(path)
+            else:
+                await self._slot()
+                try:
+                    resp = await self._client.get(path)
+                finally:
+                    self._calls.release()
         except httpx.HTTPError as exc:
             raise TransientFailure(f"Focus GET {path}: {exc!r}") from exc
         if resp.status_code >= 400:

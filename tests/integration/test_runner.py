@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
-from consumers.errors import PermanentFailure, RateLimited, TransientFailure
+from consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
 from consumers.runner import RetryPolicy, Runner, _Partition
 from notaflow.bus import Bus, client_options, ensure_topics
 from notaflow.errors import InvalidDocument
@@ -283,6 +283,46 @@ async def test_stop_is_bounded_when_every_slot_is_busy(fast: Settings) -> None:
         await run.stop(timeout=2)
     assert started == [0, 1]
     assert await committed(one, "notaflow-full", TopicPartition(topic, 0)) is None
+
+
+async def test_records_waiting_for_a_call_slot_at_stop_are_left_without_an_attempt(
+    fast: Settings,
+) -> None:
+    """The Focus consumers' window is wider than the provider's limit: at a stop, the calls
+    out finish and are committed, the records still waiting for a slot raise Stopping and
+    stay, whole, for the next owner."""
+    one = fast.replace(kafka_partitions=1)
+    topic = one.kafka_topic_prefix + "window"
+    await ensure_topics(one, [topic, one.kafka_topic_prefix + "dead-letter"])
+    await produce(one, topic, [keyed(f"doc-{i}", 0) for i in range(6)])
+    started: list[int] = []
+    calls = asyncio.Semaphore(2)  # the provider's limit, as FocusClient holds it
+
+    async def handler(record: Any) -> None:
+        await calls.acquire()
+        try:
+            if run.runner._stopping.is_set():
+                raise Stopping("not started")
+            started.append(record.offset)
+            await asyncio.sleep(0.3)
+        finally:
+            calls.release()
+
+    async with running(one, "window", topic, handler, concurrency=6, grace=5) as run:
+        await eventually(lambda: len(started) == 2)
+        await run.stop(timeout=3)
+    stats = run.runner.stats
+    assert started == [0, 1]
+    assert (stats.processed, stats.left_for_redelivery) == (2, 4)
+    assert (stats.retried, stats.dead_lettered) == (0, 0)
+    assert await committed(one, "notaflow-window", TopicPartition(topic, 0)) == 2
+
+    again = Tracker(max_sleep=0)
+    async with running(one, "window", topic, again.handle) as rerun:
+        await eventually(lambda: len(again.calls) >= 4)
+        await asyncio.sleep(0.3)
+        await rerun.stop()
+    assert sorted(c.offset for c in again.calls) == [2, 3, 4, 5]
 
 
 # -- retries and dead letters --------------------------------------------------------------

@@ -3,6 +3,7 @@ answer and every foreign error lands in the consumer error tree, and the rate-li
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import time
@@ -11,7 +12,14 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from consumers.errors import ConsumerError, PermanentFailure, RateLimited, TransientFailure
+from consumers.errors import (
+    ConsumerError,
+    PermanentFailure,
+    RateLimited,
+    Stopping,
+    TransientFailure,
+    Unsent,
+)
 from consumers.providers.focus import FocusClient, FocusReply, RateLimitGate
 
 BASE = "https://focus.test"
@@ -311,3 +319,59 @@ async def test_register_hook_creates_when_missing_or_deleted() -> None:
     }
     assert reply.status_code == 201
     assert reply.body["id"] == "h2"
+
+
+class SlowFocus:
+    """A provider that answers after `seconds`, counting the calls it has open at once."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.open = 0
+        self.peak = 0
+        self.started = 0
+
+    async def __call__(self, request: httpx.Request) -> httpx.Response:
+        self.started += 1
+        self.open += 1
+        self.peak = max(self.peak, self.open)
+        try:
+            await asyncio.sleep(self.seconds)
+        finally:
+            self.open -= 1
+        return httpx.Response(202, json={"status": "processando_autorizacao"})
+
+
+def limited(provider: SlowFocus, max_in_flight: int) -> FocusClient:
+    transport = httpx.MockTransport(provider)
+    return FocusClient(BASE, TOKEN, timeout=5, transport=transport, max_in_flight=max_in_flight)
+
+
+async def test_calls_in_flight_never_exceed_the_limit() -> None:
+    provider = SlowFocus(0.02)
+    focus = limited(provider, 3)
+    try:
+        replies = await asyncio.gather(*(focus.emit_nfse(f"r{i}", {}) for i in range(12)))
+    finally:
+        await focus.aclose()
+    assert [r.status_code for r in replies] == [202] * 12
+    assert provider.peak == 3
+
+
+async def test_stop_calls_lets_calls_in_flight_finish_and_starts_no_more() -> None:
+    provider = SlowFocus(0.1)
+    focus = limited(provider, 2)
+    try:
+        calls = [asyncio.ensure_future(focus.emit_nfse(f"r{i}", {})) for i in range(5)]
+        while provider.started < 2:  # noqa: ASYNC110 (the provider is a plain counter)
+            await asyncio.sleep(0.005)
+        focus.stop_calls()
+        outcomes = await asyncio.gather(*calls, return_exceptions=True)
+        with pytest.raises(Stopping):
+            await focus.emit_nfse("late", {})
+    finally:
+        await focus.aclose()
+    assert provider.started == 2
+    assert [getattr(o, "status_code", None) for o in outcomes[:2]] == [202, 202]
+    assert all(isinstance(o, Stopping) for o in outcomes[2:])
+    # Nothing was sent, so retrying it later cannot repeat a request the provider has.
+    assert all(isinstance(o, Unsent) for o in outcomes[2:])
