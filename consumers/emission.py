@@ -74,9 +74,16 @@ class EmissionConsumer:
         if errors:
             raise InvalidDocument("data", f"comando inválido: {errors[0]}")
         tenant_id, ref = data["tenant"], data["ref"]
-        document = normalize_nfse(data["nfse"])
+        doc = await self._docs.get(tenant_id, KIND, ref)
+        document: dict[str, Any] | None = None
+        if doc is not None and doc.command_id == event.id:
+            # Claimed with this very command (by the ingress, or by an earlier delivery): the
+            # stored payload is the normalized document; normalizing it again is wasted work.
+            cnpj = doc.cnpj_prestador
+        else:
+            document = normalize_nfse(data["nfse"])
+            cnpj = document["prestador"]["cnpj"]
         tenant = await self._tenants.get(tenant_id)
-        cnpj = document["prestador"]["cnpj"]
         if tenant is None or cnpj not in tenant.cnpjs:
             tenant = await self._tenants.get(tenant_id, fresh=True)  # refuse on current data
         if tenant is None:
@@ -84,8 +91,7 @@ class EmissionConsumer:
         if cnpj not in tenant.cnpjs:
             raise InvalidDocument("prestador.cnpj", "empresa_nao_habilitada")
 
-        doc = await self._docs.get(tenant_id, KIND, ref)
-        if doc is None or (doc.command_id != event.id and doc.status == ERROR):
+        if document is not None and (doc is None or doc.status == ERROR):
             # Published straight to Kafka by another system, or a re-emission after an error.
             try:
                 await self._docs.claim(tenant_id, KIND, ref, cnpj, document, event.id, SOURCE)
