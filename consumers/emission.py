@@ -98,8 +98,7 @@ class EmissionConsumer:
             except RefInUse as exc:
                 raise PermanentFailure(f"ref {ref} em uso ({exc.status})") from exc
             doc = await self._docs.get(tenant_id, KIND, ref)
-            assert doc is not None
-        if doc.command_id != event.id:
+        if doc is None or doc.command_id != event.id:
             log.info("skipping stale emit %s for %s/%s", event.id, tenant_id, ref)
             return
         if doc.submitted_at is not None or doc.status != PROCESSING:
