@@ -258,6 +258,11 @@ def test_sigkill_three_times_under_load_loses_nothing_and_emits_nothing_twice(
     rng = random.Random(SEED)
     context = f"seed {SEED}"
     refs = [f"crash{i:03d}" for i in range(n)]
+    # Focus answers in 0.3 s, as under load: a kill finds POSTs the provider has taken but the
+    # consumer has not recorded (the window where a redelivery must not emit twice), however
+    # fast the consumer gets through its records.
+    slow = {"mode": "slow", "hang": 0.3, "seconds": 600}
+    httpx.post(f"{stack.sandbox}/_sandbox/outage", json=slow).raise_for_status()
     started = time.monotonic()
     # The commands keep arriving through the ingress while the consumer is being killed.
     posted: list[float] = []
