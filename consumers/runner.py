@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import heapq
 import logging
 import random
 import time
@@ -62,11 +63,14 @@ class RetryPolicy:
 @dataclass
 class _Partition:
     pending: dict[int, bool] = field(default_factory=dict)  # offset -> done
+    order: list[int] = field(default_factory=list)  # the pending offsets, a min-heap
     next_commit: int | None = None  # offset to commit (last done prefix + 1)
     dirty: bool = False
 
     def add(self, offset: int) -> None:
-        self.pending[offset] = False
+        if offset not in self.pending:
+            heapq.heappush(self.order, offset)
+        self.pending[offset] = False  # fetched again (a seek): it must finish again
         if self.next_commit is None:
             self.next_commit = offset
 
@@ -74,10 +78,13 @@ class _Partition:
         if offset in self.pending:
             self.pending[offset] = True
         # Advance over the finished prefix; offsets may have gaps (compaction, transactions).
-        for off in sorted(self.pending):
+        # A heap, not a sort per call: the window holds hundreds of records per partition.
+        while self.order:
+            off = self.order[0]
             if not self.pending[off]:
                 self.next_commit = off
-                break
+                return
+            heapq.heappop(self.order)
             del self.pending[off]
             self.next_commit = off + 1
             self.dirty = True

@@ -17,6 +17,9 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from hypothesis import given
+from hypothesis import settings as hypothesis_settings
+from hypothesis import strategies as st
 
 from consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
 from consumers.runner import RetryPolicy, Runner, _Partition
@@ -499,6 +502,56 @@ def test_partition_ignores_unknown_and_repeated_offsets() -> None:
     part.done(0)
     assert part.next_commit == 1
     assert part.pending == {1: False}
+
+
+class SortedPartition:
+    """The obvious version (sort the pending offsets on every finish), as the oracle."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, bool] = {}
+        self.next_commit: int | None = None
+        self.dirty = False
+
+    def add(self, offset: int) -> None:
+        self.pending[offset] = False
+        if self.next_commit is None:
+            self.next_commit = offset
+
+    def done(self, offset: int) -> None:
+        if offset in self.pending:
+            self.pending[offset] = True
+        for off in sorted(self.pending):
+            if not self.pending[off]:
+                self.next_commit = off
+                break
+            del self.pending[off]
+            self.next_commit = off + 1
+            self.dirty = True
+
+
+@hypothesis_settings(max_examples=1000)  # pure and fast; the rare interleavings need the examples
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["add", "done", "commit"]), st.integers(0, 30)),
+        min_size=1,
+        max_size=120,
+    )
+)
+def test_partition_heap_agrees_with_sorting(steps: list[tuple[str, int]]) -> None:
+    """Offsets added in any order (gaps, repeats, offsets finished before being added), in
+    any interleaving with finishes and commits: same commit point, same pending set."""
+    part, oracle = _Partition(), SortedPartition()
+    for action, offset in steps:
+        if action == "add":
+            part.add(offset)
+            oracle.add(offset)
+        elif action == "done":
+            part.done(offset)
+            oracle.done(offset)
+        else:
+            part.dirty = oracle.dirty = False
+        assert (part.next_commit, part.dirty) == (oracle.next_commit, oracle.dirty)
+        assert part.pending == oracle.pending
 
 
 def test_retry_delay_bounds() -> None:
