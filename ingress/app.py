@@ -14,7 +14,7 @@ from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ingress import (
@@ -44,21 +44,30 @@ async def _ingress_error(request: Request, exc: Exception) -> Response:
     return exc.response()
 
 
+# Per status: the message, Focus's `codigo` and Wuro's `code` for what the ingress answers
+# itself (no route matched, a refused URL, a bug): every dialect keeps its own error shape.
+_GENERIC: dict[int, tuple[str, str, str]] = {
+    404: ("Recurso não encontrado", "nao_encontrado", "not_found"),
+    405: ("Método HTTP não permitido", "metodo_nao_permitido", "method_not_allowed"),
+    500: ("Erro interno. Tente novamente mais tarde.", "erro_interno", "internal_error"),
+}
+
+
+def _in_dialect(path: str, status: int, detail: str) -> Response:
+    """An error of the ingress's own in the dialect of the path: HubSoft under /api/v1/, Wuro
+    under /api/v3.2/, Focus elsewhere."""
+    message, codigo, code = _GENERIC.get(status, (detail, "requisicao_invalida", "invalid_request"))
+    if path.startswith("/api/v1/"):
+        return hubsoft.HubsoftError(status, message).response()
+    if path.startswith("/api/v3.2/"):
+        return wuro.WuroError(status, code, message).response()
+    return FocusError(status, codigo, message).response()
+
+
 async def _http_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     # No route matched (e.g. a uid with a "/"): still answer in the dialect of the path.
-    path, status = request.url.path, exc.status_code
-    if path.startswith("/api/v1/"):
-        msg = {404: "Recurso não encontrado", 405: "Método HTTP não permitido"}
-        return hubsoft.HubsoftError(status, msg.get(status, str(exc.detail))).response()
-    if path.startswith("/api/v3.2/"):
-        code = {404: "not_found", 405: "method_not_allowed"}.get(status, "invalid_request")
-        return wuro.WuroError(status, code, str(exc.detail)).response()
-    if exc.status_code == 404:
-        return FocusError(404, "nao_encontrado", "Recurso não encontrado").response()
-    if exc.status_code == 405:
-        return FocusError(405, "metodo_nao_permitido", "Método HTTP não permitido").response()
-    return FocusError(exc.status_code, "requisicao_invalida", str(exc.detail)).response()
+    return _in_dialect(request.url.path, exc.status_code, str(exc.detail))
 
 
 class RefuseNul:
@@ -80,8 +89,7 @@ class RefuseNul:
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error on %s %s", request.method, request.url.path)
-    body = {"codigo": "erro_interno", "mensagem": "Erro interno; nada foi registrado."}
-    return JSONResponse(body, status_code=500)
+    return _in_dialect(request.url.path, 500, "")
 
 
 class TracingMiddleware:

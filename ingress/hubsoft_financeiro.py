@@ -279,6 +279,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 },
                 "400": _error("Parâmetro ausente ou inválido"),
                 "401": _error("Token ausente, inválido ou revogado"),
+                "500": _error("Erro interno"),
             },
         }
     },
@@ -304,6 +305,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "401": _error("Token ausente, inválido ou revogado"),
                 "413": _error("Corpo grande demais"),
                 "503": _error("Kafka indisponível; nada publicado"),
+                "500": _error("Erro interno"),
             },
         }
     },

@@ -136,7 +136,7 @@ _FOCUS_CODES: dict[int, tuple[str, list[str]]] = {
         "Ref já autorizada/cancelada ou em processamento",
         ["nfe_autorizada", "em_processamento"],
     ),
-    500: ("Erro interno; nada foi registrado", ["erro_interno"]),
+    500: ("Erro interno", ["erro_interno"]),
     503: ("Kafka indisponível; tente de novo com a mesma ref", ["servico_indisponivel"]),
 }
 
@@ -832,7 +832,7 @@ def _paths() -> dict[str, Any]:
                     "413": _hubsoft_error("Corpo grande demais"),
                     "503": _hubsoft_error("Kafka indisponível; nada foi enviado"),
                     "504": _hubsoft_error("Tempo esgotado; os envios continuam na fila"),
-                    "500": _focus_error(500),
+                    "500": _hubsoft_error("Erro interno"),
                 },
             }
         },

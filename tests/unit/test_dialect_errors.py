@@ -1,0 +1,106 @@
+"""An error the ingress did not foresee (here: its database is gone) is still answered in the
+dialect of the route, in the shape `/openapi.json` declares for a 500, and never leaks the
+exception: Focus `{codigo, mensagem}`, HubSoft `{status: "error", msg}`, Wuro
+`{error: {code, message}}`."""
+
+from __future__ import annotations
+
+import base64
+import logging
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from jsonschema import Draft202012Validator
+
+from ingress.app import create_app
+from ingress.auth import TenantCache
+from ingress.deps import IngressDeps
+from ingress.observability import openapi_document
+from notaflow.settings import Settings
+from notaflow.store import TenantStore, create_engine
+
+BASIC = {"Authorization": "Basic " + base64.b64encode(b"tok:").decode()}
+BEARER = {"Authorization": "Bearer tok"}
+WURO = {"X-APP-ID": "app", "X-APP-SECRET": "secret"}
+
+# (method, path, OpenAPI path, headers, JSON body, the body's dialect keys)
+CASES: list[tuple[str, str, str, dict[str, str], Any, set[str]]] = [
+    ("GET", "/v2/nfse/abc1", "/v2/nfse/{ref}", BASIC, None, {"codigo", "mensagem"}),
+    (
+        "POST",
+        "/api/v1/integracao/cliente/nota_fiscal/enviar_email",
+        "/api/v1/integracao/cliente/nota_fiscal/enviar_email",
+        BEARER,
+        {"id_nota_fiscal": 1, "tipo_documento": "nfse"},
+        {"status", "msg"},
+    ),
+    (
+        "GET",
+        "/api/v1/integracao/cliente/financeiro?busca=cpf_cnpj&termo_busca=11144477735",
+        "/api/v1/integracao/cliente/financeiro",
+        BEARER,
+        None,
+        {"status", "msg"},
+    ),
+    (
+        "POST",
+        "/api/v3.2/invoice/u1/mail",
+        "/api/v3.2/invoice/{uid}/mail",
+        WURO,
+        {"to": ["a@example.com"], "subject": "Fatura", "content": "Olá"},
+        {"error"},
+    ),
+]
+
+
+@pytest.fixture
+async def broken(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    # A real engine on a database file that cannot exist: every query raises, as when the
+    # database disappears under a running ingress.
+    engine = create_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'gone.db'}")
+    tenants = TenantStore(engine)
+    deps = IngressDeps(
+        settings=Settings(), engine=engine, bus=None, documents=None,  # type: ignore[arg-type]
+        intake=None, nfce_intake=None, tenants=tenants,  # type: ignore[arg-type]
+        tenant_cache=TenantCache(tenants), topics=None, hooks=None,  # type: ignore[arg-type]
+        waiters=None,  # type: ignore[arg-type]
+    )  # fmt: skip
+    app = create_app(deps, manage_resources=False)
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://ingress") as client:
+        yield client
+    await engine.dispose()
+
+
+def declared_500(openapi_path: str, method: str) -> Draft202012Validator:
+    """The schema `/openapi.json` gives this operation's 500, its `#/components/...`
+    references resolved against the document's components."""
+    doc = openapi_document()
+    response = doc["paths"][openapi_path][method.lower()]["responses"]["500"]
+    schema = response["content"]["application/json"]["schema"]
+    return Draft202012Validator({**schema, "components": doc["components"]})
+
+
+@pytest.mark.parametrize(("method", "url", "openapi_path", "headers", "body", "keys"), CASES)
+async def test_an_unexpected_error_is_a_500_in_the_routes_dialect(
+    broken: httpx.AsyncClient,
+    caplog: pytest.LogCaptureFixture,
+    method: str,
+    url: str,
+    openapi_path: str,
+    headers: dict[str, str],
+    body: Any,
+    keys: set[str],
+) -> None:
+    with caplog.at_level(logging.ERROR, logger="ingress.app"):
+        r = await broken.request(method, url, headers=headers, json=body)
+    assert r.status_code == 500
+    answer = r.json()
+    assert set(answer) == keys
+    declared_500(openapi_path, method).validate(answer)
+    assert "gone.db" not in r.text and "OperationalError" not in r.text
+    # The operator sees what happened; the client does not.
+    assert any("unhandled error" in rec.getMessage() and rec.exc_info for rec in caplog.records)
