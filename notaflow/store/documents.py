@@ -100,10 +100,11 @@ def _doc(row: sa.Row[Any]) -> Document:
 
 
 class DocumentStore:
-    """The reads and writes of a busy consumer (`get`, `set_provider_ref`, `mark_submitted`)
-    go through group batches: what concurrent handlers ask for in the same moment costs one
-    round trip (PostgreSQL) or one inline transaction (SQLite), not one pooled connection, one
-    thread hop and one commit each. Callers still get their own answer, after the commit."""
+    """The reads and writes of a busy consumer (`get`, `set_provider_ref`, `mark_submitted`,
+    `transition`, the re-claim after an error) go through group batches: what concurrent
+    handlers ask for in the same moment costs one round trip (PostgreSQL) or one inline
+    transaction (SQLite), not one pooled connection, one thread hop and one commit each.
+    Callers still get their own answer, after the commit."""
 
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
@@ -112,6 +113,8 @@ class DocumentStore:
         # Writers of their own: each is used by one batch at a time (see _SqliteWriter).
         self._sqlite_updates = _SqliteWriter(sqlite_path) if sqlite_path is not None else None
         self._sqlite_reader = _SqliteWriter(sqlite_path) if sqlite_path is not None else None
+        self._sqlite_transitions = _SqliteWriter(sqlite_path) if sqlite_path is not None else None
+        self._sqlite_reclaims = _SqliteWriter(sqlite_path) if sqlite_path is not None else None
         self._reads: _Batcher[tuple[str, str, str], Document | None] = _Batcher(
             self._get_many, self._get_now if sqlite_path is not None else None
         )
@@ -119,9 +122,18 @@ class DocumentStore:
         # latency from ~10 ms to ~0.1 ms but cost ~0.2 ms of CPU per note in the consumer
         # benchmark (a WAL frame per page per commit, and checkpoints that often).
         self._updates: _Batcher[_Update, bool] = _Batcher(self._update_many)
+        self._transitions: _Batcher[_Transition, Document | None] = _Batcher(self._transition_many)
+        # Re-claims are rare; the batcher is what keeps their writer to one batch at a time.
+        self._reclaims: _Batcher[_Reclaim, bool] = _Batcher(self._reclaim_many)
 
     def close(self) -> None:
-        for writer in (self._sqlite_writer, self._sqlite_updates, self._sqlite_reader):
+        for writer in (
+            self._sqlite_writer,
+            self._sqlite_updates,
+            self._sqlite_reader,
+            self._sqlite_transitions,
+            self._sqlite_reclaims,
+        ):
             if writer is not None:
                 writer.close()
 
@@ -191,8 +203,21 @@ class DocumentStore:
         payload: dict[str, Any],
         command_id: str,
         source: str,
+        *,
+        current: Document | None = None,
     ) -> Claim:
-        """Take `ref` for a new emission, or raise RefInUse with the holder's status."""
+        """Take `ref` for a new emission, or raise RefInUse with the holder's status.
+
+        `current` is the caller's fresh read of the ref's document, when it has one (a
+        re-emission after erro_autorizacao): the INSERT that would only collide is skipped,
+        and with it SQLAlchemy's costly IntegrityError path. The re-claim's conditions (status
+        and attempt as read) still guard against a row that changed since."""
+        if current is not None:
+            if (current.tenant_id, current.kind, current.ref) != (tenant_id, kind, ref):
+                raise ValueError(f"current is not the document of {tenant_id}/{kind}/{ref}")
+            return await self._reclaim(
+                tenant_id, kind, ref, cnpj_prestador, payload, command_id, source, current
+            )
         now = _now()
         try:
             async with self._engine.begin() as conn:
@@ -265,38 +290,25 @@ class DocumentStore:
         payload: dict[str, Any],
         command_id: str,
         source: str,
+        current: Document | None = None,
     ) -> Claim:
-        current = await self.get(tenant_id, kind, ref)
+        if current is None:
+            current = await self.get(tenant_id, kind, ref)
         if current is None:  # deleted by a concurrent release: the caller may simply retry
             raise RefInUse(ref, PROCESSING)
         if current.status != ERROR:
             raise RefInUse(ref, current.status)
-        now = _now()
-        attempt = current.attempt + 1
-        async with self._engine.begin() as conn:
-            res = await conn.execute(
-                documents.update()
-                .where(
-                    documents.c.id == current.id,
-                    documents.c.status == ERROR,
-                    documents.c.attempt == current.attempt,
-                )
-                .values(
-                    status=PROCESSING,
-                    attempt=attempt,
-                    command_id=command_id,
-                    cnpj_prestador=cnpj_prestador,
-                    payload=payload,
-                    provider_ref=None,
-                    result=None,
-                    erros=None,
-                    submitted_at=None,
-                    updated_at=now,
-                )
-            )
-            if res.rowcount != 1:
-                raise RefInUse(ref, PROCESSING)
-            await self._record(conn, current.id, attempt, PROCESSING, source, None, now)
+        # Serialized here, not in the batch: a payload orjson refuses fails its caller only.
+        item = _Reclaim(
+            current.id,
+            current.attempt,
+            command_id,
+            cnpj_prestador,
+            orjson.dumps(payload).decode(),
+            source,
+        )
+        if not await self._reclaims.submit(item):
+            raise RefInUse(ref, PROCESSING)
         previous = {
             "status": current.status,
             "attempt": current.attempt,
@@ -308,7 +320,14 @@ class DocumentStore:
             "erros": current.erros,
             "submitted_at": current.submitted_at,
         }
-        return Claim(current.id, command_id, attempt, previous)
+        return Claim(current.id, command_id, current.attempt + 1, previous)
+
+    async def _reclaim_many(self, items: list[_Reclaim]) -> list[bool]:
+        if self._sqlite_reclaims is not None:
+            return await self._sqlite_reclaims.run(_sqlite_reclaim, items, _now())
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            return await _pg_reclaim(raw.driver_connection, items, _now())
 
     async def release(self, claim: Claim) -> None:
         """Undo a claim whose command never reached Kafka (the client got a 503)."""
@@ -370,29 +389,26 @@ class DocumentStore:
         allowed = TRANSITIONS.get(status)
         if not allowed:
             raise ValueError(f"no transition into {status!r}")
-        now = _now()
-        values: dict[str, Any] = {"status": status, "updated_at": now}
-        if result is not None:
-            values["result"] = result
-        if erros is not None:
-            values["erros"] = erros
-        async with self._engine.begin() as conn:
-            res = await conn.execute(
-                documents.update()
-                .where(
-                    documents.c.id == document_id,
-                    documents.c.attempt == attempt,
-                    documents.c.status.in_(allowed),
-                )
-                .values(**values)
-            )
-            if res.rowcount != 1:
-                return None
-            await self._record(conn, document_id, attempt, status, source, detail or erros, now)
-            row = (
-                await conn.execute(sa.select(documents).where(documents.c.id == document_id))
-            ).first()
-        return _doc(row) if row is not None else None
+        # JSON is serialized here, not in the batch: a value orjson refuses fails its caller
+        # only. None stays None (SQL NULL, as the Json column type writes it).
+        item = _Transition(
+            document_id,
+            attempt,
+            status,
+            allowed,
+            source,
+            _json_text(result),
+            _json_text(erros),
+            _json_text(detail or erros),
+        )
+        return await self._transitions.submit(item)
+
+    async def _transition_many(self, items: list[_Transition]) -> list[Document | None]:
+        if self._sqlite_transitions is not None:
+            return await self._sqlite_transitions.run(_sqlite_transition, items, _now())
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            return await _pg_transition(raw.driver_connection, items, _now())
 
     async def note(
         self, document_id: int, attempt: int, status: str, source: str, detail: Any
@@ -534,6 +550,10 @@ _SELECT_COLUMNS = (
 )
 
 
+# The same, qualified, for statements that join `documents d` with the batch's arrays.
+_PG_COLUMNS = ", ".join("d." + c.strip() for c in _SELECT_COLUMNS.split(","))
+
+
 def _raw_doc(row: Sequence[Any]) -> Document:
     """A Document from a driver row in `_SELECT_COLUMNS` order: JSON as text, timestamps as
     SQLite's text (SQLAlchemy's storage format) or asyncpg's datetimes."""
@@ -579,7 +599,7 @@ def _sqlite_get(
 
 async def _pg_get(driver: Any, keys: list[tuple[str, str, str]]) -> list[Document | None]:
     rows = await driver.fetch(
-        f"SELECT {', '.join('d.' + c.strip() for c in _SELECT_COLUMNS.split(','))} "
+        f"SELECT {_PG_COLUMNS} "
         "FROM documents d JOIN unnest($1::text[], $2::text[], $3::text[]) AS u(t, k, r) "
         "ON d.tenant_id = u.t AND d.kind = u.k AND d.ref = u.r",
         [k[0] for k in keys],
@@ -646,6 +666,195 @@ async def _pg_update(driver: Any, updates: list[_Update], now: datetime) -> list
         out.append(not u.submitted or key in done)
         if u.submitted:
             done.discard(key)  # a second mark of the same attempt would have found it set
+    return out
+
+
+def _json_text(value: Any) -> str | None:
+    # What the Json column type binds: orjson's text, and None as SQL NULL (not JSON null).
+    return None if value is None else orjson.dumps(value).decode()
+
+
+@dataclass(frozen=True)
+class _Transition:
+    """One `transition` call, its JSON already serialized (None: leave the column as it is;
+    for `detail`: no detail)."""
+
+    document_id: int
+    attempt: int
+    status: str
+    allowed: frozenset[str]  # TRANSITIONS[status]
+    source: str
+    result: str | None
+    erros: str | None
+    detail: str | None
+
+
+def _sqlite_transition(
+    conn: sqlite3.Connection, items: list[_Transition], now: datetime
+) -> list[Document | None]:
+    # In arrival order, each with its own condition: what the one-by-one statements did, in one
+    # transaction. COALESCE keeps the stored result / erros when the transition brings none;
+    # RETURNING is the read-back of the updated row.
+    at = _sqlite_time(now)
+    out: list[Document | None] = []
+    for t in items:
+        allowed = sorted(t.allowed)
+        rows = conn.execute(
+            "UPDATE documents SET status = ?, updated_at = ?, result = COALESCE(?, result), "
+            "erros = COALESCE(?, erros) "
+            f"WHERE id = ? AND attempt = ? AND status IN ({','.join('?' * len(allowed))}) "
+            f"RETURNING {_SELECT_COLUMNS}",
+            (t.status, at, t.result, t.erros, t.document_id, t.attempt, *allowed),
+        ).fetchall()
+        if len(rows) != 1:
+            out.append(None)
+            continue
+        conn.execute(
+            "INSERT INTO document_events (document_id, attempt, status, source, detail, at) "
+            "VALUES (?, ?, ?, ?, ?, ?)",
+            (t.document_id, t.attempt, t.status, t.source, t.detail, at),
+        )
+        out.append(_raw_doc(rows[0]))
+    return out
+
+
+def _waves(document_ids: Sequence[int]) -> list[list[int]]:
+    """The positions of a batch in rounds where no document appears twice, each document's
+    items in arrival order across the rounds: within a round, a set-based statement means the
+    same as the one-by-one statements (different documents do not interact).
+
+    Each round in document order: a batch locks several rows in one transaction, where one
+    call used to lock one, and two processes' batches locking them in opposite orders would
+    deadlock. With the plan a large table gets (the arrays driving an index scan) rows lock in
+    the arrays' order; later rounds only revisit rows the first one locked."""
+    waves: list[list[int]] = []
+    seen: dict[int, int] = {}
+    for i, document_id in enumerate(document_ids):
+        k = seen.get(document_id, 0)
+        seen[document_id] = k + 1
+        if k == len(waves):
+            waves.append([])
+        waves[k].append(i)
+    for wave in waves:
+        wave.sort(key=document_ids.__getitem__)
+    return waves
+
+
+# One round trip per round of `_waves` (almost always one per batch): the conditional UPDATE,
+# the history rows of what it changed, and the updated rows back. Each item's allowed statuses
+# travel as one comma-joined string (array elements cannot be arrays of varying length); the
+# statuses are plain words.
+_PG_TRANSITION = (
+    "WITH changed AS ("
+    "UPDATE documents d SET status = u.s, updated_at = $1, "
+    "result = COALESCE(u.r, d.result), erros = COALESCE(u.e, d.erros) "
+    "FROM unnest($2::int[], $3::bigint[], $4::int[], $5::text[], $6::text[], $7::text[], "
+    "$8::text[], $9::text[], $10::text[]) AS u(n, i, a, s, f, r, e, src, det) "
+    "WHERE d.id = u.i AND d.attempt = u.a AND d.status = ANY(string_to_array(u.f, ',')) "
+    f"RETURNING {_PG_COLUMNS}, u.n, u.src, u.det"
+    "), recorded AS ("
+    "INSERT INTO document_events (document_id, attempt, status, source, detail, at) "
+    "SELECT id, attempt, status, src, det, $1 FROM changed ORDER BY n"
+    ") "
+    "SELECT * FROM changed"
+)
+
+
+async def _pg_transition(
+    driver: Any, items: list[_Transition], now: datetime
+) -> list[Document | None]:
+    """asyncpg: each round of the batch as arrays in one statement, all in one transaction."""
+    out: list[Document | None] = [None] * len(items)
+    async with driver.transaction():
+        for wave in _waves([t.document_id for t in items]):
+            batch = [items[n] for n in wave]
+            rows = await driver.fetch(
+                _PG_TRANSITION,
+                now,
+                wave,
+                [t.document_id for t in batch],
+                [t.attempt for t in batch],
+                [t.status for t in batch],
+                [",".join(sorted(t.allowed)) for t in batch],
+                [t.result for t in batch],
+                [t.erros for t in batch],
+                [t.source for t in batch],
+                [t.detail for t in batch],
+            )
+            for row in rows:
+                out[row["n"]] = _raw_doc(row)  # the columns of _SELECT_COLUMNS come first
+    return out
+
+
+@dataclass(frozen=True)
+class _Reclaim:
+    """The re-claim of a document found in erro_autorizacao at `attempt`; payload as JSON."""
+
+    document_id: int
+    attempt: int
+    command_id: str
+    cnpj_prestador: str
+    payload: str
+    source: str
+
+
+def _sqlite_reclaim(conn: sqlite3.Connection, items: list[_Reclaim], now: datetime) -> list[bool]:
+    # In arrival order: a second re-claim of the same attempt finds the first one's row.
+    at = _sqlite_time(now)
+    out: list[bool] = []
+    for r in items:
+        cur = conn.execute(
+            "UPDATE documents SET status = ?, attempt = ?, command_id = ?, cnpj_prestador = ?, "
+            "payload = ?, provider_ref = NULL, result = NULL, erros = NULL, "
+            "submitted_at = NULL, updated_at = ? WHERE id = ? AND status = ? AND attempt = ?",
+            (
+                PROCESSING, r.attempt + 1, r.command_id, r.cnpj_prestador, r.payload, at,
+                r.document_id, ERROR, r.attempt,
+            ),
+        )  # fmt: skip
+        done = cur.rowcount == 1
+        if done:
+            conn.execute(
+                "INSERT INTO document_events (document_id, attempt, status, source, at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (r.document_id, r.attempt + 1, PROCESSING, r.source, at),
+            )
+        out.append(done)
+    return out
+
+
+# The UPDATE and its history row in one round trip; a row back means the re-claim happened.
+_PG_RECLAIM = (
+    "WITH changed AS ("
+    "UPDATE documents SET status = $1, attempt = $2 + 1, command_id = $3, cnpj_prestador = $4, "
+    "payload = $5, provider_ref = NULL, result = NULL, erros = NULL, submitted_at = NULL, "
+    "updated_at = $6 WHERE id = $7 AND status = $8 AND attempt = $2 RETURNING id, attempt"
+    ") "
+    "INSERT INTO document_events (document_id, attempt, status, source, at) "
+    "SELECT id, attempt, $1, $9, $6 FROM changed RETURNING document_id"
+)
+
+
+async def _pg_reclaim(driver: Any, items: list[_Reclaim], now: datetime) -> list[bool]:
+    """asyncpg: one statement per item in one transaction (a rare path), in document order
+    (rows lock in one order, as in `_waves`), each document's items in arrival order."""
+    out = [False] * len(items)
+    async with driver.transaction():
+        for n in sorted(range(len(items)), key=lambda k: items[k].document_id):
+            r = items[n]
+            done = await driver.fetchval(
+                _PG_RECLAIM,
+                PROCESSING,
+                r.attempt,
+                r.command_id,
+                r.cnpj_prestador,
+                r.payload,
+                now,
+                r.document_id,
+                ERROR,
+                r.source,
+            )
+            out[n] = done is not None
     return out
 
 

@@ -4,10 +4,13 @@ commit queue under concurrency, tenants with hashed tokens, and blobs."""
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import re
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -17,13 +20,23 @@ from notaflow.errors import RefInUse
 from notaflow.store import (
     Claim,
     ClaimRequest,
+    Document,
     DocumentStore,
     TenantStore,
     create_engine,
     migrate,
 )
+from notaflow.store.clock import now
 from notaflow.store.db import MIGRATIONS, current_revision
-from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, PROCESSING, TRANSITIONS
+from notaflow.store.documents import (
+    AUTHORIZED,
+    CANCELLED,
+    ERROR,
+    PROCESSING,
+    TRANSITIONS,
+    _doc,
+    _waves,
+)
 from notaflow.store.tables import document_events, documents, tenant_tokens
 
 CNPJ = "51916585000125"
@@ -307,6 +320,294 @@ async def test_claim_many_mixes_new_reused_and_busy_refs(store: DocumentStore) -
                 result.attempt,
             )
             assert (await store.history(doc.id))[-1]["source"] == "ingress"
+
+
+# -- transitions and re-claims on the driver ------------------------------------------------
+
+
+async def core_transition(
+    engine: AsyncEngine,
+    document_id: int,
+    attempt: int,
+    status: str,
+    source: str,
+    result: dict[str, Any] | None = None,
+    erros: list[dict[str, Any]] | None = None,
+    detail: Any = None,
+) -> Document | None:
+    """`transition` as it was through SQLAlchemy Core: the reference that the driver path must
+    match, value for value and stored text for stored text."""
+    at = now()
+    values: dict[str, Any] = {"status": status, "updated_at": at}
+    if result is not None:
+        values["result"] = result
+    if erros is not None:
+        values["erros"] = erros
+    async with engine.begin() as conn:
+        res = await conn.execute(
+            documents.update()
+            .where(
+                documents.c.id == document_id,
+                documents.c.attempt == attempt,
+                documents.c.status.in_(TRANSITIONS[status]),
+            )
+            .values(**values)
+        )
+        if res.rowcount != 1:
+            return None
+        await conn.execute(
+            document_events.insert().values(
+                document_id=document_id,
+                attempt=attempt,
+                status=status,
+                source=source,
+                detail=detail or erros,
+                at=at,
+            )
+        )
+        row = (await conn.execute(sa.select(documents).where(documents.c.id == document_id))).one()
+    return _doc(row)
+
+
+def shape(value: object) -> object:
+    """A stored value with its digits blanked: same text format, same type, same awareness."""
+    if isinstance(value, str):
+        return re.sub(r"\d", "9", value)
+    if isinstance(value, datetime):
+        return ("datetime", value.tzinfo is not None)
+    return value
+
+
+async def stored(engine: AsyncEngine, document_id: int) -> dict[str, Any]:
+    """What is in the tables for one document, as the database hands it back (no type
+    processing: JSON as its text, NULL as None, SQLite's timestamps as their text)."""
+    async with engine.connect() as conn:
+        doc = (
+            await conn.execute(
+                sa.text(
+                    "SELECT status, attempt, result, erros, updated_at FROM documents "
+                    "WHERE id = :id"
+                ),
+                {"id": document_id},
+            )
+        ).one()
+        events = (
+            await conn.execute(
+                sa.text(
+                    "SELECT attempt, status, source, detail, at FROM document_events "
+                    "WHERE document_id = :id ORDER BY id"
+                ),
+                {"id": document_id},
+            )
+        ).all()
+    return {
+        "document": (doc[0], doc[1], doc[2], doc[3], shape(doc[4])),
+        "events": [(e[0], e[1], e[2], e[3], shape(e[4])) for e in events],
+    }
+
+
+def comparable(doc: Document | None) -> object:
+    # What two documents with different ids, refs and clocks must share.
+    if doc is None:
+        return None
+    return (doc.status, doc.attempt, doc.result, doc.erros, doc.submitted_at is None)
+
+
+def history_comparable(history: Sequence[dict[str, Any]]) -> list[object]:
+    return [(h["attempt"], h["status"], h["source"], h["detail"], shape(h["at"])) for h in history]
+
+
+async def test_concurrent_transitions_match_the_core_path(
+    engine: AsyncEngine, store: DocumentStore
+) -> None:
+    # Each document has a twin that takes the same transitions, one by one, through the Core
+    # statements `transition` used to run.
+    n = 50
+    claims = await store.claim_many([request(f"d{i}") for i in range(n)])
+    twins = await store.claim_many([request(f"twin{i}") for i in range(n)])
+    ids = [c.document_id for c in claims if isinstance(c, Claim)]
+    twin_ids = [c.document_id for c in twins if isinstance(c, Claim)]
+    assert len(ids) == len(twin_ids) == n
+    for doc_id in (*ids[::2], *twin_ids[::2]):
+        assert await store.mark_submitted(doc_id, 1, f"focus-{doc_id}")
+
+    erros = [{"codigo": "E145", "mensagem": "CNPJ inválido", "correcao": None}]
+    calls: list[tuple[int, tuple[Any, ...], dict[str, Any]]] = []
+    for i in range(n):
+        if i % 5 == 0:
+            kw: dict[str, Any] = {"result": {"numero": str(i), "serie": None}}
+            calls.append((i, (1, AUTHORIZED, "focus"), kw))
+        elif i % 5 == 1:
+            calls.append((i, (1, ERROR, "focus"), {"erros": erros}))
+        elif i % 5 == 2:
+            kw = {"result": {"status_sefaz": "100"}, "detail": {"mensagem": "ok", "n": i}}
+            calls.append((i, (1, AUTHORIZED, "focus"), kw))
+        elif i % 5 == 3:
+            calls.append((i, (1, ERROR, "focus"), {"erros": erros, "detail": ["a", 1, None]}))
+        else:
+            calls.append((i, (1, AUTHORIZED, "focus"), {"detail": {}}))  # detail {} -> NULL
+    for i in range(0, n, 7):  # duplicates of applied changes, in the same batches: no-ops
+        calls.append((i, (1, AUTHORIZED, "focus-dup"), {}))
+    for i in range(0, n, 10):  # cancelled right after being authorized, in the same batch
+        calls.append((i, (1, CANCELLED, "api"), {"detail": {"motivo": "teste"}}))
+    for i in range(3, n, 10):  # not allowed: from the wrong status, or the wrong attempt
+        calls.append((i, (1, CANCELLED, "api"), {}))
+        calls.append((i, (2, ERROR, "focus"), {"erros": erros}))
+
+    batches: list[int] = []
+    run = store._transitions._run
+
+    async def counting(items: list[Any]) -> Sequence[Document | None]:
+        batches.append(len(items))
+        return await run(items)
+
+    store._transitions._run = counting  # type: ignore[method-assign]
+    got = await asyncio.gather(*(store.transition(ids[i], *args, **kw) for i, args, kw in calls))
+    assert max(batches) > 1, batches  # the calls did share batches
+    expected = [await core_transition(engine, twin_ids[i], *args, **kw) for i, args, kw in calls]
+
+    assert [comparable(d) for d in got] == [comparable(d) for d in expected]
+    assert sum(d is not None for d in got) == n + len(range(0, n, 10))
+    last: dict[int, Document] = {}
+    for (i, _, _), doc in zip(calls, got, strict=True):
+        if doc is not None:
+            assert doc.id == ids[i] and doc.updated_at.tzinfo is not None
+            last[i] = doc
+    for i in range(n):
+        doc_id, twin_id = ids[i], twin_ids[i]
+        # The document returned is the row as it was committed, read as Core reads it.
+        assert await store.by_id(doc_id) == last[i]
+        history, twin_history = await store.history(doc_id), await store.history(twin_id)
+        assert history_comparable(history) == history_comparable(twin_history)
+        assert len(history) == (3 if i % 10 == 0 else 2)  # processing, the outcome, cancelled
+        assert await stored(engine, doc_id) == await stored(engine, twin_id)
+    # The detail rule (`detail or erros`; None, and {}, stored as NULL, not JSON null).
+    async with engine.connect() as conn:
+        details = (
+            await conn.execute(
+                sa.text("SELECT detail FROM document_events WHERE document_id = :id ORDER BY id"),
+                {"id": ids[4]},
+            )
+        ).all()
+    assert [d[0] for d in details] == [None, None]
+
+
+def test_waves_keep_each_documents_order_and_lock_in_document_order() -> None:
+    ids = [5, 3, 5, 1, 3, 5, 2]
+    waves = _waves(ids)
+    assert waves == [[3, 6, 1, 0], [4, 2], [5]]
+    for wave in waves:
+        assert len({ids[n] for n in wave}) == len(wave)
+    assert _waves([]) == []
+
+
+async def test_transition_without_result_or_erros_keeps_the_stored_ones(
+    engine: AsyncEngine, store: DocumentStore
+) -> None:
+    c = await claim(store, "r1")
+    erros = [{"codigo": "A1", "mensagem": "aviso"}]
+    result = {"numero": "7", "caminho_xml_nota_fiscal": "/x.xml"}
+    authorized = await store.transition(c.document_id, 1, AUTHORIZED, "focus", result, erros)
+    assert authorized is not None and (authorized.result, authorized.erros) == (result, erros)
+    before = await stored(engine, c.document_id)
+
+    cancelled = await store.transition(c.document_id, 1, CANCELLED, "api")
+    assert cancelled is not None
+    assert (cancelled.status, cancelled.result, cancelled.erros) == (CANCELLED, result, erros)
+    after = await stored(engine, c.document_id)
+    assert after["document"][2:4] == before["document"][2:4]  # the very same stored text
+    assert await store.by_id(c.document_id) == cancelled
+
+    # And a document that never had any keeps NULL, not an empty object.
+    other = await claim(store, "r2")
+    assert await store.transition(other.document_id, 1, AUTHORIZED, "focus") is not None
+    assert (await stored(engine, other.document_id))["document"][2:4] == (None, None)
+
+
+async def test_claim_with_the_current_document_after_an_error(
+    engine: AsyncEngine, store: DocumentStore
+) -> None:
+    first = await claim(store, "r1", valor=1)
+    assert await store.mark_submitted(first.document_id, 1, "focus-r1-a")
+    erros = [{"codigo": "E145", "mensagem": "CNPJ inválido"}]
+    await store.transition(first.document_id, 1, ERROR, "focus", result={"x": 1}, erros=erros)
+    current = await store.get("acme", "nfse", "r1")
+    assert current is not None and current.status == ERROR
+
+    second = await store.claim(
+        "acme", "nfse", "r1", CNPJ, {"ref": "r1", "valor": 2}, "cmd-2", "emission", current=current
+    )
+    assert (second.document_id, second.command_id, second.attempt) == (
+        first.document_id,
+        "cmd-2",
+        2,
+    )
+    assert second.previous == {
+        "status": ERROR,
+        "attempt": 1,
+        "command_id": first.command_id,
+        "cnpj_prestador": CNPJ,
+        "payload": {"ref": "r1", "valor": 1},
+        "provider_ref": "focus-r1-a",
+        "result": {"x": 1},
+        "erros": erros,
+        "submitted_at": current.submitted_at,
+    }
+    doc = await store.get("acme", "nfse", "r1")
+    assert doc is not None and doc == await store.by_id(first.document_id)
+    assert (doc.status, doc.attempt, doc.command_id, doc.payload) == (
+        PROCESSING,
+        2,
+        "cmd-2",
+        {"ref": "r1", "valor": 2},
+    )
+    assert (doc.erros, doc.result, doc.provider_ref, doc.submitted_at) == (None, {}, None, None)
+    assert doc.updated_at.tzinfo is not None and doc.updated_at >= current.updated_at
+    history = await store.history(first.document_id)
+    assert [(h["attempt"], h["status"], h["source"], h["detail"]) for h in history] == [
+        (1, PROCESSING, "test", None),
+        (1, ERROR, "focus", erros),
+        (2, PROCESSING, "emission", None),
+    ]
+    raw = await stored(engine, first.document_id)
+    assert raw["document"][2:4] == (None, None)  # NULL, as the Core re-claim wrote them
+
+    # `current` is now stale (attempt 1; the row is at attempt 2): refused, nothing changed,
+    # whether the row is still processing or back in erro_autorizacao at the next attempt.
+    with pytest.raises(RefInUse) as info:
+        await store.claim("acme", "nfse", "r1", CNPJ, {}, "cmd-3", "emission", current=current)
+    assert (info.value.ref, info.value.status) == ("r1", PROCESSING)
+    assert await stored(engine, first.document_id) == raw
+    await store.transition(first.document_id, 2, ERROR, "focus", erros=erros)
+    raw = await stored(engine, first.document_id)
+    with pytest.raises(RefInUse) as info:
+        await store.claim("acme", "nfse", "r1", CNPJ, {}, "cmd-3", "emission", current=current)
+    assert info.value.status == PROCESSING
+    assert await stored(engine, first.document_id) == raw
+
+    # Two handlers holding the same fresh read: one wins, the other finds the ref taken.
+    fresh = await store.get("acme", "nfse", "r1")
+    assert fresh is not None and fresh.attempt == 2
+    results = await asyncio.gather(
+        *(
+            store.claim("acme", "nfse", "r1", CNPJ, {}, f"cmd-{k}", "e", current=fresh)
+            for k in (4, 5)
+        ),
+        return_exceptions=True,
+    )
+    assert isinstance(results[0], Claim) and results[0].attempt == 3
+    assert isinstance(results[1], RefInUse) and results[1].status == PROCESSING
+    assert [h["attempt"] for h in await store.history(first.document_id)][-2:] == [2, 3]
+
+    # A current that is not in erro_autorizacao is refused with its status, as without it.
+    done = await claim(store, "r2")
+    authorized = await store.transition(done.document_id, 1, AUTHORIZED, "focus")
+    assert authorized is not None
+    with pytest.raises(RefInUse) as info:
+        await store.claim("acme", "nfse", "r2", CNPJ, {}, "c", "e", current=authorized)
+    assert info.value.status == AUTHORIZED
+    with pytest.raises(ValueError):  # another ref's document
+        await store.claim("acme", "nfse", "r1", CNPJ, {}, "c", "e", current=authorized)
 
 
 # -- tenants -------------------------------------------------------------------------------
