@@ -94,7 +94,9 @@ class EmissionConsumer:
         if document is not None and (doc is None or doc.status == ERROR):
             # Published straight to Kafka by another system, or a re-emission after an error.
             try:
-                await self._docs.claim(tenant_id, KIND, ref, cnpj, document, event.id, SOURCE)
+                await self._docs.claim(
+                    tenant_id, KIND, ref, cnpj, document, event.id, SOURCE, current=doc
+                )
             except RefInUse as exc:
                 raise PermanentFailure(f"ref {ref} em uso ({exc.status})") from exc
             doc = await self._docs.get(tenant_id, KIND, ref)

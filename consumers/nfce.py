@@ -85,7 +85,7 @@ class NfceEmitter:
         if doc is None or (doc.command_id != event.id and doc.status == ERROR):
             try:
                 await self._docs.claim(
-                    tenant_id, KIND, ref, self._cnpj, document, event.id, self._source
+                    tenant_id, KIND, ref, self._cnpj, document, event.id, self._source, current=doc
                 )
             except RefInUse as exc:
                 raise PermanentFailure(f"ref {ref} em uso ({exc.status})") from exc
