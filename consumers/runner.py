@@ -41,6 +41,7 @@ from notaflow.errors import InvalidDocument
 from notaflow.logs import log_context, trace_id_of
 from notaflow.metrics import Metrics
 from notaflow.settings import Settings
+from notaflow.store.db import transient_error
 from notaflow.store.retries import Coordinates, RetryLedger, RetryState
 
 log = logging.getLogger(__name__)
@@ -339,7 +340,10 @@ class Runner:
             except asyncio.CancelledError:
                 raise
             except Exception as exc:
-                if not getattr(exc, "retriable", False):
+                # The database's own state (down, restarting, a deadlock, a lock held by
+                # another writer) is transient too: dead-lettering every record through a
+                # database restart would leave an operator to replay them all.
+                if not (getattr(exc, "retriable", False) or transient_error(exc)):
                     log.warning(
                         "%s: permanent failure at offset %s: %r", self.name, record.offset, exc
                     )

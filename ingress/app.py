@@ -33,6 +33,7 @@ from ingress.errors import FocusError, IngressError
 from ingress.observability import MetricsMiddleware, metrics_route, openapi_routes
 from notaflow import tracing
 from notaflow.metrics import Metrics
+from notaflow.store.db import transient_error
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +51,11 @@ _GENERIC: dict[int, tuple[str, str, str]] = {
     404: ("Recurso não encontrado", "nao_encontrado", "not_found"),
     405: ("Método HTTP não permitido", "metodo_nao_permitido", "method_not_allowed"),
     500: ("Erro interno. Tente novamente mais tarde.", "erro_interno", "internal_error"),
+    503: (
+        "Serviço temporariamente indisponível. Tente novamente em instantes.",
+        "servico_indisponivel",
+        "service_unavailable",
+    ),
 }
 
 
@@ -88,6 +94,12 @@ class RefuseNul:
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
+    if transient_error(exc):
+        # The database is down or restarting: the request may simply be sent again.
+        log.warning("%s %s answered 503: %r", request.method, request.url.path, exc)
+        response = _in_dialect(request.url.path, 503, "")
+        response.headers["Retry-After"] = "5"
+        return response
     log.exception("unhandled error on %s %s", request.method, request.url.path)
     return _in_dialect(request.url.path, 500, "")
 

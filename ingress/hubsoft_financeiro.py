@@ -280,6 +280,7 @@ OPENAPI_PATHS: dict[str, Any] = {
                 "400": _error("Parâmetro ausente ou inválido"),
                 "401": _error("Token ausente, inválido ou revogado"),
                 "500": _error("Erro interno"),
+                "503": _error("Banco de dados indisponível; tente de novo"),
             },
         }
     },

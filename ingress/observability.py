@@ -137,7 +137,10 @@ _FOCUS_CODES: dict[int, tuple[str, list[str]]] = {
         ["nfe_autorizada", "em_processamento"],
     ),
     500: ("Erro interno", ["erro_interno"]),
-    503: ("Kafka indisponível; tente de novo com a mesma ref", ["servico_indisponivel"]),
+    503: (
+        "Kafka ou o banco de dados indisponível; tente de novo (com a mesma ref)",
+        ["servico_indisponivel"],
+    ),
 }
 
 
@@ -160,9 +163,10 @@ def _focus_error(status: int, codes: list[str] | None = None, description: str =
 
 
 def _focus_errors(*statuses: int, **overrides: list[str]) -> dict[str, Any]:
-    """Error responses of a Focus route: the given statuses plus the ones every route has."""
+    """Error responses of a Focus route: the given statuses plus the ones every route has
+    (405; 500; 503 when the database is out of reach)."""
     out: dict[str, Any] = {}
-    for status in sorted({*statuses, 405, 500}):
+    for status in sorted({*statuses, 405, 500, 503}):
         out[str(status)] = _focus_error(status, overrides.get(f"s{status}"))
     return out
 
@@ -830,7 +834,9 @@ def _paths() -> dict[str, Any]:
                     "401": _hubsoft_error("Token ausente, inválido ou revogado"),
                     "404": _hubsoft_error("Nota fiscal não encontrada"),
                     "413": _hubsoft_error("Corpo grande demais"),
-                    "503": _hubsoft_error("Kafka indisponível; nada foi enviado"),
+                    "503": _hubsoft_error(
+                        "Kafka ou o banco de dados indisponível; nada foi enviado"
+                    ),
                     "504": _hubsoft_error("Tempo esgotado; os envios continuam na fila"),
                     "500": _hubsoft_error("Erro interno"),
                 },

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sqlite3
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,44 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_en
 from notaflow.errors import ConfigurationError
 
 MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+# SQLSTATE classes worth another try: connection exceptions (08), transaction rollbacks such as
+# serialization failures and deadlocks (40), insufficient resources such as too many
+# connections (53), and the server shutting down or starting up (57P01-57P03).
+_TRANSIENT_SQLSTATES = ("08", "40", "53", "57P01", "57P02", "57P03")
+# SQLite's words for another writer holding the file, or the file being unreachable for now.
+_TRANSIENT_SQLITE = ("locked", "busy", "unable to open", "disk i/o")
+
+
+def transient_error(exc: BaseException) -> bool:
+    """Whether a database error is the database's state rather than the statement's: the
+    server unreachable, restarting or out of connections, a deadlock, a lock held by another
+    writer. Those are retried (consumers) or answered 503 (ingress); anything else (a
+    constraint, bad data, a missing table) is not, since another try fails the same way.
+
+    Walks the chain of causes: SQLAlchemy wraps the driver's error (`orig`), asyncpg's come
+    wrapped once more by SQLAlchemy's adapter."""
+    seen: set[int] = set()
+    todo: list[BaseException | None] = [exc]
+    while todo:
+        err = todo.pop()
+        if err is None or id(err) in seen:
+            continue
+        seen.add(id(err))
+        if isinstance(err, sa.exc.DBAPIError) and err.connection_invalidated:
+            return True
+        if isinstance(err, OSError | TimeoutError):  # ConnectionError is an OSError
+            return True
+        sqlstate = getattr(err, "sqlstate", None)
+        if isinstance(sqlstate, str) and sqlstate.startswith(_TRANSIENT_SQLSTATES):
+            return True
+        if isinstance(err, sqlite3.OperationalError) and any(
+            word in str(err).lower() for word in _TRANSIENT_SQLITE
+        ):
+            return True
+        todo += [getattr(err, "orig", None), err.__cause__, err.__context__]
+    return False
 
 
 def async_url(url: str) -> str:

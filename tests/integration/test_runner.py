@@ -9,10 +9,12 @@ import contextlib
 import itertools
 import json
 import random
+import sqlite3
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -326,6 +328,47 @@ async def test_records_waiting_for_a_call_slot_at_stop_are_left_without_an_attem
         await asyncio.sleep(0.3)
         await rerun.stop()
     assert sorted(c.offset for c in again.calls) == [2, 3, 4, 5]
+
+
+async def test_database_out_of_reach_is_retried_not_dead_lettered(
+    fast: Settings, tmp_path: Path
+) -> None:
+    """A handler whose database is locked by another writer, or not there yet, retries like a
+    provider 5xx; a statement error (a missing table) is still the record's own dead letter."""
+    one = fast.replace(kafka_partitions=1)
+    topic = one.kafka_topic_prefix + "db"
+    await ensure_topics(one, [topic, one.kafka_topic_prefix + "dead-letter"])
+    await produce(one, topic, [keyed("locked", 0), keyed("missing", 0)])
+    path = tmp_path / "db.sqlite"
+    holder = sqlite3.connect(path, isolation_level=None)
+    holder.execute("BEGIN IMMEDIATE")  # another process's writer holds the file
+    attempts: Counter[str] = Counter()
+
+    async def handler(record: Any) -> None:
+        key = record.key.decode()
+        attempts[key] += 1
+        conn = sqlite3.connect(path, isolation_level=None, timeout=0)
+        try:
+            if key == "locked":
+                conn.execute("BEGIN IMMEDIATE")  # raises "database is locked" while held
+                conn.execute("ROLLBACK")
+            else:
+                conn.execute("SELECT * FROM nowhere")
+        finally:
+            conn.close()
+
+    retry = RetryPolicy(base=0.05, maximum=0.1, attempts=50)
+    async with running(one, "db", topic, handler, retry=retry) as run:
+        await eventually(lambda: attempts["locked"] >= 3 and attempts["missing"] == 1)
+        holder.execute("ROLLBACK")  # the other writer is done
+        holder.close()
+        await eventually(lambda: run.runner.stats.processed == 2)
+        await run.stop()
+    stats = run.runner.stats
+    assert stats.retried == attempts["locked"] - 1
+    assert attempts["missing"] == 1 and stats.dead_lettered == 1
+    dead = await read_all(one, one.kafka_topic_prefix + "dead-letter", 1)
+    assert [r.key for r in dead] == [b"missing"]
 
 
 # -- retries and dead letters --------------------------------------------------------------

@@ -1,7 +1,8 @@
-"""An error the ingress did not foresee (here: its database is gone) is still answered in the
-dialect of the route, in the shape `/openapi.json` declares for a 500, and never leaks the
-exception: Focus `{codigo, mensagem}`, HubSoft `{status: "error", msg}`, Wuro
-`{error: {code, message}}`."""
+"""Errors the routes do not raise themselves are still answered in the dialect of the route, in
+the shape `/openapi.json` declares, and never leak the exception: Focus `{codigo, mensagem}`,
+HubSoft `{status: "error", msg}`, Wuro `{error: {code, message}}`. A database that cannot be
+reached is a 503 with Retry-After (sending the request again is the remedy); a database that
+answers but fails the statement (here: never migrated) is a 500."""
 
 from __future__ import annotations
 
@@ -56,11 +57,8 @@ CASES: list[tuple[str, str, str, dict[str, str], Any, set[str]]] = [
 ]
 
 
-@pytest.fixture
-async def broken(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    # A real engine on a database file that cannot exist: every query raises, as when the
-    # database disappears under a running ingress.
-    engine = create_engine(f"sqlite:///{tmp_path / 'missing-dir' / 'gone.db'}")
+async def client_on(url: str) -> AsyncIterator[httpx.AsyncClient]:
+    engine = create_engine(url)
     tenants = TenantStore(engine)
     deps = IngressDeps(
         settings=Settings(), engine=engine, bus=None, documents=None,  # type: ignore[arg-type]
@@ -75,18 +73,32 @@ async def broken(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     await engine.dispose()
 
 
-def declared_500(openapi_path: str, method: str) -> Draft202012Validator:
-    """The schema `/openapi.json` gives this operation's 500, its `#/components/...`
+@pytest.fixture
+async def unreachable(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    # A real engine on a database file that cannot be opened, as when the volume is gone.
+    async for client in client_on(f"sqlite:///{tmp_path / 'missing-dir' / 'gone.db'}"):
+        yield client
+
+
+@pytest.fixture
+async def unmigrated(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    # A database that answers, without the schema: every statement fails as a bug would.
+    async for client in client_on(f"sqlite:///{tmp_path / 'empty.db'}"):
+        yield client
+
+
+def declared(openapi_path: str, method: str, status: int) -> Draft202012Validator:
+    """The schema `/openapi.json` gives this operation's `status`, its `#/components/...`
     references resolved against the document's components."""
     doc = openapi_document()
-    response = doc["paths"][openapi_path][method.lower()]["responses"]["500"]
+    response = doc["paths"][openapi_path][method.lower()]["responses"][str(status)]
     schema = response["content"]["application/json"]["schema"]
     return Draft202012Validator({**schema, "components": doc["components"]})
 
 
 @pytest.mark.parametrize(("method", "url", "openapi_path", "headers", "body", "keys"), CASES)
-async def test_an_unexpected_error_is_a_500_in_the_routes_dialect(
-    broken: httpx.AsyncClient,
+async def test_a_bug_is_a_500_in_the_routes_dialect(
+    unmigrated: httpx.AsyncClient,
     caplog: pytest.LogCaptureFixture,
     method: str,
     url: str,
@@ -96,11 +108,30 @@ async def test_an_unexpected_error_is_a_500_in_the_routes_dialect(
     keys: set[str],
 ) -> None:
     with caplog.at_level(logging.ERROR, logger="ingress.app"):
-        r = await broken.request(method, url, headers=headers, json=body)
+        r = await unmigrated.request(method, url, headers=headers, json=body)
     assert r.status_code == 500
     answer = r.json()
     assert set(answer) == keys
-    declared_500(openapi_path, method).validate(answer)
-    assert "gone.db" not in r.text and "OperationalError" not in r.text
+    declared(openapi_path, method, 500).validate(answer)
+    assert "no such table" not in r.text and "OperationalError" not in r.text
     # The operator sees what happened; the client does not.
     assert any("unhandled error" in rec.getMessage() and rec.exc_info for rec in caplog.records)
+
+
+@pytest.mark.parametrize(("method", "url", "openapi_path", "headers", "body", "keys"), CASES)
+async def test_a_database_out_of_reach_is_a_503_in_the_routes_dialect(
+    unreachable: httpx.AsyncClient,
+    method: str,
+    url: str,
+    openapi_path: str,
+    headers: dict[str, str],
+    body: Any,
+    keys: set[str],
+) -> None:
+    r = await unreachable.request(method, url, headers=headers, json=body)
+    assert r.status_code == 503
+    assert r.headers["retry-after"] == "5"
+    answer = r.json()
+    assert set(answer) == keys
+    declared(openapi_path, method, 503).validate(answer)
+    assert "gone.db" not in r.text
