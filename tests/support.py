@@ -137,6 +137,11 @@ class ThrowawayPostgres:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
+        self._launch()
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _launch(self) -> None:
+        data = self.dir / "data"
         self.process = subprocess.Popen(
             self._as_owner(
                 [
@@ -161,7 +166,17 @@ class ThrowawayPostgres:
         )
         wait_for(lambda: port_open("127.0.0.1", self.port), 30)
         time.sleep(0.3)
-        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def halt(self) -> None:
+        """Stop the server (fast shutdown: sessions are cut, as in a restart or a failover),
+        keeping its data for `resume`."""
+        if self.process is not None and self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGINT)
+            self.process.wait(20)
+
+    def resume(self) -> None:
+        """Start the halted server again, same data, same port."""
+        self._launch()
 
     def create_database(self, name: str) -> str:
         import asyncio
