@@ -9,6 +9,9 @@ Every delivery is a row keyed by (event id, recipient or hook): a redelivered re
 row and sends nothing twice. Failures are recorded per attempt and retried on a schedule by
 `run_retries`, which survives restarts because the schedule lives in the database; a row is
 locked while it is being attempted, so several replicas never send the same thing at once.
+
+As at Focus, a hook failing most deliveries for 7 days is disabled (`hook_is_failing`): judged
+after each failed attempt; its pending deliveries are then given up without a request.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import EmailMessage
@@ -94,8 +97,12 @@ class NotificationConsumer:
         topics: t.Topics,
         settings: NotificationSettings,
         metrics: Metrics | None = None,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
         self._metrics = metrics
+        # What the hook health check judges "the last 7 days" by, and only that (tests pass
+        # their own): the store stamps attempts with its clock, retries are due by the wall's.
+        self._clock = clock
         self._docs = documents
         self._tenants = tenants
         self._hooks = hooks
@@ -220,13 +227,32 @@ class NotificationConsumer:
                 delivery.id, delivery.channel, outcome.message,
                 f"retry at {next_at.isoformat()}" if next_at else "giving up",
             )  # fmt: skip
+            if delivery.channel == "webhook":
+                await self._judge_hook(delivery.tenant_id, delivery.target)
         return outcome
+
+    async def _judge_hook(self, tenant_id: str, hook_id: str) -> None:
+        """After a failed attempt, the one that may tip the hook into failing."""
+        try:
+            disabled = await self._hooks.disable_if_failing(tenant_id, hook_id, self._clock())
+        except Exception:
+            # The attempt is recorded: failing here would redeliver the record and POST again.
+            # The hook's next failed attempt judges it again.
+            log.exception("health check of hook %s (tenant %s) failed", hook_id, tenant_id)
+            return
+        if disabled:
+            log.warning(
+                "hook %s of tenant %s disabled: it failed most of its deliveries for 7 days",
+                hook_id, tenant_id,
+            )  # fmt: skip
 
     async def _post(self, delivery: Delivery) -> tuple[Outcome, bool]:
         hook = await self._hooks.get(delivery.tenant_id, delivery.target)
         now = datetime.now(UTC)
         if hook is None or hook.deleted:
             return Outcome(False, None, "gatilho removido", "", now), False
+        if hook.disabled:  # given up like a deleted hook's: nothing is sent to a dead receiver
+            return Outcome(False, None, "gatilho desativado", "", now), False
         target = HookTarget(
             url=hook.url,
             signing_secret=hook.signing_secret,

@@ -1,7 +1,11 @@
 """Focus NFe dialect, webhooks (gatilhos): POST/GET/DELETE /v2/hooks.
 
 Beyond Focus, each hook gets a `signing_secret`: deliveries carry a Standard Webhooks
-signature receivers can verify, besides the static authorization value Focus offers."""
+signature receivers can verify, besides the static authorization value Focus offers.
+
+A hook failing most deliveries for 7 days is disabled by the notification consumer (Focus does
+too). GET still answers it, with `"disabled": true`, so the client sees why deliveries stopped;
+it no longer counts toward the limit of 5, and the client re-enables it by creating a new one."""
 
 from __future__ import annotations
 

@@ -1,20 +1,72 @@
-"""Client webhooks (Focus's gatilhos): at most five per company and event, soft-deleted."""
+"""Client webhooks (Focus's gatilhos): at most five per company and event, soft-deleted, and
+disabled when they fail most deliveries for 7 days (`hook_is_failing`)."""
 
 from __future__ import annotations
 
 import secrets
 import string
+from collections.abc import Iterable
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any
+from datetime import UTC, datetime, timedelta
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from notaflow.store.tables import hooks
+from notaflow.store.clock import as_utc
+from notaflow.store.tables import deliveries, delivery_attempts, hooks
 
 MAX_PER_COMPANY_AND_EVENT = 5
 _ALPHABET = string.ascii_letters + string.digits
+
+HEALTH_WINDOW = timedelta(days=7)
+HEALTH_EDGE = timedelta(days=1)
+# Literal, not a bound parameter: the planners match it to ix_deliveries_hook_recent's predicate.
+_WEBHOOK: sa.ColumnClause[str] = sa.literal_column("'webhook'", sa.String())
+
+
+class Attempt(NamedTuple):
+    delivery_id: int
+    at: datetime
+    ok: bool
+
+
+def hook_is_failing(attempts: Iterable[Attempt], now: datetime) -> bool:
+    """Whether a hook "fails most deliveries for 7 days" (Focus's words), judged at `now` over
+    its delivery attempts (aware datetimes, any order; attempts outside the window ignored).
+
+    The window is the last 7 days: attempts at most 7 days old (`at >= now - 7d`). A delivery
+    attempted in the window counts as failed when its latest attempt in the window failed (on
+    equal times, a success wins); one that failed and then got through is a success, and its
+    failed attempts count for nothing below. The hook is failing when both:
+
+    (a) more than half of the deliveries attempted in the window failed (half is not enough);
+    (b) the failures span the week: a failed delivery has a failed attempt in the window's
+        first day (more than 6 days old: `now - 7d <= at < now - 6d`), and a failed delivery
+        has one in its last day (`at > now - 1d`; attempts stamped after `now`, by a replica
+        whose clock runs ahead, count as the last day's). Normally two deliveries: retries
+        last about a day.
+
+    So a hook with successes in between is still disabled if most deliveries failed, and one
+    without a failed attempt more than 6 days old (younger, or not attempted that long ago) is
+    never disabled. Adding a successful delivery never turns a hook failing.
+    """
+    start = now - HEALTH_WINDOW
+    latest: dict[int, tuple[datetime, bool]] = {}
+    first_day: set[int] = set()  # deliveries with a failed attempt in the window's first day
+    last_day: set[int] = set()  # ... and in its last day
+    for delivery_id, at, ok in attempts:
+        if at < start:
+            continue
+        seen = latest.get(delivery_id)
+        if seen is None or (at, ok) > seen:
+            latest[delivery_id] = (at, ok)
+        if not ok and at < start + HEALTH_EDGE:
+            first_day.add(delivery_id)
+        if not ok and at > now - HEALTH_EDGE:
+            last_day.add(delivery_id)
+    failed = {delivery_id for delivery_id, (_, ok) in latest.items() if not ok}
+    return 2 * len(failed) > len(latest) and bool(failed & first_day) and bool(failed & last_day)
 
 
 @dataclass(frozen=True)
@@ -29,6 +81,7 @@ class Hook:
     authorization_header: str | None
     signing_secret: str
     deleted: bool
+    disabled: bool
 
     def public(self) -> dict[str, Any]:
         """What Focus answers for a hook, plus the secret receivers verify signatures with."""
@@ -46,6 +99,8 @@ class Hook:
         )
         if self.deleted:
             body["deleted"] = True
+        if self.disabled:
+            body["disabled"] = True
         return body
 
 
@@ -66,6 +121,7 @@ def _hook(row: sa.Row[Any]) -> Hook:
         authorization_header=m["authorization_header"],
         signing_secret=m["signing_secret"],
         deleted=m["deleted_at"] is not None,
+        disabled=m["disabled_at"] is not None,
     )
 
 
@@ -90,6 +146,7 @@ class HookStore:
                 (hooks.c.tenant_id == tenant_id)
                 & (hooks.c.event == event)
                 & hooks.c.deleted_at.is_(None)
+                & hooks.c.disabled_at.is_(None)  # the way to re-enable one is a new hook
                 & (hooks.c.cnpj == cnpj if cnpj else hooks.c.cnpj.is_(None))
                 & (hooks.c.cpf == cpf if cpf else hooks.c.cpf.is_(None))
             )
@@ -124,6 +181,7 @@ class HookStore:
         return _hook(row) if row is not None else None
 
     async def all(self, tenant_id: str) -> list[Hook]:
+        """The tenant's hooks, disabled ones included: the client sees why deliveries stopped."""
         async with self._engine.connect() as conn:
             rows = (
                 await conn.execute(
@@ -157,6 +215,7 @@ class HookStore:
                         hooks.c.tenant_id == tenant_id,
                         hooks.c.event == event,
                         hooks.c.deleted_at.is_(None),
+                        hooks.c.disabled_at.is_(None),
                         sa.or_(
                             hooks.c.cnpj == cnpj,
                             sa.and_(hooks.c.cnpj.is_(None), hooks.c.cpf.is_(None)),
@@ -166,3 +225,59 @@ class HookStore:
                 )
             ).all()
         return [_hook(r) for r in rows]
+
+    async def disable_if_failing(self, tenant_id: str, hook_id: str, now: datetime) -> bool:
+        """Disable the hook if `hook_is_failing` judges its attempts of the last 7 days so at
+        `now`. True only for the call that disabled it: two consumers judging the same hook at
+        once race on a conditional UPDATE, and a deleted or disabled hook stays as it is."""
+        now = now.astimezone(UTC)  # SQLite compares timestamps as UTC text
+        since = now - HEALTH_WINDOW
+        async with self._engine.connect() as conn:
+            hook = (
+                await conn.execute(
+                    sa.select(hooks.c.created_at, hooks.c.deleted_at, hooks.c.disabled_at).where(
+                        hooks.c.tenant_id == tenant_id, hooks.c.id == hook_id
+                    )
+                )
+            ).first()
+            if hook is None or hook.deleted_at is not None or hook.disabled_at is not None:
+                return False
+            # Younger than 6 days, it cannot have failed in the window's first day: no need to
+            # read its attempts (this check runs after every failed attempt).
+            if as_utc(hook.created_at) >= now - (HEALTH_WINDOW - HEALTH_EDGE):
+                return False
+            rows = (await conn.execute(_recent_attempts(tenant_id, hook_id, since))).all()
+        attempts = [Attempt(r.delivery_id, as_utc(r.at), r.ok) for r in rows]
+        if not hook_is_failing(attempts, now):
+            return False
+        async with self._engine.begin() as conn:
+            res = await conn.execute(
+                hooks.update()
+                .where(
+                    hooks.c.tenant_id == tenant_id,
+                    hooks.c.id == hook_id,
+                    hooks.c.deleted_at.is_(None),
+                    hooks.c.disabled_at.is_(None),
+                )
+                .values(disabled_at=now)
+            )
+        return res.rowcount == 1
+
+
+def _recent_attempts(tenant_id: str, hook_id: str, since: datetime) -> sa.Select[Any]:
+    """The attempts since `since` of the hook's deliveries, found through
+    ix_deliveries_hook_recent: every attempt sets its delivery's `updated_at`, so a delivery
+    attempted since then was updated since then."""
+    return (
+        sa.select(delivery_attempts.c.delivery_id, delivery_attempts.c.at, delivery_attempts.c.ok)
+        .select_from(
+            deliveries.join(delivery_attempts, delivery_attempts.c.delivery_id == deliveries.c.id)
+        )
+        .where(
+            deliveries.c.channel == _WEBHOOK,
+            deliveries.c.target == hook_id,
+            deliveries.c.updated_at >= since,
+            deliveries.c.tenant_id == tenant_id,
+            delivery_attempts.c.at >= since,
+        )
+    )

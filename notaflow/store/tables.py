@@ -109,6 +109,8 @@ hooks = sa.Table(
     sa.Column("signing_secret", sa.String(100), nullable=False),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("deleted_at", sa.DateTime(timezone=True)),
+    # Set by the notification consumer when the hook has failed most deliveries for 7 days.
+    sa.Column("disabled_at", sa.DateTime(timezone=True)),
 )
 
 deliveries = sa.Table(
@@ -128,6 +130,15 @@ deliveries = sa.Table(
     sa.Column("last_error", sa.Text),
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
     sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+)
+# A hook's recent deliveries (its health check). Partial: only webhook rows, whose targets are
+# hook ids; queries must say `channel = 'webhook'` as a literal for the planners to use it.
+sa.Index(
+    "ix_deliveries_hook_recent",
+    deliveries.c.target,
+    deliveries.c.updated_at,
+    postgresql_where=sa.text("channel = 'webhook'"),
+    sqlite_where=sa.text("channel = 'webhook'"),
 )
 
 delivery_attempts = sa.Table(
