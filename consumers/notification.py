@@ -245,6 +245,8 @@ class NotificationConsumer:
                 "hook %s of tenant %s disabled: it failed most of its deliveries for 7 days",
                 hook_id, tenant_id,
             )  # fmt: skip
+            if self._metrics is not None:
+                self._metrics.hooks_disabled_total.inc()
 
     async def _post(self, delivery: Delivery) -> tuple[Outcome, bool]:
         hook = await self._hooks.get(delivery.tenant_id, delivery.target)

@@ -355,6 +355,11 @@ def _components() -> dict[str, Any]:
                         "description": "Segredo das assinaturas Standard Webhooks.",
                     },
                     "deleted": {"type": "boolean"},
+                    "disabled": {
+                        "type": "boolean",
+                        "description": "Desativado por falhar a maioria das entregas por 7 dias "
+                        "(como na Focus): não dispara mais; crie outro para reativar.",
+                    },
                 },
             },
             "HubsoftEmailSent": {
@@ -731,8 +736,9 @@ def _paths() -> dict[str, Any]:
                 "tags": hooks_tag,
                 "operationId": "createHook",
                 "summary": "Criar um gatilho",
-                "description": "No máximo 5 por empresa e evento; a resposta traz o "
-                "`signing_secret` das assinaturas.",
+                "description": "No máximo 5 por empresa e evento (os desativados não contam); "
+                "a resposta traz o `signing_secret` das assinaturas. Um gatilho que falha a "
+                "maioria das entregas por 7 dias é desativado (`disabled: true`).",
                 "security": FOCUS_AUTH,
                 "requestBody": {
                     "required": True,

@@ -119,6 +119,11 @@ class Metrics:
             ["outcome"],
             registry=r,
         )
+        self.hooks_disabled_total = Counter(
+            "notaflow_hooks_disabled_total",
+            "Client webhooks disabled for failing most of their deliveries for 7 days.",
+            registry=r,
+        )
 
     # Small helpers, so callers cannot misspell an outcome into a new time series.
 

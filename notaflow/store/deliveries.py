@@ -100,7 +100,9 @@ class DeliveryStore:
         return _delivery(row) if row is not None else None
 
     async def lock(self, delivery_id: int, seconds: float) -> bool:
-        """Take a pending delivery for `seconds` (several consumer replicas may see it)."""
+        """Take a pending delivery that is due for `seconds` (several consumer replicas may see
+        it). Not before its retry time: a redelivered record must not bring a failed delivery's
+        next attempt forward (the receiver would see the schedule ignored)."""
         now = _now()
         async with self._engine.begin() as conn:
             res = await conn.execute(
@@ -108,6 +110,10 @@ class DeliveryStore:
                 .where(
                     deliveries.c.id == delivery_id,
                     deliveries.c.status == PENDING,
+                    sa.or_(
+                        deliveries.c.next_attempt_at.is_(None),
+                        deliveries.c.next_attempt_at <= now,
+                    ),
                     sa.or_(deliveries.c.locked_until.is_(None), deliveries.c.locked_until < now),
                 )
                 .values(locked_until=now + timedelta(seconds=seconds), updated_at=now)

@@ -20,6 +20,7 @@ from notaflow.errors import RefInUse
 from notaflow.store import (
     Claim,
     ClaimRequest,
+    DeliveryStore,
     Document,
     DocumentStore,
     TenantStore,
@@ -662,3 +663,20 @@ async def test_blobs_put_get_idempotent(store: DocumentStore) -> None:
     await store.put_blob("acme/nfse/r1.xml", "acme", "text/plain", b"second write ignored")
     assert await store.get_blob("acme/nfse/r1.xml") == ("application/xml", data)
     assert await store.get_blob("acme/nfse/missing.xml") is None
+
+
+async def test_a_delivery_is_not_taken_before_its_retry_time(engine: AsyncEngine) -> None:
+    """A redelivered Kafka record finds the delivery it created pending: it may attempt it only
+    once its retry time has come, as the retry loop would."""
+    store = DeliveryStore(engine)
+    fresh = await store.ensure("acme", 1, "webhook", "hook:e1:h1", "h1", {"body": {}})
+    assert await store.lock(fresh.id, 30)  # new: due at once
+    later = datetime.now(UTC) + timedelta(minutes=30)
+    await store.record(fresh.id, False, 500, "HTTP 500", "example.com", later)
+    again = await store.ensure("acme", 1, "webhook", "hook:e1:h1", "h1", {"body": {}})
+    assert again.id == fresh.id and again.status == "pending"
+    assert not await store.lock(again.id, 30)  # the redelivery: not yet
+    assert [d.id for d in await store.due()] == []
+    await store.record(fresh.id, False, 500, "HTTP 500", "example.com", datetime.now(UTC))
+    assert await store.lock(fresh.id, 30)  # due now
+    assert not await store.lock(fresh.id, 30)  # and taken by one caller only

@@ -44,6 +44,7 @@ def test_every_metric_follows_the_naming_conventions() -> None:
         "notaflow_provider_errors": "counter",
         "notaflow_emails": "counter",
         "notaflow_webhook_deliveries": "counter",
+        "notaflow_hooks_disabled": "counter",
     }
 
 

@@ -22,6 +22,7 @@ import httpx
 import pytest
 import sqlalchemy as sa
 from alembic import command
+from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from consumers.notification import NotificationConsumer, NotificationSettings
@@ -33,6 +34,7 @@ from ingress.intake import Intake
 from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.envelope import Event
+from notaflow.metrics import Metrics
 from notaflow.replies import ReplyWaiters
 from notaflow.settings import Settings
 from notaflow.store import (
@@ -75,6 +77,7 @@ class World:
     down: Receiver  # answers 500 to everything
     up: Receiver
     clock: list[datetime]  # what the consumer's clock answers, when set
+    metrics: Metrics
 
     async def create_hook(self, url: str, cnpj: str | None = CNPJ) -> httpx.Response:
         body = {"event": "nfse", "url": url, **({"cnpj": cnpj} if cnpj else {})}
@@ -163,9 +166,11 @@ async def world(database_url: str, servers: tuple[Receiver, Receiver]) -> AsyncI
     )  # fmt: skip
     clock: list[datetime] = []
     async with WebhookSender(allow_private=True, timeout=5) as sender:
+        metrics = Metrics(CollectorRegistry())
         consumer = NotificationConsumer(
             documents, tenants, store, DeliveryStore(engine), None, sender, bus, topics,
             NotificationSettings(public_url="http://notaflow.test", hook_schedule=(RETRY,)),
+            metrics=metrics,
             clock=lambda: clock[0] if clock else datetime.now(UTC),
         )  # fmt: skip
         transport = httpx.ASGITransport(app=create_app(deps, manage_resources=False))
@@ -173,7 +178,16 @@ async def world(database_url: str, servers: tuple[Receiver, Receiver]) -> AsyncI
             transport=transport, base_url="http://test", auth=(token, "")
         ) as http:
             yield World(
-                engine, documents, store, DeliveryStore(engine), consumer, http, down, up, clock
+                engine,
+                documents,
+                store,
+                DeliveryStore(engine),
+                consumer,
+                http,
+                down,
+                up,
+                clock,
+                metrics,
             )
     documents.close()
     await engine.dispose()
@@ -225,6 +239,7 @@ async def test_a_failing_hook_is_disabled_given_up_and_still_listed(
         False, None, "gatilho desativado", ""
     )  # fmt: skip
     assert warnings(caplog) == [warning]  # disabled once
+    assert world.metrics.registry.get_sample_value("notaflow_hooks_disabled_total") == 1
 
     # The next note goes to the healthy hook only: no delivery is even created for the other.
     before = len(await world.deliveries_of(failing["id"]))
