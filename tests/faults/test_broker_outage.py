@@ -18,7 +18,7 @@ import signal
 import time
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +32,7 @@ from notaflow.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
 from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from tests.faults.s3 import S3Server
+from tests.faults.streaming import Answer, open_loop
 from tests.support import Stack
 
 # The plan: stream for BEFORE s; SIGTERM the broker (Tansu then serves its open connections
@@ -46,15 +47,6 @@ PUBLISH_TIMEOUT = 3.0  # NOTAFLOW_KAFKA_PUBLISH_TIMEOUT: the producer's request 
 # timeouts; ~10 s was seen when Tansu's SIGTERM grace leaves new connections hanging in its
 # backlog. The bound keeps that margin.
 ANSWER_BOUND = 4 * PUBLISH_TIMEOUT
-
-
-@dataclass
-class Answer:
-    ref: str
-    sent: float  # seconds since the stream began
-    latency: float
-    status: int | None  # None: no HTTP answer (timeout or connection error)
-    body: Any
 
 
 @dataclass
@@ -117,60 +109,8 @@ def kill_broker(broker: EmbeddedBroker, how: str) -> None:
 
 
 async def stream(stack: Stack, broker: EmbeddedBroker) -> Run:
-    answers: list[Answer] = []
-    ready: list[tuple[float, float, int]] = []
-    outages: list[Outage] = []
-    # A connection per request: reusing an idle keep-alive connection races the server closing
-    # it (uvicorn, after 5 s), a client-side ReadError that says nothing about the outage.
-    limits = httpx.Limits(max_connections=500, max_keepalive_connections=0)
-    document = with_valid_cnpjs(JSON_EXAMPLE)
-    t0 = time.monotonic()
-    stop = asyncio.Event()
-
-    def now() -> float:
-        return time.monotonic() - t0
-
-    # The client's own timeout is far above the bound asserted, so a hang shows as a latency.
-    async with httpx.AsyncClient(
-        base_url=stack.base, auth=(stack.token, ""), limits=limits, timeout=4 * ANSWER_BOUND
-    ) as client:
-
-        async def one(ref: str) -> None:
-            sent = time.monotonic()
-            status: int | None = None
-            body: Any = None
-            try:
-                r = await client.post("/v2/nfse", params={"ref": ref}, json=document)
-                status = r.status_code
-                try:
-                    body = r.json()
-                except ValueError:
-                    body = r.text
-            except httpx.HTTPError as exc:
-                body = repr(exc)
-            answers.append(Answer(ref, sent - t0, time.monotonic() - sent, status, body))
-
-        async def probe_ready() -> None:
-            asked = now()
-            try:
-                r = await client.get("/readyz", timeout=5)
-                ready.append((asked, now(), r.status_code))
-            except httpx.HTTPError:
-                ready.append((asked, now(), 0))
-
-        async def readiness() -> None:
-            while not stop.is_set():
-                await probe_ready()
-                await asyncio.sleep(0.2)
-
-        async def sender() -> None:
-            tasks: list[asyncio.Task[None]] = []
-            n = 0
-            while not stop.is_set():
-                tasks.append(asyncio.create_task(one(f"out{n:04d}")))
-                n += 1
-                await asyncio.sleep(max(0.0, t0 + n * INTERVAL - time.monotonic()))
-            await asyncio.gather(*tasks)
+    async def script(now: Callable[[], float]) -> list[Outage]:
+        outages: list[Outage] = []
 
         async def outage(how: str, seconds: float) -> None:
             signalled_at = now()
@@ -181,21 +121,18 @@ async def stream(stack: Stack, broker: EmbeddedBroker) -> Run:
             await asyncio.to_thread(broker.start)  # same port, same s3 storage
             outages.append(Outage(how, signalled_at, down_at, restart_at, now()))
 
-        probing = asyncio.create_task(readiness())
-        sending = asyncio.create_task(sender())
         await asyncio.sleep(BEFORE)
         await outage("sigterm", FIRST_OUTAGE)
         await asyncio.sleep(BETWEEN)
         await outage("sigkill", SECOND_OUTAGE)
         await asyncio.sleep(AFTER)
-        stop.set()
-        await sending
-        await probing
-        # Readiness must come back: probe until it does (bounded).
-        while ready[-1][2] != 200 and now() < outages[-1].up_at + 20:
-            await asyncio.sleep(0.2)
-            await probe_ready()
-    return Run(answers, ready, outages)
+        return outages
+
+    # Readiness must come back: probe until it does (bounded).
+    done, outages = await open_loop(
+        stack, INTERVAL, "out", script, timeout=4 * ANSWER_BOUND, settle_ready=20.0
+    )
+    return Run(done.answers, done.ready, outages)
 
 
 def settle(

@@ -17,17 +17,14 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import Counter
-from collections.abc import Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
-import httpx
 import pytest
 
 from notaflow import topics as t
 from notaflow.settings import Settings
-from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
+from tests.faults.streaming import Stream, open_loop
 from tests.faults.test_broker_outage import settle
 from tests.faults.test_crash import read_topic, sandbox_stats
 from tests.support import Stack, ThrowawayPostgres, pg_binaries
@@ -37,16 +34,6 @@ BEFORE, DOWN, AFTER = 3.0, 5.0, 3.0
 # Every request answered within this, outage or not: a claim that cannot reach the database
 # fails at once (connection refused) or after the pool's pre-ping; nothing waits long.
 ANSWER_BOUND = 5.0
-
-
-@dataclass
-class Answer:
-    ref: str
-    sent: float  # seconds since the stream began
-    latency: float
-    status: int | None  # None: no HTTP answer (timeout or connection error)
-    body: Any
-    retry_after: str | None
 
 
 @pytest.fixture
@@ -73,59 +60,8 @@ def stack(settings: Settings, pg: ThrowawayPostgres, tmp_path: Path) -> Iterator
     s.stop()
 
 
-async def stream(stack: Stack, pg: ThrowawayPostgres) -> tuple[list[Answer], list[Any]]:
-    answers: list[Answer] = []
-    ready: list[tuple[float, int]] = []
-    limits = httpx.Limits(max_connections=200, max_keepalive_connections=0)
-    document = with_valid_cnpjs(JSON_EXAMPLE)
-    t0 = time.monotonic()
-    stop = asyncio.Event()
-
-    def now() -> float:
-        return time.monotonic() - t0
-
-    async with httpx.AsyncClient(
-        base_url=stack.base, auth=(stack.token, ""), limits=limits, timeout=4 * ANSWER_BOUND
-    ) as client:
-
-        async def one(ref: str) -> None:
-            sent = time.monotonic()
-            status: int | None = None
-            body: Any = None
-            retry_after = None
-            try:
-                r = await client.post("/v2/nfse", params={"ref": ref}, json=document)
-                status, retry_after = r.status_code, r.headers.get("retry-after")
-                try:
-                    body = r.json()
-                except ValueError:
-                    body = r.text
-            except httpx.HTTPError as exc:
-                body = repr(exc)
-            answers.append(
-                Answer(ref, sent - t0, time.monotonic() - sent, status, body, retry_after)
-            )
-
-        async def readiness() -> None:
-            while not stop.is_set():
-                try:
-                    r = await client.get("/readyz", timeout=5)
-                    ready.append((now(), r.status_code))
-                except httpx.HTTPError:
-                    ready.append((now(), 0))
-                await asyncio.sleep(0.2)
-
-        async def sender() -> None:
-            tasks: list[asyncio.Task[None]] = []
-            n = 0
-            while not stop.is_set():
-                tasks.append(asyncio.create_task(one(f"db{n:04d}")))
-                n += 1
-                await asyncio.sleep(max(0.0, t0 + n * INTERVAL - time.monotonic()))
-            await asyncio.gather(*tasks)
-
-        probing = asyncio.create_task(readiness())
-        sending = asyncio.create_task(sender())
+async def stream(stack: Stack, pg: ThrowawayPostgres) -> tuple[Stream, tuple[float, ...]]:
+    async def script(now: Callable[[], float]) -> tuple[float, ...]:
         await asyncio.sleep(BEFORE)
         await asyncio.to_thread(pg.halt)
         down_at = now()
@@ -134,17 +70,17 @@ async def stream(stack: Stack, pg: ThrowawayPostgres) -> tuple[list[Answer], lis
         await asyncio.to_thread(pg.resume)
         up_at = now()
         await asyncio.sleep(AFTER)
-        stop.set()
-        await sending
-        await probing
-    return answers, [down_at, restart_at, up_at, ready]
+        return down_at, restart_at, up_at
+
+    return await open_loop(stack, INTERVAL, "db", script, timeout=4 * ANSWER_BOUND)
 
 
 def test_database_outage_loses_no_accepted_command_and_dead_letters_nothing(
     stack: Stack, pg: ThrowawayPostgres
 ) -> None:
     started = time.monotonic()
-    answers, (down_at, restart_at, up_at, ready) = asyncio.run(stream(stack, pg))
+    run, (down_at, restart_at, up_at) = asyncio.run(stream(stack, pg))
+    answers = run.answers
     statuses = Counter(a.status for a in answers)
     context = f"statuses {dict(statuses)}; down {down_at:.1f}-{up_at:.1f}s"
 
@@ -164,9 +100,9 @@ def test_database_outage_loses_no_accepted_command_and_dead_letters_nothing(
     assert statuses[202] > 0
 
     # Not ready while away (the probe runs every 0.2 s), ready again after.
-    away = [status for at, status in ready if down_at + 0.5 < at < restart_at]
-    assert away and all(s != 200 for s in away), (context, ready)
-    assert ready[-1][1] == 200, (context, ready[-5:])
+    away = [status for at, _, status in run.ready if down_at + 0.5 < at < restart_at]
+    assert away and all(s != 200 for s in away), (context, run.ready)
+    assert run.ready[-1][2] == 200, (context, run.ready[-5:])
 
     # Every 202 ends authorized; the reconciler completes the few whose callback gave up.
     accepted = [a.ref for a in answers if a.status == 202]
