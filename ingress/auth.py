@@ -9,8 +9,6 @@ from __future__ import annotations
 import base64
 import functools
 
-from starlette.requests import Request
-
 from notaflow.cache import SharedLoadCache
 from notaflow.store import Tenant, TenantStore
 
@@ -32,13 +30,9 @@ class TenantCache:
         return await self._cache.get(token)
 
 
-def basic_token(request: Request) -> str | None:
-    """The Basic user name (Focus's token), or None when there are no usable credentials."""
-    return _basic_user(request.headers.get("authorization", ""))
-
-
 def basic_user(authorization: str) -> str | None:
-    """`basic_token` of an Authorization header's value (for handlers without a Request)."""
+    """The Basic user name (Focus's token) of an Authorization header's value, or None when
+    there are no usable credentials."""
     return _basic_user(authorization)
 
 

@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import shutil
 import socket
@@ -104,6 +103,3 @@ class EmbeddedBroker:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-
-    async def astop(self) -> None:
-        await asyncio.to_thread(self.stop)

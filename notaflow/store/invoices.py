@@ -443,17 +443,6 @@ class DunningStore:
                 )
             )
 
-    async def claims(self, invoice_id: int) -> list[dict[str, Any]]:
-        async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(dunning_claims)
-                    .where(dunning_claims.c.invoice_id == invoice_id)
-                    .order_by(dunning_claims.c.step)
-                )
-            ).all()
-        return [dict(r._mapping) for r in rows]
-
 
 class InvoiceDeliveryStore(DeliveryStore):
     """Invoice e-mails as rows of the notification `deliveries` table (dedupe key, attempts),
