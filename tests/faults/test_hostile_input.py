@@ -53,7 +53,16 @@ from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from tests.support import Stack, ThrowawayPostgres, wait_for
 
 EXAMPLES = int(os.environ.get("NOTAFLOW_FUZZ_EXAMPLES", "10"))
-DATABASE = os.environ.get("NOTAFLOW_FUZZ_DATABASE", "sqlite")  # or "postgres"
+# Both databases by default (PostgreSQL refuses what SQLite stores, e.g. NUL in text);
+# NOTAFLOW_FUZZ_DATABASE=sqlite or =postgres runs one.
+DATABASES = (
+    [os.environ["NOTAFLOW_FUZZ_DATABASE"]]
+    if os.environ.get("NOTAFLOW_FUZZ_DATABASE")
+    else [
+        "sqlite",
+        "postgres",
+    ]
+)
 TIME_BOUND = 5.0  # seconds; the stack's synchronous waits are set to 1 s below
 
 SEED_REF = "fuzzseed1"
@@ -174,13 +183,13 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=DATABASES)
 def world(
     broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
 ) -> Iterator[World]:
     tmp: Path = tmp_path_factory.mktemp("hostile")
     database_url = f"sqlite:///{tmp / 'nf.db'}"
-    if DATABASE == "postgres":
+    if request.param == "postgres":
         pg: ThrowawayPostgres = request.getfixturevalue("postgres")
         database_url = pg.create_database(f"hostile_{uuid.uuid4().hex[:8]}")
     settings = Settings(
