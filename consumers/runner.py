@@ -276,15 +276,16 @@ class Runner:
             with timer, log_context(**context):
                 outcome = await self._handle_with_retries(record, traceparent)
         except BaseException as exc:
-            if self._metrics is not None:
-                self._metrics.consumer_record(self.name, "failed")
             # Not done (shutdown, or even the dead-letter publish failed): the offset stays
             # uncommitted and the record comes back to whoever owns the partition next.
             self.stats.left_for_redelivery += 1
             if isinstance(exc, asyncio.CancelledError) and self._stopping.is_set():
-                # A shutdown can leave hundreds (the window): counted in the stop line.
+                # A shutdown can leave hundreds (the window): counted in the stop line, not as
+                # failures.
                 log.debug("%s: offset %s left for redelivery", self.name, record.offset)
             else:
+                if self._metrics is not None:
+                    self._metrics.consumer_record(self.name, "failed")
                 log.exception("%s: offset %s left for redelivery", self.name, record.offset)
             raise
         else:
