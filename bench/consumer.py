@@ -25,6 +25,12 @@ LATENCY seconds; see there why not the sandbox), and the consumer in production 
 2. Paced: commands go through the same Intake at half the backlog's rate while the consumer runs;
    command-to-POST latency (accepted by Kafka -> POST at the stub) p50/p99.
 
+3. Callbacks (`--callbacks N`): Focus's `autorizado` callback for N submitted notes, published
+   to the provider-events topic as the ingress's webhook route does, each naming the note's XML
+   (which the consumer downloads from the stub and stores). Callbacks/s is from the first
+   publish to the last note `autorizado` in the database; it has no provider-latency bound (the
+   XML comes at once), so it is printed with its CPU per callback, the path's own cost.
+
 Checks: every note POSTed exactly once per attempt (a redelivered command never emits twice),
 the re-emission's POST only after the refused first attempt was answered (order per
 document), and every note `submitted` in the database.
@@ -119,6 +125,44 @@ class Loader:
         for _ in range(2):
             await self.bus.publish(self.topics.nfse_commands, event, key)
 
+    async def callbacks(self, limit: int) -> list[int]:
+        """Publish the `autorizado` callback of up to `limit` submitted notes; their ids."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(documents.c.id, documents.c.ref, documents.c.attempt)
+                    .where(
+                        documents.c.status == "processando_autorizacao",
+                        documents.c.submitted_at.is_not(None),
+                    )
+                    .order_by(documents.c.id)
+                    .limit(limit)
+                )
+            ).all()
+        records = []
+        for doc_id, ref, attempt in rows:
+            pref = f"N{doc_id}A{attempt}"
+            body = {
+                "ref": pref,
+                "status": "autorizado",
+                "cnpj_prestador": CNPJ,
+                "numero": str(doc_id),
+                "codigo_verificacao": f"V{doc_id}",
+                "data_emissao": "2026-11-22T10:00:00-03:00",
+                "caminho_xml_nota_fiscal": f"/notas_fiscais_servico/{pref}-nfse.xml",
+            }
+            event = Event(
+                type=t.FOCUS_NFSE_CALLBACK, source=SOURCE, data=body, subject=pref, tenant=TENANT
+            )
+            records.append((t.document_key(TENANT, KIND, ref), event))
+        for start in range(0, len(records), 1000):
+            failed = await self.bus.publish_many(
+                self.topics.provider_events, records[start : start + 1000]
+            )
+            if failed is not None:
+                raise failed
+        return [int(r[0]) for r in rows]
+
     async def backlog(self, notes: int, every: int, prefix: str) -> dict[str, int]:
         ordered = {f"{prefix}{i}" for i in range(0, notes, every)} if every else set()
         ids: dict[str, int] = {}
@@ -171,6 +215,18 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] if ordered else float("nan")
 
 
+async def authorized_count(engine: Any, ids: list[int]) -> int:
+    async with engine.connect() as conn:
+        return int(
+            await conn.scalar(
+                sa.select(sa.func.count())
+                .select_from(documents)
+                .where(documents.c.status == "autorizado", documents.c.id.in_(ids))
+            )
+            or 0
+        )
+
+
 async def submitted_count(engine: Any, ids: list[int]) -> int:
     async with engine.connect() as conn:
         return int(
@@ -191,6 +247,7 @@ def main() -> int:
     p.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--ordered", type=int, default=50, help="every Nth note checks order (0: off)")
     p.add_argument("--paced-seconds", type=float, default=5.0)
+    p.add_argument("--callbacks", type=int, default=10_000, help="callbacks phase size (0: off)")
     p.add_argument("--py-spy", default="", help="record the consumer with py-spy (raw) here")
     args = p.parse_args()
 
@@ -304,6 +361,22 @@ def main() -> int:
             ]
         all_ids = _doc_ids(arrivals)
         submitted = loop.run_until_complete(submitted_count(loader.engine, all_ids))
+        called: list[int] = []
+        callback_rate = callback_cpu = 0.0
+        if args.callbacks > 0:
+            cpu_before = _cpu_seconds(consumer.pid)
+            started = time.monotonic()
+            called = loop.run_until_complete(loader.callbacks(args.callbacks))
+
+            def applied() -> bool:
+                if consumer.poll() is not None:
+                    raise RuntimeError(f"consumer exited; see {log_path}")
+                done = loop.run_until_complete(authorized_count(loader.engine, called))
+                return done >= len(called)
+
+            wait_for(applied, timeout=120 + len(called) / 50, interval=0.2)
+            callback_rate = len(called) / (time.monotonic() - started)
+            callback_cpu = (_cpu_seconds(consumer.pid) - cpu_before) / max(1, len(called))
         loop.run_until_complete(loader.stop())
         loop.close()
 
@@ -327,6 +400,11 @@ def main() -> int:
                 f"command-to-POST at {paced_rate:.0f}/s paced ({len(latencies)} notes): "
                 f"p50 {percentile(latencies, 0.5) * 1000:.0f} ms, "
                 f"p99 {percentile(latencies, 0.99) * 1000:.0f} ms"
+            )
+        if called:
+            print(
+                f"callbacks applied (autorizado, XML downloaded and stored): {len(called)} at "
+                f"{callback_rate:.0f}/s, consumer CPU per callback {callback_cpu * 1000:.2f} ms"
             )
         print(
             f"order violations: {violations} (of {len(ordered)} re-emitted documents); "

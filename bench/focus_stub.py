@@ -12,6 +12,7 @@ A POST whose body contains `[bench:rejeitar]` and whose provider ref is a first 
 (`...A1`) is refused with 400 and Focus's `erros` list, so the benchmark can send a rejected
 emission followed by its re-emission and check the two arrive in publish order.
 
+`GET /notas_fiscais_servico/...` answers a small XML at once (the callbacks phase).
 `GET /_stats` answers the arrivals as JSON `[[ref, epoch seconds, status], ...]`, `GET /_count`
 how many there are, `GET /_peak` the most POSTs it ever had unanswered at once (what the
 consumer's concurrency limit must hold).
@@ -32,9 +33,14 @@ _ACCEPTED = 202
 _REFUSED = 400
 
 
-def _response(status: int, reason: str, body: bytes) -> bytes:
+_XML = b'<?xml version="1.0" encoding="UTF-8"?><CompNfse><Nfse><Numero>1</Numero></Nfse></CompNfse>'
+
+
+def _response(
+    status: int, reason: str, body: bytes, content_type: str = "application/json"
+) -> bytes:
     head = (
-        f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\n"
+        f"HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\n"
         f"content-length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
@@ -91,6 +97,10 @@ class Responder(asyncio.Protocol):
             return
         if method == "GET" and url.path == "/_stats":
             self._send(_response(200, "OK", json.dumps(self._arrivals).encode()))
+            return
+        if method == "GET" and url.path.startswith("/notas_fiscais_servico/"):
+            # The authorized note's XML, which the consumer downloads when a callback names it.
+            self._send(_response(200, "OK", _XML, "application/xml"))
             return
         if method != "POST" or url.path != "/v2/nfse":
             self._send(_response(404, "Not Found", b'{"codigo":"nao_encontrado"}'))

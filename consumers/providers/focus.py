@@ -251,21 +251,25 @@ class FocusClient:
         )
 
     async def download(self, path: str) -> bytes:
+        """A file Focus names by path (`caminho_xml_nota_fiscal`), on the same lean exchange as
+        the API calls; a full URL goes through the client as it is."""
         await self._gate.wait()
+        if self._calls is not None:
+            await self._slot()
         try:
-            if self._calls is None:
+            if path.startswith(("http://", "https://")):
                 resp = await self._client.get(path)
+                status, content = resp.status_code, resp.content
             else:
-                await self._slot()
-                try:
-                    resp = await self._client.get(path)
-                finally:
-                    self._calls.release()
+                status, _, content = await self._send("GET", path, None, None)
         except httpx.HTTPError as exc:
             raise TransientFailure(f"Focus GET {path}: {exc!r}") from exc
-        if resp.status_code >= 400:
-            raise TransientFailure(f"Focus GET {path}: HTTP {resp.status_code}")
-        return resp.content
+        finally:
+            if self._calls is not None:
+                self._calls.release()
+        if status >= 400:
+            raise TransientFailure(f"Focus GET {path}: HTTP {status}")
+        return content
 
     async def register_hook(
         self, url: str, authorization: str, header: str = "Authorization", event: str = "nfse"

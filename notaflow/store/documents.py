@@ -115,6 +115,8 @@ class DocumentStore:
         self._sqlite_reader = _SqliteWriter(sqlite_path) if sqlite_path is not None else None
         self._sqlite_transitions = _SqliteWriter(sqlite_path) if sqlite_path is not None else None
         self._sqlite_reclaims = _SqliteWriter(sqlite_path) if sqlite_path is not None else None
+        self._sqlite_pref_reader = _SqliteWriter(sqlite_path) if sqlite_path is not None else None
+        self._sqlite_blobs = _SqliteWriter(sqlite_path) if sqlite_path is not None else None
         self._reads: _Batcher[tuple[str, str, str], Document | None] = _Batcher(
             self._get_many, self._get_now if sqlite_path is not None else None
         )
@@ -125,6 +127,11 @@ class DocumentStore:
         self._transitions: _Batcher[_Transition, Document | None] = _Batcher(self._transition_many)
         # Re-claims are rare; the batcher is what keeps their writer to one batch at a time.
         self._reclaims: _Batcher[_Reclaim, bool] = _Batcher(self._reclaim_many)
+        # A provider callback's two store calls, batched like the emission's (one per note).
+        self._by_pref: _Batcher[str, Document | None] = _Batcher(
+            self._by_provider_refs, self._by_pref_now if sqlite_path is not None else None
+        )
+        self._blobs: _Batcher[_Blob, None] = _Batcher(self._put_blobs)
 
     def close(self) -> None:
         for writer in (
@@ -133,6 +140,8 @@ class DocumentStore:
             self._sqlite_reader,
             self._sqlite_transitions,
             self._sqlite_reclaims,
+            self._sqlite_pref_reader,
+            self._sqlite_blobs,
         ):
             if writer is not None:
                 writer.close()
@@ -161,13 +170,18 @@ class DocumentStore:
         return _doc(row) if row is not None else None
 
     async def by_provider_ref(self, provider_ref: str) -> Document | None:
+        return await self._by_pref.submit(provider_ref)
+
+    async def _by_provider_refs(self, refs: list[str]) -> list[Document | None]:
+        if self._sqlite_pref_reader is not None:
+            return await self._sqlite_pref_reader.run(_sqlite_by_pref, refs, transaction=False)
         async with self._engine.connect() as conn:
-            row = (
-                await conn.execute(
-                    sa.select(documents).where(documents.c.provider_ref == provider_ref)
-                )
-            ).first()
-        return _doc(row) if row is not None else None
+            raw = await conn.get_raw_connection()
+            return await _pg_by_pref(raw.driver_connection, refs)
+
+    def _by_pref_now(self, refs: list[str]) -> list[Document | None] | None:
+        assert self._sqlite_pref_reader is not None
+        return self._sqlite_pref_reader.now(_sqlite_by_pref, refs, transaction=False)
 
     async def history(self, document_id: int) -> list[dict[str, Any]]:
         async with self._engine.connect() as conn:
@@ -441,18 +455,16 @@ class DocumentStore:
     # -- blobs (XML, PDF: kept out of Kafka) -------------------------------------------------
 
     async def put_blob(self, path: str, tenant_id: str, content_type: str, data: bytes) -> None:
-        async with self._engine.begin() as conn:
-            exists = await conn.scalar(sa.select(blobs.c.path).where(blobs.c.path == path))
-            if exists is None:
-                await conn.execute(
-                    blobs.insert().values(
-                        path=path,
-                        tenant_id=tenant_id,
-                        content_type=content_type,
-                        data=data,
-                        created_at=_now(),
-                    )
-                )
+        """Store a blob under `path` unless one is there (the first copy wins: a redelivered
+        callback downloads the same XML again)."""
+        await self._blobs.submit(_Blob(path, tenant_id, content_type, data))
+
+    async def _put_blobs(self, items: list[_Blob]) -> list[None]:
+        if self._sqlite_blobs is not None:
+            return await self._sqlite_blobs.run(_sqlite_put_blobs, items, _now())
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            return await _pg_put_blobs(raw.driver_connection, items, _now())
 
     async def get_blob(self, path: str) -> tuple[str, bytes] | None:
         async with self._engine.connect() as conn:
@@ -500,6 +512,57 @@ async def _pg_claim(driver: Any, requests: list[ClaimRequest], now: datetime) ->
                 now,
             )
     return inserted
+
+
+def _sqlite_by_pref(conn: sqlite3.Connection, refs: list[str]) -> list[Document | None]:
+    sql = f"SELECT {_SELECT_COLUMNS} FROM documents WHERE provider_ref = ?"
+    out: list[Document | None] = []
+    for ref in refs:
+        row = conn.execute(sql, (ref,)).fetchone()
+        out.append(_raw_doc(row) if row is not None else None)
+    return out
+
+
+async def _pg_by_pref(driver: Any, refs: list[str]) -> list[Document | None]:
+    rows = await driver.fetch(
+        f"SELECT {', '.join('d.' + c.strip() for c in _SELECT_COLUMNS.split(','))} "
+        "FROM documents d JOIN unnest($1::text[]) AS u(p) ON d.provider_ref = u.p",
+        refs,
+    )
+    found = {row[7]: _raw_doc(row) for row in rows}  # provider_ref is the 8th column
+    return [found.get(ref) for ref in refs]
+
+
+@dataclass(frozen=True)
+class _Blob:
+    path: str
+    tenant_id: str
+    content_type: str
+    data: bytes
+
+
+def _sqlite_put_blobs(conn: sqlite3.Connection, items: list[_Blob], now: datetime) -> list[None]:
+    at = _sqlite_time(now)
+    conn.executemany(
+        "INSERT OR IGNORE INTO blobs (path, tenant_id, content_type, data, created_at) "
+        "VALUES (?, ?, ?, ?, ?)",
+        [(b.path, b.tenant_id, b.content_type, b.data, at) for b in items],
+    )
+    return [None] * len(items)
+
+
+async def _pg_put_blobs(driver: Any, items: list[_Blob], now: datetime) -> list[None]:
+    await driver.execute(
+        "INSERT INTO blobs (path, tenant_id, content_type, data, created_at) "
+        "SELECT p, t, c, d, $5 FROM unnest($1::text[], $2::text[], $3::text[], $4::bytea[]) "
+        "AS u(p, t, c, d) ON CONFLICT (path) DO NOTHING",
+        [b.path for b in items],
+        [b.tenant_id for b in items],
+        [b.content_type for b in items],
+        [b.data for b in items],
+        now,
+    )
+    return [None] * len(items)
 
 
 def _sqlite_time(value: datetime) -> str:

@@ -680,3 +680,23 @@ async def test_a_delivery_is_not_taken_before_its_retry_time(engine: AsyncEngine
     await store.record(fresh.id, False, 500, "HTTP 500", "example.com", datetime.now(UTC))
     assert await store.lock(fresh.id, 30)  # due now
     assert not await store.lock(fresh.id, 30)  # and taken by one caller only
+
+
+async def test_callback_lookups_and_blobs_in_concurrent_batches(store: DocumentStore) -> None:
+    """What a provider callback does, many at once (they share batches): find the note by the
+    provider's ref, store its XML; the first copy of a blob wins, even inside one batch."""
+    claims = [await claim(store, f"cb{i}") for i in range(20)]
+    for c in claims:
+        await store.mark_submitted(c.document_id, c.attempt, f"P{c.document_id}")
+    refs = [f"P{c.document_id}" for c in claims] + ["unknown-1", "unknown-2"]
+    found = await asyncio.gather(*(store.by_provider_ref(r) for r in refs))
+    assert [d.id if d else None for d in found] == [c.document_id for c in claims] + [None, None]
+    assert all(d is not None and d.ref == f"cb{i}" for i, d in enumerate(found[:20]))
+
+    writes = [(f"acme/{r}.xml", f"<n>{r}</n>".encode()) for r in refs[:20]]
+    repeats = [(path, b"later copy") for path, _ in writes[:5]]
+    await asyncio.gather(
+        *(store.put_blob(p, "acme", "application/xml", d) for p, d in writes + repeats)
+    )
+    for path, data in writes:
+        assert await store.get_blob(path) == ("application/xml", data)

@@ -375,3 +375,26 @@ async def test_stop_calls_lets_calls_in_flight_finish_and_starts_no_more() -> No
     assert all(isinstance(o, Stopping) for o in outcomes[2:])
     # Nothing was sent, so retrying it later cannot repeat a request the provider has.
     assert all(isinstance(o, Unsent) for o in outcomes[2:])
+
+
+async def test_download_by_path_and_by_url() -> None:
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if request.url.path.endswith("missing.xml"):
+            return httpx.Response(404, text="não encontrado")
+        return httpx.Response(200, content=b"<xml/>", headers={"content-type": "application/xml"})
+
+    focus = client(handler)
+    try:
+        by_path = await focus.download("/notas_fiscais_servico/N1A1-nfse.xml")
+        by_url = await focus.download("https://files.focus.test/x/N1A1-nfse.xml")
+        with pytest.raises(TransientFailure, match="HTTP 404"):
+            await focus.download("/notas_fiscais_servico/missing.xml")
+    finally:
+        await focus.aclose()
+    assert by_path == by_url == b"<xml/>"
+    assert str(seen[0].url) == f"{BASE}/notas_fiscais_servico/N1A1-nfse.xml"
+    assert str(seen[1].url) == "https://files.focus.test/x/N1A1-nfse.xml"
+    assert seen[0].headers["Authorization"].startswith("Basic ")
