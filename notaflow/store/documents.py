@@ -146,17 +146,29 @@ class DocumentStore:
             if writer is not None:
                 writer.close()
 
+    async def _on_driver(
+        self,
+        writer: _SqliteWriter | None,
+        sqlite_work: Callable[..., _R],
+        pg_work: Callable[..., Awaitable[_R]],
+        *args: Any,
+        read: bool = False,
+    ) -> _R:
+        """A batch on the driver, below SQLAlchemy: SQLite on the batch's own connection (a
+        transaction unless it only reads), PostgreSQL on a pooled asyncpg connection."""
+        if writer is not None:
+            return await writer.run(sqlite_work, *args, transaction=not read)
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            return await pg_work(raw.driver_connection, *args)
+
     # -- reads -------------------------------------------------------------------------------
 
     async def get(self, tenant_id: str, kind: str, ref: str) -> Document | None:
         return await self._reads.submit((tenant_id, kind, ref))
 
     async def _get_many(self, keys: list[tuple[str, str, str]]) -> list[Document | None]:
-        if self._sqlite_reader is not None:
-            return await self._sqlite_reader.run(_sqlite_get, keys, transaction=False)
-        async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            return await _pg_get(raw.driver_connection, keys)
+        return await self._on_driver(self._sqlite_reader, _sqlite_get, _pg_get, keys, read=True)
 
     def _get_now(self, keys: list[tuple[str, str, str]]) -> list[Document | None] | None:
         assert self._sqlite_reader is not None
@@ -173,11 +185,9 @@ class DocumentStore:
         return await self._by_pref.submit(provider_ref)
 
     async def _by_provider_refs(self, refs: list[str]) -> list[Document | None]:
-        if self._sqlite_pref_reader is not None:
-            return await self._sqlite_pref_reader.run(_sqlite_by_pref, refs, transaction=False)
-        async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            return await _pg_by_pref(raw.driver_connection, refs)
+        return await self._on_driver(
+            self._sqlite_pref_reader, _sqlite_by_pref, _pg_by_pref, refs, read=True
+        )
 
     def _by_pref_now(self, refs: list[str]) -> list[Document | None] | None:
         assert self._sqlite_pref_reader is not None
@@ -337,11 +347,9 @@ class DocumentStore:
         return Claim(current.id, command_id, current.attempt + 1, previous)
 
     async def _reclaim_many(self, items: list[_Reclaim]) -> list[bool]:
-        if self._sqlite_reclaims is not None:
-            return await self._sqlite_reclaims.run(_sqlite_reclaim, items, _now())
-        async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            return await _pg_reclaim(raw.driver_connection, items, _now())
+        return await self._on_driver(
+            self._sqlite_reclaims, _sqlite_reclaim, _pg_reclaim, items, _now()
+        )
 
     async def release(self, claim: Claim) -> None:
         """Undo a claim whose command never reached Kafka (the client got a 503)."""
@@ -382,11 +390,9 @@ class DocumentStore:
         await self._updates.submit(_Update(False, document_id, attempt, provider_ref))
 
     async def _update_many(self, updates: list[_Update]) -> list[bool]:
-        if self._sqlite_updates is not None:
-            return await self._sqlite_updates.run(_sqlite_update, updates, _now())
-        async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            return await _pg_update(raw.driver_connection, updates, _now())
+        return await self._on_driver(
+            self._sqlite_updates, _sqlite_update, _pg_update, updates, _now()
+        )
 
     async def transition(
         self,
@@ -418,11 +424,9 @@ class DocumentStore:
         return await self._transitions.submit(item)
 
     async def _transition_many(self, items: list[_Transition]) -> list[Document | None]:
-        if self._sqlite_transitions is not None:
-            return await self._sqlite_transitions.run(_sqlite_transition, items, _now())
-        async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            return await _pg_transition(raw.driver_connection, items, _now())
+        return await self._on_driver(
+            self._sqlite_transitions, _sqlite_transition, _pg_transition, items, _now()
+        )
 
     async def note(
         self, document_id: int, attempt: int, status: str, source: str, detail: Any
@@ -460,11 +464,9 @@ class DocumentStore:
         await self._blobs.submit(_Blob(path, tenant_id, content_type, data))
 
     async def _put_blobs(self, items: list[_Blob]) -> list[None]:
-        if self._sqlite_blobs is not None:
-            return await self._sqlite_blobs.run(_sqlite_put_blobs, items, _now())
-        async with self._engine.connect() as conn:
-            raw = await conn.get_raw_connection()
-            return await _pg_put_blobs(raw.driver_connection, items, _now())
+        return await self._on_driver(
+            self._sqlite_blobs, _sqlite_put_blobs, _pg_put_blobs, items, _now()
+        )
 
     async def get_blob(self, path: str) -> tuple[str, bytes] | None:
         async with self._engine.connect() as conn:
