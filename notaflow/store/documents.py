@@ -278,12 +278,9 @@ class DocumentStore:
         if not requests:
             return []
         now = _now()
-        if self._sqlite_writer is not None:
-            inserted = await self._sqlite_writer.run(_sqlite_claim, requests, now)
-        else:
-            async with self._engine.connect() as conn:
-                raw = await conn.get_raw_connection()
-                inserted = await _pg_claim(raw.driver_connection, requests, now)
+        inserted = await self._on_driver(
+            self._sqlite_writer, _sqlite_claim, _pg_claim, requests, now
+        )
         out: list[Claim | RefInUse] = []
         for r in requests:
             if r.command_id in inserted:
