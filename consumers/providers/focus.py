@@ -136,6 +136,9 @@ class FocusClient:
             return await self._timed(method, url, json, params)
         await self._slot()
         try:
+            # Again: a 429 may have closed the window while this call waited for its slot
+            # (hundreds wait at once), and it must not go out into the same limit.
+            await self._gate.wait()
             return await self._timed(method, url, json, params)
         finally:
             self._calls.release()
@@ -257,6 +260,7 @@ class FocusClient:
         if self._calls is not None:
             await self._slot()
         try:
+            await self._gate.wait()  # as in _request: the window may have closed meanwhile
             if path.startswith(("http://", "https://")):
                 resp = await self._client.get(path)
                 status, content = resp.status_code, resp.content

@@ -398,3 +398,30 @@ async def test_download_by_path_and_by_url() -> None:
     assert str(seen[0].url) == f"{BASE}/notas_fiscais_servico/N1A1-nfse.xml"
     assert str(seen[1].url) == "https://files.focus.test/x/N1A1-nfse.xml"
     assert seen[0].headers["Authorization"].startswith("Basic ")
+
+
+async def test_calls_waiting_for_a_slot_respect_a_429_that_came_meanwhile() -> None:
+    """One slot, three calls: the first gets 429 (Retry-After 0.3 s) while the others wait for
+    the slot; they must not go out before the window reopens."""
+    sent: list[float] = []
+    answered: list[float] = []
+
+    async def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(time.monotonic())
+        await asyncio.sleep(0.05)
+        answered.append(time.monotonic())
+        if len(sent) == 1:
+            return httpx.Response(429, headers={"Retry-After": "0.3"}, json={})
+        return httpx.Response(202, json={"status": "processando_autorizacao"})
+
+    transport = httpx.MockTransport(handler)
+    focus = FocusClient(BASE, TOKEN, timeout=5, transport=transport, max_in_flight=1)
+    try:
+        outcomes = await asyncio.gather(
+            *(focus.emit_nfse(f"r{i}", {}) for i in range(3)), return_exceptions=True
+        )
+    finally:
+        await focus.aclose()
+    assert isinstance(outcomes[0], RateLimited)
+    assert [getattr(o, "status_code", None) for o in outcomes[1:]] == [202, 202]
+    assert sent[1] >= answered[0] + 0.3 - 0.01  # waited for the window, not just the slot
