@@ -117,31 +117,39 @@ class FocusClient:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def _slot(self) -> None:
-        """A call slot, or Stopping: a shutdown must not wait for records queued behind the
-        limit (up to the runner's window) to have their calls made first."""
-        assert self._calls is not None
+    async def _take_turn(self) -> None:
+        """Wait for the rate-limit window and a call slot, or raise Stopping: a shutdown must
+        not wait for the records queued behind the limit (up to the runner's window) to have
+        their calls made first. Every turn taken is given back with `_end_turn`."""
+        await self._gate.wait()
+        if self._calls is None:
+            return
         if not self._stopping:
             await self._calls.acquire()
             if not self._stopping:
+                try:
+                    # Again: a 429 may have closed the window while this call waited for its
+                    # slot (hundreds wait at once), and it must not go out into the same limit.
+                    await self._gate.wait()
+                except BaseException:
+                    self._calls.release()
+                    raise
                 return
             self._calls.release()  # the next waiter wakes and leaves too
         raise Stopping("Focus: consumer stopping, call not started")
 
+    def _end_turn(self) -> None:
+        if self._calls is not None:
+            self._calls.release()
+
     async def _request(
         self, method: str, url: str, json: Any = None, params: dict[str, str] | None = None
     ) -> FocusReply:
-        await self._gate.wait()
-        if self._calls is None:
-            return await self._timed(method, url, json, params)
-        await self._slot()
+        await self._take_turn()
         try:
-            # Again: a 429 may have closed the window while this call waited for its slot
-            # (hundreds wait at once), and it must not go out into the same limit.
-            await self._gate.wait()
             return await self._timed(method, url, json, params)
         finally:
-            self._calls.release()
+            self._end_turn()
 
     async def _timed(
         self, method: str, url: str, json: Any, params: dict[str, str] | None
@@ -256,11 +264,8 @@ class FocusClient:
     async def download(self, path: str) -> bytes:
         """A file Focus names by path (`caminho_xml_nota_fiscal`), on the same lean exchange as
         the API calls; a full URL goes through the client as it is."""
-        await self._gate.wait()
-        if self._calls is not None:
-            await self._slot()
+        await self._take_turn()
         try:
-            await self._gate.wait()  # as in _request: the window may have closed meanwhile
             if path.startswith(("http://", "https://")):
                 resp = await self._client.get(path)
                 status, content = resp.status_code, resp.content
@@ -269,8 +274,7 @@ class FocusClient:
         except httpx.HTTPError as exc:
             raise TransientFailure(f"Focus GET {path}: {exc!r}") from exc
         finally:
-            if self._calls is not None:
-                self._calls.release()
+            self._end_turn()
         if status >= 400:
             raise TransientFailure(f"Focus GET {path}: HTTP {status}")
         return content
