@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import sqlite3
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import orjson
+import sqlalchemy as sa
 from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
@@ -91,6 +94,18 @@ class RefuseNul:
             await (await _http_error(Request(scope), error))(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+# The database's errors (through SQLAlchemy or straight from a driver; a refused connection is
+# an OSError) are answered where they are caught, in the route's dialect, and not handed on to
+# the server as the unexpected ones are: an outage would otherwise log a traceback per request
+# twice over. Those that are its state (down, restarting, a lock) are a 503 with Retry-After.
+_DATABASE_ERRORS: tuple[type[Exception], ...] = (
+    sa.exc.DBAPIError,
+    sqlite3.Error,
+    asyncpg.PostgresError,
+    OSError,
+)
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -200,9 +215,15 @@ class HotRoute:
             )
             await send({"type": "http.response.body", "body": body})
         except Exception as exc:
-            if not started:  # as Starlette's ServerErrorMiddleware: answer, then re-raise
-                await (await _unexpected(Request(scope), exc))(scope, receive, send)
-            raise
+            if started:
+                raise
+            # As the Starlette stack: answered in the dialect; a database error ends there,
+            # anything else goes on to the server (ServerErrorMiddleware re-raises it).
+            answer = await _unexpected(Request(scope), exc)
+            status = answer.status_code
+            await answer(scope, receive, send)
+            if not isinstance(exc, _DATABASE_ERRORS):
+                raise
         finally:
             if self._metrics is not None and self._duration is not None:
                 counter = self._counts.get(status)
@@ -277,6 +298,7 @@ def create_app(
         exception_handlers={
             IngressError: _ingress_error,
             HTTPException: _http_error,
+            **dict.fromkeys(_DATABASE_ERRORS, _unexpected),
             Exception: _unexpected,
         },
         lifespan=lifespan,

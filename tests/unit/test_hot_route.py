@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import sqlite3
 from typing import Any
 
 import pytest
@@ -44,6 +45,10 @@ class Intake:
             raise BusUnavailable("down")
         if self.mode == "boom":
             raise RuntimeError("boom")
+        if self.mode == "db_locked":  # the database's state: 503, not handed to the server
+            raise sqlite3.OperationalError("database is locked")
+        if self.mode == "db_bug":  # the statement's fault: 500, not handed to the server
+            raise sqlite3.OperationalError("no such table: documents")
 
 
 class Topics:
@@ -112,6 +117,8 @@ CASES: list[tuple[str, bytes, list[bytes] | None, list[tuple[bytes, bytes]], str
     ("ref authorized", Q, A, headers(), "authorized"),
     ("bus down", Q, A, headers(), "bus_down"),
     ("unexpected error", Q, A, headers(), "boom"),
+    ("database locked", Q, A, headers(), "db_locked"),
+    ("database bug", Q, A, headers(), "db_bug"),
     ("client disconnects", Q, None, headers(), None),
 ]
 
@@ -122,6 +129,8 @@ class Capture(logging.Handler):
         self.records: list[tuple[str, str, str, bool]] = []
 
     def emit(self, record: logging.LogRecord) -> None:
+        if record.name.startswith("aiosqlite"):
+            return  # another test's engine closing in its thread, whenever it gets to it
         self.records.append(
             (record.name, record.levelname, record.getMessage(), record.exc_info is not None)
         )
@@ -198,5 +207,13 @@ async def test_hot_route_answers_as_the_starlette_route() -> None:
     for (name, *_), expected, got in zip(CASES, slow, fast, strict=True):
         assert got == expected, name
     assert fast_series == slow_series
+    by_name = {case[0]: answer for case, answer in zip(CASES, fast, strict=True)}
+    for name, status, handed_on in [
+        ("unexpected error", 500, True),
+        ("database locked", 503, False),
+        ("database bug", 500, False),
+    ]:
+        sent, error, _ = by_name[name]
+        assert (sent[0]["status"], error is not None) == (status, handed_on), name
     statuses = [sent[0]["status"] if sent else None for sent, _, _ in fast]
     assert statuses.count(202) == 8 and 500 in statuses and 503 in statuses
