@@ -42,7 +42,7 @@ def transient_error(exc: BaseException) -> bool:
         seen.add(id(err))
         if isinstance(err, sa.exc.DBAPIError) and err.connection_invalidated:
             return True
-        if isinstance(err, OSError | TimeoutError):  # ConnectionError is an OSError
+        if isinstance(err, OSError):  # refused, reset, timed out: all OSErrors
             return True
         sqlstate = getattr(err, "sqlstate", None)
         if isinstance(sqlstate, str) and sqlstate.startswith(_TRANSIENT_SQLSTATES):
