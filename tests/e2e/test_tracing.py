@@ -64,6 +64,16 @@ def test_one_trace_from_request_to_provider_and_to_email(traced: tuple[Stack, Pa
     def of(trace_id: str) -> list[dict[str, Any]]:
         return [s for s in read_spans(directory) if s["trace_id"] == trace_id]
 
+    def written(trace_id: str, leaf: str) -> bool:
+        """The span `leaf` and its parent and grandparent are all in the file: a child ends
+        (and is exported) before its parent, so the leaf alone does not mean the chain."""
+        by_id = {s["span_id"]: s for s in of(trace_id)}
+        for span in by_id.values():
+            if span["name"] == leaf:
+                parent = by_id.get(span["parent_id"])
+                return parent is not None and parent["parent_id"] in by_id
+        return False
+
     emit_trace, header = _traceparent()
     with stack.client() as c:
         r = c.post(
@@ -74,7 +84,7 @@ def test_one_trace_from_request_to_provider_and_to_email(traced: tuple[Stack, Pa
         )
         assert r.status_code == 202
     stack.wait_status("tr1", {"autorizado"})
-    wait_for(lambda: any(s["name"] == "focus POST" for s in of(emit_trace)), 20)
+    wait_for(lambda: written(emit_trace, "focus POST"), 20)
     spans = of(emit_trace)
     names = {(s["service"], s["name"]) for s in spans}
     assert ("ingress", "HTTP POST /v2/nfse") in names
@@ -94,7 +104,7 @@ def test_one_trace_from_request_to_provider_and_to_email(traced: tuple[Stack, Pa
             headers={"traceparent": header},
         )
         assert r.status_code == 200
-    wait_for(lambda: any(s["name"] == "smtp send" for s in of(mail_trace)), 20)
+    wait_for(lambda: written(mail_trace, "smtp send"), 20)
     spans = of(mail_trace)
     by_id = {s["span_id"]: s for s in spans}
     smtp = next(s for s in spans if s["name"] == "smtp send")
