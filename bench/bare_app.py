@@ -1,9 +1,16 @@
-"""The baseline of the ingress benchmark: a bare Starlette endpoint that parses the same JSON
-body and answers 202, served exactly as `notaflow ingress` serves the real one
-(`notaflow.processes.run_ingress`): `uvicorn.Server(...).serve()` inside `asyncio.run`, so the
-same event loop (the standard library's: uvicorn's `loop="auto"` only applies to
-`uvicorn.run`), httptools, no access log, no `server` header. Keep the two in step, so the
-ratio compares the work done per request and not the servers' settings."""
+"""The baselines of the ingress benchmark: a bare Starlette endpoint that parses the same JSON
+body and answers 202, served two ways:
+
+- `default`: what a user would deploy instead, `uvicorn.run(app, host=..., port=...)` with
+  uvicorn's defaults (uvloop and httptools where installed, access log on, `server` header);
+- `quiet`: uvicorn's defaults but for the access log (off, as the ingress has it): the
+  strictest baseline;
+- `asyncio`: held to the asyncio loop (`uvicorn.Server(...).serve()` inside `asyncio.run`),
+  httptools, no access log, no `server` header: the pair the ingress is compared with when it
+  is started with `--loop asyncio`, so that ratio compares the work done per request only.
+
+    python bench/bare_app.py PORT [default|quiet|asyncio]
+"""
 
 from __future__ import annotations
 
@@ -33,13 +40,20 @@ async def accept(request: Request) -> Response:
 app = Starlette(routes=[Route("/v2/nfse", accept, methods=["POST"])])
 
 if __name__ == "__main__":
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=int(sys.argv[1]),
-        log_level="warning",
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        server_header=False,
-    )
-    asyncio.run(uvicorn.Server(config).serve())
+    port = int(sys.argv[1])
+    mode = sys.argv[2] if len(sys.argv) > 2 else "default"
+    if mode == "default":
+        uvicorn.run(app, host="127.0.0.1", port=port)
+    elif mode == "quiet":
+        uvicorn.run(app, host="127.0.0.1", port=port, access_log=False)
+    else:
+        config = uvicorn.Config(
+            app,
+            host="127.0.0.1",
+            port=port,
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=10,
+            server_header=False,
+        )
+        asyncio.run(uvicorn.Server(config).serve())

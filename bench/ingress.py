@@ -4,7 +4,13 @@ embedded broker) against a bare Starlette endpoint that only parses the body —
 in this run, on loopback, with wrk. Prints the ratio; absolute numbers drift on shared machines,
 so it also prints each server's CPU time per request (from /proc), which drifts much less.
 
-    bin/bench ingress [--seconds 10] [--connections 64] [--database sqlite|postgres]
+    bin/bench ingress [--seconds 10] [--connections 64] [--rounds 3]
+                      [--baselines default,quiet,asyncio] [--database sqlite|postgres]
+
+The ingress as production runs it (uvloop where installed) against a bare Starlette app under
+uvicorn's defaults, which is what a user would run instead, and against the same without the
+access log; and the ingress held to asyncio's loop against a bare app held to it with the same
+server settings, which isolates the work done per request.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ import json
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -25,10 +32,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from notaflow.broker import EmbeddedBroker, free_port
+from notaflow.broker import EmbeddedBroker, free_port, port_open
 from notaflow.settings import Settings
 from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from tests.support import NOTAFLOW, ROOT, ThrowawayPostgres, wait_http
+from tests.support import NOTAFLOW, ROOT, ThrowawayPostgres, wait_for, wait_http
 
 LUA = """
 local counter = 0
@@ -90,6 +97,72 @@ def measured(pid: int, run: Callable[[], dict[str, float]]) -> dict[str, float]:
     return result
 
 
+def profile(pid: int, url: str, seconds: int, connections: int, token: str, top: int = 10) -> str:
+    """py-spy samples of the process while wrk loads it: the `top` frames by own time and by
+    total time (a frame counted once per sample however deep it recurses), in % of samples."""
+    if shutil.which("py-spy") is None and not (Path(sys.executable).parent / "py-spy").exists():
+        return "  py-spy not found: pip install py-spy"
+    spy = shutil.which("py-spy") or str(Path(sys.executable).parent / "py-spy")
+    raw = Path(tempfile.mkdtemp(prefix="notaflow-spy-")) / "stacks.txt"
+    recorder = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(seconds),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--nonblocking",
+            "--output",
+            str(raw),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    time.sleep(0.5)
+    run_wrk(url, seconds, connections, token, "prof")
+    recorder.wait(30)
+    own: dict[str, int] = {}
+    total: dict[str, int] = {}
+    samples = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        frames = [_frame(f) for f in stack.split(";")]
+        samples += n
+        own[frames[-1]] = own.get(frames[-1], 0) + n
+        for frame in set(frames):
+            total[frame] = total.get(frame, 0) + n
+    shutil.rmtree(raw.parent, ignore_errors=True)
+    if not samples:
+        return "  no samples (py-spy needs ptrace: run as root or with CAP_SYS_PTRACE)"
+    lines = [f"  {samples} samples; own time:"]
+    for frame, n in sorted(own.items(), key=lambda kv: -kv[1])[:top]:
+        lines.append(f"    {100 * n / samples:5.1f} %  {frame}")
+    lines.append("  total time (frame anywhere on the stack), below the event loop:")
+    # The frames every sample has (the interpreter, the CLI, the loop) say nothing.
+    ranked = [kv for kv in sorted(total.items(), key=lambda kv: -kv[1]) if kv[1] < samples * 0.5]
+    ranked = [kv for kv in ranked if not kv[0].endswith(("(<frozen runpy>)", "(notaflow/cli.py)"))]
+    for frame, n in ranked[:top]:
+        lines.append(f"    {100 * n / samples:5.1f} %  {frame}")
+    return "\n".join(lines)
+
+
+def _frame(frame: str) -> str:
+    """`func (path/to/module.py:123)` -> `func (module.py)`: lines differ per sample."""
+    name, _, where = frame.partition(" (")
+    file = where.rsplit(":", 1)[0].rstrip(")")
+    parts = Path(file).parts
+    short = "/".join(parts[-2:]) if len(parts) >= 2 else file
+    return f"{name} ({short})"
+
+
 def _ms(value: str) -> float:
     number = float(re.match(r"[\d.]+", value).group(0))  # type: ignore[union-attr]
     unit = value[len(re.match(r"[\d.]+", value).group(0)) :]  # type: ignore[union-attr]
@@ -100,7 +173,21 @@ def main() -> int:
     p = argparse.ArgumentParser()
     p.add_argument("--seconds", type=int, default=10)
     p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument(
+        "--baselines",
+        type=lambda v: v.split(","),
+        default=["default", "quiet", "asyncio"],
+        help="bare apps to compare with: default (uvicorn's defaults), quiet (the same, no "
+        "access log), asyncio (held to asyncio's loop; compared with the ingress on it)",
+    )
+    p.add_argument(
+        "--profile",
+        type=int,
+        default=0,
+        metavar="SECONDS",
+        help="after the rounds, sample the ingress with py-spy under the same load",
+    )
     p.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     args = p.parse_args()
     if shutil.which("wrk") is None:
@@ -112,7 +199,7 @@ def main() -> int:
     broker.start()
     pg = ThrowawayPostgres() if args.database == "postgres" else None
     db_url = pg.start() if pg else f"sqlite:///{tmp / 'bench.db'}"
-    port, bare_port = free_port(), free_port()
+    port = free_port()
     settings = Settings(
         kafka_bootstrap=broker.bootstrap,
         kafka_idempotence=False,
@@ -137,54 +224,89 @@ def main() -> int:
             .splitlines()[-1]
         )
         log = open(logs / "bench-processes.log", "wb")  # noqa: SIM115
-        ingress = subprocess.Popen(
-            [*NOTAFLOW, "ingress"], env=env, cwd=ROOT, stdout=log, stderr=log
-        )
-        procs.append(ingress)
-        bare = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "bare_app.py"), str(bare_port)],
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-        )
-        procs.append(bare)
-        wait_http(f"http://127.0.0.1:{port}/readyz")
+        servers: dict[str, tuple[subprocess.Popen[bytes], str]] = {}
+        for loop in sorted({"asyncio" if b == "asyncio" else "auto" for b in args.baselines}):
+            iport = port if loop == "auto" else free_port()
+            ingress = subprocess.Popen(
+                [*NOTAFLOW, "ingress", "--loop", loop],
+                env={**env, "NOTAFLOW_PORT": str(iport)},
+                cwd=ROOT,
+                stdout=log,
+                stderr=log,
+            )
+            procs.append(ingress)
+            wait_http(f"http://127.0.0.1:{iport}/readyz")
+            servers[f"ingress/{loop}"] = (ingress, f"http://127.0.0.1:{iport}")
+        for mode in args.baselines:
+            bport = free_port()
+            bare = subprocess.Popen(
+                [sys.executable, str(ROOT / "bench" / "bare_app.py"), str(bport), mode],
+                cwd=ROOT,
+                stdout=log,
+                stderr=log,
+            )
+            procs.append(bare)
+            wait_for(lambda bport=bport: port_open("127.0.0.1", bport), 30)  # type: ignore[misc]
+            servers[f"bare/{mode}"] = (bare, f"http://127.0.0.1:{bport}")
         time.sleep(1)
-        results: dict[str, list[dict[str, float]]] = {"bare": [], "ingress": []}
+        results: dict[str, list[dict[str, float]]] = {name: [] for name in servers}
         for round_ in range(args.rounds):
-            for name, pid, url in (
-                ("bare", bare.pid, f"http://127.0.0.1:{bare_port}"),
-                ("ingress", ingress.pid, f"http://127.0.0.1:{port}"),
-            ):
-                prefix = f"{name[0]}{round_}x"
+            for i, (name, (proc, url)) in enumerate(servers.items()):
+                prefix = f"r{round_}s{i}x"
                 results[name].append(
                     measured(
-                        pid,
+                        proc.pid,
                         lambda url=url, prefix=prefix: run_wrk(  # type: ignore[misc]
                             url, args.seconds, args.connections, token, prefix
                         ),
                     )
                 )
-        best = {k: max(v, key=lambda x: x["rps"]) for k, v in results.items()}
         print(
             f"\ningress benchmark ({args.database}, {args.connections} connections, "
-            f"{args.seconds}s x {args.rounds} rounds, best round)"
+            f"{args.seconds}s x {args.rounds} alternating rounds)"
         )
         print(
-            f"{'':10} {'accepted/s':>11} {'p50 ms':>8} {'p99 ms':>8} {'non-2xx':>8}"
-            f" {'CPU us/request':>15}"
+            f"{'':17} {'best/s':>8} {'median/s':>9} {'p50 ms':>7} {'p99 ms':>7} {'non-2xx':>8}"
+            f" {'CPU us/req best':>16} {'median':>7}"
         )
-        for name, r in best.items():
-            cpu = f"{r['cpu_us']:15.0f}" if "cpu_us" in r else f"{'-':>15}"
-            print(
-                f"{name:10} {r['rps']:11.0f} {r['p50']:8.2f} {r['p99']:8.2f} {int(r['non2xx']):8d}"
-                f" {cpu}"
+        for name, rounds in results.items():
+            best = max(rounds, key=lambda x: x["rps"])
+            cpu = [r["cpu_us"] for r in rounds if "cpu_us" in r]
+            cpu_text = (
+                f"{min(cpu):16.0f} {statistics.median(cpu):7.0f}" if cpu else f"{'-':>16} {'-':>7}"
             )
-        ratio = best["ingress"]["rps"] / best["bare"]["rps"]
-        print(f"ratio ingress/bare: {ratio:.2f} (target >= 0.5)")
-        if "cpu_us" in best["ingress"] and "cpu_us" in best["bare"]:
-            cpu_ratio = best["bare"]["cpu_us"] / best["ingress"]["cpu_us"]
-            print(f"CPU per request, bare/ingress: {cpu_ratio:.2f} (drifts less than req/s)")
+            print(
+                f"{name:17} {best['rps']:8.0f} {statistics.median(r['rps'] for r in rounds):9.0f}"
+                f" {best['p50']:7.2f} {best['p99']:7.2f}"
+                f" {sum(int(r['non2xx']) for r in rounds):8d} {cpu_text}"
+            )
+        what = {
+            "default": "bare Starlette under uvicorn's defaults (uvloop, httptools, access log)",
+            "quiet": "the same without the access log (the strictest baseline)",
+            "asyncio": "both held to asyncio's loop, same server settings",
+        }
+        for mode in args.baselines:
+            ing = results["ingress/asyncio" if mode == "asyncio" else "ingress/auto"]
+            bare_ = results[f"bare/{mode}"]
+            best_ratio = max(r["rps"] for r in ing) / max(r["rps"] for r in bare_)
+            med_ratio = statistics.median(r["rps"] for r in ing) / statistics.median(
+                r["rps"] for r in bare_
+            )
+            print(
+                f"ratio ingress/bare, {what[mode]}: best {best_ratio:.2f}, median {med_ratio:.2f}"
+            )
+            icpu = [r["cpu_us"] for r in ing if "cpu_us" in r]
+            bcpu = [r["cpu_us"] for r in bare_ if "cpu_us" in r]
+            if icpu and bcpu:
+                print(
+                    f"  CPU per request bare/ingress: best {min(bcpu) / min(icpu):.2f},"
+                    f" median {statistics.median(bcpu) / statistics.median(icpu):.2f}"
+                )
+        if args.profile:
+            proc, url = servers["ingress/auto" if "ingress/auto" in servers else "ingress/asyncio"]
+            print(f"\nwhere the ingress's CPU goes (py-spy, {args.profile}s under the same load):")
+            print(profile(proc.pid, url, args.profile, args.connections, token))
+        print("target: >= 0.6 of bare Starlette under uvicorn's defaults")
         return 0
     finally:
         for proc in procs:

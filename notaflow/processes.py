@@ -55,9 +55,6 @@ def configure_logging(level: str, fmt: str = "text", service: str = "notaflow") 
 
 
 async def run_ingress(settings: Settings) -> None:
-    # The claim writer's fallback thread needs the GIL briefly per batch; with the default
-    # 5 ms switch interval it would wait behind the busy event loop.
-    sys.setswitchinterval(0.0005)
     # Every request allocates a few hundred short-lived objects; collecting the young
     # generation every 700 allocations showed up in the profile. Long-lived start-up objects
     # are frozen out of the collector's way.
