@@ -18,7 +18,7 @@ from ingress.responses import FastJSONResponse
 from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
-from notaflow.nfce import normalize_nfce, validate_motivo
+from notaflow.nfce import normalize_nfce, omitted_fields, validate_motivo
 from notaflow.nfse import validate_ref
 from notaflow.store import ClaimRequest
 from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
@@ -41,6 +41,7 @@ async def create_nfce(request: Request) -> Response:
         document = normalize_nfce(raw)
     except InvalidDocument as exc:
         raise invalid(exc.message) from exc
+    notices = _omitted_notices(raw)
     cnpj = d.settings.emites_cnpj
     if not cnpj or cnpj not in tenant.cnpjs:
         raise FocusError(
@@ -75,10 +76,19 @@ async def create_nfce(request: Request) -> Response:
     if outcome is None or not isinstance(outcome.get("note"), dict):
         doc = await d.documents.get(tenant.id, KIND, ref)
         body = nfce_view(doc) if doc else {"ref": ref, "status": "processando_autorizacao"}
-        return FastJSONResponse(body, status_code=202)
+        return FastJSONResponse({**body, **notices}, status_code=202)
     note = outcome["note"]
     code = {AUTHORIZED: 201, ERROR: 422}.get(note.get("status"), 202)
-    return FastJSONResponse(note, status_code=code)
+    return FastJSONResponse({**note, **notices}, status_code=code)
+
+
+def _omitted_notices(raw: object) -> dict[str, list[str]]:
+    """`avisos` naming each empty text the client sent and Emites-Client did not get: "" is
+    "no value" to the protocol, and the service refuses a string below its minimum length."""
+    fields = omitted_fields(raw)
+    if not fields:
+        return {}
+    return {"avisos": [f'Parâmetro "{f}" vazio: omitido no envio à Emites-Client' for f in fields]}
 
 
 async def get_nfce(request: Request) -> Response:
