@@ -83,7 +83,10 @@ _PATTERN_MESSAGES: Final[dict[str, str]] = {
     "cest": "CEST deve ter 7 dígitos",
     "codigo_ean": "deve ter de 8 a 14 dígitos ou ser SEM GTIN",
     "ean_unidade_trib": "deve ter de 8 a 14 dígitos ou ser SEM GTIN",
-    "cpf_cnpj": "informe o CPF (11 dígitos) ou o CNPJ (14 caracteres)",
+    "cpf_cnpj": (
+        "informe o CPF (11 dígitos) ou o CNPJ (14 caracteres); de estrangeiro, o documento (5 a "
+        '20 letras ou dígitos) com "pessoa_fisica_juridica": "foreign"'
+    ),
     "cnpj_credenciadora": "CNPJ deve ter 14 caracteres",
     "codigo_municipio": "código IBGE de município deve ter 7 dígitos",
     "codigo_municipal": "código IBGE de município deve ter 7 dígitos",
@@ -243,10 +246,7 @@ def _first_schema_error(raw: dict[str, Any]) -> InvalidDocument:
 # --- step 2: fiscal checks ----------------------------------------------------------------
 
 
-_NOT_CPF_CNPJ: Final = (
-    "informe o CPF (11 dígitos) ou o CNPJ (14 caracteres); de estrangeiro, o documento (5 a 20 "
-    'letras ou dígitos) com "pessoa_fisica_juridica": "foreign"'
-)
+_NOT_CPF_CNPJ: Final = _PATTERN_MESSAGES["cpf_cnpj"]
 
 
 def _cpf(field: str, number: str) -> str:
