@@ -18,7 +18,7 @@ from ingress.responses import FastJSONResponse
 from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
-from notaflow.nfce import normalize_nfce, omitted_fields, validate_motivo
+from notaflow.nfce import normalize_nfce, omitted_notices, validate_motivo
 from notaflow.nfse import validate_ref
 from notaflow.store import ClaimRequest
 from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
@@ -41,7 +41,10 @@ async def create_nfce(request: Request) -> Response:
         document = normalize_nfce(raw)
     except InvalidDocument as exc:
         raise invalid(exc.message) from exc
-    notices = _omitted_notices(raw)
+    # The document published is normalised (no "" left): the notices travel beside it, so the
+    # consumer keeps them with the note whichever route the command came by.
+    avisos = omitted_notices(raw)
+    notices = {"avisos": avisos} if avisos else {}
     cnpj = d.settings.emites_cnpj
     if not cnpj or cnpj not in tenant.cnpjs:
         raise FocusError(
@@ -51,7 +54,7 @@ async def create_nfce(request: Request) -> Response:
     event = Event(
         type=t.NFCE_CREATE,
         source=SOURCE,
-        data={"tenant": tenant.id, "ref": ref, "nfce": document},
+        data={"tenant": tenant.id, "ref": ref, "nfce": document, **notices},
         subject=ref,
         id=command_id,
         tenant=tenant.id,
@@ -80,15 +83,6 @@ async def create_nfce(request: Request) -> Response:
     note = outcome["note"]
     code = {AUTHORIZED: 201, ERROR: 422}.get(note.get("status"), 202)
     return FastJSONResponse({**note, **notices}, status_code=code)
-
-
-def _omitted_notices(raw: object) -> dict[str, list[str]]:
-    """`avisos` naming each empty text the client sent and Emites-Client did not get: "" is
-    "no value" to the protocol, and the service refuses a string below its minimum length."""
-    fields = omitted_fields(raw)
-    if not fields:
-        return {}
-    return {"avisos": [f'Parâmetro "{f}" vazio: omitido no envio à Emites-Client' for f in fields]}
 
 
 async def get_nfce(request: Request) -> Response:

@@ -51,6 +51,7 @@ __all__ = [
     "NOT_AN_OBJECT",
     "normalize_nfce",
     "omitted_fields",
+    "omitted_notices",
     "validate_motivo",
 ]
 
@@ -379,6 +380,11 @@ def omitted_fields(raw: object, path: str = "") -> list[str]:
         for index, item in enumerate(raw):
             found += omitted_fields(item, f"{path}.{index}" if path else str(index))
     return found
+
+
+def omitted_notices(raw: object) -> list[str]:
+    """`omitted_fields` in the words of the answer's `avisos`."""
+    return [f'Parâmetro "{f}" vazio: omitido no envio à Emites-Client' for f in omitted_fields(raw)]
 
 
 def _is_integer_code(node: Mapping[str, Any]) -> bool:

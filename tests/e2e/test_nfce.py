@@ -206,6 +206,8 @@ def test_empty_optional_texts_are_omitted_and_said_so(stack: Stack) -> None:
     named = {aviso.split('"')[1] for aviso in avisos}
     assert named == {*EMPTY_OPTIONAL_TEXTS, "produtos.0.informacoes_adicionais"}
     assert all("omitido no envio à Emites-Client" in aviso for aviso in avisos)
+    with stack.client() as c:
+        assert c.get("/v2/nfce/ofavisos").json()["avisos"] == avisos  # kept with the note
 
 
 def test_foreign_customer_abroad_is_sefaz_s_call(stack: Stack) -> None:
@@ -256,6 +258,10 @@ def test_a_command_straight_to_kafka_takes_the_same_shapes(stack: Stack) -> None
         xml = ET.fromstring(c.get(note["caminho_xml_nota_fiscal"]).content)
     assert xml.findtext(".//n:dest/n:idEstrangeiro", namespaces=NS) == FOREIGN_ID
     assert xml.findtext(".//n:ide/n:indPres", namespaces=NS) == "1"
+    # The "" the producer sent is said with the note, as the HTTP answer says it.
+    assert note["avisos"] == [
+        'Parâmetro "produtos.0.informacoes_adicionais" vazio: omitido no envio à Emites-Client'
+    ]
 
 
 # Last: it stops the Emites sandbox the other tests use.
