@@ -1,4 +1,5 @@
-"""NFC-e through the Emites-Client TCP sandbox, driven over HTTP in the Focus NFC-e dialect:
+"""NFC-e through the Emites-Client TCP sandbox, driven over HTTP in the Focus NFC-e dialect (and
+one command straight from Kafka): the shapes of the official Emites-Client examples,
 synchronous create and cancel, the DANFE and XML served from notaflow, the 30-minute window
 (shortened here), bad input refused at the door, and Emites down."""
 
