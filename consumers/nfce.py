@@ -24,7 +24,7 @@ from notaflow import tracing
 from notaflow.bus import Bus
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument, RefInUse
-from notaflow.nfce import normalize_nfce
+from notaflow.nfce import normalize_nfce, omitted_notices
 from notaflow.store import Document, DocumentStore, TenantStore
 from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, PROCESSING
 from notaflow.views import nfce_view
@@ -42,6 +42,12 @@ def _erros(reply: EmitesReply) -> list[dict[str, Any]]:
             code = message.split(" ", 1)[0] if field == "rejeicao" else "validacao"
             out.append({"codigo": code, "mensagem": message, "campo": field})
     return out or [{"codigo": reply.status, "mensagem": "rejeitada", "campo": None}]
+
+
+def _with_avisos(result: dict[str, Any], avisos: list[str]) -> dict[str, Any] | None:
+    if avisos:
+        result["avisos"] = avisos
+    return result or None
 
 
 def blob_key(doc: Document, name: str) -> str:
@@ -76,6 +82,9 @@ class NfceEmitter:
             raise InvalidDocument("data", f"comando inválido: {errors[0]}")
         tenant_id, ref = data["tenant"], data["ref"]
         document = normalize_nfce(data["nfce"])
+        # What the client sent that Emites does not get ("" texts), said with the note: from
+        # the ingress beside a normalised document, or found here in a command from Kafka.
+        avisos = list(dict.fromkeys([*data.get("avisos", ()), *omitted_notices(data["nfce"])]))
         tenant = await self._tenants.get(tenant_id)
         if tenant is None:
             raise InvalidDocument("tenant", f"tenant desconhecido: {tenant_id}")
@@ -109,13 +118,15 @@ class NfceEmitter:
         except TransientFailure as exc:
             raise PermanentFailure(f"outcome unknown after sending CREATE_NFCE: {exc}") from exc
         if answer.status == "sucesso":
-            await self._authorized(doc, answer, event)
+            await self._authorized(doc, answer, event, avisos)
         elif answer.status == "processando":
             raise PermanentFailure("Emites-Client answered 'processando': reconcile the note")
         else:
-            await self._finish(doc, ERROR, None, _erros(answer), event)
+            await self._finish(doc, ERROR, _with_avisos({}, avisos), _erros(answer), event)
 
-    async def _authorized(self, doc: Document, answer: EmitesReply, event: Event) -> None:
+    async def _authorized(
+        self, doc: Document, answer: EmitesReply, event: Event, avisos: list[str]
+    ) -> None:
         result: dict[str, Any] = {
             "numero": answer.numero,
             "serie": answer.serie,
@@ -134,7 +145,7 @@ class NfceEmitter:
             key = blob_key(doc, "nfce.xml")
             await self._docs.put_blob(key, doc.tenant_id, "application/xml", answer.xml)
             result["caminho_xml_nota_fiscal"] = f"/v2/nfce/{doc.ref}/xml"
-        await self._finish(doc, AUTHORIZED, result, None, event)
+        await self._finish(doc, AUTHORIZED, _with_avisos(result, avisos), None, event)
 
     async def _finish(
         self,

@@ -18,7 +18,7 @@ from ingress.responses import FastJSONResponse
 from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
-from notaflow.nfce import normalize_nfce, validate_motivo
+from notaflow.nfce import normalize_nfce, omitted_notices, validate_motivo
 from notaflow.nfse import validate_ref
 from notaflow.store import ClaimRequest
 from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
@@ -41,6 +41,10 @@ async def create_nfce(request: Request) -> Response:
         document = normalize_nfce(raw)
     except InvalidDocument as exc:
         raise invalid(exc.message) from exc
+    # The document published is normalised (no "" left): the notices travel beside it, so the
+    # consumer keeps them with the note whichever route the command came by.
+    avisos = omitted_notices(raw)
+    notices = {"avisos": avisos} if avisos else {}
     cnpj = d.settings.emites_cnpj
     if not cnpj or cnpj not in tenant.cnpjs:
         raise FocusError(
@@ -50,7 +54,7 @@ async def create_nfce(request: Request) -> Response:
     event = Event(
         type=t.NFCE_CREATE,
         source=SOURCE,
-        data={"tenant": tenant.id, "ref": ref, "nfce": document},
+        data={"tenant": tenant.id, "ref": ref, "nfce": document, **notices},
         subject=ref,
         id=command_id,
         tenant=tenant.id,
@@ -75,10 +79,10 @@ async def create_nfce(request: Request) -> Response:
     if outcome is None or not isinstance(outcome.get("note"), dict):
         doc = await d.documents.get(tenant.id, KIND, ref)
         body = nfce_view(doc) if doc else {"ref": ref, "status": "processando_autorizacao"}
-        return FastJSONResponse(body, status_code=202)
+        return FastJSONResponse({**body, **notices}, status_code=202)
     note = outcome["note"]
     code = {AUTHORIZED: 201, ERROR: 422}.get(note.get("status"), 202)
-    return FastJSONResponse(note, status_code=code)
+    return FastJSONResponse({**note, **notices}, status_code=code)
 
 
 async def get_nfce(request: Request) -> Response:

@@ -276,6 +276,8 @@ def _components() -> dict[str, Any]:
                         )
                     },
                     "erros": {"type": "array", "items": {"$ref": "#/components/schemas/Erro"}},
+                    # POST only: each "" the client sent that did not go to Emites-Client.
+                    "avisos": {"type": "array", "items": string},
                 },
             },
             "FocusError": {

@@ -3,15 +3,22 @@
 `normalize_nfce` is the entry point the ingress and the consumers share, cheapest step first:
 
 1. the JSON Schema `schemas/nfce.schema.json` through the compiled jsonschema_rs validator; the
-   detailed error list is only computed when the fast `is_valid` says no;
-2. fiscal checks the schema cannot express: `cliente.cpf_cnpj` CPF or CNPJ check digits,
-   IBGE municipality code and real UF of `cliente.endereco`, the card acquirer's CNPJ; and
-   every text in ISO-8859-1, the only character set the Emites wire carries;
-3. a new dict: nulls dropped (the protocol treats null and absent alike), payments under
-   `forma_pagamento` whichever name the client used, `cliente.cpf_cnpj` without punctuation,
-   and the defaults of `DEFAULTS_DOC` filled in. Unknown fields are kept: the official schema
-   knows more optional fields (carrier, vehicle, volumes) than our spec lists, and Emites
-   validates them itself.
+   detailed error list is only computed when the fast `is_valid` says no. It takes every shape
+   the official Emites-Client schema and examples use: integer codes also as digit strings,
+   `""` in optional texts that have no minimum length, foreign customers;
+2. fiscal checks the schema cannot express: `cliente.cpf_cnpj` by `pessoa_fisica_juridica`
+   (CPF or CNPJ check digits, or a foreign id of 5 to 20 letters and digits), IBGE
+   municipality code and real UF of the customer's and the delivery address, the card
+   acquirer's CNPJ, the CPF/CNPJ of `lista_autorizacao`; and every text in ISO-8859-1, the
+   only character set the Emites wire carries. Whether SEFAZ takes a foreign customer in a
+   given operation is SEFAZ's call (the sandbox plays it), not the door's;
+3. a new dict: nulls and `""` members dropped (the protocol treats both as absent, and
+   Emites-Client checks the minimum length of any string it gets; `omitted_fields` lists
+   them for the answer), integer codes sent as digit strings turned into the integers the
+   official schema types them as, payments under `forma_pagamento` whichever name the client
+   used, a Brazilian `cliente.cpf_cnpj` without punctuation, and the defaults of
+   `DEFAULTS_DOC` filled in. Unknown fields are kept: the official schema knows more
+   optional fields than we check, and Emites validates them itself.
 
 Every failure is `InvalidDocument(field, message)` with Focus-style Portuguese wording and the
 dotted path of the first offending field ("produtos.0.ncm"); the smallest path wins, so the
@@ -20,6 +27,7 @@ answer does not depend on the order the client wrote its fields in.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any, Final
 
@@ -42,6 +50,8 @@ __all__ = [
     "MOTIVO_MIN",
     "NOT_AN_OBJECT",
     "normalize_nfce",
+    "omitted_fields",
+    "omitted_notices",
     "validate_motivo",
 ]
 
@@ -59,6 +69,8 @@ DEFAULTS_DOC: Final[tuple[tuple[str, object, str], ...]] = (
 )
 _DEFAULTS: Final[dict[str, object]] = {field: default for field, default, _ in DEFAULTS_DOC}
 
+_Check = Callable[[str, Any], Any]
+
 _PAYMENTS: Final = "forma_pagamento"
 _PAYMENTS_RENAMED: Final = "forma_de_pagamento"
 
@@ -71,9 +83,19 @@ _PATTERN_MESSAGES: Final[dict[str, str]] = {
     "cfop": "CFOP deve ter 4 dígitos",
     "cest": "CEST deve ter 7 dígitos",
     "codigo_ean": "deve ter de 8 a 14 dígitos ou ser SEM GTIN",
-    "cpf_cnpj": "informe o CPF (11 dígitos) ou o CNPJ (14 caracteres)",
+    "ean_unidade_trib": "deve ter de 8 a 14 dígitos ou ser SEM GTIN",
+    "cpf_cnpj": (
+        "informe o CPF (11 dígitos) ou o CNPJ (14 caracteres); de estrangeiro, o documento (5 a "
+        '20 letras ou dígitos) com "pessoa_fisica_juridica": "foreign"'
+    ),
     "cnpj_credenciadora": "CNPJ deve ter 14 caracteres",
     "codigo_municipio": "código IBGE de município deve ter 7 dígitos",
+    "codigo_municipal": "código IBGE de município deve ter 7 dígitos",
+    "codigo_pais": "código de país da tabela do BACEN deve ter de 1 a 4 dígitos",
+    "num_item_pedido": "deve ser um número inteiro",
+    "quantidade_volumes": "deve ser um número inteiro",
+    "inscricao_estadual": "deve ser ISENTO ou ter de 2 a 14 dígitos",
+    "lista_autorizacao": "informe o CPF (11 dígitos) ou o CNPJ (14 dígitos)",
     "uf": "deve ser a sigla da UF com 2 letras maiúsculas",
     "cep": "CEP deve ter 8 dígitos",
     "telefone": "deve ter de 6 a 14 dígitos",
@@ -86,6 +108,9 @@ _TYPE_NAMES: Final[dict[str, str]] = {
     "number": "um número",
     "integer": "um número inteiro",
 }
+# Foreign customer id (idEstrangeiro), by the official schema's document-id rule.
+_FOREIGN_ID: Final = re.compile(r"[0-9A-Za-z]{5,20}")
+_FOREIGN: Final = "foreign"
 
 
 def _missing(field: str) -> str:
@@ -136,6 +161,10 @@ def _sort_key(path: list[str | int]) -> tuple[str, ...]:
     return tuple(f"{part:09d}" if isinstance(part, int) else part for part in path)
 
 
+def _is_code_text(text: str, codes: set[int]) -> bool:
+    return text.isdigit() and int(text) in codes
+
+
 def _literal(option: object) -> str:
     if option is True or option is False:
         return "true" if option else "false"
@@ -170,7 +199,13 @@ def _message(error: jsonschema_rs.ValidationError, path: list[str | int], field:
         expected = " ou ".join(_TYPE_NAMES.get(t, t) for t in kind.types if t != "null")
         return _invalid(field, f"deve ser {expected}")
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Enum):
-        options = ", ".join(_literal(option) for option in kind.options if option is not None)
+        # An integer code also takes its digit string: name each code once.
+        codes = {option for option in kind.options if type(option) is int}
+        options = ", ".join(
+            _literal(option)
+            for option in kind.options
+            if option is not None and not (isinstance(option, str) and _is_code_text(option, codes))
+        )
         return _invalid(field, f"valores aceitos {options}")
     if isinstance(
         kind,
@@ -185,12 +220,17 @@ def _message(error: jsonschema_rs.ValidationError, path: list[str | int], field:
         low, high = node.get("minLength", 0), node.get("maxLength")
         if high is None:
             return _invalid(field, f"tamanho mínimo {low} caracteres")
+        if not low:
+            return _invalid(field, f"tamanho máximo {high} caracteres")
         return _invalid(field, f"tamanho deve estar entre {low} e {high} caracteres")
+    name = next((part for part in reversed(path) if isinstance(part, str)), "")
+    if "pattern" in node and name in _PATTERN_MESSAGES:
+        # An integer code out of range says what the digit-string form says.
+        return _invalid(field, _PATTERN_MESSAGES[name])
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Minimum):
         return _invalid(field, f"deve ser maior ou igual a {kind.limit}")
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.ExclusiveMinimum):
         return _invalid(field, f"deve ser maior que {kind.limit}")
-    name = next((part for part in reversed(path) if isinstance(part, str)), "")
     if name in _PATTERN_MESSAGES:
         return _invalid(field, _PATTERN_MESSAGES[name])
     return _invalid(field, "valor não aceito")
@@ -207,17 +247,52 @@ def _first_schema_error(raw: dict[str, Any]) -> InvalidDocument:
 # --- step 2: fiscal checks ----------------------------------------------------------------
 
 
-def _cpf_cnpj(field: str, value: str) -> str:
-    number = clean_document(value)
-    if len(number) == 11 and number.isdigit():
-        if not valid_cpf(number):
-            raise _reject(field, "CPF com dígito verificador inválido")
-    elif len(number) == 14:
-        if not valid_cnpj(number):
-            raise _reject(field, "CNPJ com dígito verificador inválido")
-    else:
-        raise _reject(field, "informe o CPF (11 dígitos) ou o CNPJ (14 caracteres)")
+_NOT_CPF_CNPJ: Final = _PATTERN_MESSAGES["cpf_cnpj"]
+
+
+def _cpf(field: str, number: str) -> str:
+    if not (len(number) == 11 and number.isdigit()):
+        raise _reject(field, "informe o CPF (11 dígitos)")
+    if not valid_cpf(number):
+        raise _reject(field, "CPF com dígito verificador inválido")
     return number
+
+
+def _cnpj_number(field: str, number: str) -> str:
+    if len(number) != 14:
+        raise _reject(field, "informe o CNPJ (14 caracteres)")
+    if not valid_cnpj(number):
+        raise _reject(field, "CNPJ com dígito verificador inválido")
+    return number
+
+
+def _document_check(kind: object) -> _Check:
+    """The check of `cliente.cpf_cnpj` for the customer's `pessoa_fisica_juridica`."""
+
+    def check(field: str, value: Any) -> Any:
+        if kind == _FOREIGN:
+            # Kept as sent: a foreign id is not a Brazilian number to clean up.
+            if not _FOREIGN_ID.fullmatch(value):
+                raise _reject(
+                    field, "documento de estrangeiro deve ter de 5 a 20 letras ou dígitos"
+                )
+            return value
+        number = clean_document(value)
+        if kind == "person":
+            return _cpf(field, number)
+        if kind == "company":
+            return _cnpj_number(field, number)
+        if len(number) == 11 and number.isdigit():
+            return _cpf(field, number)
+        if len(number) == 14:
+            return _cnpj_number(field, number)
+        raise _reject(field, _NOT_CPF_CNPJ)
+
+    return check
+
+
+def _cpf_or_cnpj(field: str, value: Any) -> Any:
+    return _cpf(field, value) if len(value) == 11 else _cnpj_number(field, value)
 
 
 def _cnpj(field: str, value: str) -> str:
@@ -226,8 +301,8 @@ def _cnpj(field: str, value: str) -> str:
     return value
 
 
-def _codigo_municipio(field: str, value: str) -> str:
-    if not valid_ibge_municipio(value):
+def _codigo_municipio(field: str, value: Any) -> Any:
+    if not valid_ibge_municipio(str(value)):
         raise _reject(field, "código IBGE de município inválido")
     return value
 
@@ -236,9 +311,6 @@ def _uf(field: str, value: str) -> str:
     if not valid_uf(value):
         raise _reject(field, "UF inexistente")
     return value
-
-
-_Check = Callable[[str, str], str]
 
 
 def _fiscal(doc: dict[str, Any], errors: list[tuple[tuple[str, ...], InvalidDocument]]) -> None:
@@ -253,21 +325,93 @@ def _fiscal(doc: dict[str, Any], errors: list[tuple[tuple[str, ...], InvalidDocu
         except InvalidDocument as error:
             errors.append((_sort_key([*path, key]), error))
 
+    def check_item(holder: list[Any], index: int, path: list[str | int], function: _Check) -> None:
+        try:
+            holder[index] = function(_dotted([*path, index]), holder[index])
+        except InvalidDocument as error:
+            errors.append((_sort_key([*path, index]), error))
+
     cliente = doc.get("cliente")
-    check(cliente, "cpf_cnpj", ["cliente"], _cpf_cnpj)
-    endereco = cliente.get("endereco") if isinstance(cliente, dict) else None
-    check(endereco, "codigo_municipio", ["cliente", "endereco"], _codigo_municipio)
-    check(endereco, "uf", ["cliente", "endereco"], _uf)
+    if isinstance(cliente, dict):
+        kind = cliente.get("pessoa_fisica_juridica")
+        check(cliente, "cpf_cnpj", ["cliente"], _document_check(kind))
+    transporte = doc.get("transporte")
+    for holder, parent, key in (
+        (cliente, "cliente", "endereco"),
+        (transporte, "transporte", "endereco_entrega"),
+    ):
+        endereco = holder.get(key) if isinstance(holder, dict) else None
+        check(endereco, "codigo_municipio", [parent, key], _codigo_municipio)
+        check(endereco, "uf", [parent, key], _uf)
+    authorized = doc.get("lista_autorizacao") or []
+    for index in range(len(authorized)):
+        check_item(authorized, index, ["lista_autorizacao"], _cpf_or_cnpj)
     for index, payment in enumerate(doc.get(_PAYMENTS, ())):
         cartao = payment.get("cartao")
         check(cartao, "cnpj_credenciadora", [_PAYMENTS, index, "cartao"], _cnpj)
 
 
-def _without_nulls(value: Any) -> Any:
+def _absent(value: object) -> bool:
+    return value is None or value == ""
+
+
+def _without_absent(value: Any) -> Any:
+    # Only members of objects: an item of a list cannot go without shifting the others (the
+    # schema refuses "" there).
     if isinstance(value, dict):
-        return {key: _without_nulls(item) for key, item in value.items() if item is not None}
+        return {key: _without_absent(item) for key, item in value.items() if not _absent(item)}
     if isinstance(value, list):
-        return [_without_nulls(item) for item in value]
+        return [_without_absent(item) for item in value]
+    return value
+
+
+def omitted_fields(raw: object, path: str = "") -> list[str]:
+    """The dotted paths of the `""` members `normalize_nfce` leaves out of a valid document, in
+    document order: the answer tells the client these did not go to Emites-Client."""
+    found: list[str] = []
+    if isinstance(raw, dict):
+        for key, item in raw.items():
+            where = f"{path}.{key}" if path else str(key)
+            if item == "":
+                found.append(where)
+            else:
+                found += omitted_fields(item, where)
+    elif isinstance(raw, list):
+        for index, item in enumerate(raw):
+            found += omitted_fields(item, f"{path}.{index}" if path else str(index))
+    return found
+
+
+def omitted_notices(raw: object) -> list[str]:
+    """`omitted_fields` in the words of the answer's `avisos`."""
+    return [f'Parâmetro "{f}" vazio: omitido no envio à Emites-Client' for f in omitted_fields(raw)]
+
+
+def _is_integer_code(node: Mapping[str, Any]) -> bool:
+    types = node.get("type", ())
+    if "integer" in (types if isinstance(types, list) else [types]):
+        return True
+    return any(type(option) is int for option in node.get("enum", ()))
+
+
+def _as_integers(value: Any, node: Mapping[str, Any] | None) -> Any:
+    """`value` with every field the schema types as an integer code sent as the integer: the
+    official schema's type, whatever form (digit string, 7.0) the client wrote it in."""
+    if node is None:
+        return value
+    if _is_integer_code(node):
+        if isinstance(value, str) or (isinstance(value, float) and value.is_integer()):
+            return int(value)
+        return value
+    if isinstance(value, dict):
+        properties = node.get("properties", {})
+        return {
+            key: _as_integers(item, _resolve(properties[key]) if key in properties else None)
+            for key, item in value.items()
+        }
+    if isinstance(value, list) and "items" in node:
+        items = _resolve(node["items"])
+        return [_as_integers(item, items) for item in value]
     return value
 
 
@@ -277,11 +421,13 @@ def _without_nulls(value: Any) -> Any:
 def normalize_nfce(raw: object) -> dict[str, Any]:
     """Validate a CREATE_NFCE document (a parsed JSON body) and return it ready for Emites.
 
-    The result is a new dict without null values; the payments under `forma_pagamento` (the
-    client may send `forma_de_pagamento`, the maintainers' later name, but not both);
-    `cliente.cpf_cnpj` without punctuation (CNPJ letters uppercased); the defaults of
-    `DEFAULTS_DOC` where the client left the field out; everything else as sent, unknown
-    fields included. Normalising the result again gives the same dict.
+    The result is a new dict without null or `""` members (`omitted_fields` lists the `""`);
+    integer codes as integers (a client may write "3170206" for 3170206); the payments under
+    `forma_pagamento` (the client may send `forma_de_pagamento`, the maintainers' later name,
+    but not both); a Brazilian `cliente.cpf_cnpj` without punctuation (CNPJ letters
+    uppercased), a foreign one as sent; the defaults of `DEFAULTS_DOC` where the client left
+    the field out; everything else as sent, unknown fields included. Normalising the result
+    again gives the same dict.
 
     Raises InvalidDocument naming the first offending field.
     """
@@ -294,7 +440,7 @@ def normalize_nfce(raw: object) -> dict[str, Any]:
         raise InvalidDocument("", _NOT_UTF8) from None
     except ValueError:  # a value JSON cannot hold (bytes, a non-string key): not a JSON body
         raise InvalidDocument("", NOT_AN_OBJECT) from None
-    doc: dict[str, Any] = _without_nulls(raw)
+    doc: dict[str, Any] = _as_integers(_without_absent(raw), _resolve(_SCHEMA))
     if _PAYMENTS_RENAMED in doc:
         doc[_PAYMENTS] = doc.pop(_PAYMENTS_RENAMED)
     errors: list[tuple[tuple[str, ...], InvalidDocument]] = []

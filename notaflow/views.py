@@ -52,6 +52,7 @@ NFCE_RESULT_FIELDS = (
     "caminho_xml_nota_fiscal",
     "caminho_danfe",
     "caminho_xml_cancelamento",
+    "avisos",  # the empty texts of the client's document that Emites did not get
 )
 
 

@@ -8,9 +8,18 @@ property paths such as `produtos[0].ncm`.
 
 CREATE_NFCE (`validation_errors`, then `sefaz_rejection`, then `authorize`):
 
-    schema errors, CPF/CNPJ check digits, IBGE code, UF    -> rejeitada, erros by field path
-    a product with ncm "00"                                -> rejeitada, erros.rejeicao 471
-    payments below the note's total                        -> rejeitada, erros.rejeicao 865
+    schema errors, a "" anywhere (Emites checks the minimum
+    length of every non-null string), CPF/CNPJ check digits,
+    IBGE code, UF                                          -> rejeitada, erros by field path
+    SEFAZ's rules, as `erros.rejeicao`, first that applies:
+      destino_operacao not 1 (interna)                     -> 707
+      customer address with a country other than 1058      -> 511 (the operation is internal)
+      customer address in EX outside 9999999, or back      -> 509
+      foreign customer id not 5..20 letters or digits      -> 372
+      foreign customer, not presencial (1)                 -> 722
+      foreign customer, not consumidor final               -> 723
+      a product with ncm "00"                              -> 471
+      payments below the note's total                      -> 865
     otherwise                                              -> sucesso, the request echoed plus
         id, nfe_numero, serie, danfe_url, xml_url, danfe (a real PDF, base64), xml (base64),
         resposta_emissao {chave_acesso, codigo_verificacao, data_emissao, numero_protocolo}
@@ -30,12 +39,13 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import re
 import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Any, Final
+from typing import Any, Final, TypeGuard
 
 import jsonschema_rs
 from fpdf import FPDF
@@ -57,6 +67,27 @@ AMBIENTE_HOMOLOGACAO: Final = "2"
 MOTIVO_MIN, MOTIVO_MAX = 15, 255
 
 REJEICAO_NCM: Final = "471 - Rejeição: Informado NCM=00 indevidamente"
+REJEICAO_NAO_INTERNA: Final = "707 - Rejeição: NFC-e para operação interestadual ou com o exterior"
+REJEICAO_PAIS: Final = (
+    "511 - Rejeição: Não é de Operação com Exterior e Código País destinatário difere de 1058 "
+    "(Brasil)"
+)
+REJEICAO_MUNICIPIO_EXTERIOR: Final = (
+    "509 - Rejeição: Informado código de município diferente de 9999999 para operação com o "
+    "exterior"
+)
+REJEICAO_ID_ESTRANGEIRO: Final = (
+    "372 - Rejeição: Destinatário com identificação de estrangeiro com caracteres inválidos"
+)
+REJEICAO_ESTRANGEIRO_PRESENCA: Final = (
+    "722 - Rejeição: Operação interna com idEstrangeiro informado deve ser presencial"
+)
+REJEICAO_ESTRANGEIRO_FINAL: Final = (
+    "723 - Rejeição: Operação interna com idEstrangeiro informado deve ser para consumidor final"
+)
+BRASIL: Final = 1058
+FOREIGN_ID: Final = re.compile(r"[0-9A-Za-z]{5,20}")
+EXTERIOR: Final = ("EX", "9999999")
 REJEICAO_PAGAMENTO: Final = "865 - Rejeição: Total dos pagamentos menor que o total da nota"
 REJEICAO_NAO_CONSTA: Final = "217 - Rejeição: NF-e não consta na base de dados da SEFAZ"
 REJEICAO_JA_CANCELADA: Final = "218 - Rejeição: NF-e já está cancelada na base de dados da SEFAZ"
@@ -119,16 +150,32 @@ def _schema_message(error: jsonschema_rs.ValidationError) -> tuple[str, str]:
     return field, "formato inválido"
 
 
+def _empty_strings(value: object, path: list[str | int]) -> list[str]:
+    if value == "":
+        return [_java_path(path)]
+    if isinstance(value, dict):
+        return [found for k, v in value.items() for found in _empty_strings(v, [*path, k])]
+    if isinstance(value, list):
+        return [found for i, v in enumerate(value) for found in _empty_strings(v, [*path, i])]
+    return []
+
+
+def _foreign(cliente: object) -> TypeGuard[dict[str, Any]]:
+    return isinstance(cliente, dict) and cliente.get("pessoa_fisica_juridica") == "foreign"
+
+
 def _fiscal_errors(doc: Mapping[str, Any]) -> dict[str, list[str]]:
     erros: dict[str, list[str]] = {}
     cliente = doc.get("cliente")
     if isinstance(cliente, dict):
         number = clean_document(str(cliente.get("cpf_cnpj", "")))
+        if _foreign(cliente):
+            number = ""  # an idEstrangeiro: SEFAZ checks its characters (372)
         if len(number) == 11 and not valid_cpf(number):
             erros["cliente.cpf_cnpj"] = ["CPF inválido"]
         elif len(number) == 14 and not valid_cnpj(number):
             erros["cliente.cpf_cnpj"] = ["CNPJ inválido"]
-        elif len(number) not in (11, 14):
+        elif len(number) not in (0, 11, 14) or (not number and not _foreign(cliente)):
             erros["cliente.cpf_cnpj"] = ["deve ser um CPF ou um CNPJ"]
         endereco = cliente.get("endereco")
         if isinstance(endereco, dict):
@@ -151,7 +198,9 @@ def validation_errors(doc: object) -> dict[str, list[str]]:
             if message not in erros.setdefault(field, []):
                 erros[field].append(message)
         return erros
-    return _fiscal_errors(doc)
+    for field in _empty_strings(doc, []):
+        erros[field] = [_NAO_VAZIO]
+    return erros or _fiscal_errors(doc)
 
 
 def _decimal(value: object) -> Decimal:
@@ -174,11 +223,46 @@ def total(doc: Mapping[str, Any]) -> Decimal:
         result += _decimal(produto.get("valor_frete"))
         result += _decimal(produto.get("valor_seguro"))
         result += _decimal(produto.get("valor_outras_despesas"))
+        result += _decimal(produto.get("outras_despesas"))  # the official schema's name
     return result
+
+
+def _code(value: object, default: int) -> int:
+    return default if value is None else int(str(value))
+
+
+def _customer_rejection(doc: Mapping[str, Any]) -> str | None:
+    """SEFAZ's rules on the operation's destination and the customer (MOC rules of the
+    destinatário group as they apply to an NFC-e, model 65)."""
+    if _code(doc.get("destino_operacao"), 1) != 1:
+        return REJEICAO_NAO_INTERNA
+    cliente = doc.get("cliente")
+    if not isinstance(cliente, dict):
+        return None
+    endereco = cliente.get("endereco")
+    if isinstance(endereco, dict):
+        if _code(endereco.get("codigo_pais"), BRASIL) != BRASIL:
+            return REJEICAO_PAIS
+        abroad = (
+            endereco.get("uf") == EXTERIOR[0],
+            str(endereco.get("codigo_municipio")) == EXTERIOR[1],
+        )
+        if abroad[0] != abroad[1]:
+            return REJEICAO_MUNICIPIO_EXTERIOR
+    if _foreign(cliente):
+        if not FOREIGN_ID.fullmatch(str(cliente.get("cpf_cnpj", ""))):
+            return REJEICAO_ID_ESTRANGEIRO
+        if _code(doc.get("indicador_presenca"), 1) != 1:
+            return REJEICAO_ESTRANGEIRO_PRESENCA
+        if _code(doc.get("indicador_consumidor_final"), 1) != 1:
+            return REJEICAO_ESTRANGEIRO_FINAL
+    return None
 
 
 def sefaz_rejection(doc: Mapping[str, Any]) -> str | None:
     """What SEFAZ would refuse in a document Emites accepted, as `erros.rejeicao`."""
+    if (rejection := _customer_rejection(doc)) is not None:
+        return rejection
     if any(produto.get("ncm") == "00" for produto in doc.get("produtos", ())):
         return REJEICAO_NCM
     paid = sum((_decimal(p.get("valor_do_pagamento")) for p in payments(doc)), Decimal(0))
@@ -290,11 +374,27 @@ def render_danfe(
     line(_grouped(chave), 7, "", "C")
     line(f"Protocolo de autorização: {protocol}", align="C")
     cliente = doc.get("cliente")
-    if isinstance(cliente, dict):
+    if _foreign(cliente):
+        line(
+            f"CONSUMIDOR ID ESTRANGEIRO: {cliente.get('cpf_cnpj')} {cliente.get('nome')}", align="C"
+        )
+    elif isinstance(cliente, dict):
         line(f"CONSUMIDOR: {cliente.get('cpf_cnpj')} {cliente.get('nome')}", align="C")
     else:
         line("CONSUMIDOR NÃO IDENTIFICADO", align="C")
     return bytes(pdf.output())
+
+
+_ENDER_DEST: Final = (
+    ("xLgr", "logradouro"),
+    ("nro", "numero"),
+    ("xBairro", "bairro"),
+    ("cMun", "codigo_municipio"),
+    ("xMun", "nome_municipio"),
+    ("UF", "uf"),
+    ("cPais", "codigo_pais"),
+    ("xPais", "nome_pais"),
+)
 
 
 def _sub(parent: ET.Element, tag: str, text: object = None) -> ET.Element:
@@ -341,6 +441,19 @@ def render_xml(
     emit = _sub(inf, "emit")
     _sub(emit, "CNPJ", emitente.cnpj)
     _sub(emit, "xNome", emitente.razao_social)
+    cliente = doc.get("cliente")
+    if isinstance(cliente, dict):
+        dest = _sub(inf, "dest")
+        number = str(cliente.get("cpf_cnpj"))
+        tag = "idEstrangeiro" if _foreign(cliente) else "CPF" if len(number) == 11 else "CNPJ"
+        _sub(dest, tag, number)
+        _sub(dest, "xNome", cliente.get("nome"))
+        endereco = cliente.get("endereco")
+        if isinstance(endereco, dict):
+            ender = _sub(dest, "enderDest")
+            for tag, name in _ENDER_DEST:
+                if endereco.get(name) is not None:
+                    _sub(ender, tag, endereco[name])
     for index, produto in enumerate(doc.get("produtos", ()), start=1):
         det = _sub(inf, "det")
         det.set("nItem", str(index))

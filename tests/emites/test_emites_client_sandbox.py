@@ -24,7 +24,7 @@ from notaflow.emites_wire import Frame, FrameDecoder, encode_frame
 from notaflow.nfce import normalize_nfce
 from sandbox import emites_rules as rules
 from sandbox.emites import EmitesSandbox, EmitesSandboxConfig, serve_emites_sandbox
-from tests.emites import SPEC_KEYS, valid_nfce
+from tests.emites import FOREIGN_ID, OFFICIAL_SHAPES, SPEC_KEYS, valid_nfce
 
 MOTIVO = "Desistência do comprador"
 
@@ -130,6 +130,27 @@ async def test_create_then_cancel(client: EmitesClient) -> None:
     again = await client.cancel_nfce(key)
     assert again.status == "cancelamento_rejeitado"
     assert again.erros["rejeicao"][0].startswith("218 - ")
+
+
+@pytest.mark.parametrize("shape", sorted(OFFICIAL_SHAPES))
+async def test_the_wire_carries_the_official_shapes(client: EmitesClient, shape: str) -> None:
+    """What the sandbox read off the wire (it echoes the request) is the normalised document:
+    integer codes as JSON integers, the foreign id as sent, no "" (the sandbox refuses one)."""
+    sent = normalize_nfce(OFFICIAL_SHAPES[shape]())
+    reply = await client.create_nfce(sent)
+    assert reply.status == "sucesso", reply.erros
+    echoed = {k: v for k, v in reply.body.items() if k in sent}
+    echoed["produtos"] = [
+        {k: v for k, v in p.items() if k != "tributacao"} for p in echoed["produtos"]
+    ]
+    assert echoed == sent
+    cliente = reply.body["cliente"]
+    if shape == "foreign-customer-mfe":
+        assert (cliente["cpf_cnpj"], cliente["pessoa_fisica_juridica"]) == (FOREIGN_ID, "foreign")
+    else:
+        assert cliente["endereco"]["codigo_municipio"] == 5300108
+        assert type(cliente["endereco"]["codigo_pais"]) is int
+        assert type(reply.body["indicador_presenca"]) is int
 
 
 async def test_numbers_are_sequential_per_series(client: EmitesClient) -> None:
