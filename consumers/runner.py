@@ -150,7 +150,7 @@ class Runner:
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
             **client_options(self._settings),
-            group_id=f"notaflow-{self.name}",
+            group_id=f"{self._settings.kafka_group_prefix}{self.name}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=self._settings.kafka_session_timeout_ms,

@@ -27,6 +27,7 @@ from ingress import (
     health,
     hubsoft,
     hubsoft_financeiro,
+    ports,
     provider_webhooks,
     wuro,
 )
@@ -242,6 +243,8 @@ class IngressApp(Starlette):
     no root path, no NUL in the query (`RefuseNul`), tracing off."""
 
     hot: HotRoute | None = None
+    # With an ops port, the hot route must not answer there either (see ingress/ports.py).
+    ops_port: int = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hot = self.hot
@@ -252,6 +255,7 @@ class IngressApp(Starlette):
             and scope["method"] == "POST"
             and not scope.get("root_path")
             and b"%00" not in scope.get("query_string", b"")
+            and (not self.ops_port or ports.local_port(scope) != self.ops_port)
         ):
             await hot(scope, receive, send)
             return
@@ -278,18 +282,21 @@ def create_app(
                 await d.engine.dispose()
 
     app = IngressApp(
-        routes=[
-            *health.routes,
-            *focus_nfse.routes,
-            *focus_hooks.routes,
-            *focus_nfce.routes,
-            *provider_webhooks.routes,
-            *hubsoft.routes,
-            *hubsoft_financeiro.routes,
-            *wuro.routes,
-            *openapi_routes(),
-            *([metrics_route(metrics.registry)] if metrics else []),
-        ],
+        routes=ports.split(
+            public=[
+                *focus_nfse.routes,
+                *focus_hooks.routes,
+                *focus_nfce.routes,
+                *provider_webhooks.routes,
+                *hubsoft.routes,
+                *hubsoft_financeiro.routes,
+                *wuro.routes,
+            ],
+            ops=[*health.routes, *([metrics_route(metrics.registry)] if metrics else [])],
+            docs=openapi_routes(),
+            ops_port=d.settings.ops_port,
+            public_docs=d.settings.public_docs,
+        ),
         middleware=[
             *([Middleware(MetricsMiddleware, metrics=metrics)] if metrics else []),
             *([Middleware(TracingMiddleware)] if tracing.enabled() else []),
@@ -304,6 +311,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.deps = d
+    app.ops_port = d.settings.ops_port
     if not tracing.enabled():
         app.hot = HotRoute(d, metrics)
     return app
