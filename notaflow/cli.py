@@ -38,7 +38,12 @@ def _parser() -> argparse.ArgumentParser:
     sub.add_parser("ingress", help="run the HTTP ingress (configured by NOTAFLOW_*)")
     consume = sub.add_parser("consume", help="run a consumer (configured by NOTAFLOW_*)")
     consume.add_argument("name", choices=CONSUMERS)
-    sub.add_parser("migrate", help="create or upgrade the database schema and Kafka topics")
+    mig = sub.add_parser("migrate", help="create or upgrade the database schema and Kafka topics")
+    mig.add_argument(
+        "--schema-only",
+        action="store_true",
+        help="only the database schema (the topics are managed elsewhere, e.g. by Strimzi)",
+    )
     sub.add_parser("dunning", help="send the due invoice reminders once (safe to run in parallel)")
     billing_app = sub.add_parser(
         "billing-app", help="create a Wuro app credential (X-APP-ID / X-APP-SECRET) for a tenant"
@@ -173,7 +178,7 @@ def _main(args: argparse.Namespace) -> int:
     elif args.command == "consume":
         _run_fast(processes.run_consumer(settings, args.name))
     elif args.command == "migrate":
-        asyncio.run(processes.prepare(settings))
+        asyncio.run(processes.prepare(settings, topics=not args.schema_only))
     elif args.command == "dunning":
         print(f"{asyncio.run(processes.run_dunning(settings))} reminder(s) sent")
     elif args.command == "billing-app":

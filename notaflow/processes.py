@@ -363,14 +363,16 @@ async def run_dunning(settings: Settings) -> int:
         await engine.dispose()
 
 
-async def prepare(settings: Settings) -> None:
-    """Database migrations and Kafka topics: what every process expects to exist."""
+async def prepare(settings: Settings, topics: bool = True) -> None:
+    """Database migrations and Kafka topics: what every process expects to exist. The only
+    place the schema changes (`notaflow migrate`)."""
     engine = create_engine(settings.database_url, **settings.database_options())
     try:
         await migrate(engine)
     finally:
         await engine.dispose()
-    await ensure_topics(settings, Topics(settings.kafka_topic_prefix).all())
+    if topics:
+        await ensure_topics(settings, Topics(settings.kafka_topic_prefix).all())
 
 
 async def serve_until_signal(server: Coroutine[Any, Any, None]) -> None:
