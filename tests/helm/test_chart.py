@@ -911,3 +911,32 @@ def test_helm_test_asks_the_ingress_for_readiness(default: list[Manifest]) -> No
     ]
     assert pod["spec"]["restartPolicy"] == "Never"
     assert of_kind(render({"tests": {"enabled": False}}), "Pod") == []
+
+
+# --- the chart README ----------------------------------------------------------------------
+
+
+def test_readme_values_table_is_current() -> None:
+    from tests.helm import helm_docs
+
+    readme = (CHART / "README.md").read_text()
+    assert helm_docs.render_readme(readme) == readme, (
+        "the values table drifted from values.yaml: run `.venv/bin/python -m tests.helm.helm_docs`"
+    )
+
+
+def test_every_value_is_documented() -> None:
+    from tests.helm import helm_docs
+
+    text = (CHART / "values.yaml").read_text()
+    documented = [key for key, _ in helm_docs.documented_keys(text)]
+
+    def leaves(node: Any, prefix: str = "") -> Iterator[str]:
+        if isinstance(node, dict) and node:
+            for k, v in node.items():
+                yield from leaves(v, f"{prefix}{k}.")
+        else:
+            yield prefix.rstrip(".")
+
+    for leaf in leaves(yaml.safe_load(text)):
+        assert any(leaf == k or leaf.startswith(k + ".") for k in documented), leaf
