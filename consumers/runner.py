@@ -319,11 +319,22 @@ class Runner:
                 raise asyncio.CancelledError  # stopping: the next owner resumes the schedule
         while True:
             try:
+                attributes: dict[str, Any] = {
+                    **tracing.messaging_attributes(
+                        "process",
+                        record.topic,
+                        group=f"{self._settings.kafka_group_prefix}{self.name}",
+                        partition=record.partition,
+                        offset=record.offset,
+                    ),
+                    "notaflow.consumer": self.name,
+                    "notaflow.attempt": attempt,
+                }
                 with tracing.span(
                     f"process {record.topic}",
                     kind=SpanKind.CONSUMER,
                     parent_traceparent=traceparent,
-                    **{"messaging.consumer": self.name, "attempt": attempt},
+                    **attributes,
                 ):
                     await self._handler(record)
                 self._retried_out(at)

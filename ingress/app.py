@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 import sqlalchemy as sa
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -130,23 +130,35 @@ class TracingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope.get("headers") or []).get(b"traceparent", b"").decode("latin-1")
+        # traceparent, tracestate and baggage, through the configured propagators.
+        carrier = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in scope.get("headers") or []
+            if k in (b"traceparent", b"tracestate", b"baggage")
+        }
+        method = scope["method"]
         with tracing.span(
-            f"HTTP {scope['method']}",
+            method,
             kind=SpanKind.SERVER,
-            parent_traceparent=incoming or None,
-            **{"http.method": scope["method"], "http.target": scope.get("path", "")},
+            carrier=carrier or None,
+            **tracing.http_server_attributes(
+                method, scope.get("path", ""), scope.get("scheme", "http"), ports.local_port(scope)
+            ),
         ) as current:
 
             async def send_wrapper(message: Message) -> None:
                 if message["type"] == "http.response.start" and current is not None:
-                    current.set_attribute("http.status_code", int(message["status"]))
+                    status = int(message["status"])
+                    current.set_attribute("http.response.status_code", status)
+                    if status >= 500:  # semantic conventions: 4xx is the client's, not an error
+                        current.set_status(StatusCode.ERROR)
                 await send(message)
 
             await self.app(scope, receive, send_wrapper)
             route = getattr(scope.get("route"), "path", None)
             if current is not None and route:
-                current.update_name(f"HTTP {scope['method']} {route}")
+                current.set_attribute("http.route", route)
+                current.update_name(f"{method} {route}")
 
 
 _HOT_PATH = "/v2/nfse"

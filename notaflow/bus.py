@@ -20,7 +20,10 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 
+from notaflow import tracing
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, ConfigurationError
 from notaflow.metrics import Metrics
@@ -179,15 +182,55 @@ class Bus:
             # No asyncio timer per record (it showed in the hot path's profile): the producer's
             # own request_timeout_ms (= kafka_publish_timeout) bounds both the metadata wait
             # in send() and the batch's delivery.
-            with self._timer(topic):
-                ack = await producer.send(topic, event.value(), key=key, headers=event.headers())
-                await ack
+            if tracing.enabled():
+                await self._send_traced(producer, topic, event, key)
+            else:
+                with self._timer(topic):
+                    ack = await producer.send(
+                        topic, event.value(), key=key, headers=event.headers()
+                    )
+                    await ack
         except (KafkaError, TimeoutError, OSError) as exc:
             self._ready = False
             raise BusUnavailable(f"Kafka did not acknowledge the record: {exc!r}") from exc
         self._ready, self._ready_at = True, time.monotonic()
 
+    async def _send_traced(
+        self, producer: AIOKafkaProducer, topic: str, event: Event, key: bytes
+    ) -> None:
+        """`publish` under a PRODUCER span; the record's traceparent names that span, so the
+        consumer's `process` span is its child. Without a current span (a CLI verb), the
+        event's own traceparent is the parent."""
+        current = trace.get_current_span().get_span_context().is_valid
+        with tracing.span(
+            f"send {topic}",
+            kind=SpanKind.PRODUCER,
+            parent_traceparent=None if current else (event.traceparent or None),
+            **tracing.messaging_attributes("send", topic),
+        ):
+            headers = tracing.with_current_traceparent(event.headers())
+            with self._timer(topic):
+                ack = await producer.send(topic, event.value(), key=key, headers=headers)
+                await ack
+
     async def publish_many(
+        self, topic: str, records: list[tuple[bytes, Event]]
+    ) -> BusUnavailable | None:
+        if not tracing.enabled():
+            return await self._publish_many(topic, records)
+        # One PRODUCER span for the batch; each record keeps the traceparent of the request it
+        # came from (the batch holds several requests' records).
+        with tracing.span(
+            f"send {topic}",
+            kind=SpanKind.PRODUCER,
+            **tracing.messaging_attributes("send", topic, batch=len(records)),
+        ) as current:
+            error = await self._publish_many(topic, records)
+            if error is not None and current is not None:
+                current.set_status(StatusCode.ERROR, str(error))
+            return error
+
+    async def _publish_many(
         self, topic: str, records: list[tuple[bytes, Event]]
     ) -> BusUnavailable | None:
         """Publish many records with one batch per partition and wait for every ack.

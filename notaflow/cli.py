@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
@@ -172,7 +173,7 @@ def _main(args: argparse.Namespace) -> int:
     processes.configure_logging(settings.log_level, settings.log_format, service)
     from notaflow.tracing import configure_tracing
 
-    configure_tracing(service, settings.otel_endpoint, settings.otel_dir)
+    configure_tracing(service, settings.otel_endpoint, settings.otel_dir, os.environ)
     if args.command == "ingress":
         asyncio.run(processes.run_ingress(settings))
     elif args.command == "consume":

@@ -108,7 +108,7 @@ async def run_ingress(settings: Settings) -> None:
         server_header=False,
         log_config=None,  # uvicorn's loggers go through ours (configure_logging)
     )
-    server = uvicorn.Server(config)
+    server = _FlushingServer(config)
     try:
         if settings.ops_port:
             sockets = [
@@ -119,6 +119,15 @@ async def run_ingress(settings: Settings) -> None:
         else:
             await server.serve()
     finally:
+        tracing.shutdown()
+
+
+class _FlushingServer(uvicorn.Server):
+    """uvicorn re-raises the SIGTERM it caught once it has shut down, which ends the process
+    on the spot: the spans still in the batch exporter are sent before that."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
         tracing.shutdown()
 
 

@@ -133,3 +133,67 @@ def test_uvicorns_own_lines_are_json(ingress: tuple[str, str, Proc]) -> None:
     assert lines
     records = [json.loads(line) for line in lines]  # every line, uvicorn's included
     assert any(r.get("logger", "").startswith("uvicorn") for r in records), records[:5]
+
+
+class Collector:
+    """An OTLP/HTTP endpoint on a real socket that keeps what it is sent."""
+
+    def __init__(self) -> None:
+        import http.server
+        import threading
+
+        received: list[tuple[str, bytes]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"] or 0))
+                received.append((self.path, body))
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.received = received
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_standard_otel_variables_export_semantic_spans(tmp_path: Path) -> None:
+    collector = Collector()
+    db = f"sqlite:///{tmp_path / 'otel.db'}"
+    assert run("migrate", "--schema-only", env={"NOTAFLOW_DATABASE_URL": db}).returncode == 0
+    port = free_port()
+    env = {
+        "NOTAFLOW_DATABASE_URL": db,
+        "NOTAFLOW_PORT": str(port),
+        "NOTAFLOW_KAFKA_BOOTSTRAP": f"127.0.0.1:{free_port()}",
+        # OpenTelemetry's own variables, nothing notaflow-specific.
+        "OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+        "OTEL_SERVICE_NAME": "fiscal-ingress",
+        "OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=staging",
+    }
+    proc = Proc(["ingress"], env, tmp_path, "ingress")
+    try:
+        wait_http(f"http://127.0.0.1:{port}/healthz", proc=proc.process)
+        traceparent = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+        headers = {"traceparent": traceparent, "tracestate": "vendor=x"}
+        httpx.get(f"http://127.0.0.1:{port}/healthz", headers=headers)
+    finally:
+        # uvicorn ends by re-raising SIGTERM; the batch exporter has flushed before that.
+        assert proc.stop() in (0, -15)
+        collector.stop()
+    paths = {path for path, _ in collector.received}
+    assert paths == {"/v1/traces"}
+    body = b"".join(b for _, b in collector.received)
+    assert b"fiscal-ingress" in body and b"staging" in body
+    assert b"GET /healthz" in body and b"http.request.method" in body and b"http.route" in body
+    assert bytes.fromhex("0af7651916cd43dd8448eb211c80319c") in body  # the client's trace id
+    assert b"vendor=x" in body  # tracestate kept
