@@ -154,6 +154,9 @@ class Settings:
     # OpenTelemetry tracing (off unless one of these is set)
     otel_endpoint: str = ""  # OTLP/HTTP traces endpoint, e.g. http://collector:4318/v1/traces
     otel_dir: str = ""  # write finished spans as JSON lines here (development, tests)
+    # A directory of files named like the variables (NOTAFLOW_FOCUS_TOKEN, ...), read as their
+    # values: the chart mounts the Secret there instead of exposing it as environment.
+    secrets_dir: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
@@ -168,10 +171,15 @@ class Settings:
         unknown = [n for n in unknown if n not in TOOLING]
         if unknown:
             raise ConfigurationError(f"unknown setting {_unknown(unknown[0], names)}")
+        in_dir = _settings_dir(env.get(PREFIX + "SECRETS_DIR", ""), names)
         values: dict[str, Any] = {}
         for var, attr in names.items():
             raw = env.get(var)
             path = env.get(var + FILE_SUFFIX) if var + FILE_SUFFIX in files else None
+            if path is None and var in in_dir:
+                path = in_dir[var]
+                if raw is not None:
+                    raise ConfigurationError(f"{var} is set and also a file in {path}")
             if path is not None:
                 if raw is not None:
                     raise ConfigurationError(f"set {var} or {var}{FILE_SUFFIX}, not both")
@@ -227,6 +235,30 @@ def _unknown(name: str, names: Mapping[str, str]) -> str:
     close = difflib.get_close_matches(name, list(names), n=1)
     hint = f" (did you mean {close[0]}?)" if close else ""
     return f"{name}{hint}; see README.md, Configuration"
+
+
+def _settings_dir(directory: str, names: Mapping[str, str]) -> dict[str, str]:
+    """NOTAFLOW_SECRETS_DIR: a directory of files named like the variables (a Kubernetes Secret
+    mounted as a volume), each read as the setting's value. Kubernetes' own `..data` entries are
+    skipped; any other unknown name is refused, as in the environment."""
+    if not directory:
+        return {}
+    try:
+        entries = sorted(os.listdir(directory))
+    except OSError as exc:
+        raise ConfigurationError(
+            f"{PREFIX}SECRETS_DIR={directory!r} cannot be read: {exc.strerror}"
+        ) from None
+    out: dict[str, str] = {}
+    for entry in entries:
+        if entry.startswith(".."):
+            continue
+        if entry not in names:
+            raise ConfigurationError(
+                f"unknown setting {_unknown(entry, names)} (a file in {directory})"
+            )
+        out[entry] = os.path.join(directory, entry)
+    return out
 
 
 def _read_secret(var: str, path: str) -> str:

@@ -132,3 +132,20 @@ async def test_the_pool_settings_reach_the_engine() -> None:
 def test_the_ingress_grace_outlasts_every_synchronous_wait() -> None:
     s = Settings()
     assert s.graceful_timeout > max(s.nfce_wait, s.cancel_wait, s.sync_email_wait)
+
+
+def test_a_secrets_directory_is_read_like_the_environment(tmp_path: Path) -> None:
+    # A Kubernetes Secret volume: one file per key, plus the kubelet's own ..data entries.
+    (tmp_path / "NOTAFLOW_FOCUS_TOKEN").write_text("token-from-file")
+    (tmp_path / "NOTAFLOW_DATABASE_URL").write_text("postgresql://u:p@db/notaflow\n")
+    (tmp_path / "..data").mkdir()
+    settings = Settings.from_env({"NOTAFLOW_SECRETS_DIR": str(tmp_path)})
+    assert settings.focus_token == "token-from-file"
+    assert settings.database_url == "postgresql://u:p@db/notaflow"
+    with pytest.raises(ConfigurationError, match="also a file"):
+        Settings.from_env({"NOTAFLOW_SECRETS_DIR": str(tmp_path), "NOTAFLOW_FOCUS_TOKEN": "x"})
+    (tmp_path / "NOTAFLOW_FOCUS_TOKN").write_text("typo")
+    with pytest.raises(ConfigurationError, match="unknown setting NOTAFLOW_FOCUS_TOKN"):
+        Settings.from_env({"NOTAFLOW_SECRETS_DIR": str(tmp_path)})
+    with pytest.raises(ConfigurationError, match="cannot be read"):
+        Settings.from_env({"NOTAFLOW_SECRETS_DIR": str(tmp_path / "missing")})

@@ -191,7 +191,8 @@ checksum/config: hash of the rendered ConfigMap and Secret, so pods roll when ei
 
 {{/*
 Pod-level fields every notaflow pod shares (below `spec:` of a pod template).
-Call with (dict "root" $ "component" "x" "deployment" true); Deployments get the scheduling
+Call with (dict "root" $ "component" "x" "secretName" "..." "deployment" true); the Secret is
+mounted as files when secrets.asFiles. Deployments get the scheduling
 presets (anti-affinity, zone spread), scoped to their own release and component.
 */}}
 {{- define "notaflow.podCommon" -}}
@@ -263,6 +264,12 @@ volumes:
       medium: {{ . }}
       {{- end }}
       sizeLimit: {{ $v.tmpVolume.sizeLimit }}
+  {{- if and $v.secrets.asFiles .secretName }}
+  - name: secrets
+    secret:
+      secretName: {{ .secretName }}
+      defaultMode: 0440
+  {{- end }}
   {{- with $v.config.kafka.tls.caSecret }}
   - name: kafka-ca
     secret:
@@ -301,12 +308,18 @@ securityContext:
 envFrom:
   - configMapRef:
       name: {{ .configName }}
+  {{- if not $root.Values.secrets.asFiles }}
   - secretRef:
       name: {{ .secretName }}
+  {{- end }}
   {{- with $root.Values.extraEnvFrom }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
-{{- $env := concat (.env | default list) ($root.Values.extraEnv | default list) (.extraEnv | default list) }}
+{{- $secretsDir := list }}
+{{- if $root.Values.secrets.asFiles }}
+{{- $secretsDir = list (dict "name" "NOTAFLOW_SECRETS_DIR" "value" "/etc/notaflow/secrets") }}
+{{- end }}
+{{- $env := concat $secretsDir (.env | default list) ($root.Values.extraEnv | default list) (.extraEnv | default list) }}
 {{- with $env }}
 env:
   {{- toYaml . | nindent 2 }}
@@ -314,6 +327,11 @@ env:
 volumeMounts:
   - name: tmp
     mountPath: /tmp
+  {{- if $root.Values.secrets.asFiles }}
+  - name: secrets
+    mountPath: /etc/notaflow/secrets
+    readOnly: true
+  {{- end }}
   {{- if $root.Values.config.kafka.tls.caSecret }}
   - name: kafka-ca
     mountPath: /etc/notaflow/kafka-ca
