@@ -319,17 +319,22 @@ class Runner:
                 raise asyncio.CancelledError  # stopping: the next owner resumes the schedule
         while True:
             try:
-                attributes: dict[str, Any] = {
-                    **tracing.messaging_attributes(
-                        "process",
-                        record.topic,
-                        group=f"{self._settings.kafka_group_prefix}{self.name}",
-                        partition=record.partition,
-                        offset=record.offset,
-                    ),
-                    "notaflow.consumer": self.name,
-                    "notaflow.attempt": attempt,
-                }
+                # Built only when tracing is on: this runs once per record.
+                attributes: dict[str, Any] = (
+                    {
+                        **tracing.messaging_attributes(
+                            "process",
+                            record.topic,
+                            group=f"{self._settings.kafka_group_prefix}{self.name}",
+                            partition=record.partition,
+                            offset=record.offset,
+                        ),
+                        "notaflow.consumer": self.name,
+                        "notaflow.attempt": attempt,
+                    }
+                    if tracing.enabled()
+                    else {}
+                )
                 with tracing.span(
                     f"process {record.topic}",
                     kind=SpanKind.CONSUMER,
