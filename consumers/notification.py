@@ -261,10 +261,17 @@ class NotificationConsumer:
             authorization=hook.authorization,
             authorization_header=hook.authorization_header,
         )
-        with tracing.span("webhook POST", kind=SpanKind.CLIENT, **{"hook.id": hook.id}):
+        attributes: dict[str, Any] = {
+            "peer.service": "webhook",
+            "notaflow.hook.id": hook.id,
+            **tracing.http_client_attributes("POST", hook.url),
+        }
+        with tracing.span("POST", kind=SpanKind.CLIENT, **attributes) as current:
             result = await self._webhooks.deliver(
                 target, delivery.payload["body"], f"msg_nf{delivery.id}", int(time.time())
             )
+            if current is not None and result.status_code is not None:
+                current.set_attribute("http.response.status_code", result.status_code)
         host = urlsplit(hook.url).hostname or ""
         message = "ok" if result.ok else (result.error or f"HTTP {result.status_code}")
         return Outcome(result.ok, result.status_code, message, host, now), result.retryable
@@ -309,7 +316,8 @@ class NotificationConsumer:
     ) -> tuple[Outcome, bool]:
         assert self._mailer is not None
         try:
-            with tracing.span("smtp send", kind=SpanKind.CLIENT, **{"smtp.host": host}):
+            smtp: dict[str, Any] = {"server.address": host, "peer.service": "smtp"}
+            with tracing.span("smtp send", kind=SpanKind.CLIENT, **smtp):
                 [result] = await self._mailer.send(message, [delivery.target])
         except ConsumerError as exc:
             return Outcome(False, None, str(exc), host, now), not isinstance(exc, PermanentFailure)

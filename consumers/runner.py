@@ -150,7 +150,7 @@ class Runner:
     async def run(self) -> None:
         consumer = AIOKafkaConsumer(
             **client_options(self._settings),
-            group_id=f"notaflow-{self.name}",
+            group_id=f"{self._settings.kafka_group_prefix}{self.name}",
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             session_timeout_ms=self._settings.kafka_session_timeout_ms,
@@ -319,11 +319,27 @@ class Runner:
                 raise asyncio.CancelledError  # stopping: the next owner resumes the schedule
         while True:
             try:
+                # Built only when tracing is on: this runs once per record.
+                attributes: dict[str, Any] = (
+                    {
+                        **tracing.messaging_attributes(
+                            "process",
+                            record.topic,
+                            group=f"{self._settings.kafka_group_prefix}{self.name}",
+                            partition=record.partition,
+                            offset=record.offset,
+                        ),
+                        "notaflow.consumer": self.name,
+                        "notaflow.attempt": attempt,
+                    }
+                    if tracing.enabled()
+                    else {}
+                )
                 with tracing.span(
                     f"process {record.topic}",
                     kind=SpanKind.CONSUMER,
                     parent_traceparent=traceparent,
-                    **{"messaging.consumer": self.name, "attempt": attempt},
+                    **attributes,
                 ):
                     await self._handler(record)
                 self._retried_out(at)

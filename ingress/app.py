@@ -12,7 +12,7 @@ from typing import Any
 import asyncpg
 import orjson
 import sqlalchemy as sa
-from opentelemetry.trace import SpanKind
+from opentelemetry.trace import SpanKind, StatusCode
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
@@ -27,6 +27,7 @@ from ingress import (
     health,
     hubsoft,
     hubsoft_financeiro,
+    ports,
     provider_webhooks,
     wuro,
 )
@@ -129,23 +130,35 @@ class TracingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        incoming = dict(scope.get("headers") or []).get(b"traceparent", b"").decode("latin-1")
+        # traceparent, tracestate and baggage, through the configured propagators.
+        carrier = {
+            k.decode("latin-1"): v.decode("latin-1")
+            for k, v in scope.get("headers") or []
+            if k in (b"traceparent", b"tracestate", b"baggage")
+        }
+        method = scope["method"]
         with tracing.span(
-            f"HTTP {scope['method']}",
+            method,
             kind=SpanKind.SERVER,
-            parent_traceparent=incoming or None,
-            **{"http.method": scope["method"], "http.target": scope.get("path", "")},
+            carrier=carrier or None,
+            **tracing.http_server_attributes(
+                method, scope.get("path", ""), scope.get("scheme", "http"), ports.local_port(scope)
+            ),
         ) as current:
 
             async def send_wrapper(message: Message) -> None:
                 if message["type"] == "http.response.start" and current is not None:
-                    current.set_attribute("http.status_code", int(message["status"]))
+                    status = int(message["status"])
+                    current.set_attribute("http.response.status_code", status)
+                    if status >= 500:  # semantic conventions: 4xx is the client's, not an error
+                        current.set_status(StatusCode.ERROR)
                 await send(message)
 
             await self.app(scope, receive, send_wrapper)
             route = getattr(scope.get("route"), "path", None)
             if current is not None and route:
-                current.update_name(f"HTTP {scope['method']} {route}")
+                current.set_attribute("http.route", route)
+                current.update_name(f"{method} {route}")
 
 
 _HOT_PATH = "/v2/nfse"
@@ -242,6 +255,8 @@ class IngressApp(Starlette):
     no root path, no NUL in the query (`RefuseNul`), tracing off."""
 
     hot: HotRoute | None = None
+    # With an ops port, the hot route must not answer there either (see ingress/ports.py).
+    ops_port: int = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         hot = self.hot
@@ -252,6 +267,7 @@ class IngressApp(Starlette):
             and scope["method"] == "POST"
             and not scope.get("root_path")
             and b"%00" not in scope.get("query_string", b"")
+            and (not self.ops_port or ports.local_port(scope) != self.ops_port)
         ):
             await hot(scope, receive, send)
             return
@@ -278,18 +294,21 @@ def create_app(
                 await d.engine.dispose()
 
     app = IngressApp(
-        routes=[
-            *health.routes,
-            *focus_nfse.routes,
-            *focus_hooks.routes,
-            *focus_nfce.routes,
-            *provider_webhooks.routes,
-            *hubsoft.routes,
-            *hubsoft_financeiro.routes,
-            *wuro.routes,
-            *openapi_routes(),
-            *([metrics_route(metrics.registry)] if metrics else []),
-        ],
+        routes=ports.split(
+            public=[
+                *focus_nfse.routes,
+                *focus_hooks.routes,
+                *focus_nfce.routes,
+                *provider_webhooks.routes,
+                *hubsoft.routes,
+                *hubsoft_financeiro.routes,
+                *wuro.routes,
+            ],
+            ops=[*health.routes, *([metrics_route(metrics.registry)] if metrics else [])],
+            docs=openapi_routes(),
+            ops_port=d.settings.ops_port,
+            public_docs=d.settings.public_docs,
+        ),
         middleware=[
             *([Middleware(MetricsMiddleware, metrics=metrics)] if metrics else []),
             *([Middleware(TracingMiddleware)] if tracing.enabled() else []),
@@ -304,6 +323,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.deps = d
+    app.ops_port = d.settings.ops_port
     if not tracing.enabled():
         app.hot = HotRoute(d, metrics)
     return app

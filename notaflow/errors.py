@@ -46,3 +46,7 @@ class RefInUse(StoreError):
         super().__init__(f"ref {ref!r} in use ({status})")
         self.ref = ref
         self.status = status
+
+
+class SchemaBehind(NotaflowError):
+    """The database is not at this release's schema revision: run `notaflow migrate`."""

@@ -18,7 +18,11 @@ from prometheus_client import (
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
+    Info,
+    PlatformCollector,
+    ProcessCollector,
     generate_latest,
 )
 
@@ -41,6 +45,18 @@ HTTP_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 PUBLISH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5)
 # Provider calls (Focus, SMTP, hooks) take 100 ms to the 30 s timeout; handlers include them.
 SLOW_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+def build_labels() -> dict[str, str]:
+    """notaflow_build_info's labels: the installed release and the Python running it."""
+    import platform
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        release = version("notaflow")
+    except PackageNotFoundError:
+        release = "unknown"
+    return {"version": release, "python": platform.python_version()}
 
 
 class Metrics:
@@ -124,6 +140,16 @@ class Metrics:
             "Client webhooks disabled for failing most of their deliveries for 7 days.",
             registry=r,
         )
+        # Which release runs where (a rollout half done shows two versions), and the standard
+        # process_* (CPU, memory, file descriptors) and python_* (GC, version) series the
+        # default registry would have: each process has a registry of its own.
+        self.build_info = Info(
+            "notaflow_build", "The notaflow release this process runs.", registry=r
+        )
+        self.build_info.info(build_labels())
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
 
     # Small helpers, so callers cannot misspell an outcome into a new time series.
 

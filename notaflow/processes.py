@@ -11,6 +11,7 @@ import gc
 import json
 import logging
 import signal
+import socket
 import sys
 from collections.abc import Coroutine
 from typing import Any
@@ -19,6 +20,8 @@ import uvicorn
 
 from notaflow import tracing
 from notaflow.bus import Bus, ensure_topics
+from notaflow.consumer_names import CONSUMERS
+from notaflow.errors import ConfigurationError
 from notaflow.replies import ReplyListener, ReplyWaiters
 from notaflow.settings import Settings
 from notaflow.store import (
@@ -33,8 +36,6 @@ from notaflow.store import (
 from notaflow.topics import Topics
 
 log = logging.getLogger("notaflow")
-
-CONSUMERS = ("emission", "cancellation", "notification", "billing")
 
 
 def configure_logging(level: str, fmt: str = "text", service: str = "notaflow") -> None:
@@ -72,7 +73,7 @@ async def run_ingress(settings: Settings) -> None:
     from ingress.intake import Intake
     from notaflow.metrics import Metrics
 
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, **settings.database_options())
     tenants = TenantStore(engine)
     documents = DocumentStore(engine)
     metrics = Metrics(CollectorRegistry())
@@ -99,13 +100,47 @@ async def run_ingress(settings: Settings) -> None:
         port=settings.port,
         log_level=settings.log_level.lower(),
         access_log=False,
-        timeout_graceful_shutdown=10,
+        # Open requests may wait up to sync_email_wait (60 s): a shorter grace cut them.
+        timeout_graceful_shutdown=int(settings.graceful_timeout),
         server_header=False,
+        log_config=None,  # uvicorn's loggers go through ours (configure_logging)
     )
+    server = _FlushingServer(config)
     try:
-        await uvicorn.Server(config).serve()
+        if settings.ops_port:
+            sockets = [
+                listen(settings.host, settings.port),
+                listen(settings.host, settings.ops_port),
+            ]
+            await server.serve(sockets=sockets)
+        else:
+            await server.serve()
     finally:
         tracing.shutdown()
+
+
+class _FlushingServer(uvicorn.Server):
+    """uvicorn re-raises the SIGTERM it caught once it has shut down, which ends the process
+    on the spot: the spans still in the batch exporter are sent before that."""
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().shutdown(sockets)
+        tracing.shutdown()
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """A listening TCP socket, as uvicorn binds its own (SO_REUSEADDR, IPv4 or IPv6)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    sock = socket.socket(family, kind, proto)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(address)
+    except OSError as exc:
+        sock.close()
+        raise ConfigurationError(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
 
 
 def records_in_flight(settings: Settings, name: str) -> int:
@@ -149,7 +184,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
     if name not in CONSUMERS:
         raise SystemExit(f"unknown consumer {name!r}; choose one of {', '.join(CONSUMERS)}")
     topics = Topics(settings.kafka_topic_prefix)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, **settings.database_options())
     documents = DocumentStore(engine)
     metrics = Metrics(CollectorRegistry())
     bus = Bus(settings, metrics)
@@ -314,7 +349,7 @@ async def run_dunning(settings: Settings) -> int:
     from notaflow.store.invoices import BillingConfigStore, DunningStore, InvoiceStore
 
     topics = Topics(settings.kafka_topic_prefix)
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, **settings.database_options())
     bus = Bus(settings)
     await bus.start()
     try:
@@ -334,14 +369,16 @@ async def run_dunning(settings: Settings) -> int:
         await engine.dispose()
 
 
-async def prepare(settings: Settings) -> None:
-    """Database migrations and Kafka topics: what every process expects to exist."""
-    engine = create_engine(settings.database_url)
+async def prepare(settings: Settings, topics: bool = True) -> None:
+    """Database migrations and Kafka topics: what every process expects to exist. The only
+    place the schema changes (`notaflow migrate`)."""
+    engine = create_engine(settings.database_url, **settings.database_options())
     try:
         await migrate(engine)
     finally:
         await engine.dispose()
-    await ensure_topics(settings, Topics(settings.kafka_topic_prefix).all())
+    if topics:
+        await ensure_topics(settings, Topics(settings.kafka_topic_prefix).all())
 
 
 async def serve_until_signal(server: Coroutine[Any, Any, None]) -> None:
@@ -385,7 +422,7 @@ async def run_reconciler(settings: Settings, older_than: float, limit: int, ever
     from consumers.providers.focus import FocusClient
     from consumers.reconciler import Reconciler
 
-    engine = create_engine(settings.database_url)
+    engine = create_engine(settings.database_url, **settings.database_options())
     documents = DocumentStore(engine)
     bus = Bus(settings)
     await bus.start()

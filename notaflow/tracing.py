@@ -1,10 +1,18 @@
 """OpenTelemetry tracing, off by default: from the HTTP request through Kafka (the W3C
 `traceparent` record header) to the provider call and the e-mail.
 
-On with `NOTAFLOW_OTEL_ENDPOINT` (OTLP over HTTP, e.g. http://collector:4318/v1/traces) and/or
-`NOTAFLOW_OTEL_DIR` (one JSON line per finished span in `<dir>/<service>-<pid>.jsonl`, for
-development and the tests). Off, every call here is OpenTelemetry's no-op: nothing is
-recorded and the request path pays next to nothing.
+On with OpenTelemetry's standard variables (`OTEL_EXPORTER_OTLP_ENDPOINT` or
+`OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, OTLP over HTTP; the SDK reads the rest of `OTEL_*` itself:
+`OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `OTEL_TRACES_SAMPLER`, `OTEL_PROPAGATORS`,
+`OTEL_EXPORTER_OTLP_HEADERS`, `OTEL_SDK_DISABLED`...), the older `NOTAFLOW_OTEL_ENDPOINT`
+(a full traces URL), and/or `NOTAFLOW_OTEL_DIR` (one JSON line per finished span in
+`<dir>/<service>-<pid>.jsonl`, for development and the tests). Off, every call here is
+OpenTelemetry's no-op: nothing is recorded and the request path pays next to nothing.
+
+Span names and attributes follow OpenTelemetry's semantic conventions: HTTP server
+(`POST /v2/nfse`, `http.request.method`, `http.route`, `http.response.status_code`), HTTP
+client (`POST`, `url.full`, `server.address`), messaging (`send <topic>` / `process <topic>`,
+`messaging.system=kafka`, `messaging.destination.name`, `messaging.consumer.group.name`).
 """
 
 from __future__ import annotations
@@ -12,10 +20,11 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from opentelemetry import propagate, trace
 from opentelemetry.context import Context
@@ -64,16 +73,34 @@ class JsonLinesExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def configure_tracing(service: str, endpoint: str = "", directory: str = "") -> bool:
-    """Install the tracer provider for this process; False (and no-op tracing) when off."""
+def configure_tracing(
+    service: str, endpoint: str = "", directory: str = "", env: Mapping[str, str] | None = None
+) -> bool:
+    """Install the tracer provider for this process; False (and no-op tracing) when off.
+    `env` holds the standard `OTEL_*` variables (the CLI passes the process environment)."""
     global _enabled
-    if not endpoint and not directory:
+    env = {} if env is None else env
+    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
         return False
-    provider = TracerProvider(resource=Resource.create({"service.name": service}))
-    if endpoint:
+    standard = (
+        bool(
+            env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") or env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
+        )
+        and env.get("OTEL_TRACES_EXPORTER", "otlp").strip().lower() != "none"
+    )
+    if not endpoint and not directory and not standard:
+        return False
+    attributes = {"service.version": build_version(), "service.namespace": "notaflow"}
+    if not env.get("OTEL_SERVICE_NAME"):
+        attributes["service.name"] = service  # OTEL_SERVICE_NAME, when set, wins
+    provider = TracerProvider(resource=Resource.create(attributes))
+    if endpoint or standard:
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter(endpoint=endpoint)))
+        # Without an explicit endpoint the exporter reads OTEL_EXPORTER_OTLP_(TRACES_)ENDPOINT,
+        # _HEADERS, _TIMEOUT, _COMPRESSION and _CERTIFICATE itself.
+        exporter = OTLPSpanExporter(endpoint=endpoint) if endpoint else OTLPSpanExporter()
+        provider.add_span_processor(BatchSpanProcessor(exporter))
     if directory:
         Path(directory).mkdir(parents=True, exist_ok=True)
         path = Path(directory) / f"{service}-{os.getpid()}.jsonl"
@@ -91,8 +118,72 @@ def tracer() -> trace.Tracer:
     return trace.get_tracer("notaflow")
 
 
-def context_from(traceparent: str | None) -> Context | None:
+def build_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("notaflow")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def context_from(
+    traceparent: str | None, carrier: Mapping[str, str] | None = None
+) -> Context | None:
+    """The remote parent: a `traceparent`, or a whole carrier (HTTP headers: `tracestate` and
+    `baggage` come along through the configured propagators)."""
+    if carrier:
+        return propagate.extract(carrier)
     return propagate.extract({"traceparent": traceparent}) if traceparent else None
+
+
+def http_server_attributes(method: str, path: str, scheme: str, port: int | None) -> dict[str, Any]:
+    return {
+        "http.request.method": method,
+        "url.path": path,
+        "url.scheme": scheme,
+        "server.port": port,
+    }
+
+
+def http_client_attributes(method: str, url: str) -> dict[str, Any]:
+    parts = urlsplit(url)
+    return {
+        "http.request.method": method,
+        "url.full": url,
+        "server.address": parts.hostname,
+        "server.port": parts.port or (443 if parts.scheme == "https" else 80),
+    }
+
+
+def messaging_attributes(
+    operation: str,
+    topic: str,
+    group: str | None = None,
+    partition: int | None = None,
+    offset: int | None = None,
+    batch: int | None = None,
+) -> dict[str, Any]:
+    """Kafka messaging attributes; `operation` is the operation type (send, process)."""
+    return {
+        "messaging.system": "kafka",
+        "messaging.operation.type": operation,
+        "messaging.operation.name": operation,
+        "messaging.destination.name": topic,
+        "messaging.consumer.group.name": group,
+        "messaging.destination.partition.id": None if partition is None else str(partition),
+        "messaging.kafka.offset": offset,
+        "messaging.batch.message_count": batch,
+    }
+
+
+def with_current_traceparent(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
+    """Record headers with `traceparent` pointing at the current span (the producer span), so
+    the consumer's `process` span is its child."""
+    current = outgoing_traceparent()
+    if not current:
+        return headers
+    return [(k, v) for k, v in headers if k != "traceparent"] + [("traceparent", current.encode())]
 
 
 def outgoing_traceparent(incoming: str = "") -> str:
@@ -110,6 +201,7 @@ def span(
     name: str,
     kind: SpanKind = SpanKind.INTERNAL,
     parent_traceparent: str | None = None,
+    carrier: Mapping[str, str] | None = None,
     **attributes: Any,
 ) -> Iterator[Span | None]:
     if not _enabled:
@@ -117,7 +209,7 @@ def span(
         return
     with tracer().start_as_current_span(
         name,
-        context=context_from(parent_traceparent),
+        context=context_from(parent_traceparent, carrier),
         kind=kind,
         attributes={k: v for k, v in attributes.items() if v is not None},
     ) as current:

@@ -165,8 +165,17 @@ class FocusClient:
     ) -> FocusReply:
         try:
             if tracing.enabled():
-                with tracing.span(f"focus {method}", kind=SpanKind.CLIENT, **{"http.url": url}):
+                attributes: dict[str, Any] = {
+                    "peer.service": "focus",
+                    # The token travels in the Authorization header, never in the URL.
+                    **tracing.http_client_attributes(
+                        method, url if "://" in url else self._base + url
+                    ),
+                }
+                with tracing.span(method, kind=SpanKind.CLIENT, **attributes) as current:
                     status, headers, content = await self._send(method, url, json, params)
+                    if current is not None:
+                        current.set_attribute("http.response.status_code", status)
             else:
                 status, headers, content = await self._send(method, url, json, params)
         except httpx.TimeoutException as exc:

@@ -67,9 +67,17 @@ def async_url(url: str) -> str:
     raise ConfigurationError(f"unsupported database URL {parsed.drivername!r}")
 
 
+# Pool options only a server database takes; SQLite's engine keeps its own pool.
+_POOL_OPTIONS = ("pool_size", "max_overflow", "pool_timeout")
+
+
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    """`kwargs` go to SQLAlchemy; `Settings.database_options()` gives the pool size, overflow,
+    timeout and the PgBouncer connect arguments (ignored for SQLite)."""
     url = async_url(url)
     if url.startswith("sqlite"):
+        kwargs = {k: v for k, v in kwargs.items() if k not in _POOL_OPTIONS}
+        kwargs.pop("connect_args", None)
         # Several processes (ingress, consumers) share the file: WAL lets readers run beside
         # the writer, and busy_timeout makes a writer wait instead of failing at once.
         engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
@@ -84,7 +92,8 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **kwargs)
+    options: dict[str, Any] = {"pool_size": 10, "max_overflow": 20, "pool_pre_ping": True}
+    return create_async_engine(url, **(options | kwargs))
 
 
 def _alembic_config(connection: sa.Connection) -> Config:

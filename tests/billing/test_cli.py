@@ -22,6 +22,7 @@ def notaflow(db: str, *args: str) -> str:
 
 async def test_template_and_policy_verbs(tmp_path: Path) -> None:
     db = f"sqlite:///{tmp_path / 'cli.db'}"
+    notaflow(db, "migrate", "--schema-only")
     notaflow(db, "tenant", "create", "acme", "--cnpj", "51916585000125")
     content = "<p>Olá [contact-nom], a fatura vence em [facture-date].</p>"
     subject = "Lembrete: fatura [facture-numero]"

@@ -64,15 +64,31 @@ def test_one_trace_from_request_to_provider_and_to_email(traced: tuple[Stack, Pa
     def of(trace_id: str) -> list[dict[str, Any]]:
         return [s for s in read_spans(directory) if s["trace_id"] == trace_id]
 
-    def written(trace_id: str, leaf: str) -> bool:
-        """The span `leaf` and its parent and grandparent are all in the file: a child ends
-        (and is exported) before its parent, so the leaf alone does not mean the chain."""
+    def written(trace_id: str, leaf: str, root: str) -> bool:
+        """The span `leaf` and every span up to `root` are in the files: a child ends (and is
+        exported) before its parent, so the leaf alone does not mean the chain."""
         by_id = {s["span_id"]: s for s in of(trace_id)}
         for span in by_id.values():
             if span["name"] == leaf:
-                parent = by_id.get(span["parent_id"])
-                return parent is not None and parent["parent_id"] in by_id
+                while span["name"] != root:
+                    if span["parent_id"] not in by_id:
+                        return False
+                    span = by_id[span["parent_id"]]
+                return True
         return False
+
+    def up_to_request(span: dict[str, Any], by_id: dict[str, Any]) -> dict[str, Any]:
+        """The ingress's server span above a consumer's `process` span: its parent, or the
+        parent of the PRODUCER span (`send <topic>`) between them."""
+        parent = by_id[span["parent_id"]]
+        if parent["kind"] == "PRODUCER":
+            attrs = parent["attributes"]
+            assert parent["name"] == f"send {attrs['messaging.destination.name']}"
+            assert attrs["messaging.system"] == "kafka"
+            assert attrs["messaging.operation.type"] == "send"
+            parent = by_id[parent["parent_id"]]
+        assert parent["kind"] == "SERVER"
+        return dict(parent)
 
     emit_trace, header = _traceparent()
     with stack.client() as c:
@@ -84,15 +100,29 @@ def test_one_trace_from_request_to_provider_and_to_email(traced: tuple[Stack, Pa
         )
         assert r.status_code == 202
     stack.wait_status("tr1", {"autorizado"})
-    wait_for(lambda: written(emit_trace, "focus POST"), 20)
+    wait_for(lambda: written(emit_trace, "POST", "POST /v2/nfse"), 20)
     spans = of(emit_trace)
-    names = {(s["service"], s["name"]) for s in spans}
-    assert ("ingress", "HTTP POST /v2/nfse") in names
     by_id = {s["span_id"]: s for s in spans}
-    focus = next(s for s in spans if s["name"] == "focus POST")
+    # Semantic conventions: HTTP server "{method} {route}", HTTP client "{method}", messaging
+    # "process {destination}", with the stable attribute names.
+    focus = next(s for s in spans if s["name"] == "POST" and s["kind"] == "CLIENT")
+    assert focus["attributes"]["peer.service"] == "focus"
+    assert focus["attributes"]["http.request.method"] == "POST"
+    assert focus["attributes"]["url.full"].startswith("http://127.0.0.1:")
+    assert isinstance(focus["attributes"]["http.response.status_code"], int)
     process = by_id[focus["parent_id"]]
     assert process["service"] == "consumer-emission" and process["name"].endswith("nfse.commands")
-    assert by_id[process["parent_id"]]["name"] == "HTTP POST /v2/nfse"
+    attrs = process["attributes"]
+    assert process["kind"] == "CONSUMER"
+    assert attrs["messaging.system"] == "kafka"
+    assert attrs["messaging.operation.type"] == "process"
+    assert attrs["messaging.destination.name"].endswith("nfse.commands")
+    assert attrs["messaging.consumer.group.name"] == "notaflow-emission"
+    request = up_to_request(process, by_id)
+    assert (request["service"], request["name"]) == ("ingress", "POST /v2/nfse")
+    assert request["attributes"]["http.route"] == "/v2/nfse"
+    assert request["attributes"]["http.request.method"] == "POST"
+    assert request["attributes"]["http.response.status_code"] == 202
 
     # Focus does not carry our trace through its callback, so the copy e-mail is the request
     # that shows the path to SMTP: HTTP -> Kafka -> notification consumer -> SMTP.
@@ -104,10 +134,10 @@ def test_one_trace_from_request_to_provider_and_to_email(traced: tuple[Stack, Pa
             headers={"traceparent": header},
         )
         assert r.status_code == 200
-    wait_for(lambda: written(mail_trace, "smtp send"), 20)
+    wait_for(lambda: written(mail_trace, "smtp send", "POST /v2/nfse/{ref}/email"), 20)
     spans = of(mail_trace)
     by_id = {s["span_id"]: s for s in spans}
     smtp = next(s for s in spans if s["name"] == "smtp send")
     process = by_id[smtp["parent_id"]]
     assert process["service"] == "consumer-notification"
-    assert by_id[process["parent_id"]]["name"] == "HTTP POST /v2/nfse/{ref}/email"
+    assert up_to_request(process, by_id)["name"] == "POST /v2/nfse/{ref}/email"

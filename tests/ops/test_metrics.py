@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import platform
+
 import httpx
 import pytest
 from prometheus_client import CollectorRegistry
@@ -30,9 +32,15 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float | Non
 def test_every_metric_follows_the_naming_conventions() -> None:
     registry = CollectorRegistry()
     Metrics(registry)
-    found = {m.name: m.type for m in registry.collect()}
+    families = list(registry.collect())
+    # The standard process and Python collectors, as the default registry has them.
+    standard = {m.name for m in families if m.name.startswith(("process_", "python_"))}
+    assert {"process_cpu_seconds", "process_resident_memory_bytes", "python_info"} <= standard
+    assert {"python_gc_collections"} <= standard
+    found = {m.name: m.type for m in families if m.name not in standard}
     # The client strips `_total` from a counter's family name; the sample keeps it.
     assert found == {
+        "notaflow_build": "info",
         "notaflow_http_requests": "counter",
         "notaflow_http_request_duration_seconds": "histogram",
         "notaflow_kafka_publish_duration_seconds": "histogram",
@@ -229,3 +237,12 @@ async def test_middleware_passes_other_scopes_through() -> None:
     await app({"type": "lifespan"}, receive, send)
     assert seen == ["lifespan"]
     assert requests(registry, UNMATCHED, "GET", "200") is None
+
+
+def test_build_info_names_the_release() -> None:
+    from importlib.metadata import version
+
+    registry = CollectorRegistry()
+    Metrics(registry)
+    labels = {"version": version("notaflow"), "python": platform.python_version()}
+    assert sample(registry, "notaflow_build_info", **labels) == 1.0

@@ -130,7 +130,6 @@ def test_from_env_parses_each_type() -> None:
             "NOTAFLOW_KAFKA_PUBLISH_TIMEOUT": "2.5",
             "NOTAFLOW_CONSUMER_RETRY_BASE": "1",
             "NOTAFLOW_PORT": " 8080 ",
-            "NOTAFLOW_EXTRA": "ignored",
             "OTHER_PORT": "1",
         }
     )

@@ -134,7 +134,22 @@ twin and the checksum.
   "NOTAFLOW_CONSUMER_RETRY_MAX" (toString $c.consumer.retryMax)
   "NOTAFLOW_CONSUMER_MAX_ATTEMPTS" (toString $c.consumer.maxAttempts)
   "NOTAFLOW_LOG_LEVEL" $c.logLevel
+  "NOTAFLOW_LOG_FORMAT" $c.logFormat
+  "NOTAFLOW_KAFKA_GROUP_PREFIX" $c.kafka.groupPrefix
+  "NOTAFLOW_KAFKA_SASL_KERBEROS_SERVICE_NAME" $c.kafka.saslKerberosServiceName
+  "NOTAFLOW_KAFKA_SSL_CHECK_HOSTNAME" (toString $c.kafka.tls.checkHostname)
+  "NOTAFLOW_DATABASE_POOL_SIZE" (toString $c.database.poolSize)
+  "NOTAFLOW_DATABASE_MAX_OVERFLOW" (toString $c.database.maxOverflow)
+  "NOTAFLOW_DATABASE_POOL_TIMEOUT" (toString $c.database.poolTimeout)
+  "NOTAFLOW_DATABASE_PGBOUNCER" (toString $c.database.pgbouncer)
 }}
+{{- with $c.kafka.tls.caSecret }}
+{{- $_ := set $data "NOTAFLOW_KAFKA_SSL_CAFILE" (printf "/etc/notaflow/kafka-ca/%s" $c.kafka.tls.caKey) }}
+{{- end }}
+{{- with $c.kafka.tls.clientSecret }}
+{{- $_ := set $data "NOTAFLOW_KAFKA_SSL_CERTFILE" (printf "/etc/notaflow/kafka-client/%s" $c.kafka.tls.certKey) }}
+{{- $_ := set $data "NOTAFLOW_KAFKA_SSL_KEYFILE" (printf "/etc/notaflow/kafka-client/%s" $c.kafka.tls.keyKey) }}
+{{- end }}
 {{- range $k, $v := $c.extra }}
 {{- $_ := set $data (printf "NOTAFLOW_%s" $k) (toString $v) }}
 {{- end }}
@@ -176,39 +191,106 @@ checksum/config: hash of the rendered ConfigMap and Secret, so pods roll when ei
 
 {{/*
 Pod-level fields every notaflow pod shares (below `spec:` of a pod template).
+Call with (dict "root" $ "component" "x" "secretName" "..." "deployment" true); the Secret is
+mounted as files when secrets.asFiles. Deployments get the scheduling
+presets (anti-affinity, zone spread), scoped to their own release and component.
 */}}
 {{- define "notaflow.podCommon" -}}
-automountServiceAccountToken: {{ .Values.serviceAccount.automountServiceAccountToken }}
-{{- with .Values.imagePullSecrets }}
+{{- $root := .root -}}
+{{- $v := $root.Values -}}
+automountServiceAccountToken: {{ $v.serviceAccount.automountServiceAccountToken }}
+{{- /* A Service named like a setting (e.g. <release>-emites) would inject
+NOTAFLOW_EMITES_PORT=tcp://... into every pod: service discovery goes through DNS here. */}}
+enableServiceLinks: false
+{{- with $v.imagePullSecrets }}
 imagePullSecrets:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.podSecurityContext }}
+{{- with $v.podSecurityContext }}
 securityContext:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.priorityClassName }}
+{{- with $v.priorityClassName }}
 priorityClassName: {{ . }}
 {{- end }}
-{{- with .Values.nodeSelector }}
+{{- with $v.nodeSelector }}
 nodeSelector:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.affinity }}
+{{- $selector := include "notaflow.selectorLabels" (dict "root" $root "component" .component) | fromYaml }}
+{{- if $v.affinity }}
 affinity:
+  {{- toYaml $v.affinity | nindent 2 }}
+{{- else if and .deployment $v.podAntiAffinityPreset }}
+{{- $term := dict "topologyKey" "kubernetes.io/hostname" "labelSelector" (dict "matchLabels" $selector) }}
+affinity:
+  podAntiAffinity:
+    {{- if eq $v.podAntiAffinityPreset "hard" }}
+    requiredDuringSchedulingIgnoredDuringExecution:
+      {{- toYaml (list $term) | nindent 6 }}
+    {{- else }}
+    preferredDuringSchedulingIgnoredDuringExecution:
+      - weight: 100
+        podAffinityTerm:
+          {{- toYaml $term | nindent 10 }}
+    {{- end }}
+{{- end }}
+{{- if .deployment }}
+{{- if .topologySpreadConstraints }}
+topologySpreadConstraints:
+  {{- toYaml .topologySpreadConstraints | nindent 2 }}
+{{- else if $v.topologySpreadPreset }}
+topologySpreadConstraints:
+  - maxSkew: 1
+    topologyKey: topology.kubernetes.io/zone
+    whenUnsatisfiable: {{ ternary "DoNotSchedule" "ScheduleAnyway" (eq $v.topologySpreadPreset "hard") }}
+    labelSelector:
+      matchLabels:
+        {{- toYaml $selector | nindent 8 }}
+{{- end }}
+{{- end }}
+{{- with $v.tolerations }}
+tolerations:
   {{- toYaml . | nindent 2 }}
 {{- end }}
-{{- with .Values.tolerations }}
-tolerations:
+{{- with $v.initContainers }}
+initContainers:
   {{- toYaml . | nindent 2 }}
 {{- end }}
 volumes:
   - name: tmp
     emptyDir:
-      {{- with .Values.tmpVolume.medium }}
+      {{- with $v.tmpVolume.medium }}
       medium: {{ . }}
       {{- end }}
-      sizeLimit: {{ .Values.tmpVolume.sizeLimit }}
+      sizeLimit: {{ $v.tmpVolume.sizeLimit }}
+  {{- if and $v.secrets.asFiles .secretName }}
+  - name: secrets
+    secret:
+      secretName: {{ .secretName }}
+      defaultMode: 0440
+  {{- end }}
+  {{- with $v.config.kafka.tls.caSecret }}
+  - name: kafka-ca
+    secret:
+      secretName: {{ . }}
+      items:
+        - key: {{ $v.config.kafka.tls.caKey }}
+          path: {{ $v.config.kafka.tls.caKey }}
+  {{- end }}
+  {{- with $v.config.kafka.tls.clientSecret }}
+  - name: kafka-client
+    secret:
+      secretName: {{ . }}
+      items:
+        - key: {{ $v.config.kafka.tls.certKey }}
+          path: {{ $v.config.kafka.tls.certKey }}
+        - key: {{ $v.config.kafka.tls.keyKey }}
+          path: {{ $v.config.kafka.tls.keyKey }}
+  {{- end }}
+  {{- with $v.extraVolumes }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
 
 {{/*
@@ -226,12 +308,18 @@ securityContext:
 envFrom:
   - configMapRef:
       name: {{ .configName }}
+  {{- if not $root.Values.secrets.asFiles }}
   - secretRef:
       name: {{ .secretName }}
+  {{- end }}
   {{- with $root.Values.extraEnvFrom }}
   {{- toYaml . | nindent 2 }}
   {{- end }}
-{{- $env := concat (.env | default list) ($root.Values.extraEnv | default list) (.extraEnv | default list) }}
+{{- $secretsDir := list }}
+{{- if $root.Values.secrets.asFiles }}
+{{- $secretsDir = list (dict "name" "NOTAFLOW_SECRETS_DIR" "value" "/etc/notaflow/secrets") }}
+{{- end }}
+{{- $env := concat $secretsDir (.env | default list) ($root.Values.extraEnv | default list) (.extraEnv | default list) }}
 {{- with $env }}
 env:
   {{- toYaml . | nindent 2 }}
@@ -239,6 +327,24 @@ env:
 volumeMounts:
   - name: tmp
     mountPath: /tmp
+  {{- if $root.Values.secrets.asFiles }}
+  - name: secrets
+    mountPath: /etc/notaflow/secrets
+    readOnly: true
+  {{- end }}
+  {{- if $root.Values.config.kafka.tls.caSecret }}
+  - name: kafka-ca
+    mountPath: /etc/notaflow/kafka-ca
+    readOnly: true
+  {{- end }}
+  {{- if $root.Values.config.kafka.tls.clientSecret }}
+  - name: kafka-client
+    mountPath: /etc/notaflow/kafka-client
+    readOnly: true
+  {{- end }}
+  {{- with $root.Values.extraVolumeMounts }}
+  {{- toYaml . | nindent 2 }}
+  {{- end }}
 {{- end }}
 
 {{/*
