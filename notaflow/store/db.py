@@ -68,11 +68,16 @@ def async_url(url: str) -> str:
 
 
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
+    # hide_parameters: SQLAlchemy's errors otherwise carry `[parameters: ...]`, the values of
+    # the failed statement (invoice-link tokens, e-mail addresses), into log lines and the
+    # dead-letter header `dlq_error` (issue 19).
     url = async_url(url)
     if url.startswith("sqlite"):
         # Several processes (ingress, consumers) share the file: WAL lets readers run beside
         # the writer, and busy_timeout makes a writer wait instead of failing at once.
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, hide_parameters=True, **kwargs
+        )
 
         @sa.event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -84,7 +89,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cur.close()
 
         return engine
-    return create_async_engine(url, pool_size=10, max_overflow=20, pool_pre_ping=True, **kwargs)
+    return create_async_engine(
+        url, pool_size=10, max_overflow=20, pool_pre_ping=True, hide_parameters=True, **kwargs
+    )
 
 
 def _alembic_config(connection: sa.Connection) -> Config:
