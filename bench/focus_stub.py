@@ -33,8 +33,6 @@ _ACCEPTED = 202
 _REFUSED = 400
 
 
-
-
 def _xml(name: str) -> bytes:
     """The XML of note `N<id>A<attempt>-nfse`, with the numbers `bench/consumer.py`'s callbacks
     claim for it (numero = id, codigo_verificacao = V<id>, its CNPJ): the consumer checks a

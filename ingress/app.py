@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -106,6 +106,15 @@ _DATABASE_ERRORS: tuple[type[Exception], ...] = (
     asyncpg.PostgresError,
     OSError,
 )
+
+
+# What the metrics count for a request whose client went away before it was answered (nginx's
+# "client closed request"): nothing was wrong with the server, so no 500 and no traceback.
+CLIENT_GONE = 499
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    return Response(status_code=CLIENT_GONE)  # nobody reads it: the connection is gone
 
 
 async def _unexpected(request: Request, exc: Exception) -> Response:
@@ -214,6 +223,8 @@ class HotRoute:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+        except ClientDisconnect:
+            status = CLIENT_GONE  # quiet: counted, not logged, not handed to the server
         except Exception as exc:
             if started:
                 raise
@@ -298,6 +309,7 @@ def create_app(
         exception_handlers={
             IngressError: _ingress_error,
             HTTPException: _http_error,
+            ClientDisconnect: _client_gone,
             **dict.fromkeys(_DATABASE_ERRORS, _unexpected),
             Exception: _unexpected,
         },
