@@ -224,7 +224,10 @@ class HotRoute:
             )
             await send({"type": "http.response.body", "body": body})
         except ClientDisconnect:
-            status = CLIENT_GONE  # quiet: counted, not logged, not handed to the server
+            # Quiet: counted, not logged, not handed to the server; answered as the Starlette
+            # stack answers it (the server drops it: the connection is gone).
+            status = CLIENT_GONE
+            await Response(status_code=CLIENT_GONE)(scope, receive, send)
         except Exception as exc:
             if started:
                 raise
