@@ -98,11 +98,11 @@ def test_forged_callbacks_never_carry_the_token_nor_change_a_note(
     port = listener.receiver.port
     b_pref = attacker.emit("b1", note(CNPJ_B))
     b_view = stack.wait_status("b1", {"autorizado"})
-    b_genuine = attacker.at_focus(b_pref)
     # What a genuine authorization costs at Focus: the POST and the XML download, as before
     # verification (the callback is checked against that XML), no GET.
     stats = httpx.get(f"{stack.sandbox}/_sandbox/stats").json()
     assert (stats["consultas"].get(b_pref, 0), stats["downloads"][b_pref]) == (0, 1)
+    b_genuine = attacker.at_focus(b_pref)  # (this GET is the test's, not the consumer's)
 
     def exfiltrating(path: str) -> Any:
         return lambda truth: {**truth, "caminho_xml_nota_fiscal": path}
