@@ -143,6 +143,12 @@ def test_oversized_heads_and_credentials_are_refused_without_memory(world: World
             headers={"Authorization": f"Bearer {long_token}"},
         )
         assert hubsoft.status_code in (401, 403) and hubsoft.json()["status"] == "error"
+        wuro = c.post(
+            "/api/v3.2/invoice/x/mail",
+            json={},
+            headers={"X-APP-ID": "app", "X-APP-SECRET": long_token},
+        )
+        assert (wuro.status_code, wuro.json()["error"]["code"]) == (401, "unauthorized")
 
 
 def test_idle_and_slow_connections_are_closed(world: World) -> None:
