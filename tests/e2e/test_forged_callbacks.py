@@ -86,9 +86,12 @@ class Attacker:
         stats: dict[str, dict[str, int]] = httpx.get(f"{self.stack.sandbox}/_sandbox/stats").json()
         return stats["consultas"]
 
-    def settle(self, pref: str, before: int) -> None:
-        """Wait until the consumer asked Focus about `pref` again (its verification ran)."""
-        wait_for(lambda: self.consultas().get(pref, 0) > before, 20, 0.1)
+    def settle(self, pref: str, before: int, listener: ReceiverServer | None = None) -> None:
+        """Wait until the consumer asked Focus about `pref` again (its verification ran), or
+        until the attacker's listener was called (then fail, showing what it got)."""
+        seen = listener.receiver.seen if listener is not None else []
+        wait_for(lambda: self.consultas().get(pref, 0) > before or seen, 20, 0.1)
+        assert not seen, f"a forged callback made the consumer call another host: {seen}"
 
 
 def test_forged_callbacks_never_carry_the_token_nor_change_a_note(
@@ -134,7 +137,7 @@ def test_forged_callbacks_never_carry_the_token_nor_change_a_note(
         assert attacker.view(ref)["status"] == "processando_autorizacao"
         before = attacker.consultas().get(pref, 0)
         attacker.post(forge(truth))
-        attacker.settle(pref, before)
+        attacker.settle(pref, before, listener)
         # Focus's answer was applied, never the claim: the note is authorized with its own
         # numbers, and its ref is never freed (a client's retry gets 422, no second note).
         view = stack.wait_status(ref, {"autorizado", "erro_autorizacao"})
