@@ -23,10 +23,18 @@ from pathlib import Path
 import httpx
 import pytest
 
-from notaflow.broker import EmbeddedBroker
+from notaflow.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
 from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from tests.support import Receiver, ReceiverServer, Stack, ThreadedSmtpSink, wait_for
+from tests.support import (
+    Proc,
+    Receiver,
+    ReceiverServer,
+    Stack,
+    ThreadedSmtpSink,
+    wait_for,
+    wait_http,
+)
 
 HEAD_TIMEOUT = 1.0
 MAX_CONCURRENCY = 40
@@ -37,6 +45,7 @@ class World:
     stack: Stack
     receiver: Receiver
     tmp: Path
+    json_base: str = ""  # a second ingress, logging JSON
 
     @property
     def host_port(self) -> tuple[str, int]:
@@ -78,8 +87,19 @@ def world(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
         ingress_keep_alive_timeout=HEAD_TIMEOUT,
         ingress_max_concurrency=MAX_CONCURRENCY,
     )
-    stack = Stack(settings, tmp, consumers=("emission", "notification")).start()
-    yield World(stack, receiver, tmp)
+    stack = Stack(settings, tmp, consumers=("emission",)).start()
+    # Both log formats in one run: the notification consumer and a second ingress write JSON.
+    json_logs = {**stack.env, "NOTAFLOW_LOG_FORMAT": "json"}
+    stack.procs.append(Proc(["consume", "notification"], json_logs, tmp, "notification-json"))
+    json_port = free_port()
+    json_ingress = Proc(
+        ["ingress"], {**json_logs, "NOTAFLOW_PORT": str(json_port)}, tmp, "ingress-json"
+    )
+    stack.procs.append(json_ingress)
+    wait_http(f"http://127.0.0.1:{json_port}/readyz", proc=json_ingress.process)
+    world = World(stack, receiver, tmp)
+    world.json_base = f"http://127.0.0.1:{json_port}"
+    yield world
     stack.stop()
     receiver_server.stop()
     sink.stop()
@@ -265,11 +285,16 @@ def test_no_secret_in_any_output_after_a_run_full_of_failures(world: World) -> N
         )
         db.commit()
         try:
-            failed = c.post(
-                "/v2/hooks",
-                json={"event": "nfse", "url": world.receiver.url("/x"), "authorization": hook_auth},
-            )
-            assert failed.status_code >= 500
+            for base in (stack.base, world.json_base):  # text and JSON logs
+                failed = c.post(
+                    f"{base}/v2/hooks",
+                    json={
+                        "event": "nfse",
+                        "url": world.receiver.url("/x"),
+                        "authorization": hook_auth,
+                    },
+                )
+                assert failed.status_code >= 500
         finally:
             db.execute("DROP TRIGGER refuse")
             db.commit()
@@ -316,5 +341,10 @@ def test_no_secret_in_any_output_after_a_run_full_of_failures(world: World) -> N
     ]
     assert not leaks, leaks
     # The run was what it claims to be: failures logged, not silence.
-    assert "INSERT INTO hooks" in outputs["ingress"], outputs["ingress"][-2000:]
+    for name in ("ingress", "ingress-json"):
+        assert "INSERT INTO hooks" in outputs[name], outputs[name][-2000:]
+    assert all(
+        json.loads(line) for line in outputs["ingress-json"].splitlines() if line.startswith("{")
+    )
+    assert '"level"' in outputs["notification-json"]
     assert json.loads(outputs["history"])["history"]
