@@ -33,14 +33,6 @@ async def accept(request: Request) -> Response:
 app = Starlette(routes=[Route("/v2/nfse", accept, methods=["POST"])])
 
 if __name__ == "__main__":
-    from pathlib import Path
-
-    # The repository first: this directory's ingress.py would shadow the ingress package.
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from ingress.server_limits import server_options
-    from notaflow.settings import Settings
-
-    defaults = Settings()
     config = uvicorn.Config(
         app,
         host="127.0.0.1",
@@ -49,13 +41,5 @@ if __name__ == "__main__":
         access_log=False,
         timeout_graceful_shutdown=10,
         server_header=False,
-        # The ingress's own server limits (header size and timeout, keep-alive, concurrency):
-        # the same server settings on both sides of the ratio.
-        **server_options(
-            defaults.ingress_max_header_bytes,
-            defaults.ingress_header_timeout,
-            defaults.ingress_keep_alive_timeout,
-            defaults.ingress_max_concurrency,
-        ),
     )
     asyncio.run(uvicorn.Server(config).serve())
