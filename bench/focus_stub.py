@@ -33,7 +33,16 @@ _ACCEPTED = 202
 _REFUSED = 400
 
 
-_XML = b'<?xml version="1.0" encoding="UTF-8"?><CompNfse><Nfse><Numero>1</Numero></Nfse></CompNfse>'
+def _xml(name: str) -> bytes:
+    """The XML of note `N<id>A<attempt>-nfse`, with the numbers `bench/consumer.py`'s callbacks
+    claim for it (numero = id, codigo_verificacao = V<id>, its CNPJ): the consumer checks a
+    callback against the provider's XML before applying it."""
+    doc_id = name.removeprefix("N").split("A", 1)[0]
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?><CompNfse><Nfse><InfNfse>'
+        f"<Numero>{doc_id}</Numero><CodigoVerificacao>V{doc_id}</CodigoVerificacao>"
+        "<Cnpj>51916585000125</Cnpj></InfNfse></Nfse></CompNfse>"
+    ).encode()
 
 
 def _response(
@@ -100,7 +109,8 @@ class Responder(asyncio.Protocol):
             return
         if method == "GET" and url.path.startswith("/notas_fiscais_servico/"):
             # The authorized note's XML, which the consumer downloads when a callback names it.
-            self._send(_response(200, "OK", _XML, "application/xml"))
+            name = url.path.rsplit("/", 1)[-1]
+            self._send(_response(200, "OK", _xml(name), "application/xml"))
             return
         if method != "POST" or url.path != "/v2/nfse":
             self._send(_response(404, "Not Found", b'{"codigo":"nao_encontrado"}'))

@@ -11,16 +11,25 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from consumers.errors import PermanentFailure
+from consumers.callback_check import (
+    CONFIRM_FIRST,
+    VERIFIED_BY,
+    foreign_note,
+    same_outcome,
+    xml_agrees,
+)
+from consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
 from consumers.lifecycle import publish_status
 from consumers.nfce import NfceEmitter
 from consumers.providers.focus import FocusClient
+from consumers.providers.urls import ForeignPath
 from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.envelope import Event, decode
 from notaflow.errors import InvalidDocument, RefInUse
 from notaflow.nfse import normalize_nfse
 from notaflow.store import Document, DocumentStore, TenantStore
+from notaflow.store.blob_names import document_path
 from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, PROCESSING, TRANSITIONS
 from notaflow.store.tenants import TenantCache
 from notaflow.views import result_from_provider
@@ -145,14 +154,25 @@ class EmissionConsumer:
         status = body["status"]
         if status not in (AUTHORIZED, ERROR, CANCELLED):
             return
-        if doc.status == status:
+        if same_outcome(doc.result, status, doc.status, body):
             # Already applied. Publish the status again: if a crash came between the state
             # change and its lifecycle event, this redelivery is the only chance to send it, and
             # the event's id is deterministic, so downstream deduplicates the extra copy.
             await self._publish_status(doc, event)
             return
-        if doc.status not in TRANSITIONS[status]:
+        correcting = _correctable(doc) and status in (AUTHORIZED, ERROR)
+        if not correcting and doc.status not in TRANSITIONS[status]:
             return  # late callback: the note has moved on
+        checked = await self._verified(doc, body, confirm=correcting or status in CONFIRM_FIRST)
+        if checked is None:
+            return
+        truth, xml, how = checked
+        status = truth["status"]
+        if same_outcome(doc.result, status, doc.status, truth):
+            return  # Focus confirms what we have: the claim was not true
+        allowed = TRANSITIONS[status] | (frozenset({AUTHORIZED}) if correcting else frozenset())
+        if doc.status not in allowed:
+            return
         # The provider's answer may come before our record of handing the note over: a crash
         # fell between the POST and that bookkeeping, and after the restart this callback was
         # fetched ahead of the redelivered command. Record it now, event first as in `emit`, so
@@ -160,13 +180,66 @@ class EmissionConsumer:
         if doc.status == PROCESSING and doc.submitted_at is None:
             await self._publish_status(doc, event)
             await self._docs.mark_submitted(doc.id, doc.attempt, str(body["ref"]))
-        result = result_from_provider(body)
-        if status == AUTHORIZED and result.get("caminho_xml_nota_fiscal"):
-            path = str(result["caminho_xml_nota_fiscal"])
-            xml = await self._focus.download(path)
+        result: dict[str, Any] = {**result_from_provider(truth), VERIFIED_BY: how}
+        if status == AUTHORIZED and xml is not None:
+            # Served under a name of our own (128 random bits), never the provider's: the XML
+            # route needs no credentials, so the name is the only secret (issue 19).
+            path = document_path(KIND)
             await self._docs.put_blob(path, doc.tenant_id, "application/xml", xml)
-        erros = body.get("erros") if status == ERROR else None
-        await self._finish(doc, status, result, erros, event)
+            result["caminho_xml_nota_fiscal"] = path
+        erros = truth.get("erros") if status == ERROR else None
+        updated = await self._docs.transition(
+            doc.id, doc.attempt, status, SOURCE, result, erros, after=allowed
+        )
+        if updated is not None:
+            await self._publish_status(updated, event)
+
+    async def _verified(
+        self, doc: Document, body: dict[str, Any], confirm: bool
+    ) -> tuple[dict[str, Any], bytes | None, str] | None:
+        """The outcome to apply, with the authorized note's XML and how it was established
+        ("xml" or "consulta"), or None when Focus does not confirm the callback.
+
+        Cheapest first: an authorization that names our note and agrees with the XML on
+        Focus's own host costs only the XML download we make anyway; anything else (an outcome
+        that frees the ref or cannot be undone, a disagreement, a path off Focus's host) costs
+        one GET of the note at Focus, whose answer is applied instead of the callback's."""
+        why = foreign_note(doc.cnpj_prestador, doc.provider_ref, body)
+        if not why and not confirm and body["status"] == AUTHORIZED:
+            try:
+                xml = await self._focus.download(str(body.get("caminho_xml_nota_fiscal") or ""))
+            except ForeignPath as exc:
+                why = f"caminho_xml_nota_fiscal recusado ({exc})"
+            except (Stopping, RateLimited):
+                raise
+            except TransientFailure as exc:
+                why = f"XML indisponível ({exc})"
+            else:
+                if xml_agrees(xml, body, doc.cnpj_prestador):
+                    return body, xml, "xml"
+                why = "XML do provedor não confere com o callback"
+        if why:
+            log.warning("callback for document %s not taken as sent: %s", doc.id, why)
+        assert doc.provider_ref is not None  # found by it
+        reply = await self._focus.get_nfse(doc.provider_ref)
+        truth = reply.body
+        if (
+            reply.status_code != 200
+            or str(truth.get("ref")) != doc.provider_ref
+            or truth.get("status") not in (AUTHORIZED, ERROR, CANCELLED)
+        ):
+            log.warning(
+                "callback for document %s (%s) not confirmed by Focus: HTTP %s, status %s",
+                doc.id,
+                body["status"],
+                reply.status_code,
+                str(truth.get("status"))[:40],
+            )
+            return None
+        path = truth.get("caminho_xml_nota_fiscal")
+        if truth["status"] == AUTHORIZED and path:
+            return truth, await self._focus.download(str(path)), "consulta"
+        return truth, None, "consulta"
 
     async def _finish(
         self,
@@ -182,3 +255,9 @@ class EmissionConsumer:
 
     async def _publish_status(self, doc: Document, cause: Event) -> None:
         await publish_status(self._bus, self._topics, doc, SOURCE, cause)
+
+
+def _correctable(doc: Document) -> bool:
+    """An authorization applied from a callback Focus was not asked about: a later outcome
+    that disagrees is checked with Focus and, if Focus says so, replaces it."""
+    return doc.status == AUTHORIZED and doc.result.get(VERIFIED_BY) != "consulta"

@@ -38,7 +38,7 @@ from consumers.errors import Stopping, TransientFailure
 from notaflow import tracing
 from notaflow.bus import Bus, client_options
 from notaflow.errors import InvalidDocument
-from notaflow.logs import log_context, trace_id_of
+from notaflow.logs import log_context, redact_text, trace_id_of
 from notaflow.metrics import Metrics
 from notaflow.settings import Settings
 from notaflow.store.db import transient_error
@@ -455,7 +455,7 @@ class Runner:
             ("dlq_origin_topic", record.topic.encode()),
             ("dlq_origin_partition", str(record.partition).encode()),
             ("dlq_origin_offset", str(record.offset).encode()),
-            ("dlq_error", error[:2000].encode()),
+            ("dlq_error", redact_text(error, 2000).encode()),  # no credentials in headers
             ("dlq_attempts", str(attempts).encode()),
             ("dlq_time", str(int(time.time() * 1000)).encode()),
         ]

@@ -16,7 +16,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -109,6 +109,15 @@ _DATABASE_ERRORS: tuple[type[Exception], ...] = (
 )
 
 
+# What the metrics count for a request whose client went away before it was answered (nginx's
+# "client closed request"): nothing was wrong with the server, so no 500 and no traceback.
+CLIENT_GONE = 499
+
+
+async def _client_gone(request: Request, exc: Exception) -> Response:
+    return Response(status_code=CLIENT_GONE)  # nobody reads it: the connection is gone
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     if transient_error(exc):
         # The database is down or restarting: the request may simply be sent again.
@@ -142,7 +151,10 @@ class TracingMiddleware:
             kind=SpanKind.SERVER,
             carrier=carrier or None,
             **tracing.http_server_attributes(
-                method, scope.get("path", ""), scope.get("scheme", "http"), ports.local_port(scope)
+                method,
+                traced_path(scope.get("path", "")),
+                scope.get("scheme", "http"),
+                ports.local_port(scope),
             ),
         ) as current:
 
@@ -227,6 +239,11 @@ class HotRoute:
                 }
             )
             await send({"type": "http.response.body", "body": body})
+        except ClientDisconnect:
+            # Quiet: counted, not logged, not handed to the server; answered as the Starlette
+            # stack answers it (the server drops it: the connection is gone).
+            status = CLIENT_GONE
+            await Response(status_code=CLIENT_GONE)(scope, receive, send)
         except Exception as exc:
             if started:
                 raise
@@ -317,6 +334,7 @@ def create_app(
         exception_handlers={
             IngressError: _ingress_error,
             HTTPException: _http_error,
+            ClientDisconnect: _client_gone,
             **dict.fromkeys(_DATABASE_ERRORS, _unexpected),
             Exception: _unexpected,
         },
@@ -327,3 +345,11 @@ def create_app(
     if not tracing.enabled():
         app.hot = HotRoute(d, metrics)
     return app
+
+
+def traced_path(path: str) -> str:
+    """The path as a trace attribute: a public document's name is its only credential (the
+    XML route needs none), so it never goes to the tracing backend."""
+    if path.startswith("/notas_fiscais_servico/"):
+        return "/notas_fiscais_servico/***"
+    return path

@@ -9,7 +9,9 @@ it no longer counts toward the limit of 5, and the client re-enables it by creat
 
 from __future__ import annotations
 
+import asyncio
 import secrets
+import socket
 from base64 import b64encode
 from urllib.parse import urlsplit
 
@@ -21,6 +23,7 @@ from ingress.deps import deps
 from ingress.errors import FocusError, invalid
 from ingress.focus_nfse import authenticate, focus_json
 from ingress.responses import FastJSONResponse
+from notaflow import destinations
 from notaflow.brdocs import clean_document, valid_cnpj, valid_cpf
 from notaflow.store import TooManyHooks
 
@@ -46,6 +49,59 @@ def _valid_url(url: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname) and not parts.username
 
 
+async def destination_refusal(
+    url: str, authorization: str | None, header: str | None, allow_private: bool
+) -> str:
+    """Why the notification consumer would refuse to deliver there ("" if it would not): the
+    delivery policy (`notaflow.destinations`), applied when the hook is created, so the client
+    hears it now rather than through deliveries that silently never happen. A name that does
+    not resolve at the moment is accepted: each delivery resolves and checks again."""
+    try:
+        _, host, port = destinations.parse_destination(url)
+        if authorization is not None:
+            destinations.check_header(header or "Authorization", authorization)
+        if allow_private:
+            return ""
+        ip = destinations.literal(host)
+        if ip is not None:
+            destinations.check_addresses(host, [str(ip)])
+            return ""
+        try:
+            async with asyncio.timeout(_RESOLVE_TIMEOUT):
+                infos = await asyncio.get_running_loop().getaddrinfo(
+                    host, port, type=socket.SOCK_STREAM
+                )
+        except (OSError, TimeoutError):
+            return ""
+        destinations.check_addresses(host, [str(info[4][0]) for info in infos])
+    except destinations.Unresolved:
+        return ""
+    except destinations.DestinationError as exc:
+        return f"URL inválida: {url} ({_PORTUGUESE.get(_kind(str(exc)), str(exc))})"
+    return ""
+
+
+# How long hook creation waits for DNS before accepting the name unchecked (the delivery
+# checks it again).
+_RESOLVE_TIMEOUT = 3.0
+_PORTUGUESE = {
+    "address": "o destino não é um endereço público",
+    "control": "caracteres de controle ou espaços não são permitidos",
+    "header": "cabeçalho de autorização não permitido ou com caracteres de controle",
+}
+
+
+def _kind(message: str) -> str:
+    """The policy's (English) reason, as the key of its Portuguese wording."""
+    if "non-public" in message or "non-IP" in message:
+        return "address"
+    if message.startswith("authorization"):
+        return "header"
+    if message.startswith("control"):
+        return "control"
+    return message
+
+
 async def create_hook(request: Request) -> Response:
     d = deps(request)
     tenant = await authenticate(request, d)
@@ -60,6 +116,13 @@ async def create_hook(request: Request) -> Response:
         raise invalid('Parâmetro "url" não informado')
     if not isinstance(url, str) or len(url) > 2000 or not _valid_url(url):
         raise invalid(f"URL inválida: {url}")
+    authorization = _text(body, "authorization", 1000)
+    authorization_header = _text(body, "authorization_header", 100)
+    refusal = await destination_refusal(
+        url, authorization, authorization_header, d.settings.hooks_allow_private
+    )
+    if refusal:
+        raise invalid(refusal)
     cnpj = _text(body, "cnpj", 18)
     cpf = _text(body, "cpf", 14)
     if cnpj and cpf:
@@ -82,8 +145,8 @@ async def create_hook(request: Request) -> Response:
             signing_secret="whsec_" + b64encode(secrets.token_bytes(24)).decode(),
             cnpj=cnpj,
             cpf=cpf,
-            authorization=_text(body, "authorization", 1000),
-            authorization_header=_text(body, "authorization_header", 100),
+            authorization=authorization,
+            authorization_header=authorization_header,
         )
     except TooManyHooks as exc:
         raise invalid("Limite de 5 gatilhos por empresa e evento atingido") from exc

@@ -85,7 +85,9 @@ def parse_query(params: Any) -> FinanceiroQuery:
     raw_limit = params.get("limit")
     limit = 20
     if raw_limit not in (None, ""):
-        if not (raw_limit.isascii() and raw_limit.isdigit()) or not 1 <= int(raw_limit) <= 50:
+        # Length first: int() refuses strings over 4,300 digits with a ValueError (a 500 here).
+        digits = raw_limit.isascii() and raw_limit.isdigit() and len(raw_limit) <= 3
+        if not digits or not 1 <= int(raw_limit) <= 50:
             raise FinanceiroError(400, "O parâmetro limit deve ser um número entre 1 e 50")
         limit = int(raw_limit)
     inicio, fim = _date(params, "data_inicio"), _date(params, "data_fim")

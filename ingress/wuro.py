@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
+from ingress.auth import MAX_TOKEN_CHARS
 from ingress.body import BodyNotJson, BodyTooLarge, read_json
 from ingress.deps import IngressDeps, deps
 from ingress.errors import IngressError
@@ -66,7 +67,9 @@ async def app_tenant(request: Request, d: IngressDeps) -> str:
     secret = request.headers.get("x-app-secret", "").strip()
     if not app_id or not secret:
         raise WuroError(401, "unauthorized", "X-APP-ID and X-APP-SECRET headers are required")
-    tenant = await BillingConfigStore(d.engine).tenant_for_app(app_id, secret)
+    too_long = len(app_id) > MAX_TOKEN_CHARS or len(secret) > MAX_TOKEN_CHARS
+    # A credential over a few hundred characters cannot exist: refused without a query.
+    tenant = None if too_long else await BillingConfigStore(d.engine).tenant_for_app(app_id, secret)
     if tenant is None:
         raise WuroError(401, "unauthorized", "Invalid X-APP-ID or X-APP-SECRET")
     return tenant

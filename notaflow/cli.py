@@ -101,6 +101,12 @@ def _parser() -> argparse.ArgumentParser:
 
     hook = sub.add_parser("focus-hook", help="register notaflow's callback URL at Focus NFe")
     hook.add_argument("url", help="public URL of /webhooks/focus/nfse")
+    hook.add_argument(
+        "--show-secret",
+        action="store_true",
+        help="print the hook's authorization value (NOTAFLOW_FOCUS_WEBHOOK_SECRET); masked "
+        "otherwise, since terminals and CI logs keep what is printed",
+    )
 
     probe = sub.add_parser(
         "probe", help="GET a URL; exit 0 on a 2xx answer, 1 otherwise (`helm test`, scripts)"
@@ -225,7 +231,8 @@ def _main(args: argparse.Namespace) -> int:
             )
         )
     elif args.command == "focus-hook":
-        print(json.dumps(asyncio.run(_register_hook(settings, args.url)), indent=2))
+        registered = asyncio.run(_register_hook(settings, args.url))
+        print(json.dumps(_mask_hook(registered, args.show_secret), indent=2))
     elif args.command == "sandbox" and args.provider == "emites":
         asyncio.run(
             processes.run_emites_sandbox(args.host, args.port, args.cnpj, args.cancel_window)
@@ -336,6 +343,12 @@ async def _history(settings: Settings, tenant: str, ref: str) -> object:
         return {"document_id": doc.id, "status": doc.status, "history": await docs.history(doc.id)}
     finally:
         await engine.dispose()
+
+
+def _mask_hook(hook: object, show_secret: bool) -> object:
+    if show_secret or not isinstance(hook, dict) or not hook.get("authorization"):
+        return hook
+    return {**hook, "authorization": "***"}
 
 
 async def _register_hook(settings: Settings, url: str) -> object:

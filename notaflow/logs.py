@@ -34,6 +34,7 @@ __all__ = [
     "current_context",
     "log_context",
     "redact",
+    "redact_every_handler",
     "trace_id_of",
 ]
 
@@ -74,6 +75,11 @@ _SECRET_TEXT = (
     ),
     # Passwords in URLs: postgresql://user:pw@host/db
     re.compile(r"(://[^:/\s@]+:)[^@\s/]+@"),
+    # Values a database error quotes: SQLAlchemy's `[parameters: ...]` (hidden at the engine,
+    # masked here too for any other path) and PostgreSQL's `Key (col)=(value)` details.
+    re.compile(
+        r"(\[parameters: )[^\]]*(\])|(\bKey \([^)]*\)=\()[^\n]*?(\)( already| is not|$))", re.M
+    ),
 )
 
 # Attributes every LogRecord has: anything else on a record came from `extra=`.
@@ -122,7 +128,14 @@ def redact_text(text: str, limit: int = MAX_MESSAGE_BYTES) -> str:
     text = _SECRET_TEXT[0].sub(lambda m: f"{m.group(1)} {MASK}", text)
     text = _SECRET_TEXT[1].sub(lambda m: f"{m.group(1)}{MASK}", text)
     text = _SECRET_TEXT[2].sub(lambda m: f"{m.group(1)}{MASK}@", text)
+    text = _SECRET_TEXT[3].sub(_mask_database_values, text)
     return _truncate(text, limit)
+
+
+def _mask_database_values(m: re.Match[str]) -> str:
+    if m.group(1):
+        return f"{m.group(1)}{MASK}{m.group(2)}"
+    return f"{m.group(3)}{MASK}{m.group(4)}"
 
 
 def redact(value: Any, depth: int = 0) -> Any:
@@ -217,3 +230,18 @@ def configure_json_logging(level: str, service: str, stream: TextIO | None = Non
     root.setLevel(level.upper())
     # aiokafka logs every reconnect attempt at INFO; warnings are what an operator acts on.
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
+
+
+def redact_every_handler() -> None:
+    """Put the redaction filter on every handler configured so far (the root's, and those
+    uvicorn or a library installed on their own loggers), whatever their format: a record
+    that propagates to a handler is filtered by that handler, not by its own logger."""
+    loggers = [logging.getLogger()] + [
+        logger
+        for logger in logging.Logger.manager.loggerDict.values()
+        if isinstance(logger, logging.Logger)
+    ]
+    for logger in loggers:
+        for handler in logger.handlers:
+            if not any(isinstance(f, RedactionFilter) for f in handler.filters):
+                handler.addFilter(RedactionFilter())

@@ -48,6 +48,9 @@ def configure_logging(level: str, fmt: str = "text", service: str = "notaflow") 
             level=level.upper(),
             format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         )
+        from notaflow.logs import redact_every_handler
+
+        redact_every_handler()  # the text format is as clean as the JSON one (issue 19)
     logging.getLogger("aiokafka").setLevel(logging.WARNING)
     # httpx logs every request at INFO ("HTTP Request: POST ..."): a formatted line per note
     # and per webhook in the consumers. Kept for NOTAFLOW_LOG_LEVEL=DEBUG.
@@ -71,6 +74,8 @@ async def run_ingress(settings: Settings) -> None:
     from ingress.auth import TenantCache
     from ingress.deps import IngressDeps
     from ingress.intake import Intake
+    from ingress.server_limits import server_options
+    from notaflow.logs import redact_every_handler
     from notaflow.metrics import Metrics
 
     engine = create_engine(settings.database_url, **settings.database_options())
@@ -104,7 +109,14 @@ async def run_ingress(settings: Settings) -> None:
         timeout_graceful_shutdown=int(settings.graceful_timeout),
         server_header=False,
         log_config=None,  # uvicorn's loggers go through ours (configure_logging)
+        **server_options(
+            settings.ingress_max_header_bytes,
+            settings.ingress_header_timeout,
+            settings.ingress_keep_alive_timeout,
+            settings.ingress_max_concurrency,
+        ),
     )
+    redact_every_handler()  # whatever handlers uvicorn's config installed
     server = _FlushingServer(config)
     try:
         if settings.ops_port:

@@ -157,6 +157,15 @@ class Settings:
     # A directory of files named like the variables (NOTAFLOW_FOCUS_TOKEN, ...), read as their
     # values: the chart mounts the Secret there instead of exposing it as environment.
     secrets_dir: str = ""
+    # Ingress server limits (issue 19), applied by the server before a request reaches the app:
+    # the request line and headers at most this many bytes (431 past it), delivered within
+    # this many seconds of the connection or of the request's first byte (408 past it); idle
+    # keep-alive connections closed after `keep_alive_timeout`; past `max_concurrency`
+    # connections or requests at once, new ones get 503 (0: no limit).
+    ingress_max_header_bytes: int = 16_384
+    ingress_header_timeout: float = 10.0
+    ingress_keep_alive_timeout: float = 5.0
+    ingress_max_concurrency: int = 1000
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod

@@ -60,7 +60,7 @@ import xml.etree.ElementTree as ET
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Mapping
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Literal
 from urllib.parse import urlsplit
@@ -202,6 +202,9 @@ class Stats:
     http500: Counter[str] = field(default_factory=Counter)
     emails: Counter[str] = field(default_factory=Counter)
     callbacks: Counter[str] = field(default_factory=Counter)
+    # Focus credits beyond the POST: GETs of a note and XML downloads, by ref (issue 19).
+    consultas: Counter[str] = field(default_factory=Counter)
+    downloads: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -212,6 +215,8 @@ class Stats:
             "cancellations": dict(self.cancellations),
             "http500": dict(self.http500),
             "emails": dict(self.emails),
+            "consultas": dict(self.consultas),
+            "downloads": dict(self.downloads),
             "callbacks": {
                 key: self.callbacks[key] for key in ("sent", "failed", "given_up", "dropped")
             },
@@ -425,11 +430,13 @@ class FocusSandbox:
 
     def _authorize(self, nota: Nota) -> None:
         nota.authorized_at = self.now()
-        nota.autorizada = rules.authorize(
-            nota.doc,
-            numero=self._next(self._numero, nota.cnpj),
-            authorized_at=datetime.fromtimestamp(nota.authorized_at, UTC),
-            base_url=nota.base_url,
+        nota.autorizada = _unguessable_xml_name(
+            rules.authorize(
+                nota.doc,
+                numero=self._next(self._numero, nota.cnpj),
+                authorized_at=datetime.fromtimestamp(nota.authorized_at, UTC),
+                base_url=nota.base_url,
+            )
         )
         nota.status = "autorizado"
         self._by_xml[nota.autorizada.xml_name] = nota
@@ -443,7 +450,9 @@ class FocusSandbox:
         return nota
 
     async def consult(self, request: Request, token: str) -> Response:
-        return JSONResponse(self._nota(token, request.path_params["ref"]).consulta())
+        nota = self._nota(token, request.path_params["ref"])
+        self.stats.consultas[nota.ref] += 1
+        return JSONResponse(nota.consulta())
 
     async def cancel(self, request: Request, token: str) -> Response:
         nota = self._nota(token, request.path_params["ref"])
@@ -578,6 +587,7 @@ class FocusSandbox:
         nota = self._by_xml.get(request.path_params["name"])
         if nota is None or nota.autorizada is None:
             return _not_found("Arquivo não encontrado").response()
+        self.stats.downloads[nota.ref] += 1
         return Response(nfse_xml(nota), media_type="application/xml")
 
     def _public_nota(self, request: Request) -> Nota:
@@ -718,6 +728,13 @@ def _dig(doc: Mapping[str, Any], *path: str) -> object:
 
 def _optional_str(value: object) -> str | None:
     return None if value is None else str(value)
+
+
+def _unguessable_xml_name(nota: rules.NotaAutorizada) -> rules.NotaAutorizada:
+    """The XML route needs no credentials (as at Focus), so its name is the only secret: the
+    rules' name (CNPJ, municipality, number, a short code, all public) gets 128 random bits."""
+    name = f"{nota.xml_name}-{secrets.token_hex(16)}"
+    return replace(nota, caminho_xml_nota_fiscal=f"/notas_fiscais_servico/{name}.xml")
 
 
 def _hook_id() -> str:

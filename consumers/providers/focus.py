@@ -22,6 +22,7 @@ from opentelemetry.trace import SpanKind
 
 from consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
 from consumers.providers.keepalive import KeepAliveTransport
+from consumers.providers.urls import on_provider_host, segment
 from notaflow import tracing
 from notaflow.metrics import Metrics
 
@@ -79,9 +80,11 @@ class FocusClient:
         # The connections must not bound the calls lower than that, and must all stay alive
         # (a new one per call costs a handshake, with TLS a lot more): 1,000 is above any sane
         # NOTAFLOW_CONSUMER_CONCURRENCY.
+        # No `auth=` here: the token is attached by `_send` alone, which only ever addresses the
+        # configured base's host (`consumers/providers/urls.py`), so no path a provider or a
+        # forged callback names can carry it elsewhere.
         self._client = httpx.AsyncClient(
             base_url=base_url.rstrip("/"),
-            auth=(token, ""),
             timeout=timeout,
             # A transport handed in is a test seam; ours keeps `max_connections` alive.
             transport=transport or _transport(base_url, max_connections),
@@ -104,6 +107,7 @@ class FocusClient:
         # Our own transport takes the request as bytes, without httpx's objects around it.
         self._raw = self._transport if isinstance(self._transport, KeepAliveTransport) else None
         base = httpx.URL(self._base)
+        self._base_url = base
         self._scheme = base.raw_scheme
         self._host = base.host
         self._port = base.port or (443 if base.scheme == "https" else 80)
@@ -207,13 +211,20 @@ class FocusClient:
     async def _send(
         self, method: str, url: str, json: Any, params: dict[str, str] | None
     ) -> tuple[int, dict[str, str], bytes]:
-        """One exchange straight on the transport, the request as the client would build it:
-        the status, the headers (names in lower case) and the decoded body."""
-        path = url
+        """One API exchange: `url` is a path of our own making under the configured base."""
+        raw_path = self._prefix + url.encode("ascii")
         if params:
-            path += "?" + "&".join(
+            raw_path += b"?" + "&".join(
                 f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params.items()
-            )
+            ).encode("ascii")
+        return await self._exchange(method, raw_path, json)
+
+    async def _exchange(
+        self, method: str, raw_path: bytes, json: Any
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One exchange straight on the transport, the request as the client would build it:
+        the status, the headers (names in lower case) and the decoded body. The host is always
+        the configured base's: this is the only place the token is attached."""
         headers = self._headers.copy()
         content = b""
         if json is not None:
@@ -222,7 +233,7 @@ class FocusClient:
         parent = tracing.outgoing_traceparent()
         if parent:
             headers.append((b"traceparent", parent.encode("ascii")))
-        if self._raw is not None and path.isascii():
+        if self._raw is not None:
             if content or method in ("POST", "PUT", "PATCH"):
                 headers.append((b"Content-Length", str(len(content)).encode("ascii")))
             reply = await self._raw.exchange(
@@ -230,7 +241,7 @@ class FocusClient:
                 self._host,
                 self._port,
                 method.encode("ascii"),
-                self._prefix + path.encode("ascii"),
+                raw_path,
                 headers,
                 content,
                 self._timeouts,
@@ -245,7 +256,7 @@ class FocusClient:
             return reply.status_code, fields, resp.read()
         request = httpx.Request(
             method,
-            self._base + path,
+            self._base_url.copy_with(raw_path=raw_path),
             headers=headers,
             content=content,
             extensions={"timeout": self._timeouts},
@@ -263,29 +274,29 @@ class FocusClient:
         return await self._request("POST", "/v2/nfse", json=document, params={"ref": ref})
 
     async def get_nfse(self, ref: str) -> FocusReply:
-        return await self._request("GET", f"/v2/nfse/{ref}")
+        return await self._request("GET", f"/v2/nfse/{segment(ref)}")
 
     async def cancel_nfse(self, ref: str, justificativa: str) -> FocusReply:
         return await self._request(
-            "DELETE", f"/v2/nfse/{ref}", json={"justificativa": justificativa}
+            "DELETE", f"/v2/nfse/{segment(ref)}", json={"justificativa": justificativa}
         )
 
     async def download(self, path: str) -> bytes:
         """A file Focus names by path (`caminho_xml_nota_fiscal`), on the same lean exchange as
-        the API calls; a full URL goes through the client as it is."""
+        the API calls. The path is resolved on the configured host or refused (ForeignPath):
+        it may come from a callback, and the exchange carries our token."""
+        target = on_provider_host(self._base_url, path)
         await self._take_turn()
         try:
-            if path.startswith(("http://", "https://")):
-                resp = await self._client.get(path)
-                status, content = resp.status_code, resp.content
-            else:
-                status, _, content = await self._send("GET", path, None, None)
+            status, _, content = await self._exchange("GET", target.raw_path, None)
+        except httpx.TimeoutException as exc:
+            raise TransientFailure(f"Focus GET {target.path}: timeout") from exc
         except httpx.HTTPError as exc:
-            raise TransientFailure(f"Focus GET {path}: {exc!r}") from exc
+            raise TransientFailure(f"Focus GET {target.path}: {exc!r}") from exc
         finally:
             self._end_turn()
         if status >= 400:
-            raise TransientFailure(f"Focus GET {path}: HTTP {status}")
+            raise TransientFailure(f"Focus GET {target.path}: HTTP {status}")
         return content
 
     async def register_hook(

@@ -14,12 +14,13 @@ Errors:
     DestinationRefused (PermanentFailure)   the URL or its addresses break the SSRF policy
     WebhookVerificationError                a signature check failed (receiver side)
 
-SSRF and DNS rebinding: the host is resolved once and every address must be public. Plain
-`http` is then sent to the checked address itself (the URL keeps its `Host` header), so a second
-resolution cannot swap in an internal address. `https` keeps the hostname, because TLS
-verification already refuses a rebound address: an internal server cannot present a certificate
-for the attacker's name. (Pinning https would also need the SNI and a connection pool keyed on
-the hostname, which httpx's pool is not.)
+SSRF and DNS rebinding: the host is resolved once and every address must be public; the
+policy itself is `notaflow.destinations`, also applied when a hook is created. Every delivery is
+then sent to the checked address itself, so a second resolution cannot swap in an internal
+address: plain `http` keeps the name in the `Host` header; `https` also sends the name as SNI
+and verifies the certificate against the name (httpcore's `sni_hostname`), on a connection
+that is closed after the delivery, because httpx's pool is keyed by the address and must not
+hand a connection verified for one name to a delivery for another.
 """
 
 from __future__ import annotations
@@ -30,9 +31,7 @@ import binascii
 import hashlib
 import hmac
 import inspect
-import ipaddress
 import random
-import re
 import secrets
 import socket
 import time
@@ -44,6 +43,7 @@ import httpx
 import orjson
 
 from consumers.errors import PermanentFailure, TransientFailure
+from notaflow import destinations
 
 #: Focus NFe's retry delays, in seconds, after the first failed delivery.
 RETRY_SCHEDULE: tuple[float, ...] = (60, 1800, 3600, 10800, 86400)
@@ -54,31 +54,6 @@ DEFAULT_TOLERANCE = 300
 #: (host, port) -> addresses; sync for `check_destination`, sync or async elsewhere.
 SyncResolver = Callable[[str, int], Iterable[str]]
 Resolver = Callable[[str, int], Iterable[str] | Awaitable[Iterable[str]]]
-
-_DEFAULT_PORTS = {"http": 80, "https": 443}
-_TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
-_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
-# Headers a hook's configuration must not override: ours, or the framing of the request.
-_RESERVED_HEADERS = frozenset(
-    {
-        "host",
-        "content-type",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "keep-alive",
-        "upgrade",
-        "te",
-        "trailer",
-        "expect",
-        "user-agent",
-        "webhook-id",
-        "webhook-timestamp",
-        "webhook-signature",
-    }
-)
-# NAT64 (RFC 6052) embeds an IPv4 address that a NAT64 gateway will reach.
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
 
 
 class DestinationRefused(PermanentFailure):
@@ -165,60 +140,23 @@ def verify(
 
 
 def _parse_destination(url: str) -> tuple[httpx.URL, str, int]:
-    # The same parser as the one that sends: no differential between check and use.
     try:
-        parsed = httpx.URL(url)
-    except (httpx.InvalidURL, TypeError, ValueError) as exc:
-        raise DestinationRefused(f"invalid URL: {exc}") from exc
-    if parsed.scheme not in _DEFAULT_PORTS:
-        raise DestinationRefused(f"scheme {parsed.scheme!r} not allowed (http or https only)")
-    if parsed.userinfo:
-        raise DestinationRefused("credentials in the URL are not allowed")
-    if not parsed.host:
-        raise DestinationRefused("URL has no host")
-    return parsed, parsed.host, parsed.port or _DEFAULT_PORTS[parsed.scheme]
+        return destinations.parse_destination(url)
+    except destinations.DestinationError as exc:
+        raise DestinationRefused(str(exc)) from exc
 
 
-def _literal(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        return ipaddress.ip_address(host)
-    except ValueError:
-        return None
-
-
-def _is_forbidden(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
-    if isinstance(ip, ipaddress.IPv6Address):
-        if ip.ipv4_mapped is not None:  # ::ffff:a.b.c.d is the IPv4 host itself
-            return _is_forbidden(ip.ipv4_mapped)
-        embedded = ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
-        if embedded is None and ip in _NAT64:
-            embedded = ipaddress.IPv4Address(int(ip) & 0xFFFFFFFF)
-        if embedded is not None and _is_forbidden(embedded):
-            return True
-    return (
-        ip.is_loopback
-        or ip.is_private
-        or ip.is_link_local
-        or ip.is_multicast
-        or ip.is_reserved
-        or ip.is_unspecified
-        or not ip.is_global  # also shared address space 100.64/10, documentation ranges
-    )
+_literal = destinations.literal
+_is_forbidden = destinations.is_forbidden
 
 
 def _check_addresses(host: str, addresses: Iterable[str]) -> list[str]:
-    checked: list[str] = []
-    for address in addresses:
-        ip = _literal(address.split("%", 1)[0])  # drop an IPv6 zone id ("fe80::1%eth0")
-        if ip is None:
-            raise DestinationRefused(f"{host} resolved to a non-IP address {address!r}")
-        if _is_forbidden(ip):
-            raise DestinationRefused(f"{host} resolves to a non-public address {ip}")
-        if str(ip) not in checked:
-            checked.append(str(ip))
-    if not checked:
-        raise TransientFailure(f"{host} did not resolve to any address")
-    return checked
+    try:
+        return destinations.check_addresses(host, addresses)
+    except destinations.DestinationError as exc:
+        raise DestinationRefused(str(exc)) from exc
+    except destinations.Unresolved as exc:
+        raise TransientFailure(str(exc)) from exc
 
 
 def _getaddrinfo(host: str, port: int) -> list[str]:
@@ -322,10 +260,10 @@ class DeliveryResult:
 
 
 def _check_auth_header(name: str, value: str) -> None:
-    if not _TOKEN.match(name) or name.lower() in _RESERVED_HEADERS:
-        raise DestinationRefused(f"authorization header name {name!r} not allowed")
-    if _BAD_VALUE.search(value):
-        raise DestinationRefused("authorization value contains control characters")
+    try:
+        destinations.check_header(name, value)
+    except destinations.DestinationError as exc:
+        raise DestinationRefused(str(exc)) from exc
 
 
 def _body(payload: dict[str, Any]) -> bytes:
@@ -406,22 +344,34 @@ class WebhookSender:
     async def _send(self, url: str, headers: dict[str, str], body: bytes) -> httpx.Response:
         addresses = await resolve_and_check(url, self._allow_private, self._resolver)
         parsed = httpx.URL(url)
-        if parsed.scheme == "https" or _literal(parsed.host) is not None:
+        sni: str | None = None
+        if _literal(parsed.host) is not None:
             targets = [parsed]
         else:
-            # Pin plain http to the checked addresses; keep the name in the Host header.
+            # Pinned to the checked addresses; the name stays in the Host header (and, for
+            # https, in SNI and the certificate check).
             headers = {**headers, "Host": parsed.netloc.decode("ascii")}
             targets = [parsed.copy_with(host=address) for address in addresses]
+            if parsed.scheme == "https":
+                sni = parsed.raw_host.decode("ascii")  # IDNA-encoded, as SNI wants it
+                headers["Connection"] = "close"
         for fallback in targets[:-1]:
             try:
-                return await self._post(fallback, headers, body)
+                return await self._post(fallback, headers, body, sni)
             except httpx.ConnectError:
                 continue  # e.g. an IPv6 address without an IPv6 route: try the next one
-        return await self._post(targets[-1], headers, body)
+        return await self._post(targets[-1], headers, body, sni)
 
-    async def _post(self, url: httpx.URL, headers: dict[str, str], body: bytes) -> httpx.Response:
+    async def _post(
+        self, url: httpx.URL, headers: dict[str, str], body: bytes, sni: str | None = None
+    ) -> httpx.Response:
         request = self._client.build_request(
-            "POST", url, headers=headers, content=body, timeout=self._timeout
+            "POST",
+            url,
+            headers=headers,
+            content=body,
+            timeout=self._timeout,
+            extensions={"sni_hostname": sni} if sni else None,
         )
         response = await self._client.send(request, stream=True, follow_redirects=False)
         # The status is all we need; do not let a receiver make us read a huge body.

@@ -74,13 +74,18 @@ _POOL_OPTIONS = ("pool_size", "max_overflow", "pool_timeout")
 def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
     """`kwargs` go to SQLAlchemy; `Settings.database_options()` gives the pool size, overflow,
     timeout and the PgBouncer connect arguments (ignored for SQLite)."""
+    # hide_parameters: SQLAlchemy's errors otherwise carry `[parameters: ...]`, the values of
+    # the failed statement (invoice-link tokens, e-mail addresses), into log lines and the
+    # dead-letter header `dlq_error` (issue 19).
     url = async_url(url)
     if url.startswith("sqlite"):
         kwargs = {k: v for k, v in kwargs.items() if k not in _POOL_OPTIONS}
         kwargs.pop("connect_args", None)
         # Several processes (ingress, consumers) share the file: WAL lets readers run beside
         # the writer, and busy_timeout makes a writer wait instead of failing at once.
-        engine = create_async_engine(url, connect_args={"timeout": 30}, **kwargs)
+        engine = create_async_engine(
+            url, connect_args={"timeout": 30}, hide_parameters=True, **kwargs
+        )
 
         @sa.event.listens_for(engine.sync_engine, "connect")
         def _pragmas(dbapi_conn: Any, _record: Any) -> None:
@@ -92,7 +97,12 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
             cur.close()
 
         return engine
-    options: dict[str, Any] = {"pool_size": 10, "max_overflow": 20, "pool_pre_ping": True}
+    options: dict[str, Any] = {
+        "pool_size": 10,
+        "max_overflow": 20,
+        "pool_pre_ping": True,
+        "hide_parameters": True,
+    }
     return create_async_engine(url, **(options | kwargs))
 
 

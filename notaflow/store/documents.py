@@ -400,12 +400,17 @@ class DocumentStore:
         result: dict[str, Any] | None = None,
         erros: list[dict[str, Any]] | None = None,
         detail: dict[str, Any] | None = None,
+        after: frozenset[str] | None = None,
     ) -> Document | None:
         """Move a document to `status` if that is a legal next step for this attempt; return
-        the updated document, or None when the change was already applied or is not allowed."""
+        the updated document, or None when the change was already applied or is not allowed.
+        `after` widens the statuses it may come from, for a correction the provider confirmed
+        (an authorization applied from an unconfirmed callback, issue 19)."""
         allowed = TRANSITIONS.get(status)
         if not allowed:
             raise ValueError(f"no transition into {status!r}")
+        if after:
+            allowed = allowed | after
         # JSON is serialized here, not in the batch: a value orjson refuses fails its caller
         # only. None stays None (SQL NULL, as the Json column type writes it).
         item = _Transition(

@@ -21,6 +21,7 @@ from consumers.errors import (
     Unsent,
 )
 from consumers.providers.focus import FocusClient, FocusReply, RateLimitGate
+from consumers.providers.urls import ForeignPath
 
 BASE = "https://focus.test"
 TOKEN = "tok-123"
@@ -377,7 +378,7 @@ async def test_stop_calls_lets_calls_in_flight_finish_and_starts_no_more() -> No
     assert all(isinstance(o, Unsent) for o in outcomes[2:])
 
 
-async def test_download_by_path_and_by_url() -> None:
+async def test_download_by_path_and_by_url_on_the_focus_host_only() -> None:
     seen: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
@@ -389,15 +390,33 @@ async def test_download_by_path_and_by_url() -> None:
     focus = client(handler)
     try:
         by_path = await focus.download("/notas_fiscais_servico/N1A1-nfse.xml")
-        by_url = await focus.download("https://files.focus.test/x/N1A1-nfse.xml")
+        by_url = await focus.download(f"{BASE}/x/N1A1-nfse.xml")
         with pytest.raises(TransientFailure, match="HTTP 404"):
             await focus.download("/notas_fiscais_servico/missing.xml")
+        # Issue 19: a path from a callback that names another host is refused before any
+        # request is made (the exchange carries the token).
+        for foreign in (
+            "https://files.focus.test/x/N1A1-nfse.xml",
+            "http://127.0.0.1:9/x.xml",
+            "//127.0.0.1:9/x.xml",
+            "https://user@focus.test/x.xml",
+            "notas/x.xml",
+            "/x\\@127.0.0.1/x.xml",
+            "/x\r\nHost: evil/x.xml",
+        ):
+            with pytest.raises(ForeignPath):
+                await focus.download(foreign)
+        # Non-ASCII and `@` stay in the path: the host never changes.
+        await focus.download("/notas/\u00e9@127.0.0.1:9/x.xml")
     finally:
         await focus.aclose()
     assert by_path == by_url == b"<xml/>"
     assert str(seen[0].url) == f"{BASE}/notas_fiscais_servico/N1A1-nfse.xml"
-    assert str(seen[1].url) == "https://files.focus.test/x/N1A1-nfse.xml"
+    assert str(seen[1].url) == f"{BASE}/x/N1A1-nfse.xml"
     assert seen[0].headers["Authorization"].startswith("Basic ")
+    assert len(seen) == 4
+    assert seen[3].url.host == "focus.test"
+    assert seen[3].url.raw_path == b"/notas/%C3%A9@127.0.0.1:9/x.xml"
 
 
 async def test_calls_waiting_for_a_slot_respect_a_429_that_came_meanwhile() -> None:

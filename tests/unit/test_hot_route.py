@@ -215,5 +215,8 @@ async def test_hot_route_answers_as_the_starlette_route() -> None:
     ]:
         sent, error, _ = by_name[name]
         assert (sent[0]["status"], error is not None) == (status, handed_on), name
+    # Issue 19: a client that goes away mid-body is neither a 500 nor a logged error.
+    sent, error, logged = by_name["client disconnects"]
+    assert (sent[0]["status"], error, logged) == (499, None, [])
     statuses = [sent[0]["status"] if sent else None for sent, _, _ in fast]
     assert statuses.count(202) == 8 and 500 in statuses and 503 in statuses

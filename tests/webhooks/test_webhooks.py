@@ -268,8 +268,12 @@ async def test_public_destination_pinned_without_network() -> None:
     http_req, https_req = recorder.requests
     assert str(http_req.url) == "http://93.184.216.34/nf?x=1"
     assert http_req.headers["host"] == "hooks.example.com"
-    # https keeps the name: certificate verification is what defeats rebinding there
-    assert str(https_req.url) == "https://hooks.example.com:8443/nf"
+    # https is pinned too (issue 19): the checked address, the name as Host, SNI and the
+    # certificate's name, and a connection that is not reused for another name
+    assert str(https_req.url) == "https://93.184.216.34:8443/nf"
+    assert https_req.headers["host"] == "hooks.example.com:8443"
+    assert https_req.extensions["sni_hostname"] == "hooks.example.com"
+    assert https_req.headers["connection"] == "close"
 
 
 async def test_any_private_address_among_public_ones_is_refused() -> None:
