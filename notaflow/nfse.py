@@ -1,14 +1,18 @@
-"""Validation and normalisation of Focus NFe NFS-e commands (`/v2/nfse`, seed 001).
+"""Validation and normalisation of Focus NFe NFS-e commands (`/v2/nfse`, seed 001 and 2026).
 
 `normalize_nfse` is the one entry point the ingress and the Kafka consumers share. It runs in
 three steps, cheapest first because the ingress calls it for every request:
 
 1. the JSON Schema `schemas/nfse.schema.json` through the compiled jsonschema_rs validator; the
-   detailed (slow) error list is only computed when the fast `is_valid` says no;
+   detailed (slow) error list is only computed when the fast `is_valid` says no. Only then are
+   the values real clients send for "no value" (null, false outside booleans, "") removed from
+   the known fields and the schema asked again (see `without_absent`): a clean document pays
+   nothing for that leniency;
 2. fiscal checks the schema cannot express: CPF/CNPJ check digits, IBGE municipality codes,
    real UFs, calendar dates;
-3. a new dict with only the known fields, in one canonical form (see `normalize_nfse`), and the
-   defaults of `DEFAULTS_DOC` filled in.
+3. a new dict with the known fields in one canonical form (see `normalize_nfse`), every other
+   field carried exactly as sent (Focus is the authority on those; `carry` bounds them), and
+   the defaults of `DEFAULTS_DOC` filled in.
 
 The known fields are read from the schema itself, so a field added there is validated and
 kept without touching this module; a new `$defs` entry needs a handler here (the import fails
@@ -41,11 +45,17 @@ from notaflow.brdocs import (
 from notaflow.errors import InvalidDocument
 
 __all__ = [
+    "CARRY_MAX_DEPTH",
+    "CARRY_MAX_ITEMS",
+    "CARRY_MAX_KEYS",
+    "CARRY_MAX_TEXT",
     "DEFAULTS_DOC",
     "NOT_AN_OBJECT",
+    "carry",
     "normalize_nfse",
     "validate_justificativa",
     "validate_ref",
+    "without_absent",
 ]
 
 NOT_AN_OBJECT: Final = "O corpo da requisição deve ser um objeto JSON"
@@ -79,6 +89,15 @@ DEFAULTS_DOC: Final[tuple[tuple[str, object, str], ...]] = (
 _TOP_LEVEL_DEFAULTS: Final[dict[str, object]] = {
     field: default for field, default, _ in DEFAULTS_DOC if "." not in field
 }
+
+# Bounds of what is carried to the provider unvalidated (fields notaflow does not know). The body
+# limit bounds the bytes; these bound the shape, so a document stays something a provider, the
+# bus and the database handle in one piece: nesting below the unknown field, keys of one object
+# or items of one array, values carried by one document in all, characters of one text or key.
+CARRY_MAX_DEPTH: Final = 8
+CARRY_MAX_KEYS: Final = 200
+CARRY_MAX_ITEMS: Final = 2000
+CARRY_MAX_TEXT: Final = 20_000
 
 _REF = re.compile(r"[A-Za-z0-9]+")
 _REF_MAX = 50
@@ -206,8 +225,15 @@ def _real_date(value: str) -> bool:
     return int(hours) < 24 and int(minutes) < 60
 
 
+def _kept(path: str, value: str) -> str:
+    return value  # the schema's pattern is the whole check (digits only)
+
+
 _HANDLERS: Final[dict[str, _Handler]] = {
     "data_emissao": _data_emissao,
+    "codigo_numerico": _kept,
+    "nif": _text,
+    "motivo_ausencia_nif": _code,
     "natureza_operacao": _code,
     "regime_especial_tributacao": _code,
     "booleano": _boolean,
@@ -231,6 +257,7 @@ _STATIC_DEF_MESSAGES: Final[dict[str, str]] = {
     "inscricao_municipal": "deve conter dígitos",
     "uf": "deve ser a sigla da UF com 2 letras",
     "cep": "CEP deve ter 8 dígitos",
+    "codigo_numerico": "deve ser um texto só com dígitos (até 20)",
 }
 
 
@@ -250,6 +277,8 @@ class _Object:
     are most of a document and, when ASCII, need no call at all."""
 
     fields: Mapping[str, tuple[str, _Handler | _Object]]
+    prefix: str = ""
+    required: frozenset[str] = frozenset()
 
 
 def _compile(schema: Mapping[str, Any], prefix: str = "") -> _Object:
@@ -267,7 +296,7 @@ def _compile(schema: Mapping[str, Any], prefix: str = "") -> _Object:
             fields[name] = (path, _text)
         else:
             raise RuntimeError(f"nfse schema property {name!r} needs a $ref or type string")
-    return _Object(fields)
+    return _Object(fields, prefix, frozenset(schema.get("required", ())))
 
 
 _SCHEMA: Final = schemas.load("nfse")
@@ -308,7 +337,7 @@ def _describe(error: jsonschema_rs.ValidationError) -> tuple[str, str]:
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.MaxLength):
         return field, _invalid(field, f"tamanho máximo {kind.limit} caracteres")
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Not):
-        return field, _invalid(field, "informe cpf ou cnpj, não ambos")
+        return field, _invalid(field, "informe apenas um entre cpf, cnpj e nif")
     return field, _invalid(field, "valor não aceito")
 
 
@@ -323,30 +352,97 @@ def _first_schema_error(raw: dict[str, Any]) -> InvalidDocument:
 # --- the entry points ---------------------------------------------------------------------
 
 
+def _absent(value: object, node: object) -> bool:
+    """What ERPs send for "no value": null, "", and false where false is not itself a value."""
+    return value is None or value == "" or (value is False and node is not _boolean)
+
+
+def without_absent(raw: Mapping[str, Any], plan: _Object | None = None) -> dict[str, Any]:
+    """`raw` without the known fields whose value means absent (`_absent`), at every level of
+    the known objects. Unknown fields are left alone: they go to the provider as sent. A
+    required field removed here is then reported missing, by name, by the schema."""
+    plan = _PLAN if plan is None else plan
+    out: dict[str, Any] = {}
+    for name, value in raw.items():
+        known = plan.fields.get(name)
+        if known is None:
+            out[name] = value
+            continue
+        node = known[1]
+        if _absent(value, node):
+            continue
+        out[name] = (
+            without_absent(value, node)
+            if isinstance(node, _Object) and isinstance(value, dict)
+            else value
+        )
+    return out
+
+
+def carry(path: str, value: object, budget: list[int] | None = None, depth: int = 0) -> object:
+    """A value of a field notaflow does not know, checked against the carry bounds and returned
+    unchanged (the same object). `budget` counts the values a document may still carry."""
+    if budget is None:
+        budget = [CARRY_MAX_ITEMS]
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise _reject(path, f"o documento leva no máximo {CARRY_MAX_ITEMS} valores não validados")
+    if isinstance(value, str):
+        if len(value) > CARRY_MAX_TEXT:
+            raise _reject(path, f"tamanho máximo {CARRY_MAX_TEXT} caracteres")
+        _text(path, value)
+    elif isinstance(value, dict | list):
+        if depth >= CARRY_MAX_DEPTH:
+            raise _reject(path, f"aninhamento maior que {CARRY_MAX_DEPTH} níveis")
+        if len(value) > CARRY_MAX_KEYS:
+            raise _reject(path, f"no máximo {CARRY_MAX_KEYS} itens")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                if not isinstance(key, str) or len(key) > 200:
+                    raise _reject(path, "nome de campo inválido")
+                carry(f"{path}.{_text(path, key)}", item, budget, depth + 1)
+        else:
+            for index, item in enumerate(value):
+                carry(f"{path}.{index}", item, budget, depth + 1)
+    elif not (value is None or isinstance(value, bool | int | float)):
+        raise _reject(path, "não é um valor JSON")
+    return value
+
+
 def _normalize_object(
-    raw: Mapping[str, Any], plan: _Object, errors: list[InvalidDocument] | None
+    raw: Mapping[str, Any],
+    plan: _Object,
+    errors: list[InvalidDocument] | None,
+    budget: list[int],
 ) -> dict[str, Any]:
-    """The known fields of `raw`, normalised. Driven by the client's keys rather than the plan
-    because a document carries far fewer fields than the schema knows. With `errors`, fiscal
-    failures are collected instead of raised (the slow path that finds the smallest one)."""
+    """The known fields of `raw`, normalised, and the unknown ones carried. Driven by the
+    client's keys rather than the plan because a document carries far fewer fields than the
+    schema knows; the client's order is kept. With `errors`, failures are collected instead of
+    raised (the slow path that finds the smallest one)."""
     out: dict[str, Any] = {}
     fields = plan.fields
     for name, value in raw.items():
         known = fields.get(name)
-        if known is None:
-            continue
-        path, node = known
-        if node is _text and value.isascii():  # the schema made it a string: kept as is
-            out[name] = value
-        elif isinstance(node, _Object):
-            out[name] = _normalize_object(value, node, errors)
-        elif errors is None:
-            out[name] = node(path, value)
-        else:
-            try:
+        try:
+            if known is None:
+                out[name] = carry(plan.prefix + name, value, budget)
+                continue
+            path, node = known
+            if value == "":
+                # The schema lets "" through where it has no minLength: still absent.
+                if name in plan.required:
+                    raise InvalidDocument(path, _missing(path))
+                continue
+            if node is _text and value.isascii():  # the schema made it a string: kept as is
+                out[name] = value
+            elif isinstance(node, _Object):
+                out[name] = _normalize_object(value, node, errors, budget)
+            else:
                 out[name] = node(path, value)
-            except InvalidDocument as error:
-                errors.append(error)
+        except InvalidDocument as error:
+            if errors is None:
+                raise
+            errors.append(error)
     return out
 
 
@@ -359,12 +455,14 @@ def _apply_defaults(doc: dict[str, Any]) -> None:
 def normalize_nfse(raw: object) -> dict[str, Any]:
     """Validate an NFS-e document (a parsed JSON body) and return it in canonical form.
 
-    The result is a new dict with only the fields the schema knows, in which booleans are
-    `bool`; decimals are decimal strings keeping the client's scale ("1.00", 1.0 -> "1.0",
-    3 -> "3"); enum codes are strings ("1"); CPF, CNPJ, CEP and inscrições municipais carry no
-    punctuation (CNPJ letters uppercased); `uf` is uppercase; `data_emissao` is the client's
-    string; and the `DEFAULTS_DOC` defaults are filled in. Normalising the result again gives
-    the same dict.
+    The result is a new dict in the client's field order in which, for the fields the schema
+    knows, booleans are `bool` (ABRASF "2"/2 is false); decimals are decimal strings keeping
+    the client's scale ("1.00", 1.0 -> "1.0", 3 -> "3"); enum codes are strings ("1"); CPF,
+    CNPJ, CEP and inscrições municipais carry no punctuation (CNPJ letters uppercased); `uf` is
+    uppercase; `data_emissao` is the client's string; null, "" (and false outside booleans)
+    are absent; and the `DEFAULTS_DOC` defaults are filled in. Every field the schema does not
+    know is carried as the same object the client sent, within the `CARRY_*` bounds.
+    Normalising the result again gives the same dict.
 
     Raises InvalidDocument for anything else.
     """
@@ -372,18 +470,21 @@ def normalize_nfse(raw: object) -> dict[str, Any]:
         raise InvalidDocument("", NOT_AN_OBJECT)
     try:
         if not _VALIDATOR.is_valid(raw):
-            raise _first_schema_error(raw)
+            # The slow path: maybe only "no value" markers (null, false, "") are in the way.
+            raw = without_absent(raw)
+            if not _VALIDATOR.is_valid(raw):
+                raise _first_schema_error(raw)
     except UnicodeEncodeError:  # lone surrogates, which json.loads lets through from "\ud800"
         raise InvalidDocument("", _NOT_UTF8) from None
     except ValueError:  # a value JSON cannot hold (bytes, a non-string key): not a JSON body
         raise InvalidDocument("", NOT_AN_OBJECT) from None
     try:
-        doc = _normalize_object(raw, _PLAN, None)
+        doc = _normalize_object(raw, _PLAN, None, [CARRY_MAX_ITEMS])
     except InvalidDocument:
-        # Rare: walk again collecting every fiscal error, to report the smallest path as the
-        # schema step does, whatever order the client wrote its fields in.
+        # Rare: walk again collecting every error, to report the smallest path as the schema
+        # step does, whatever order the client wrote its fields in.
         errors: list[InvalidDocument] = []
-        _normalize_object(raw, _PLAN, errors)
+        _normalize_object(raw, _PLAN, errors, [CARRY_MAX_ITEMS])
         raise min(errors, key=lambda error: (error.field, error.message)) from None
     _apply_defaults(doc)
     return doc
