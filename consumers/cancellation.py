@@ -80,6 +80,7 @@ class CancellationConsumer:
 
     async def _cancelled(self, doc: Document, event: Event, body: dict[str, Any]) -> None:
         result = {**doc.result, **result_from_provider(body)}
+        await self._keep_cancellation_xml(doc, result)
         # The command id goes into the history entry, so a redelivery answers "cancelado".
         updated = await self._docs.transition(
             doc.id, doc.attempt, CANCELLED, SOURCE, result, detail={"command_id": event.id}
@@ -87,6 +88,19 @@ class CancellationConsumer:
         if updated is not None:
             await publish_status(self._bus, self._topics, updated, SOURCE, event)
         await self._answer(event, "cancelado")
+
+    async def _keep_cancellation_xml(self, doc: Document, result: dict[str, Any]) -> None:
+        """Store the prefeitura's cancellation XML before the note shows its path, so a client
+        reading `caminho_xml_cancelamento` can always fetch it. Focus's DELETE names it; a
+        redelivered command (answered nfe_cancelada) finds it in Focus's GET."""
+        if not result.get("caminho_xml_cancelamento") and doc.provider_ref is not None:
+            state = await self._focus.get_nfse(doc.provider_ref)
+            if state.body.get("caminho_xml_cancelamento"):
+                result["caminho_xml_cancelamento"] = state.body["caminho_xml_cancelamento"]
+        path = result.get("caminho_xml_cancelamento")
+        if path:
+            xml = await self._focus.download(str(path))
+            await self._docs.put_blob(str(path), doc.tenant_id, "application/xml", xml)
 
     async def _answer(
         self, event: Event, status: str, erros: list[dict[str, Any]] | None = None

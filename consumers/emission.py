@@ -161,8 +161,9 @@ class EmissionConsumer:
             await self._publish_status(doc, event)
             await self._docs.mark_submitted(doc.id, doc.attempt, str(body["ref"]))
         result = result_from_provider(body)
-        if status == AUTHORIZED and result.get("caminho_xml_nota_fiscal"):
-            path = str(result["caminho_xml_nota_fiscal"])
+        xml_field = {AUTHORIZED: "caminho_xml_nota_fiscal", CANCELLED: "caminho_xml_cancelamento"}
+        if status in xml_field and result.get(xml_field[status]):
+            path = str(result[xml_field[status]])
             xml = await self._focus.download(path)
             await self._docs.put_blob(path, doc.tenant_id, "application/xml", xml)
         erros = body.get("erros") if status == ERROR else None

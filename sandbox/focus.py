@@ -173,6 +173,7 @@ class Nota:
     autorizada: rules.NotaAutorizada | None = None
     authorized_at: float = 0.0
     emails: list[str] = field(default_factory=list)
+    cancelamento: tuple[float, str] | None = None  # (instant, justificativa)
 
     def consulta(self) -> dict[str, Any]:
         """The body of GET /v2/nfse/REF, also the body of every hook delivery."""
@@ -189,6 +190,8 @@ class Nota:
             body["erros"] = list(self.erros)
         if self.autorizada is not None:
             body.update(self.autorizada.fields())
+            if self.status == "cancelado":
+                body["caminho_xml_cancelamento"] = rules.caminho_xml_cancelamento(self.autorizada)
         return body
 
 
@@ -443,7 +446,11 @@ class FocusSandbox:
         return nota
 
     async def consult(self, request: Request, token: str) -> Response:
-        return JSONResponse(self._nota(token, request.path_params["ref"]).consulta())
+        nota = self._nota(token, request.path_params["ref"])
+        body = nota.consulta()
+        if request.query_params.get("completa", "").lower() in ("1", "true"):
+            body["requisicao_nota_fiscal"] = nota.doc  # the body as received, as Focus shows it
+        return JSONResponse(body)
 
     async def cancel(self, request: Request, token: str) -> Response:
         nota = self._nota(token, request.path_params["ref"])
@@ -466,8 +473,10 @@ class FocusSandbox:
             # Focus reports a refused cancel as a status, not as an HTTP error.
             return JSONResponse({"status": "erro_cancelamento", "erros": [refusal]})
         nota.status = "cancelado"
+        nota.cancelamento = (self.now(), str(body["justificativa"]).strip())
         self.stats.cancellations[nota.ref] += 1
         self._fire_hooks(nota)
+        # The seed's answer; the cancellation XML's path is in GET and the hooks (as at Focus).
         return JSONResponse({"status": "cancelado"})
 
     async def email(self, request: Request, token: str) -> Response:
@@ -575,10 +584,27 @@ class FocusSandbox:
     # -- public documents ------------------------------------------------------------------
 
     async def xml(self, request: Request) -> Response:
-        nota = self._by_xml.get(request.path_params["name"])
+        name = request.path_params["name"]
+        if name.endswith(rules.CANCEL_SUFFIX):
+            return self._cancel_xml(name.removesuffix(rules.CANCEL_SUFFIX))
+        nota = self._by_xml.get(name)
         if nota is None or nota.autorizada is None:
             return _not_found("Arquivo não encontrado").response()
         return Response(nfse_xml(nota), media_type="application/xml")
+
+    def _cancel_xml(self, name: str) -> Response:
+        nota = self._by_xml.get(name)
+        if nota is None or nota.autorizada is None or nota.cancelamento is None:
+            return _not_found("Arquivo não encontrado").response()
+        at, motivo = nota.cancelamento
+        xml = rules.cancelamento_xml(
+            nota.autorizada,
+            cnpj=nota.cnpj,
+            municipio=rules.digits(_dig(nota.doc, "prestador", "codigo_municipio")),
+            cancelled_at=datetime.fromtimestamp(at, UTC),
+            motivo=motivo,
+        )
+        return Response(xml, media_type="application/xml")
 
     def _public_nota(self, request: Request) -> Nota:
         try:
@@ -747,6 +773,7 @@ def nfse_xml(nota: Nota) -> bytes:
         "ValorServicos": str(servico.get("valor_servicos", "")),
         "Discriminacao": str(servico.get("discriminacao", "")),
     }
+    fields.update(rules.xml_extras(nota.doc))  # the 2026 fields (IBS/CBS, nif), as received
     for tag, text in fields.items():
         ET.SubElement(inf, tag).text = text
     if nota.status == "cancelado":
