@@ -111,6 +111,7 @@ ERP_NFSE_ABSENT = (
     "codigo_obra",
     "art",
     "tomador.cpf",
+    "tomador.cnpj",
     "tomador.nif",
     "tomador.telefone",
     "tomador.endereco.complemento",
@@ -162,3 +163,9 @@ def expected_at_provider(sent: dict[str, Any], normalized: dict[str, Any]) -> No
                 assert b[key] == value, path
 
     walk(sent, normalized, "")
+
+
+def servico_xml_ns(path: str) -> str:
+    """An ElementTree path in the ABRASF namespace the sandbox's XML uses."""
+    ns = "{http://www.abrasf.org.br/nfse.xsd}"
+    return "/".join(ns + part for part in path.split("/"))

@@ -1,0 +1,119 @@
+"""Focus as ERP integrations speak it in 2026, through the production processes on SQLite and
+PostgreSQL: documents built from records (nulls, falses, ABRASF flags, the IBS/CBS group, a
+foreign tomador with nif, fields Focus does not document) are accepted, reach the provider
+field for field, are authorized, re-sent (422), cancelled, and both XMLs are fetched without
+credentials. The same document published straight to Kafka is carried the same way."""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import json
+import xml.etree.ElementTree as ET
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from notaflow import topics as t
+from notaflow.settings import Settings
+from tests.e2e.test_kafka_contract import consume_all, emit_record, produce
+from tests.erp_documents import ERP_NFSE, ERP_NFSE_FOREIGN, expected_at_provider, servico_xml_ns
+from tests.support import Stack
+
+JUSTIFICATIVA = "Serviço cancelado a pedido do tomador"
+
+
+@pytest.fixture
+def stack(settings: Settings, database_url: str, tmp_path: Path) -> Iterator[Stack]:
+    s = Stack(
+        settings.replace(database_url=database_url, cancel_wait=10.0),
+        tmp_path,
+        sandbox_delay=0.1,
+        consumers=("emission", "cancellation"),
+    ).start()
+    yield s
+    s.stop()
+
+
+def at_provider(stack: Stack, note_id: int) -> dict[str, Any]:
+    """What the Focus sandbox received for this note (its own GET ?completa=1)."""
+    with httpx.Client(base_url=stack.sandbox, auth=("sandbox-token", ""), timeout=10) as focus:
+        body: dict[str, Any] = focus.get(f"/v2/nfse/N{note_id}A1", params={"completa": 1}).json()
+    return body
+
+
+def test_erp_documents_end_to_end(stack: Stack) -> None:
+    sent = {"erp1": copy.deepcopy(ERP_NFSE), "erp2": copy.deepcopy(ERP_NFSE_FOREIGN)}
+    bad_group = copy.deepcopy(ERP_NFSE)
+    bad_group["servico"]["cbs_aliquota"] = None  # a CBS value without its rate
+    with stack.client() as c:
+        # As the ERP sends it: data=json.dumps(payload), no Content-Type, completa as a number.
+        r = c.post(
+            "/v2/nfse", params={"ref": "erp1", "completa": 0}, content=json.dumps(sent["erp1"])
+        )
+        assert r.status_code == 202, r.text
+        assert c.post("/v2/nfse", params={"ref": "erp2"}, json=sent["erp2"]).status_code == 202
+        assert c.post("/v2/nfse", params={"ref": "erp3"}, json=bad_group).status_code == 202
+    topics = t.Topics(stack.settings.kafka_topic_prefix)
+    kafka_doc = copy.deepcopy(ERP_NFSE)
+    kafka_doc["servico"]["discriminacao"] = "Publicado direto no Kafka"
+    asyncio.run(
+        produce(
+            stack.settings.kafka_bootstrap,
+            topics.nfse_commands,
+            [emit_record("acme", "kerp", kafka_doc)],
+        )
+    )
+    sent["kerp"] = kafka_doc
+
+    for ref, document in sent.items():
+        note = stack.wait_status(ref, {"autorizado"})
+        with stack.client() as c:
+            full = c.get(f"/v2/nfse/{ref}", params={"completa": "true"}).json()
+            assert (
+                "requisicao_nota_fiscal"
+                not in c.get(f"/v2/nfse/{ref}", params={"completa": "False"}).json()
+            )
+        # GET ?completa shows the body that went to the provider, which is what the client
+        # sent, field for field (known fields normalised, "no value" markers absent).
+        forwarded = full["requisicao_nota_fiscal"]
+        expected_at_provider(document, forwarded)
+        assert at_provider(stack, note["id"])["requisicao_nota_fiscal"] == forwarded
+        datetime.strptime(note["data_emissao"], "%Y-%m-%dT%H:%M:%S%z")
+        # Both documents are public at their unguessable paths: no credentials.
+        xml = httpx.get(stack.base + note["caminho_xml_nota_fiscal"])
+        assert xml.status_code == 200, xml.text
+        inf = ET.fromstring(xml.content).find(servico_xml_ns("Nfse/InfNfse"))
+        assert inf is not None and inf.findtext(servico_xml_ns("CbsValor")) == "9.00"
+        pdf = httpx.get(note["url_danfse"]).content
+        assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+
+    rejected = stack.wait_status("erp3", {"erro_autorizacao"})
+    assert rejected["erros"][0]["codigo"] == "E310" and rejected["erros"][0]["mensagem"]
+
+    with stack.client() as c:
+        again = c.post("/v2/nfse", params={"ref": "erp1"}, json=sent["erp1"])
+        assert (again.status_code, again.json()["codigo"]) == (422, "nfe_autorizada")
+        # DELETE with a JSON string body and no Content-Type, as the ERP sends it.
+        r = c.request(
+            "DELETE", "/v2/nfse/erp1", content=json.dumps({"justificativa": JUSTIFICATIVA})
+        )
+        assert r.status_code == 200 and r.json()["status"] == "cancelado", r.text
+    cancelled = stack.wait_status("erp1", {"cancelado"})
+    answer = httpx.get(stack.base + cancelled["caminho_xml_cancelamento"])  # no credentials
+    assert answer.status_code == 200, answer.text
+    root = ET.fromstring(answer.content)
+    assert root.findtext(".//" + servico_xml_ns("MotivoCancelamento")) == JUSTIFICATIVA
+    assert root.findtext(".//" + servico_xml_ns("Numero")) == cancelled["numero"]
+    with stack.client() as c:
+        bad = c.get("/v2/nfse/erp1", params={"completa": "talvez"})
+        assert bad.status_code == 400 and bad.json()["codigo"] == "requisicao_invalida"
+
+    events = asyncio.run(consume_all(stack.settings.kafka_bootstrap, topics.lifecycle, 9))
+    last = [json.loads(r.value) for r in events if json.loads(r.value)["ref"] == "erp1"][-1]
+    assert last["status"] == "cancelado"
+    assert last["caminho_xml_cancelamento"] == cancelled["caminho_xml_cancelamento"]
