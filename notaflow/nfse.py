@@ -423,27 +423,48 @@ def _normalize_object(
     fields = plan.fields
     for name, value in raw.items():
         known = fields.get(name)
-        try:
-            if known is None:
-                out[name] = carry(plan.prefix + name, value, budget)
-                continue
-            path, node = known
-            if value == "":
-                # The schema lets "" through where it has no minLength: still absent.
-                if name in plan.required:
-                    raise InvalidDocument(path, _missing(path))
-                continue
-            if node is _text and value.isascii():  # the schema made it a string: kept as is
+        if known is None:
+            out[name] = _collect(carry, plan.prefix + name, value, budget, errors)
+            continue
+        path, node = known
+        if node is _text and value.isascii():  # the schema made it a string: kept as is
+            if value:
                 out[name] = value
-            elif isinstance(node, _Object):
-                out[name] = _normalize_object(value, node, errors, budget)
-            else:
+            elif name in plan.required:  # "" where the schema has no minLength: absent
+                _collect(_required, path, value, budget, errors)
+        elif isinstance(node, _Object):
+            out[name] = _normalize_object(value, node, errors, budget)
+        elif value == "":
+            if name in plan.required:
+                _collect(_required, path, value, budget, errors)
+        elif errors is None:
+            out[name] = node(path, value)
+        else:
+            try:
                 out[name] = node(path, value)
-        except InvalidDocument as error:
-            if errors is None:
-                raise
-            errors.append(error)
+            except InvalidDocument as error:
+                errors.append(error)
     return out
+
+
+def _required(path: str, value: object, budget: list[int]) -> object:
+    raise InvalidDocument(path, _missing(path))
+
+
+def _collect(
+    check: Callable[[str, Any, list[int]], object],
+    path: str,
+    value: object,
+    budget: list[int],
+    errors: list[InvalidDocument] | None,
+) -> object:
+    if errors is None:
+        return check(path, value, budget)
+    try:
+        return check(path, value, budget)
+    except InvalidDocument as error:
+        errors.append(error)
+        return value
 
 
 def _apply_defaults(doc: dict[str, Any]) -> None:
