@@ -18,6 +18,7 @@ from consumers.providers.focus import FocusClient
 from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.envelope import Event, decode
+from notaflow.focus_kinds import BY_CANCEL_TYPE, BY_KIND, NFSE, FocusKind
 from notaflow.store import Document, DocumentStore
 from notaflow.store.documents import AUTHORIZED, CANCELLED
 from notaflow.views import result_from_provider
@@ -44,22 +45,25 @@ class CancellationConsumer:
 
     async def handle(self, record: Any) -> None:
         event = decode(record.headers, record.value)
-        if event.type == t.NFSE_CANCEL:
-            await self.cancel(event)
+        kind = BY_CANCEL_TYPE.get(event.type)  # a municipal NFS-e or an NFS-e Nacional
+        if kind is not None:
+            await self.cancel(event, kind)
         elif event.type == t.NFCE_CANCEL:
             if self._nfce is None:
                 raise PermanentFailure("NFC-e is not configured (NOTAFLOW_EMITES_*)")
             await self._nfce.cancel(event)
 
-    async def cancel(self, event: Event) -> None:
+    async def cancel(self, event: Event, kind: FocusKind = NFSE) -> None:
         data = event.data
         doc = await note_to_cancel(
-            self._docs, self._bus, self._topics, event, SOURCE, "nfse_cancel_command", KIND
+            self._docs, self._bus, self._topics, event, SOURCE, "nfse_cancel_command", kind.kind
         )
         if doc is None:
             return
         assert doc.status == AUTHORIZED and doc.provider_ref is not None
-        answer = await self._focus.cancel_nfse(doc.provider_ref, data["justificativa"])
+        answer = await self._focus.cancel_document(
+            kind.api_path, doc.provider_ref, data["justificativa"]
+        )
         body = answer.body
         if body.get("status") == "cancelado" or body.get("codigo") == "nfe_cancelada":
             # nfe_cancelada from Focus: an earlier delivery of this command got through.
@@ -94,7 +98,7 @@ class CancellationConsumer:
         reading `caminho_xml_cancelamento` can always fetch it. Focus's DELETE names it; a
         redelivered command (answered nfe_cancelada) finds it in Focus's GET."""
         if not result.get("caminho_xml_cancelamento") and doc.provider_ref is not None:
-            state = await self._focus.get_nfse(doc.provider_ref)
+            state = await self._focus.get_document(BY_KIND[doc.kind].api_path, doc.provider_ref)
             if state.body.get("caminho_xml_cancelamento"):
                 result["caminho_xml_cancelamento"] = state.body["caminho_xml_cancelamento"]
         path = result.get("caminho_xml_cancelamento")

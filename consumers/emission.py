@@ -19,7 +19,7 @@ from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.envelope import Event, decode
 from notaflow.errors import InvalidDocument, RefInUse
-from notaflow.nfse import normalize_nfse
+from notaflow.focus_kinds import BY_EMIT_TYPE, NFSE, FocusKind
 from notaflow.store import Document, DocumentStore, TenantStore
 from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, PROCESSING, TRANSITIONS
 from notaflow.store.tenants import TenantCache
@@ -56,8 +56,9 @@ class EmissionConsumer:
 
     async def handle(self, record: Any) -> None:
         event = decode(record.headers, record.value)
-        if event.type == t.NFSE_EMIT:
-            await self.emit(event)
+        kind = BY_EMIT_TYPE.get(event.type)  # a municipal NFS-e or an NFS-e Nacional
+        if kind is not None:
+            await self.emit(event, kind)
         elif event.type == t.FOCUS_NFSE_CALLBACK:
             await self.apply_callback(event)
         elif event.type == t.NFCE_CREATE:
@@ -68,21 +69,21 @@ class EmissionConsumer:
 
     # -- emit ----------------------------------------------------------------------------------
 
-    async def emit(self, event: Event) -> None:
+    async def emit(self, event: Event, kind: FocusKind = NFSE) -> None:
         data = event.data
-        errors = sorted(validator("nfse_emit_command").iter_errors(data), key=lambda e: str(e))
+        errors = sorted(validator(kind.command_schema).iter_errors(data), key=lambda e: str(e))
         if errors:
             raise InvalidDocument("data", f"comando inválido: {errors[0]}")
         tenant_id, ref = data["tenant"], data["ref"]
-        doc = await self._docs.get(tenant_id, KIND, ref)
+        doc = await self._docs.get(tenant_id, kind.kind, ref)
         document: dict[str, Any] | None = None
         if doc is not None and doc.command_id == event.id:
             # Claimed with this very command (by the ingress, or by an earlier delivery): the
             # stored payload is the normalized document; normalizing it again is wasted work.
             cnpj = doc.cnpj_prestador
         else:
-            document = normalize_nfse(data["nfse"])
-            cnpj = document["prestador"]["cnpj"]
+            document = kind.normalize(data[kind.kind])
+            cnpj = kind.prestador(document)
         tenant = await self._tenants.get(tenant_id)
         if tenant is None or cnpj not in tenant.cnpjs:
             tenant = await self._tenants.get(tenant_id, fresh=True)  # refuse on current data
@@ -95,11 +96,11 @@ class EmissionConsumer:
             # Published straight to Kafka by another system, or a re-emission after an error.
             try:
                 await self._docs.claim(
-                    tenant_id, KIND, ref, cnpj, document, event.id, SOURCE, current=doc
+                    tenant_id, kind.kind, ref, cnpj, document, event.id, SOURCE, current=doc
                 )
             except RefInUse as exc:
                 raise PermanentFailure(f"ref {ref} em uso ({exc.status})") from exc
-            doc = await self._docs.get(tenant_id, KIND, ref)
+            doc = await self._docs.get(tenant_id, kind.kind, ref)
         if doc is None or doc.command_id != event.id:
             log.info("skipping stale emit %s for %s/%s", event.id, tenant_id, ref)
             return
@@ -110,7 +111,7 @@ class EmissionConsumer:
         pref = provider_ref(doc)
         # Known before the call, so a callback racing our own bookkeeping still finds the note.
         await self._docs.set_provider_ref(doc.id, doc.attempt, pref)
-        reply = await self._focus.emit_nfse(pref, doc.payload)
+        reply = await self._focus.emit_document(kind.api_path, pref, doc.payload)
         code = reply.body.get("codigo")
         if reply.status_code in (200, 201, 202) or code in ("em_processamento", "nfe_autorizada"):
             # 422 for our own provider ref means an earlier delivery of this command got through.

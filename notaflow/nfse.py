@@ -52,7 +52,10 @@ __all__ = [
     "DEFAULTS_DOC",
     "NOT_AN_OBJECT",
     "carry",
+    "compile_plan",
+    "def_messages",
     "normalize_nfse",
+    "normalize_with",
     "validate_justificativa",
     "validate_ref",
     "without_absent",
@@ -232,6 +235,7 @@ def _kept(path: str, value: str) -> str:
 _HANDLERS: Final[dict[str, _Handler]] = {
     "data_emissao": _data_emissao,
     "codigo_numerico": _kept,
+    "codigo_tributacao_nacional": _kept,
     "nif": _text,
     "motivo_ausencia_nif": _code,
     "natureza_operacao": _code,
@@ -258,10 +262,11 @@ _STATIC_DEF_MESSAGES: Final[dict[str, str]] = {
     "uf": "deve ser a sigla da UF com 2 letras",
     "cep": "CEP deve ter 8 dígitos",
     "codigo_numerico": "deve ser um texto só com dígitos (até 20)",
+    "codigo_tributacao_nacional": "deve ter 6 dígitos, por exemplo 010701",
 }
 
 
-def _def_messages(defs: Mapping[str, Any]) -> dict[str, str]:
+def def_messages(defs: Mapping[str, Any]) -> dict[str, str]:
     messages = dict(_STATIC_DEF_MESSAGES)
     for name, definition in defs.items():
         if name not in messages and "enum" in definition:
@@ -281,17 +286,26 @@ class _Object:
     required: frozenset[str] = frozenset()
 
 
-def _compile(schema: Mapping[str, Any], prefix: str = "") -> _Object:
+def compile_plan(
+    schema: Mapping[str, Any], prefix: str = "", defs: Mapping[str, Any] | None = None
+) -> _Object:
+    """The normalisation plan of a document schema (this one, or another Focus document's
+    built from the same `$defs` names, such as `notaflow.nfsen`'s). An enum definition without
+    a handler of its own is a code (`_code`)."""
+    defs = schema["$defs"] if defs is None else defs
     fields: dict[str, tuple[str, _Handler | _Object]] = {}
     for name, sub in schema["properties"].items():
         path = prefix + name
         if "properties" in sub:
-            fields[name] = (path, _compile(sub, path + "."))
+            fields[name] = (path, compile_plan(sub, path + ".", defs))
         elif "$ref" in sub:
             definition = sub["$ref"].removeprefix("#/$defs/")
-            if definition not in _HANDLERS:
-                raise RuntimeError(f"nfse schema definition {definition!r} has no handler")
-            fields[name] = (path, _HANDLERS[definition])
+            if definition in _HANDLERS:
+                fields[name] = (path, _HANDLERS[definition])
+            elif "enum" in defs.get(definition, {}):
+                fields[name] = (path, _code)
+            else:
+                raise RuntimeError(f"schema definition {definition!r} has no handler")
         elif sub.get("type") == "string":
             fields[name] = (path, _text)
         else:
@@ -301,8 +315,8 @@ def _compile(schema: Mapping[str, Any], prefix: str = "") -> _Object:
 
 _SCHEMA: Final = schemas.load("nfse")
 _VALIDATOR: Final = schemas.validator("nfse")
-_DEF_MESSAGES: Final = _def_messages(_SCHEMA["$defs"])
-_PLAN: Final = _compile(_SCHEMA)
+_DEF_MESSAGES: Final = def_messages(_SCHEMA["$defs"])
+_PLAN: Final = compile_plan(_SCHEMA)
 
 
 # --- step 1: schema errors in Focus's words ----------------------------------------------
@@ -320,7 +334,7 @@ def _definition(schema_path: list[str | int]) -> str | None:
     return None
 
 
-def _describe(error: jsonschema_rs.ValidationError) -> tuple[str, str]:
+def _describe(error: jsonschema_rs.ValidationError, messages: Mapping[str, str]) -> tuple[str, str]:
     kind = error.kind
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
         field = _dotted([*error.instance_path, kind.property])
@@ -332,8 +346,8 @@ def _describe(error: jsonschema_rs.ValidationError) -> tuple[str, str]:
         expected = "um objeto" if "object" in kind.types else "um texto"
         return field, _invalid(field, f"deve ser {expected}")
     definition = _definition(error.schema_path)
-    if definition in _DEF_MESSAGES:
-        return field, _invalid(field, _DEF_MESSAGES[definition])
+    if definition is not None and definition in messages:
+        return field, _invalid(field, messages[definition])
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.MaxLength):
         return field, _invalid(field, f"tamanho máximo {kind.limit} caracteres")
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Not):
@@ -341,8 +355,10 @@ def _describe(error: jsonschema_rs.ValidationError) -> tuple[str, str]:
     return field, _invalid(field, "valor não aceito")
 
 
-def _first_schema_error(raw: dict[str, Any]) -> InvalidDocument:
-    described = [_describe(error) for error in _VALIDATOR.iter_errors(raw)]
+def _first_schema_error(
+    raw: dict[str, Any], validator: jsonschema_rs.Validator, messages: Mapping[str, str]
+) -> InvalidDocument:
+    described = [_describe(error, messages) for error in validator.iter_errors(raw)]
     if not described:  # is_valid and iter_errors disagree: never seen, still answer sanely
         return InvalidDocument("", NOT_AN_OBJECT)
     field, message = min(described)
@@ -487,28 +503,38 @@ def normalize_nfse(raw: object) -> dict[str, Any]:
 
     Raises InvalidDocument for anything else.
     """
+    doc = normalize_with(raw, _VALIDATOR, _PLAN, _DEF_MESSAGES)
+    _apply_defaults(doc)
+    return doc
+
+
+def normalize_with(
+    raw: object,
+    validator: jsonschema_rs.Validator,
+    plan: _Object,
+    messages: Mapping[str, str],
+) -> dict[str, Any]:
+    """Steps 1 to 3 for any Focus document schema built on these `$defs` (module docstring)."""
     if not isinstance(raw, dict):
         raise InvalidDocument("", NOT_AN_OBJECT)
     try:
-        if not _VALIDATOR.is_valid(raw):
+        if not validator.is_valid(raw):
             # The slow path: maybe only "no value" markers (null, false, "") are in the way.
-            raw = without_absent(raw)
-            if not _VALIDATOR.is_valid(raw):
-                raise _first_schema_error(raw)
+            raw = without_absent(raw, plan)
+            if not validator.is_valid(raw):
+                raise _first_schema_error(raw, validator, messages)
     except UnicodeEncodeError:  # lone surrogates, which json.loads lets through from "\ud800"
         raise InvalidDocument("", _NOT_UTF8) from None
     except ValueError:  # a value JSON cannot hold (bytes, a non-string key): not a JSON body
         raise InvalidDocument("", NOT_AN_OBJECT) from None
     try:
-        doc = _normalize_object(raw, _PLAN, None, [CARRY_MAX_ITEMS])
+        return _normalize_object(raw, plan, None, [CARRY_MAX_ITEMS])
     except InvalidDocument:
         # Rare: walk again collecting every error, to report the smallest path as the schema
         # step does, whatever order the client wrote its fields in.
         errors: list[InvalidDocument] = []
-        _normalize_object(raw, _PLAN, errors, [CARRY_MAX_ITEMS])
+        _normalize_object(raw, plan, errors, [CARRY_MAX_ITEMS])
         raise min(errors, key=lambda error: (error.field, error.message)) from None
-    _apply_defaults(doc)
-    return doc
 
 
 def validate_justificativa(body: object) -> str:
