@@ -24,6 +24,7 @@ dotted path of the first offending field (the smallest path, so the answer is de
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -101,6 +102,7 @@ CARRY_MAX_DEPTH: Final = 8
 CARRY_MAX_KEYS: Final = 200
 CARRY_MAX_ITEMS: Final = 2000
 CARRY_MAX_TEXT: Final = 20_000
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
 
 _REF = re.compile(r"[A-Za-z0-9]+")
 _REF_MAX = 50
@@ -420,7 +422,17 @@ def carry(path: str, value: object, budget: list[int] | None = None, depth: int 
         else:
             for index, item in enumerate(value):
                 carry(f"{path}.{index}", item, budget, depth + 1)
-    elif not (value is None or isinstance(value, bool | int | float)):
+    elif isinstance(value, bool) or value is None:
+        pass
+    elif isinstance(value, int):
+        # What the bus and the database write (orjson) holds 64 bits; json.loads (the Kafka
+        # path of other publishers) takes any size.
+        if not _INT_MIN <= value <= _INT_MAX:
+            raise _reject(path, "número inteiro fora do intervalo de 64 bits")
+    elif isinstance(value, float):
+        if not math.isfinite(value):
+            raise _reject(path, "número não finito")
+    else:
         raise _reject(path, "não é um valor JSON")
     return value
 

@@ -1010,7 +1010,8 @@ def valid_documents(draw: st.DrawFn) -> dict[str, Any]:
                 "numero": draw(st.text(max_size=10)),
             }
         doc["tomador"] = tomador
-    maybe(doc, "unknown_" + draw(st.text(max_size=5)), st.integers())
+    # Carried as sent: any integer the bus can hold (64 bits; larger ones are refused).
+    maybe(doc, "unknown_" + draw(st.text(max_size=5)), st.integers(-(2**63), 2**63 - 1))
     return doc
 
 
