@@ -24,6 +24,7 @@ from ingress import (
     focus_hooks,
     focus_nfce,
     focus_nfse,
+    focus_nfsen,
     health,
     hubsoft,
     hubsoft_financeiro,
@@ -281,6 +282,7 @@ def create_app(
         routes=[
             *health.routes,
             *focus_nfse.routes,
+            *focus_nfsen.routes,
             *focus_hooks.routes,
             *focus_nfce.routes,
             *provider_webhooks.routes,
