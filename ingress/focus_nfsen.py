@@ -1,7 +1,6 @@
 """Focus NFe dialect, NFS-e Nacional (`/v2/nfsen`): the same lifecycle and answers as `/v2/nfse`
 (`ingress.focus_nfse`, whose helpers it shares) for the flat national document, kind `nfsen`,
-its own command types on the NFS-e command topic. The XML files are served by the `/v2/nfse`
-module's public route: Focus names both kinds' files under `/notas_fiscais_servico/`."""
+its own command types on the NFS-e command topic."""
 
 from __future__ import annotations
 
@@ -174,10 +173,24 @@ async def refire_hook(request: Request) -> Response:
     return FastJSONResponse([hook.public() for hook in fired])
 
 
+XML_DIR = "/notas_fiscais_servico_nacional/"
+
+
+async def nfsen_xml(request: Request) -> Response:
+    """The XML (and the cancellation XML) of a national note, kept by notaflow at the path the
+    provider gave; like at Focus, the unguessable path is the credential."""
+    blob = await deps(request).documents.get_blob(XML_DIR + request.path_params["name"])
+    if blob is None:
+        raise not_found()
+    content_type, data = blob
+    return Response(data, media_type=content_type)
+
+
 routes = [
     Route("/v2/nfsen", create_nfsen, methods=["POST"]),
     Route("/v2/nfsen/{ref}", get_nfsen, methods=["GET"]),
     Route("/v2/nfsen/{ref}", cancel_nfsen, methods=["DELETE"]),
     Route("/v2/nfsen/{ref}/email", email_nfsen, methods=["POST"]),
     Route("/v2/nfsen/{ref}/hook", refire_hook, methods=["POST"]),
+    Route(XML_DIR + "{name}", nfsen_xml, methods=["GET"]),
 ]

@@ -850,7 +850,10 @@ def create_focus_sandbox(config: FocusSandboxConfig | None = None) -> Starlette:
         # Background processing and hook retries must not outlive the server.
         await sandbox.aclose()
 
-    app = Starlette(routes=sandbox.routes(), lifespan=lifespan)
+    from sandbox.focus_nacional import NacionalSandbox  # it builds on this module
+
+    routes = [*sandbox.routes(), *NacionalSandbox(sandbox).routes()]  # + /v2/nfsen
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.sandbox = sandbox
     return app
 
