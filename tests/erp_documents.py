@@ -169,3 +169,71 @@ def servico_xml_ns(path: str) -> str:
     """An ElementTree path in the ABRASF namespace the sandbox's XML uses."""
     ns = "{http://www.abrasf.org.br/nfse.xsd}"
     return "/".join(ns + part for part in path.split("/"))
+
+
+# An NFS-e Nacional as the same ERP sends it to /v2/nfsen: flat, numbers as strings (Focus's
+# documented Python example does so), PIS/COFINS, "no value" markers, fields notaflow only carries.
+ERP_NFSEN: dict[str, Any] = {
+    "data_emissao": "2026-01-15T10:30:00-0300",
+    "data_competencia": "2026-01-15",
+    "codigo_municipio_emissora": "3516200",
+    "cnpj_prestador": PRESTADOR_CNPJ,
+    "cpf_prestador": None,
+    "inscricao_municipal_prestador": "12345",
+    "codigo_opcao_simples_nacional": "3",
+    "regime_especial_tributacao": "0",
+    "cnpj_tomador": "07504505000132",
+    "cpf_tomador": False,
+    "razao_social_tomador": "Acras Tecnologia da Informação LTDA",
+    "codigo_municipio_tomador": "4106902",
+    "cep_tomador": "80045165",
+    "logradouro_tomador": "Rua Dias da Rocha Filho",
+    "numero_tomador": "999",
+    "complemento_tomador": "",
+    "bairro_tomador": "Alto da XV",
+    "telefone_tomador": None,
+    "email_tomador": "contas.nacional@acras.example",
+    "codigo_municipio_prestacao": "3516200",
+    "codigo_tributacao_nacional_iss": "010701",
+    "codigo_tributacao_municipal_iss": "620910000",
+    "codigo_nbs": "115021000",
+    "descricao_servico": "Desenvolvimento de software sob encomenda - janeiro/2026",
+    "valor_servico": "1000.00",
+    "tributacao_iss": "1",
+    "tipo_retencao_iss": "1",
+    "percentual_aliquota_relativa_municipio": "2.00",
+    "percentual_total_tributos_federais": "9.25",
+    "percentual_total_tributos_estaduais": "0",
+    "percentual_total_tributos_municipais": "2.00",
+    "situacao_tributaria_pis_cofins": "01",
+    "base_calculo_pis_cofins": "1000.00",
+    "aliquota_pis": "0.65",
+    "aliquota_cofins": "3.00",
+    "valor_pis": "6.50",
+    "valor_cofins": "30.00",
+    "tipo_retencao_pis_cofins": "2",
+    "valor_irrf": "15.00",
+    "informacoes_complementares": False,
+    "indicador_operacao_consumo_pessoal": "0",
+    "codigo_interno_contribuinte": {"erp": "odoo", "id": 42},
+}
+
+# The "no value" markers of ERP_NFSEN (absent at Focus).
+ERP_NFSEN_ABSENT = (
+    "cpf_prestador",
+    "cpf_tomador",
+    "complemento_tomador",
+    "telefone_tomador",
+    "informacoes_complementares",
+)
+
+
+def expected_nfsen_at_provider(sent: dict[str, Any], forwarded: dict[str, Any]) -> None:
+    """Every field sent reached the provider as sent (its strings are already canonical),
+    except the "no value" markers, which are absent."""
+    for key, value in sent.items():
+        if key in ERP_NFSEN_ABSENT:
+            assert key not in forwarded, key
+        else:
+            assert forwarded.get(key) == value, (key, forwarded.get(key), value)
+    assert set(forwarded) <= set(sent), set(forwarded) - set(sent)

@@ -2,7 +2,9 @@
 PostgreSQL: documents built from records (nulls, falses, ABRASF flags, the IBS/CBS group, a
 foreign tomador with nif, fields Focus does not document) are accepted, reach the provider
 field for field, are authorized, re-sent (422), cancelled, and both XMLs are fetched without
-credentials. The same document published straight to Kafka is carried the same way."""
+credentials. The same document published straight to Kafka is carried the same way. An NFS-e
+Nacional (`/v2/nfsen`) goes the same way, with its client hook (event nfsen) and the e-mail to
+its tomador."""
 
 from __future__ import annotations
 
@@ -20,33 +22,67 @@ import pytest
 
 from notaflow import topics as t
 from notaflow.settings import Settings
+from sandbox import focus_nacional_rules as nacional
 from tests.e2e.test_kafka_contract import consume_all, emit_record, produce
-from tests.erp_documents import ERP_NFSE, ERP_NFSE_FOREIGN, expected_at_provider, servico_xml_ns
-from tests.support import Stack
+from tests.erp_documents import (
+    ERP_NFSE,
+    ERP_NFSE_FOREIGN,
+    ERP_NFSEN,
+    PRESTADOR_CNPJ,
+    expected_at_provider,
+    expected_nfsen_at_provider,
+    servico_xml_ns,
+)
+from tests.support import Receiver, ReceiverServer, Stack, ThreadedSmtpSink, wait_for
 
 JUSTIFICATIVA = "Serviço cancelado a pedido do tomador"
 
 
+class World:
+    def __init__(self, stack: Stack, sink: ThreadedSmtpSink, receiver: Receiver) -> None:
+        self.stack, self.sink, self.receiver = stack, sink, receiver
+
+
 @pytest.fixture
-def stack(settings: Settings, database_url: str, tmp_path: Path) -> Iterator[Stack]:
+def world(settings: Settings, database_url: str, tmp_path: Path) -> Iterator[World]:
+    sink = ThreadedSmtpSink(tmp_path / "outbox").start()
+    receiver_server = ReceiverServer()
+    receiver = receiver_server.start()
     s = Stack(
-        settings.replace(database_url=database_url, cancel_wait=10.0),
+        settings.replace(
+            database_url=database_url,
+            cancel_wait=10.0,
+            smtp_host="127.0.0.1",
+            smtp_port=sink.port,
+            smtp_security="none",
+            smtp_sender="nfse@notaflow.test",
+            smtp_pause=0.05,
+            hooks_allow_private=True,
+            hooks_retry_schedule="0.3,0.6,1",
+        ),
         tmp_path,
         sandbox_delay=0.1,
-        consumers=("emission", "cancellation"),
+        consumers=("emission", "cancellation", "notification"),
     ).start()
-    yield s
+    yield World(s, sink, receiver)
     s.stop()
+    receiver_server.stop()
+    sink.stop()
 
 
-def at_provider(stack: Stack, note_id: int) -> dict[str, Any]:
+def at_provider(stack: Stack, note_id: int, path: str = "/v2/nfse") -> dict[str, Any]:
     """What the Focus sandbox received for this note (its own GET ?completa=1)."""
     with httpx.Client(base_url=stack.sandbox, auth=("sandbox-token", ""), timeout=10) as focus:
-        body: dict[str, Any] = focus.get(f"/v2/nfse/N{note_id}A1", params={"completa": 1}).json()
+        body: dict[str, Any] = focus.get(f"{path}/N{note_id}A1", params={"completa": 1}).json()
     return body
 
 
-def test_erp_documents_end_to_end(stack: Stack) -> None:
+def test_erp_documents_end_to_end(world: World) -> None:
+    municipal(world.stack)
+    national(world)
+
+
+def municipal(stack: Stack) -> None:
     sent = {"erp1": copy.deepcopy(ERP_NFSE), "erp2": copy.deepcopy(ERP_NFSE_FOREIGN)}
     bad_group = copy.deepcopy(ERP_NFSE)
     bad_group["servico"]["cbs_aliquota"] = None  # a CBS value without its rate
@@ -117,3 +153,79 @@ def test_erp_documents_end_to_end(stack: Stack) -> None:
     last = [json.loads(r.value) for r in events if json.loads(r.value)["ref"] == "erp1"][-1]
     assert last["status"] == "cancelado"
     assert last["caminho_xml_cancelamento"] == cancelled["caminho_xml_cancelamento"]
+
+
+def national(world: World) -> None:
+    stack = world.stack
+    sent = copy.deepcopy(ERP_NFSEN)
+    with stack.client() as c:
+        hook = c.post(
+            "/v2/hooks",
+            json={"event": "nfsen", "url": world.receiver.url("/nfsen"), "cnpj": PRESTADOR_CNPJ},
+        )
+        assert hook.status_code in (200, 201), hook.text
+        r = c.post("/v2/nfsen", params={"ref": "nac1"}, content=json.dumps(sent))
+        assert r.status_code == 202, r.text
+        assert r.json() == {
+            "cnpj_prestador": PRESTADOR_CNPJ,
+            "ref": "nac1",
+            "status": "processando_autorizacao",
+        }
+        bad = copy.deepcopy(ERP_NFSEN)
+        bad["codigo_tributacao_nacional_iss"] = "410101"  # no such LC 116 item
+        assert c.post("/v2/nfsen", params={"ref": "nac2"}, json=bad).status_code == 202
+        refused = c.post("/v2/nfsen", params={"ref": "nac3"}, json={**bad, "tributacao_iss": 9})
+        assert refused.status_code == 400 and "tributacao_iss" in refused.json()["mensagem"]
+
+        def state(ref: str, want: str) -> dict[str, Any] | None:
+            body: dict[str, Any] = c.get(f"/v2/nfsen/{ref}", params={"completa": 1}).json()
+            return body if body.get("status") == want else None
+
+        note = wait_for(lambda: state("nac1", "autorizado"), 20, 0.1)
+        rejected = wait_for(lambda: state("nac2", "erro_autorizacao"), 20, 0.1)
+        assert rejected["erros"][0]["codigo"] == "E0314" and rejected["erros"][0]["mensagem"]
+        assert c.get("/v2/nfse/nac1").status_code == 404  # its own kind
+        again = c.post("/v2/nfsen", params={"ref": "nac1"}, json=sent)
+        assert (again.status_code, again.json()["codigo"]) == (422, "nfe_autorizada")
+
+    forwarded = note["requisicao_nota_fiscal"]
+    expected_nfsen_at_provider(sent, forwarded)
+    assert at_provider(stack, note["id"], "/v2/nfsen")["requisicao_nota_fiscal"] == forwarded
+    chave = note["codigo_verificacao"]
+    assert nacional.valid_chave(chave) and chave in note["url"]
+    datetime.strptime(note["data_emissao"], "%Y-%m-%dT%H:%M:%S%z")
+    assert httpx.get(note["url"]).status_code == 200  # the public consultation
+    pdf = httpx.get(note["url_danfse"]).content
+    assert pdf.startswith(b"%PDF-") and pdf.rstrip().endswith(b"%%EOF")
+    xml = httpx.get(stack.base + note["caminho_xml_nota_fiscal"])  # no credentials
+    assert xml.status_code == 200 and chave.encode() in xml.content
+
+    with stack.client() as c:
+        r = c.request("DELETE", "/v2/nfsen/nac1", json={"justificativa": JUSTIFICATIVA})
+        assert r.status_code == 200 and r.json()["status"] == "cancelado", r.text
+        again = c.request("DELETE", "/v2/nfsen/nac1", json={"justificativa": JUSTIFICATIVA})
+        assert again.json()["codigo"] == "nfe_cancelada"
+        cancelled = c.get("/v2/nfsen/nac1").json()
+    answer = httpx.get(stack.base + cancelled["caminho_xml_cancelamento"])  # no credentials
+    assert answer.status_code == 200 and b"101101" in answer.content
+    assert JUSTIFICATIVA.encode() in answer.content
+
+    # The client hook (event nfsen) heard autorizado and cancelado, the latter with the
+    # cancellation XML; the tomador got an e-mail for each.
+    def hooked() -> list[dict[str, Any]] | None:
+        bodies = [json.loads(s.body) for s in world.receiver.seen if s.path == "/nfsen"]
+        return bodies if {b.get("status") for b in bodies} >= {"autorizado", "cancelado"} else None
+
+    bodies = wait_for(hooked, 20, 0.1)
+    last = [b for b in bodies if b["status"] == "cancelado"][-1]
+    assert last["caminho_xml_cancelamento"] == cancelled["caminho_xml_cancelamento"]
+    assert last["codigo_verificacao"] == chave
+    mails = wait_for(
+        lambda: (
+            [m for m in world.sink.received() if sent["email_tomador"] in m.rcpt_tos][1:]
+            and [m for m in world.sink.received() if sent["email_tomador"] in m.rcpt_tos]
+        ),
+        20,
+        0.1,
+    )
+    assert len(mails) == 2
