@@ -8,7 +8,8 @@ Focus routes (HTTP Basic, token as user name, empty password; errors `{"codigo",
     POST   /v2/nfse?ref=REF        202 processando_autorizacao; 422 em_processamento |
                                    nfe_autorizada; 400 requisicao_invalida; 415 for an XML body;
                                    500 for the first N POSTs of a ref asked to fail
-    GET    /v2/nfse/REF            the seed's body for each status; 404 nao_encontrado
+    GET    /v2/nfse/REF            the seed's body for each status (`?completa=1` adds
+                                   `requisicao_nota_fiscal`, the body received); 404
     DELETE /v2/nfse/REF            {"justificativa"} 15..255 -> 200 cancelado | erro_cancelamento
                                    (E523); 400 nfe_cancelada | nfe_nao_autorizada; 404
     POST   /v2/nfse/REF/email      {"emails": [..10]} -> 200, recorded only
@@ -17,7 +18,8 @@ Focus routes (HTTP Basic, token as user name, empty password; errors `{"codigo",
                                    "authorization_header"?}; at most 5 per company and event
     GET    /v2/hooks, GET /v2/hooks/ID, DELETE /v2/hooks/ID
 
-Public pages (no auth, like Focus): `GET /notas_fiscais_servico/{name}.xml` (the NFS-e XML),
+Public pages (no auth, like Focus): `GET /notas_fiscais_servico/{name}.xml` (the NFS-e XML;
+`{name}-cancelamento.xml` the cancellation XML of a cancelled note),
 `GET /nfse/{cnpj}/{numero}` (HTML espelho), `GET /nfse/{cnpj}/{numero}/danfse.pdf`.
 
 Every authenticated answer carries `Rate-Limit-Limit`, `Rate-Limit-Remaining` and
@@ -43,6 +45,8 @@ Test control (no auth):
                              or hangs `hang` seconds and answers 504 unprocessed (an outage),
                              or (slow) works normally but answers `hang` seconds late
     GET  /_sandbox/requests  every POST /v2/nfse: ref, arrival (monotonic), duration, status
+
+The NFS-e Nacional (`/v2/nfsen`) is `sandbox.focus_nacional`, served by the same app.
 """
 
 from __future__ import annotations
