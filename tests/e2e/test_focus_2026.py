@@ -229,3 +229,13 @@ def national(world: World) -> None:
         0.1,
     )
     assert len(mails) == 2
+    # HubSoft's enviar_email names the national note by its id, like a municipal one.
+    r = httpx.post(
+        f"{stack.base}/api/v1/integracao/cliente/nota_fiscal/enviar_email",
+        json={"id_nota_fiscal": str(note["id"]), "tipo_documento": "nfse"},
+        headers={"Authorization": f"Bearer {stack.token}"},
+        timeout=30,
+    )
+    assert r.status_code == 200 and r.json()["status"] == "success", r.text
+    [entry] = r.json()["emails_enviados"]
+    assert entry["email_destino"] == sent["email_tomador"] and entry["enviado"] is True
