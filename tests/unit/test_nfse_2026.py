@@ -274,7 +274,7 @@ json_values = st.recursive(
 )
 
 
-@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(
     where=st.sampled_from(["", "servico.", "tomador.", "tomador.endereco.", "prestador."]),
     key=st.text(min_size=1, max_size=12),
