@@ -18,7 +18,9 @@ from consumers.providers.focus import FocusClient
 from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.envelope import Event, decode
+from notaflow.focus_kinds import BY_CANCEL_TYPE, BY_KIND, NFSE, FocusKind
 from notaflow.store import Document, DocumentStore
+from notaflow.store.blob_names import document_path
 from notaflow.store.documents import AUTHORIZED, CANCELLED
 from notaflow.views import result_from_provider
 
@@ -44,22 +46,25 @@ class CancellationConsumer:
 
     async def handle(self, record: Any) -> None:
         event = decode(record.headers, record.value)
-        if event.type == t.NFSE_CANCEL:
-            await self.cancel(event)
+        kind = BY_CANCEL_TYPE.get(event.type)  # a municipal NFS-e or an NFS-e Nacional
+        if kind is not None:
+            await self.cancel(event, kind)
         elif event.type == t.NFCE_CANCEL:
             if self._nfce is None:
                 raise PermanentFailure("NFC-e is not configured (NOTAFLOW_EMITES_*)")
             await self._nfce.cancel(event)
 
-    async def cancel(self, event: Event) -> None:
+    async def cancel(self, event: Event, kind: FocusKind = NFSE) -> None:
         data = event.data
         doc = await note_to_cancel(
-            self._docs, self._bus, self._topics, event, SOURCE, "nfse_cancel_command", KIND
+            self._docs, self._bus, self._topics, event, SOURCE, "nfse_cancel_command", kind.kind
         )
         if doc is None:
             return
         assert doc.status == AUTHORIZED and doc.provider_ref is not None
-        answer = await self._focus.cancel_nfse(doc.provider_ref, data["justificativa"])
+        answer = await self._focus.cancel_document(
+            kind.api_path, doc.provider_ref, data["justificativa"]
+        )
         body = answer.body
         if body.get("status") == "cancelado" or body.get("codigo") == "nfe_cancelada":
             # nfe_cancelada from Focus: an earlier delivery of this command got through.
@@ -80,6 +85,7 @@ class CancellationConsumer:
 
     async def _cancelled(self, doc: Document, event: Event, body: dict[str, Any]) -> None:
         result = {**doc.result, **result_from_provider(body)}
+        await self._keep_cancellation_xml(doc, result)
         # The command id goes into the history entry, so a redelivery answers "cancelado".
         updated = await self._docs.transition(
             doc.id, doc.attempt, CANCELLED, SOURCE, result, detail={"command_id": event.id}
@@ -87,6 +93,22 @@ class CancellationConsumer:
         if updated is not None:
             await publish_status(self._bus, self._topics, updated, SOURCE, event)
         await self._answer(event, "cancelado")
+
+    async def _keep_cancellation_xml(self, doc: Document, result: dict[str, Any]) -> None:
+        """Store the prefeitura's cancellation XML before the note shows its path, so a client
+        reading `caminho_xml_cancelamento` can always fetch it. Focus's DELETE names it; a
+        redelivered command (answered nfe_cancelada) finds it in Focus's GET."""
+        if not result.get("caminho_xml_cancelamento") and doc.provider_ref is not None:
+            state = await self._focus.get_document(BY_KIND[doc.kind].api_path, doc.provider_ref)
+            if state.body.get("caminho_xml_cancelamento"):
+                result["caminho_xml_cancelamento"] = state.body["caminho_xml_cancelamento"]
+        path = result.get("caminho_xml_cancelamento")
+        if path and path != doc.result.get("caminho_xml_cancelamento"):
+            xml = await self._focus.download(str(path))
+            # Served under a name of our own, as the authorized XML (notaflow.store.blob_names).
+            ours = document_path(doc.kind)
+            await self._docs.put_blob(ours, doc.tenant_id, "application/xml", xml)
+            result["caminho_xml_cancelamento"] = ours
 
     async def _answer(
         self, event: Event, status: str, erros: list[dict[str, Any]] | None = None

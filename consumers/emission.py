@@ -27,7 +27,7 @@ from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.envelope import Event, decode
 from notaflow.errors import InvalidDocument, RefInUse
-from notaflow.nfse import normalize_nfse
+from notaflow.focus_kinds import BY_EMIT_TYPE, BY_KIND, NFSE, FocusKind
 from notaflow.store import Document, DocumentStore, TenantStore
 from notaflow.store.blob_names import document_path
 from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, PROCESSING, TRANSITIONS
@@ -65,8 +65,9 @@ class EmissionConsumer:
 
     async def handle(self, record: Any) -> None:
         event = decode(record.headers, record.value)
-        if event.type == t.NFSE_EMIT:
-            await self.emit(event)
+        kind = BY_EMIT_TYPE.get(event.type)  # a municipal NFS-e or an NFS-e Nacional
+        if kind is not None:
+            await self.emit(event, kind)
         elif event.type == t.FOCUS_NFSE_CALLBACK:
             await self.apply_callback(event)
         elif event.type == t.NFCE_CREATE:
@@ -77,21 +78,21 @@ class EmissionConsumer:
 
     # -- emit ----------------------------------------------------------------------------------
 
-    async def emit(self, event: Event) -> None:
+    async def emit(self, event: Event, kind: FocusKind = NFSE) -> None:
         data = event.data
-        errors = sorted(validator("nfse_emit_command").iter_errors(data), key=lambda e: str(e))
+        errors = sorted(validator(kind.command_schema).iter_errors(data), key=lambda e: str(e))
         if errors:
             raise InvalidDocument("data", f"comando inválido: {errors[0]}")
         tenant_id, ref = data["tenant"], data["ref"]
-        doc = await self._docs.get(tenant_id, KIND, ref)
+        doc = await self._docs.get(tenant_id, kind.kind, ref)
         document: dict[str, Any] | None = None
         if doc is not None and doc.command_id == event.id:
             # Claimed with this very command (by the ingress, or by an earlier delivery): the
             # stored payload is the normalized document; normalizing it again is wasted work.
             cnpj = doc.cnpj_prestador
         else:
-            document = normalize_nfse(data["nfse"])
-            cnpj = document["prestador"]["cnpj"]
+            document = kind.normalize(data[kind.kind])
+            cnpj = kind.prestador(document)
         tenant = await self._tenants.get(tenant_id)
         if tenant is None or cnpj not in tenant.cnpjs:
             tenant = await self._tenants.get(tenant_id, fresh=True)  # refuse on current data
@@ -104,11 +105,11 @@ class EmissionConsumer:
             # Published straight to Kafka by another system, or a re-emission after an error.
             try:
                 await self._docs.claim(
-                    tenant_id, KIND, ref, cnpj, document, event.id, SOURCE, current=doc
+                    tenant_id, kind.kind, ref, cnpj, document, event.id, SOURCE, current=doc
                 )
             except RefInUse as exc:
                 raise PermanentFailure(f"ref {ref} em uso ({exc.status})") from exc
-            doc = await self._docs.get(tenant_id, KIND, ref)
+            doc = await self._docs.get(tenant_id, kind.kind, ref)
         if doc is None or doc.command_id != event.id:
             log.info("skipping stale emit %s for %s/%s", event.id, tenant_id, ref)
             return
@@ -119,7 +120,7 @@ class EmissionConsumer:
         pref = provider_ref(doc)
         # Known before the call, so a callback racing our own bookkeeping still finds the note.
         await self._docs.set_provider_ref(doc.id, doc.attempt, pref)
-        reply = await self._focus.emit_nfse(pref, doc.payload)
+        reply = await self._focus.emit_document(kind.api_path, pref, doc.payload)
         code = reply.body.get("codigo")
         if reply.status_code in (200, 201, 202) or code in ("em_processamento", "nfe_autorizada"):
             # 422 for our own provider ref means an earlier delivery of this command got through.
@@ -181,12 +182,24 @@ class EmissionConsumer:
             await self._publish_status(doc, event)
             await self._docs.mark_submitted(doc.id, doc.attempt, str(body["ref"]))
         result: dict[str, Any] = {**result_from_provider(truth), VERIFIED_BY: how}
+        # Documents are served under names of our own (128 random bits), never the provider's:
+        # the XML routes need no credentials, so the name is the only secret (issue 19).
+        result.pop("caminho_xml_nota_fiscal", None)
+        result.pop("caminho_xml_cancelamento", None)
         if status == AUTHORIZED and xml is not None:
-            # Served under a name of our own (128 random bits), never the provider's: the XML
-            # route needs no credentials, so the name is the only secret (issue 19).
-            path = document_path(KIND)
+            path = document_path(doc.kind)
             await self._docs.put_blob(path, doc.tenant_id, "application/xml", xml)
             result["caminho_xml_nota_fiscal"] = path
+        elif status == CANCELLED:
+            # Cancelled at Focus (outside notaflow, or our DELETE's callback): the authorized
+            # XML keeps its name, and the cancellation XML is kept beside it.
+            if doc.result.get("caminho_xml_nota_fiscal"):
+                result["caminho_xml_nota_fiscal"] = doc.result["caminho_xml_nota_fiscal"]
+            if truth.get("caminho_xml_cancelamento"):
+                cancel_xml = await self._focus.download(str(truth["caminho_xml_cancelamento"]))
+                path = document_path(doc.kind)
+                await self._docs.put_blob(path, doc.tenant_id, "application/xml", cancel_xml)
+                result["caminho_xml_cancelamento"] = path
         erros = truth.get("erros") if status == ERROR else None
         updated = await self._docs.transition(
             doc.id, doc.attempt, status, SOURCE, result, erros, after=allowed
@@ -221,7 +234,7 @@ class EmissionConsumer:
         if why:
             log.warning("callback for document %s not taken as sent: %s", doc.id, why)
         assert doc.provider_ref is not None  # found by it
-        reply = await self._focus.get_nfse(doc.provider_ref)
+        reply = await self._focus.get_document(BY_KIND[doc.kind].api_path, doc.provider_ref)
         truth = reply.body
         if (
             reply.status_code != 200

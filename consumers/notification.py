@@ -43,6 +43,7 @@ from notaflow import topics as t
 from notaflow import tracing
 from notaflow.bus import Bus
 from notaflow.envelope import Event, decode
+from notaflow.focus_kinds import BY_EMAIL_TYPE, BY_HOOK_TYPE, BY_KIND
 from notaflow.metrics import Metrics
 from notaflow.store import (
     Delivery,
@@ -117,9 +118,9 @@ class NotificationConsumer:
         event = decode(record.headers, record.value)
         if event.type in (t.NFSE_STATUS, t.NFCE_STATUS):
             await self.on_status(event)
-        elif event.type == t.NFSE_EMAIL:
+        elif event.type in BY_EMAIL_TYPE:
             await self.on_email(event)
-        elif event.type == t.NFSE_HOOK:
+        elif event.type in BY_HOOK_TYPE:
             await self.on_refire(event)
 
     # -- what to deliver ---------------------------------------------------------------------
@@ -133,14 +134,18 @@ class NotificationConsumer:
             await self._fire_hooks(doc, view, event.id)
         kind = EMAIL_KINDS.get(str(view.get("status")))
         # The NFS-e's tomador, the NFC-e's cliente: whoever the note was issued to.
-        party = doc.payload.get("tomador" if doc.kind == "nfse" else "cliente") or {}
-        address = party.get("email")
+        focus_kind = BY_KIND.get(doc.kind)
+        if focus_kind is not None:
+            address = focus_kind.tomador_email(doc.payload)
+        else:
+            address = (doc.payload.get("cliente") or {}).get("email")
         if kind and address:
             await self._email(doc, [address], kind, view, event.id)
 
     async def on_email(self, event: Event) -> None:
         data = event.data
-        doc = await self._docs.get(str(data.get("tenant")), "nfse", str(data.get("ref")))
+        kind = BY_EMAIL_TYPE[event.type].kind
+        doc = await self._docs.get(str(data.get("tenant")), kind, str(data.get("ref")))
         if doc is None:
             return
         emails = [e for e in data.get("emails", []) if isinstance(e, str)]
@@ -150,7 +155,8 @@ class NotificationConsumer:
 
     async def on_refire(self, event: Event) -> None:
         data = event.data
-        doc = await self._docs.get(str(data.get("tenant")), "nfse", str(data.get("ref")))
+        kind = BY_HOOK_TYPE[event.type].kind
+        doc = await self._docs.get(str(data.get("tenant")), kind, str(data.get("ref")))
         if doc is not None:
             await self._fire_hooks(doc, nfse_view(doc), event.id)
 
@@ -300,7 +306,7 @@ class NotificationConsumer:
         message = render_nfse_email(
             delivery.payload["kind"],
             delivery.payload["view"],
-            doc.payload,
+            BY_KIND[doc.kind].mail_document(doc.payload) if doc.kind in BY_KIND else doc.payload,
             self._links(delivery.payload["view"]),
             issuer_name=await self._issuer(doc),
             sender=self._mailer.config.from_header,

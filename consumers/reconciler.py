@@ -22,6 +22,7 @@ from consumers.providers.focus import FocusClient
 from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.envelope import Event
+from notaflow.focus_kinds import BY_KIND
 from notaflow.store import Document, DocumentStore
 from notaflow.store.documents import PROCESSING
 
@@ -52,7 +53,7 @@ class Reconciler:
         report = ReconcileReport()
         deadline = datetime.now(UTC) - timedelta(seconds=older_than)
         for doc in await self._docs.stuck(PROCESSING, deadline, limit):
-            if doc.kind != "nfse":
+            if doc.kind not in BY_KIND:
                 continue  # NFC-e outcomes are synchronous; an unknown one needs an operator
             report.examined += 1
             try:
@@ -67,7 +68,7 @@ class Reconciler:
             await self._resubmit(doc, key)
             report.resubmitted += 1
             return
-        answer = await self._focus.get_nfse(doc.provider_ref)
+        answer = await self._focus.get_document(BY_KIND[doc.kind].api_path, doc.provider_ref)
         if answer.status_code == 404:
             # Focus never got it (the POST failed after we marked it): send it again.
             await self._docs.unmark_submitted(doc.id, doc.attempt)
@@ -88,10 +89,11 @@ class Reconciler:
         report.completed += 1
 
     async def _resubmit(self, doc: Document, key: bytes) -> None:
+        kind = BY_KIND[doc.kind]
         event = Event(
-            type=t.NFSE_EMIT,
+            type=kind.emit_type,
             source=SOURCE,
-            data={"tenant": doc.tenant_id, "ref": doc.ref, "nfse": doc.payload},
+            data={"tenant": doc.tenant_id, "ref": doc.ref, kind.kind: doc.payload},
             subject=doc.ref,
             id=doc.command_id,  # the original id: the consumer accepts it once, ignores repeats
             tenant=doc.tenant_id,

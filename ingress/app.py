@@ -24,6 +24,7 @@ from ingress import (
     focus_hooks,
     focus_nfce,
     focus_nfse,
+    focus_nfsen,
     health,
     hubsoft,
     hubsoft_financeiro,
@@ -37,6 +38,7 @@ from ingress.errors import FocusError, IngressError
 from ingress.observability import MetricsMiddleware, metrics_route, openapi_routes
 from notaflow import tracing
 from notaflow.metrics import Metrics
+from notaflow.store.blob_names import PREFIXES
 from notaflow.store.db import transient_error
 
 log = logging.getLogger(__name__)
@@ -314,6 +316,7 @@ def create_app(
         routes=ports.split(
             public=[
                 *focus_nfse.routes,
+                *focus_nfsen.routes,
                 *focus_hooks.routes,
                 *focus_nfce.routes,
                 *provider_webhooks.routes,
@@ -350,6 +353,7 @@ def create_app(
 def traced_path(path: str) -> str:
     """The path as a trace attribute: a public document's name is its only credential (the
     XML route needs none), so it never goes to the tracing backend."""
-    if path.startswith("/notas_fiscais_servico/"):
-        return "/notas_fiscais_servico/***"
+    for prefix in PREFIXES.values():
+        if path.startswith(prefix):
+            return prefix + "***"
     return path

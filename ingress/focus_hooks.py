@@ -27,7 +27,7 @@ from notaflow import destinations
 from notaflow.brdocs import clean_document, valid_cnpj, valid_cpf
 from notaflow.store import TooManyHooks
 
-EVENTS = ("nfse", "nfe", "nfce", "nfce_contingencia", "inutilizacao", "cte", "mdfe")
+EVENTS = ("nfse", "nfsen", "nfe", "nfce", "nfce_contingencia", "inutilizacao", "cte", "mdfe")
 
 
 def _text(body: dict[str, object], name: str, limit: int) -> str | None:

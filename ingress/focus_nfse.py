@@ -167,9 +167,25 @@ async def get_nfse(request: Request) -> Response:
         raise not_found()
     # Beyond Focus: the numeric id other dialects name the note by (HubSoft id_nota_fiscal).
     view = {**nfse_view(doc), "id": doc.id}
-    if request.query_params.get("completa") == "1":
+    if completa(request):
+        # The body as it went to the provider: normalised known fields, the rest as sent.
         view["requisicao_nota_fiscal"] = doc.payload
     return FastJSONResponse(view)
+
+
+_COMPLETA = {"1": True, "true": True, "0": False, "false": False, "": False}
+
+
+def completa(request: Request) -> bool:
+    """`?completa=` as clients send it: 1/0, or a bool as Python's requests writes it
+    (`params={"completa": True}` sends "True"). Anything else is a clear 400."""
+    value = request.query_params.get("completa")
+    if value is None:
+        return False
+    full = _COMPLETA.get(value.strip().lower())
+    if full is None:
+        raise invalid('Parâmetro "completa" inválido: use 1, 0, true ou false')
+    return full
 
 
 async def nfse_xml(request: Request) -> Response:

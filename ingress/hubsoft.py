@@ -23,6 +23,7 @@ from notaflow import topics as t
 from notaflow.emails import MAX_PER_REQUEST, valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
+from notaflow.focus_kinds import BY_KIND, FocusKind
 from notaflow.store import Tenant
 from notaflow.store.documents import AUTHORIZED, CANCELLED
 
@@ -79,13 +80,15 @@ async def enviar_email(request: Request) -> Response:
     if len(adicionais) > MAX_PER_REQUEST:
         raise HubsoftError(400, f"email_adicional aceita no máximo {MAX_PER_REQUEST} e-mails")
     doc = await d.documents.by_id(nota_id)
-    if doc is None or doc.tenant_id != tenant.id or doc.kind != "nfse":
+    # tipo_documento nfse names a municipal NFS-e or an NFS-e Nacional: both are services.
+    if doc is None or doc.tenant_id != tenant.id or doc.kind not in BY_KIND:
         raise HubsoftError(404, "Nota fiscal não encontrada")
     if doc.status not in (AUTHORIZED, CANCELLED):
         raise HubsoftError(400, "A nota fiscal ainda não foi autorizada")
     if not d.settings.smtp_host:
         raise HubsoftError(400, "Nenhum servidor de e-mail válido configurado para o envio")
-    registered = (doc.payload.get("tomador") or {}).get("email")
+    focus_kind = BY_KIND[doc.kind]
+    registered = focus_kind.tomador_email(doc.payload)
     recipients = list(dict.fromkeys([*([registered] if registered else []), *adicionais]))
     if not recipients:
         raise HubsoftError(
@@ -94,7 +97,7 @@ async def enviar_email(request: Request) -> Response:
     valid = [r for r in recipients if valid_email(r)]
     results: dict[str, dict[str, Any]] = {}
     if valid:
-        results = await _send(d, tenant, doc.ref, valid)
+        results = await _send(d, tenant, focus_kind, doc.ref, valid)
     now = datetime.now(BRASILIA)
     entries = [
         _entry(d, address, results.get(address), now, tipo_documento="nota_fiscal_servico")
@@ -120,11 +123,11 @@ def _nota_id(value: object) -> int:
 
 
 async def _send(
-    d: IngressDeps, tenant: Tenant, ref: str, emails: list[str]
+    d: IngressDeps, tenant: Tenant, kind: FocusKind, ref: str, emails: list[str]
 ) -> dict[str, dict[str, Any]]:
     command_id = str(uuid.uuid4())
     event = Event(
-        type=t.NFSE_EMAIL,
+        type=kind.email_type,
         source=SOURCE,
         data={"tenant": tenant.id, "ref": ref, "emails": emails, "sync": True},
         subject=ref,
@@ -133,7 +136,8 @@ async def _send(
     )
     d.waiters.register(command_id)
     try:
-        await d.bus.publish(d.topics.nfse_commands, event, t.document_key(tenant.id, "nfse", ref))
+        key = t.document_key(tenant.id, kind.kind, ref)
+        await d.bus.publish(d.topics.nfse_commands, event, key)
     except BusUnavailable as exc:
         d.waiters.forget(command_id)
         raise HubsoftError(503, "Serviço temporariamente indisponível; tente novamente") from exc

@@ -14,6 +14,7 @@ document as plain HTML: no JavaScript, nothing fetched from the internet.
 
 from __future__ import annotations
 
+import copy
 import html
 import json
 import time
@@ -249,6 +250,7 @@ def _components() -> dict[str, Any]:
         },
         "schemas": {
             "Nfse": _embedded_schema("nfse", "Nfse"),
+            "Nfsen": _embedded_schema("nfsen", "Nfsen"),
             "FocusCallback": _embedded_schema("focus_callback", "FocusCallback"),
             "Nfce": _embedded_schema("nfce", "Nfce"),
             "NfceView": {
@@ -332,6 +334,7 @@ def _components() -> dict[str, Any]:
                             "url",
                             "url_danfse",
                             "caminho_xml_nota_fiscal",
+                            "caminho_xml_cancelamento",
                             "numero_rps",
                             "serie_rps",
                             "tipo_rps",
@@ -401,7 +404,16 @@ def _paths() -> dict[str, Any]:
         "required": ["event", "url"],
         "properties": {
             "event": {
-                "enum": ["nfse", "nfe", "nfce", "nfce_contingencia", "inutilizacao", "cte", "mdfe"]
+                "enum": [
+                    "nfse",
+                    "nfsen",
+                    "nfe",
+                    "nfce",
+                    "nfce_contingencia",
+                    "inutilizacao",
+                    "cte",
+                    "mdfe",
+                ]
             },
             "url": {"type": "string", "format": "uri", "maxLength": 2000},
             "cnpj": {"type": "string", "maxLength": 18},
@@ -459,8 +471,9 @@ def _paths() -> dict[str, Any]:
                         "name": "completa",
                         "in": "query",
                         "required": False,
-                        "description": "`1` inclui a requisição original.",
-                        "schema": {"enum": ["0", "1"]},
+                        "description": "`1` ou `true` inclui `requisicao_nota_fiscal`, o corpo "
+                        "como foi enviado ao provedor.",
+                        "schema": {"enum": ["0", "1", "true", "false"]},
                     }
                 ],
                 "responses": {
@@ -915,6 +928,34 @@ def _paths() -> dict[str, Any]:
     }
 
 
+def _nfsen_paths(paths: dict[str, Any]) -> dict[str, Any]:
+    """`/v2/nfsen` (NFS-e Nacional) answers as `/v2/nfse` does, for its own document."""
+    out: dict[str, Any] = {}
+    for path, item in paths.items():
+        if not path.startswith("/v2/nfse"):
+            continue
+        text = json.dumps(item).replace(
+            '"#/components/schemas/Nfse"', '"#/components/schemas/Nfsen"'
+        )
+        copied = json.loads(text)
+        for operation in copied.values():
+            if isinstance(operation, dict) and "operationId" in operation:
+                operation["operationId"] = operation["operationId"].replace("Nfse", "Nfsen")
+                operation["operationId"] = operation["operationId"].replace(
+                    "refireHooks", "refireNfsenHooks"
+                )
+                operation["tags"] = ["Focus NFS-e Nacional"]
+                operation["summary"] = operation["summary"].replace("NFS-e", "NFS-e Nacional")
+        out[path.replace("/v2/nfse", "/v2/nfsen", 1)] = copied
+    out["/notas_fiscais_servico_nacional/{name}"] = {
+        **copy.deepcopy(paths["/notas_fiscais_servico/{name}"]),
+    }
+    xml = out["/notas_fiscais_servico_nacional/{name}"]["get"]
+    xml["operationId"], xml["tags"] = "getNfsenXml", ["Focus NFS-e Nacional"]
+    xml["summary"] = "XML da NFS-e Nacional autorizada ou do seu cancelamento"
+    return out
+
+
 def openapi_document() -> dict[str, Any]:
     """The OpenAPI 3.1 description of every ingress route (a fresh dict per call)."""
     components = _components()
@@ -938,6 +979,7 @@ def openapi_document() -> dict[str, Any]:
         },
         "tags": [
             {"name": "Focus NFS-e"},
+            {"name": "Focus NFS-e Nacional"},
             {"name": "Focus NFC-e"},
             {"name": "Focus gatilhos"},
             {"name": "HubSoft"},
@@ -946,7 +988,12 @@ def openapi_document() -> dict[str, Any]:
             {"name": "Operação"},
         ],
         "security": FOCUS_AUTH,
-        "paths": {**_paths(), **hubsoft_financeiro.OPENAPI_PATHS, **wuro.OPENAPI_PATHS},
+        "paths": {
+            **_paths(),
+            **_nfsen_paths(_paths()),
+            **hubsoft_financeiro.OPENAPI_PATHS,
+            **wuro.OPENAPI_PATHS,
+        },
         "components": components,
     }
 

@@ -359,6 +359,10 @@ async def _register_hook(settings: Settings, url: str) -> object:
         reply = await client.register_hook(
             url, settings.focus_webhook_secret, settings.focus_webhook_header
         )
+        # The NFS-e Nacional's callbacks come to the same route (they name our provider ref).
+        await client.register_hook(
+            url, settings.focus_webhook_secret, settings.focus_webhook_header, event="nfsen"
+        )
         return reply.body
     finally:
         await client.aclose()

@@ -121,11 +121,13 @@ async def register_hook(settings: Settings) -> None:
 
     client = FocusClient(settings.focus_base_url, settings.focus_token, 10)
     try:
-        await client.register_hook(
-            f"{settings.public_url}/webhooks/focus/nfse",
-            settings.focus_webhook_secret,
-            settings.focus_webhook_header,
-        )
+        for event in ("nfse", "nfsen"):  # one callback route for both kinds
+            await client.register_hook(
+                f"{settings.public_url}/webhooks/focus/nfse",
+                settings.focus_webhook_secret,
+                settings.focus_webhook_header,
+                event=event,
+            )
     finally:
         await client.aclose()
 

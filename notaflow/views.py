@@ -20,6 +20,7 @@ RESULT_FIELDS = (
     "caminho_xml_nota_fiscal",
     "numero_nfse_substituida",
     "numero_nfse_substituta",
+    "caminho_xml_cancelamento",  # a cancelled note's cancellation XML (Focus, 2026)
 )
 
 

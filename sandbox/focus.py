@@ -8,7 +8,8 @@ Focus routes (HTTP Basic, token as user name, empty password; errors `{"codigo",
     POST   /v2/nfse?ref=REF        202 processando_autorizacao; 422 em_processamento |
                                    nfe_autorizada; 400 requisicao_invalida; 415 for an XML body;
                                    500 for the first N POSTs of a ref asked to fail
-    GET    /v2/nfse/REF            the seed's body for each status; 404 nao_encontrado
+    GET    /v2/nfse/REF            the seed's body for each status (`?completa=1` adds
+                                   `requisicao_nota_fiscal`, the body received); 404
     DELETE /v2/nfse/REF            {"justificativa"} 15..255 -> 200 cancelado | erro_cancelamento
                                    (E523); 400 nfe_cancelada | nfe_nao_autorizada; 404
     POST   /v2/nfse/REF/email      {"emails": [..10]} -> 200, recorded only
@@ -17,7 +18,8 @@ Focus routes (HTTP Basic, token as user name, empty password; errors `{"codigo",
                                    "authorization_header"?}; at most 5 per company and event
     GET    /v2/hooks, GET /v2/hooks/ID, DELETE /v2/hooks/ID
 
-Public pages (no auth, like Focus): `GET /notas_fiscais_servico/{name}.xml` (the NFS-e XML),
+Public pages (no auth, like Focus): `GET /notas_fiscais_servico/{name}.xml` (the NFS-e XML;
+`{name}-cancelamento.xml` the cancellation XML of a cancelled note),
 `GET /nfse/{cnpj}/{numero}` (HTML espelho), `GET /nfse/{cnpj}/{numero}/danfse.pdf`.
 
 Every authenticated answer carries `Rate-Limit-Limit`, `Rate-Limit-Remaining` and
@@ -43,6 +45,8 @@ Test control (no auth):
                              or hangs `hang` seconds and answers 504 unprocessed (an outage),
                              or (slow) works normally but answers `hang` seconds late
     GET  /_sandbox/requests  every POST /v2/nfse: ref, arrival (monotonic), duration, status
+
+The NFS-e Nacional (`/v2/nfsen`) is `sandbox.focus_nacional`, served by the same app.
 """
 
 from __future__ import annotations
@@ -173,6 +177,7 @@ class Nota:
     autorizada: rules.NotaAutorizada | None = None
     authorized_at: float = 0.0
     emails: list[str] = field(default_factory=list)
+    cancelamento: tuple[float, str] | None = None  # (instant, justificativa)
 
     def consulta(self) -> dict[str, Any]:
         """The body of GET /v2/nfse/REF, also the body of every hook delivery."""
@@ -189,6 +194,8 @@ class Nota:
             body["erros"] = list(self.erros)
         if self.autorizada is not None:
             body.update(self.autorizada.fields())
+            if self.status == "cancelado":
+                body["caminho_xml_cancelamento"] = rules.caminho_xml_cancelamento(self.autorizada)
         return body
 
 
@@ -452,7 +459,10 @@ class FocusSandbox:
     async def consult(self, request: Request, token: str) -> Response:
         nota = self._nota(token, request.path_params["ref"])
         self.stats.consultas[nota.ref] += 1
-        return JSONResponse(nota.consulta())
+        body = nota.consulta()
+        if request.query_params.get("completa", "").lower() in ("1", "true"):
+            body["requisicao_nota_fiscal"] = nota.doc  # the body as received, as Focus shows it
+        return JSONResponse(body)
 
     async def cancel(self, request: Request, token: str) -> Response:
         nota = self._nota(token, request.path_params["ref"])
@@ -475,8 +485,10 @@ class FocusSandbox:
             # Focus reports a refused cancel as a status, not as an HTTP error.
             return JSONResponse({"status": "erro_cancelamento", "erros": [refusal]})
         nota.status = "cancelado"
+        nota.cancelamento = (self.now(), str(body["justificativa"]).strip())
         self.stats.cancellations[nota.ref] += 1
         self._fire_hooks(nota)
+        # The seed's answer; the cancellation XML's path is in GET and the hooks (as at Focus).
         return JSONResponse({"status": "cancelado"})
 
     async def email(self, request: Request, token: str) -> Response:
@@ -584,11 +596,28 @@ class FocusSandbox:
     # -- public documents ------------------------------------------------------------------
 
     async def xml(self, request: Request) -> Response:
-        nota = self._by_xml.get(request.path_params["name"])
+        name = request.path_params["name"]
+        if name.endswith(rules.CANCEL_SUFFIX):
+            return self._cancel_xml(name.removesuffix(rules.CANCEL_SUFFIX))
+        nota = self._by_xml.get(name)
         if nota is None or nota.autorizada is None:
             return _not_found("Arquivo não encontrado").response()
         self.stats.downloads[nota.ref] += 1
         return Response(nfse_xml(nota), media_type="application/xml")
+
+    def _cancel_xml(self, name: str) -> Response:
+        nota = self._by_xml.get(name)
+        if nota is None or nota.autorizada is None or nota.cancelamento is None:
+            return _not_found("Arquivo não encontrado").response()
+        at, motivo = nota.cancelamento
+        xml = rules.cancelamento_xml(
+            nota.autorizada,
+            cnpj=nota.cnpj,
+            municipio=rules.digits(_dig(nota.doc, "prestador", "codigo_municipio")),
+            cancelled_at=datetime.fromtimestamp(at, UTC),
+            motivo=motivo,
+        )
+        return Response(xml, media_type="application/xml")
 
     def _public_nota(self, request: Request) -> Nota:
         try:
@@ -764,6 +793,7 @@ def nfse_xml(nota: Nota) -> bytes:
         "ValorServicos": str(servico.get("valor_servicos", "")),
         "Discriminacao": str(servico.get("discriminacao", "")),
     }
+    fields.update(rules.xml_extras(nota.doc))  # the 2026 fields (IBS/CBS, nif), as received
     for tag, text in fields.items():
         ET.SubElement(inf, tag).text = text
     if nota.status == "cancelado":
@@ -840,7 +870,10 @@ def create_focus_sandbox(config: FocusSandboxConfig | None = None) -> Starlette:
         # Background processing and hook retries must not outlive the server.
         await sandbox.aclose()
 
-    app = Starlette(routes=sandbox.routes(), lifespan=lifespan)
+    from sandbox.focus_nacional import NacionalSandbox  # it builds on this module
+
+    routes = [*sandbox.routes(), *NacionalSandbox(sandbox).routes()]  # + /v2/nfsen
+    app = Starlette(routes=routes, lifespan=lifespan)
     app.state.sandbox = sandbox
     return app
 

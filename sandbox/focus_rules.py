@@ -15,7 +15,15 @@ Authorization rules (`decide`), all checked; every broken rule adds one error
     E180  `servico.item_lista_servico` does not look like an LC 116/2003 item: 4 digits with
           an optional dot after the second ("0107", "01.07", "1412", "14.12"), group 01..40,
           subitem not 00.
+    E310  the IBS/CBS group (Reforma Tributária) is inconsistent: a value (`ibs_uf_valor`,
+          `ibs_mun_valor`, `cbs_valor`) without its rate (`ibs_uf_aliquota`, ...), or a rate
+          without `ibs_cbs_base_calculo`.
+    E311  an IBS/CBS value that is not base x rate / 100 (to the cent, one cent of tolerance).
+    E312  IBS/CBS values or rates without `ibs_cbs_classificacao_tributaria` (cClassTrib).
     E999  `[sandbox:erro]` in `servico.discriminacao` (a test asks for a rejection).
+
+"No value" markers (null, false, "") are absent, as at Focus; the 2026 fields are echoed in
+the XML (`xml_extras`).
 
 Numbers may arrive as strings ("1.00", "2.92"): the seed's own examples send them that way.
 
@@ -43,6 +51,7 @@ from __future__ import annotations
 
 import hashlib
 import re
+import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
@@ -75,6 +84,11 @@ E145 = erro("E145", "Regime Especial de Tributação ausente/inválido.")
 E160 = erro("E160", "Alíquota do ISS inválida: deve ser um número de no máximo 5%.")
 E170 = erro("E170", "Valor dos serviços deve ser maior que zero.")
 E180 = erro("E180", "Item da lista de serviço inexistente (LC 116/2003).")
+E310 = erro(
+    "E310", "Grupo IBS/CBS inconsistente: valor sem alíquota ou alíquota sem base de cálculo."
+)
+E311 = erro("E311", "Grupo IBS/CBS: valor diferente de base de cálculo x alíquota.")
+E312 = erro("E312", "Grupo IBS/CBS sem a classificação tributária (cClassTrib).")
 E999 = erro("E999", "Erro de autorização simulado pelo sandbox ([sandbox:erro]).")
 E523_PRAZO = erro(
     "E523", "nota que você está tentando cancelar está fora do prazo permitido para cancelamento"
@@ -253,7 +267,16 @@ def decide(doc: dict[str, Any], scenario: Scenario | None = None) -> Decision:
         return Decision()
     if scenario is not None and scenario.status == "erro_autorizacao":
         return Decision(erros=scenario.erros)
-    checks = (_regime, _aliquota, _valor_servicos, _item_lista_servico, _marker_erro)
+    checks = (
+        _regime,
+        _aliquota,
+        _valor_servicos,
+        _item_lista_servico,
+        _ibs_cbs_pairs,
+        _ibs_cbs_values,
+        _ibs_cbs_classificacao,
+        _marker_erro,
+    )
     return Decision(erros=tuple(e for check in checks if (e := check(doc)) is not None))
 
 
@@ -288,6 +311,108 @@ def is_item_lc116(value: object) -> bool:
         return False
     grupo, subitem = int(match.group(1)), int(match.group(2))
     return grupo in _LC116_GRUPOS and subitem > 0
+
+
+# (value, rate) of each IBS/CBS tax; the base is shared.
+IBS_CBS_PAIRS = (
+    ("ibs_uf_valor", "ibs_uf_aliquota"),
+    ("ibs_mun_valor", "ibs_mun_aliquota"),
+    ("cbs_valor", "cbs_aliquota"),
+)
+_CENT = Decimal("0.01")
+
+
+def _ibs_cbs_pairs(doc: dict[str, Any]) -> Erro | None:
+    servico = section(doc, "servico")
+    base = _decimal(servico.get("ibs_cbs_base_calculo"))
+    for valor, aliquota in IBS_CBS_PAIRS:
+        has_valor = _decimal(servico.get(valor)) is not None
+        has_aliquota = _decimal(servico.get(aliquota)) is not None
+        if (has_valor and not has_aliquota) or (has_aliquota and base is None):
+            return E310
+    return None
+
+
+def _ibs_cbs_values(doc: dict[str, Any]) -> Erro | None:
+    servico = section(doc, "servico")
+    base = _decimal(servico.get("ibs_cbs_base_calculo"))
+    if base is None:
+        return None
+    for valor, aliquota in IBS_CBS_PAIRS:
+        value, rate = _decimal(servico.get(valor)), _decimal(servico.get(aliquota))
+        if value is not None and rate is not None:
+            expected = (base * rate / 100).quantize(_CENT)
+            if abs(value - expected) > _CENT:
+                return E311
+    return None
+
+
+def _ibs_cbs_classificacao(doc: dict[str, Any]) -> Erro | None:
+    servico = section(doc, "servico")
+    fields = [name for pair in IBS_CBS_PAIRS for name in pair]
+    if not any(_decimal(servico.get(name)) is not None for name in fields):
+        return None
+    classificacao = servico.get("ibs_cbs_classificacao_tributaria")
+    return None if isinstance(classificacao, str) and classificacao else E312
+
+
+# XML tags (ABRASF-style names, as municipalities adopting the national layout use them) of the
+# 2026 fields echoed in the note's XML.
+XML_EXTRAS = (
+    ("servico", "codigo_nbs", "CodigoNbs"),
+    ("servico", "codigo_indicador_operacao", "IndicadorOperacao"),
+    ("servico", "ibs_cbs_classificacao_tributaria", "IbsCbsClassificacaoTributaria"),
+    ("servico", "ibs_cbs_situacao_tributaria", "IbsCbsSituacaoTributaria"),
+    ("servico", "ibs_cbs_base_calculo", "IbsCbsBaseCalculo"),
+    ("servico", "ibs_uf_aliquota", "IbsUfAliquota"),
+    ("servico", "ibs_mun_aliquota", "IbsMunAliquota"),
+    ("servico", "cbs_aliquota", "CbsAliquota"),
+    ("servico", "ibs_uf_valor", "IbsUfValor"),
+    ("servico", "ibs_mun_valor", "IbsMunValor"),
+    ("servico", "cbs_valor", "CbsValor"),
+    ("tomador", "nif", "TomadorNif"),
+    ("tomador", "motivo_ausencia_nif", "TomadorMotivoAusenciaNif"),
+    ("intermediario", "nif", "IntermediarioNif"),
+)
+
+
+def xml_extras(doc: dict[str, Any]) -> dict[str, str]:
+    """The 2026 fields the document carries, by XML tag, as the client wrote them."""
+    out: dict[str, str] = {}
+    for part, name, tag in XML_EXTRAS:
+        value = section(doc, part).get(name)
+        if value is not None and value is not False and value != "":
+            out[tag] = str(value)
+    return out
+
+
+CANCEL_SUFFIX = "-cancelamento"
+
+
+def caminho_xml_cancelamento(nota: NotaAutorizada) -> str:
+    """Beside the note's XML, under a name only its holder knows (it extends the note's)."""
+    return f"/notas_fiscais_servico/{nota.xml_name}{CANCEL_SUFFIX}.xml"
+
+
+def cancelamento_xml(
+    nota: NotaAutorizada, *, cnpj: str, municipio: str, cancelled_at: datetime, motivo: str
+) -> bytes:
+    """The prefeitura's cancellation record (ABRASF CancelarNfseResposta, reduced)."""
+    root = ET.Element("CancelarNfseResposta", xmlns="http://www.abrasf.org.br/nfse.xsd")
+    pedido = ET.SubElement(ET.SubElement(root, "Cancelamento"), "Confirmacao")
+    inf = ET.SubElement(pedido, "InfPedidoCancelamento")
+    fields = {
+        "Numero": str(nota.numero),
+        "CodigoVerificacao": nota.codigo_verificacao,
+        "CnpjPrestador": cnpj,
+        "CodigoMunicipio": municipio,
+        "CodigoCancelamento": "1",
+        "MotivoCancelamento": motivo,
+    }
+    for tag, text in fields.items():
+        ET.SubElement(inf, tag).text = text
+    ET.SubElement(pedido, "DataHora").text = data_emissao(cancelled_at)
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
 
 
 def _marker_erro(doc: dict[str, Any]) -> Erro | None:

@@ -281,6 +281,19 @@ class FocusClient:
             "DELETE", f"/v2/nfse/{segment(ref)}", json={"justificativa": justificativa}
         )
 
+    # Any NFS-e kind by Focus's path for it (`notaflow.focus_kinds`: /v2/nfse, /v2/nfsen): the
+    # NFS-e Nacional is the same exchange as the municipal note on its own path.
+    async def emit_document(self, api_path: str, ref: str, document: dict[str, Any]) -> FocusReply:
+        return await self._request("POST", api_path, json=document, params={"ref": ref})
+
+    async def get_document(self, api_path: str, ref: str) -> FocusReply:
+        return await self._request("GET", f"{api_path}/{ref}")
+
+    async def cancel_document(self, api_path: str, ref: str, justificativa: str) -> FocusReply:
+        return await self._request(
+            "DELETE", f"{api_path}/{ref}", json={"justificativa": justificativa}
+        )
+
     async def download(self, path: str) -> bytes:
         """A file Focus names by path (`caminho_xml_nota_fiscal`), on the same lean exchange as
         the API calls. The path is resolved on the configured host or refused (ForeignPath):

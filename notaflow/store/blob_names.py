@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import secrets
 
-PREFIXES = {"nfse": "/notas_fiscais_servico/"}
+PREFIXES = {"nfse": "/notas_fiscais_servico/", "nfsen": "/notas_fiscais_servico_nacional/"}
 
 
 def document_path(kind: str) -> str:

@@ -18,6 +18,7 @@ from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.settings import Settings
 from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
+from tests.erp_documents import ERP_NFSEN
 from tests.support import Stack, wait_for
 
 
@@ -31,18 +32,29 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
 def test_reconciler_completes_a_note_whose_callback_was_lost(stack: Stack) -> None:
     doc = with_valid_cnpjs(JSON_EXAMPLE)
     doc["servico"]["discriminacao"] = "Serviço [sandbox:sem_callback]"
+    nacional = {**ERP_NFSEN, "descricao_servico": "Serviço [sandbox:sem_callback]"}
     with stack.client() as c:
         assert c.post("/v2/nfse", params={"ref": "lost1"}, json=doc).status_code == 202
-    # Focus got it and authorized it, but told nobody.
-    wait_for(lambda: httpx.get(f"{stack.sandbox}/_sandbox/stats").json()["authorizations"], 20)
+        assert c.post("/v2/nfsen", params={"ref": "lostn"}, json=nacional).status_code == 202
+    # Focus got them and authorized them, but told nobody.
+    wait_for(
+        lambda: len(httpx.get(f"{stack.sandbox}/_sandbox/stats").json()["authorizations"]) == 2,
+        20,
+    )
     time.sleep(0.5)
     with stack.client() as c:
         assert c.get("/v2/nfse/lost1").json()["status"] == "processando_autorizacao"
+        assert c.get("/v2/nfsen/lostn").json()["status"] == "processando_autorizacao"
     out = stack.run("reconcile", "--older-than", "0")
     report = json.loads(out.splitlines()[-1])
-    assert report["completed"] == 1 and report["failed"] == [], out
+    assert report["completed"] == 2 and report["failed"] == [], out
     note = stack.wait_status("lost1", {"autorizado"})
     assert note["numero"] and note["caminho_xml_nota_fiscal"]
+    with stack.client() as c:  # the NFS-e Nacional is asked at its own Focus path
+        national = wait_for(
+            lambda: (n := c.get("/v2/nfsen/lostn").json())["status"] == "autorizado" and n, 20
+        )
+    assert len(national["codigo_verificacao"]) == 50
     # Running it again (or from another replica) changes nothing.
     again = json.loads(stack.run("reconcile", "--older-than", "0").splitlines()[-1])
     assert again["examined"] == 0
