@@ -27,7 +27,10 @@ Every authenticated answer carries `Rate-Limit-Limit`, `Rate-Limit-Remaining` an
 Hook delivery: one JSON POST per status change (autorizado, erro_autorizacao, cancelado) with
 the GET body, the hook's `authorization` in its `authorization_header` (default
 `Authorization`); a non-2xx answer or a network error is retried after each delay of
-`callback_retry_delays`, then given up.
+`callback_retry_delays`, then given up. A receiver that refused a connection is not dialled
+again for `callback_refused_pause` seconds: attempts due meanwhile count as failed without a
+connection (a stopped ingress would otherwise cost a connect per note and retry). When the
+sandbox stops, callbacks still pending are given up at once rather than retried.
 
 Test control (no auth):
 
@@ -96,6 +99,7 @@ class FocusSandboxConfig:
     processing_delay: float = 0.2
     callback_timeout: float = 5.0
     callback_retry_delays: list[float] = field(default_factory=lambda: [0.5, 2.0, 5.0])
+    callback_refused_pause: float = 1.0
     rate_limit_per_minute: int = 100_000
     cancel_window: float = 24 * 3600.0
     clock: Callable[[], float] = time.time
@@ -274,6 +278,9 @@ class FocusSandbox:
         self._hooks: dict[str, Hook] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._client: httpx.AsyncClient | None = None
+        # Receiver origin -> monotonic time of its last refused connection.
+        self._refused: dict[str, float] = {}
+        self._stopping = False
         self._outage: tuple[str, float] | None = None  # mode, until (monotonic)
         self._outage_hang = 30.0
         # Every POST /v2/nfse with its monotonic time and answer, for retry-policy checks.
@@ -295,7 +302,15 @@ class FocusSandbox:
             self._client = httpx.AsyncClient(timeout=self.config.callback_timeout)
         return self._client
 
+    def begin_stop(self) -> None:
+        """Stop background work now (processing, pending callbacks), before the server waits
+        for its connections: under a backlog that work would otherwise run through the stop."""
+        self._stopping = True
+        for task in list(self._tasks):
+            task.cancel()
+
     async def aclose(self) -> None:
+        self._stopping = True
         tasks = list(self._tasks)
         for task in tasks:
             task.cancel()
@@ -504,17 +519,30 @@ class FocusSandbox:
         headers: dict[str, str] = {}
         if hook.authorization is not None:
             headers[hook.authorization_header or "Authorization"] = hook.authorization
-        for wait in (0.0, *self.config.callback_retry_delays):
-            await asyncio.sleep(wait)
-            if await self._post_hook(hook.url, body, headers):
-                self.stats.callbacks["sent"] += 1
-                return
-            self.stats.callbacks["failed"] += 1
+        try:
+            for wait in (0.0, *self.config.callback_retry_delays):
+                await asyncio.sleep(wait)
+                if await self._post_hook(hook.url, body, headers):
+                    self.stats.callbacks["sent"] += 1
+                    return
+                self.stats.callbacks["failed"] += 1
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
         self.stats.callbacks["given_up"] += 1
 
     async def _post_hook(self, url: str, body: Mapping[str, Any], headers: dict[str, str]) -> bool:
+        origin = _origin(url)
+        refused_at = self._refused.get(origin)
+        if refused_at is not None:
+            if time.monotonic() - refused_at < self.config.callback_refused_pause:
+                return False
+            del self._refused[origin]
         try:
             response = await self._http().post(url, json=body, headers=headers)
+        except httpx.ConnectError:
+            self._refused[origin] = time.monotonic()
+            return False
         except httpx.HTTPError:
             return False
         return response.is_success
@@ -716,6 +744,11 @@ def _dig(doc: Mapping[str, Any], *path: str) -> object:
     return value
 
 
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}"
+
+
 def _optional_str(value: object) -> str | None:
     return None if value is None else str(value)
 
@@ -833,9 +866,10 @@ async def serve_focus_sandbox(
 ) -> None:
     """Runs the sandbox under uvicorn until cancelled (or SIGINT/SIGTERM), then shuts down
     gracefully: stop accepting, let in-flight requests finish, cancel background tasks."""
+    app = create_focus_sandbox(config)
     server = uvicorn.Server(
         uvicorn.Config(
-            create_focus_sandbox(config),
+            app,
             host=host,
             port=port,
             log_level="warning",
@@ -847,6 +881,7 @@ async def serve_focus_sandbox(
         await asyncio.shield(serving)
     except asyncio.CancelledError:
         # Cancellation is the CLI's way to say "stop": finish the shutdown and return normally,
-        # as documented, instead of leaving uvicorn half-stopped.
+        # as documented, instead of leaving uvicorn half-stopped. The backlog is dropped first.
+        app.state.sandbox.begin_stop()
         server.should_exit = True
         await serving
