@@ -42,18 +42,21 @@ def main() -> int:
     p.add_argument("--seconds", type=int, default=20)
     p.add_argument("--connections", type=int, default=16)
     p.add_argument("--sandbox-delay", default="0.5")
-    p.add_argument("--drain", type=float, default=180, help="seconds to wait for the backlog")
+    p.add_argument(
+        "--drain", type=float, default=180, help="seconds to wait for the backlog (0: stop at once)"
+    )
     args = p.parse_args()
     tmp = Path(tempfile.mkdtemp(prefix="bench-dev-"))
     data, out = tmp / "data", tmp / "dev.out"
     port, kafka_port = free_port(), free_port()
     # argv of the stack, as a user starts it
+    log = open(out, "wb")  # noqa: SIM115 - lives as long as the stack
     dev = subprocess.Popen(
         [
             sys.executable, "-m", "notaflow.cli", "dev", "--port", str(port), "--kafka-port",
             str(kafka_port), "--data-dir", str(data), "--sandbox-delay", args.sandbox_delay,
         ],
-        cwd=ROOT, stdout=open(out, "wb"), stderr=subprocess.STDOUT, start_new_session=True,
+        cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
     )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     wait_http(f"{base}/readyz", timeout=120, proc=dev)
@@ -113,36 +116,35 @@ def main() -> int:
 
     load_secs = load_end - began
     in_load = [s for s in samples if s[0] <= load_end]
-    print(
-        f"load: {args.seconds}s, {args.connections} connections, sandbox delay {args.sandbox_delay}s"
-    )
-    print(
-        f"accepted: {accepted} notes, {accepted / load_secs:,.0f}/s (wrk: p50 {load['p50']:.1f} ms, p99 {load['p99']:.1f} ms, non-2xx {load['non2xx']})"
-    )
-    print(f"authorized during the load: {at_load_end[3]} ({at_load_end[3] / load_secs:,.0f}/s)")
-    print(f"sandbox during the load: received {at_load_end[1]}, authorized {at_load_end[2]}")
-    worst_stack = max(s[1] - s[2] for s in in_load) if in_load else 0
-    print(
-        f"behind at the end of the load: notaflow {accepted - at_load_end[3]} notes "
-        f"(accepted, not yet authorized), of which {accepted - at_load_end[1]} not yet sent "
-        f"to the sandbox and {at_load_end[1] - at_load_end[2]} at the sandbox (worst {worst_stack})"
-    )
+    worst = max((s[1] - s[2] for s in in_load), default=0)
+    _, sent, sandbox_done, ours = at_load_end
+    lines = [
+        f"load: {args.seconds}s, {args.connections} connections, "
+        f"sandbox delay {args.sandbox_delay}s",
+        f"accepted: {accepted} notes, {accepted / load_secs:,.0f}/s "
+        f"(p50 {load['p50']:.1f} ms, p99 {load['p99']:.1f} ms, non-2xx {load['non2xx']})",
+        f"authorized (notaflow) during the load: {ours} ({ours / load_secs:,.0f}/s)",
+        f"sandbox during the load: received {sent} ({sent / load_secs:,.0f}/s), "
+        f"authorized {sandbox_done}",
+        f"behind at the end of the load: {accepted - ours} accepted and not yet authorized; "
+        f"{accepted - sent} not yet sent to the sandbox, {sent - sandbox_done} at the sandbox "
+        f"(worst {worst} during the load)",
+    ]
     if drained_at is not None:
-        total = drained_at - began
-        print(
+        lines.append(
             f"drained: all {accepted} authorized {drained_at - load_end:.1f}s after the load, "
-            f"{accepted / total:,.0f}/s over the whole run"
+            f"{accepted / (drained_at - began):,.0f}/s over the whole run"
         )
     else:
-        print(f"NOT drained within {args.drain:.0f}s: {done} of {accepted} authorized")
-    print(
-        "CPU ms per accepted note: "
-        + ", ".join(f"{n} {cpu[n] * 1000 / max(accepted, 1):.2f}" for n in sorted(cpu))
+        lines.append(f"not drained within {args.drain:.0f}s: {done} of {accepted} authorized")
+    per_note = (f"{n} {cpu[n] * 1000 / max(accepted, 1):.2f}" for n in sorted(cpu))
+    lines.append("CPU ms per accepted note: " + ", ".join(per_note))
+    lines.append(
+        f"stop: {stopped.group(1) if stopped else '?'}s by the supervisor, "
+        f"{stop_took:.1f}s from SIGINT to its exit; "
+        + (f"killed: {killed.group(1)}" if killed else "nothing killed")
     )
-    print(
-        f"stop: {stopped.group(1) if stopped else '?'}s by the supervisor ({stop_took:.1f}s from SIGINT to its exit)"
-        + (f", killed: {killed.group(1)}" if killed else ", nothing killed")
-    )
+    print("\n".join(lines))
     return 0
 
 

@@ -84,12 +84,19 @@ def test_a_hung_child_is_killed_at_the_end_of_its_tier_share() -> None:
     killed = stop_in_order(tiers, 10, clock=clock, sleep=clock.sleep)
     assert killed == ["ingress"]
     started = {line.split()[2]: float(line.split()[0]) for line in log if " term " in line}
-    # Killed when the ingress's share (30 %) ran out, before the consumers were asked to stop.
+    # Killed when the ingress's share (25 %) ran out, before the consumers were asked to stop.
     kill = next(line for line in log if " kill " in line)
-    assert kill.endswith("kill ingress") and 2.9 <= float(kill.split()[0]) <= 3.1
+    assert kill.endswith("kill ingress") and 2.4 <= float(kill.split()[0]) <= 2.6
     assert log.index(kill) < log.index(next(x for x in log if x.endswith("term c1")))
-    assert 2.9 <= started["c1"] <= 3.1
-    assert clock() < 4
+    assert 2.4 <= started["c1"] <= 2.6
+    assert clock() < 3.5
+
+
+def test_everything_hung_is_killed_within_nine_tenths_of_the_bound() -> None:
+    clock, log = FakeClock(), list[str]()
+    tiers = _tiers(clock, log, [[("i", None)], [("c", None)], [("s", None)], [("b", None)]])
+    assert stop_in_order(tiers, 10, clock=clock, sleep=clock.sleep) == ["i", "c", "s", "b"]
+    assert clock() <= 9.05
 
 
 def test_leftovers_name_the_holder_and_the_way_out() -> None:
