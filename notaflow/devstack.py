@@ -109,9 +109,10 @@ class Child:
 # killed, so the next tier (what it depends on) stops without a client still hanging on it
 # (uvicorn and aiosmtpd wait for their open connections). The last tenth is kept for the
 # kills, reaping and our own exit, so the whole stop fits in the timeout as seen from outside.
-# (A sandbox alone takes 1-2 s to stop on a loaded 2-core machine; a consumer finishing its
-# in-flight work takes longer, and is the one worth waiting for.)
-STOP_SHARES = (0.25, 0.6, 0.8, 0.9)
+# Measured on the loaded 2-core machine: the consumers stop within 2.5 s unless one has a
+# backlog of its own (the notification consumer's e-mails), which no share would cover; a
+# sandbox alone takes 1.5-2 s to stop (mostly the interpreter's teardown), hence its 3 s.
+STOP_SHARES = (0.25, 0.5, 0.8, 0.9)
 
 
 def stop_in_order(
