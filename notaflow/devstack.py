@@ -399,8 +399,9 @@ def run_dev(opts: DevOptions) -> int:
         stop_requested = True
 
     # SIGHUP: the terminal was closed. Stop like Ctrl-C rather than die and orphan the stack.
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, request_stop)
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # no SIGHUP on Windows
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), request_stop)
 
     lifeline = Lifeline(grace=opts.stop_timeout)
 

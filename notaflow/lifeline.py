@@ -172,8 +172,9 @@ def main(argv: Sequence[str]) -> int:
     grace = float(argv[0]) if argv else 10.0
     # The terminal may close under us (SIGHUP) and the parent's group may get a Ctrl-C: the
     # watchdog only ever ends on end-of-file.
-    signal.signal(signal.SIGHUP, signal.SIG_IGN)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    for name in ("SIGHUP", "SIGINT"):
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), signal.SIG_IGN)
     pids = registered_pids(sys.stdin)
     if pids:
         end_orphans(pids, grace)
