@@ -9,8 +9,10 @@ import socket
 import stat
 import subprocess
 import time
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import Any
 
 from notaflow.errors import ConfigurationError
 
@@ -52,11 +54,15 @@ class EmbeddedBroker:
         storage: str = "memory://tansu/",
         log_file: Path | None = None,
         env: dict[str, str] | None = None,
+        spawn: Callable[..., subprocess.Popen[bytes]] | None = None,
     ) -> None:
+        """`spawn` starts the process (`subprocess.Popen`'s arguments); `notaflow dev` passes
+        one that ties the broker's life to its own (`notaflow.lifeline.spawn_owned`)."""
         self.port = port
         self.storage = storage
         self.log_file = log_file
         self.env = env or {}
+        self._spawn = spawn
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -68,22 +74,28 @@ class EmbeddedBroker:
             raise ConfigurationError(f"port {self.port} is already in use")
         url = f"tcp://127.0.0.1:{self.port}"
         out = open(self.log_file, "ab") if self.log_file else subprocess.DEVNULL  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [
-                str(tansu_binary()),
-                "broker",
-                "--listener-url",
-                url,
-                "--advertised-listener-url",
-                url,
-                "--storage-engine",
-                self.storage,
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env={**os.environ, **self.env},
-            start_new_session=True,  # Ctrl-C reaches our supervisor, which stops us in order
-        )
+        argv = [
+            str(tansu_binary()),
+            "broker",
+            "--listener-url",
+            url,
+            "--advertised-listener-url",
+            url,
+            "--storage-engine",
+            self.storage,
+        ]
+        options: dict[str, Any] = {
+            "stdout": out,
+            "stderr": subprocess.STDOUT,
+            "env": {**os.environ, **self.env},
+        }
+        if self._spawn is not None:
+            self.process = self._spawn(argv, **options)
+        else:
+            # A session of its own: Ctrl-C reaches our supervisor, which stops us in order.
+            self.process = subprocess.Popen(argv, start_new_session=True, **options)
+        if not isinstance(out, int):
+            out.close()  # the child has its own copy
         deadline = time.monotonic() + timeout
         while not port_open("127.0.0.1", self.port):
             if self.process.poll() is not None:

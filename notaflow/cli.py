@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import os
 import sys
@@ -37,6 +38,20 @@ def _parser() -> argparse.ArgumentParser:
     dev.add_argument("--kafka-port", type=int, default=9092, help="embedded broker port")
     dev.add_argument("--data-dir", default=".notaflow", help="SQLite, logs, demo token")
     dev.add_argument("--sandbox-delay", type=float, default=0.5, help="sandbox processing time (s)")
+    dev.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=10.0,
+        help="seconds to stop every process before the rest is killed (default 10)",
+    )
+
+    # The operator verbs find a running `notaflow dev` through its D/env file.
+    verb = argparse.ArgumentParser(add_help=False)
+    verb.add_argument(
+        "--data-dir",
+        help="read the settings of the `notaflow dev` using this directory (D/env); "
+        "default: .notaflow/env when it exists",
+    )
 
     ingress = sub.add_parser("ingress", help="run the HTTP ingress (configured by NOTAFLOW_*)")
     consume = sub.add_parser("consume", help="run a consumer (configured by NOTAFLOW_*)")
@@ -48,58 +63,74 @@ def _parser() -> argparse.ArgumentParser:
             default="auto",
             help="event loop: auto = uvloop where installed (default), asyncio = the stdlib's",
         )
-    mig = sub.add_parser("migrate", help="create or upgrade the database schema and Kafka topics")
+    mig = sub.add_parser(
+        "migrate", parents=[verb], help="create or upgrade the database schema and Kafka topics"
+    )
     mig.add_argument(
         "--schema-only",
         action="store_true",
         help="only the database schema (the topics are managed elsewhere, e.g. by Strimzi)",
     )
-    sub.add_parser("dunning", help="send the due invoice reminders once (safe to run in parallel)")
+    sub.add_parser(
+        "dunning",
+        parents=[verb],
+        help="send the due invoice reminders once (safe to run in parallel)",
+    )
     billing_app = sub.add_parser(
-        "billing-app", help="create a Wuro app credential (X-APP-ID / X-APP-SECRET) for a tenant"
+        "billing-app",
+        parents=[verb],
+        help="create a Wuro app credential (X-APP-ID / X-APP-SECRET) for a tenant",
     )
     billing_app.add_argument("tenant")
     template = sub.add_parser(
-        "billing-template", help="set a tenant's e-mail template for an invoice action"
+        "billing-template",
+        parents=[verb],
+        help="set a tenant's e-mail template for an invoice action",
     )
     template.add_argument("tenant")
     template.add_argument("action", choices=["send_invoice", "dunning_invoice"])
     template.add_argument("--subject", required=True, help="may use [facture-numero] etc.")
     template.add_argument("--content", required=True, help="HTML with [lien-pdf], [contact-nom]…")
-    policy = sub.add_parser("billing-policy", help="set a tenant's dunning steps and issuer")
+    policy = sub.add_parser(
+        "billing-policy", parents=[verb], help="set a tenant's dunning steps and issuer"
+    )
     policy.add_argument("tenant")
     policy.add_argument("--steps", help="days after due, e.g. 3,10")
     policy.add_argument("--issuer", help='JSON, e.g. {"nome": "ACME", "cnpj": "..."}')
 
     tenant = sub.add_parser("tenant", help="manage tenants")
     tsub = tenant.add_subparsers(dest="tenant_command", required=True)
-    create = tsub.add_parser("create", help="create a tenant and print a new API token")
+    create = tsub.add_parser(
+        "create", parents=[verb], help="create a tenant and print a new API token"
+    )
     create.add_argument("id")
     create.add_argument("--name", default="")
     create.add_argument("--cnpj", action="append", default=[], help="company it may emit for")
 
     dlq = sub.add_parser("dlq", help="the dead-letter topic: list, replay")
     dsub = dlq.add_subparsers(dest="dlq_command", required=True)
-    for verb in ("list", "replay"):
-        d = dsub.add_parser(verb)
+    for action in ("list", "replay"):
+        d = dsub.add_parser(action, parents=[verb])
         d.add_argument("--id", action="append", default=[], help="partition:offset (repeatable)")
         d.add_argument("--origin-topic", help="only records that came from this topic")
         d.add_argument("--error", help="only records whose error contains this text")
         d.add_argument("--type", help="only records of this CloudEvents type")
-        if verb == "replay":
+        if action == "replay":
             d.add_argument("--all", action="store_true", help="replay everything that matches")
             d.add_argument("--dry-run", action="store_true", help="say what would be replayed")
 
-    rec = sub.add_parser("reconcile", help="complete notes stuck in processing")
+    rec = sub.add_parser("reconcile", parents=[verb], help="complete notes stuck in processing")
     rec.add_argument("--older-than", type=float, default=300, help="seconds in processing")
     rec.add_argument("--limit", type=int, default=100)
     rec.add_argument("--every", type=float, default=0, help="repeat every N seconds (0: once)")
 
-    hist = sub.add_parser("history", help="show a document's status history")
+    hist = sub.add_parser("history", parents=[verb], help="show a document's status history")
     hist.add_argument("tenant")
     hist.add_argument("ref")
 
-    hook = sub.add_parser("focus-hook", help="register notaflow's callback URL at Focus NFe")
+    hook = sub.add_parser(
+        "focus-hook", parents=[verb], help="register notaflow's callback URL at Focus NFe"
+    )
     hook.add_argument("url", help="public URL of /webhooks/focus/nfse")
     hook.add_argument(
         "--show-secret",
@@ -190,15 +221,26 @@ def _main(args: argparse.Namespace) -> int:
     if args.command == "dev":
         from notaflow.devstack import DevOptions, run_dev
 
-        return run_dev(
+        code = run_dev(
             DevOptions(
                 port=args.port,
                 kafka_port=args.kafka_port,
                 data_dir=args.data_dir,
                 sandbox_delay=args.sandbox_delay,
+                stop_timeout=args.stop_timeout,
             )
         )
-    settings = Settings.from_env()
+        # Every child is reaped and every file closed by now. The interpreter's teardown of
+        # what the bootstrap imported (SQLAlchemy, Alembic, aiokafka ...) took 1-2.6 s on a
+        # loaded machine, outside the stop bound the user was promised: skip it.
+        with contextlib.suppress(OSError):
+            sys.stdout.flush()
+            sys.stderr.flush()
+        os._exit(code)
+    # Operator verbs (they have --data-dir) may read a dev stack's D/env; production
+    # processes are configured by NOTAFLOW_* only.
+    verb = hasattr(args, "data_dir")
+    settings = _verb_settings(args.data_dir) if verb else Settings.from_env()
     service = f"consumer-{args.name}" if args.command == "consume" else str(args.command)
     processes.configure_logging(settings.log_level, settings.log_format, service)
     from notaflow.tracing import configure_tracing
@@ -242,6 +284,29 @@ def _main(args: argparse.Namespace) -> int:
     elif args.command == "sandbox":
         asyncio.run(processes.run_focus_sandbox(args.host, args.port, set(args.token), args.delay))
     return 0
+
+
+def _verb_settings(data_dir: str | None) -> Settings:
+    """An operator verb's settings: a running `notaflow dev`'s D/env under the environment."""
+    from pathlib import Path
+
+    from notaflow import envfile
+
+    try:
+        environ, path, overridden = envfile.verb_environment(data_dir, os.environ)
+    except FileNotFoundError as exc:
+        raise SystemExit(
+            f"{exc.args[0]} not found: is `notaflow dev --data-dir {data_dir}` running "
+            "(it writes the file when it is up)?"
+        ) from exc
+    except ValueError as exc:
+        raise SystemExit(f"{Path(data_dir or envfile.DEFAULT_DATA_DIR) / 'env'}: {exc}") from exc
+    if path is not None:
+        note = f"settings from {path} (notaflow dev)"
+        if overridden:
+            note += f"; the environment overrides {', '.join(overridden)}"
+        print(note, file=sys.stderr)
+    return Settings.from_env(environ)
 
 
 async def _create_tenant(settings: Settings, tenant_id: str, name: str, cnpjs: list[str]) -> str:

@@ -1,14 +1,22 @@
 """`notaflow dev`: the whole system on one machine, each part in its own process as in
 production — embedded broker, Focus sandbox, ingress, consumers — sharing a SQLite file.
 
-The supervisor owns every child: Ctrl-C (SIGINT) or SIGTERM stops them in reverse order
-(ingress first, so nothing new is accepted; the broker last, so consumers can commit), and a
-child that dies on its own brings the whole stack down with an error.
+The supervisor owns every child:
+- they die with it whatever ends it (`notaflow.lifeline`: the parent-death signal and a
+  watchdog on a pipe), so a closed terminal, a SIGKILL or a crash leaves nothing behind;
+- Ctrl-C (SIGINT), SIGTERM and SIGHUP (the terminal closed) stop them in the order of their
+  dependencies — ingress first, so nothing new is accepted; consumers; sandboxes; the broker
+  last, so consumers can commit — each tier in parallel, the whole within `stop_timeout`,
+  after which what is left is killed and named;
+- a child that dies on its own brings the whole stack down with an error;
+- it refuses to start over the leftovers of another run, naming them (`D/dev.json` lists the
+  PIDs of the run that owns the data directory).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import secrets
@@ -16,13 +24,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 import httpx
 
+from notaflow import envfile
 from notaflow.broker import EmbeddedBroker, free_port, port_open
 from notaflow.consumer_names import CONSUMERS
+from notaflow.lifeline import Lifeline, spawn_owned
+from notaflow.ports import Holder, command_line, port_holders
 from notaflow.settings import Settings
 
 DEMO_TENANT = "demo"
@@ -37,32 +50,193 @@ class DevOptions:
     data_dir: str = ".notaflow"
     sandbox_delay: float = 0.5
     host: str = "127.0.0.1"
+    stop_timeout: float = 10.0
+
+
+def say(text: str, err: bool = False) -> None:
+    """Print, surviving a terminal that is gone (SIGHUP): the stop must go on regardless."""
+    with contextlib.suppress(OSError):
+        print(text, file=sys.stderr if err else sys.stdout, flush=True)
 
 
 class Child:
-    def __init__(self, name: str, args: list[str], env: dict[str, str], log: Path) -> None:
+    """One process of the stack, started by `spawn` (which ties its life to ours)."""
+
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        spawn: Callable[..., subprocess.Popen[bytes]],
+        env: dict[str, str] | None = None,
+        log: Path | None = None,
+        python: bool = True,
+    ) -> None:
         self.name = name
-        self._log = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "notaflow.cli", *args],
-            env={**os.environ, **env},
-            stdout=self._log,
+        self._log: IO[bytes] | None = open(log, "ab") if log else None  # noqa: SIM115
+        argv = [sys.executable, "-m", "notaflow.cli", *args] if python else list(args)
+        self.process = spawn(
+            argv,
+            env={**os.environ, **(env or {})},
+            stdout=self._log or subprocess.DEVNULL,
             stderr=subprocess.STDOUT,
-            start_new_session=True,
         )
+        self._close_log()  # the child has its own copy
+
+    @classmethod
+    def of(cls, name: str, process: subprocess.Popen[bytes]) -> Child:
+        """A process started elsewhere (the broker) under the same stop rules."""
+        child = cls.__new__(cls)
+        child.name, child._log, child.process = name, None, process
+        return child
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def alive(self) -> bool:
         return self.process.poll() is None
 
-    def stop(self, timeout: float = 15.0) -> None:
+    def terminate(self) -> None:
         if self.alive():
             self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
+
+    def kill(self) -> None:
+        if self.alive():
+            self.process.kill()
+
+
+# Each tier has until its cumulative share of the stop timeout; what is still running then is
+# killed, so the next tier (what it depends on) stops without a client still hanging on it
+# (uvicorn and aiosmtpd wait for their open connections). The last tenth is kept for the
+# kills, reaping and our own exit, so the whole stop fits in the timeout as seen from outside.
+# Measured on the loaded 2-core machine: the consumers stop within 2.5 s unless one has a
+# backlog of its own (the notification consumer's e-mails), which no share would cover; a
+# sandbox alone takes 1.5-2 s to stop (mostly the interpreter's teardown), hence its 3 s.
+STOP_SHARES = (0.25, 0.5, 0.8, 0.9)
+
+
+def stop_in_order(
+    tiers: Sequence[Sequence[Child]],
+    total: float,
+    shares: Sequence[float] = STOP_SHARES,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[str]:
+    """Stops `tiers` in order, each in parallel, within `total` seconds; returns the names of
+    the children that had to be killed."""
+    start = clock()
+    killed: list[str] = []
+    for tier, share in zip(tiers, shares, strict=True):
+        for child in tier:
+            child.terminate()
+        slot_end = start + total * share
+        while any(c.alive() for c in tier) and clock() < slot_end:
+            sleep(0.05)
+        for child in tier:
+            if child.alive():
+                killed.append(child.name)
+                child.kill()
+        for child in tier:
+            child.process.wait()
+    return killed
+
+
+# -- leftovers of an earlier run ------------------------------------------------------------
+
+STATE_FILE = "dev.json"
+
+
+def ours(command: str) -> bool:
+    return "notaflow" in command or "tansu" in command
+
+
+def previous_run(data: Path) -> dict[str, int]:
+    """The processes of the run recorded in D/dev.json that still exist as what they were
+    (PIDs get reused: a PID whose command line changed is not a leftover)."""
+    try:
+        state = json.loads((data / STATE_FILE).read_text())
+        processes = state["processes"]
+        recorded = {str(n): (int(p["pid"]), str(p["command"])) for n, p in processes.items()}
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+    return {
+        name: pid
+        for name, (pid, command) in recorded.items()
+        if pid != os.getpid() and command_line(pid) == command
+    }
+
+
+def dev_supervisor(holder: Holder) -> int | None:
+    """The PID of the running `notaflow dev` this holder is a child of, if it is one."""
+    return holder.parent if "notaflow.cli dev" in holder.parent_command else None
+
+
+def leftover_message(
+    data: Path,
+    previous: dict[str, int],
+    busy: dict[int, tuple[str, list[Holder]]],
+) -> str | None:
+    """What keeps the stack from starting and the way out, or None (pure)."""
+    if not previous and not busy:
+        return None
+    lines: list[str] = []
+    names = {pid: name for name, pid in previous.items()}
+    supervisors = {previous["supervisor"]} if "supervisor" in previous else set()
+    if supervisors:
+        lines.append(f"notaflow dev is already running from {data} (pid {previous['supervisor']}).")
+    elif previous:
+        lines.append(f"an earlier notaflow dev from {data} left processes running:")
+        lines += [f"  {name}: pid {pid}" for name, pid in previous.items()]
+    to_kill = set(previous.values())
+    for port, (_option, holders) in sorted(busy.items()):
+        if not holders:
+            lines.append(f"port {port} is in use (by a process we may not inspect)")
+        for holder in holders:
+            supervisor = dev_supervisor(holder)
+            if holder.pid in names:
+                whose = f"notaflow dev's {names[holder.pid]}"
+            elif supervisor is not None:
+                whose = f"a process of the notaflow dev running as pid {supervisor}"
+                supervisors.add(supervisor)
+            elif ours(holder.command):
+                whose = "a notaflow process (a leftover: its notaflow dev is gone)"
+                to_kill.add(holder.pid)
+            else:
+                whose = "not a notaflow process"
+            lines.append(f"port {port} is held by {holder.describe()}: {whose}")
+    if supervisors:
+        pids = " ".join(map(str, sorted(supervisors)))
+        lines.append(f"Stop it with Ctrl-C in its terminal, or: kill {pids}")
+    elif to_kill:
+        lines.append(f"Stop them with: kill {' '.join(map(str, sorted(to_kill)))}")
+    options = sorted({option for option, _ in busy.values()})
+    if options:
+        lines.append(f"Or choose other ports with {' / '.join(options)}.")
+    return "\n".join(lines)
+
+
+def find_leftovers(opts: DevOptions, data: Path) -> str | None:
+    previous = previous_run(data)
+    busy = {
+        port: (option, port_holders(port))
+        for port, option in ((opts.port, "--port"), (opts.kafka_port, "--kafka-port"))
+        if port_open("127.0.0.1", port)
+    }
+    return leftover_message(data, previous, busy)
+
+
+def write_state(data: Path, opts: DevOptions, children: Sequence[Child]) -> None:
+    pids = {"supervisor": os.getpid(), **{c.name: c.process.pid for c in children}}
+    state = {
+        "processes": {
+            name: {"pid": pid, "command": command_line(pid)} for name, pid in pids.items()
+        },
+        "ports": {"ingress": opts.port, "kafka": opts.kafka_port},
+    }
+    tmp = data / (STATE_FILE + ".tmp")
+    tmp.write_text(json.dumps(state, indent=2) + "\n")
+    os.replace(tmp, data / STATE_FILE)
 
 
 def dev_settings(
@@ -176,6 +350,13 @@ DEMO_NOTE = json.dumps(
 
 def banner(opts: DevOptions, settings: Settings, token: str, data: Path) -> str:
     base = settings.public_url
+    default = data.resolve() == Path(envfile.DEFAULT_DATA_DIR).resolve()
+    data_dir = "" if default else f" --data-dir {data}"
+    verbs = (
+        "notaflow tenant, dlq, reconcile, history ... from this directory"
+        if default
+        else f"notaflow tenant, dlq, reconcile, history ... given --data-dir {data}"
+    )
     return f"""
 notaflow dev is up.
   ingress      {base}   (GET {base}/readyz)
@@ -186,22 +367,29 @@ notaflow dev is up.
   database     {settings.database_url}
   logs         {data}/*.log
   demo token   {token}   (also in {data}/demo-token)
+  settings     {data / envfile.FILE_NAME}   (read by the operator verbs: {verbs})
 
 Try it:
   curl -u "{token}:" -X POST "{base}/v2/nfse?ref=demo$(date +%s)" -d '{DEMO_NOTE}'
   curl -u "{token}:" {base}/v2/nfse/REF
+  notaflow tenant create acme --cnpj 07504505000132{data_dir}
 
-Ctrl-C stops everything.
+Ctrl-C stops everything (so does closing this terminal), within {opts.stop_timeout:g}s.
 """
+
+
+ENV_HEADER = """Settings of the running notaflow dev (written at its start; secrets: keep private).
+Every operator verb reads this file when run with --data-dir {data}{default}.
+NOTAFLOW_* variables of the verb's own environment win over it."""
 
 
 def run_dev(opts: DevOptions) -> int:
     data = Path(opts.data_dir)
     data.mkdir(parents=True, exist_ok=True)
-    for port, what in ((opts.port, "--port"), (opts.kafka_port, "--kafka-port")):
-        if port_open("127.0.0.1", port):
-            print(f"port {port} is in use: choose another with {what}", file=sys.stderr)
-            return 2
+    refusal = find_leftovers(opts, data)
+    if refusal is not None:
+        say(refusal, err=True)
+        return 2
     sandbox_port, smtp_port, emites_port = free_port(), free_port(), free_port()
     secret = secrets.token_urlsafe(24)
     settings = dev_settings(opts, data, sandbox_port, secret, smtp_port, emites_port)
@@ -213,18 +401,36 @@ def run_dev(opts: DevOptions) -> int:
         nonlocal stop_requested
         stop_requested = True
 
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
+    # SIGHUP: the terminal was closed. Stop like Ctrl-C rather than die and orphan the stack.
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # no SIGHUP on Windows
+        if hasattr(signal, name):
+            signal.signal(getattr(signal, name), request_stop)
 
-    broker = EmbeddedBroker(opts.kafka_port, log_file=data / "broker.log")
-    children: list[Child] = []
+    lifeline = Lifeline(grace=opts.stop_timeout)
+
+    def spawn(argv: Sequence[str], **popen: object) -> subprocess.Popen[bytes]:
+        return spawn_owned(argv, lifeline=lifeline, **popen)  # type: ignore[arg-type]
+
+    broker = EmbeddedBroker(opts.kafka_port, log_file=data / "broker.log", spawn=spawn)
+    broker_child: list[Child] = []
+    consumers: list[Child] = []
+    sandboxes: list[Child] = []
+    front: list[Child] = []
     code = 0
     try:
-        print(f"starting the embedded broker on 127.0.0.1:{opts.kafka_port} ...", flush=True)
-        broker.start()
+        say(f"starting the embedded broker on 127.0.0.1:{opts.kafka_port} ...")
+        try:
+            broker.start()
+        finally:
+            if broker.process is not None:
+                broker_child.append(Child.of("broker", broker.process))
         token = asyncio.run(bootstrap(settings, data))
-        children.append(
-            Child(
+
+        def child(name: str, args: list[str]) -> Child:
+            return Child(name, args, spawn, env, data / f"{name}.log")
+
+        sandboxes.append(
+            child(
                 "sandbox-focus",
                 [
                     "sandbox",
@@ -236,50 +442,65 @@ def run_dev(opts: DevOptions) -> int:
                     "--delay",
                     str(opts.sandbox_delay),
                 ],
-                env,
-                data / "sandbox-focus.log",
             )
         )
-        children.append(
-            Child(
+        sandboxes.append(
+            child(
                 "smtp-sink",
                 ["sandbox", "smtp", "--port", str(smtp_port), "--outbox", str(data / "outbox")],
-                env,
-                data / "smtp-sink.log",
             )
         )
-        children.append(
-            Child(
+        sandboxes.append(
+            child(
                 "sandbox-emites",
                 ["sandbox", "emites", "--port", str(emites_port), "--cnpj", DEMO_CNPJS[0]],
-                env,
-                data / "sandbox-emites.log",
             )
         )
-        wait_ready(f"{settings.focus_base_url}/_sandbox/stats", children)
+        wait_ready(f"{settings.focus_base_url}/_sandbox/stats", sandboxes)
         asyncio.run(register_hook(settings))
         for name in CONSUMERS:
-            children.append(
-                Child(f"consumer-{name}", ["consume", name], env, data / f"consumer-{name}.log")
-            )
-        children.append(Child("ingress", ["ingress"], env, data / "ingress.log"))
-        wait_ready(f"{settings.public_url}/readyz", children)
-        print(banner(opts, settings, token, data), flush=True)
+            consumers.append(child(f"consumer-{name}", ["consume", name]))
+        front.append(child("ingress", ["ingress"]))
+        everyone = [*broker_child, *sandboxes, *consumers, *front]
+        write_state(data, opts, everyone)
+        wait_ready(f"{settings.public_url}/readyz", everyone)
+        envfile.write(
+            data / envfile.FILE_NAME,
+            env,
+            ENV_HEADER.format(
+                data=data,
+                default=" (or without it, from the directory holding .notaflow/)"
+                if data.resolve() == Path(envfile.DEFAULT_DATA_DIR).resolve()
+                else "",
+            ),
+        )
+        say(banner(opts, settings, token, data))
         while not stop_requested:
-            dead = [c for c in children if not c.alive()]
-            if dead or (broker.process is not None and broker.process.poll() is not None):
-                names = ", ".join(c.name for c in dead) or "broker"
-                print(f"{names} stopped unexpectedly; see {data}/*.log", file=sys.stderr)
+            dead = [c for c in everyone if not c.alive()]
+            if dead:
+                names = ", ".join(c.name for c in dead)
+                say(f"{names} stopped unexpectedly; see {data}/*.log", err=True)
                 code = 1
                 break
             time.sleep(0.2)
     except Exception as exc:  # start-up failures: say what and where, then clean up
-        print(f"notaflow dev failed: {exc}", file=sys.stderr)
+        say(f"notaflow dev failed: {exc}", err=True)
         code = 1
     finally:
-        print("stopping ...", flush=True)
-        for child in reversed(children):
-            child.stop()
-        broker.stop()
-        print("stopped.", flush=True)
+        say(f"stopping (at most {opts.stop_timeout:g}s) ...")
+        began = time.monotonic()
+        killed = stop_in_order([front, consumers, sandboxes, broker_child], opts.stop_timeout)
+        for child_ in (*front, *consumers, *sandboxes, *broker_child):
+            lifeline.release(child_.process.pid)
+        lifeline.close()
+        took = time.monotonic() - began
+        if killed:
+            say(
+                "killed (did not stop on SIGTERM within its share of "
+                f"{opts.stop_timeout:g}s): " + ", ".join(killed),
+                err=True,
+            )
+        with contextlib.suppress(OSError):
+            (data / STATE_FILE).unlink()
+        say(f"stopped in {took:.1f}s.")
     return code
