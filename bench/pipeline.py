@@ -31,8 +31,8 @@ events published) from the first POST to the last note done; CPU seconds per not
 notaflow process and their sum (the target is <= 0.5 ms: >= 2,000 notes per CPU-second);
 p50/p99 from the POST to `autorizado` visible in `GET /v2/nfse/REF` (a sample of notes, each
 polled every 20 ms, at most 8 at once, so the polls cost the ingress little; counted) and to
-the hook delivered (every note). Checks: every note autorizado, one e-mail and one hook each, no note
-twice, its lifecycle events in order.
+the hook delivered (every note). Checks: every note autorizado, one e-mail and one hook each,
+no note twice, its lifecycle events in order.
 
 NOTAFLOW_SMTP_PAUSE is 0 here: the default (1 s between sends to one server, as HubSoft does
 not to be taken for spam) caps e-mail at one per second by design, which is not what is
