@@ -129,6 +129,9 @@ class NotificationConsumer:
     # -- what to deliver ---------------------------------------------------------------------
 
     async def on_status(self, event: Event) -> None:
+        status = str(event.data.get("status"))
+        if status not in HOOK_STATUSES and status not in EMAIL_KINDS:
+            return  # `processando_autorizacao` and the like: nothing to deliver, nothing to read
         doc = await self._docs.by_id(int(event.data.get("id", 0)))
         if doc is None:
             return
