@@ -339,8 +339,18 @@ def main() -> int:
             load(base, authorization, refs, args.connections, args.rate, sample_every)
         )
         accepted_in = time.time() - started
-        timeout = args.timeout or 120 + args.notes / 100
-        wait_for(lambda: done("b", len(refs) - len(refused)), timeout, 0.25)
+        timeout = args.timeout or 120 + args.notes / 10
+        try:
+            wait_for(lambda: done("b", len(refs) - len(refused)), timeout, 0.25)
+        except TimeoutError:
+            hooked = {r for r, _, s in stand_in(world, "hooks") if s == "autorizado"}
+            mailed = {a.split("@")[0] for a, _ in stand_in(world, "mails")}
+            raise SystemExit(
+                f"not done within {timeout:.0f}s: {len(posted)} POSTed, "
+                f"{len(stand_in(world, 'stats'))} sent to Focus, "
+                f"{len(stand_in(world, 'callbacks'))} called back, {len(hooked)} hooks, "
+                f"{len(mailed)} e-mails, of {len(refs)}; see {log_path}"
+            ) from None
         hooks = stand_in(world, "hooks")
         mails = stand_in(world, "mails")
         hook_at = {r: at for r, at, s in hooks if s == "autorizado" and r.startswith("b")}
