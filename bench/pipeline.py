@@ -61,7 +61,7 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.consumer import _cpu_seconds, percentile
 from notaflow import topics as t
@@ -189,7 +189,6 @@ def stand_in(url: str, what: str) -> list[Any]:
 async def lifecycle(bootstrap: str, topic: str, refs: set[str]) -> tuple[int, int]:
     """(notes whose lifecycle read processando -> autorizado, events with a repeated id)."""
     consumer = AIOKafkaConsumer(
-        topic,
         bootstrap_servers=bootstrap,
         auto_offset_reset="earliest",
         enable_auto_commit=False,
@@ -199,13 +198,17 @@ async def lifecycle(bootstrap: str, topic: str, refs: set[str]) -> tuple[int, in
     seen: dict[str, list[str]] = defaultdict(list)
     ids: Counter[str] = Counter()
     try:
-        idle = 0
-        while idle < 3:
+        await consumer.topics()  # the metadata, for the topic's partitions
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in partitions])
+
+        while await behind():
             batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
-            if not any(batch.values()):
-                idle += 1
-                continue
-            idle = 0
             for records in batch.values():
                 for record in records:
                     event = decode(record.headers, record.value)
@@ -215,6 +218,13 @@ async def lifecycle(bootstrap: str, topic: str, refs: set[str]) -> tuple[int, in
         await consumer.stop()
     ordered = sum(1 for ref in refs if seen.get(ref) == ["processando_autorizacao", "autorizado"])
     return ordered, sum(n - 1 for n in ids.values() if n > 1)
+
+
+_T0 = time.monotonic()
+
+
+def _say(what: str) -> None:
+    print(f"[{time.monotonic() - _T0:6.1f}s] {what}", file=sys.stderr, flush=True)
 
 
 def _p50_p99(values: list[float]) -> str:
@@ -295,6 +305,7 @@ def main() -> int:
             [*NOTAFLOW, "ingress"], env=env, cwd=ROOT, stdout=log, stderr=log
         )
         wait_http(f"{base}/readyz", 60, proc=procs["ingress"])
+        _say("processes started")
         hook = httpx.post(
             f"{base}/v2/hooks",
             headers={"authorization": authorization},
@@ -318,6 +329,7 @@ def main() -> int:
         warm = [f"w{i}" for i in range(args.warmup)]
         loop.run_until_complete(load(base, authorization, warm, 4, 0, 0))
         wait_for(lambda: done("w", len(warm)), 120, 0.2)
+        _say("warmed up")
 
         if args.profile:
             Path(args.profile).mkdir(parents=True, exist_ok=True)
@@ -339,6 +351,7 @@ def main() -> int:
             load(base, authorization, refs, args.connections, args.rate, sample_every)
         )
         accepted_in = time.time() - started
+        _say(f"{len(posted)} notes POSTed")
         timeout = args.timeout or 120 + args.notes / 10
         try:
             wait_for(lambda: done("b", len(refs) - len(refused)), timeout, 0.25)
@@ -351,6 +364,7 @@ def main() -> int:
                 f"{len(stand_in(world, 'callbacks'))} called back, {len(hooked)} hooks, "
                 f"{len(mailed)} e-mails, of {len(refs)}; see {log_path}"
             ) from None
+        _say("all done")
         hooks = stand_in(world, "hooks")
         mails = stand_in(world, "mails")
         hook_at = {r: at for r, at, s in hooks if s == "autorizado" and r.startswith("b")}
@@ -368,6 +382,7 @@ def main() -> int:
             lifecycle(broker.bootstrap, t.Topics(settings.kafka_topic_prefix).lifecycle, set(refs))
         )
         loop.close()
+        _say("lifecycle read")
 
         n = len(refs) - len(refused)
         first = min(posted.values())
@@ -420,14 +435,15 @@ def main() -> int:
             if spy.poll() is None:
                 spy.send_signal(signal.SIGINT)
                 spy.wait(60)
-        for proc in reversed(list(procs.values())):
+        for proc in procs.values():  # all at once: each takes its shutdown grace
             if proc.poll() is None:
                 proc.terminate()
-                try:
-                    proc.wait(20)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
+        for proc in procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
         log.close()
         if pg:
             pg.stop()
