@@ -45,10 +45,6 @@ from notaflow.store.db import transient_error
 from notaflow.store.retries import Coordinates, RetryLedger, RetryState
 
 log = logging.getLogger(__name__)
-# How long a fetch may wait for records (see `Runner.run`): an idle consumer asks forty times
-# a second.
-FETCH_MAX_WAIT_MS = 25
-
 Handler = Callable[[Any], Awaitable[None]]
 
 
@@ -163,8 +159,9 @@ class Runner:
             # end of the wait even when records arrived during it: with the default 500 ms, the
             # consumer benchmark's paced commands waited 150 ms (p50) before their POST, 35-43
             # with 100 and its p99 held the whole wait; 13-22 ms with 25. Kafka answers as soon
-            # as records arrive, so there it only sets how often an idle consumer asks.
-            fetch_max_wait_ms=FETCH_MAX_WAIT_MS,
+            # as records arrive, so there it only sets how often an idle consumer asks
+            # (NOTAFLOW_CONSUMER_FETCH_WAIT_MS: 25 asks forty times a second).
+            fetch_max_wait_ms=self._settings.consumer_fetch_wait_ms,
         )
         self._consumer = consumer
         consumer.subscribe(self._topics, listener=_Listener(self))

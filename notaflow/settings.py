@@ -86,6 +86,10 @@ class Settings:
     consumer_retry_base: float = 1.0
     consumer_retry_max: float = 60.0
     consumer_max_attempts: int = 8
+    # Issue 16: how long a consumer's fetch waits for records. The embedded broker answers only
+    # at the end of the wait, so it bounds command-to-call latency there; on Kafka (which
+    # answers as records arrive) it only sets how often an idle consumer asks.
+    consumer_fetch_wait_ms: int = 25
     log_level: str = "INFO"
     # Observability
     log_format: str = "text"  # json in production (one JSON object per line)
