@@ -3,7 +3,8 @@ against a Focus stand-in whose answer takes LATENCY seconds, compared with the b
 concurrency limit sets (calls in flight / latency: 200 / 0.1 s = 2,000 notes/s).
 
     bin/bench consumer [--notes 20000] [--concurrency 200] [--latency 0.1]
-                       [--database sqlite|postgres] [--paced-seconds 5] [--py-spy FILE]
+                       [--database sqlite|postgres] [--paced-seconds 5] [--paced-rate R]
+                       [--py-spy FILE]
 
 The concurrency is NOTAFLOW_CONSUMER_CONCURRENCY, the calls the consumer keeps in flight at
 Focus; the stub reports the most it ever saw at once, which must not exceed it. The runner
@@ -22,8 +23,9 @@ LATENCY seconds; see there why not the sandbox), and the consumer in production 
    followed on its key by a re-emission (a new command, as another system would publish it)
    and a redelivery of that re-emission (the same command id again). Notes/s is POSTs at the
    stub from the first to the last.
-2. Paced: commands go through the same Intake at half the backlog's rate while the consumer runs;
-   command-to-POST latency (accepted by Kafka -> POST at the stub) p50/p99.
+2. Paced: commands go through the same Intake at half the backlog's rate (or `--paced-rate`: on
+   a machine others load, a rate the consumer's share of the cores surely keeps up with) while
+   the consumer runs; command-to-POST latency (accepted by Kafka -> POST at the stub) p50/p99.
 
 3. Callbacks (`--callbacks N`): Focus's `autorizado` callback for N submitted notes, published
    to the provider-events topic as the ingress's webhook route does, each naming the note's XML
@@ -247,6 +249,12 @@ def main() -> int:
     p.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
     p.add_argument("--ordered", type=int, default=50, help="every Nth note checks order (0: off)")
     p.add_argument("--paced-seconds", type=float, default=5.0)
+    p.add_argument(
+        "--paced-rate",
+        type=float,
+        default=0.0,
+        help="commands/s of the paced phase (0: half the backlog's rate)",
+    )
     p.add_argument("--callbacks", type=int, default=10_000, help="callbacks phase size (0: off)")
     p.add_argument("--py-spy", default="", help="record the consumer with py-spy (raw) here")
     args = p.parse_args()
@@ -346,7 +354,7 @@ def main() -> int:
         if args.paced_seconds > 0:
             # Half of what the backlog showed the consumer can do, so the latency is the
             # path's own, not a queue's.
-            paced_rate = min(bound, rate) / 2
+            paced_rate = args.paced_rate or min(bound, rate) / 2
             paced = loop.run_until_complete(loader.paced(paced_rate, args.paced_seconds, "p"))
             wait_for(
                 lambda: stub_count(stub_url) >= len(arrivals) + len(paced),

@@ -17,15 +17,30 @@ emission followed by its re-emission and check the two arrive in publish order.
 how many there are, `GET /_peak` the most POSTs it ever had unanswered at once (what the
 consumer's concurrency limit must hold).
 
-    python bench/focus_stub.py PORT LATENCY
+For the pipeline benchmark it also plays the rest of the world the pipeline talks to:
+- `--callback URL --secret S`: CALLBACK_DELAY seconds after answering a POST 202 it calls URL
+  (the ingress's `/webhooks/focus/nfse`) with the note `autorizado`, as Focus calls the hook
+  registered for the token: the GET fields, `caminho_xml_nota_fiscal` naming the XML above, the
+  secret in `Authorization`. Callbacks go out over a few keep-alive connections (a bare
+  HTTP/1.1 client: the stand-in's own CPU is not what is measured). `GET /_callbacks` answers
+  `[[ref, epoch seconds, http status], ...]` of the callbacks answered.
+- `POST /_hook/...`: a client's hook receiver; answers 200 and records `[ref, epoch seconds,
+  status]` from the JSON body (`GET /_hooks`).
+- `--smtp-port P`: an SMTP server (aiosmtpd, the project's sink's library) that accepts every
+  message and records `[recipient, epoch seconds]` (`GET /_mails`).
+
+    python bench/focus_stub.py PORT LATENCY [--callback URL --secret S --callback-delay 0.2
+                                             --smtp-port P]
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import json
-import sys
 import time
+from dataclasses import dataclass, field
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 REJECT_MARKER = b"[bench:rejeitar]"
@@ -63,11 +78,26 @@ class Open:
         self.peak = 0
 
 
+@dataclass
+class World:
+    """What the stand-in records, and where its callbacks go."""
+
+    latency: float
+    arrivals: list[tuple[str, float, int]] = field(default_factory=list)
+    open_: Open = field(default_factory=Open)
+    hooks: list[tuple[str, float, str]] = field(default_factory=list)
+    mails: list[tuple[str, float]] = field(default_factory=list)
+    callbacks_done: list[tuple[str, float, int]] = field(default_factory=list)
+    callbacks: asyncio.Queue[tuple[str, bytes]] | None = None  # None: no callbacks
+    callback_delay: float = 0.2
+
+
 class Responder(asyncio.Protocol):
-    def __init__(self, latency: float, arrivals: list[tuple[str, float, int]], open_: Open) -> None:
-        self._latency = latency
-        self._arrivals = arrivals
-        self._open = open_
+    def __init__(self, world: World) -> None:
+        self._world = world
+        self._latency = world.latency
+        self._arrivals = world.arrivals
+        self._open = world.open_
         self._buffer = b""
         self._transport: asyncio.Transport | None = None
 
@@ -107,6 +137,19 @@ class Responder(asyncio.Protocol):
         if method == "GET" and url.path == "/_stats":
             self._send(_response(200, "OK", json.dumps(self._arrivals).encode()))
             return
+        if method == "GET" and url.path in ("/_hooks", "/_mails", "/_callbacks"):
+            got = {
+                "/_hooks": self._world.hooks,
+                "/_mails": self._world.mails,
+                "/_callbacks": self._world.callbacks_done,
+            }[url.path]
+            self._send(_response(200, "OK", json.dumps(got).encode()))
+            return
+        if method == "POST" and url.path.startswith("/_hook"):
+            note = json.loads(body)
+            self._world.hooks.append((str(note.get("ref")), time.time(), str(note.get("status"))))
+            self._send(_response(200, "OK", b"{}"))
+            return
         if method == "GET" and url.path.startswith("/notas_fiscais_servico/"):
             # The authorized note's XML, which the consumer downloads when a callback names it.
             name = url.path.rsplit("/", 1)[-1]
@@ -130,7 +173,16 @@ class Responder(asyncio.Protocol):
         self._open.now += 1
         self._open.peak = max(self._open.peak, self._open.now)
         reply = _response(status, reason, json.dumps(answer).encode())
-        asyncio.get_running_loop().call_later(self._latency, self._answer, reply)
+        loop = asyncio.get_running_loop()
+        loop.call_later(self._latency, self._answer, reply)
+        queue = self._world.callbacks
+        if queue is not None and status == _ACCEPTED:
+            cnpj = json.loads(body).get("prestador", {}).get("cnpj", "")
+            loop.call_later(
+                self._latency + self._world.callback_delay,
+                queue.put_nowait,
+                (ref, authorized(ref, cnpj)),
+            )
 
     def _answer(self, data: bytes) -> None:
         self._open.now -= 1
@@ -141,25 +193,128 @@ class Responder(asyncio.Protocol):
             self._transport.write(data)
 
 
-async def serve(port: int, latency: float) -> None:
-    arrivals: list[tuple[str, float, int]] = []
-    open_ = Open()
+def authorized(ref: str, cnpj: str) -> bytes:
+    """Focus's hook body for an authorized NFS-e (the fields of its GET)."""
+    n = "".join(ch for ch in ref if ch.isdigit()) or "1"
+    return json.dumps(
+        {
+            "cnpj_prestador": cnpj,
+            "ref": ref,
+            "numero_rps": n,
+            "serie_rps": "1",
+            "tipo_rps": "RPS",
+            "status": "autorizado",
+            "numero": n,
+            "codigo_verificacao": f"V{n}",
+            "data_emissao": "2026-11-22T10:00:00-03:00",
+            "url": f"https://prefeitura.example/nfse/{ref}",
+            "caminho_xml_nota_fiscal": f"/notas_fiscais_servico/{ref}-nfse.xml",
+        }
+    ).encode()
+
+
+async def call_back(world: World, url: str, secret: str) -> None:
+    """One keep-alive connection delivering queued callbacks one after the other."""
+    assert world.callbacks is not None
+    target = urlsplit(url)
+    host, port = target.hostname or "127.0.0.1", target.port or 80
+    reader: asyncio.StreamReader | None = None
+    writer: asyncio.StreamWriter | None = None
+    while True:
+        ref, body = await world.callbacks.get()
+        for _ in range(50):  # a refused or broken connection: reconnect and try again
+            try:
+                if writer is None or reader is None or writer.is_closing():
+                    reader, writer = await asyncio.open_connection(host, port)
+                head = (
+                    f"POST {target.path} HTTP/1.1\r\nhost: {host}:{port}\r\n"
+                    f"authorization: {secret}\r\ncontent-type: application/json\r\n"
+                    f"content-length: {len(body)}\r\n\r\n"
+                )
+                writer.write(head.encode() + body)
+                status_line = await reader.readuntil(b"\r\n")
+                length = 0
+                while (line := await reader.readuntil(b"\r\n")) != b"\r\n":
+                    name, _, value = line.decode("latin-1").partition(":")
+                    if name.strip().lower() == "content-length":
+                        length = int(value)
+                await reader.readexactly(length)
+                status = int(status_line.split()[1])
+                world.callbacks_done.append((ref, time.time(), status))
+                if status < 500:
+                    break
+            except (OSError, asyncio.IncompleteReadError, ValueError):
+                if writer is not None:
+                    writer.close()
+                writer = None
+            await asyncio.sleep(0.1)
+
+
+class MailCounter:
+    """aiosmtpd handler: accepts every message, records its recipients' arrival."""
+
+    def __init__(self, world: World) -> None:
+        self._world = world
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        now = time.time()
+        self._world.mails.extend((rcpt, now) for rcpt in envelope.rcpt_tos)
+        return "250 OK"
+
+
+async def serve(
+    port: int,
+    latency: float,
+    callback: str = "",
+    secret: str = "",
+    callback_delay: float = 0.2,
+    smtp_port: int = 0,
+    connections: int = 16,
+) -> None:
+    world = World(latency, callback_delay=callback_delay)
     loop = asyncio.get_running_loop()
-    server = await loop.create_server(
-        lambda: Responder(latency, arrivals, open_), "127.0.0.1", port, backlog=1024
-    )
+    tasks = []
+    if callback:
+        world.callbacks = asyncio.Queue()
+        tasks = [
+            asyncio.create_task(call_back(world, callback, secret)) for _ in range(connections)
+        ]
+    if smtp_port:
+        from aiosmtpd.smtp import SMTP
+
+        smtp = await loop.create_server(
+            lambda: SMTP(MailCounter(world), hostname="bench-smtp", ident="bench"),
+            "127.0.0.1",
+            smtp_port,
+            backlog=1024,
+        )
+    server = await loop.create_server(lambda: Responder(world), "127.0.0.1", port, backlog=1024)
     async with server:
-        await server.serve_forever()
+        try:
+            await server.serve_forever()
+        finally:
+            for task in tasks:
+                task.cancel()
+            if smtp_port:
+                smtp.close()
 
 
 def main() -> None:
-    port, latency = int(sys.argv[1]), float(sys.argv[2])
+    p = argparse.ArgumentParser()
+    p.add_argument("port", type=int)
+    p.add_argument("latency", type=float)
+    p.add_argument("--callback", default="", help="the ingress's Focus webhook URL")
+    p.add_argument("--secret", default="")
+    p.add_argument("--callback-delay", type=float, default=0.2)
+    p.add_argument("--smtp-port", type=int, default=0)
+    a = p.parse_args()
+    run = serve(a.port, a.latency, a.callback, a.secret, a.callback_delay, a.smtp_port)
     try:
         import uvloop
 
-        uvloop.run(serve(port, latency))
+        uvloop.run(run)
     except ImportError:
-        asyncio.run(serve(port, latency))
+        asyncio.run(run)
     except KeyboardInterrupt:
         pass
 

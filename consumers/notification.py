@@ -55,6 +55,8 @@ from notaflow.store import (
 )
 from notaflow.store.deliveries import PENDING, SENT
 from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
+from notaflow.store.hooks import Hook
+from notaflow.store.tenants import TenantCache
 from notaflow.views import nfse_view
 
 log = logging.getLogger(__name__)
@@ -106,6 +108,8 @@ class NotificationConsumer:
         self._clock = clock
         self._docs = documents
         self._tenants = tenants
+        # The issuer's name in every e-mail: a copy read a few seconds ago will do.
+        self._tenant_names = TenantCache(tenants)
         self._hooks = hooks
         self._deliveries = deliveries
         self._mailer = mailer
@@ -126,6 +130,9 @@ class NotificationConsumer:
     # -- what to deliver ---------------------------------------------------------------------
 
     async def on_status(self, event: Event) -> None:
+        status = str(event.data.get("status"))
+        if status not in HOOK_STATUSES and status not in EMAIL_KINDS:
+            return  # `processando_autorizacao` and the like: nothing to deliver, nothing to read
         doc = await self._docs.by_id(int(event.data.get("id", 0)))
         if doc is None:
             return
@@ -163,22 +170,23 @@ class NotificationConsumer:
     async def _fire_hooks(self, doc: Document, view: dict[str, Any], event_id: str) -> None:
         # Hooks subscribe by document kind: Focus's `nfse` and `nfce` events.
         for hook in await self._hooks.matching(doc.tenant_id, doc.kind, doc.cnpj_prestador):
-            delivery = await self._deliveries.ensure(
+            delivery, ours = await self._deliveries.ensure_locked(
                 doc.tenant_id, doc.id, "webhook", f"hook:{event_id}:{hook.id}", hook.id,
-                {"body": view},
+                {"body": view}, LOCK_SECONDS,
             )  # fmt: skip
-            await self.attempt(delivery)
+            # The hook as read a moment ago: its first attempt does not read it again.
+            await self.attempt(delivery, locked=ours, doc=doc, hook=hook)
 
     async def _email(
         self, doc: Document, addresses: list[str], kind: str, view: dict[str, Any], event_id: str
     ) -> list[dict[str, Any]]:
         results = []
         for address in dict.fromkeys(addresses):
-            delivery = await self._deliveries.ensure(
+            delivery, ours = await self._deliveries.ensure_locked(
                 doc.tenant_id, doc.id, "email", f"email:{event_id}:{address}", address,
-                {"kind": kind, "view": view},
+                {"kind": kind, "view": view}, LOCK_SECONDS,
             )  # fmt: skip
-            outcome = await self.attempt(delivery)
+            outcome = await self.attempt(delivery, locked=ours, doc=doc)
             if outcome is None:  # a redelivery: answer what the first delivery did
                 again = await self._deliveries.by_key(delivery.dedupe_key)
                 delivery = again or delivery
@@ -203,15 +211,28 @@ class NotificationConsumer:
 
     # -- delivering --------------------------------------------------------------------------
 
-    async def attempt(self, delivery: Delivery) -> Outcome | None:
-        """One attempt at a pending delivery; None when it is not ours to attempt now."""
-        if delivery.status != PENDING or not await self._deliveries.lock(delivery.id, LOCK_SECONDS):
+    async def attempt(
+        self,
+        delivery: Delivery,
+        *,
+        locked: bool = False,
+        doc: Document | None = None,
+        hook: Hook | None = None,
+    ) -> Outcome | None:
+        """One attempt at a pending delivery; None when it is not ours to attempt now.
+        `locked`: the caller created the row locked (`ensure_locked`); `doc` and `hook`: the
+        caller read them while handling this very record, so they are not read again (a
+        note's first deliveries cost the database a few statements fewer)."""
+        if delivery.status != PENDING:
             return None
-        doc = await self._docs.by_id(delivery.document_id)
+        if not locked and not await self._deliveries.lock(delivery.id, LOCK_SECONDS):
+            return None
         if delivery.channel == "webhook":
-            outcome, retry = await self._post(delivery)
+            outcome, retry = await self._post(delivery, hook)
             schedule = self._settings.hook_schedule
         else:
+            if doc is None or doc.id != delivery.document_id:
+                doc = await self._docs.by_id(delivery.document_id)
             outcome, retry = await self._send_mail(delivery, doc)
             schedule = self._settings.email_schedule
         next_at = None
@@ -254,8 +275,9 @@ class NotificationConsumer:
             if self._metrics is not None:
                 self._metrics.hooks_disabled_total.inc()
 
-    async def _post(self, delivery: Delivery) -> tuple[Outcome, bool]:
-        hook = await self._hooks.get(delivery.tenant_id, delivery.target)
+    async def _post(self, delivery: Delivery, hook: Hook | None = None) -> tuple[Outcome, bool]:
+        if hook is None or hook.id != delivery.target:
+            hook = await self._hooks.get(delivery.tenant_id, delivery.target)
         now = datetime.now(UTC)
         if hook is None or hook.deleted:
             return Outcome(False, None, "gatilho removido", "", now), False
@@ -336,7 +358,7 @@ class NotificationConsumer:
 
     async def _issuer(self, doc: Document) -> str:
         # The NFS-e request names the prestador only by CNPJ; the tenant is who clients know.
-        tenant = await self._tenants.get(doc.tenant_id)
+        tenant = await self._tenant_names.get(doc.tenant_id)
         return tenant.name if tenant else f"CNPJ {format_cnpj(doc.cnpj_prestador)}"
 
     def _links(self, view: dict[str, Any]) -> NfseLinks:

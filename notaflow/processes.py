@@ -37,6 +37,9 @@ from notaflow.topics import Topics
 
 log = logging.getLogger("notaflow")
 
+# Seconds the notification consumer keeps an idle SMTP connection for its next send.
+SMTP_KEEP_ALIVE = 10.0
+
 
 def configure_logging(level: str, fmt: str = "text", service: str = "notaflow") -> None:
     if fmt == "json":
@@ -215,6 +218,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
     )
     stop_retries = asyncio.Event()
     background: list[asyncio.Task[None]] = []
+    mailer: Mailer | None = None
     emites = (
         EmitesClient(
             settings.emites_host,
@@ -267,6 +271,9 @@ async def run_consumer(settings: Settings, name: str) -> None:
                     sender_name=settings.smtp_sender_name,
                     pause_between_sends=settings.smtp_pause,
                     local_hostname="notaflow",
+                    # Sends are serialised per server: a connection kept for the next one
+                    # saves the handshake, EHLO and QUIT of every e-mail.
+                    keep_alive=SMTP_KEEP_ALIVE,
                 )
             )
             if settings.smtp_host
@@ -343,6 +350,8 @@ async def run_consumer(settings: Settings, name: str) -> None:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         await webhooks.aclose()
+        if mailer is not None:
+            await mailer.aclose()
         await focus.aclose()
         if emites is not None:
             await emites.aclose()

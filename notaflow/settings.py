@@ -145,6 +145,10 @@ class Settings:
     consumer_retry_base: float = 1.0
     consumer_retry_max: float = 60.0
     consumer_max_attempts: int = bounded(8, 1)
+    # How long a consumer's fetch waits for records. The embedded broker answers only at the
+    # end of the wait, so it bounds command-to-call latency there; on Kafka (which answers as
+    # records arrive) it only sets how often an idle consumer asks.
+    consumer_fetch_wait_ms: int = bounded(25, 1)
     log_level: str = choice("INFO", "DEBUG", "WARNING", "ERROR", "CRITICAL")
     # Observability
     log_format: str = choice("text", "json")  # json in production (one object per line)

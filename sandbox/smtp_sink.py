@@ -41,6 +41,7 @@ class ReceivedMessage:
     message: EmailMessage
     raw: bytes
     path: Path | None  # the .eml file, when the sink has an outbox
+    peer: Any = None  # the client's (host, port): which connection brought it
 
 
 class SmtpSink:
@@ -213,7 +214,7 @@ class SmtpSink:
         if self.outbox is not None:
             path = await asyncio.to_thread(self._write, mail_from, rcpt_tos, raw)
         parsed = cast(EmailMessage, email.message_from_bytes(raw, policy=default_policy))
-        self.received.append(ReceivedMessage(mail_from, rcpt_tos, parsed, raw, path))
+        self.received.append(ReceivedMessage(mail_from, rcpt_tos, parsed, raw, path, session.peer))
         self._arrived.set()
         return "250 2.0.0 OK: queued"
 

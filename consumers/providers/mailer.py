@@ -13,6 +13,9 @@ Every aiosmtplib, socket and TLS error is mapped here, once, to the consumer err
 
 Sends to one server are serialised and spaced by `pause_between_sends` seconds, measured from
 the end of the previous send, like HubSoft does so the server is not put on spam blacklists.
+With `keep_alive` > 0 the connection stays open for the next send if it comes within that many
+seconds: a message then costs MAIL, RCPT and DATA, not also the TCP (and TLS) handshake, EHLO,
+AUTH and QUIT. A connection that failed in any way other than an SMTP answer is not reused.
 """
 
 from __future__ import annotations
@@ -59,6 +62,9 @@ class SmtpConfig:
     validate_certs: bool = True
     # EHLO name; None asks the OS (socket.getfqdn), which can take seconds without DNS.
     local_hostname: str | None = None
+    # Seconds an idle connection is kept for the next send (module docstring); 0: one
+    # connection per message.
+    keep_alive: float = 0.0
 
     def __post_init__(self) -> None:
         if self.security not in ("none", "starttls", "tls"):
@@ -122,6 +128,17 @@ def _is_4xx(code: int) -> bool:
 class Mailer:
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
+        self._client: aiosmtplib.SMTP | None = None  # kept between sends (keep_alive)
+        self._idle_since = 0.0
+
+    async def aclose(self) -> None:
+        """QUIT the kept connection, if any."""
+        client, self._client = self._client, None
+        if client is not None and client.is_connected:
+            try:
+                await client.quit()
+            except (aiosmtplib.SMTPException, OSError):
+                client.close()
 
     async def send(
         self, message: EmailMessage, recipients: Sequence[str] | None = None
@@ -151,11 +168,23 @@ class Mailer:
                 gate.last_end = time.monotonic()
         return [invalid.get(a) or sent[a] for a in addresses]
 
-    async def _send(
-        self, message: EmailMessage, recipients: list[str]
-    ) -> dict[str, RecipientResult]:
+    async def _connection(self) -> tuple[aiosmtplib.SMTP, bool]:
+        """A connected client, and whether it is kept for the next send. Called with the
+        server's gate held: one send at a time uses it."""
         cfg = self.config
-        client = aiosmtplib.SMTP(
+        kept = self._client
+        if kept is not None:
+            self._client = None
+            if kept.is_connected and time.monotonic() - self._idle_since < cfg.keep_alive:
+                return kept, True
+            await _close(kept)
+        client = self._new_client()
+        await client.connect()
+        return client, cfg.keep_alive > 0
+
+    def _new_client(self) -> aiosmtplib.SMTP:
+        cfg = self.config
+        return aiosmtplib.SMTP(
             hostname=cfg.host,
             port=cfg.port,
             username=cfg.username,
@@ -166,11 +195,29 @@ class Mailer:
             start_tls=cfg.security == "starttls",
             validate_certs=cfg.validate_certs,
         )
+
+    async def _send(
+        self, message: EmailMessage, recipients: list[str]
+    ) -> dict[str, RecipientResult]:
+        cfg = self.config
         try:
-            async with client:  # a failing QUIT after the DATA reply is ignored by aiosmtplib
+            client, keep = await self._connection()
+            usable = False  # after a failure other than an SMTP answer, the state is unknown
+            try:
                 errors, reply = await client.send_message(
                     message, sender=cfg.sender_address, recipients=recipients
                 )
+                usable = True
+            except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
+                usable = True  # an SMTP answer: aiosmtplib reset the envelope (RSET)
+                raise
+            finally:
+                if keep and usable and client.is_connected:
+                    self._client, self._idle_since = client, time.monotonic()
+                elif usable:
+                    await _close(client)
+                else:
+                    client.close()
         except aiosmtplib.SMTPRecipientsRefused as exc:
             if not all(_is_4xx(r.code) for r in exc.recipients):
                 return {
@@ -197,6 +244,18 @@ class Mailer:
             )
             for a in recipients
         }
+
+
+async def _close(client: aiosmtplib.SMTP) -> None:
+    """QUIT if the connection is still up (a failing QUIT after the DATA reply is ignored, as
+    aiosmtplib's context manager did), else just drop it."""
+    if client.is_connected:
+        try:
+            await client.quit()
+            return
+        except (aiosmtplib.SMTPException, OSError):
+            pass
+    client.close()
 
 
 def map_smtp_error(exc: BaseException, host: str, port: int) -> ConsumerError:

@@ -83,6 +83,11 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         kwargs.pop("connect_args", None)
         # Several processes (ingress, consumers) share the file: WAL lets readers run beside
         # the writer, and busy_timeout makes a writer wait instead of failing at once.
+        # The pool's bound is SQLAlchemy's default (5 + 10 overflow), but all 15 are kept: an
+        # overflow connection is closed when it is given back, and a consumer with hundreds of
+        # records in flight opened and closed one (a thread, the file, the schema, the pragmas)
+        # for most statements, which cost more CPU than the statements.
+        kwargs = {"pool_size": 15, "max_overflow": 0, **kwargs}
         engine = create_async_engine(
             url, connect_args={"timeout": 30}, hide_parameters=True, **kwargs
         )

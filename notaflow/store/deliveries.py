@@ -66,29 +66,60 @@ class DeliveryStore:
         payload: dict[str, Any],
     ) -> Delivery:
         """The delivery for `dedupe_key`, created pending if it is new."""
+        delivery, _ = await self.ensure_locked(
+            tenant_id, document_id, channel, dedupe_key, target, payload, None
+        )
+        return delivery
+
+    async def ensure_locked(
+        self,
+        tenant_id: str,
+        document_id: int,
+        channel: str,
+        dedupe_key: str,
+        target: str,
+        payload: dict[str, Any],
+        lock_seconds: float | None,
+    ) -> tuple[Delivery, bool]:
+        """The delivery for `dedupe_key` and whether this call created it. A new row comes back
+        from the insert itself, and with `lock_seconds` it is created locked for that long, as
+        `lock` would leave it: the creator attempts it at once without another write, and a
+        replica's retry pass cannot take it meanwhile. An existing row (a redelivery) is read
+        and returned as it is, not locked."""
         now = _now()
         try:
             async with self._engine.begin() as conn:
-                await conn.execute(
-                    deliveries.insert().values(
-                        tenant_id=tenant_id,
-                        document_id=document_id,
-                        channel=channel,
-                        dedupe_key=dedupe_key,
-                        target=target,
-                        payload=payload,
-                        status=PENDING,
-                        attempts=0,
-                        next_attempt_at=now,
-                        created_at=now,
-                        updated_at=now,
+                row = (
+                    await conn.execute(
+                        deliveries.insert()
+                        .values(
+                            tenant_id=tenant_id,
+                            document_id=document_id,
+                            channel=channel,
+                            dedupe_key=dedupe_key,
+                            target=target,
+                            payload=payload,
+                            status=PENDING,
+                            attempts=0,
+                            next_attempt_at=now,
+                            locked_until=(
+                                None
+                                if lock_seconds is None
+                                else now + timedelta(seconds=lock_seconds)
+                            ),
+                            created_at=now,
+                            updated_at=now,
+                        )
+                        .returning(*deliveries.c)
                     )
-                )
+                ).first()
+            if row is not None:
+                return _delivery(row), True
         except IntegrityError:
             pass  # already there: this is a redelivery
         found = await self.by_key(dedupe_key)
         assert found is not None
-        return found
+        return found, False
 
     async def by_key(self, dedupe_key: str) -> Delivery | None:
         async with self._engine.connect() as conn:

@@ -224,6 +224,48 @@ async def test_sends_to_one_server_are_spaced_by_the_pause(sink: SmtpSink) -> No
     assert len(sink.received) == 3
 
 
+async def test_keep_alive_sends_over_one_connection_until_idle(sink: SmtpSink) -> None:
+    mailer = Mailer(_config(sink, keep_alive=0.5))
+    sink.refuse("recusado")
+    await mailer.send(_message("a@example.com"))
+    # A refusal is an SMTP answer: the envelope is reset and the connection kept.
+    [refused] = await mailer.send(_message("recusado@example.com"))
+    assert not refused.accepted and refused.code == 550
+    await mailer.send(_message("b@example.com"))
+    await asyncio.sleep(0.7)  # idle past keep_alive: the next send opens a new connection
+    await mailer.send(_message("c@example.com"))
+    await mailer.aclose()
+    peers = [m.peer for m in sink.received]
+    assert [m.rcpt_tos for m in sink.received] == [["a@example.com"], ["b@example.com"],
+                                                   ["c@example.com"]]  # fmt: skip
+    assert peers[0] == peers[1] != peers[2]
+
+
+async def test_without_keep_alive_every_message_has_its_connection(sink: SmtpSink) -> None:
+    mailer = Mailer(_config(sink))
+    await mailer.send(_message("a@example.com"))
+    await mailer.send(_message("b@example.com"))
+    assert sink.received[0].peer != sink.received[1].peer
+
+
+async def test_keep_alive_does_not_reuse_a_connection_the_server_dropped(sink: SmtpSink) -> None:
+    mailer = Mailer(_config(sink, keep_alive=30))
+    await mailer.send(_message("a@example.com"))
+    sink.fail_temporarily(1)  # 451 to the recipient: an answer, the connection stays usable
+    with pytest.raises(TransientFailure):
+        await mailer.send(_message("b@example.com"))
+    await mailer.send(_message("c@example.com"))
+    assert sink.received[0].peer == sink.received[1].peer
+    for connection in list(sink._connections):  # the server hangs up on its idle clients
+        if connection.transport is not None:
+            connection.transport.close()
+    await asyncio.sleep(0.1)
+    [result] = await mailer.send(_message("d@example.com"))
+    assert result.accepted
+    assert sink.received[2].peer != sink.received[1].peer
+    await mailer.aclose()
+
+
 async def test_the_pause_applies_per_server(sink: SmtpSink, tmp_path: Path) -> None:
     async with SmtpSink(tmp_path / "b") as sink_b:
         pause = 0.5

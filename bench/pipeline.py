@@ -1,0 +1,455 @@
+"""Pipeline benchmark: N NFS-e notes through every production process, from the client's POST
+to the tomador's e-mail and the client's hook, with the CPU each notaflow process spends per
+note.
+
+    bin/bench pipeline [--notes 5000] [--database sqlite|postgres] [--rate 0]
+                       [--connections 32] [--latency 0.1] [--callback-delay 0.2]
+                       [--profile DIR]
+
+What runs, each its own process on loopback, configured only by NOTAFLOW_* variables:
+`notaflow ingress`, `notaflow consume emission`, `notaflow consume notification` and
+`notaflow consume cancellation` (it reads every command too, as in production), the embedded
+broker, the database after `notaflow migrate` and `notaflow tenant create`, and the rest of the
+world in one stand-in process (`bench/focus_stub.py`, not counted): Focus (202 after LATENCY,
+then CALLBACK-DELAY later the `autorizado` callback to the ingress's `/webhooks/focus/nfse`
+with the registered secret, and the XML the emission consumer downloads), an SMTP server
+(aiosmtpd) for the tomador's e-mail, and the client's hook receiver (created with
+`POST /v2/hooks`, like a client would).
+
+One note's path: POST /v2/nfse (claimed, published) -> emission consumer -> Focus POST ->
+lifecycle `processando_autorizacao` -> Focus's callback -> ingress -> provider-events ->
+emission consumer downloads the XML, stores it, moves the note to `autorizado` -> lifecycle ->
+notification consumer: e-mail to the tomador over SMTP and the hook POST, each a delivery row.
+
+The load generator is a bare keep-alive HTTP/1.1 client (CONNECTIONS at once; `--rate` paces
+the POSTs, 0 sends as fast as the ingress answers). It is not a notaflow process, nor is the
+stand-in: their CPU is not counted. CPU is read from /proc per process from the first measured
+POST to the last note done; warm-up notes (start-up, group joins) are not counted.
+
+Reported: notes fully done per second (hook delivered, e-mail accepted by SMTP, both lifecycle
+events published) from the first POST to the last note done; CPU seconds per note of every
+notaflow process and their sum (the target is <= 0.5 ms: >= 2,000 notes per CPU-second);
+p50/p99 from the POST to `autorizado` visible in `GET /v2/nfse/REF` (a sample of notes, each
+polled every 20 ms, at most 8 at once, so the polls cost the ingress little; counted) and to
+the hook delivered (every note). Checks: every note autorizado, one e-mail and one hook each,
+no note twice, its lifecycle events in order.
+
+NOTAFLOW_SMTP_PAUSE is 0 here: the default (1 s between sends to one server, as HubSoft does
+not to be taken for spam) caps e-mail at one per second by design, which is not what is
+measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+from bench.consumer import _cpu_seconds, percentile
+from notaflow import topics as t
+from notaflow.broker import EmbeddedBroker, free_port
+from notaflow.envelope import decode
+from notaflow.settings import Settings
+from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
+from tests.support import NOTAFLOW, ROOT, ThrowawayPostgres, wait_for, wait_http
+
+TENANT, CNPJ = "bench", "51916585000125"
+PROCESSES = ("ingress", "emission", "notification", "cancellation")
+MAIL_DOMAIN = "cliente.example"
+POLLERS, POLL_EVERY = 8, 0.02  # sampled notes polled at once, and how often each
+
+
+class Http:
+    """A bare keep-alive HTTP/1.1 connection: what a load generator needs and no more, so it
+    does not take the cores the measured processes share with it."""
+
+    def __init__(self, base: str, authorization: str) -> None:
+        url = urlsplit(base)
+        self.host, self.port = url.hostname or "127.0.0.1", url.port or 80
+        self.authorization = authorization
+        self.reader: asyncio.StreamReader | None = None
+        self.writer: asyncio.StreamWriter | None = None
+
+    async def request(self, method: str, target: str, body: bytes = b"") -> tuple[int, bytes]:
+        if self.writer is None or self.reader is None or self.writer.is_closing():
+            self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+        head = (
+            f"{method} {target} HTTP/1.1\r\nhost: {self.host}\r\n"
+            f"authorization: {self.authorization}\r\ncontent-type: application/json\r\n"
+            f"content-length: {len(body)}\r\n\r\n"
+        )
+        self.writer.write(head.encode() + body)
+        status_line = await self.reader.readuntil(b"\r\n")
+        length = 0
+        while (line := await self.reader.readuntil(b"\r\n")) != b"\r\n":
+            name, _, value = line.decode("latin-1").partition(":")
+            if name.strip().lower() == "content-length":
+                length = int(value)
+        return int(status_line.split()[1]), await self.reader.readexactly(length)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def note_body(ref: str) -> bytes:
+    document = with_valid_cnpjs(JSON_EXAMPLE)
+    document["tomador"]["email"] = f"{ref}@{MAIL_DOMAIN}"
+    return json.dumps(document).encode()
+
+
+async def load(
+    base: str,
+    authorization: str,
+    refs: list[str],
+    connections: int,
+    rate: float,
+    sample_every: int,
+) -> tuple[dict[str, float], dict[str, float], list[str]]:
+    """POST every ref; poll a sample's GET until `autorizado`. Returns (POST sent at,
+    autorizado seen in GET at, refused POSTs)."""
+    template = note_body("REFPLACEHOLDER")
+    posted: dict[str, float] = {}
+    visible: dict[str, float] = {}
+    refused: list[str] = []
+    queue: asyncio.Queue[str] = asyncio.Queue()
+    for ref in refs:
+        queue.put_nowait(ref)
+    started = time.monotonic()
+    sent = 0
+    polls: list[asyncio.Task[None]] = []
+
+    pollers = asyncio.Semaphore(POLLERS)
+
+    async def poll(ref: str) -> None:
+        http = Http(base, authorization)
+        try:
+            while True:
+                await asyncio.sleep(POLL_EVERY)
+                status, body = await http.request("GET", f"/v2/nfse/{ref}")
+                if status == 200 and json.loads(body).get("status") == "autorizado":
+                    visible[ref] = time.time()
+                    return
+        finally:
+            http.close()
+            pollers.release()
+
+    async def worker() -> None:
+        nonlocal sent
+        http = Http(base, authorization)
+        try:
+            while not queue.empty():
+                ref = queue.get_nowait()
+                if rate > 0:
+                    due = started + sent / rate
+                    sent += 1
+                    if (wait := due - time.monotonic()) > 0:
+                        await asyncio.sleep(wait)
+                posted[ref] = time.time()
+                status, body = await http.request(
+                    "POST", f"/v2/nfse?ref={ref}", template.replace(b"REFPLACEHOLDER", ref.encode())
+                )
+                if status != 202:
+                    refused.append(f"{ref}: {status} {body[:200]!r}")
+                elif sample_every and int(ref[1:]) % sample_every == 0 and not pollers.locked():
+                    # At most POLLERS notes polled at once, whatever the latency: the polls
+                    # must not become the ingress's load.
+                    await pollers.acquire()
+                    polls.append(asyncio.create_task(poll(ref)))
+        finally:
+            http.close()
+
+    await asyncio.gather(*(worker() for _ in range(connections)))
+    await asyncio.gather(*polls)
+    return posted, visible, refused
+
+
+def stand_in(url: str, what: str) -> list[Any]:
+    return list(httpx.get(f"{url}/_{what}", timeout=60).json())
+
+
+async def lifecycle(bootstrap: str, topic: str, refs: set[str]) -> tuple[int, int]:
+    """(notes whose lifecycle read processando -> autorizado, events with a repeated id)."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        group_id=None,
+    )
+    await consumer.start()
+    seen: dict[str, list[str]] = defaultdict(list)
+    ids: Counter[str] = Counter()
+    try:
+        await consumer.topics()  # the metadata, for the topic's partitions
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic) or ()]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        ends = await consumer.end_offsets(partitions)
+
+        async def behind() -> bool:
+            return any([await consumer.position(tp) < ends[tp] for tp in partitions])
+
+        while await behind():
+            batch = await consumer.getmany(timeout_ms=1000, max_records=5000)
+            for records in batch.values():
+                for record in records:
+                    event = decode(record.headers, record.value)
+                    ids[event.id] += 1
+                    seen[str(event.data.get("ref"))].append(str(event.data.get("status")))
+    finally:
+        await consumer.stop()
+    ordered = sum(1 for ref in refs if seen.get(ref) == ["processando_autorizacao", "autorizado"])
+    return ordered, sum(n - 1 for n in ids.values() if n > 1)
+
+
+_T0 = time.monotonic()
+
+
+def _say(what: str) -> None:
+    print(f"[{time.monotonic() - _T0:6.1f}s] {what}", file=sys.stderr, flush=True)
+
+
+def _p50_p99(values: list[float]) -> str:
+    return (
+        f"p50 {percentile(values, 0.5) * 1000:.0f} ms, p99 {percentile(values, 0.99) * 1000:.0f} ms"
+    )
+
+
+def main() -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--notes", type=int, default=5000)
+    p.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
+    p.add_argument("--rate", type=float, default=0.0, help="POSTs per second (0: as fast as taken)")
+    p.add_argument("--connections", type=int, default=32)
+    p.add_argument("--latency", type=float, default=0.1, help="Focus's answer to the POST (s)")
+    p.add_argument("--callback-delay", type=float, default=0.2, help="answer to callback (s)")
+    p.add_argument("--samples", type=int, default=200, help="notes whose GET is polled")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--timeout", type=float, default=0.0, help="give up after (s; 0: by N)")
+    p.add_argument("--profile", default="", help="py-spy each process (raw stacks) into DIR")
+    args = p.parse_args()
+
+    tmp = Path(tempfile.mkdtemp(prefix="notaflow-bench-pipeline-"))
+    broker = EmbeddedBroker(free_port(), log_file=tmp / "broker.log")
+    broker.start()
+    pg = ThrowawayPostgres() if args.database == "postgres" else None
+    db_url = pg.start() if pg else f"sqlite:///{tmp / 'bench.db'}"
+    world_port, smtp_port, port = free_port(), free_port(), free_port()
+    world = f"http://127.0.0.1:{world_port}"
+    secret = "bench-" + uuid.uuid4().hex
+    base = f"http://127.0.0.1:{port}"
+    settings = Settings(
+        kafka_bootstrap=broker.bootstrap,
+        kafka_idempotence=False,
+        database_url=db_url,
+        port=port,
+        public_url=base,
+        focus_base_url=world,
+        focus_token="bench-token",
+        focus_webhook_secret=secret,
+        smtp_host="127.0.0.1",
+        smtp_port=smtp_port,
+        smtp_security="none",
+        smtp_sender="nfse@notaflow.bench",
+        smtp_pause=0.0,
+        hooks_allow_private=True,
+        health_port=0,
+        health_host="127.0.0.1",
+        log_level="WARNING",
+    )
+    env = {**os.environ, **settings.env()}
+    log_path = Path(tempfile.gettempdir()) / "bench-pipeline.log"  # kept, to explain failures
+    log = open(log_path, "wb")  # noqa: SIM115
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    spies: list[subprocess.Popen[bytes]] = []
+    try:
+        subprocess.run([*NOTAFLOW, "migrate"], env=env, cwd=ROOT, check=True, stdout=log)
+        created = subprocess.run(
+            [*NOTAFLOW, "tenant", "create", TENANT, "--cnpj", CNPJ],
+            env=env, cwd=ROOT, check=True, capture_output=True, text=True,
+        )  # fmt: skip
+        token = created.stdout.strip().splitlines()[-1]
+        import base64
+
+        authorization = "Basic " + base64.b64encode(f"{token}:".encode()).decode()
+        procs["stand-in"] = subprocess.Popen(
+            [sys.executable, str(ROOT / "bench" / "focus_stub.py"), str(world_port),
+             str(args.latency), "--callback", f"{base}/webhooks/focus/nfse", "--secret", secret,
+             "--callback-delay", str(args.callback_delay), "--smtp-port", str(smtp_port)],
+            stdout=log, stderr=log,
+        )  # fmt: skip
+        wait_http(f"{world}/_count", proc=procs["stand-in"])
+        for name in PROCESSES[1:]:
+            procs[name] = subprocess.Popen(
+                [*NOTAFLOW, "consume", name], env=env, cwd=ROOT, stdout=log, stderr=log
+            )
+        procs["ingress"] = subprocess.Popen(
+            [*NOTAFLOW, "ingress"], env=env, cwd=ROOT, stdout=log, stderr=log
+        )
+        wait_http(f"{base}/readyz", 60, proc=procs["ingress"])
+        _say("processes started")
+        hook = httpx.post(
+            f"{base}/v2/hooks",
+            headers={"authorization": authorization},
+            json={"cnpj": CNPJ, "event": "nfse", "url": f"{world}/_hook"},
+            timeout=10,
+        )
+        if hook.status_code != 200:
+            raise RuntimeError(f"hook not created: {hook.status_code} {hook.text}")
+
+        def done(prefix: str, count: int) -> set[str]:
+            for name, proc in procs.items():
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{name} exited with {proc.returncode}; see {log_path}")
+            hooks = {r for r, _, s in stand_in(world, "hooks") if s == "autorizado"}
+            mails = {a.split("@")[0] for a, _ in stand_in(world, "mails")}
+            finished = {r for r in hooks & mails if r.startswith(prefix)}
+            return finished if len(finished) >= count else set()
+
+        # Warm-up: start-up, group joins and first connections are not per note.
+        loop = asyncio.new_event_loop()
+        warm = [f"w{i}" for i in range(args.warmup)]
+        loop.run_until_complete(load(base, authorization, warm, 4, 0, 0))
+        wait_for(lambda: done("w", len(warm)), 120, 0.2)
+        _say("warmed up")
+
+        if args.profile:
+            Path(args.profile).mkdir(parents=True, exist_ok=True)
+            for name in PROCESSES:
+                spies.append(
+                    subprocess.Popen(
+                        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
+                         str(procs[name].pid), "--format", "raw", "--rate", "200",
+                         "--nonblocking", "-o", str(Path(args.profile) / f"{name}.txt")],
+                        stdout=log, stderr=log,
+                    )
+                )  # fmt: skip
+        refs = [f"b{i}" for i in range(args.notes)]
+        sample_every = max(1, args.notes // args.samples) if args.samples else 0
+        cpu_before = {name: _cpu_seconds(procs[name].pid) for name in PROCESSES}
+        broker_before = _cpu_seconds(broker.process.pid) if broker.process else 0.0
+        started = time.time()
+        posted, visible, refused = loop.run_until_complete(
+            load(base, authorization, refs, args.connections, args.rate, sample_every)
+        )
+        accepted_in = time.time() - started
+        _say(f"{len(posted)} notes POSTed")
+        timeout = args.timeout or 120 + args.notes / 10
+        try:
+            wait_for(lambda: done("b", len(refs) - len(refused)), timeout, 0.25)
+        except TimeoutError:
+            hooked = {r for r, _, s in stand_in(world, "hooks") if s == "autorizado"}
+            mailed = {a.split("@")[0] for a, _ in stand_in(world, "mails")}
+            raise SystemExit(
+                f"not done within {timeout:.0f}s: {len(posted)} POSTed, "
+                f"{len(stand_in(world, 'stats'))} sent to Focus, "
+                f"{len(stand_in(world, 'callbacks'))} called back, {len(hooked)} hooks, "
+                f"{len(mailed)} e-mails, of {len(refs)}; see {log_path}"
+            ) from None
+        _say("all done")
+        hooks = stand_in(world, "hooks")
+        mails = stand_in(world, "mails")
+        hook_at = {r: at for r, at, s in hooks if s == "autorizado" and r.startswith("b")}
+        mail_at = {a.split("@")[0]: at for a, at in mails if a.split("@")[0].startswith("b")}
+        finished = max(max(hook_at.values()), max(mail_at.values()))
+        cpu = {name: _cpu_seconds(procs[name].pid) - cpu_before[name] for name in PROCESSES}
+        broker_cpu = (_cpu_seconds(broker.process.pid) if broker.process else 0.0) - broker_before
+        for spy in spies:
+            spy.send_signal(signal.SIGINT)
+            spy.wait(60)
+        time.sleep(0.5)  # any duplicate delivery still on its way
+        hooks = stand_in(world, "hooks")
+        mails = stand_in(world, "mails")
+        ordered, repeated = loop.run_until_complete(
+            lifecycle(broker.bootstrap, t.Topics(settings.kafka_topic_prefix).lifecycle, set(refs))
+        )
+        loop.close()
+        _say("lifecycle read")
+
+        n = len(refs) - len(refused)
+        first = min(posted.values())
+        rate = n / (finished - first)
+        total = sum(cpu.values())
+        to_hook = [hook_at[r] - posted[r] for r in hook_at]
+        to_get = [visible[r] - posted[r] for r in visible]
+        hook_counts = Counter(r for r, _, s in hooks if s == "autorizado" and r.startswith("b"))
+        mail_counts = Counter(a.split("@")[0] for a, _ in mails if a.startswith("b"))
+        twice = sum(1 for c in (*hook_counts.values(), *mail_counts.values()) if c > 1)
+
+        print(
+            f"\npipeline benchmark ({args.database}, {n} notes, POSTs "
+            f"{'as fast as taken' if not args.rate else f'at {args.rate:.0f}/s'} over "
+            f"{args.connections} connections, Focus answers in {args.latency * 1000:.0f} ms and "
+            f"calls back {args.callback_delay * 1000:.0f} ms later)"
+        )
+        print(f"POSTs accepted:       {n / accepted_in:8.0f}/s ({len(refused)} refused)")
+        print(f"notes fully done:     {rate:8.0f}/s (first POST to last e-mail/hook)")
+        print("CPU per note, by process (ms):")
+        for name in PROCESSES:
+            print(f"  {name:<14} {cpu[name] / n * 1000:6.3f}")
+        print(
+            f"  {'all notaflow':<14} {total / n * 1000:6.3f}   -> {n / total:.0f} notes per "
+            f"CPU-second (target >= 2,000)"
+        )
+        print(
+            f"  (not counted: broker {broker_cpu / n * 1000:.3f} ms; load average now "
+            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+        )
+        print(f"POST -> autorizado in GET ({len(to_get)} sampled): {_p50_p99(to_get)}")
+        print(f"POST -> hook delivered ({len(to_hook)}): {_p50_p99(to_hook)}")
+        print(
+            f"checks: hooks {len(hook_counts)}/{n}, e-mails {len(mail_counts)}/{n}, delivered "
+            f"twice {twice}, lifecycle processando->autorizado {ordered}/{n}, repeated event "
+            f"ids {repeated}"
+        )
+        for line in refused[:5]:
+            print(f"  refused: {line}")
+        ok = (
+            not refused
+            and len(hook_counts) == n
+            and len(mail_counts) == n
+            and twice == 0
+            and ordered == n
+        )
+        return 0 if ok else 1
+    finally:
+        for spy in spies:
+            if spy.poll() is None:
+                spy.send_signal(signal.SIGINT)
+                spy.wait(60)
+        for proc in procs.values():  # all at once: each takes its shutdown grace
+            if proc.poll() is None:
+                proc.terminate()
+        for proc in procs.values():
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        log.close()
+        if pg:
+            pg.stop()
+        broker.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
