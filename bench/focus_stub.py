@@ -52,12 +52,17 @@ def _xml(name: str) -> bytes:
     """The XML of note `N<id>A<attempt>-nfse`, with the numbers `bench/consumer.py`'s callbacks
     claim for it (numero = id, codigo_verificacao = V<id>, its CNPJ): the consumer checks a
     callback against the provider's XML before applying it."""
-    doc_id = name.removeprefix("N").split("A", 1)[0]
+    doc_id = _doc_id(name)
     return (
         '<?xml version="1.0" encoding="UTF-8"?><CompNfse><Nfse><InfNfse>'
         f"<Numero>{doc_id}</Numero><CodigoVerificacao>V{doc_id}</CodigoVerificacao>"
         "<Cnpj>51916585000125</Cnpj></InfNfse></Nfse></CompNfse>"
     ).encode()
+
+
+def _doc_id(ref: str) -> str:
+    """`N<id>A<attempt>[-nfse.xml]` -> `<id>`: the numbers the stand-in gives a note."""
+    return ref.removeprefix("N").split("A", 1)[0]
 
 
 def _response(
@@ -195,7 +200,7 @@ class Responder(asyncio.Protocol):
 
 def authorized(ref: str, cnpj: str) -> bytes:
     """Focus's hook body for an authorized NFS-e (the fields of its GET)."""
-    n = "".join(ch for ch in ref if ch.isdigit()) or "1"
+    n = _doc_id(ref)  # the numbers its XML (`_xml`) carries: the consumer checks they agree
     return json.dumps(
         {
             "cnpj_prestador": cnpj,

@@ -87,7 +87,9 @@ def create_engine(url: str, **kwargs: Any) -> AsyncEngine:
         # overflow connection is closed when it is given back, and a consumer with hundreds of
         # records in flight opened and closed one (a thread, the file, the schema, the pragmas)
         # for most statements, which cost more CPU than the statements.
-        kwargs = {"pool_size": 15, "max_overflow": 0, **kwargs}
+        if sa.engine.make_url(url).database not in (None, "", ":memory:"):
+            # (an in-memory database has one connection, on SQLAlchemy's StaticPool)
+            kwargs = {"pool_size": 15, "max_overflow": 0, **kwargs}
         engine = create_async_engine(
             url, connect_args={"timeout": 30}, hide_parameters=True, **kwargs
         )
