@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from consumers.errors import PermanentFailure
-from consumers.lifecycle import publish_status
+from consumers.lifecycle import publish_if_current
 from consumers.nfce import NfceEmitter
 from consumers.providers.focus import FocusClient
 from notaflow import topics as t
@@ -181,4 +181,7 @@ class EmissionConsumer:
             await self._publish_status(updated, cause)
 
     async def _publish_status(self, doc: Document, cause: Event) -> None:
-        await publish_status(self._bus, self._topics, doc, SOURCE, cause)
+        # Only if still current: `doc` may have been read before a slow Focus call, and the
+        # note moved on meanwhile (its callback applied, a cancellation): publishing the old
+        # status then would make the note go backwards on the lifecycle topic.
+        await publish_if_current(self._bus, self._topics, self._docs, doc, SOURCE, cause)
