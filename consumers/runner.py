@@ -193,13 +193,17 @@ class Runner:
         try:
             last_commit = time.monotonic()
             while not self._stopping.is_set():
-                generation = self._generation
                 try:
                     batches = await consumer.getmany(timeout_ms=200, max_records=500)
                 except KafkaError as exc:
                     log.warning("%s: fetch failed: %r", self.name, exc)
                     await asyncio.sleep(0.5)
                     continue
+                # After the fetch, not before: getmany waits out a rebalance and returns only
+                # records of the assignment that follows it (taken before, a batch fetched
+                # under the new assignment looked stale and was dropped, with the fetch
+                # position already past it: the partitions stalled until the next rebalance).
+                generation = self._generation
                 for tp, records in batches.items():
                     for record in records:
                         if not await self._slot_or_stop():
