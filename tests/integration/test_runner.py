@@ -19,10 +19,20 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.protocol.metadata import MetadataResponse_v0
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from consumers.assignment import (
+    ASSIGNORS,
+    TopicsNotCoPartitioned,
+    copartition_problem,
+    split_assignment,
+)
 from consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
 from consumers.runner import RetryPolicy, Runner, _Partition
 from notaflow.bus import Bus, client_options, ensure_topics
@@ -614,3 +624,141 @@ def test_retry_delay_hint_wins_when_longer() -> None:
     assert all(policy.delay(3, hint=0.05) >= 0.05 for _ in range(100))
     assert all(policy.delay(3, hint=0.0) <= 0.4 for _ in range(100))
     assert all(0 <= policy.delay(3, hint=None) <= 0.4 for _ in range(100))
+
+
+# -- assignment: co-partitioned topics together (issue 13) ---------------------------------
+
+
+def _cluster(counts: dict[str, int]) -> ClusterMetadata:
+    """Broker metadata as a MetadataResponse carries it: topics and their partitions."""
+    cluster = ClusterMetadata()
+    cluster.update_metadata(
+        MetadataResponse_v0(
+            [(0, "127.0.0.1", 9092)],
+            [(0, topic, [(0, p, 0, [0], [0]) for p in range(n)]) for topic, n in counts.items()],
+        )
+    )
+    return cluster
+
+
+def _assign(
+    assignor: type[AbstractPartitionAssignor], counts: dict[str, int], members: int
+) -> dict[str, set[TopicPartition]]:
+    """What the group leader computes: member id -> topic-partitions."""
+    subscription = assignor.metadata(sorted(counts))
+    ids = {f"member-{i}-{random.random()}": subscription for i in range(members)}
+    return {
+        member: set(given.partitions())
+        for member, given in assignor.assign(_cluster(counts), ids).items()
+    }
+
+
+def _colocated(assignment: dict[str, set[TopicPartition]], topics: list[str]) -> bool:
+    return not any(split_assignment(tps, topics) for tps in assignment.values())
+
+
+@pytest.mark.parametrize("members", [1, 2, 3, 4, 5, 6])
+def test_the_runners_assignor_gives_partition_p_of_every_topic_to_one_member(
+    members: int,
+) -> None:
+    topics = ["t.nfse.commands", "t.nfce.commands", "t.provider.events"]
+    # The first choice is what a group of current members agrees on.
+    assignor = ASSIGNORS[0]
+    for partitions in (1, 3, 6, 12):
+        assignment = _assign(assignor, dict.fromkeys(topics, partitions), members)
+        assert _colocated(assignment, topics), (members, partitions, assignment)
+        # Every partition of every topic, once, spread as evenly as the count allows.
+        every = [tp for tps in assignment.values() for tp in tps]
+        assert sorted(every) == sorted(
+            TopicPartition(t, p) for t in topics for p in range(partitions)
+        )
+        numbers = [len({tp.partition for tp in tps}) for tps in assignment.values()]
+        assert max(numbers) - min(numbers) <= 1, (members, partitions, numbers)
+
+
+def test_round_robin_splits_a_document_when_the_members_do_not_divide_the_partitions() -> None:
+    """Why the default had to go (and that the check above can fail): 4 members over 6
+    partitions put a note's command and its callback in two processes."""
+    topics = ["t.nfse.commands", "t.nfce.commands", "t.provider.events"]
+    split = _assign(RoundRobinPartitionAssignor, dict.fromkeys(topics, 6), 4)
+    assert not _colocated(split, topics)
+    assert _colocated(_assign(RoundRobinPartitionAssignor, dict.fromkeys(topics, 6), 3), topics)
+
+
+def test_copartition_problem_names_the_counts() -> None:
+    assert copartition_problem({"a": 6, "b": 6, "c": 6}) is None
+    problem = copartition_problem({"a": 6, "b": 4})
+    assert problem is not None and "a=6" in problem and "b=4" in problem
+    missing = copartition_problem({"a": 6, "b": None})
+    assert missing is not None and "b" in missing
+
+
+def test_split_assignment_finds_partition_numbers_given_for_some_topics_only() -> None:
+    topics = ["a", "b"]
+    together = {TopicPartition("a", 0), TopicPartition("b", 0), TopicPartition("a", 3)}
+    assert split_assignment(together, topics) == {3}
+    assert split_assignment(together - {TopicPartition("a", 3)}, topics) == set()
+    assert split_assignment(set(), topics) == set()
+
+
+async def test_runner_refuses_topics_with_different_partition_counts(fast: Settings) -> None:
+    commands, events = fast.kafka_topic_prefix + "commands", fast.kafka_topic_prefix + "events"
+    await ensure_topics(fast, [commands, fast.kafka_topic_prefix + "dead-letter"])
+    await ensure_topics(fast.replace(kafka_partitions=2), [events])  # made by hand, say
+    bus = Bus(fast)
+    await bus.start()
+    try:
+        runner = Runner(fast, "mixed", [commands, events], Tracker().handle, bus, "dlq")
+        with pytest.raises(TopicsNotCoPartitioned, match=r"commands=3.*events=2"):
+            await asyncio.wait_for(runner.run(), 20)
+        assert not runner.assigned.is_set()  # refused before joining the group
+    finally:
+        await bus.stop()
+
+
+async def test_four_runners_over_six_partitions_read_each_document_in_one_place(
+    fast: Settings,
+) -> None:
+    """The real group protocol on the real broker: four members, two topics of six partitions
+    (the round-robin default split them); every member holds partition p of both topics or
+    of neither, and each document's records from both topics run in one runner."""
+    six = fast.replace(kafka_partitions=6)
+    topics = [six.kafka_topic_prefix + "commands", six.kafka_topic_prefix + "events"]
+    await ensure_topics(six, [*topics, six.kafka_topic_prefix + "dead-letter"])
+    seen: dict[str, set[str]] = defaultdict(set)  # key -> runners that handled it
+
+    def handler_of(name: str) -> Handler:
+        async def handle(record: Any) -> None:
+            seen[record.key.decode()].add(name)
+
+        return handle
+
+    bus = Bus(six)
+    await bus.start()
+    await bus.wait_connected(10)
+    runners = [
+        Runner(six, "colocated", topics, handler_of(f"r{i}"), bus, topics[0] + ".dlq")
+        for i in range(4)
+    ]
+    tasks = [asyncio.create_task(r.run()) for r in runners]
+    try:
+
+        def settled() -> bool:
+            held = [r._consumer.assignment() if r._consumer else set() for r in runners]
+            return all(held) and sum(len(h) for h in held) == 12
+
+        await eventually(settled, timeout=30)
+        for runner in runners:
+            assert runner._consumer is not None
+            assert split_assignment(runner._consumer.assignment(), topics) == set()
+        keys = [f"doc-{i}" for i in range(60)]
+        for topic in topics:
+            await produce(six, topic, [keyed(key, 0) for key in keys])
+        await eventually(lambda: len(seen) == 60, timeout=20)
+        assert all(len(names) == 1 for names in seen.values()), dict(seen)
+        assert len({name for names in seen.values() for name in names}) == 4
+    finally:
+        for runner in runners:
+            runner.stop()
+        await asyncio.wait(tasks, timeout=15)
+        await bus.stop()
