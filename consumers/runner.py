@@ -508,20 +508,23 @@ class Runner:
         consumer = self._consumer
         if consumer is None:
             return
-        offsets = {
-            tp: part.next_commit
+        parts = {
+            tp: (part, part.next_commit)
             for tp, part in self._parts.items()
             if part.dirty and part.next_commit is not None and (only is None or tp in only)
         }
-        if not offsets:
+        if not parts:
             return
         try:
-            await consumer.commit(offsets)
+            await consumer.commit({tp: offset for tp, (_, offset) in parts.items()})
         except (CommitFailedError, KafkaError) as exc:
             log.warning("%s: commit failed (will be redelivered): %r", self.name, exc)
             return
-        for tp in offsets:
-            self._parts[tp].dirty = False
+        # A revoke may have dropped a partition meanwhile, and records may have finished:
+        # only what was committed is clean.
+        for part, offset in parts.values():
+            if part.next_commit == offset:
+                part.dirty = False
 
     async def release(self, revoked: set[TopicPartition]) -> None:
         """A rebalance takes these partitions away: fence them, let their running records

@@ -716,15 +716,15 @@ async def test_runner_refuses_topics_with_different_partition_counts(fast: Setti
         await bus.stop()
 
 
-async def test_four_runners_over_six_partitions_read_each_document_in_one_place(
+async def test_two_runners_over_three_partitions_read_each_document_in_one_place(
     fast: Settings,
 ) -> None:
-    """The real group protocol on the real broker: four members, two topics of six partitions
-    (the round-robin default split them); every member holds partition p of both topics or
-    of neither, and each document's records from both topics run in one runner."""
-    six = fast.replace(kafka_partitions=6)
-    topics = [six.kafka_topic_prefix + "commands", six.kafka_topic_prefix + "events"]
-    await ensure_topics(six, [*topics, six.kafka_topic_prefix + "dead-letter"])
+    """The real group protocol on the real broker: two members, two topics of three
+    partitions (the round-robin default split them); every member holds partition p of both
+    topics or of neither, and each document's records from both topics run in one runner."""
+    three = fast.replace(kafka_partitions=3)
+    topics = [three.kafka_topic_prefix + "commands", three.kafka_topic_prefix + "events"]
+    await ensure_topics(three, [*topics, three.kafka_topic_prefix + "dead-letter"])
     seen: dict[str, set[str]] = defaultdict(set)  # key -> runners that handled it
 
     def handler_of(name: str) -> Handler:
@@ -733,19 +733,19 @@ async def test_four_runners_over_six_partitions_read_each_document_in_one_place(
 
         return handle
 
-    bus = Bus(six)
+    bus = Bus(three)
     await bus.start()
     await bus.wait_connected(10)
     runners = [
-        Runner(six, "colocated", topics, handler_of(f"r{i}"), bus, topics[0] + ".dlq")
-        for i in range(4)
+        Runner(three, "colocated", topics, handler_of(f"r{i}"), bus, topics[0] + ".dlq")
+        for i in range(2)
     ]
     tasks = [asyncio.create_task(r.run()) for r in runners]
     try:
 
         def settled() -> bool:
             held = [r._consumer.assignment() if r._consumer else set() for r in runners]
-            return all(held) and sum(len(h) for h in held) == 12
+            return all(held) and sum(len(h) for h in held) == 6
 
         await eventually(settled, timeout=30)
         for runner in runners:
@@ -753,12 +753,80 @@ async def test_four_runners_over_six_partitions_read_each_document_in_one_place(
             assert split_assignment(runner._consumer.assignment(), topics) == set()
         keys = [f"doc-{i}" for i in range(60)]
         for topic in topics:
-            await produce(six, topic, [keyed(key, 0) for key in keys])
+            await produce(three, topic, [keyed(key, 0) for key in keys])
         await eventually(lambda: len(seen) == 60, timeout=20)
         assert all(len(names) == 1 for names in seen.values()), dict(seen)
-        assert len({name for names in seen.values() for name in names}) == 4
+        assert len({name for names in seen.values() for name in names}) == 2
     finally:
         for runner in runners:
             runner.stop()
         await asyncio.wait(tasks, timeout=15)
         await bus.stop()
+
+
+# -- fencing a revoked partition (issue 13) -------------------------------------------------
+
+
+async def test_revoke_waits_for_running_records_and_starts_nothing_more(fast: Settings) -> None:
+    """What the rebalance listener does with the partitions it gives up: the record under way
+    finishes (within the grace period), the one queued behind it on the same document and the
+    one waiting out a 30 s retry start nothing, and the commit covers exactly what finished."""
+    one = fast.replace(kafka_partitions=1)
+    topic = one.kafka_topic_prefix + "fence"
+    await ensure_topics(one, [topic, one.kafka_topic_prefix + "dead-letter"])
+    await produce(
+        one, topic, [keyed("slow", 0), keyed("slow", 1), keyed("retry", 0), keyed("other", 0)]
+    )
+    started: list[tuple[str, int]] = []
+    finished: list[tuple[str, int]] = []
+
+    async def handler(record: Any) -> None:
+        body = json.loads(record.value)
+        started.append((body["key"], body["seq"]))
+        if body["key"] == "slow" and body["seq"] == 0:
+            await asyncio.sleep(0.6)  # a provider call under way when the revoke comes
+        if body["key"] == "retry":
+            raise RateLimited("429", retry_after=30.0)
+        finished.append((body["key"], body["seq"]))
+
+    async with running(one, "fence", topic, handler, grace=5.0) as run:
+        await eventually(lambda: ("other", 0) in finished and ("retry", 0) in started)
+        assert ("slow", 0) not in finished
+        began = time.monotonic()
+        await run.runner.release({TopicPartition(topic, 0)})
+        took = time.monotonic() - began
+        # It waited for the call under way (not for the 30 s backoff), and no longer.
+        assert ("slow", 0) in finished
+        assert 0.2 < took < 3, took
+        await asyncio.sleep(0.5)
+        assert ("slow", 1) not in started  # queued behind it: fenced, never started
+        assert started.count(("retry", 0)) == 1  # its backoff ended with the partition
+        assert run.runner.stats.left_for_redelivery == 2
+        # Offsets 0 (slow 0) and 3 (other) finished; 1 and 2 are the next owner's.
+        assert await committed(one, "notaflow-fence", TopicPartition(topic, 0)) == 1
+        await run.stop()
+
+
+async def test_revoke_cancels_what_outlives_the_grace_period(fast: Settings) -> None:
+    one = fast.replace(kafka_partitions=1)
+    topic = one.kafka_topic_prefix + "fencehang"
+    await ensure_topics(one, [topic, one.kafka_topic_prefix + "dead-letter"])
+    await produce(one, topic, [keyed("hang", 0), keyed("fine", 0)])
+    started: list[str] = []
+    finished: list[str] = []
+
+    async def handler(record: Any) -> None:
+        key = json.loads(record.value)["key"]
+        started.append(key)
+        if key == "hang":
+            await asyncio.Event().wait()  # a call that never answers
+        finished.append(key)
+
+    async with running(one, "fencehang", topic, handler, grace=0.3) as run:
+        await eventually(lambda: finished == ["fine"] and "hang" in started)
+        began = time.monotonic()
+        await run.runner.release({TopicPartition(topic, 0)})
+        assert time.monotonic() - began < 2.5
+        assert not run.runner._tasks  # cancelled: nothing of it can act after the release
+        assert await committed(one, "notaflow-fencehang", TopicPartition(topic, 0)) is None
+        await run.stop()
