@@ -161,6 +161,9 @@ class Runner:
         self._stopping.set()
 
     async def run(self) -> None:
+        # Before joining: topics whose partition counts differ cannot keep a document's records
+        # on one member whatever the assignor does.
+        await require_copartitioned(self._settings, self._topics)
         consumer = AIOKafkaConsumer(
             **client_options(self._settings),
             group_id=f"notaflow-{self.name}",
@@ -184,9 +187,6 @@ class Runner:
             ),
         )
         self._consumer = consumer
-        # Before joining: topics whose partition counts differ cannot keep a document's records
-        # on one member whatever the assignor does.
-        await require_copartitioned(self._settings, self._topics)
         consumer.subscribe(self._topics, listener=_Listener(self))
         await consumer.start()
         flusher = asyncio.create_task(self._flush_retry_state_forever())

@@ -8,8 +8,11 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import random
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -39,6 +42,7 @@ from notaflow.bus import Bus, client_options, ensure_topics
 from notaflow.errors import InvalidDocument
 from notaflow.settings import Settings
 from notaflow.store import RetryLedger, create_engine, migrate
+from notaflow.topics import Topics
 
 Handler = Callable[[Any], Awaitable[None]]
 
@@ -714,6 +718,29 @@ async def test_runner_refuses_topics_with_different_partition_counts(fast: Setti
         assert not runner.assigned.is_set()  # refused before joining the group
     finally:
         await bus.stop()
+
+
+async def test_consume_refuses_to_start_in_one_line(fast: Settings, tmp_path: Path) -> None:
+    """`notaflow consume emission` as an operator runs it, against a provider-events topic
+    created by hand with another partition count: exit 1, one line naming the counts."""
+    names = Topics(fast.kafka_topic_prefix)
+    await ensure_topics(fast.replace(kafka_partitions=2), [names.provider_events])
+    settings = fast.replace(
+        database_url=f"sqlite:///{tmp_path / 'notaflow.db'}", health_port=0, log_level="WARNING"
+    )
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "notaflow.cli", "consume", "emission"],
+        env={**os.environ, **settings.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    output = (done.stdout + done.stderr).strip().splitlines()
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert output[-1].startswith("notaflow consume emission: refusing to start: "), output
+    assert f"{names.provider_events}=2" in output[-1] and f"{names.nfse_commands}=3" in output[-1]
 
 
 async def test_two_runners_over_three_partitions_read_each_document_in_one_place(
