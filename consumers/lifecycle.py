@@ -57,6 +57,11 @@ async def publish_if_current(
     write, so its status lands after ours. (What this cannot close is two writers of one note
     in the very same instant; the runner's assignment and fencing keep one note's records in
     one process at a time, so inside the emission consumer there is only ever one.)"""
+    if doc.status == CANCELLED:
+        # Final: nothing follows it and a cancelled ref is never reused, so it is current for
+        # good. No re-read on the path of a synchronous cancel's answer.
+        await publish_status(bus, topics, doc, source, cause)
+        return True
     current = await documents.get(doc.tenant_id, doc.kind, doc.ref)
     if (
         current is None
