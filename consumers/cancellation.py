@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from consumers.errors import PermanentFailure
-from consumers.lifecycle import note_to_cancel, publish_if_current, reply_status
+from consumers.lifecycle import note_to_cancel, publish_status, reply_status
 from consumers.nfce import NfceCanceller
 from consumers.providers.focus import FocusClient
 from notaflow import topics as t
@@ -85,7 +85,7 @@ class CancellationConsumer:
             doc.id, doc.attempt, CANCELLED, SOURCE, result, detail={"command_id": event.id}
         )
         if updated is not None:
-            await publish_if_current(self._bus, self._topics, self._docs, updated, SOURCE, event)
+            await publish_status(self._bus, self._topics, updated, SOURCE, event)
         await self._answer(event, "cancelado")
 
     async def _answer(

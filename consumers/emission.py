@@ -12,7 +12,7 @@ import logging
 from typing import Any
 
 from consumers.errors import PermanentFailure
-from consumers.lifecycle import publish_if_current
+from consumers.lifecycle import publish_if_current, publish_status
 from consumers.nfce import NfceEmitter
 from consumers.providers.focus import FocusClient
 from notaflow import topics as t
@@ -178,7 +178,10 @@ class EmissionConsumer:
     ) -> None:
         updated = await self._docs.transition(doc.id, doc.attempt, status, SOURCE, result, erros)
         if updated is not None:
-            await self._publish_status(updated, cause)
+            # The transition is the conditional write that tells: the note is in this state
+            # now, made so by us; no re-read (one read less per note). What could follow it, a
+            # cancellation, first waits for this state and then makes its own call to Focus.
+            await publish_status(self._bus, self._topics, updated, SOURCE, cause)
 
     async def _publish_status(self, doc: Document, cause: Event) -> None:
         # Only if still current: `doc` may have been read before a slow Focus call, and the

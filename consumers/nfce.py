@@ -17,7 +17,7 @@ from typing import Any
 from opentelemetry.trace import SpanKind
 
 from consumers.errors import PermanentFailure, TransientFailure, Unsent
-from consumers.lifecycle import note_to_cancel, publish_if_current, reply, reply_status
+from consumers.lifecycle import note_to_cancel, publish_status, reply, reply_status
 from consumers.providers.emites import EmitesClient, EmitesReply
 from notaflow import topics as t
 from notaflow import tracing
@@ -148,9 +148,7 @@ class NfceEmitter:
             doc.id, doc.attempt, status, self._source, result, erros
         )
         if updated is not None:
-            await publish_if_current(
-                self._bus, self._topics, self._docs, updated, self._source, event
-            )
+            await publish_status(self._bus, self._topics, updated, self._source, event)
         current = updated or await self._docs.by_id(doc.id)
         if current is not None:
             await self._answer(event, current)
@@ -195,9 +193,7 @@ class NfceCanceller:
                 detail={"command_id": event.id},
             )
             if updated is not None:
-                await publish_if_current(
-                    self._bus, self._topics, self._docs, updated, self._source, event
-                )
+                await publish_status(self._bus, self._topics, updated, self._source, event)
             await self._answer(event, "cancelado")
             return
         erros = _erros(answer)
