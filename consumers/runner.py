@@ -19,8 +19,10 @@
   partition is fenced before it is given up: its records that have not started (waiting
   behind their document's earlier record, or in a retry's backoff) start nothing, the ones
   running get the grace period to finish, whatever still runs then is cancelled, and only then
-  is the finished prefix committed and the partition released. The next owner never runs a
-  record while we still do.
+  is the finished prefix committed and the partition released. With a broker that waits for
+  every member to rejoin before it reassigns (Kafka does), the next owner never runs a record
+  while we still do; the embedded broker was seen not to wait, and there the lifecycle's
+  conditional publish (`consumers.lifecycle.publish_if_current`) keeps late results harmless.
 """
 
 from __future__ import annotations
@@ -550,6 +552,9 @@ class Runner:
         self.forget_retry_state(revoked)
         for tp in revoked:
             self._parts.pop(tp, None)
+            # A task that ignored its cancellation must not make a later fetch of its record
+            # look like a duplicate (the partition would stall behind it).
+            self._inflight.pop(tp, None)
             if self._metrics is not None:
                 self._metrics.forget_partition(self.name, tp.topic, tp.partition)
         if running:
