@@ -19,7 +19,7 @@ from consumers.callback_check import (
     xml_agrees,
 )
 from consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
-from consumers.lifecycle import publish_status
+from consumers.lifecycle import publish_if_current, publish_status
 from consumers.nfce import NfceEmitter
 from consumers.providers.focus import FocusClient
 from consumers.providers.urls import ForeignPath
@@ -205,7 +205,8 @@ class EmissionConsumer:
             doc.id, doc.attempt, status, SOURCE, result, erros, after=allowed
         )
         if updated is not None:
-            await self._publish_status(updated, event)
+            # The conditional transition tells the note is in this state now: no re-read.
+            await publish_status(self._bus, self._topics, updated, SOURCE, event)
 
     async def _verified(
         self, doc: Document, body: dict[str, Any], confirm: bool
@@ -264,10 +265,16 @@ class EmissionConsumer:
     ) -> None:
         updated = await self._docs.transition(doc.id, doc.attempt, status, SOURCE, result, erros)
         if updated is not None:
-            await self._publish_status(updated, cause)
+            # The transition is the conditional write that tells: the note is in this state
+            # now, made so by us; no re-read (one read less per note). What could follow it, a
+            # cancellation, first waits for this state and then makes its own call to Focus.
+            await publish_status(self._bus, self._topics, updated, SOURCE, cause)
 
     async def _publish_status(self, doc: Document, cause: Event) -> None:
-        await publish_status(self._bus, self._topics, doc, SOURCE, cause)
+        # Only if still current: `doc` may have been read before a slow Focus call, and the
+        # note moved on meanwhile (its callback applied, a cancellation): publishing the old
+        # status then would make the note go backwards on the lifecycle topic.
+        await publish_if_current(self._bus, self._topics, self._docs, doc, SOURCE, cause)
 
 
 def _correctable(doc: Document) -> bool:

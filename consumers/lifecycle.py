@@ -3,6 +3,7 @@ topic. Shared by every consumer so the events look the same whoever made the cha
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from consumers.errors import TransientFailure
@@ -15,6 +16,8 @@ from notaflow.store.documents import CANCELLED, ERROR, PROCESSING
 from notaflow.tracing import outgoing_traceparent
 from notaflow.views import view_of
 from schemas import validator
+
+log = logging.getLogger(__name__)
 
 
 async def publish_status(
@@ -33,6 +36,49 @@ async def publish_status(
         traceparent=outgoing_traceparent(cause.traceparent),
     )
     await bus.publish(topics.lifecycle, event, t.document_key(doc.tenant_id, doc.kind, doc.ref))
+
+
+async def publish_if_current(
+    bus: Bus,
+    topics: t.Topics,
+    documents: DocumentStore,
+    doc: Document,
+    source: str,
+    cause: Event,
+) -> bool:
+    """Publish `doc`'s status only if it is still the document's current state (same attempt,
+    same status) when it goes out, so the lifecycle stream never goes backwards for a note: a
+    handler that read the note before a slow provider call, while something else moved it on
+    (a callback applied first, a cancellation), publishes nothing instead of an old status.
+    Returns whether it published.
+
+    The re-read is the last thing before the record is handed to the producer, which fixes
+    its place in the partition. Whoever moves the note on later publishes after its own
+    write, so its status lands after ours. (What this cannot close is two writers of one note
+    in the very same instant; the runner's assignment and fencing keep one note's records in
+    one process at a time, so inside the emission consumer there is only ever one.)"""
+    if doc.status == CANCELLED:
+        # Final: nothing follows it and a cancelled ref is never reused, so it is current for
+        # good. No re-read on the path of a synchronous cancel's answer.
+        await publish_status(bus, topics, doc, source, cause)
+        return True
+    current = await documents.get(doc.tenant_id, doc.kind, doc.ref)
+    if (
+        current is None
+        or current.id != doc.id
+        or current.attempt != doc.attempt
+        or current.status != doc.status
+    ):
+        log.info(
+            "not publishing %s for %s/%s: the note is %s now",
+            doc.status,
+            doc.tenant_id,
+            doc.ref,
+            f"{current.status} (attempt {current.attempt})" if current else "gone",
+        )
+        return False
+    await publish_status(bus, topics, doc, source, cause)
+    return True
 
 
 async def reply(

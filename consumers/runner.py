@@ -14,6 +14,15 @@
   per-document order: a document's later events wait behind its retrying command.
 - Shutdown (SIGTERM -> `stop()`): stop fetching, let in-flight work finish within a grace
   period, commit, leave the group.
+- Rebalances: co-partitioned topics are assigned together (`consumers.assignment`), so one
+  document's records, whatever topic they come from, run in one process. A revoked
+  partition is fenced before it is given up: its records that have not started (waiting
+  behind their document's earlier record, or in a retry's backoff) start nothing, the ones
+  running get the grace period to finish, whatever still runs then is cancelled, and only then
+  is the finished prefix committed and the partition released. With a broker that waits for
+  every member to rejoin before it reassigns (Kafka does), the next owner never runs a record
+  while we still do; the embedded broker was seen not to wait, and there the lifecycle's
+  conditional publish (`consumers.lifecycle.publish_if_current`) keeps late results harmless.
 """
 
 from __future__ import annotations
@@ -34,6 +43,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from opentelemetry.trace import SpanKind
 
+from consumers.assignment import ASSIGNORS, require_copartitioned, split_assignment
 from consumers.errors import Stopping, TransientFailure
 from notaflow import tracing
 from notaflow.bus import Bus, client_options
@@ -134,7 +144,12 @@ class Runner:
         )
         self._grace = grace
         self._chains: dict[bytes | None, asyncio.Task[None]] = {}
-        self._inflight: dict[TopicPartition, set[int]] = {}  # offsets with a running task
+        # Offset -> its running task, per partition: what a revoke waits for.
+        self._inflight: dict[TopicPartition, dict[int, asyncio.Task[None]]] = {}
+        # Set when the partition is revoked: its records that have not started stay unstarted.
+        # A task keeps the fence of the assignment it was scheduled under.
+        self._fences: dict[TopicPartition, asyncio.Event] = {}
+        self._generation = 0  # bumped on every revoke: a fetched batch older than it is stale
         self._parts: dict[TopicPartition, _Partition] = {}
         self._tasks: set[asyncio.Task[None]] = set()
         self._stopping = asyncio.Event()
@@ -147,6 +162,9 @@ class Runner:
         self._stopping.set()
 
     async def run(self) -> None:
+        # Before joining: topics whose partition counts differ cannot keep a document's records
+        # on one member whatever the assignor does.
+        await require_copartitioned(self._settings, self._topics)
         consumer = AIOKafkaConsumer(
             **client_options(self._settings),
             group_id=f"{self._settings.kafka_group_prefix}{self.name}",
@@ -162,6 +180,13 @@ class Runner:
             # as records arrive, so there it only sets how often an idle consumer asks
             # (NOTAFLOW_CONSUMER_FETCH_WAIT_MS: 25 asks forty times a second).
             fetch_max_wait_ms=self._settings.consumer_fetch_wait_ms,
+            # Partition p of every topic to one member, for any member count (see
+            # consumers.assignment); a revoke may wait the grace period for running records, so
+            # the group waits that long for us to rejoin.
+            partition_assignment_strategy=ASSIGNORS,
+            rebalance_timeout_ms=max(
+                self._settings.kafka_session_timeout_ms, int((self._grace + 5) * 1000)
+            ),
         )
         self._consumer = consumer
         consumer.subscribe(self._topics, listener=_Listener(self))
@@ -176,12 +201,23 @@ class Runner:
                     log.warning("%s: fetch failed: %r", self.name, exc)
                     await asyncio.sleep(0.5)
                     continue
+                # After the fetch, not before: getmany waits out a rebalance and returns only
+                # records of the assignment that follows it (taken before, a batch fetched
+                # under the new assignment looked stale and was dropped, with the fetch
+                # position already past it: the partitions stalled until the next rebalance).
+                generation = self._generation
                 for tp, records in batches.items():
                     for record in records:
                         if not await self._slot_or_stop():
                             break  # unscheduled records stay uncommitted: redelivered later
+                        if self._generation != generation:
+                            # A rebalance while we waited for a slot: the rest of this batch
+                            # belongs to whoever owns its partitions now (us again, maybe,
+                            # from the committed offset, which is not past these records).
+                            self._slots.release()
+                            break
                         self._schedule(tp, record)
-                    if self._stopping.is_set():
+                    if self._stopping.is_set() or self._generation != generation:
                         break
                 if time.monotonic() - last_commit > 0.5:
                     await self.commit()
@@ -236,16 +272,17 @@ class Runner:
     def _schedule(self, tp: TopicPartition, record: Any) -> None:
         part = self._parts.setdefault(tp, _Partition())
         part.add(record.offset)
-        inflight = self._inflight.setdefault(tp, set())
+        inflight = self._inflight.setdefault(tp, {})
         if record.offset in inflight:
-            # Fetched again after the partition was revoked and handed back to us while this
-            # record was still being handled: the running task finishes it (and marks it done
-            # in the new partition state); a second task would only do the work twice.
+            # Defensive: a revoke waits for (or cancels) the partition's running records before
+            # it is given up, so a record fetched again should never find its old task. If one
+            # does, the running task finishes it; a second task would only do the work twice.
             self._slots.release()
             return
-        inflight.add(record.offset)
+        fence = self._fences.setdefault(tp, asyncio.Event())
         previous = self._chains.get(record.key)
-        task = asyncio.create_task(self._run_one(tp, record, previous))
+        task = asyncio.create_task(self._run_one(tp, record, previous, fence))
+        inflight[record.offset] = task
         self._chains[record.key] = task
         self._tasks.add(task)
         task.add_done_callback(functools.partial(self._forget, tp, record.offset, record.key))
@@ -253,18 +290,28 @@ class Runner:
     def _forget(
         self, tp: TopicPartition, offset: int, key: bytes | None, task: asyncio.Task[None]
     ) -> None:
-        self._inflight.get(tp, set()).discard(offset)
+        running = self._inflight.get(tp)
+        if running is not None and running.get(offset) is task:
+            del running[offset]
         self._tasks.discard(task)
         if self._chains.get(key) is task:
             del self._chains[key]
 
     async def _run_one(
-        self, tp: TopicPartition, record: Any, previous: asyncio.Task[None] | None
+        self,
+        tp: TopicPartition,
+        record: Any,
+        previous: asyncio.Task[None] | None,
+        fence: asyncio.Event,
     ) -> None:
         try:
             if previous is not None:
                 # Same document: wait for the earlier event whatever became of it.
                 await asyncio.wait([previous])
+            if fence.is_set():
+                # The partition was revoked while this record waited its turn: it is the next
+                # owner's now, and starting it here could race that owner's copy.
+                raise asyncio.CancelledError
             timer = (
                 self._metrics.processing(self.name)
                 if self._metrics is not None
@@ -274,14 +321,16 @@ class Runner:
             traceparent = context.pop("traceparent", None)
             # The record's ids on every line about it: its attempts, retries and dead letter.
             with timer, log_context(**context):
-                outcome = await self._handle_with_retries(record, traceparent)
+                outcome = await self._handle_with_retries(record, traceparent, fence)
         except BaseException as exc:
-            # Not done (shutdown, or even the dead-letter publish failed): the offset stays
-            # uncommitted and the record comes back to whoever owns the partition next.
+            # Not done (shutdown, a revoke, or even the dead-letter publish failed): the offset
+            # stays uncommitted and the record comes back to whoever owns the partition next.
             self.stats.left_for_redelivery += 1
-            if isinstance(exc, asyncio.CancelledError) and self._stopping.is_set():
-                # A shutdown can leave hundreds (the window): counted in the stop line, not as
-                # failures.
+            if isinstance(exc, asyncio.CancelledError) and (
+                self._stopping.is_set() or fence.is_set()
+            ):
+                # A shutdown or a rebalance can leave hundreds (the window): counted in the
+                # stop line, not as failures.
                 log.debug("%s: offset %s left for redelivery", self.name, record.offset)
             else:
                 if self._metrics is not None:
@@ -299,7 +348,9 @@ class Runner:
         finally:
             self._slots.release()
 
-    async def _handle_with_retries(self, record: Any, traceparent: str | None) -> str:
+    async def _handle_with_retries(
+        self, record: Any, traceparent: str | None, fence: asyncio.Event
+    ) -> str:
         """Returns the outcome: processed or dead_lettered."""
         at: Coordinates = (record.topic, record.partition, record.offset)
         attempt = 1
@@ -315,7 +366,7 @@ class Runner:
                 self._retried_out(at)
                 return "dead_lettered"
             wait = (earlier.next_at - datetime.now(UTC)).total_seconds()
-            if wait > 0 and not await self._pause(wait):
+            if wait > 0 and not await self._pause(wait, fence):
                 raise asyncio.CancelledError  # stopping: the next owner resumes the schedule
         while True:
             try:
@@ -383,14 +434,21 @@ class Runner:
                 self._metrics.consumer_record(self.name, "retried")
             self._remember(at, attempt, delay, error)
             attempt += 1
-            if not await self._pause(delay):
-                raise asyncio.CancelledError  # stopping mid-backoff: the ledger has the schedule
+            if not await self._pause(delay, fence):
+                # Stopping or revoked mid-backoff: the ledger has the schedule.
+                raise asyncio.CancelledError
 
-    async def _pause(self, seconds: float) -> bool:
-        """Sleep unless a stop is asked for; False when stopping."""
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
-        return not self._stopping.is_set()
+    async def _pause(self, seconds: float, fence: asyncio.Event) -> bool:
+        """Sleep unless a stop is asked for or the partition is revoked; False then."""
+        if self._stopping.is_set() or fence.is_set():
+            return False
+        waits = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(fence.wait())]
+        try:
+            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for waiting in waits:
+                waiting.cancel()
+        return not (self._stopping.is_set() or fence.is_set())
 
     def _remember(self, at: Coordinates, attempts: int, delay: float, error: str) -> None:
         state = RetryState(attempts, datetime.now(UTC) + timedelta(seconds=delay), error)
@@ -468,20 +526,83 @@ class Runner:
         consumer = self._consumer
         if consumer is None:
             return
-        offsets = {
-            tp: part.next_commit
+        parts = {
+            tp: (part, part.next_commit)
             for tp, part in self._parts.items()
             if part.dirty and part.next_commit is not None and (only is None or tp in only)
         }
-        if not offsets:
+        if not parts:
             return
         try:
-            await consumer.commit(offsets)
+            await consumer.commit({tp: offset for tp, (_, offset) in parts.items()})
         except (CommitFailedError, KafkaError) as exc:
             log.warning("%s: commit failed (will be redelivered): %r", self.name, exc)
             return
-        for tp in offsets:
-            self._parts[tp].dirty = False
+        # A revoke may have dropped a partition meanwhile, and records may have finished:
+        # only what was committed is clean.
+        for part, offset in parts.values():
+            if part.next_commit == offset:
+                part.dirty = False
+
+    async def release(self, revoked: set[TopicPartition]) -> None:
+        """A rebalance takes these partitions away: fence them, let their running records
+        finish within the grace period (cancel what is left), commit what finished, hand over
+        the retry schedule, and forget them. Only then may the next owner start on them."""
+        self._generation += 1  # first, before any wait: the fetch loop drops its stale batch
+        for tp in revoked:
+            fence = self._fences.pop(tp, None)
+            if fence is not None:
+                fence.set()
+        running = [task for tp in revoked for task in self._inflight.get(tp, {}).values()]
+        started = time.monotonic()
+        cancelled = 0
+        if running:
+            _, pending = await asyncio.wait(running, timeout=self._grace)
+            cancelled = len(pending)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=2)
+        await self.commit(revoked)
+        await self.flush_retry_state()  # the next owner reads where we got to
+        self.forget_retry_state(revoked)
+        for tp in revoked:
+            self._parts.pop(tp, None)
+            # A task that ignored its cancellation must not make a later fetch of its record
+            # look like a duplicate (the partition would stall behind it).
+            self._inflight.pop(tp, None)
+            if self._metrics is not None:
+                self._metrics.forget_partition(self.name, tp.topic, tp.partition)
+        if running:
+            log.info(
+                "%s: released %d partition(s) after %.2fs: %d record(s) were running, "
+                "%d cancelled at the grace period",
+                self.name,
+                len(revoked),
+                time.monotonic() - started,
+                len(running),
+                cancelled,
+            )
+
+    def check_assignment(self, assigned: set[TopicPartition]) -> None:
+        """Say so if this member got partition p of some of its topics and not the others
+        (a group still running an older member that only knows round-robin)."""
+        split = split_assignment(assigned, self._topics)
+        if split:
+            log.warning(
+                "%s: partitions %s are not assigned for all of %s together: one document's "
+                "records may run in two processes until the next rebalance",
+                self.name,
+                sorted(split),
+                ", ".join(self._topics),
+            )
+        else:
+            log.info(
+                "%s: assigned partitions %s of %d topic(s)",
+                self.name,
+                sorted({tp.partition for tp in assigned}),
+                len(self._topics),
+            )
 
     async def _drain(self) -> None:
         if self._tasks:
@@ -515,15 +636,10 @@ class _Listener(ConsumerRebalanceListener):
         self._runner = runner
 
     async def on_partitions_revoked(self, revoked: set[TopicPartition]) -> None:
-        await self._runner.commit(set(revoked))
-        await self._runner.flush_retry_state()  # the next owner reads where we got to
-        self._runner.forget_retry_state(set(revoked))
-        for tp in revoked:
-            self._runner._parts.pop(tp, None)
-            if self._runner._metrics is not None:
-                self._runner._metrics.forget_partition(self._runner.name, tp.topic, tp.partition)
+        await self._runner.release(set(revoked))
 
     async def on_partitions_assigned(self, assigned: set[TopicPartition]) -> None:
+        self._runner.check_assignment(set(assigned))
         await self._runner.load_retry_state(set(assigned))
         if assigned:
             self._runner.assigned.set()

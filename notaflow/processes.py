@@ -342,8 +342,13 @@ async def run_consumer(settings: Settings, name: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     log.info("consumer %s started (%s)", name, settings.kafka_bootstrap)
+    from consumers.assignment import TopicsNotCoPartitioned
+
     try:
         await runner.run()
+    except TopicsNotCoPartitioned as exc:
+        # An operator's mistake, not a bug: one line saying what to fix, no traceback.
+        raise SystemExit(f"notaflow consume {name}: refusing to start: {exc}") from None
     finally:
         stop_retries.set()
         for task in background:

@@ -8,8 +8,11 @@ import asyncio
 import contextlib
 import itertools
 import json
+import os
 import random
 import sqlite3
+import subprocess
+import sys
 import time
 from collections import Counter, defaultdict
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -19,16 +22,27 @@ from typing import Any
 
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.cluster import ClusterMetadata
+from aiokafka.coordinator.assignors.abstract import AbstractPartitionAssignor
+from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
+from aiokafka.protocol.metadata import MetadataResponse_v0
 from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
+from consumers.assignment import (
+    ASSIGNORS,
+    TopicsNotCoPartitioned,
+    copartition_problem,
+    split_assignment,
+)
 from consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
 from consumers.runner import RetryPolicy, Runner, _Partition
 from notaflow.bus import Bus, client_options, ensure_topics
 from notaflow.errors import InvalidDocument
 from notaflow.settings import Settings
 from notaflow.store import RetryLedger, create_engine, migrate
+from notaflow.topics import Topics
 
 Handler = Callable[[Any], Awaitable[None]]
 
@@ -614,3 +628,232 @@ def test_retry_delay_hint_wins_when_longer() -> None:
     assert all(policy.delay(3, hint=0.05) >= 0.05 for _ in range(100))
     assert all(policy.delay(3, hint=0.0) <= 0.4 for _ in range(100))
     assert all(0 <= policy.delay(3, hint=None) <= 0.4 for _ in range(100))
+
+
+# -- assignment: co-partitioned topics together (issue 13) ---------------------------------
+
+
+def _cluster(counts: dict[str, int]) -> ClusterMetadata:
+    """Broker metadata as a MetadataResponse carries it: topics and their partitions."""
+    cluster = ClusterMetadata()
+    cluster.update_metadata(
+        MetadataResponse_v0(
+            [(0, "127.0.0.1", 9092)],
+            [(0, topic, [(0, p, 0, [0], [0]) for p in range(n)]) for topic, n in counts.items()],
+        )
+    )
+    return cluster
+
+
+def _assign(
+    assignor: type[AbstractPartitionAssignor], counts: dict[str, int], members: int
+) -> dict[str, set[TopicPartition]]:
+    """What the group leader computes: member id -> topic-partitions."""
+    subscription = assignor.metadata(sorted(counts))
+    ids = {f"member-{i}-{random.random()}": subscription for i in range(members)}
+    return {
+        member: set(given.partitions())
+        for member, given in assignor.assign(_cluster(counts), ids).items()
+    }
+
+
+def _colocated(assignment: dict[str, set[TopicPartition]], topics: list[str]) -> bool:
+    return not any(split_assignment(tps, topics) for tps in assignment.values())
+
+
+@pytest.mark.parametrize("members", [1, 2, 3, 4, 5, 6])
+def test_the_runners_assignor_gives_partition_p_of_every_topic_to_one_member(
+    members: int,
+) -> None:
+    topics = ["t.nfse.commands", "t.nfce.commands", "t.provider.events"]
+    # The first choice is what a group of current members agrees on.
+    assignor = ASSIGNORS[0]
+    for partitions in (1, 3, 6, 12):
+        assignment = _assign(assignor, dict.fromkeys(topics, partitions), members)
+        assert _colocated(assignment, topics), (members, partitions, assignment)
+        # Every partition of every topic, once, spread as evenly as the count allows.
+        every = [tp for tps in assignment.values() for tp in tps]
+        assert sorted(every) == sorted(
+            TopicPartition(t, p) for t in topics for p in range(partitions)
+        )
+        numbers = [len({tp.partition for tp in tps}) for tps in assignment.values()]
+        assert max(numbers) - min(numbers) <= 1, (members, partitions, numbers)
+
+
+def test_round_robin_splits_a_document_when_the_members_do_not_divide_the_partitions() -> None:
+    """Why the default had to go (and that the check above can fail): 4 members over 6
+    partitions put a note's command and its callback in two processes."""
+    topics = ["t.nfse.commands", "t.nfce.commands", "t.provider.events"]
+    split = _assign(RoundRobinPartitionAssignor, dict.fromkeys(topics, 6), 4)
+    assert not _colocated(split, topics)
+    assert _colocated(_assign(RoundRobinPartitionAssignor, dict.fromkeys(topics, 6), 3), topics)
+
+
+def test_copartition_problem_names_the_counts() -> None:
+    assert copartition_problem({"a": 6, "b": 6, "c": 6}) is None
+    problem = copartition_problem({"a": 6, "b": 4})
+    assert problem is not None and "a=6" in problem and "b=4" in problem
+    missing = copartition_problem({"a": 6, "b": None})
+    assert missing is not None and "b" in missing
+
+
+def test_split_assignment_finds_partition_numbers_given_for_some_topics_only() -> None:
+    topics = ["a", "b"]
+    together = {TopicPartition("a", 0), TopicPartition("b", 0), TopicPartition("a", 3)}
+    assert split_assignment(together, topics) == {3}
+    assert split_assignment(together - {TopicPartition("a", 3)}, topics) == set()
+    assert split_assignment(set(), topics) == set()
+
+
+async def test_runner_refuses_topics_with_different_partition_counts(fast: Settings) -> None:
+    commands, events = fast.kafka_topic_prefix + "commands", fast.kafka_topic_prefix + "events"
+    await ensure_topics(fast, [commands, fast.kafka_topic_prefix + "dead-letter"])
+    await ensure_topics(fast.replace(kafka_partitions=2), [events])  # made by hand, say
+    bus = Bus(fast)
+    await bus.start()
+    try:
+        runner = Runner(fast, "mixed", [commands, events], Tracker().handle, bus, "dlq")
+        with pytest.raises(TopicsNotCoPartitioned, match=r"commands=3.*events=2"):
+            await asyncio.wait_for(runner.run(), 20)
+        assert not runner.assigned.is_set()  # refused before joining the group
+    finally:
+        await bus.stop()
+
+
+async def test_consume_refuses_to_start_in_one_line(fast: Settings, tmp_path: Path) -> None:
+    """`notaflow consume emission` as an operator runs it, against a provider-events topic
+    created by hand with another partition count: exit 1, one line naming the counts."""
+    names = Topics(fast.kafka_topic_prefix)
+    await ensure_topics(fast.replace(kafka_partitions=2), [names.provider_events])
+    settings = fast.replace(
+        database_url=f"sqlite:///{tmp_path / 'notaflow.db'}", health_port=0, log_level="WARNING"
+    )
+    done = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "notaflow.cli", "consume", "emission"],
+        env={**os.environ, **settings.env()},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    output = (done.stdout + done.stderr).strip().splitlines()
+    assert "Traceback" not in done.stderr, done.stderr[-2000:]
+    assert output[-1].startswith("notaflow consume emission: refusing to start: "), output
+    assert f"{names.provider_events}=2" in output[-1] and f"{names.nfse_commands}=3" in output[-1]
+
+
+async def test_two_runners_over_three_partitions_read_each_document_in_one_place(
+    fast: Settings,
+) -> None:
+    """The real group protocol on the real broker: two members, two topics of three
+    partitions (the round-robin default split them); every member holds partition p of both
+    topics or of neither, and each document's records from both topics run in one runner."""
+    three = fast.replace(kafka_partitions=3)
+    topics = [three.kafka_topic_prefix + "commands", three.kafka_topic_prefix + "events"]
+    await ensure_topics(three, [*topics, three.kafka_topic_prefix + "dead-letter"])
+    seen: dict[str, set[str]] = defaultdict(set)  # key -> runners that handled it
+
+    def handler_of(name: str) -> Handler:
+        async def handle(record: Any) -> None:
+            seen[record.key.decode()].add(name)
+
+        return handle
+
+    bus = Bus(three)
+    await bus.start()
+    await bus.wait_connected(10)
+    runners = [
+        Runner(three, "colocated", topics, handler_of(f"r{i}"), bus, topics[0] + ".dlq")
+        for i in range(2)
+    ]
+    tasks = [asyncio.create_task(r.run()) for r in runners]
+    try:
+
+        def settled() -> bool:
+            held = [r._consumer.assignment() if r._consumer else set() for r in runners]
+            return all(held) and sum(len(h) for h in held) == 6
+
+        await eventually(settled, timeout=30)
+        for runner in runners:
+            assert runner._consumer is not None
+            assert split_assignment(runner._consumer.assignment(), topics) == set()
+        keys = [f"doc-{i}" for i in range(60)]
+        for topic in topics:
+            await produce(three, topic, [keyed(key, 0) for key in keys])
+        await eventually(lambda: len(seen) == 60, timeout=20)
+        assert all(len(names) == 1 for names in seen.values()), dict(seen)
+        assert len({name for names in seen.values() for name in names}) == 2
+    finally:
+        for runner in runners:
+            runner.stop()
+        await asyncio.wait(tasks, timeout=15)
+        await bus.stop()
+
+
+# -- fencing a revoked partition (issue 13) -------------------------------------------------
+
+
+async def test_revoke_waits_for_running_records_and_starts_nothing_more(fast: Settings) -> None:
+    """What the rebalance listener does with the partitions it gives up: the record under way
+    finishes (within the grace period), the one queued behind it on the same document and the
+    one waiting out a 30 s retry start nothing, and the commit covers exactly what finished."""
+    one = fast.replace(kafka_partitions=1)
+    topic = one.kafka_topic_prefix + "fence"
+    await ensure_topics(one, [topic, one.kafka_topic_prefix + "dead-letter"])
+    await produce(
+        one, topic, [keyed("slow", 0), keyed("slow", 1), keyed("retry", 0), keyed("other", 0)]
+    )
+    started: list[tuple[str, int]] = []
+    finished: list[tuple[str, int]] = []
+
+    async def handler(record: Any) -> None:
+        body = json.loads(record.value)
+        started.append((body["key"], body["seq"]))
+        if body["key"] == "slow" and body["seq"] == 0:
+            await asyncio.sleep(0.6)  # a provider call under way when the revoke comes
+        if body["key"] == "retry":
+            raise RateLimited("429", retry_after=30.0)
+        finished.append((body["key"], body["seq"]))
+
+    async with running(one, "fence", topic, handler, grace=5.0) as run:
+        await eventually(lambda: ("other", 0) in finished and ("retry", 0) in started)
+        assert ("slow", 0) not in finished
+        began = time.monotonic()
+        await run.runner.release({TopicPartition(topic, 0)})
+        took = time.monotonic() - began
+        # It waited for the call under way (not for the 30 s backoff), and no longer.
+        assert ("slow", 0) in finished
+        assert 0.2 < took < 3, took
+        await asyncio.sleep(0.5)
+        assert ("slow", 1) not in started  # queued behind it: fenced, never started
+        assert started.count(("retry", 0)) == 1  # its backoff ended with the partition
+        assert run.runner.stats.left_for_redelivery == 2
+        # Offsets 0 (slow 0) and 3 (other) finished; 1 and 2 are the next owner's.
+        assert await committed(one, "notaflow-fence", TopicPartition(topic, 0)) == 1
+        await run.stop()
+
+
+async def test_revoke_cancels_what_outlives_the_grace_period(fast: Settings) -> None:
+    one = fast.replace(kafka_partitions=1)
+    topic = one.kafka_topic_prefix + "fencehang"
+    await ensure_topics(one, [topic, one.kafka_topic_prefix + "dead-letter"])
+    await produce(one, topic, [keyed("hang", 0), keyed("fine", 0)])
+    started: list[str] = []
+    finished: list[str] = []
+
+    async def handler(record: Any) -> None:
+        key = json.loads(record.value)["key"]
+        started.append(key)
+        if key == "hang":
+            await asyncio.Event().wait()  # a call that never answers
+        finished.append(key)
+
+    async with running(one, "fencehang", topic, handler, grace=0.3) as run:
+        await eventually(lambda: finished == ["fine"] and "hang" in started)
+        began = time.monotonic()
+        await run.runner.release({TopicPartition(topic, 0)})
+        assert time.monotonic() - began < 2.5
+        assert not run.runner._tasks  # cancelled: nothing of it can act after the release
+        assert await committed(one, "notaflow-fencehang", TopicPartition(topic, 0)) is None
+        await run.stop()
