@@ -27,8 +27,10 @@ from notaflow import topics as t
 from notaflow.emails import MAX_PER_REQUEST, valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
+from notaflow.focus_kinds import NFSE, FocusKind
 from notaflow.nfse import normalize_nfse, validate_justificativa, validate_ref
 from notaflow.store import ClaimRequest, Tenant
+from notaflow.store.blob_names import PREFIXES
 from notaflow.store.documents import AUTHORIZED, CANCELLED
 from notaflow.tracing import outgoing_traceparent
 from notaflow.views import nfse_view
@@ -188,107 +190,132 @@ def completa(request: Request) -> bool:
     return full
 
 
-async def nfse_xml(request: Request) -> Response:
-    """The XML of an authorized note, at the path Focus gives in `caminho_xml_nota_fiscal`.
-    Like Focus, the unguessable path is the credential."""
-    d = deps(request)
-    blob = await d.documents.get_blob("/notas_fiscais_servico/" + request.path_params["name"])
-    if blob is None:
-        raise not_found()
-    content_type, data = blob
-    return Response(data, media_type=content_type)
+Handler = Callable[[Request], Awaitable[Response]]
 
 
-async def cancel_nfse(request: Request) -> Response:
+def xml_route(prefix: str) -> Handler:
+    """The XML (and the cancellation XML) of a note, under the name notaflow gave it below
+    `prefix` (`notaflow.store.blob_names`). Like Focus, the unguessable path is the credential."""
+
+    async def xml(request: Request) -> Response:
+        blob = await deps(request).documents.get_blob(prefix + request.path_params["name"])
+        if blob is None:
+            raise not_found()
+        content_type, data = blob
+        return Response(data, media_type=content_type)
+
+    return xml
+
+
+def cancel_route(kind: FocusKind) -> Handler:
     """Synchronous, as at Focus: publish the cancel command, wait (bounded) for the
     cancellation consumer's answer; past the bound, 202 with the note as it stands."""
-    d = deps(request)
-    tenant = await authenticate(request, d)
-    ref = request.path_params["ref"]
-    body = await focus_json(request, d)
-    try:
-        justificativa = validate_justificativa(body)
-    except InvalidDocument as exc:
-        raise invalid(exc.message) from exc
-    return await cancel_and_wait(
-        request,
-        d,
-        tenant,
-        kind=KIND,
-        ref=ref,
-        event_type=t.NFSE_CANCEL,
-        topic=d.topics.nfse_commands,
-        data={"justificativa": justificativa},
-        wait=d.settings.cancel_wait,
-        view=nfse_view,
-        cancelled_body=lambda _doc: {"status": "cancelado"},  # seed 001's answer
-    )
+
+    async def cancel(request: Request) -> Response:
+        d = deps(request)
+        tenant = await authenticate(request, d)
+        body = await focus_json(request, d)
+        try:
+            justificativa = validate_justificativa(body)
+        except InvalidDocument as exc:
+            raise invalid(exc.message) from exc
+        return await cancel_and_wait(
+            request,
+            d,
+            tenant,
+            kind=kind.kind,
+            ref=request.path_params["ref"],
+            event_type=kind.cancel_type,
+            topic=d.topics.nfse_commands,
+            data={"justificativa": justificativa},
+            wait=d.settings.cancel_wait,
+            view=nfse_view,
+            cancelled_body=lambda _doc: {"status": "cancelado"},  # seed 001's answer
+        )
+
+    return cancel
 
 
-async def email_nfse(request: Request) -> Response:
+def email_route(kind: FocusKind) -> Handler:
     """A copy of an authorized note to up to 10 addresses, sent in the background."""
-    d = deps(request)
-    tenant = await authenticate(request, d)
-    ref = request.path_params["ref"]
-    body = await focus_json(request, d)
-    emails = body.get("emails") if isinstance(body, dict) else None
-    if emails is None:
-        raise invalid('Parâmetro "emails" não informado')
-    if not isinstance(emails, list) or not emails:
-        raise invalid('Parâmetro "emails" deve ser uma lista de e-mails')
-    if len(emails) > MAX_PER_REQUEST:
-        raise invalid(f'Parâmetro "emails" aceita no máximo {MAX_PER_REQUEST} e-mails por vez')
-    for address in emails:
-        if not isinstance(address, str) or not valid_email(address):
-            raise invalid(f"E-mail inválido: {address}")
-    doc = await d.documents.get(tenant.id, KIND, ref)
-    if doc is None:
-        raise not_found()
-    if doc.status not in (AUTHORIZED, CANCELLED):
-        raise FocusError(400, "nfe_nao_autorizada", "Nota fiscal não autorizada")
-    event = Event(
-        type=t.NFSE_EMAIL,
-        source=SOURCE,
-        data={"tenant": tenant.id, "ref": ref, "emails": list(dict.fromkeys(emails))},
-        subject=ref,
-        tenant=tenant.id,
-        traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
-    )
-    try:
-        await d.bus.publish(d.topics.nfse_commands, event, t.document_key(tenant.id, KIND, ref))
-    except BusUnavailable as exc:
-        raise unavailable() from exc
-    return FastJSONResponse({"emails": event.data["emails"]})
+
+    async def email(request: Request) -> Response:
+        d = deps(request)
+        tenant = await authenticate(request, d)
+        ref = request.path_params["ref"]
+        body = await focus_json(request, d)
+        emails = body.get("emails") if isinstance(body, dict) else None
+        if emails is None:
+            raise invalid('Parâmetro "emails" não informado')
+        if not isinstance(emails, list) or not emails:
+            raise invalid('Parâmetro "emails" deve ser uma lista de e-mails')
+        if len(emails) > MAX_PER_REQUEST:
+            raise invalid(f'Parâmetro "emails" aceita no máximo {MAX_PER_REQUEST} e-mails por vez')
+        for address in emails:
+            if not isinstance(address, str) or not valid_email(address):
+                raise invalid(f"E-mail inválido: {address}")
+        doc = await d.documents.get(tenant.id, kind.kind, ref)
+        if doc is None:
+            raise not_found()
+        if doc.status not in (AUTHORIZED, CANCELLED):
+            raise FocusError(400, "nfe_nao_autorizada", "Nota fiscal não autorizada")
+        event = Event(
+            type=kind.email_type,
+            source=SOURCE,
+            data={"tenant": tenant.id, "ref": ref, "emails": list(dict.fromkeys(emails))},
+            subject=ref,
+            tenant=tenant.id,
+            traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
+        )
+        await _publish(d, event, t.document_key(tenant.id, kind.kind, ref))
+        return FastJSONResponse({"emails": event.data["emails"]})
+
+    return email
 
 
-async def refire_hook(request: Request) -> Response:
+def hook_route(kind: FocusKind) -> Handler:
     """Deliver the note's current state to its hooks again (answers the hooks fired)."""
-    d = deps(request)
-    tenant = await authenticate(request, d)
-    ref = request.path_params["ref"]
-    doc = await d.documents.get(tenant.id, KIND, ref)
-    if doc is None:
-        raise not_found()
-    fired = await d.hooks.matching(tenant.id, KIND, doc.cnpj_prestador)
-    event = Event(
-        type=t.NFSE_HOOK,
-        source=SOURCE,
-        data={"tenant": tenant.id, "ref": ref},
-        subject=ref,
-        tenant=tenant.id,
-    )
+
+    async def refire_hook(request: Request) -> Response:
+        d = deps(request)
+        tenant = await authenticate(request, d)
+        ref = request.path_params["ref"]
+        doc = await d.documents.get(tenant.id, kind.kind, ref)
+        if doc is None:
+            raise not_found()
+        fired = await d.hooks.matching(tenant.id, kind.kind, doc.cnpj_prestador)
+        event = Event(
+            type=kind.hook_type,
+            source=SOURCE,
+            data={"tenant": tenant.id, "ref": ref},
+            subject=ref,
+            tenant=tenant.id,
+        )
+        await _publish(d, event, t.document_key(tenant.id, kind.kind, ref))
+        return FastJSONResponse([hook.public() for hook in fired])
+
+    return refire_hook
+
+
+async def _publish(d: IngressDeps, event: Event, key: bytes) -> None:
     try:
-        await d.bus.publish(d.topics.nfse_commands, event, t.document_key(tenant.id, KIND, ref))
+        await d.bus.publish(d.topics.nfse_commands, event, key)
     except BusUnavailable as exc:
         raise unavailable() from exc
-    return FastJSONResponse([hook.public() for hook in fired])
 
 
-routes = [
-    Route("/v2/nfse", create_nfse, methods=["POST"]),
-    Route("/v2/nfse/{ref}", get_nfse, methods=["GET"]),
-    Route("/v2/nfse/{ref}", cancel_nfse, methods=["DELETE"]),
-    Route("/v2/nfse/{ref}/email", email_nfse, methods=["POST"]),
-    Route("/v2/nfse/{ref}/hook", refire_hook, methods=["POST"]),
-    Route("/notas_fiscais_servico/{name}", nfse_xml, methods=["GET"]),
-]
+def note_routes(kind: FocusKind, create: Handler, get: Handler) -> list[Route]:
+    """A Focus NFS-e family's routes (`/v2/nfse`, `/v2/nfsen`): the same verbs and answers."""
+    base = kind.api_path
+    prefix = PREFIXES[kind.kind]
+    return [
+        Route(base, create, methods=["POST"]),
+        Route(base + "/{ref}", get, methods=["GET"]),
+        Route(base + "/{ref}", cancel_route(kind), methods=["DELETE"]),
+        Route(base + "/{ref}/email", email_route(kind), methods=["POST"]),
+        Route(base + "/{ref}/hook", hook_route(kind), methods=["POST"]),
+        Route(prefix + "{name}", xml_route(prefix), methods=["GET"]),
+    ]
+
+
+routes = note_routes(NFSE, create_nfse, get_nfse)

@@ -8,10 +8,8 @@ import uuid
 
 from starlette.requests import Request
 from starlette.responses import Response
-from starlette.routing import Route
 
 from ingress.body import BodyNotJson, BodyTooLarge, check_json_type, parse_json, read_body
-from ingress.cancellation import cancel_and_wait
 from ingress.deps import deps
 from ingress.errors import FocusError, invalid, not_found, unavailable
 from ingress.focus_nfse import (
@@ -19,16 +17,15 @@ from ingress.focus_nfse import (
     accepted_body,
     authenticate,
     completa,
-    focus_json,
+    note_routes,
     query_value,
 )
 from ingress.responses import FastJSONResponse
 from notaflow import topics as t
-from notaflow.emails import MAX_PER_REQUEST, valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
 from notaflow.focus_kinds import NFSEN
-from notaflow.nfse import validate_justificativa, validate_ref
+from notaflow.nfse import validate_ref
 from notaflow.store import ClaimRequest
 from notaflow.store.documents import AUTHORIZED, CANCELLED
 from notaflow.tracing import outgoing_traceparent
@@ -93,104 +90,4 @@ async def get_nfsen(request: Request) -> Response:
     return FastJSONResponse(view)
 
 
-async def cancel_nfsen(request: Request) -> Response:
-    d = deps(request)
-    tenant = await authenticate(request, d)
-    body = await focus_json(request, d)
-    try:
-        justificativa = validate_justificativa(body)
-    except InvalidDocument as exc:
-        raise invalid(exc.message) from exc
-    return await cancel_and_wait(
-        request,
-        d,
-        tenant,
-        kind=KIND,
-        ref=request.path_params["ref"],
-        event_type=NFSEN.cancel_type,
-        topic=d.topics.nfse_commands,
-        data={"justificativa": justificativa},
-        wait=d.settings.cancel_wait,
-        view=nfse_view,
-        cancelled_body=lambda _doc: {"status": "cancelado"},
-    )
-
-
-async def email_nfsen(request: Request) -> Response:
-    d = deps(request)
-    tenant = await authenticate(request, d)
-    ref = request.path_params["ref"]
-    body = await focus_json(request, d)
-    emails = body.get("emails") if isinstance(body, dict) else None
-    if emails is None:
-        raise invalid('Parâmetro "emails" não informado')
-    if not isinstance(emails, list) or not emails:
-        raise invalid('Parâmetro "emails" deve ser uma lista de e-mails')
-    if len(emails) > MAX_PER_REQUEST:
-        raise invalid(f'Parâmetro "emails" aceita no máximo {MAX_PER_REQUEST} e-mails por vez')
-    for address in emails:
-        if not isinstance(address, str) or not valid_email(address):
-            raise invalid(f"E-mail inválido: {address}")
-    doc = await d.documents.get(tenant.id, KIND, ref)
-    if doc is None:
-        raise not_found()
-    if doc.status not in (AUTHORIZED, CANCELLED):
-        raise FocusError(400, "nfe_nao_autorizada", "Nota fiscal não autorizada")
-    event = Event(
-        type=NFSEN.email_type,
-        source=SOURCE,
-        data={"tenant": tenant.id, "ref": ref, "emails": list(dict.fromkeys(emails))},
-        subject=ref,
-        tenant=tenant.id,
-        traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
-    )
-    try:
-        await d.bus.publish(d.topics.nfse_commands, event, t.document_key(tenant.id, KIND, ref))
-    except BusUnavailable as exc:
-        raise unavailable() from exc
-    return FastJSONResponse({"emails": event.data["emails"]})
-
-
-async def refire_hook(request: Request) -> Response:
-    d = deps(request)
-    tenant = await authenticate(request, d)
-    ref = request.path_params["ref"]
-    doc = await d.documents.get(tenant.id, KIND, ref)
-    if doc is None:
-        raise not_found()
-    fired = await d.hooks.matching(tenant.id, KIND, doc.cnpj_prestador)
-    event = Event(
-        type=NFSEN.hook_type,
-        source=SOURCE,
-        data={"tenant": tenant.id, "ref": ref},
-        subject=ref,
-        tenant=tenant.id,
-    )
-    try:
-        await d.bus.publish(d.topics.nfse_commands, event, t.document_key(tenant.id, KIND, ref))
-    except BusUnavailable as exc:
-        raise unavailable() from exc
-    return FastJSONResponse([hook.public() for hook in fired])
-
-
-XML_DIR = "/notas_fiscais_servico_nacional/"
-
-
-async def nfsen_xml(request: Request) -> Response:
-    """The XML (and the cancellation XML) of a national note, kept by notaflow at the path the
-    provider gave; like at Focus, the unguessable path is the credential."""
-    blob = await deps(request).documents.get_blob(XML_DIR + request.path_params["name"])
-    if blob is None:
-        raise not_found()
-    content_type, data = blob
-    return Response(data, media_type=content_type)
-
-
-routes = [
-    Route("/v2/nfsen", create_nfsen, methods=["POST"]),
-    Route("/v2/nfsen/{ref}", get_nfsen, methods=["GET"]),
-    Route("/v2/nfsen/{ref}", cancel_nfsen, methods=["DELETE"]),
-    Route("/v2/nfsen/{ref}/email", email_nfsen, methods=["POST"]),
-    Route("/v2/nfsen/{ref}/hook", refire_hook, methods=["POST"]),
-    Route(XML_DIR + "{name}", nfsen_xml, methods=["GET"]),
-]
+routes = note_routes(NFSEN, create_nfsen, get_nfsen)
