@@ -470,6 +470,11 @@ async def test_retries_and_dead_letters(fast: Settings) -> None:
         assert json.loads(record.value) == {"do": plan[offset][1]}
 
 
+class SteadyPolicy(RetryPolicy):
+    def delay(self, attempt: int, hint: float | None = None) -> float:
+        return max(self.maximum, hint or 0.0)
+
+
 async def test_retry_schedule_survives_a_restart(fast: Settings, database_url: str) -> None:
     """A record failing transiently is stopped mid-backoff; the next runner (a restart, or the
     partition's next owner) continues its attempt count from the ledger instead of starting
@@ -489,7 +494,9 @@ async def test_retry_schedule_survives_a_restart(fast: Settings, database_url: s
         if record.value == b"doomed":
             raise TransientFailure("HTTP 503")
 
-    policy = RetryPolicy(base=0.3, maximum=0.3, attempts=4)
+    # A steady 1 s between attempts, not full jitter: two near-zero draws in a row let the
+    # record spend all four attempts before the stop landed (seen once in CI on PostgreSQL).
+    policy = SteadyPolicy(base=1.0, maximum=1.0, attempts=4)
     try:
         async with running(one, "flaky", topic, handler, retry=policy, ledger=ledger) as run:
             await eventually(lambda: calls[0] >= 2 and calls[1] == 1)
