@@ -166,6 +166,7 @@ class NacionalSandbox:
 
     async def consult(self, request: Request, token: str) -> Response:
         nota = self._nota(token, request.path_params["ref"])
+        self.focus.stats.consultas[nota.ref] += 1  # a credit at Focus, as for municipal notes
         body = nota.consulta()
         if request.query_params.get("completa", "").lower() in ("1", "true"):
             body["requisicao_nota_fiscal"] = nota.doc
