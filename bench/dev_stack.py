@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import httpx
 
 from bench.ingress import cpu_seconds, run_wrk
-from notaflow.broker import free_port
+from notaflow.launch.broker import free_port
 from tests.support import ROOT, wait_for, wait_http
 
 
@@ -53,7 +53,7 @@ def main() -> int:
     log = open(out, "wb")  # noqa: SIM115 - lives as long as the stack
     dev = subprocess.Popen(
         [
-            sys.executable, "-m", "notaflow.cli", "dev", "--port", str(port), "--kafka-port",
+            sys.executable, "-m", "notaflow.launch.cli", "dev", "--port", str(port), "--kafka-port",
             str(kafka_port), "--data-dir", str(data), "--sandbox-delay", args.sandbox_delay,
         ],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,

@@ -65,8 +65,8 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from bench.consumer import _cpu_seconds, percentile
 from notaflow import topics as t
-from notaflow.broker import EmbeddedBroker, free_port
 from notaflow.envelope import decode
+from notaflow.launch.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
 from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from tests.support import NOTAFLOW, ROOT, ThrowawayPostgres, wait_for, wait_http

@@ -21,11 +21,11 @@ from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
 
-import schemas
-from consumers.errors import ConsumerError, PermanentFailure, TransientFailure
-from consumers.providers.mailer import Mailer
 from notaflow import billing as b
+from notaflow import schemas
 from notaflow.bus import Bus
+from notaflow.consumers.errors import ConsumerError, PermanentFailure, TransientFailure
+from notaflow.consumers.providers.mailer import Mailer
 from notaflow.envelope import Event, decode
 from notaflow.errors import InvalidDocument
 from notaflow.invoice_pdf import render_invoice_pdf

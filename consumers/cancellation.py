@@ -11,12 +11,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from consumers.errors import PermanentFailure
-from consumers.lifecycle import note_to_cancel, publish_status, reply_status
-from consumers.nfce import NfceCanceller
-from consumers.providers.focus import FocusClient
 from notaflow import topics as t
 from notaflow.bus import Bus
+from notaflow.consumers.errors import PermanentFailure
+from notaflow.consumers.lifecycle import note_to_cancel, publish_status, reply_status
+from notaflow.consumers.nfce import NfceCanceller
+from notaflow.consumers.providers.focus import FocusClient
 from notaflow.envelope import Event, decode
 from notaflow.focus_kinds import BY_CANCEL_TYPE, BY_KIND, NFSE, FocusKind
 from notaflow.store import Document, DocumentStore

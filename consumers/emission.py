@@ -11,29 +11,29 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from consumers.callback_check import (
+from notaflow import topics as t
+from notaflow.bus import Bus
+from notaflow.consumers.callback_check import (
     CONFIRM_FIRST,
     VERIFIED_BY,
     foreign_note,
     same_outcome,
     xml_agrees,
 )
-from consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
-from consumers.lifecycle import publish_if_current, publish_status
-from consumers.nfce import NfceEmitter
-from consumers.providers.focus import FocusClient
-from consumers.providers.urls import ForeignPath
-from notaflow import topics as t
-from notaflow.bus import Bus
+from notaflow.consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
+from notaflow.consumers.lifecycle import publish_if_current, publish_status
+from notaflow.consumers.nfce import NfceEmitter
+from notaflow.consumers.providers.focus import FocusClient
+from notaflow.consumers.providers.urls import ForeignPath
 from notaflow.envelope import Event, decode
 from notaflow.errors import InvalidDocument, RefInUse
 from notaflow.focus_kinds import BY_EMIT_TYPE, BY_KIND, NFSE, FocusKind
+from notaflow.schemas import validator
 from notaflow.store import Document, DocumentStore, TenantStore
 from notaflow.store.blob_names import document_path
 from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, PROCESSING, TRANSITIONS
 from notaflow.store.tenants import TenantCache
 from notaflow.views import result_from_provider
-from schemas import validator
 
 log = logging.getLogger(__name__)
 SOURCE = "notaflow/consumers/emission"

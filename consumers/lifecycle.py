@@ -6,16 +6,16 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from consumers.errors import TransientFailure
 from notaflow import topics as t
 from notaflow.bus import Bus
+from notaflow.consumers.errors import TransientFailure
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument
+from notaflow.schemas import validator
 from notaflow.store import Document, DocumentStore
 from notaflow.store.documents import CANCELLED, ERROR, PROCESSING
 from notaflow.tracing import outgoing_traceparent
 from notaflow.views import view_of
-from schemas import validator
 
 log = logging.getLogger(__name__)
 

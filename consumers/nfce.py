@@ -16,19 +16,19 @@ from typing import Any
 
 from opentelemetry.trace import SpanKind
 
-from consumers.errors import PermanentFailure, TransientFailure, Unsent
-from consumers.lifecycle import note_to_cancel, publish_status, reply, reply_status
-from consumers.providers.emites import EmitesClient, EmitesReply
 from notaflow import topics as t
 from notaflow import tracing
 from notaflow.bus import Bus
+from notaflow.consumers.errors import PermanentFailure, TransientFailure, Unsent
+from notaflow.consumers.lifecycle import note_to_cancel, publish_status, reply, reply_status
+from notaflow.consumers.providers.emites import EmitesClient, EmitesReply
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument, RefInUse
 from notaflow.nfce import normalize_nfce, omitted_notices
+from notaflow.schemas import validator
 from notaflow.store import Document, DocumentStore, TenantStore
 from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, PROCESSING
 from notaflow.views import nfce_view
-from schemas import validator
 
 log = logging.getLogger(__name__)
 KIND = "nfce"

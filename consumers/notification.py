@@ -29,19 +29,19 @@ from urllib.parse import urlsplit
 
 from opentelemetry.trace import SpanKind
 
-from consumers.errors import ConsumerError, PermanentFailure
-from consumers.lifecycle import reply
-from consumers.mail_templates import (
+from notaflow import topics as t
+from notaflow import tracing
+from notaflow.bus import Bus
+from notaflow.consumers.errors import ConsumerError, PermanentFailure
+from notaflow.consumers.lifecycle import reply
+from notaflow.consumers.mail_templates import (
     NfseLinks,
     format_cnpj,
     render_nfce_email,
     render_nfse_email,
 )
-from consumers.providers.mailer import Mailer
-from consumers.providers.webhooks import HookTarget, WebhookSender, next_attempt_delay
-from notaflow import topics as t
-from notaflow import tracing
-from notaflow.bus import Bus
+from notaflow.consumers.providers.mailer import Mailer
+from notaflow.consumers.providers.webhooks import HookTarget, WebhookSender, next_attempt_delay
 from notaflow.envelope import Event, decode
 from notaflow.focus_kinds import BY_EMAIL_TYPE, BY_HOOK_TYPE, BY_KIND
 from notaflow.metrics import Metrics

@@ -17,10 +17,10 @@ import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
-from consumers.errors import ConsumerError
-from consumers.providers.focus import FocusClient
 from notaflow import topics as t
 from notaflow.bus import Bus
+from notaflow.consumers.errors import ConsumerError
+from notaflow.consumers.providers.focus import FocusClient
 from notaflow.envelope import Event
 from notaflow.focus_kinds import BY_KIND
 from notaflow.store import Document, DocumentStore

@@ -43,10 +43,10 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
 from opentelemetry.trace import SpanKind
 
-from consumers.assignment import ASSIGNORS, require_copartitioned, split_assignment
-from consumers.errors import Stopping, TransientFailure
 from notaflow import tracing
 from notaflow.bus import Bus, client_options
+from notaflow.consumers.assignment import ASSIGNORS, require_copartitioned, split_assignment
+from notaflow.consumers.errors import Stopping, TransientFailure
 from notaflow.errors import InvalidDocument
 from notaflow.logs import log_context, redact_text, trace_id_of
 from notaflow.metrics import Metrics

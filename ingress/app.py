@@ -20,7 +20,8 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from ingress import (
+from notaflow import tracing
+from notaflow.ingress import (
     focus_hooks,
     focus_nfce,
     focus_nfse,
@@ -32,11 +33,10 @@ from ingress import (
     provider_webhooks,
     wuro,
 )
-from ingress.body import receive_body
-from ingress.deps import IngressDeps
-from ingress.errors import FocusError, IngressError
-from ingress.observability import MetricsMiddleware, metrics_route, openapi_routes
-from notaflow import tracing
+from notaflow.ingress.body import receive_body
+from notaflow.ingress.deps import IngressDeps
+from notaflow.ingress.errors import FocusError, IngressError
+from notaflow.ingress.observability import MetricsMiddleware, metrics_route, openapi_routes
 from notaflow.metrics import Metrics
 from notaflow.store.blob_names import PREFIXES
 from notaflow.store.db import transient_error

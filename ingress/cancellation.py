@@ -11,12 +11,12 @@ from typing import Any
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.deps import IngressDeps
-from ingress.errors import FocusError, not_found, unavailable
-from ingress.responses import FastJSONResponse
 from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
+from notaflow.ingress.deps import IngressDeps
+from notaflow.ingress.errors import FocusError, not_found, unavailable
+from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store import Document, Tenant
 from notaflow.store.documents import CANCELLED, ERROR
 from notaflow.tracing import outgoing_traceparent

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
-from ingress.auth import TenantCache
-from ingress.intake import Intake
 from notaflow.bus import Bus
+from notaflow.ingress.auth import TenantCache
+from notaflow.ingress.intake import Intake
 from notaflow.replies import ReplyListener, ReplyWaiters
 from notaflow.settings import Settings
 from notaflow.store import DocumentStore, HookStore, TenantStore

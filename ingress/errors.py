@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from ingress.responses import FastJSONResponse as JSONResponse
+from notaflow.ingress.responses import FastJSONResponse as JSONResponse
 
 
 class IngressError(Exception):

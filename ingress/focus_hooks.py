@@ -19,12 +19,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingress.deps import deps
-from ingress.errors import FocusError, invalid
-from ingress.focus_nfse import authenticate, focus_json
-from ingress.responses import FastJSONResponse
 from notaflow import destinations
 from notaflow.brdocs import clean_document, valid_cnpj, valid_cpf
+from notaflow.ingress.deps import deps
+from notaflow.ingress.errors import FocusError, invalid
+from notaflow.ingress.focus_nfse import authenticate, focus_json
+from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store import TooManyHooks
 
 EVENTS = ("nfse", "nfsen", "nfe", "nfce", "nfce_contingencia", "inutilizacao", "cte", "mdfe")

@@ -10,14 +10,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingress.cancellation import cancel_and_wait
-from ingress.deps import deps
-from ingress.errors import FocusError, invalid, not_found, unavailable
-from ingress.focus_nfse import authenticate, focus_json, query_value
-from ingress.responses import FastJSONResponse
 from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
+from notaflow.ingress.cancellation import cancel_and_wait
+from notaflow.ingress.deps import deps
+from notaflow.ingress.errors import FocusError, invalid, not_found, unavailable
+from notaflow.ingress.focus_nfse import authenticate, focus_json, query_value
+from notaflow.ingress.responses import FastJSONResponse
 from notaflow.nfce import normalize_nfce, omitted_notices, validate_motivo
 from notaflow.nfse import validate_ref
 from notaflow.store import ClaimRequest

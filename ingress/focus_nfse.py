@@ -10,8 +10,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingress.auth import basic_user
-from ingress.body import (
+from notaflow import topics as t
+from notaflow.emails import MAX_PER_REQUEST, valid_email
+from notaflow.envelope import Event
+from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
+from notaflow.focus_kinds import NFSE, FocusKind
+from notaflow.ingress.auth import basic_user
+from notaflow.ingress.body import (
     BodyNotJson,
     BodyTooLarge,
     check_json_type,
@@ -19,15 +24,10 @@ from ingress.body import (
     read_body,
     read_json,
 )
-from ingress.cancellation import cancel_and_wait
-from ingress.deps import IngressDeps, deps
-from ingress.errors import FocusError, invalid, not_found, unavailable
-from ingress.responses import FastJSONResponse
-from notaflow import topics as t
-from notaflow.emails import MAX_PER_REQUEST, valid_email
-from notaflow.envelope import Event
-from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
-from notaflow.focus_kinds import NFSE, FocusKind
+from notaflow.ingress.cancellation import cancel_and_wait
+from notaflow.ingress.deps import IngressDeps, deps
+from notaflow.ingress.errors import FocusError, invalid, not_found, unavailable
+from notaflow.ingress.responses import FastJSONResponse
 from notaflow.nfse import normalize_nfse, validate_justificativa, validate_ref
 from notaflow.store import ClaimRequest, Tenant
 from notaflow.store.blob_names import PREFIXES

@@ -9,10 +9,14 @@ import uuid
 from starlette.requests import Request
 from starlette.responses import Response
 
-from ingress.body import BodyNotJson, BodyTooLarge, check_json_type, parse_json, read_body
-from ingress.deps import deps
-from ingress.errors import FocusError, invalid, not_found, unavailable
-from ingress.focus_nfse import (
+from notaflow import topics as t
+from notaflow.envelope import Event
+from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
+from notaflow.focus_kinds import NFSEN
+from notaflow.ingress.body import BodyNotJson, BodyTooLarge, check_json_type, parse_json, read_body
+from notaflow.ingress.deps import deps
+from notaflow.ingress.errors import FocusError, invalid, not_found, unavailable
+from notaflow.ingress.focus_nfse import (
     _body_error,
     accepted_body,
     authenticate,
@@ -20,11 +24,7 @@ from ingress.focus_nfse import (
     note_routes,
     query_value,
 )
-from ingress.responses import FastJSONResponse
-from notaflow import topics as t
-from notaflow.envelope import Event
-from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
-from notaflow.focus_kinds import NFSEN
+from notaflow.ingress.responses import FastJSONResponse
 from notaflow.nfse import validate_ref
 from notaflow.store import ClaimRequest
 from notaflow.store.documents import AUTHORIZED, CANCELLED

@@ -9,8 +9,8 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingress.deps import deps
-from ingress.responses import FastJSONResponse
+from notaflow.ingress.deps import deps
+from notaflow.ingress.responses import FastJSONResponse
 
 
 async def healthz(request: Request) -> Response:

@@ -15,15 +15,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingress.body import BodyNotJson, BodyTooLarge, read_json
-from ingress.deps import IngressDeps, deps
-from ingress.errors import IngressError
-from ingress.responses import FastJSONResponse
 from notaflow import topics as t
 from notaflow.emails import MAX_PER_REQUEST, valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
 from notaflow.focus_kinds import BY_KIND, FocusKind
+from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
+from notaflow.ingress.deps import IngressDeps, deps
+from notaflow.ingress.errors import IngressError
+from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store import Tenant
 from notaflow.store.documents import AUTHORIZED, CANCELLED
 

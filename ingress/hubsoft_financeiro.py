@@ -20,14 +20,14 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingress.body import BodyNotJson, BodyTooLarge, read_json
-from ingress.deps import deps
-from ingress.hubsoft import HubsoftError, bearer_tenant
-from ingress.responses import FastJSONResponse
 from notaflow import billing as b
 from notaflow.brdocs import clean_document
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument
+from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
+from notaflow.ingress.deps import deps
+from notaflow.ingress.hubsoft import HubsoftError, bearer_tenant
+from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store.invoices import FinanceiroQuery, Invoice, InvoiceStore
 
 SOURCE = "notaflow/ingress/hubsoft"

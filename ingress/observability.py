@@ -27,8 +27,8 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-import schemas
-from ingress import hubsoft_financeiro, wuro
+from notaflow import schemas
+from notaflow.ingress import hubsoft_financeiro, wuro
 from notaflow.metrics import Metrics, render
 
 __all__ = [

@@ -13,15 +13,15 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ingress.deps import deps
-from ingress.errors import FocusError, unavailable
-from ingress.focus_nfse import focus_json
-from ingress.responses import FastJSONResponse
 from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
+from notaflow.ingress.deps import deps
+from notaflow.ingress.errors import FocusError, unavailable
+from notaflow.ingress.focus_nfse import focus_json
+from notaflow.ingress.responses import FastJSONResponse
+from notaflow.schemas import validator
 from notaflow.tracing import outgoing_traceparent
-from schemas import validator
 
 SOURCE = "notaflow/ingress/focus-webhook"
 

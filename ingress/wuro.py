@@ -29,15 +29,15 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from ingress.auth import MAX_TOKEN_CHARS
-from ingress.body import BodyNotJson, BodyTooLarge, read_json
-from ingress.deps import IngressDeps, deps
-from ingress.errors import IngressError
-from ingress.responses import FastJSONResponse
 from notaflow import billing as b
 from notaflow.emails import valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
+from notaflow.ingress.auth import MAX_TOKEN_CHARS
+from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
+from notaflow.ingress.deps import IngressDeps, deps
+from notaflow.ingress.errors import IngressError
+from notaflow.ingress.responses import FastJSONResponse
 from notaflow.invoice_pdf import render_invoice_pdf
 from notaflow.store.invoices import (
     BillingConfigStore,

@@ -26,7 +26,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
 from typing import Any
 
-import schemas
+from notaflow import schemas
 from notaflow.brdocs import clean_document, valid_cnpj, valid_cpf
 from notaflow.emails import valid_email
 from notaflow.errors import InvalidDocument

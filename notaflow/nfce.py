@@ -33,7 +33,7 @@ from typing import Any, Final
 
 import jsonschema_rs
 
-import schemas
+from notaflow import schemas
 from notaflow.brdocs import (
     clean_document,
     valid_cnpj,

@@ -34,7 +34,7 @@ from typing import Any, Final
 
 import jsonschema_rs
 
-import schemas
+from notaflow import schemas
 from notaflow.brdocs import (
     clean_document,
     only_digits,

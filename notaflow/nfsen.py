@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Final
 
-import schemas
+from notaflow import schemas
 from notaflow.errors import InvalidDocument
 from notaflow.nfse import compile_plan, def_messages, normalize_with
 

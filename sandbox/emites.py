@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from notaflow.emites_wire import Frame, FrameDecoder, FrameError, encode_frame
-from sandbox import emites_rules as rules
+from notaflow.sandbox import emites_rules as rules
 
 __all__ = ["EmitesSandbox", "EmitesSandboxConfig", "serve_emites_sandbox"]
 

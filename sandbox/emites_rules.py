@@ -50,7 +50,7 @@ from typing import Any, Final, TypeGuard
 import jsonschema_rs
 from fpdf import FPDF
 
-import schemas
+from notaflow import schemas
 from notaflow.brdocs import (
     access_key_check_digit,
     clean_document,

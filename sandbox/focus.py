@@ -80,8 +80,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from consumers.providers.keepalive import KeepAliveTransport
-from sandbox import focus_rules as rules
+from notaflow.keepalive import KeepAliveTransport
+from notaflow.sandbox import focus_rules as rules
 
 Status = Literal["processando_autorizacao", "autorizado", "erro_autorizacao", "cancelado"]
 HOOK_EVENTS = frozenset(
@@ -945,7 +945,7 @@ def create_focus_sandbox(config: FocusSandboxConfig | None = None) -> Starlette:
         # Background processing and hook retries must not outlive the server.
         await sandbox.aclose()
 
-    from sandbox.focus_nacional import NacionalSandbox  # it builds on this module
+    from notaflow.sandbox.focus_nacional import NacionalSandbox  # it builds on this module
 
     routes = [*sandbox.routes(), *NacionalSandbox(sandbox).routes()]  # + /v2/nfsen
     app = Starlette(routes=routes, lifespan=lifespan)

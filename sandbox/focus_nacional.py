@@ -32,9 +32,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sandbox import focus_nacional_rules as nacional
-from sandbox import focus_rules as rules
-from sandbox.focus import (
+from notaflow.sandbox import focus_nacional_rules as nacional
+from notaflow.sandbox import focus_rules as rules
+from notaflow.sandbox.focus import (
     MAX_EMAILS,
     FocusError,
     FocusSandbox,

@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sandbox import focus_rules as rules
+from notaflow.sandbox import focus_rules as rules
 
 NS = "http://www.sped.fazenda.gov.br/nfse"
 AMBIENTE_GERADOR = "2"

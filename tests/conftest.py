@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from notaflow.broker import EmbeddedBroker, free_port
+from notaflow.launch.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
 from tests.support import ThrowawayPostgres, pg_binaries
 

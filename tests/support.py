@@ -27,10 +27,10 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from notaflow.broker import free_port, port_open
+from notaflow.launch.broker import free_port, port_open
 
 ROOT = Path(__file__).resolve().parent.parent
-NOTAFLOW = [sys.executable, "-m", "notaflow.cli"]
+NOTAFLOW = [sys.executable, "-m", "notaflow.launch.cli"]
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
@@ -392,7 +392,7 @@ class ThreadedSmtpSink:
     tests can count and script what a real SMTP server receives."""
 
     def __init__(self, outbox: Path | None = None) -> None:
-        from sandbox.smtp_sink import SmtpSink
+        from notaflow.sandbox.smtp_sink import SmtpSink
 
         self.loop = asyncio.new_event_loop()
         self.sink = SmtpSink(outbox)

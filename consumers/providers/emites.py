@@ -27,8 +27,8 @@ import binascii
 from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
-from consumers.errors import PermanentFailure, TransientFailure, Unsent
 from notaflow.brdocs import valid_access_key
+from notaflow.consumers.errors import PermanentFailure, TransientFailure, Unsent
 from notaflow.emites_wire import (
     DEFAULT_MAX_FRAME,
     Frame,

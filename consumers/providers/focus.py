@@ -20,10 +20,10 @@ import httpx
 import orjson
 from opentelemetry.trace import SpanKind
 
-from consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
-from consumers.providers.keepalive import KeepAliveTransport
-from consumers.providers.urls import on_provider_host, segment
 from notaflow import tracing
+from notaflow.consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
+from notaflow.consumers.providers.urls import on_provider_host, segment
+from notaflow.keepalive import KeepAliveTransport
 from notaflow.metrics import Metrics
 
 

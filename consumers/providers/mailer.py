@@ -33,7 +33,7 @@ from typing import Literal
 
 import aiosmtplib
 
-from consumers.errors import ConsumerError, PermanentFailure, TransientFailure
+from notaflow.consumers.errors import ConsumerError, PermanentFailure, TransientFailure
 from notaflow.emails import valid_email
 
 __all__ = [

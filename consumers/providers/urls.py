@@ -13,7 +13,7 @@ from urllib.parse import quote
 
 import httpx
 
-from consumers.errors import PermanentFailure
+from notaflow.consumers.errors import PermanentFailure
 
 
 class ForeignPath(PermanentFailure):

@@ -42,8 +42,8 @@ from typing import Any
 import httpx
 import orjson
 
-from consumers.errors import PermanentFailure, TransientFailure
 from notaflow import destinations
+from notaflow.consumers.errors import PermanentFailure, TransientFailure
 
 #: Focus NFe's retry delays, in seconds, after the first failed delivery.
 RETRY_SCHEDULE: tuple[float, ...] = (60, 1800, 3600, 10800, 86400)

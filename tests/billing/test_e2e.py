@@ -19,7 +19,7 @@ import pypdf
 import pytest
 
 from notaflow import billing as b
-from notaflow.broker import EmbeddedBroker
+from notaflow.launch.broker import EmbeddedBroker
 from notaflow.settings import Settings
 from notaflow.topics import Topics
 from tests.support import Stack, ThreadedSmtpSink, wait_for

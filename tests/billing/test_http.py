@@ -23,16 +23,17 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumers.billing import BillingEvents, BillingMailer, DunningJob
-from consumers.providers.mailer import Mailer, SmtpConfig
-from ingress import hubsoft_financeiro, wuro
-from ingress.app import create_app
-from ingress.auth import TenantCache
-from ingress.deps import IngressDeps
-from ingress.intake import Intake
 from notaflow import billing as b
 from notaflow.bus import Bus, ensure_topics
+from notaflow.consumers.billing import BillingEvents, BillingMailer, DunningJob
+from notaflow.consumers.providers.mailer import Mailer, SmtpConfig
+from notaflow.ingress import hubsoft_financeiro, wuro
+from notaflow.ingress.app import create_app
+from notaflow.ingress.auth import TenantCache
+from notaflow.ingress.deps import IngressDeps
+from notaflow.ingress.intake import Intake
 from notaflow.replies import ReplyWaiters
+from notaflow.sandbox.smtp_sink import SmtpSink
 from notaflow.settings import Settings
 from notaflow.store import DocumentStore, HookStore, TenantStore, create_engine, migrate
 from notaflow.store.invoices import (
@@ -42,7 +43,6 @@ from notaflow.store.invoices import (
     InvoiceStore,
 )
 from notaflow.topics import Topics
-from sandbox.smtp_sink import SmtpSink
 
 CPF = "52998224725"
 

@@ -6,8 +6,8 @@ from datetime import date, datetime, timedelta
 
 import pytest
 
-import schemas
 from notaflow import billing as b
+from notaflow import schemas
 from notaflow.errors import InvalidDocument
 
 

@@ -13,7 +13,7 @@ import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from notaflow.broker import EmbeddedBroker, free_port
+from notaflow.launch.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
 from notaflow.topics import Topics
 from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs

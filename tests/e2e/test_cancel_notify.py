@@ -18,7 +18,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from standardwebhooks import Webhook
 
-from notaflow.broker import EmbeddedBroker
+from notaflow.launch.broker import EmbeddedBroker
 from notaflow.settings import Settings
 from notaflow.topics import Topics
 from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs

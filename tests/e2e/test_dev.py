@@ -20,8 +20,8 @@ from typing import Any
 import httpx
 import pytest
 
-from notaflow.broker import free_port, port_open
-from notaflow.devstack import DevOptions, find_leftovers
+from notaflow.launch.broker import free_port, port_open
+from notaflow.launch.devstack import DevOptions, find_leftovers
 from tests.e2e.seed_examples import JSON_EXAMPLE, PYTHON_EXAMPLE, with_valid_cnpjs
 from tests.support import ROOT, wait_for, wait_http
 
@@ -32,7 +32,7 @@ def dev_argv(port: int, kafka_port: int, data: Path, *extra: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "notaflow.cli",
+        "notaflow.launch.cli",
         "dev",
         "--port",
         str(port),
@@ -307,7 +307,7 @@ def test_a_second_start_over_a_running_stack_is_refused(dev: Dev) -> None:
 
 
 def test_operator_verbs_find_the_stack(dev: Dev) -> None:
-    verb = [sys.executable, "-m", "notaflow.cli"]
+    verb = [sys.executable, "-m", "notaflow.launch.cli"]
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOTAFLOW_")}
     # From the directory that holds .notaflow/, without options, as the banner says.
     created = subprocess.run(

@@ -1,5 +1,5 @@
-"""Each of the two mechanisms that tie a child to its parent (`notaflow.lifeline`), alone, with
-real processes: the parent is SIGKILLed (no handler, no `finally`) and its child must go."""
+"""Each of the two mechanisms that tie a child to its parent (`notaflow.launch.lifeline`), alone,
+with real processes: the parent is SIGKILLed (no handler, no `finally`) and its child must go."""
 
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ from tests.support import ROOT, wait_for
 PARENT = textwrap.dedent(
     """
     import sys, time
-    from notaflow.lifeline import Lifeline, spawn_owned
+    from notaflow.launch.lifeline import Lifeline, spawn_owned
     mode, child = sys.argv[1], sys.argv[2:]
     lifeline = Lifeline(grace=1.0) if mode in ("lifeline", "both") else None
     proc = spawn_owned(child, lifeline=lifeline, die_with_parent=mode in ("pdeathsig", "both"))
@@ -90,7 +90,7 @@ def test_a_child_released_before_the_parent_dies_is_left_alone() -> None:
     code = textwrap.dedent(
         """
         import subprocess, sys
-        from notaflow.lifeline import Lifeline, spawn_owned
+        from notaflow.launch.lifeline import Lifeline, spawn_owned
         lifeline = Lifeline(grace=1.0)
         proc = spawn_owned(sys.argv[1:], lifeline=lifeline, die_with_parent=False)
         lifeline.release(proc.pid)

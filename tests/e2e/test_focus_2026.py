@@ -21,8 +21,8 @@ import httpx
 import pytest
 
 from notaflow import topics as t
+from notaflow.sandbox import focus_nacional_rules as nacional
 from notaflow.settings import Settings
-from sandbox import focus_nacional_rules as nacional
 from tests.e2e.test_kafka_contract import consume_all, emit_record, produce
 from tests.erp_documents import (
     ERP_NFSE,

@@ -21,8 +21,8 @@ from pypdf import PdfReader
 
 from notaflow import topics as t
 from notaflow.brdocs import valid_access_key
-from notaflow.broker import EmbeddedBroker, free_port, port_open
 from notaflow.envelope import Event
+from notaflow.launch.broker import EmbeddedBroker, free_port, port_open
 from notaflow.settings import Settings
 from tests.emites import (
     EMPTY_OPTIONAL_TEXTS,

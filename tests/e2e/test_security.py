@@ -23,7 +23,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from notaflow.broker import EmbeddedBroker, free_port
+from notaflow.launch.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
 from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from tests.support import (

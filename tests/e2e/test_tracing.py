@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from notaflow.broker import EmbeddedBroker
+from notaflow.launch.broker import EmbeddedBroker
 from notaflow.settings import Settings
 from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from tests.support import Stack, ThreadedSmtpSink, wait_for

@@ -16,14 +16,14 @@ from typing import Any
 import pytest
 from pypdf import PdfReader
 
-from consumers.errors import PermanentFailure, TransientFailure
-from consumers.providers.emites import EmitesClient, EmitesReply
 from notaflow.brdocs import access_key_check_digit, valid_access_key
-from notaflow.broker import free_port
+from notaflow.consumers.errors import PermanentFailure, TransientFailure
+from notaflow.consumers.providers.emites import EmitesClient, EmitesReply
 from notaflow.emites_wire import Frame, FrameDecoder, encode_frame
+from notaflow.launch.broker import free_port
 from notaflow.nfce import normalize_nfce
-from sandbox import emites_rules as rules
-from sandbox.emites import EmitesSandbox, EmitesSandboxConfig, serve_emites_sandbox
+from notaflow.sandbox import emites_rules as rules
+from notaflow.sandbox.emites import EmitesSandbox, EmitesSandboxConfig, serve_emites_sandbox
 from tests.emites import FOREIGN_ID, OFFICIAL_SHAPES, SPEC_KEYS, valid_nfce
 
 MOTIVO = "Desistência do comprador"

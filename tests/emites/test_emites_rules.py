@@ -11,7 +11,7 @@ from pypdf import PdfReader
 
 from notaflow.brdocs import access_key_check_digit, valid_access_key
 from notaflow.nfce import normalize_nfce
-from sandbox import emites_rules as rules
+from notaflow.sandbox import emites_rules as rules
 from tests.emites import SPEC_KEYS, valid_nfce
 
 WHEN = datetime(2026, 3, 5, 14, 30, 0, tzinfo=UTC)

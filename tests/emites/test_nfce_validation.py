@@ -11,10 +11,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import schemas
+from notaflow import schemas
 from notaflow.errors import InvalidDocument
 from notaflow.nfce import DEFAULTS_DOC, NOT_AN_OBJECT, normalize_nfce, validate_motivo
-from sandbox import emites_rules
+from notaflow.sandbox import emites_rules
 from tests.emites import VALID_CNPJ, valid_nfce
 
 

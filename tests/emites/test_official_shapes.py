@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from notaflow.brdocs import UFS
 from notaflow.errors import InvalidDocument
 from notaflow.nfce import normalize_nfce, omitted_fields
-from sandbox import emites_rules as rules
+from notaflow.sandbox import emites_rules as rules
 from tests.emites import (
     EMPTY_OPTIONAL_TEXTS,
     FOREIGN_ID,

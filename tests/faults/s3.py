@@ -16,7 +16,7 @@ from pathlib import Path
 
 import httpx
 
-from notaflow.broker import EmbeddedBroker, free_port, port_open
+from notaflow.launch.broker import EmbeddedBroker, free_port, port_open
 from tests.support import wait_for
 
 

@@ -28,7 +28,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from notaflow.broker import EmbeddedBroker, free_port
+from notaflow.launch.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
 from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from tests.faults.s3 import S3Server

@@ -44,9 +44,9 @@ from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.core import NOT_SET
 
-from ingress.observability import openapi_document
 from notaflow import billing as b
-from notaflow.broker import EmbeddedBroker
+from notaflow.ingress.observability import openapi_document
+from notaflow.launch.broker import EmbeddedBroker
 from notaflow.settings import Settings
 from notaflow.topics import Topics
 from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs

@@ -25,8 +25,8 @@ import jsonschema
 import pytest
 import yaml
 
-from notaflow.cli import _parser
-from notaflow.consumer_names import CONSUMERS
+from notaflow.launch.cli import _parser
+from notaflow.launch.consumer_names import CONSUMERS
 
 try:
     import helm_python as helm
@@ -336,7 +336,7 @@ def cli_choices(command: str) -> list[str]:
 
 
 def test_consumer_names_come_from_one_registry() -> None:
-    from notaflow import devstack, processes
+    from notaflow.launch import devstack, processes
 
     schema = json.loads((CHART / "values.schema.json").read_text())
     assert schema["properties"]["consumers"]["propertyNames"]["enum"] == list(CONSUMERS)

@@ -11,7 +11,7 @@ import uuid
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 
-from notaflow.broker import EmbeddedBroker
+from notaflow.launch.broker import EmbeddedBroker
 
 confluent_kafka = pytest.importorskip("confluent_kafka")
 from confluent_kafka import (  # noqa: E402

@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from consumers.lifecycle import cancelled_by
+from notaflow.consumers.lifecycle import cancelled_by
 from notaflow.envelope import Event
 from notaflow.store import DocumentStore, create_engine, migrate
 from notaflow.store.documents import AUTHORIZED, CANCELLED

@@ -11,11 +11,11 @@ from collections.abc import AsyncIterator
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from ingress.intake import Intake
-from notaflow.broker import free_port
 from notaflow.bus import Bus, ensure_topics
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, RefInUse
+from notaflow.ingress.intake import Intake
+from notaflow.launch.broker import free_port
 from notaflow.settings import Settings
 from notaflow.store import Claim, ClaimRequest, DocumentStore, create_engine, migrate
 from notaflow.topics import document_key

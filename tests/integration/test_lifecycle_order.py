@@ -8,8 +8,8 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from consumers.lifecycle import publish_if_current
 from notaflow.bus import Bus, ensure_topics
+from notaflow.consumers.lifecycle import publish_if_current
 from notaflow.envelope import Event
 from notaflow.settings import Settings
 from notaflow.store import DocumentStore, create_engine, migrate

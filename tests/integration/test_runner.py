@@ -30,15 +30,15 @@ from hypothesis import given
 from hypothesis import settings as hypothesis_settings
 from hypothesis import strategies as st
 
-from consumers.assignment import (
+from notaflow.bus import Bus, client_options, ensure_topics
+from notaflow.consumers.assignment import (
     ASSIGNORS,
     TopicsNotCoPartitioned,
     copartition_problem,
     split_assignment,
 )
-from consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
-from consumers.runner import RetryPolicy, Runner, _Partition
-from notaflow.bus import Bus, client_options, ensure_topics
+from notaflow.consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
+from notaflow.consumers.runner import RetryPolicy, Runner, _Partition
 from notaflow.errors import InvalidDocument
 from notaflow.settings import Settings
 from notaflow.store import RetryLedger, create_engine, migrate
@@ -737,7 +737,7 @@ async def test_consume_refuses_to_start_in_one_line(fast: Settings, tmp_path: Pa
     )
     done = await asyncio.to_thread(
         subprocess.run,
-        [sys.executable, "-m", "notaflow.cli", "consume", "emission"],
+        [sys.executable, "-m", "notaflow.launch.cli", "consume", "emission"],
         env={**os.environ, **settings.env()},
         capture_output=True,
         text=True,

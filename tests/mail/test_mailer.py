@@ -19,17 +19,17 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from consumers.errors import ConsumerError, PermanentFailure, TransientFailure
-from consumers.mail_templates import NfseLinks, render_nfse_email
-from consumers.providers.mailer import (
+from notaflow.consumers.errors import ConsumerError, PermanentFailure, TransientFailure
+from notaflow.consumers.mail_templates import NfseLinks, render_nfse_email
+from notaflow.consumers.providers.mailer import (
     Mailer,
     RecipientResult,
     SmtpConfig,
     map_smtp_error,
     valid_email,
 )
-from notaflow.broker import free_port
-from sandbox.smtp_sink import SmtpSink
+from notaflow.launch.broker import free_port
+from notaflow.sandbox.smtp_sink import SmtpSink
 
 
 @pytest.fixture

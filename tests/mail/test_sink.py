@@ -12,8 +12,8 @@ from pathlib import Path
 import aiosmtplib
 import pytest
 
-from notaflow.broker import free_port
-from sandbox.smtp_sink import SmtpSink, serve_smtp_sink
+from notaflow.launch.broker import free_port
+from notaflow.sandbox.smtp_sink import SmtpSink, serve_smtp_sink
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 
-from consumers.mail_templates import (
+from notaflow.consumers.mail_templates import (
     NfseKind,
     NfseLinks,
     format_brl,

@@ -14,10 +14,9 @@ from openapi_spec_validator import validate
 from starlette.applications import Starlette
 from starlette.routing import BaseRoute, Route
 
-import ingress
-import schemas
-from ingress import focus_hooks, focus_nfse, health, hubsoft, provider_webhooks
-from ingress.observability import docs_html, openapi_document, openapi_routes
+from notaflow import ingress, schemas
+from notaflow.ingress import focus_hooks, focus_nfse, health, hubsoft, provider_webhooks
+from notaflow.ingress.observability import docs_html, openapi_document, openapi_routes
 
 
 def ingress_routes() -> list[Route]:

@@ -80,9 +80,9 @@ def test_the_production_wheel_leaves_the_sandbox_out(tmp_path: Path) -> None:
     """Build the wheel from exactly what the Dockerfile copies."""
     src = tmp_path / "src"
     src.mkdir()
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / name, src / name)
-    for folder in ("notaflow", "ingress", "consumers", "schemas"):
+    for folder in ("notaflow", "launch", "ingress", "consumers", "schemas"):
         shutil.copytree(ROOT / folder, src / folder, ignore=shutil.ignore_patterns("__pycache__"))
     out = subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", str(tmp_path), str(src)],
@@ -94,6 +94,10 @@ def test_the_production_wheel_leaves_the_sandbox_out(tmp_path: Path) -> None:
     (wheel,) = tmp_path.glob("notaflow-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
     tops = {n.split("/")[0] for n in names if "dist-info" not in n}
-    assert tops == {"notaflow", "ingress", "consumers", "schemas"}
-    assert any(n.startswith("schemas/") and n.endswith(".json") for n in names)
+    assert tops == {"notaflow"}, "only the notaflow namespace goes into site-packages"
+    layers = {n.split("/")[1] for n in names if n.count("/") >= 2 and "dist-info" not in n}
+    assert {"launch", "ingress", "consumers", "schemas", "store"} <= layers
+    assert "sandbox" not in layers
+    assert any(n.startswith("notaflow/schemas/") and n.endswith(".json") for n in names)
+    assert any(n.startswith("notaflow/consumers/providers/") for n in names)
     assert any(n.startswith("notaflow/store/migrations/versions/") for n in names)

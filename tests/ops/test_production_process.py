@@ -14,7 +14,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from notaflow.broker import free_port
+from notaflow.launch.broker import free_port
 from tests.support import NOTAFLOW, ROOT, Proc, wait_http
 
 

@@ -18,11 +18,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from consumers.providers.focus import FocusClient
-from ingress.body import parse_json
+from notaflow.consumers.providers.focus import FocusClient
 from notaflow.errors import InvalidDocument
+from notaflow.ingress.body import parse_json
 from notaflow.nfse import normalize_nfse
-from sandbox.focus import FocusSandboxConfig, create_focus_sandbox
+from notaflow.sandbox.focus import FocusSandboxConfig, create_focus_sandbox
 from tests.sandbox.test_focus_sandbox import serving
 from tests.unit.test_nfse_validation import valid_doc
 

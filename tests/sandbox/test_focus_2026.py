@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import focus_rules as rules
+from notaflow.sandbox import focus_rules as rules
 from tests.erp_documents import ERP_NFSE, ERP_NFSE_FOREIGN
 from tests.sandbox.test_focus_sandbox import Sandbox, running_sandbox
 

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from sandbox import focus_rules as rules
+from notaflow.sandbox import focus_rules as rules
 
 
 def nfse(**servico: Any) -> dict[str, Any]:

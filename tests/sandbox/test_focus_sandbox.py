@@ -18,7 +18,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from sandbox.focus import FocusSandboxConfig, create_focus_sandbox, serve_focus_sandbox
+from notaflow.sandbox.focus import FocusSandboxConfig, create_focus_sandbox, serve_focus_sandbox
 
 TOKEN = "tok-123"
 CNPJ = "51916585000125"

@@ -13,7 +13,7 @@ import uvicorn
 from starlette.applications import Starlette
 from starlette.routing import Route
 
-from sandbox.focus import FocusSandboxConfig, create_focus_sandbox
+from notaflow.sandbox.focus import FocusSandboxConfig, create_focus_sandbox
 from tests.sandbox.test_focus_sandbox import TOKEN, Receiver, nfse, serving
 
 

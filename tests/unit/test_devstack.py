@@ -7,10 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from notaflow import envfile
-from notaflow.devstack import Child, leftover_message, stop_in_order
-from notaflow.lifeline import registered_pids
-from notaflow.ports import Holder, listening_inodes
+from notaflow.launch import envfile
+from notaflow.launch.devstack import Child, leftover_message, stop_in_order
+from notaflow.launch.lifeline import registered_pids
+from notaflow.launch.ports import Holder, listening_inodes
 
 
 class FakeClock:
@@ -101,7 +101,8 @@ def test_everything_hung_is_killed_within_nine_tenths_of_the_bound() -> None:
 
 def test_leftovers_name_the_holder_and_the_way_out() -> None:
     data = Path(".notaflow")
-    ingress = Holder(41, "python -m notaflow.cli ingress", 40, "python -m notaflow.cli dev")
+    cli = "python -m notaflow.launch.cli"
+    ingress = Holder(41, f"{cli} ingress", 40, f"{cli} dev")
     stranger = Holder(77, "nginx: master process", 1, "/sbin/init")
     orphan = Holder(55, "/x/tansu broker --listener-url tcp://127.0.0.1:9092", 1, "/sbin/init")
     assert leftover_message(data, {}, {}) is None
@@ -110,10 +111,7 @@ def test_leftovers_name_the_holder_and_the_way_out() -> None:
     )
     assert running is not None
     assert "notaflow dev is already running from .notaflow (pid 40)" in running
-    assert (
-        "port 8000 is held by pid 41 (python -m notaflow.cli ingress): notaflow dev's ingress"
-        in running
-    )
+    assert f"port 8000 is held by pid 41 ({cli} ingress): notaflow dev's ingress" in running
     assert "kill 40" in running and "--port" in running
     other = leftover_message(
         data, {}, {8000: ("--port", [ingress]), 9092: ("--kafka-port", [orphan])}

@@ -17,10 +17,10 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from ingress.app import create_app
-from ingress.auth import TenantCache
-from ingress.deps import IngressDeps
-from ingress.observability import openapi_document
+from notaflow.ingress.app import create_app
+from notaflow.ingress.auth import TenantCache
+from notaflow.ingress.deps import IngressDeps
+from notaflow.ingress.observability import openapi_document
 from notaflow.settings import Settings
 from notaflow.store import TenantStore, create_engine
 
@@ -116,7 +116,7 @@ async def test_a_database_error_is_answered_in_the_routes_dialect(
     body: Any,
     keys: set[str],
 ) -> None:
-    with caplog.at_level(logging.WARNING, logger="ingress.app"):
+    with caplog.at_level(logging.WARNING, logger="notaflow.ingress.app"):
         r = await broken.client.request(method, url, headers=headers, json=body)
     assert r.status_code == broken.status
     answer = r.json()
@@ -126,7 +126,7 @@ async def test_a_database_error_is_answered_in_the_routes_dialect(
     if broken.status == 503:
         assert r.headers["retry-after"] == "5"
     # The operator sees what happened (a bug with its traceback); the client does not.
-    logged = [rec for rec in caplog.records if rec.name == "ingress.app"]
+    logged = [rec for rec in caplog.records if rec.name == "notaflow.ingress.app"]
     if broken.status == 500:
         assert any("unhandled error" in rec.getMessage() and rec.exc_info for rec in logged)
     else:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from consumers.errors import (
+from notaflow.consumers.errors import (
     ConsumerError,
     PermanentFailure,
     RateLimited,
@@ -20,8 +20,8 @@ from consumers.errors import (
     TransientFailure,
     Unsent,
 )
-from consumers.providers.focus import FocusClient, FocusReply, RateLimitGate
-from consumers.providers.urls import ForeignPath
+from notaflow.consumers.providers.focus import FocusClient, FocusReply, RateLimitGate
+from notaflow.consumers.providers.urls import ForeignPath
 
 BASE = "https://focus.test"
 TOKEN = "tok-123"

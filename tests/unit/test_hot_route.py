@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
-from ingress.app import create_app
-from ingress.deps import IngressDeps
 from notaflow.errors import BusUnavailable, RefInUse
+from notaflow.ingress.app import create_app
+from notaflow.ingress.deps import IngressDeps
 from notaflow.metrics import Metrics
 from notaflow.settings import Settings
 from notaflow.store import Tenant

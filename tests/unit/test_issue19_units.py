@@ -14,9 +14,9 @@ import sqlalchemy as sa
 from hypothesis import given
 from hypothesis import strategies as st
 
-from consumers.callback_check import foreign_note, same_outcome, xml_agrees
-from consumers.providers.urls import ForeignPath, on_provider_host
-from ingress.auth import MAX_TOKEN_CHARS, TenantCache, basic_user, token_key
+from notaflow.consumers.callback_check import foreign_note, same_outcome, xml_agrees
+from notaflow.consumers.providers.urls import ForeignPath, on_provider_host
+from notaflow.ingress.auth import MAX_TOKEN_CHARS, TenantCache, basic_user, token_key
 from notaflow.logs import JsonFormatter, RedactionFilter, redact_every_handler
 from notaflow.store import Tenant
 
@@ -138,7 +138,7 @@ async def test_long_credentials_cost_no_query_and_keys_are_digests() -> None:
 def test_basic_decoding_is_cached_only_for_short_headers() -> None:
     import base64
 
-    from ingress import auth
+    from notaflow.ingress import auth
 
     auth._basic_user.cache_clear()
     long_header = "Basic " + base64.b64encode(b"x" * 100_000 + b":").decode()

@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 import httpx
 import pytest
 
-from consumers.providers.focus import FocusClient
-from consumers.providers.keepalive import KeepAliveTransport
+from notaflow.consumers.providers.focus import FocusClient
+from notaflow.keepalive import KeepAliveTransport
 
 
 class Server:

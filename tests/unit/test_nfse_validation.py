@@ -13,7 +13,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import schemas
+from notaflow import schemas
 from notaflow.errors import InvalidDocument
 from notaflow.nfse import (
     DEFAULTS_DOC,

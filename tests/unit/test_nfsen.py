@@ -11,7 +11,7 @@ import pytest
 
 from notaflow.errors import InvalidDocument
 from notaflow.nfsen import mail_document, normalize_nfsen
-from sandbox import focus_nacional_rules as nacional
+from notaflow.sandbox import focus_nacional_rules as nacional
 from tests.erp_documents import ERP_NFSEN, expected_nfsen_at_provider
 
 

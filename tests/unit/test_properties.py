@@ -23,16 +23,16 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from starlette.requests import Request
 
-from ingress.auth import _basic_user
-from ingress.body import BodyNotJson, BodyTooLarge, read_json
-from ingress.focus_hooks import _valid_url
-from ingress.hubsoft import HubsoftError, _nota_id
-from ingress.hubsoft_financeiro import FinanceiroError, parse_query
-from ingress.wuro import WuroError, _bool, _email, _text
 from notaflow import billing as b
 from notaflow.emails import valid_email
 from notaflow.envelope import Event, decode
 from notaflow.errors import InvalidDocument
+from notaflow.ingress.auth import _basic_user
+from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
+from notaflow.ingress.focus_hooks import _valid_url
+from notaflow.ingress.hubsoft import HubsoftError, _nota_id
+from notaflow.ingress.hubsoft_financeiro import FinanceiroError, parse_query
+from notaflow.ingress.wuro import WuroError, _bool, _email, _text
 from notaflow.nfce import normalize_nfce, validate_motivo
 from notaflow.nfse import normalize_nfse, validate_justificativa, validate_ref
 from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs

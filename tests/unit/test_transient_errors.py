@@ -13,7 +13,7 @@ import pytest
 import sqlalchemy as sa
 from sqlalchemy.exc import IntegrityError
 
-from notaflow.broker import free_port
+from notaflow.launch.broker import free_port
 from notaflow.store import create_engine
 from notaflow.store.db import transient_error
 

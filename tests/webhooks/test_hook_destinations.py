@@ -25,13 +25,13 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from consumers.providers.webhooks import HookTarget, WebhookSender
-from ingress.app import create_app
-from ingress.auth import TenantCache
-from ingress.deps import IngressDeps
-from ingress.intake import Intake
 from notaflow import topics as t
 from notaflow.bus import Bus
+from notaflow.consumers.providers.webhooks import HookTarget, WebhookSender
+from notaflow.ingress.app import create_app
+from notaflow.ingress.auth import TenantCache
+from notaflow.ingress.deps import IngressDeps
+from notaflow.ingress.intake import Intake
 from notaflow.replies import ReplyWaiters
 from notaflow.settings import Settings
 from notaflow.store import DocumentStore, HookStore, TenantStore, create_engine, migrate

@@ -25,15 +25,15 @@ from alembic import command
 from prometheus_client import CollectorRegistry
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from consumers.notification import NotificationConsumer, NotificationSettings
-from consumers.providers.webhooks import WebhookSender
-from ingress.app import create_app
-from ingress.auth import TenantCache
-from ingress.deps import IngressDeps
-from ingress.intake import Intake
 from notaflow import topics as t
 from notaflow.bus import Bus
+from notaflow.consumers.notification import NotificationConsumer, NotificationSettings
+from notaflow.consumers.providers.webhooks import WebhookSender
 from notaflow.envelope import Event
+from notaflow.ingress.app import create_app
+from notaflow.ingress.auth import TenantCache
+from notaflow.ingress.deps import IngressDeps
+from notaflow.ingress.intake import Intake
 from notaflow.metrics import Metrics
 from notaflow.replies import ReplyWaiters
 from notaflow.settings import Settings
@@ -199,7 +199,7 @@ async def world(database_url: str, servers: tuple[Receiver, Receiver]) -> AsyncI
 def warnings(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
     return [
         r for r in caplog.records
-        if r.name == "consumers.notification" and r.levelno >= logging.WARNING
+        if r.name == "notaflow.consumers.notification" and r.levelno >= logging.WARNING
     ]  # fmt: skip
 
 
@@ -216,7 +216,7 @@ async def test_a_failing_hook_is_disabled_given_up_and_still_listed(
     assert not await world.hooks.disable_if_failing("acme", failing["id"], datetime.now(UTC))
 
     # A note is authorized: both hooks fire, the failing one answers 500 and tips over.
-    caplog.set_level(logging.WARNING, logger="consumers.notification")
+    caplog.set_level(logging.WARNING, logger="notaflow.consumers.notification")
     await world.authorized(await world.document())
     assert len(world.down.seen) == len(world.up.seen) == 1
     hook = await world.hooks.get("acme", failing["id"])

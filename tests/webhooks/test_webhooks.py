@@ -18,8 +18,8 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from consumers.errors import PermanentFailure, TransientFailure
-from consumers.providers.webhooks import (
+from notaflow.consumers.errors import PermanentFailure, TransientFailure
+from notaflow.consumers.providers.webhooks import (
     RETRY_SCHEDULE,
     DestinationRefused,
     HookTarget,

@@ -11,8 +11,8 @@ import sys
 from collections.abc import Coroutine, Sequence
 from typing import Any
 
-from notaflow.consumer_names import CONSUMERS
 from notaflow.errors import ConfigurationError, SchemaBehind
+from notaflow.launch.consumer_names import CONSUMERS
 from notaflow.settings import Settings
 
 # Top-level modules of the `devstack` extra and the checkout-only sandbox.
@@ -216,10 +216,10 @@ def _probe(url: str, timeout: float) -> int:
 
 
 def _main(args: argparse.Namespace) -> int:
-    from notaflow import processes
+    from notaflow.launch import processes
 
     if args.command == "dev":
-        from notaflow.devstack import DevOptions, run_dev
+        from notaflow.launch.devstack import DevOptions, run_dev
 
         code = run_dev(
             DevOptions(
@@ -290,7 +290,7 @@ def _verb_settings(data_dir: str | None) -> Settings:
     """An operator verb's settings: a running `notaflow dev`'s D/env under the environment."""
     from pathlib import Path
 
-    from notaflow import envfile
+    from notaflow.launch import envfile
 
     try:
         environ, path, overridden = envfile.verb_environment(data_dir, os.environ)
@@ -327,8 +327,8 @@ async def _create_tenant(settings: Settings, tenant_id: str, name: str, cnpjs: l
 
 
 async def _dlq(settings: Settings, args: argparse.Namespace) -> int:
-    from notaflow import dlq
     from notaflow.bus import Bus
+    from notaflow.launch import dlq
     from notaflow.topics import Topics
 
     letters = dlq.select(
@@ -417,7 +417,7 @@ def _mask_hook(hook: object, show_secret: bool) -> object:
 
 
 async def _register_hook(settings: Settings, url: str) -> object:
-    from consumers.providers.focus import FocusClient
+    from notaflow.consumers.providers.focus import FocusClient
 
     client = FocusClient(settings.focus_base_url, settings.focus_token, settings.focus_timeout)
     try:

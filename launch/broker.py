@@ -57,7 +57,7 @@ class EmbeddedBroker:
         spawn: Callable[..., subprocess.Popen[bytes]] | None = None,
     ) -> None:
         """`spawn` starts the process (`subprocess.Popen`'s arguments); `notaflow dev` passes
-        one that ties the broker's life to its own (`notaflow.lifeline.spawn_owned`)."""
+        one that ties the broker's life to its own (`notaflow.launch.lifeline.spawn_owned`)."""
         self.port = port
         self.storage = storage
         self.log_file = log_file

@@ -20,8 +20,8 @@ import uvicorn
 
 from notaflow import tracing
 from notaflow.bus import Bus, ensure_topics
-from notaflow.consumer_names import CONSUMERS
 from notaflow.errors import ConfigurationError
+from notaflow.launch.consumer_names import CONSUMERS
 from notaflow.replies import ReplyListener, ReplyWaiters
 from notaflow.settings import Settings
 from notaflow.store import (
@@ -73,11 +73,11 @@ async def run_ingress(settings: Settings) -> None:
     sys.setswitchinterval(0.0005)
     from prometheus_client import CollectorRegistry
 
-    from ingress.app import create_app
-    from ingress.auth import TenantCache
-    from ingress.deps import IngressDeps
-    from ingress.intake import Intake
-    from ingress.server_limits import server_options
+    from notaflow.ingress.app import create_app
+    from notaflow.ingress.auth import TenantCache
+    from notaflow.ingress.deps import IngressDeps
+    from notaflow.ingress.intake import Intake
+    from notaflow.ingress.server_limits import server_options
     from notaflow.logs import redact_every_handler
     from notaflow.metrics import Metrics
 
@@ -182,16 +182,16 @@ async def run_consumer(settings: Settings, name: str) -> None:
     sys.setswitchinterval(0.0005)
     from prometheus_client import CollectorRegistry
 
-    from consumers.billing import BillingEvents, BillingMailer
-    from consumers.cancellation import CancellationConsumer
-    from consumers.emission import EmissionConsumer
-    from consumers.nfce import NfceCanceller, NfceEmitter
-    from consumers.notification import NotificationConsumer, NotificationSettings
-    from consumers.providers.emites import EmitesClient
-    from consumers.providers.focus import FocusClient
-    from consumers.providers.mailer import Mailer, SmtpConfig
-    from consumers.providers.webhooks import WebhookSender
-    from consumers.runner import Runner
+    from notaflow.consumers.billing import BillingEvents, BillingMailer
+    from notaflow.consumers.cancellation import CancellationConsumer
+    from notaflow.consumers.emission import EmissionConsumer
+    from notaflow.consumers.nfce import NfceCanceller, NfceEmitter
+    from notaflow.consumers.notification import NotificationConsumer, NotificationSettings
+    from notaflow.consumers.providers.emites import EmitesClient
+    from notaflow.consumers.providers.focus import FocusClient
+    from notaflow.consumers.providers.mailer import Mailer, SmtpConfig
+    from notaflow.consumers.providers.webhooks import WebhookSender
+    from notaflow.consumers.runner import Runner
     from notaflow.health import HealthServer, progress_check
     from notaflow.metrics import Metrics
     from notaflow.store.invoices import BillingConfigStore, InvoiceDeliveryStore, InvoiceStore
@@ -342,7 +342,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop)
     log.info("consumer %s started (%s)", name, settings.kafka_bootstrap)
-    from consumers.assignment import TopicsNotCoPartitioned
+    from notaflow.consumers.assignment import TopicsNotCoPartitioned
 
     try:
         await runner.run()
@@ -370,8 +370,8 @@ async def run_consumer(settings: Settings, name: str) -> None:
 
 async def run_dunning(settings: Settings) -> int:
     """One dunning pass (`notaflow dunning`, e.g. a daily CronJob); safe beside other replicas."""
-    from consumers.billing import DunningJob
     from notaflow.billing import Links
+    from notaflow.consumers.billing import DunningJob
     from notaflow.store.invoices import BillingConfigStore, DunningStore, InvoiceStore
 
     topics = Topics(settings.kafka_topic_prefix)
@@ -423,7 +423,7 @@ async def serve_until_signal(server: Coroutine[Any, Any, None]) -> None:
 
 
 async def run_focus_sandbox(host: str, port: int, tokens: set[str], delay: float) -> None:
-    from sandbox.focus import FocusSandboxConfig, serve_focus_sandbox
+    from notaflow.sandbox.focus import FocusSandboxConfig, serve_focus_sandbox
 
     config = FocusSandboxConfig(tokens=tokens, processing_delay=delay)
     await serve_until_signal(serve_focus_sandbox(config, host, port))
@@ -432,21 +432,21 @@ async def run_focus_sandbox(host: str, port: int, tokens: set[str], delay: float
 async def run_smtp_sink(host: str, port: int, outbox: str) -> None:
     from pathlib import Path
 
-    from sandbox.smtp_sink import serve_smtp_sink
+    from notaflow.sandbox.smtp_sink import serve_smtp_sink
 
     await serve_until_signal(serve_smtp_sink(Path(outbox), host, port))
 
 
 async def run_emites_sandbox(host: str, port: int, cnpj: str, cancel_window: float) -> None:
-    from sandbox.emites import EmitesSandboxConfig, serve_emites_sandbox
+    from notaflow.sandbox.emites import EmitesSandboxConfig, serve_emites_sandbox
 
     config = EmitesSandboxConfig(emitter_cnpj=cnpj, cancel_window=cancel_window)
     await serve_until_signal(serve_emites_sandbox(config, host, port))
 
 
 async def run_reconciler(settings: Settings, older_than: float, limit: int, every: float) -> None:
-    from consumers.providers.focus import FocusClient
-    from consumers.reconciler import Reconciler
+    from notaflow.consumers.providers.focus import FocusClient
+    from notaflow.consumers.reconciler import Reconciler
 
     engine = create_engine(settings.database_url, **settings.database_options())
     documents = DocumentStore(engine)

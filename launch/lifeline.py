@@ -6,7 +6,7 @@ Two mechanisms, because either alone has a hole:
   exec, so it also covers a binary such as the Tansu broker): the kernel sends SIGTERM to the
   child the moment its parent dies, SIGKILL of the parent included. It does not exist on macOS
   or the BSDs, and it is lost if the child changes its own credentials.
-- a lifeline: a watchdog process (`python -m notaflow.lifeline`) reads the PIDs of the
+- a lifeline: a watchdog process (`python -m notaflow.launch.lifeline`) reads the PIDs of the
   children from a pipe whose only writer is the parent. When the parent dies the kernel closes
   its end, the watchdog reads end-of-file, sends SIGTERM to every child still registered and
   SIGKILL to those still there after a grace period. It works wherever pipes do, and bounds the
@@ -67,7 +67,7 @@ class Lifeline:
         read_end, write_end = os.pipe()
         try:
             self.watchdog = subprocess.Popen(
-                [python, "-m", "notaflow.lifeline", str(grace)],
+                [python, "-m", "notaflow.launch.lifeline", str(grace)],
                 stdin=read_end,
                 stdout=subprocess.DEVNULL,
                 # Its own session: a terminal's SIGHUP or a Ctrl-C of the parent's group must

@@ -2,7 +2,7 @@
 production — embedded broker, Focus sandbox, ingress, consumers — sharing a SQLite file.
 
 The supervisor owns every child:
-- they die with it whatever ends it (`notaflow.lifeline`: the parent-death signal and a
+- they die with it whatever ends it (`notaflow.launch.lifeline`: the parent-death signal and a
   watchdog on a pipe), so a closed terminal, a SIGKILL or a crash leaves nothing behind;
 - Ctrl-C (SIGINT), SIGTERM and SIGHUP (the terminal closed) stop them in the order of their
   dependencies — ingress first, so nothing new is accepted; consumers; sandboxes; the broker
@@ -31,11 +31,11 @@ from typing import IO
 
 import httpx
 
-from notaflow import envfile
-from notaflow.broker import EmbeddedBroker, free_port, port_open
-from notaflow.consumer_names import CONSUMERS
-from notaflow.lifeline import Lifeline, spawn_owned
-from notaflow.ports import Holder, command_line, port_holders
+from notaflow.launch import envfile
+from notaflow.launch.broker import EmbeddedBroker, free_port, port_open
+from notaflow.launch.consumer_names import CONSUMERS
+from notaflow.launch.lifeline import Lifeline, spawn_owned
+from notaflow.launch.ports import Holder, command_line, port_holders
 from notaflow.settings import Settings
 
 DEMO_TENANT = "demo"
@@ -73,7 +73,7 @@ class Child:
     ) -> None:
         self.name = name
         self._log: IO[bytes] | None = open(log, "ab") if log else None  # noqa: SIM115
-        argv = [sys.executable, "-m", "notaflow.cli", *args] if python else list(args)
+        argv = [sys.executable, "-m", "notaflow.launch.cli", *args] if python else list(args)
         self.process = spawn(
             argv,
             env={**os.environ, **(env or {})},
@@ -169,7 +169,7 @@ def previous_run(data: Path) -> dict[str, int]:
 
 def dev_supervisor(holder: Holder) -> int | None:
     """The PID of the running `notaflow dev` this holder is a child of, if it is one."""
-    return holder.parent if "notaflow.cli dev" in holder.parent_command else None
+    return holder.parent if "notaflow.launch.cli dev" in holder.parent_command else None
 
 
 def leftover_message(
@@ -275,7 +275,7 @@ def dev_settings(
 
 async def bootstrap(settings: Settings, data: Path) -> str:
     """Schema, topics, demo tenant. Reuses the token in D/demo-token across restarts."""
-    from notaflow.processes import prepare
+    from notaflow.launch.processes import prepare
     from notaflow.store import TenantStore, create_engine
 
     await prepare(settings)
@@ -291,7 +291,7 @@ async def bootstrap(settings: Settings, data: Path) -> str:
 
 
 async def register_hook(settings: Settings) -> None:
-    from consumers.providers.focus import FocusClient
+    from notaflow.consumers.providers.focus import FocusClient
 
     client = FocusClient(settings.focus_base_url, settings.focus_token, 10)
     try:
