@@ -10,9 +10,7 @@ it no longer counts toward the limit of 5, and the client re-enables it by creat
 from __future__ import annotations
 
 import asyncio
-import secrets
 import socket
-from base64 import b64encode
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -34,6 +32,7 @@ from notaflow.ingress.openapi_parts import (
 )
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store import TooManyHooks
+from notaflow.webhook_signing import new_secret
 
 EVENTS = ("nfse", "nfsen", "nfe", "nfce", "nfce_contingencia", "inutilizacao", "cte", "mdfe")
 
@@ -150,7 +149,7 @@ async def create_hook(request: Request) -> Response:
             tenant.id,
             str(event),
             url,
-            signing_secret="whsec_" + b64encode(secrets.token_bytes(24)).decode(),
+            signing_secret=new_secret(),
             cnpj=cnpj,
             cpf=cpf,
             authorization=authorization,
