@@ -18,8 +18,10 @@ from notaflow.ingress.deps import deps
 from notaflow.ingress.errors import FocusError, invalid, not_found, unavailable
 from notaflow.ingress.focus_nfse import authenticate, focus_json, query_value
 from notaflow.ingress.openapi_parts import (
+    CREATE_ERRORS,
     ERROS,
     FOCUS_AUTH,
+    NOTE_BODY_ERRORS,
     REF_PARAM,
     SCHEMAS,
     Description,
@@ -173,13 +175,7 @@ OPENAPI = Description(
                     "201": json_response(_VIEW, "Autorizada"),
                     "202": json_response(_VIEW, "Ainda em processamento: a nota como está"),
                     **focus_errors(
-                        400,
-                        401,
-                        403,
-                        413,
-                        415,
-                        422,
-                        503,
+                        *CREATE_ERRORS,
                         s400=["requisicao_invalida", "empresa_nao_habilitada"],
                     ),
                     "422": {
@@ -237,13 +233,7 @@ OPENAPI = Description(
                     "200": json_response(_VIEW, "Cancelada, ou `erro_cancelamento` com `erros`"),
                     "202": json_response(_VIEW, "Ainda sem resposta: a nota como está"),
                     **focus_errors(
-                        400,
-                        401,
-                        403,
-                        404,
-                        413,
-                        415,
-                        503,
+                        *NOTE_BODY_ERRORS,
                         s400=["requisicao_invalida", "nfe_cancelada", "nfe_nao_autorizada"],
                     ),
                 },

@@ -29,8 +29,10 @@ from notaflow.ingress.cancellation import cancel_and_wait
 from notaflow.ingress.deps import IngressDeps, deps
 from notaflow.ingress.errors import FocusError, invalid, not_found, unavailable
 from notaflow.ingress.openapi_parts import (
+    CREATE_ERRORS,
     ERROS,
     FOCUS_AUTH,
+    NOTE_BODY_ERRORS,
     REF_PARAM,
     SCHEMAS,
     Description,
@@ -360,13 +362,7 @@ def note_paths(
                 "responses": {
                     "202": json_response({"$ref": f"{SCHEMAS}NfseAccepted"}, "Aceita"),
                     **focus_errors(
-                        400,
-                        401,
-                        403,
-                        413,
-                        415,
-                        422,
-                        503,
+                        *CREATE_ERRORS,
                         s400=["requisicao_invalida", "empresa_nao_habilitada"],
                     ),
                 },
@@ -419,13 +415,7 @@ def note_paths(
                     ),
                     "202": json_response(view, "Ainda sem resposta do provedor: a nota como está"),
                     **focus_errors(
-                        400,
-                        401,
-                        403,
-                        404,
-                        413,
-                        415,
-                        503,
+                        *NOTE_BODY_ERRORS,
                         s400=["requisicao_invalida", "nfe_cancelada", "nfe_nao_autorizada"],
                     ),
                 },
@@ -454,13 +444,7 @@ def note_paths(
                         "Os endereços, sem repetição",
                     ),
                     **focus_errors(
-                        400,
-                        401,
-                        403,
-                        404,
-                        413,
-                        415,
-                        503,
+                        *NOTE_BODY_ERRORS,
                         s400=["requisicao_invalida", "nfe_nao_autorizada"],
                     ),
                 },

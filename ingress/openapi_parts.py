@@ -18,8 +18,10 @@ from notaflow import schemas
 
 __all__ = [
     "COMMON",
+    "CREATE_ERRORS",
     "FOCUS_AUTH",
     "HOOK_ID_PARAM",
+    "NOTE_BODY_ERRORS",
     "REF_PARAM",
     "Description",
     "embedded_schema",
@@ -83,6 +85,12 @@ def focus_error(status: int, codes: list[str] | None = None, description: str = 
     if status == 401:
         response["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
     return response
+
+
+# The error statuses of a Focus route that creates a note from a JSON body, and of one that acts
+# on an existing note with a JSON body (404 instead of 422).
+CREATE_ERRORS = (400, 401, 403, 413, 415, 422, 503)
+NOTE_BODY_ERRORS = (400, 401, 403, 404, 413, 415, 503)
 
 
 def focus_errors(*statuses: int, **overrides: list[str]) -> dict[str, Any]:
