@@ -36,7 +36,8 @@ from notaflow.ingress import (
 from notaflow.ingress.body import receive_body
 from notaflow.ingress.deps import IngressDeps
 from notaflow.ingress.errors import FocusError, IngressError
-from notaflow.ingress.observability import MetricsMiddleware, metrics_route, openapi_routes
+from notaflow.ingress.openapi import openapi_routes
+from notaflow.ingress.request_metrics import MetricsMiddleware, metrics_route
 from notaflow.metrics import Metrics
 from notaflow.store.blob_names import PREFIXES
 from notaflow.store.db import transient_error

@@ -10,9 +10,7 @@ it no longer counts toward the limit of 5, and the client re-enables it by creat
 from __future__ import annotations
 
 import asyncio
-import secrets
 import socket
-from base64 import b64encode
 from urllib.parse import urlsplit
 
 from starlette.requests import Request
@@ -24,8 +22,17 @@ from notaflow.brdocs import clean_document, valid_cnpj, valid_cpf
 from notaflow.ingress.deps import deps
 from notaflow.ingress.errors import FocusError, invalid
 from notaflow.ingress.focus_nfse import authenticate, focus_json
+from notaflow.ingress.openapi_parts import (
+    FOCUS_AUTH,
+    HOOK_ID_PARAM,
+    SCHEMAS,
+    Description,
+    focus_errors,
+    json_response,
+)
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store import TooManyHooks
+from notaflow.webhook_signing import new_secret
 
 EVENTS = ("nfse", "nfsen", "nfe", "nfce", "nfce_contingencia", "inutilizacao", "cte", "mdfe")
 
@@ -142,7 +149,7 @@ async def create_hook(request: Request) -> Response:
             tenant.id,
             str(event),
             url,
-            signing_secret="whsec_" + b64encode(secrets.token_bytes(24)).decode(),
+            signing_secret=new_secret(),
             cnpj=cnpj,
             cpf=cpf,
             authorization=authorization,
@@ -185,3 +192,109 @@ routes = [
     Route("/v2/hooks/{id}", get_hook, methods=["GET"]),
     Route("/v2/hooks/{id}", delete_hook, methods=["DELETE"]),
 ]
+
+_TAGS, _HOOK = ["Focus gatilhos"], {"$ref": f"{SCHEMAS}Hook"}
+_HOOK_BODY = {
+    "type": "object",
+    "required": ["event", "url"],
+    "properties": {
+        "event": {
+            "enum": [
+                "nfse",
+                "nfsen",
+                "nfe",
+                "nfce",
+                "nfce_contingencia",
+                "inutilizacao",
+                "cte",
+                "mdfe",
+            ]
+        },
+        "url": {"type": "string", "format": "uri", "maxLength": 2000},
+        "cnpj": {"type": "string", "maxLength": 18},
+        "cpf": {"type": "string", "maxLength": 14},
+        "authorization": {"type": "string", "maxLength": 1000},
+        "authorization_header": {"type": "string", "maxLength": 100},
+    },
+}
+OPENAPI = Description(
+    paths={
+        "/v2/hooks": {
+            "post": {
+                "tags": _TAGS,
+                "operationId": "createHook",
+                "summary": "Criar um gatilho",
+                "description": "No máximo 5 por empresa e evento (os desativados não contam); "
+                "a resposta traz o `signing_secret` das assinaturas. Um gatilho que falha a "
+                "maioria das entregas por 7 dias é desativado (`disabled: true`).",
+                "security": FOCUS_AUTH,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _HOOK_BODY}},
+                },
+                "responses": {
+                    "200": json_response(_HOOK, "O gatilho criado"),
+                    **focus_errors(400, 401, 403, 404, 413, 415),
+                },
+            },
+            "get": {
+                "tags": _TAGS,
+                "operationId": "listHooks",
+                "summary": "Listar os gatilhos",
+                "security": FOCUS_AUTH,
+                "responses": {
+                    "200": json_response({"type": "array", "items": _HOOK}, "Os gatilhos"),
+                    **focus_errors(401, 403),
+                },
+            },
+        },
+        "/v2/hooks/{id}": {
+            "parameters": [HOOK_ID_PARAM],
+            "get": {
+                "tags": _TAGS,
+                "operationId": "getHook",
+                "summary": "Consultar um gatilho",
+                "security": FOCUS_AUTH,
+                "responses": {
+                    "200": json_response(_HOOK, "O gatilho"),
+                    **focus_errors(401, 403, 404),
+                },
+            },
+            "delete": {
+                "tags": _TAGS,
+                "operationId": "deleteHook",
+                "summary": "Excluir um gatilho",
+                "security": FOCUS_AUTH,
+                "responses": {
+                    "200": json_response(_HOOK, "O gatilho, com `deleted: true`"),
+                    **focus_errors(401, 403, 404),
+                },
+            },
+        },
+    },
+    schemas={
+        "Hook": {
+            "type": "object",
+            "required": ["id", "url", "event"],
+            "properties": {
+                "id": {"type": "string"},
+                "cnpj": {"type": ["string", "null"]},
+                "cpf": {"type": "string"},
+                "url": {"type": "string", "format": "uri"},
+                "authorization": {"type": ["string", "null"]},
+                "authorization_header": {"type": ["string", "null"]},
+                "event": {"type": "string"},
+                "signing_secret": {
+                    "type": "string",
+                    "description": "Segredo das assinaturas Standard Webhooks.",
+                },
+                "deleted": {"type": "boolean"},
+                "disabled": {
+                    "type": "boolean",
+                    "description": "Desativado por falhar a maioria das entregas por 7 dias "
+                    "(como na Focus): não dispara mais; crie outro para reativar.",
+                },
+            },
+        },
+    },
+)

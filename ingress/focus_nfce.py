@@ -17,6 +17,19 @@ from notaflow.ingress.cancellation import cancel_and_wait
 from notaflow.ingress.deps import deps
 from notaflow.ingress.errors import FocusError, invalid, not_found, unavailable
 from notaflow.ingress.focus_nfse import authenticate, focus_json, query_value
+from notaflow.ingress.openapi_parts import (
+    CREATE_ERRORS,
+    ERROS,
+    FOCUS_AUTH,
+    NOTE_BODY_ERRORS,
+    REF_PARAM,
+    SCHEMAS,
+    Description,
+    embedded_schema,
+    focus_error,
+    focus_errors,
+    json_response,
+)
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.nfce import normalize_nfce, omitted_notices, validate_motivo
 from notaflow.nfse import validate_ref
@@ -140,3 +153,155 @@ routes = [
     Route("/v2/nfce/{ref}/danfe.pdf", nfce_file, methods=["GET"]),
     Route("/v2/nfce/{ref}/xml", nfce_file, methods=["GET"]),
 ]
+
+_TAGS, _VIEW = ["Focus NFC-e"], {"$ref": f"{SCHEMAS}NfceView"}
+_STRING = _FILE = {"type": "string"}
+OPENAPI = Description(
+    paths={
+        "/v2/nfce": {
+            "post": {
+                "tags": _TAGS,
+                "operationId": "createNfce",
+                "summary": "Emitir uma NFC-e (síncrono)",
+                "description": "Documento no formato do Emites-Client; espera a SEFAZ até "
+                "NOTAFLOW_NFCE_WAIT: 201 autorizada, 422 rejeitada, 202 ainda em processamento.",
+                "security": FOCUS_AUTH,
+                "parameters": [{**REF_PARAM, "in": "query"}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": f"{SCHEMAS}Nfce"}}},
+                },
+                "responses": {
+                    "201": json_response(_VIEW, "Autorizada"),
+                    "202": json_response(_VIEW, "Ainda em processamento: a nota como está"),
+                    **focus_errors(
+                        *CREATE_ERRORS,
+                        s400=["requisicao_invalida", "empresa_nao_habilitada"],
+                    ),
+                    "422": {
+                        "description": "Rejeitada pela SEFAZ (a nota, com `erros`), ou ref já "
+                        "usada (`nfe_autorizada`, `em_processamento`)",
+                        "content": {
+                            "application/json": {
+                                "schema": {
+                                    "oneOf": [
+                                        _VIEW,
+                                        focus_error(422)["content"]["application/json"]["schema"],
+                                    ]
+                                }
+                            }
+                        },
+                    },
+                },
+            }
+        },
+        "/v2/nfce/{ref}": {
+            "parameters": [REF_PARAM],
+            "get": {
+                "tags": _TAGS,
+                "operationId": "getNfce",
+                "summary": "Consultar uma NFC-e",
+                "security": FOCUS_AUTH,
+                "responses": {
+                    "200": json_response(_VIEW, "A nota"),
+                    **focus_errors(401, 403, 404),
+                },
+            },
+            "delete": {
+                "tags": _TAGS,
+                "operationId": "cancelNfce",
+                "summary": "Cancelar uma NFC-e",
+                "security": FOCUS_AUTH,
+                "requestBody": {
+                    "required": False,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "properties": {
+                                    "justificativa": {
+                                        "type": ["string", "null"],
+                                        "minLength": 15,
+                                        "maxLength": 255,
+                                    }
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": json_response(_VIEW, "Cancelada, ou `erro_cancelamento` com `erros`"),
+                    "202": json_response(_VIEW, "Ainda sem resposta: a nota como está"),
+                    **focus_errors(
+                        *NOTE_BODY_ERRORS,
+                        s400=["requisicao_invalida", "nfe_cancelada", "nfe_nao_autorizada"],
+                    ),
+                },
+            },
+        },
+        "/v2/nfce/{ref}/danfe.pdf": {
+            "parameters": [REF_PARAM],
+            "get": {
+                "tags": _TAGS,
+                "operationId": "getNfceDanfe",
+                "summary": "DANFE da NFC-e (PDF)",
+                "security": FOCUS_AUTH,
+                "responses": {
+                    "200": {
+                        "description": "O PDF",
+                        "content": {"application/pdf": {"schema": _FILE}},
+                    },
+                    **focus_errors(401, 403, 404),
+                },
+            },
+        },
+        "/v2/nfce/{ref}/xml": {
+            "parameters": [REF_PARAM],
+            "get": {
+                "tags": _TAGS,
+                "operationId": "getNfceXml",
+                "summary": "XML da NFC-e",
+                "security": FOCUS_AUTH,
+                "responses": {
+                    "200": {
+                        "description": "O XML",
+                        "content": {"application/xml": {"schema": _FILE}},
+                    },
+                    **focus_errors(401, 403, 404),
+                },
+            },
+        },
+    },
+    schemas={
+        "Nfce": embedded_schema("nfce", "Nfce"),
+        "NfceView": {
+            "type": "object",
+            "required": ["ref", "status"],
+            "properties": {
+                "id": {"type": "integer"},
+                "cnpj_emitente": _STRING,
+                "ref": _STRING,
+                "status": _STRING,
+                **{
+                    name: {"type": ["string", "integer", "null"]}
+                    for name in (
+                        "numero",
+                        "serie",
+                        "chave_nfe",
+                        "protocolo",
+                        "data_emissao",
+                        "codigo_verificacao",
+                        "caminho_xml_nota_fiscal",
+                        "caminho_danfe",
+                        "caminho_xml_cancelamento",
+                        "status_sefaz",
+                        "mensagem_sefaz",
+                    )
+                },
+                "erros": ERROS,
+                # POST only: each "" the client sent that did not go to Emites-Client.
+                "avisos": {"type": "array", "items": _STRING},
+            },
+        },
+    },
+)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import unquote_plus
 
 from starlette.requests import Request
@@ -27,6 +28,18 @@ from notaflow.ingress.body import (
 from notaflow.ingress.cancellation import cancel_and_wait
 from notaflow.ingress.deps import IngressDeps, deps
 from notaflow.ingress.errors import FocusError, invalid, not_found, unavailable
+from notaflow.ingress.openapi_parts import (
+    CREATE_ERRORS,
+    ERROS,
+    FOCUS_AUTH,
+    NOTE_BODY_ERRORS,
+    REF_PARAM,
+    SCHEMAS,
+    Description,
+    embedded_schema,
+    focus_errors,
+    json_response,
+)
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.nfse import normalize_nfse, validate_justificativa, validate_ref
 from notaflow.store import ClaimRequest, Tenant
@@ -319,3 +332,236 @@ def note_routes(kind: FocusKind, create: Handler, get: Handler) -> list[Route]:
 
 
 routes = note_routes(NFSE, create_nfse, get_nfse)
+
+
+# --- OpenAPI ---------------------------------------------------------------------------------
+
+
+def note_paths(
+    kind: FocusKind, *, tag: str, noun: str, schema: str, refire_id: str, xml_summary: str
+) -> dict[str, Any]:
+    """The OpenAPI paths of `note_routes(kind, ...)`: the same answers for every NFS-e family,
+    each with its own document schema, tag and operation ids."""
+    base, xml_path = kind.api_path, PREFIXES[kind.kind] + "{name}"
+    tags, view = [tag], {"$ref": f"{SCHEMAS}NfseView"}
+    return {
+        base: {
+            "post": {
+                "tags": tags,
+                "operationId": f"create{schema}",
+                "summary": f"Emitir uma {noun}",
+                "description": "Valida, registra a ref e publica o comando (acks=all); a "
+                "autorização segue de forma assíncrona. O corpo é lido como JSON qualquer que "
+                "seja o Content-Type.",
+                "security": FOCUS_AUTH,
+                "parameters": [{**REF_PARAM, "in": "query"}],
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {"$ref": SCHEMAS + schema}}},
+                },
+                "responses": {
+                    "202": json_response({"$ref": f"{SCHEMAS}NfseAccepted"}, "Aceita"),
+                    **focus_errors(
+                        *CREATE_ERRORS,
+                        s400=["requisicao_invalida", "empresa_nao_habilitada"],
+                    ),
+                },
+            }
+        },
+        base + "/{ref}": {
+            "parameters": [REF_PARAM],
+            "get": {
+                "tags": tags,
+                "operationId": f"get{schema}",
+                "summary": f"Consultar uma {noun}",
+                "security": FOCUS_AUTH,
+                "parameters": [
+                    {
+                        "name": "completa",
+                        "in": "query",
+                        "required": False,
+                        "description": "`1` ou `true` inclui `requisicao_nota_fiscal`, o corpo "
+                        "como foi enviado ao provedor.",
+                        "schema": {"enum": ["0", "1", "true", "false"]},
+                    }
+                ],
+                "responses": {
+                    "200": json_response(view, "A nota"),
+                    **focus_errors(401, 403, 404),
+                },
+            },
+            "delete": {
+                "tags": tags,
+                "operationId": f"cancel{schema}",
+                "summary": f"Cancelar uma {noun}",
+                "description": "Síncrono como na Focus; passado NOTAFLOW_CANCEL_WAIT, 202 com a "
+                "nota como está e o resultado por GET e webhook.",
+                "security": FOCUS_AUTH,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _JUSTIFICATIVA}},
+                },
+                "responses": {
+                    "200": json_response(
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {
+                                "status": {"enum": ["cancelado", "erro_cancelamento"]},
+                                "erros": ERROS,
+                            },
+                        },
+                        "Cancelada, ou recusada pela prefeitura",
+                    ),
+                    "202": json_response(view, "Ainda sem resposta do provedor: a nota como está"),
+                    **focus_errors(
+                        *NOTE_BODY_ERRORS,
+                        s400=["requisicao_invalida", "nfe_cancelada", "nfe_nao_autorizada"],
+                    ),
+                },
+            },
+        },
+        base + "/{ref}/email": {
+            "parameters": [REF_PARAM],
+            "post": {
+                "tags": tags,
+                "operationId": f"email{schema}",
+                "summary": "Enviar a nota por e-mail",
+                "description": "Até 10 endereços; responde na hora, envio em segundo plano.",
+                "security": FOCUS_AUTH,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": _EMAILS}},
+                },
+                "responses": {
+                    "200": json_response(
+                        {
+                            "type": "object",
+                            "properties": {
+                                "emails": {"type": "array", "items": {"type": "string"}}
+                            },
+                        },
+                        "Os endereços, sem repetição",
+                    ),
+                    **focus_errors(
+                        *NOTE_BODY_ERRORS,
+                        s400=["requisicao_invalida", "nfe_nao_autorizada"],
+                    ),
+                },
+            },
+        },
+        base + "/{ref}/hook": {
+            "parameters": [REF_PARAM],
+            "post": {
+                "tags": tags,
+                "operationId": refire_id,
+                "summary": "Disparar de novo os gatilhos da nota",
+                "security": FOCUS_AUTH,
+                "responses": {
+                    "200": json_response(
+                        {"type": "array", "items": {"$ref": f"{SCHEMAS}Hook"}},
+                        "Os gatilhos disparados",
+                    ),
+                    **focus_errors(401, 403, 404, 503),
+                },
+            },
+        },
+        xml_path: {
+            "get": {
+                "tags": tags,
+                "operationId": f"get{schema}Xml",
+                "summary": xml_summary,
+                "description": "O caminho de `caminho_xml_nota_fiscal`; como na Focus, o caminho "
+                "impossível de adivinhar é a credencial.",
+                "security": [],
+                "parameters": [
+                    {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+                ],
+                "responses": {
+                    "200": {
+                        "description": "O XML",
+                        "content": {"application/xml": {"schema": {"type": "string"}}},
+                    },
+                    **focus_errors(404),
+                },
+            }
+        },
+    }
+
+
+_JUSTIFICATIVA = {
+    "type": "object",
+    "required": ["justificativa"],
+    "properties": {"justificativa": {"type": "string", "minLength": 15, "maxLength": 255}},
+}
+_EMAILS = {
+    "type": "object",
+    "required": ["emails"],
+    "properties": {
+        "emails": {
+            "type": "array",
+            "minItems": 1,
+            "maxItems": 10,
+            "items": {"type": "string", "format": "email"},
+        }
+    },
+}
+_STRING = {"type": "string"}
+
+OPENAPI = Description(
+    paths=note_paths(
+        NFSE,
+        tag="Focus NFS-e",
+        noun="NFS-e",
+        schema="Nfse",
+        refire_id="refireHooks",
+        xml_summary="XML da nota autorizada",
+    ),
+    schemas={
+        "Nfse": embedded_schema("nfse", "Nfse"),
+        "NfseAccepted": {
+            "type": "object",
+            "required": ["cnpj_prestador", "ref", "status"],
+            "properties": {
+                "cnpj_prestador": _STRING,
+                "ref": _STRING,
+                "status": {"const": "processando_autorizacao"},
+            },
+        },
+        "NfseView": {
+            "type": "object",
+            "required": ["cnpj_prestador", "ref", "status"],
+            "properties": {
+                "id": {"type": "integer"},
+                "cnpj_prestador": _STRING,
+                "ref": _STRING,
+                "status": {
+                    "enum": [
+                        "processando_autorizacao",
+                        "autorizado",
+                        "erro_autorizacao",
+                        "cancelado",
+                        "substituido",
+                    ]
+                },
+                **{
+                    name: _STRING
+                    for name in (
+                        "numero",
+                        "codigo_verificacao",
+                        "data_emissao",
+                        "url",
+                        "url_danfse",
+                        "caminho_xml_nota_fiscal",
+                        "caminho_xml_cancelamento",
+                        "numero_rps",
+                        "serie_rps",
+                        "tipo_rps",
+                    )
+                },
+                "erros": ERROS,
+                "requisicao_nota_fiscal": {"type": "object"},
+            },
+        },
+    },
+)

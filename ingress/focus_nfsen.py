@@ -21,9 +21,11 @@ from notaflow.ingress.focus_nfse import (
     accepted_body,
     authenticate,
     completa,
+    note_paths,
     note_routes,
     query_value,
 )
+from notaflow.ingress.openapi_parts import Description, embedded_schema
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.nfse import validate_ref
 from notaflow.store import ClaimRequest
@@ -91,3 +93,15 @@ async def get_nfsen(request: Request) -> Response:
 
 
 routes = note_routes(NFSEN, create_nfsen, get_nfsen)
+
+OPENAPI = Description(
+    paths=note_paths(
+        NFSEN,
+        tag="Focus NFS-e Nacional",
+        noun="NFS-e Nacional",
+        schema="Nfsen",
+        refire_id="refireNfsenHooks",
+        xml_summary="XML da NFS-e Nacional autorizada ou do seu cancelamento",
+    ),
+    schemas={"Nfsen": embedded_schema("nfsen", "Nfsen")},
+)

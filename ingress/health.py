@@ -10,6 +10,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from notaflow.ingress.deps import deps
+from notaflow.ingress.openapi_parts import Description, json_response
 from notaflow.ingress.responses import FastJSONResponse
 
 
@@ -36,3 +37,45 @@ async def readyz(request: Request) -> Response:
 
 
 routes = [Route("/healthz", healthz), Route("/readyz", readyz)]
+
+_TAGS, _READINESS = ["Operação"], {"$ref": "#/components/schemas/Readiness"}
+OPENAPI = Description(
+    paths={
+        "/healthz": {
+            "get": {
+                "tags": _TAGS,
+                "operationId": "healthz",
+                "summary": "Liveness",
+                "security": [],
+                "responses": {
+                    "200": json_response(
+                        {"type": "object", "properties": {"status": {"const": "ok"}}}, "Vivo"
+                    )
+                },
+            }
+        },
+        "/readyz": {
+            "get": {
+                "tags": _TAGS,
+                "operationId": "readyz",
+                "summary": "Readiness: Kafka e banco de dados acessíveis",
+                "security": [],
+                "responses": {
+                    "200": json_response(_READINESS, "Pronto"),
+                    "503": json_response(_READINESS, "Não pronto"),
+                },
+            }
+        },
+    },
+    schemas={
+        "Readiness": {
+            "type": "object",
+            "required": ["status", "kafka", "database"],
+            "properties": {
+                "status": {"enum": ["ready", "not_ready"]},
+                "kafka": {"type": "boolean"},
+                "database": {"type": "boolean"},
+            },
+        },
+    },
+)

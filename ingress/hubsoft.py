@@ -23,6 +23,7 @@ from notaflow.focus_kinds import BY_KIND, FocusKind
 from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
 from notaflow.ingress.deps import IngressDeps, deps
 from notaflow.ingress.errors import IngressError
+from notaflow.ingress.openapi_parts import HUBSOFT_AUTH, Description, hubsoft_error, json_response
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store import Tenant
 from notaflow.store.documents import AUTHORIZED, CANCELLED
@@ -180,3 +181,85 @@ def _entry(
 routes = [
     Route("/api/v1/integracao/cliente/nota_fiscal/enviar_email", enviar_email, methods=["POST"]),
 ]
+
+_STRING = {"type": "string"}
+OPENAPI = Description(
+    paths={
+        "/api/v1/integracao/cliente/nota_fiscal/enviar_email": {
+            "post": {
+                "tags": ["HubSoft"],
+                "operationId": "hubsoftEnviarEmail",
+                "summary": "Enviar a nota por e-mail (HubSoft, síncrono)",
+                "description": "Espera o envio (até NOTAFLOW_SYNC_EMAIL_WAIT) e responde uma "
+                "entrada por destinatário; sucesso parcial é `status: success`.",
+                "security": HUBSOFT_AUTH,
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["id_nota_fiscal", "tipo_documento"],
+                                "properties": {
+                                    "id_nota_fiscal": {"type": ["integer", "string"]},
+                                    "tipo_documento": {"enum": ["nfse", "nfe", "nf_telecom"]},
+                                    "email_adicional": {
+                                        "type": "array",
+                                        "maxItems": 10,
+                                        "items": {"type": "string"},
+                                    },
+                                },
+                            }
+                        }
+                    },
+                },
+                "responses": {
+                    "200": json_response(
+                        {"$ref": "#/components/schemas/HubsoftEmailSent"}, "Enviados"
+                    ),
+                    "400": hubsoft_error(
+                        "Campo ausente ou inválido, nota não autorizada, `nfe`/`nf_telecom` "
+                        "(não emitidos aqui), sem servidor SMTP configurado, sem destinatários"
+                    ),
+                    "401": hubsoft_error("Token ausente, inválido ou revogado"),
+                    "404": hubsoft_error("Nota fiscal não encontrada"),
+                    "413": hubsoft_error("Corpo grande demais"),
+                    "503": hubsoft_error(
+                        "Kafka ou o banco de dados indisponível; nada foi enviado"
+                    ),
+                    "504": hubsoft_error("Tempo esgotado; os envios continuam na fila"),
+                    "500": hubsoft_error("Erro interno"),
+                },
+            }
+        },
+    },
+    schemas={
+        "HubsoftEmailSent": {
+            "type": "object",
+            "required": ["status", "msg", "emails_enviados"],
+            "properties": {
+                "status": {"const": "success"},
+                "msg": _STRING,
+                "emails_enviados": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "properties": {
+                            "host": _STRING,
+                            "email_origem": _STRING,
+                            "email_destino": _STRING,
+                            "tipo_envio": _STRING,
+                            "tipo_documento": _STRING,
+                            "data_envio": _STRING,
+                            "enviado": {"type": "boolean"},
+                            "mensagem_erro": {"type": ["string", "null"]},
+                            "id_email_enviado": {},
+                            "data_envio_br": _STRING,
+                            "data_envio_timestamp": {"type": "integer"},
+                        },
+                    },
+                },
+            },
+        },
+    },
+)

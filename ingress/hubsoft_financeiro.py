@@ -27,6 +27,7 @@ from notaflow.errors import InvalidDocument
 from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
 from notaflow.ingress.deps import deps
 from notaflow.ingress.hubsoft import HubsoftError, bearer_tenant
+from notaflow.ingress.openapi_parts import Description
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store.invoices import FinanceiroQuery, Invoice, InvoiceStore
 
@@ -234,8 +235,7 @@ _FATURA = {
     },
 }
 
-# Merged into the ingress's OpenAPI document (ingress.observability).
-OPENAPI_PATHS: dict[str, Any] = {
+_PATHS: dict[str, Any] = {
     "/api/v1/integracao/cliente/financeiro": {
         "get": {
             "tags": ["HubSoft"],
@@ -313,3 +313,5 @@ OPENAPI_PATHS: dict[str, Any] = {
         }
     },
 }
+
+OPENAPI = Description(paths=_PATHS)

@@ -19,6 +19,7 @@ from notaflow.errors import BusUnavailable
 from notaflow.ingress.deps import deps
 from notaflow.ingress.errors import FocusError, unavailable
 from notaflow.ingress.focus_nfse import focus_json
+from notaflow.ingress.openapi_parts import Description, embedded_schema, focus_errors, json_response
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.schemas import validator
 from notaflow.tracing import outgoing_traceparent
@@ -60,3 +61,42 @@ async def focus_nfse_callback(request: Request) -> Response:
 
 
 routes = [Route("/webhooks/focus/nfse", focus_nfse_callback, methods=["POST"])]
+
+OPENAPI = Description(
+    paths={
+        "/webhooks/focus/nfse": {
+            "post": {
+                "tags": ["Provedores"],
+                "operationId": "focusNfseCallback",
+                "summary": "Callback da Focus NFe (mudança de status)",
+                "security": [{"focusWebhookKey": []}],
+                "requestBody": {
+                    "required": True,
+                    "content": {
+                        "application/json": {
+                            "schema": {"$ref": "#/components/schemas/FocusCallback"}
+                        }
+                    },
+                },
+                "responses": {
+                    "200": json_response(
+                        {"type": "object", "properties": {"status": {"const": "recebido"}}},
+                        "Publicado para o consumidor de emissão",
+                    ),
+                    **focus_errors(400, 401, 413, 415, 503, s401=["nao_autorizado"]),
+                },
+            }
+        },
+    },
+    schemas={"FocusCallback": embedded_schema("focus_callback", "FocusCallback")},
+    security_schemes={
+        "focusWebhookKey": {
+            "type": "apiKey",
+            "in": "header",
+            "name": "Authorization",
+            "description": "O valor estático registrado na Focus para o hook "
+            "(NOTAFLOW_FOCUS_WEBHOOK_SECRET), no cabeçalho NOTAFLOW_FOCUS_WEBHOOK_HEADER "
+            "(Authorization por padrão); comparado em tempo constante.",
+        },
+    },
+)

@@ -37,6 +37,7 @@ from notaflow.ingress.auth import MAX_TOKEN_CHARS
 from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
 from notaflow.ingress.deps import IngressDeps, deps
 from notaflow.ingress.errors import IngressError
+from notaflow.ingress.openapi_parts import Description
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.invoice_pdf import render_invoice_pdf
 from notaflow.store.invoices import (
@@ -258,14 +259,13 @@ _TOKEN = {"name": "token", "in": "query", "required": True, "schema": {"type": "
           "description": "Link assinado (HMAC) enviado no e-mail"}  # fmt: skip
 _WURO_AUTH: list[dict[str, list[str]]] = [{"wuroAppId": [], "wuroAppSecret": []}]
 
-# Merged into the ingress's OpenAPI document (ingress.observability).
-OPENAPI_SECURITY: dict[str, Any] = {
+_SECURITY: dict[str, Any] = {
     "wuroAppId": {"type": "apiKey", "in": "header", "name": "X-APP-ID",
                   "description": "Dialeto Wuro: `notaflow billing-app TENANT`."},
     "wuroAppSecret": {"type": "apiKey", "in": "header", "name": "X-APP-SECRET",
                       "description": "Dialeto Wuro: o segredo, guardado só como hash."},
 }  # fmt: skip
-OPENAPI_PATHS: dict[str, Any] = {
+_PATHS: dict[str, Any] = {
     "/api/v3.2/invoice/{uid}/mail": {
         "parameters": [_UID],
         "post": {
@@ -358,3 +358,5 @@ OPENAPI_PATHS: dict[str, Any] = {
         },
     },
 }
+
+OPENAPI = Description(paths=_PATHS, security_schemes=_SECURITY)

@@ -1,6 +1,7 @@
 """How the sandbox "Ambiente Nacional" decides an NFS-e Nacional, deterministically, without I/O.
 
-The shell is `sandbox.focus_nacional`. The flat DPS document (Focus `/v2/nfsen`) is judged by:
+The shell is `sandbox.focus` (`kinds.NACIONAL`). The flat DPS document (Focus `/v2/nfsen`) is
+judged by:
 
     E0312  `valor_servico` absent, not a number, or <= 0.
     E0314  `codigo_tributacao_nacional_iss` is not a national service code: 6 digits whose
@@ -113,31 +114,15 @@ def valid_chave(chave: str) -> bool:
 
 
 @dataclass(frozen=True)
-class NfsenAutorizada:
-    numero: int
-    chave: str
-    data_emissao: str
-    url: str
-    url_danfse: str
-    caminho_xml_nota_fiscal: str
+class NfsenAutorizada(rules.NotaAutorizada):
+    """An authorized national note: Focus answers its chave de acesso as `codigo_verificacao`
+    (both fields hold it), and the GET fields and XML name are the municipal note's."""
 
-    @property
-    def xml_name(self) -> str:
-        return self.caminho_xml_nota_fiscal.rsplit("/", 1)[-1].removesuffix(".xml")
+    chave: str
 
     @property
     def caminho_xml_cancelamento(self) -> str:
         return f"{XML_DIR}/{self.xml_name}{rules.CANCEL_SUFFIX}.xml"
-
-    def fields(self) -> dict[str, str]:
-        return {
-            "numero": str(self.numero),
-            "codigo_verificacao": self.chave,
-            "data_emissao": self.data_emissao,
-            "url": self.url,
-            "url_danfse": self.url_danfse,
-            "caminho_xml_nota_fiscal": self.caminho_xml_nota_fiscal,
-        }
 
 
 def authorize(
@@ -157,6 +142,7 @@ def authorize(
     return NfsenAutorizada(
         numero=numero,
         chave=chave,
+        codigo_verificacao=chave,
         data_emissao=rules.data_emissao(authorized_at),
         url=f"{base}/ConsultaPublica/?tpc=1&chave={chave}",
         url_danfse=f"{base}/nfsen/{chave}/danfse.pdf",

@@ -45,7 +45,7 @@ from schemathesis import GenerationMode
 from schemathesis.core import NOT_SET
 
 from notaflow import billing as b
-from notaflow.ingress.observability import openapi_document
+from notaflow.ingress.openapi import openapi_document
 from notaflow.launch.broker import EmbeddedBroker
 from notaflow.settings import Settings
 from notaflow.topics import Topics

@@ -16,7 +16,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import Message, Receive, Scope, Send
 
-from notaflow.ingress.observability import UNMATCHED, MetricsMiddleware, metrics_route
+from notaflow.ingress.request_metrics import UNMATCHED, MetricsMiddleware, metrics_route
 from notaflow.metrics import Metrics, render
 
 

@@ -16,7 +16,8 @@ from starlette.routing import BaseRoute, Route
 
 from notaflow import ingress, schemas
 from notaflow.ingress import focus_hooks, focus_nfse, health, hubsoft, provider_webhooks
-from notaflow.ingress.observability import docs_html, openapi_document, openapi_routes
+from notaflow.ingress.docs_page import docs_html
+from notaflow.ingress.openapi import openapi_document, openapi_routes
 
 
 def ingress_routes() -> list[Route]:
@@ -24,7 +25,7 @@ def ingress_routes() -> list[Route]:
     so a new dialect without documentation fails here."""
     modules = [health, focus_nfse, focus_hooks, provider_webhooks, hubsoft]
     for info in pkgutil.iter_modules(ingress.__path__):
-        module = importlib.import_module(f"ingress.{info.name}")
+        module = importlib.import_module(f"notaflow.ingress.{info.name}")
         if isinstance(getattr(module, "routes", None), list) and module not in modules:
             modules.append(module)
     routes: list[BaseRoute] = [r for m in modules for r in m.routes]
@@ -147,7 +148,7 @@ class _Text(HTMLParser):
 
 
 def test_docs_page_lists_every_operation_and_loads_nothing() -> None:
-    page = docs_html()
+    page = docs_html(openapi_document())
     parser = _Text()
     parser.feed(page)
     text = " ".join(parser.text)

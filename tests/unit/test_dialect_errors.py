@@ -20,7 +20,7 @@ from jsonschema import Draft202012Validator
 from notaflow.ingress.app import create_app
 from notaflow.ingress.auth import TenantCache
 from notaflow.ingress.deps import IngressDeps
-from notaflow.ingress.observability import openapi_document
+from notaflow.ingress.openapi import openapi_document
 from notaflow.settings import Settings
 from notaflow.store import TenantStore, create_engine
 

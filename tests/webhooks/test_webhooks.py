@@ -24,14 +24,11 @@ from notaflow.consumers.providers.webhooks import (
     DestinationRefused,
     HookTarget,
     WebhookSender,
-    WebhookVerificationError,
     check_destination,
-    new_secret,
     next_attempt_delay,
     resolve_and_check,
-    sign,
-    verify,
 )
+from notaflow.webhook_signing import WebhookVerificationError, new_secret, sign, verify
 from tests.support import Receiver, ReceiverServer, Reply
 
 PAYLOAD: dict[str, Any] = {
