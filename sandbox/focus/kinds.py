@@ -31,7 +31,6 @@ class Municipal(NoteKind[rules.NotaAutorizada]):
     event = "nfse"
     xml_dir = MUNICIPAL_XML_DIR
     missing_cnpj = 'Parâmetro "prestador.cnpj" não informado'
-    counts_downloads = True
 
     def cnpj(self, doc: dict[str, Any]) -> str:
         return rules.digits(dig(doc, "prestador", "cnpj"))
@@ -117,7 +116,6 @@ class Nacional(NoteKind[nacional.NfsenAutorizada]):
     event = "nfsen"
     xml_dir = nacional.XML_DIR
     missing_cnpj = 'Parâmetro "cnpj_prestador" não informado'
-    counts_downloads = False
 
     def cnpj(self, doc: dict[str, Any]) -> str:
         return nacional.prestador(doc)[1]

@@ -64,9 +64,6 @@ class NoteKind(ABC, Generic[A]):
     event: str  # the hook event, and the API path /v2/<event>
     xml_dir: str  # where the public XML is served
     missing_cnpj: str  # the 400's message when the document has no prestador CNPJ
-    # The municipal sandbox counts XML downloads as Focus credits (issue 19); the national
-    # one never did.
-    counts_downloads: bool
 
     @abstractmethod
     def cnpj(self, doc: dict[str, Any]) -> str: ...
@@ -285,13 +282,14 @@ class Notes(Generic[A]):
         nota = self._by_xml.get(name.removesuffix(rules.CANCEL_SUFFIX))
         if nota is None or nota.autorizada is None or (cancel and nota.cancelamento is None):
             return not_found("Arquivo não encontrado").response()
+        # Every download is a request to Focus, so a credit (focus-2026.md §5), whichever the
+        # kind and whichever the XML.
+        self._shared.stats.downloads[nota.ref] += 1
         if cancel and nota.cancelamento is not None:
             at, motivo = nota.cancelamento
             when = datetime.fromtimestamp(at, UTC)
             xml = self.kind.cancel_xml(nota, nota.autorizada, when, motivo)
             return Response(xml, media_type="application/xml")
-        if self.kind.counts_downloads:
-            self._shared.stats.downloads[nota.ref] += 1
         return Response(self.kind.xml(nota, nota.autorizada), media_type="application/xml")
 
     def public(self, key: Hashable) -> tuple[Nota[A], A]:

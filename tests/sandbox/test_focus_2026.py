@@ -95,6 +95,8 @@ async def test_sandbox_keeps_what_it_received_and_the_cancellation_xml(sandbox: 
     assert root.tag == f"{NS}CancelarNfseResposta"
     assert root.findtext(f".//{NS}Numero") == note["numero"]
     assert root.findtext(f".//{NS}MotivoCancelamento") == "Serviço não prestado ao cliente"
+    # Each download is a request to Focus, so a credit: the note's XML and its cancellation's.
+    assert (await sandbox.stats())["downloads"]["n26"] == 2
 
 
 async def test_sandbox_refuses_an_inconsistent_group_with_its_e_code(sandbox: Sandbox) -> None:

@@ -91,4 +91,3 @@ def test_each_kind_renders_its_own_documents() -> None:
     assert motivo.encode() in MUNICIPAL.cancel_xml(municipal, municipal.autorizada, AT, motivo)
     assert motivo.encode() in NACIONAL.cancel_xml(national, national.autorizada, AT, motivo)
     assert (MUNICIPAL.event, NACIONAL.event) == ("nfse", "nfsen")
-    assert (MUNICIPAL.counts_downloads, NACIONAL.counts_downloads) == (True, False)
