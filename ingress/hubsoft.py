@@ -22,7 +22,7 @@ from notaflow.errors import BusUnavailable
 from notaflow.focus_kinds import BY_KIND, FocusKind
 from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
 from notaflow.ingress.deps import IngressDeps, deps
-from notaflow.ingress.errors import IngressError
+from notaflow.ingress.dialects import HubsoftError
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store import Tenant
 from notaflow.store.documents import AUTHORIZED, CANCELLED
@@ -31,16 +31,6 @@ SOURCE = "notaflow/ingress/hubsoft"
 TIPOS = ("nf_telecom", "nfe", "nfse")
 # HubSoft shows Brasília time; Brazil has had no daylight saving time since 2019.
 BRASILIA = timezone(timedelta(hours=-3))
-
-
-class HubsoftError(IngressError):
-    def __init__(self, status_code: int, msg: str) -> None:
-        super().__init__(msg)
-        self.status_code = status_code
-        self.msg = msg
-
-    def response(self) -> FastJSONResponse:
-        return FastJSONResponse({"status": "error", "msg": self.msg}, status_code=self.status_code)
 
 
 async def bearer_tenant(request: Request, d: IngressDeps) -> Tenant:

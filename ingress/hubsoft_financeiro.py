@@ -26,7 +26,8 @@ from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument
 from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
 from notaflow.ingress.deps import deps
-from notaflow.ingress.hubsoft import HubsoftError, bearer_tenant
+from notaflow.ingress.dialects import FinanceiroError
+from notaflow.ingress.hubsoft import bearer_tenant
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store.invoices import FinanceiroQuery, Invoice, InvoiceStore
 
@@ -35,16 +36,6 @@ BUSCAS = ("cpf_cnpj", "codigo_cliente", "id_cliente_servico")
 ORDER_BY = ("data_vencimento", "valor")
 ORDER_TYPES = ("asc", "desc")
 SIM_NAO = ("sim", "nao")
-
-
-class FinanceiroError(HubsoftError):
-    def __init__(self, status_code: int, msg: str, errors: list[str] | None = None) -> None:
-        super().__init__(status_code, msg)
-        self.errors = errors if errors is not None else [msg]
-
-    def response(self) -> FastJSONResponse:
-        body = {"status": "error", "msg": self.msg, "errors": self.errors}
-        return FastJSONResponse(body, status_code=self.status_code)
 
 
 def _choice(params: Any, name: str, allowed: tuple[str, ...], default: str) -> str:

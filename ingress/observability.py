@@ -124,7 +124,7 @@ FOCUS_ERROR = {"$ref": "#/components/schemas/FocusError"}
 HUBSOFT_ERROR = {"$ref": "#/components/schemas/HubsoftError"}
 FOCUS_AUTH: list[dict[str, list[str]]] = [{"focusBasic": []}]
 
-# Every `codigo` the Focus dialect answers, by status (ingress.errors, ingress.app, the routes).
+# Every `codigo` the Focus dialect answers, by status (ingress.dialects, the routes).
 _FOCUS_CODES: dict[int, tuple[str, list[str]]] = {
     400: ("Requisição inválida", ["requisicao_invalida"]),
     401: ("Sem credenciais", ["nao_autorizado"]),

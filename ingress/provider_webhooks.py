@@ -17,7 +17,7 @@ from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
 from notaflow.ingress.deps import deps
-from notaflow.ingress.errors import FocusError, unavailable
+from notaflow.ingress.dialects import FOCUS, FocusError
 from notaflow.ingress.focus_nfse import focus_json
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.schemas import validator
@@ -55,7 +55,7 @@ async def focus_nfse_callback(request: Request) -> Response:
     try:
         await d.bus.publish(d.topics.provider_events, event, key)
     except BusUnavailable as exc:
-        raise unavailable() from exc  # Focus retries the delivery later
+        raise FOCUS.unavailable() from exc  # Focus retries the delivery later
     return FastJSONResponse({"status": "recebido"})
 
 

@@ -36,7 +36,7 @@ from notaflow.errors import BusUnavailable
 from notaflow.ingress.auth import MAX_TOKEN_CHARS
 from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
 from notaflow.ingress.deps import IngressDeps, deps
-from notaflow.ingress.errors import IngressError
+from notaflow.ingress.dialects import WuroError
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.invoice_pdf import render_invoice_pdf
 from notaflow.store.invoices import (
@@ -48,18 +48,6 @@ from notaflow.store.invoices import (
 )
 
 SOURCE = "notaflow/ingress/wuro"
-
-
-class WuroError(IngressError):
-    def __init__(self, status_code: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status_code = status_code
-        self.code = code
-        self.message = message
-
-    def response(self) -> FastJSONResponse:
-        body = {"error": {"code": self.code, "message": self.message}}
-        return FastJSONResponse(body, status_code=self.status_code)
 
 
 async def app_tenant(request: Request, d: IngressDeps) -> str:

@@ -10,9 +10,9 @@ service closed while it sat idle in the pool is known to be dead before it is pi
 
 Every socket and protocol error is mapped here to the consumer error tree:
 
-    TransientFailure   connection refused or reset, connect or answer timeout, garbage,
+    Transient   connection refused or reset, connect or answer timeout, garbage,
                        an answer that does not fit the protocol (retry may help)
-    PermanentFailure   a request that cannot be sent as it is: a character outside
+    Permanent   a request that cannot be sent as it is: a character outside
                        ISO-8859-1 (the error names the field), a malformed access key or motivo
 
 A timeout after a CREATE_NFCE was sent does not tell whether Emites issued the note: the
@@ -28,7 +28,6 @@ from dataclasses import dataclass, field
 from typing import Any, Final, cast
 
 from notaflow.brdocs import valid_access_key
-from notaflow.consumers.errors import PermanentFailure, TransientFailure, Unsent
 from notaflow.emites_wire import (
     DEFAULT_MAX_FRAME,
     Frame,
@@ -37,6 +36,7 @@ from notaflow.emites_wire import (
     PayloadNotEncodable,
     encode_frame,
 )
+from notaflow.errors import Permanent, Transient, Unsent
 
 __all__ = ["STATUSES", "EmitesClient", "EmitesReply"]
 
@@ -72,10 +72,10 @@ class EmitesReply:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], label: str = "Emites") -> EmitesReply:
-        """Raises TransientFailure for an answer that does not fit the protocol."""
+        """Raises Transient for an answer that does not fit the protocol."""
         status = payload.get("status")
         if status not in STATUSES:
-            raise TransientFailure(f"{label}: answer with unknown status {status!r}")
+            raise Transient(f"{label}: answer with unknown status {status!r}")
         emissao = _object(payload.get("resposta_emissao"))
         cancelamento = _object(payload.get("resposta_cancelamento"))
         return cls(
@@ -125,11 +125,11 @@ def _blob(value: object, name: str, label: str) -> bytes | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise TransientFailure(f"{label}: answer field {name!r} is not base64 text")
+        raise Transient(f"{label}: answer field {name!r} is not base64 text")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise TransientFailure(f"{label}: answer field {name!r} is not valid base64") from None
+        raise Transient(f"{label}: answer field {name!r} is not valid base64") from None
 
 
 class _Connection(asyncio.Protocol):
@@ -174,13 +174,13 @@ class _Connection(asyncio.Protocol):
             self.broken = reason
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_exception(TransientFailure(f"{self.label}: {reason}; retry may help"))
+            waiter.set_exception(Transient(f"{self.label}: {reason}; retry may help"))
         if self._transport is not None:
             self._transport.close()
 
     async def exchange(self, data: bytes, timeout: float, what: str) -> Frame:
         if self.broken is not None or self._transport is None:
-            raise TransientFailure(f"{self.label}: {self.broken}; retry may help")
+            raise Transient(f"{self.label}: {self.broken}; retry may help")
         waiter: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         self._transport.write(data)
@@ -190,7 +190,7 @@ class _Connection(asyncio.Protocol):
         except TimeoutError:
             self.fail(f"no answer within {timeout:g} s")
             maybe = " (Emites may still have issued it: check before creating it again)"
-            raise TransientFailure(
+            raise Transient(
                 f"{self.label}: {what} got no answer within {timeout:g} s; connection "
                 f"discarded{maybe if what == CREATE else ''}; retry may help"
             ) from None
@@ -232,18 +232,18 @@ class EmitesClient:
     async def cancel_nfce(self, chave_acesso: str, motivo: str | None = None) -> EmitesReply:
         """Send a CANCEL_NFCE; `motivo` is optional, 15..255 characters when given."""
         if not valid_access_key(chave_acesso) or chave_acesso[20:22] != "65":
-            raise PermanentFailure(f"{self._label}: {chave_acesso!r} is not an NFC-e access key")
+            raise Permanent(f"{self._label}: {chave_acesso!r} is not an NFC-e access key")
         payload: dict[str, Any] = {"chave_acesso": chave_acesso}
         if motivo is not None:
             if not _MOTIVO_MIN <= len(motivo) <= _MOTIVO_MAX:
-                raise PermanentFailure(
+                raise Permanent(
                     f"{self._label}: motivo must have {_MOTIVO_MIN} to {_MOTIVO_MAX} characters"
                 )
             payload["motivo"] = motivo
         return EmitesReply.from_payload(await self._call(CANCEL, payload), self._label)
 
     async def aclose(self) -> None:
-        """Close every connection; requests in flight fail with TransientFailure."""
+        """Close every connection; requests in flight fail with Transient."""
         self._closed = True
         for connection in [*self._idle, *self._busy]:
             connection.fail("client closed")
@@ -255,7 +255,7 @@ class EmitesClient:
         try:
             data = encode_frame(identifier, payload)
         except PayloadNotEncodable as exc:
-            raise PermanentFailure(
+            raise Permanent(
                 f"{self._label}: cannot send {identifier}, field {exc.field!r}: {exc.reason}"
             ) from exc
         async with self._slots:
@@ -270,7 +270,7 @@ class EmitesClient:
                 self._busy.discard(connection)
             if frame.identifier != identifier:
                 connection.fail(f"answer to {identifier} came as {frame.identifier}")
-                raise TransientFailure(
+                raise Transient(
                     f"{self._label}: {identifier} answered as {frame.identifier}; "
                     "connection discarded; retry may help"
                 )

@@ -21,8 +21,8 @@ import orjson
 from opentelemetry.trace import SpanKind
 
 from notaflow import tracing
-from notaflow.consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
 from notaflow.consumers.providers.urls import on_provider_host, segment
+from notaflow.errors import Permanent, RateLimited, Stopping, Transient
 from notaflow.keepalive import KeepAliveTransport
 from notaflow.metrics import Metrics
 
@@ -183,11 +183,11 @@ class FocusClient:
             else:
                 status, headers, content = await self._send(method, url, json, params)
         except httpx.TimeoutException as exc:
-            raise TransientFailure(f"Focus {method} {url}: timeout") from exc
+            raise Transient(f"Focus {method} {url}: timeout") from exc
         except httpx.HTTPError as exc:
             # Transport failures, undecodable bodies, redirect loops: none is the document's
             # fault, so all are worth another try.
-            raise TransientFailure(f"Focus {method} {url}: {exc!r}") from exc
+            raise Transient(f"Focus {method} {url}: {exc!r}") from exc
         self._gate.observe(headers)
         if status == 429:
             retry_after = _seconds(headers.get("retry-after")) or _seconds(
@@ -196,16 +196,16 @@ class FocusClient:
             self._gate.block_for(retry_after or 1.0)
             raise RateLimited("Focus rate limit reached", retry_after=retry_after or 1.0)
         if status >= 500:
-            raise TransientFailure(f"Focus {method} {url}: HTTP {status}")
+            raise Transient(f"Focus {method} {url}: HTTP {status}")
         try:
             body = orjson.loads(content) if content else {}
         except ValueError as exc:
-            raise TransientFailure(f"Focus {method} {url}: body is not JSON") from exc
+            raise Transient(f"Focus {method} {url}: body is not JSON") from exc
         if not isinstance(body, dict):
             body = {"data": body}
         if status in (401, 403):
             # Our own credentials are wrong: no retry fixes that, an operator must.
-            raise PermanentFailure(f"Focus refused our token: {body.get('mensagem', status)}")
+            raise Permanent(f"Focus refused our token: {body.get('mensagem', status)}")
         return FocusReply(status, body)
 
     async def _send(
@@ -303,13 +303,13 @@ class FocusClient:
         try:
             status, _, content = await self._exchange("GET", target.raw_path, None)
         except httpx.TimeoutException as exc:
-            raise TransientFailure(f"Focus GET {target.path}: timeout") from exc
+            raise Transient(f"Focus GET {target.path}: timeout") from exc
         except httpx.HTTPError as exc:
-            raise TransientFailure(f"Focus GET {target.path}: {exc!r}") from exc
+            raise Transient(f"Focus GET {target.path}: {exc!r}") from exc
         finally:
             self._end_turn()
         if status >= 400:
-            raise TransientFailure(f"Focus GET {target.path}: HTTP {status}")
+            raise Transient(f"Focus GET {target.path}: HTTP {status}")
         return content
 
     async def register_hook(

@@ -11,8 +11,8 @@ raises for anything the network or the receiver does: it answers a `DeliveryResu
 
 Errors:
 
-    DestinationRefused (PermanentFailure)   the URL or its addresses break the SSRF policy
-    WebhookVerificationError                a signature check failed (receiver side)
+    DestinationRefused (Permanent)          the URL or its addresses break the SSRF policy
+    WebhookVerificationError (NotaflowError) a signature check failed (receiver side)
 
 SSRF and DNS rebinding: the host is resolved once and every address must be public; the
 policy itself is `notaflow.destinations`, also applied when a hook is created. Every delivery is
@@ -43,7 +43,7 @@ import httpx
 import orjson
 
 from notaflow import destinations
-from notaflow.consumers.errors import PermanentFailure, TransientFailure
+from notaflow.errors import NotaflowError, Permanent, Transient
 
 #: Focus NFe's retry delays, in seconds, after the first failed delivery.
 RETRY_SCHEDULE: tuple[float, ...] = (60, 1800, 3600, 10800, 86400)
@@ -56,11 +56,11 @@ SyncResolver = Callable[[str, int], Iterable[str]]
 Resolver = Callable[[str, int], Iterable[str] | Awaitable[Iterable[str]]]
 
 
-class DestinationRefused(PermanentFailure):
+class DestinationRefused(Permanent):
     """The webhook URL is refused by the SSRF policy; retrying cannot help."""
 
 
-class WebhookVerificationError(Exception):
+class WebhookVerificationError(NotaflowError):
     """A Standard Webhooks signature check failed; the message says which part."""
 
 
@@ -156,7 +156,7 @@ def _check_addresses(host: str, addresses: Iterable[str]) -> list[str]:
     except destinations.DestinationError as exc:
         raise DestinationRefused(str(exc)) from exc
     except destinations.Unresolved as exc:
-        raise TransientFailure(str(exc)) from exc
+        raise Transient(str(exc)) from exc
 
 
 def _getaddrinfo(host: str, port: int) -> list[str]:
@@ -172,7 +172,7 @@ async def _loop_getaddrinfo(host: str, port: int) -> list[str]:
 def check_destination(url: str, allow_private: bool, resolver: SyncResolver | None = None) -> None:
     """Raise `DestinationRefused` unless `url` is http(s), has a host and no credentials, and
     (unless `allow_private`) every address of its host is public. `resolver(host, port)`
-    defaults to a blocking `socket.getaddrinfo`; DNS failure raises `TransientFailure`."""
+    defaults to a blocking `socket.getaddrinfo`; DNS failure raises `Transient`."""
     _, host, port = _parse_destination(url)
     if allow_private:
         return
@@ -183,7 +183,7 @@ def check_destination(url: str, allow_private: bool, resolver: SyncResolver | No
     try:
         addresses = list((resolver or _getaddrinfo)(host, port))
     except OSError as exc:
-        raise TransientFailure(f"cannot resolve {host}: {exc}") from exc
+        raise Transient(f"cannot resolve {host}: {exc}") from exc
     _check_addresses(host, addresses)
 
 
@@ -202,11 +202,11 @@ async def resolve_and_check(
             addresses = await answer if inspect.isawaitable(answer) else answer
             addresses = list(addresses)
         except OSError as exc:
-            raise TransientFailure(f"cannot resolve {host}: {exc}") from exc
+            raise Transient(f"cannot resolve {host}: {exc}") from exc
     if allow_private:
         unique = list(dict.fromkeys(a.split("%", 1)[0] for a in addresses))
         if not unique:
-            raise TransientFailure(f"{host} did not resolve to any address")
+            raise Transient(f"{host} did not resolve to any address")
         return unique
     return _check_addresses(host, addresses)
 
@@ -330,7 +330,7 @@ class WebhookSender:
                 response = await self._send(target.url, headers, body)
         except DestinationRefused as exc:
             return result(ok=False, error=str(exc), refused=True)
-        except TransientFailure as exc:
+        except Transient as exc:
             return result(ok=False, error=str(exc))
         except (TimeoutError, httpx.TimeoutException):
             return result(ok=False, error=f"timeout after {self._timeout:g} s")
