@@ -22,14 +22,7 @@ from typing import Any
 from starlette.requests import Request
 
 from notaflow.errors import IngressError
-from notaflow.ingress.body import (
-    BodyError,
-    BodyNotJson,
-    BodyTooLarge,
-    check_json_type,
-    parse_json,
-    read_body,
-)
+from notaflow.ingress.body import BodyError, BodyNotJson, BodyTooLarge, read_json, read_json_from
 from notaflow.ingress.responses import FastJSONResponse
 
 
@@ -125,17 +118,18 @@ class Dialect:
         limit: int,
         empty: Any = None,
     ) -> Any:
-        """The JSON body (`read` takes the size limit), or this dialect's body error. The
-        content type is refused before anything is read."""
+        """`body.read_json_from` (a raw ASGI handler's body), or this dialect's body error."""
         try:
-            check_json_type(content_type)
-            return parse_json(await read(limit), empty)
+            return await read_json_from(content_type, read, limit, empty)
         except BodyError as exc:
             raise self.body_error(exc, limit) from exc
 
     async def json(self, request: Request, limit: int, empty: Any = None) -> Any:
-        content_type = request.headers.get("content-type", "")
-        return await self.parse(content_type, lambda n: read_body(request, n), limit, empty)
+        """`body.read_json` (a route's body), or this dialect's body error."""
+        try:
+            return await read_json(request, limit, empty)
+        except BodyError as exc:
+            raise self.body_error(exc, limit) from exc
 
 
 class Focus(Dialect):

@@ -23,7 +23,7 @@ from notaflow import destinations
 from notaflow.brdocs import clean_document, valid_cnpj, valid_cpf
 from notaflow.ingress.deps import deps
 from notaflow.ingress.dialects import FOCUS, FocusError
-from notaflow.ingress.focus_nfse import authenticate, focus_json
+from notaflow.ingress.focus_nfse import authenticate
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store import TooManyHooks
 
@@ -105,7 +105,7 @@ def _kind(message: str) -> str:
 async def create_hook(request: Request) -> Response:
     d = deps(request)
     tenant = await authenticate(request, d)
-    body = await focus_json(request, d)
+    body = await FOCUS.json(request, d.settings.max_body_bytes)
     if not isinstance(body, dict):
         raise FOCUS.invalid("O corpo da requisição deve ser um objeto JSON")
     event = body.get("event")

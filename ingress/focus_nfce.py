@@ -16,7 +16,7 @@ from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
 from notaflow.ingress.cancellation import cancel_and_wait
 from notaflow.ingress.deps import deps
 from notaflow.ingress.dialects import FOCUS, FocusError
-from notaflow.ingress.focus_nfse import authenticate, focus_json, query_value
+from notaflow.ingress.focus_nfse import authenticate, query_value
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.nfce import normalize_nfce, omitted_notices, validate_motivo
 from notaflow.nfse import validate_ref
@@ -36,7 +36,7 @@ async def create_nfce(request: Request) -> Response:
         ref = validate_ref(query_value(request, "ref"))
     except InvalidDocument as exc:
         raise FOCUS.invalid(exc.message) from exc
-    raw = await focus_json(request, d)
+    raw = await FOCUS.json(request, d.settings.max_body_bytes)
     try:
         document = normalize_nfce(raw)
     except InvalidDocument as exc:
@@ -98,7 +98,7 @@ async def cancel_nfce(request: Request) -> Response:
     d = deps(request)
     tenant = await authenticate(request, d)
     ref = request.path_params["ref"]
-    body = await focus_json(request, d, empty={})
+    body = await FOCUS.json(request, d.settings.max_body_bytes, empty={})
     try:
         motivo = validate_motivo(body)
     except InvalidDocument as exc:

@@ -16,14 +16,7 @@ from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
 from notaflow.focus_kinds import NFSE, FocusKind
 from notaflow.ingress.auth import basic_user
-from notaflow.ingress.body import (
-    BodyNotJson,
-    BodyTooLarge,
-    check_json_type,
-    parse_json,
-    read_body,
-    read_json,
-)
+from notaflow.ingress.body import read_body
 from notaflow.ingress.cancellation import cancel_and_wait
 from notaflow.ingress.deps import IngressDeps, deps
 from notaflow.ingress.dialects import FOCUS, FocusError
@@ -73,25 +66,6 @@ async def authenticate_header(authorization: str, d: IngressDeps) -> Tenant:
     return tenant
 
 
-async def focus_json(request: Request, d: IngressDeps, empty: object = None) -> object:
-    try:
-        return await read_json(request, d.settings.max_body_bytes, empty)
-    except (BodyTooLarge, BodyNotJson) as exc:
-        raise _body_error(exc, d) from exc
-
-
-def _body_error(exc: BodyTooLarge | BodyNotJson, d: IngressDeps) -> FocusError:
-    if isinstance(exc, BodyTooLarge):
-        return FocusError(
-            413,
-            "requisicao_invalida",
-            f"Corpo da requisição maior que o limite de {d.settings.max_body_bytes} bytes",
-        )
-    if exc.unsupported_type:
-        return FocusError(415, "requisicao_invalida", "Envie o corpo em JSON")
-    return FOCUS.invalid("O corpo da requisição não é um JSON válido")
-
-
 async def create_nfse(request: Request) -> Response:
     headers = request.headers
     cnpj, ref = await accept_nfse(
@@ -125,11 +99,7 @@ async def accept_nfse(
         ref = validate_ref(query_string_value(query_string, "ref"))
     except InvalidDocument as exc:
         raise FOCUS.invalid(exc.message) from exc
-    try:
-        check_json_type(content_type)
-        raw = parse_json(await read(d.settings.max_body_bytes))
-    except (BodyTooLarge, BodyNotJson) as exc:
-        raise _body_error(exc, d) from exc
+    raw = await FOCUS.parse(content_type, read, d.settings.max_body_bytes)
     try:
         document = normalize_nfse(raw)
     except InvalidDocument as exc:
@@ -214,7 +184,7 @@ def cancel_route(kind: FocusKind) -> Handler:
     async def cancel(request: Request) -> Response:
         d = deps(request)
         tenant = await authenticate(request, d)
-        body = await focus_json(request, d)
+        body = await FOCUS.json(request, d.settings.max_body_bytes)
         try:
             justificativa = validate_justificativa(body)
         except InvalidDocument as exc:
@@ -243,7 +213,7 @@ def email_route(kind: FocusKind) -> Handler:
         d = deps(request)
         tenant = await authenticate(request, d)
         ref = request.path_params["ref"]
-        body = await focus_json(request, d)
+        body = await FOCUS.json(request, d.settings.max_body_bytes)
         emails = body.get("emails") if isinstance(body, dict) else None
         if emails is None:
             raise FOCUS.invalid('Parâmetro "emails" não informado')

@@ -13,11 +13,9 @@ from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
 from notaflow.focus_kinds import NFSEN
-from notaflow.ingress.body import BodyNotJson, BodyTooLarge, check_json_type, parse_json, read_body
 from notaflow.ingress.deps import deps
 from notaflow.ingress.dialects import FOCUS, FocusError
 from notaflow.ingress.focus_nfse import (
-    _body_error,
     accepted_body,
     authenticate,
     completa,
@@ -42,11 +40,7 @@ async def create_nfsen(request: Request) -> Response:
         ref = validate_ref(query_value(request, "ref"))
     except InvalidDocument as exc:
         raise FOCUS.invalid(exc.message) from exc
-    try:
-        check_json_type(request.headers.get("content-type", ""))
-        raw = parse_json(await read_body(request, d.settings.max_body_bytes))
-    except (BodyTooLarge, BodyNotJson) as exc:
-        raise _body_error(exc, d) from exc
+    raw = await FOCUS.json(request, d.settings.max_body_bytes)
     try:
         document = NFSEN.normalize(raw)
     except InvalidDocument as exc:

@@ -20,9 +20,8 @@ from notaflow.emails import MAX_PER_REQUEST, valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
 from notaflow.focus_kinds import BY_KIND, FocusKind
-from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
 from notaflow.ingress.deps import IngressDeps, deps
-from notaflow.ingress.dialects import HubsoftError
+from notaflow.ingress.dialects import HUBSOFT, HubsoftError
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store import Tenant
 from notaflow.store.documents import AUTHORIZED, CANCELLED
@@ -46,12 +45,7 @@ async def bearer_tenant(request: Request, d: IngressDeps) -> Tenant:
 async def enviar_email(request: Request) -> Response:
     d = deps(request)
     tenant = await bearer_tenant(request, d)
-    try:
-        body = await read_json(request, d.settings.max_body_bytes)
-    except BodyTooLarge as exc:
-        raise HubsoftError(413, "Corpo da requisição grande demais") from exc
-    except BodyNotJson as exc:
-        raise HubsoftError(400, "O corpo da requisição deve ser um JSON válido") from exc
+    body = await HUBSOFT.json(request, d.settings.max_body_bytes)
     if not isinstance(body, dict):
         raise HubsoftError(400, "O corpo da requisição deve ser um objeto JSON")
     nota_id = _nota_id(body.get("id_nota_fiscal"))

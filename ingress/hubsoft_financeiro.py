@@ -24,9 +24,8 @@ from notaflow import billing as b
 from notaflow.brdocs import clean_document
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument
-from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
 from notaflow.ingress.deps import deps
-from notaflow.ingress.dialects import FinanceiroError
+from notaflow.ingress.dialects import HUBSOFT_FINANCEIRO, FinanceiroError
 from notaflow.ingress.hubsoft import bearer_tenant
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store.invoices import FinanceiroQuery, Invoice, InvoiceStore
@@ -139,12 +138,7 @@ async def financeiro(request: Request) -> Response:
 async def eventos(request: Request) -> Response:
     d = deps(request)
     tenant = await bearer_tenant(request, d)
-    try:
-        body = await read_json(request, d.settings.max_body_bytes)
-    except BodyTooLarge as exc:
-        raise FinanceiroError(413, "Corpo da requisição grande demais") from exc
-    except BodyNotJson as exc:
-        raise FinanceiroError(400, "O corpo da requisição deve ser um JSON válido") from exc
+    body = await HUBSOFT_FINANCEIRO.json(request, d.settings.max_body_bytes)
     if isinstance(body, dict) and isinstance(body.get("eventos"), list):
         body = body["eventos"]
     items = body if isinstance(body, list) else [body]

@@ -18,7 +18,6 @@ from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
 from notaflow.ingress.deps import deps
 from notaflow.ingress.dialects import FOCUS, FocusError
-from notaflow.ingress.focus_nfse import focus_json
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.schemas import validator
 from notaflow.tracing import outgoing_traceparent
@@ -32,7 +31,7 @@ async def focus_nfse_callback(request: Request) -> Response:
     given = request.headers.get(d.settings.focus_webhook_header, "")
     if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
         raise FocusError(401, "nao_autorizado", "Autorização do webhook inválida")
-    body = await focus_json(request, d)
+    body = await FOCUS.json(request, d.settings.max_body_bytes)
     if not isinstance(body, dict) or not validator("focus_callback").is_valid(body):
         raise FocusError(
             400, "requisicao_invalida", "Corpo do webhook fora do formato da Focus NFe"

@@ -34,9 +34,8 @@ from notaflow.emails import valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
 from notaflow.ingress.auth import MAX_TOKEN_CHARS
-from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
 from notaflow.ingress.deps import IngressDeps, deps
-from notaflow.ingress.dialects import WuroError
+from notaflow.ingress.dialects import WURO, WuroError
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.invoice_pdf import render_invoice_pdf
 from notaflow.store.invoices import (
@@ -106,12 +105,7 @@ async def _invoice(d: IngressDeps, tenant: str, uid: str) -> Invoice:
 async def mail(request: Request) -> Response:
     d = deps(request)
     tenant = await app_tenant(request, d)
-    try:
-        body = await read_json(request, d.settings.max_body_bytes)
-    except BodyTooLarge as exc:
-        raise WuroError(413, "invalid_request", "Body too large") from exc
-    except BodyNotJson as exc:
-        raise WuroError(400, "invalid_request", "Body must be JSON") from exc
+    body = await WURO.json(request, d.settings.max_body_bytes)
     if body is None:
         body = {}
     if not isinstance(body, dict):

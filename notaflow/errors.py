@@ -36,7 +36,7 @@
 Each class says whether retrying can help (`retriable`), so callers read one flag. Foreign errors
 (httpx, sockets, smtplib) are translated once, at each provider adapter's boundary
 (`consumers.providers.*`: `map_httpx_errors`, `map_socket_errors`, `map_smtp_error`). Classes in
-parentheses live beside the code that raises them; `tests/unit/errors/test_error_tree.py` fails
+parentheses live beside the code that raises them; `tests/unit/runtime/test_error_tree.py` fails
 when an error of the product roots elsewhere or is missing from this picture.
 """
 
