@@ -1,6 +1,7 @@
 """SMTP mailer: sends one message and answers per envelope recipient.
 
-Every aiosmtplib, socket and TLS error is mapped here, once, to the consumer error tree:
+Every aiosmtplib, socket and TLS error is mapped here, once (`map_smtp_error`), to the error
+tree of `notaflow.errors`:
 
     connection refused / reset, timeouts, 4xx for every recipient, 4xx at DATA
                                                     -> Transient (retry later)
