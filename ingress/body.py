@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import orjson
@@ -96,14 +95,5 @@ def parse_json(raw: bytes, empty: Any = None) -> Any:
 
 
 async def read_json(request: Request, limit: int, empty: Any = None) -> Any:
-    content_type = request.headers.get("content-type", "")
-    return await read_json_from(content_type, lambda n: read_body(request, n), limit, empty)
-
-
-async def read_json_from(
-    content_type: str, read: Callable[[int], Awaitable[bytes]], limit: int, empty: Any = None
-) -> Any:
-    """The JSON body, `read` taking the size limit (a raw ASGI handler has no Request). The
-    content type is refused before anything is read."""
-    check_json_type(content_type)
-    return parse_json(await read(limit), empty)
+    check_json_type(request.headers.get("content-type", ""))
+    return parse_json(await read_body(request, limit), empty)

@@ -22,7 +22,14 @@ from typing import Any
 from starlette.requests import Request
 
 from notaflow.errors import IngressError
-from notaflow.ingress.body import BodyError, BodyNotJson, BodyTooLarge, read_json, read_json_from
+from notaflow.ingress.body import (
+    BodyError,
+    BodyNotJson,
+    BodyTooLarge,
+    check_json_type,
+    parse_json,
+    read_json,
+)
 from notaflow.ingress.responses import FastJSONResponse
 
 
@@ -118,9 +125,12 @@ class Dialect:
         limit: int,
         empty: Any = None,
     ) -> Any:
-        """`body.read_json_from` (a raw ASGI handler's body), or this dialect's body error."""
+        """`body.read_json` for a raw ASGI handler (`read` takes the size limit), or this
+        dialect's body error. Spelled out rather than delegated to `read_json`: on the hot
+        route each coroutine frame costs about 0.4 µs per request."""
         try:
-            return await read_json_from(content_type, read, limit, empty)
+            check_json_type(content_type)
+            return parse_json(await read(limit), empty)
         except BodyError as exc:
             raise self.body_error(exc, limit) from exc
 
