@@ -9,8 +9,10 @@ the shape its clients parse, so a route of a dialect, the hot route and the app'
 
 Each renders three kinds of error:
 - body errors (`BodyTooLarge`, `BodyNotJson`), read through `dialect.json` / `dialect.parse`;
-- generic errors the routes do not raise (`dialect.generic(status, detail)`: 404, 405, 500,
-  503, a NUL in the URL), chosen by path with `for_path`;
+- generic errors: those the routes do not raise (`dialect.generic(status, detail)`: 404, 405,
+  500, 503, a NUL in the URL), chosen by path with `for_path`, and those every route of the
+  dialect raises alike (`missing_credentials`, `refused_credentials`, `unavailable`: Kafka did
+  not acknowledge);
 - domain errors, raised by the routes as the dialect's error class (`FocusError`, ...).
 """
 
@@ -118,6 +120,16 @@ class Dialect:
     def generic(self, status: int, detail: str) -> IngressError:
         raise NotImplementedError
 
+    def missing_credentials(self) -> IngressError:
+        raise NotImplementedError
+
+    def refused_credentials(self) -> IngressError:
+        """An unknown and a revoked credential alike: nothing says which tenants exist."""
+        raise NotImplementedError
+
+    def unavailable(self) -> IngressError:
+        raise NotImplementedError
+
     async def parse(
         self,
         content_type: str,
@@ -158,6 +170,17 @@ class Focus(Dialect):
         message, codigo, _code = _generic(status, detail)
         return FocusError(status, codigo, message)
 
+    def missing_credentials(self) -> FocusError:
+        return FocusError(
+            401,
+            "nao_autorizado",
+            "Informe o token de acesso (HTTP Basic: token como usuário, senha vazia)",
+            headers={"WWW-Authenticate": 'Basic realm="notaflow"'},
+        )
+
+    def refused_credentials(self) -> FocusError:
+        return FocusError(403, "permissao_negada", "Token inválido ou sem permissão de acesso")
+
     def invalid(self, mensagem: str) -> FocusError:
         return FocusError(400, "requisicao_invalida", mensagem)
 
@@ -191,6 +214,16 @@ class Hubsoft(Dialect):
         # The app's own answers are the plain shape on every HubSoft path.
         return HubsoftError(status, _generic(status, detail)[0])
 
+    # Authentication is shared by every HubSoft route (`hubsoft.bearer_tenant`): plain shape.
+    def missing_credentials(self) -> HubsoftError:
+        return HubsoftError(401, "Token de acesso não informado (Authorization: Bearer <token>)")
+
+    def refused_credentials(self) -> HubsoftError:
+        return HubsoftError(401, "Token de acesso inválido, expirado ou revogado")
+
+    def unavailable(self) -> HubsoftError:
+        return self.error(503, "Serviço temporariamente indisponível; tente novamente")
+
 
 class Wuro(Dialect):
     def body_error(self, exc: BodyError, limit: int) -> WuroError:
@@ -201,6 +234,15 @@ class Wuro(Dialect):
     def generic(self, status: int, detail: str) -> WuroError:
         message, _codigo, code = _generic(status, detail)
         return WuroError(status, code, message)
+
+    def missing_credentials(self) -> WuroError:
+        return WuroError(401, "unauthorized", "X-APP-ID and X-APP-SECRET headers are required")
+
+    def refused_credentials(self) -> WuroError:
+        return WuroError(401, "unauthorized", "Invalid X-APP-ID or X-APP-SECRET")
+
+    def unavailable(self) -> WuroError:
+        return WuroError(503, "unavailable", "Service unavailable; nothing was sent")
 
 
 FOCUS = Focus()

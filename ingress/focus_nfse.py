@@ -53,16 +53,10 @@ async def authenticate(request: Request, d: IngressDeps) -> Tenant:
 async def authenticate_header(authorization: str, d: IngressDeps) -> Tenant:
     token = basic_user(authorization)
     if token is None:
-        raise FocusError(
-            401,
-            "nao_autorizado",
-            "Informe o token de acesso (HTTP Basic: token como usuário, senha vazia)",
-            headers={"WWW-Authenticate": 'Basic realm="notaflow"'},
-        )
+        raise FOCUS.missing_credentials()
     tenant = await d.tenant_cache.lookup(token)
     if tenant is None:
-        # The same answer for an unknown and a revoked token: nothing says which tenants exist.
-        raise FocusError(403, "permissao_negada", "Token inválido ou sem permissão de acesso")
+        raise FOCUS.refused_credentials()
     return tenant
 
 

@@ -35,10 +35,10 @@ BRASILIA = timezone(timedelta(hours=-3))
 async def bearer_tenant(request: Request, d: IngressDeps) -> Tenant:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise HubsoftError(401, "Token de acesso não informado (Authorization: Bearer <token>)")
+        raise HUBSOFT.missing_credentials()
     tenant = await d.tenant_cache.lookup(token.strip())
     if tenant is None:
-        raise HubsoftError(401, "Token de acesso inválido, expirado ou revogado")
+        raise HUBSOFT.refused_credentials()
     return tenant
 
 
@@ -124,7 +124,7 @@ async def _send(
         await d.bus.publish(d.topics.nfse_commands, event, key)
     except BusUnavailable as exc:
         d.waiters.forget(command_id)
-        raise HubsoftError(503, "Serviço temporariamente indisponível; tente novamente") from exc
+        raise HUBSOFT.unavailable() from exc
     outcome = await d.waiters.wait(command_id, d.settings.sync_email_wait)
     if outcome is None:
         raise HubsoftError(

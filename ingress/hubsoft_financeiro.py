@@ -164,7 +164,7 @@ async def eventos(request: Request) -> Response:
         raise FinanceiroError(400, "Evento(s) inválido(s); nada foi registrado", errors)
     failure = await d.bus.publish_many(b.events_topic(d.topics.prefix), records)
     if failure is not None:
-        raise FinanceiroError(503, "Serviço temporariamente indisponível; tente novamente")
+        raise HUBSOFT_FINANCEIRO.unavailable()
     return FastJSONResponse(
         {
             "status": "success",

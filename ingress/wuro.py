@@ -53,12 +53,12 @@ async def app_tenant(request: Request, d: IngressDeps) -> str:
     app_id = request.headers.get("x-app-id", "").strip()
     secret = request.headers.get("x-app-secret", "").strip()
     if not app_id or not secret:
-        raise WuroError(401, "unauthorized", "X-APP-ID and X-APP-SECRET headers are required")
+        raise WURO.missing_credentials()
     too_long = len(app_id) > MAX_TOKEN_CHARS or len(secret) > MAX_TOKEN_CHARS
     # A credential over a few hundred characters cannot exist: refused without a query.
     tenant = None if too_long else await BillingConfigStore(d.engine).tenant_for_app(app_id, secret)
     if tenant is None:
-        raise WuroError(401, "unauthorized", "Invalid X-APP-ID or X-APP-SECRET")
+        raise WURO.refused_credentials()
     return tenant
 
 
@@ -149,7 +149,7 @@ async def mail(request: Request) -> Response:
             b.commands_topic(d.topics.prefix), event, b.invoice_key(tenant, invoice.uid)
         )
     except BusUnavailable as exc:
-        raise WuroError(503, "unavailable", "Service unavailable; nothing was sent") from exc
+        raise WURO.unavailable() from exc
     return FastJSONResponse(
         {"resultId": result_id, "html": rendered.html, "subject": rendered.subject}
     )

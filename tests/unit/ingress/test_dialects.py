@@ -166,3 +166,37 @@ async def test_parse_maps_body_errors_and_refuses_a_type_before_reading() -> Non
         await HUBSOFT.parse("text/plain", _Chunks(b"   "), LIMIT)
     assert hub.value.status_code == 400
     assert await FOCUS.parse("", _Chunks(b""), LIMIT, empty={}) == {}
+
+
+UNAUTHORIZED = {**JSON, "www-authenticate": 'Basic realm="notaflow"'}
+SHARED: list[tuple[IngressError, int, bytes, dict[str, str]]] = [
+    (FOCUS.missing_credentials(), 401, '{"codigo":"nao_autorizado","mensagem":"Informe o token '
+     'de acesso (HTTP Basic: token como usuário, senha vazia)"}'.encode(), UNAUTHORIZED),
+    (FOCUS.refused_credentials(), 403, '{"codigo":"permissao_negada","mensagem":"Token '
+     'inválido ou sem permissão de acesso"}'.encode(), JSON),
+    (FOCUS.unavailable(), 503, '{"codigo":"servico_indisponivel","mensagem":"Serviço '
+     'temporariamente indisponível. Tente novamente em instantes com a mesma ref."}'.encode(),
+     {**JSON, "retry-after": "5"}),
+    (HUBSOFT.missing_credentials(), 401, '{"status":"error","msg":"Token de acesso não '
+     'informado (Authorization: Bearer <token>)"}'.encode(), JSON),
+    (HUBSOFT.refused_credentials(), 401, '{"status":"error","msg":"Token de acesso inválido, '
+     'expirado ou revogado"}'.encode(), JSON),
+    (HUBSOFT.unavailable(), 503, '{"status":"error","msg":"Serviço temporariamente '
+     'indisponível; tente novamente"}'.encode(), JSON),
+    (HUBSOFT_FINANCEIRO.unavailable(), 503, '{"status":"error","msg":"Serviço temporariamente '
+     'indisponível; tente novamente","errors":["Serviço temporariamente indisponível; tente '
+     'novamente"]}'.encode(), JSON),
+    (WURO.missing_credentials(), 401, b'{"error":{"code":"unauthorized","message":"X-APP-ID '
+     b'and X-APP-SECRET headers are required"}}', JSON),
+    (WURO.refused_credentials(), 401,
+     b'{"error":{"code":"unauthorized","message":"Invalid X-APP-ID or X-APP-SECRET"}}', JSON),
+    (WURO.unavailable(), 503,
+     b'{"error":{"code":"unavailable","message":"Service unavailable; nothing was sent"}}', JSON),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize(("error", "status", "body", "headers"), SHARED)
+def test_credentials_and_kafka_outage_render_as_each_dialect_always_answered(
+    error: IngressError, status: int, body: bytes, headers: dict[str, str]
+) -> None:
+    assert answer(error) == (status, body, headers)
