@@ -3,7 +3,7 @@
 - `BillingEvents` (consumer `billing`, topic billing.events): applies invoice events to the
   read model; one invoice's events share a key, so they arrive in order per partition, and the
   precedence rules of `notaflow.billing` make reordering across producers and duplicates
-  harmless. An invalid event is a Permanent (dead-letter topic).
+  harmless. An invalid event is a `Permanent` failure (dead-letter topic).
 - `BillingMailer` (run by the notification consumer, topic billing.commands): sends an
   already-rendered invoice e-mail, with the invoice PDF attached on request, once per command:
   the delivery row keyed by the command id is found again on redelivery.

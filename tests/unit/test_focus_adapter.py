@@ -1,5 +1,5 @@
 """The Focus NFe HTTP adapter against `httpx.MockTransport`: what goes on the wire, how every
-answer and every foreign error lands in the consumer error tree, and the rate-limit gate."""
+answer and every foreign error lands in the error tree, and the rate-limit gate."""
 
 from __future__ import annotations
 
