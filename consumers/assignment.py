@@ -31,12 +31,13 @@ from aiokafka.coordinator.assignors.range import RangePartitionAssignor
 from aiokafka.coordinator.assignors.roundrobin import RoundRobinPartitionAssignor
 
 from notaflow.bus import client_options
+from notaflow.errors import ConfigurationError
 from notaflow.settings import Settings
 
 ASSIGNORS = (RangePartitionAssignor, RoundRobinPartitionAssignor)
 
 
-class TopicsNotCoPartitioned(Exception):
+class TopicsNotCoPartitioned(ConfigurationError):
     """The topics a consumer reads together have different partition counts (or are missing)."""
 
 

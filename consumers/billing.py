@@ -3,7 +3,7 @@
 - `BillingEvents` (consumer `billing`, topic billing.events): applies invoice events to the
   read model; one invoice's events share a key, so they arrive in order per partition, and the
   precedence rules of `notaflow.billing` make reordering across producers and duplicates
-  harmless. An invalid event is a PermanentFailure (dead-letter topic).
+  harmless. An invalid event is a `Permanent` failure (dead-letter topic).
 - `BillingMailer` (run by the notification consumer, topic billing.commands): sends an
   already-rendered invoice e-mail, with the invoice PDF attached on request, once per command:
   the delivery row keyed by the command id is found again on redelivery.
@@ -24,10 +24,9 @@ from urllib.parse import urlsplit
 from notaflow import billing as b
 from notaflow import schemas
 from notaflow.bus import Bus
-from notaflow.consumers.errors import ConsumerError, PermanentFailure, TransientFailure
 from notaflow.consumers.providers.mailer import Mailer
 from notaflow.envelope import Event, decode
-from notaflow.errors import InvalidDocument
+from notaflow.errors import InvalidDocument, Permanent, Transient
 from notaflow.invoice_pdf import render_invoice_pdf
 from notaflow.store.deliveries import PENDING
 from notaflow.store.invoices import (
@@ -55,11 +54,11 @@ class BillingEvents:
             return
         tenant = str(event.data.get("tenant") or event.tenant)
         if not tenant:
-            raise PermanentFailure("invoice event without tenant")
+            raise Permanent("invoice event without tenant")
         try:
             invoice_event = b.normalize_event(event.data)
         except InvalidDocument as exc:
-            raise PermanentFailure(f"invalid invoice event: {exc.message}") from exc
+            raise Permanent(f"invalid invoice event: {exc.message}") from exc
         applied = await self._invoices.apply(tenant, invoice_event)
         log.debug("invoice %s/%s event %s applied=%s", tenant, invoice_event.uid,
                   invoice_event.event_id, applied)  # fmt: skip
@@ -90,10 +89,10 @@ class BillingMailer:
     async def send(self, event: Event) -> None:
         data = event.data
         for error in schemas.validator("invoice_mail_command").iter_errors(data):
-            raise PermanentFailure(f"invalid invoice mail command: {error.message}")
+            raise Permanent(f"invalid invoice mail command: {error.message}")
         invoice = await self._invoices.get(data["tenant"], data["uid"])
         if invoice is None:
-            raise PermanentFailure(f"invoice {data['tenant']}/{data['uid']} not found")
+            raise Permanent(f"invoice {data['tenant']}/{data['uid']} not found")
         delivery = await self._deliveries.hold(
             invoice.tenant_id, invoice.id, f"invoice-mail:{event.id}", data["to"], data
         )
@@ -101,11 +100,11 @@ class BillingMailer:
             return  # sent (or given up) already, or another replica has it now
         if self._mailer is None:
             await self._deliveries.record(delivery.id, False, None, "no SMTP server", "", None)
-            raise PermanentFailure("no SMTP server configured")
+            raise Permanent("no SMTP server configured")
         message = await self._message(invoice, data, delivery.id)
         try:
             results = await self._mailer.send(message)
-        except ConsumerError as exc:
+        except (Permanent, Transient) as exc:
             await self._deliveries.record(delivery.id, False, None, str(exc), "", None)
             if exc.retriable:
                 await self._deliveries.reopen(delivery.id)
@@ -119,7 +118,7 @@ class BillingMailer:
         await self._deliveries.record(delivery.id, False, first.code, text, first.host, None)
         if any(r.transient for r in results):
             await self._deliveries.reopen(delivery.id)
-            raise TransientFailure(text)
+            raise Transient(text)
         log.warning("invoice mail %s refused: %s", event.id, text)
 
     async def _message(self, invoice: Invoice, data: dict[str, Any], delivery_id: int) -> Any:

@@ -13,11 +13,11 @@ from typing import Any
 
 from notaflow import topics as t
 from notaflow.bus import Bus
-from notaflow.consumers.errors import PermanentFailure
 from notaflow.consumers.lifecycle import note_to_cancel, publish_status, reply_status
 from notaflow.consumers.nfce import NfceCanceller
 from notaflow.consumers.providers.focus import FocusClient
 from notaflow.envelope import Event, decode
+from notaflow.errors import Permanent
 from notaflow.focus_kinds import BY_CANCEL_TYPE, BY_KIND, NFSE, FocusKind
 from notaflow.store import Document, DocumentStore
 from notaflow.store.blob_names import document_path
@@ -51,7 +51,7 @@ class CancellationConsumer:
             await self.cancel(event, kind)
         elif event.type == t.NFCE_CANCEL:
             if self._nfce is None:
-                raise PermanentFailure("NFC-e is not configured (NOTAFLOW_EMITES_*)")
+                raise Permanent("NFC-e is not configured (NOTAFLOW_EMITES_*)")
             await self._nfce.cancel(event)
 
     async def cancel(self, event: Event, kind: FocusKind = NFSE) -> None:

@@ -20,13 +20,12 @@ from notaflow.consumers.callback_check import (
     same_outcome,
     xml_agrees,
 )
-from notaflow.consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
 from notaflow.consumers.lifecycle import publish_if_current, publish_status
 from notaflow.consumers.nfce import NfceEmitter
 from notaflow.consumers.providers.focus import FocusClient
 from notaflow.consumers.providers.urls import ForeignPath
 from notaflow.envelope import Event, decode
-from notaflow.errors import InvalidDocument, RefInUse
+from notaflow.errors import InvalidDocument, Permanent, RateLimited, RefInUse, Stopping, Transient
 from notaflow.focus_kinds import BY_EMIT_TYPE, BY_KIND, NFSE, FocusKind
 from notaflow.schemas import validator
 from notaflow.store import Document, DocumentStore, TenantStore
@@ -72,7 +71,7 @@ class EmissionConsumer:
             await self.apply_callback(event)
         elif event.type == t.NFCE_CREATE:
             if self._nfce is None:
-                raise PermanentFailure("NFC-e is not configured (NOTAFLOW_EMITES_*)")
+                raise Permanent("NFC-e is not configured (NOTAFLOW_EMITES_*)")
             await self._nfce.create(event)
         # Other command types on the topic belong to other consumers.
 
@@ -108,7 +107,7 @@ class EmissionConsumer:
                     tenant_id, kind.kind, ref, cnpj, document, event.id, SOURCE, current=doc
                 )
             except RefInUse as exc:
-                raise PermanentFailure(f"ref {ref} em uso ({exc.status})") from exc
+                raise Permanent(f"ref {ref} em uso ({exc.status})") from exc
             doc = await self._docs.get(tenant_id, kind.kind, ref)
         if doc is None or doc.command_id != event.id:
             log.info("skipping stale emit %s for %s/%s", event.id, tenant_id, ref)
@@ -226,7 +225,7 @@ class EmissionConsumer:
                 why = f"caminho_xml_nota_fiscal recusado ({exc})"
             except (Stopping, RateLimited):
                 raise
-            except TransientFailure as exc:
+            except Transient as exc:
                 why = f"XML indisponível ({exc})"
             else:
                 if xml_agrees(xml, body, doc.cnpj_prestador):

@@ -8,9 +8,8 @@ from typing import Any
 
 from notaflow import topics as t
 from notaflow.bus import Bus
-from notaflow.consumers.errors import TransientFailure
 from notaflow.envelope import Event
-from notaflow.errors import InvalidDocument
+from notaflow.errors import InvalidDocument, Transient
 from notaflow.schemas import validator
 from notaflow.store import Document, DocumentStore
 from notaflow.store.documents import CANCELLED, ERROR, PROCESSING
@@ -140,7 +139,7 @@ async def note_to_cancel(
         await reply_status(bus, topics, cause, source, "nao_encontrado")
         return None
     if doc.status == PROCESSING:
-        raise TransientFailure("a nota ainda está em processamento", retry_after=1.0)
+        raise Transient("a nota ainda está em processamento", retry_after=1.0)
     if doc.status == ERROR:
         await reply_status(bus, topics, cause, source, "nfe_nao_autorizada")
         return None

@@ -19,11 +19,10 @@ from opentelemetry.trace import SpanKind
 from notaflow import topics as t
 from notaflow import tracing
 from notaflow.bus import Bus
-from notaflow.consumers.errors import PermanentFailure, TransientFailure, Unsent
 from notaflow.consumers.lifecycle import note_to_cancel, publish_status, reply, reply_status
 from notaflow.consumers.providers.emites import EmitesClient, EmitesReply
 from notaflow.envelope import Event
-from notaflow.errors import InvalidDocument, RefInUse
+from notaflow.errors import InvalidDocument, Permanent, RefInUse, Transient, Unsent
 from notaflow.nfce import normalize_nfce, omitted_notices
 from notaflow.schemas import validator
 from notaflow.store import Document, DocumentStore, TenantStore
@@ -97,14 +96,14 @@ class NfceEmitter:
                     tenant_id, KIND, ref, self._cnpj, document, event.id, self._source, current=doc
                 )
             except RefInUse as exc:
-                raise PermanentFailure(f"ref {ref} em uso ({exc.status})") from exc
+                raise Permanent(f"ref {ref} em uso ({exc.status})") from exc
             doc = await self._docs.get(tenant_id, KIND, ref)
             assert doc is not None
         if doc.command_id != event.id or doc.status != PROCESSING:
             await self._answer(event, doc)  # a redelivery: answer what happened
             return
         if doc.submitted_at is not None:
-            raise PermanentFailure(
+            raise Permanent(
                 "CREATE_NFCE may already have reached Emites-Client (outcome unknown): "
                 "not sent again; check the note there before replaying this record"
             )
@@ -115,12 +114,12 @@ class NfceEmitter:
         except Unsent:
             await self._docs.unmark_submitted(doc.id, doc.attempt)
             raise
-        except TransientFailure as exc:
-            raise PermanentFailure(f"outcome unknown after sending CREATE_NFCE: {exc}") from exc
+        except Transient as exc:
+            raise Permanent(f"outcome unknown after sending CREATE_NFCE: {exc}") from exc
         if answer.status == "sucesso":
             await self._authorized(doc, answer, event, avisos)
         elif answer.status == "processando":
-            raise PermanentFailure("Emites-Client answered 'processando': reconcile the note")
+            raise Permanent("Emites-Client answered 'processando': reconcile the note")
         else:
             await self._finish(doc, ERROR, _with_avisos({}, avisos), _erros(answer), event)
 
@@ -188,7 +187,7 @@ class NfceCanceller:
             return
         chave = doc.result.get("chave_nfe")
         if not chave:
-            raise PermanentFailure(f"NFC-e {doc.ref} autorizada sem chave de acesso")
+            raise Permanent(f"NFC-e {doc.ref} autorizada sem chave de acesso")
         with tracing.span("emites CANCEL_NFCE", kind=SpanKind.CLIENT):
             answer = await self._emites.cancel_nfce(str(chave), data.get("motivo"))
         if answer.status == "cancelada":

@@ -32,7 +32,6 @@ from opentelemetry.trace import SpanKind
 from notaflow import topics as t
 from notaflow import tracing
 from notaflow.bus import Bus
-from notaflow.consumers.errors import ConsumerError, PermanentFailure
 from notaflow.consumers.lifecycle import reply
 from notaflow.consumers.mail_templates import (
     NfseLinks,
@@ -43,6 +42,7 @@ from notaflow.consumers.mail_templates import (
 from notaflow.consumers.providers.mailer import Mailer
 from notaflow.consumers.providers.webhooks import HookTarget, WebhookSender, next_attempt_delay
 from notaflow.envelope import Event, decode
+from notaflow.errors import Permanent, Transient
 from notaflow.focus_kinds import BY_EMAIL_TYPE, BY_HOOK_TYPE, BY_KIND
 from notaflow.metrics import Metrics
 from notaflow.store import (
@@ -347,8 +347,8 @@ class NotificationConsumer:
             smtp: dict[str, Any] = {"server.address": host, "peer.service": "smtp"}
             with tracing.span("smtp send", kind=SpanKind.CLIENT, **smtp):
                 [result] = await self._mailer.send(message, [delivery.target])
-        except ConsumerError as exc:
-            return Outcome(False, None, str(exc), host, now), not isinstance(exc, PermanentFailure)
+        except (Permanent, Transient) as exc:
+            return Outcome(False, None, str(exc), host, now), not isinstance(exc, Permanent)
         text = (
             result.message
             if result.accepted or result.code is None

@@ -19,9 +19,9 @@ from datetime import UTC, datetime, timedelta
 
 from notaflow import topics as t
 from notaflow.bus import Bus
-from notaflow.consumers.errors import ConsumerError
 from notaflow.consumers.providers.focus import FocusClient
 from notaflow.envelope import Event
+from notaflow.errors import Permanent, Transient
 from notaflow.focus_kinds import BY_KIND
 from notaflow.store import Document, DocumentStore
 from notaflow.store.documents import PROCESSING
@@ -58,7 +58,7 @@ class Reconciler:
             report.examined += 1
             try:
                 await self._reconcile(doc, report)
-            except ConsumerError as exc:
+            except (Permanent, Transient) as exc:
                 report.failed.append(f"{doc.tenant_id}/{doc.ref}: {exc}")
         return report
 

@@ -5,8 +5,8 @@
 - Bounded in-flight work: a semaphore caps the records being handled; fetching pauses when full.
 - Commits: for each partition, the offset after the longest prefix of finished records, so a
   crash redelivers only unfinished work (handlers are idempotent) and never skips any.
-- Failures: a TransientFailure is retried with exponential backoff and jitter, blocking only
-  its own document; a PermanentFailure, an unreadable record or exhausted retries go to the
+- Failures: a Transient is retried with exponential backoff and jitter, blocking only
+  its own document; a Permanent, an unreadable record or exhausted retries go to the
   dead-letter topic with origin, error and attempt count, and the partition moves on.
 - Retries survive restarts: a retrying record stays uncommitted in Kafka (so it comes back to
   whoever owns the partition next), and its attempt count and next due time are written to a
@@ -46,8 +46,7 @@ from opentelemetry.trace import SpanKind
 from notaflow import tracing
 from notaflow.bus import Bus, client_options
 from notaflow.consumers.assignment import ASSIGNORS, require_copartitioned, split_assignment
-from notaflow.consumers.errors import Stopping, TransientFailure
-from notaflow.errors import InvalidDocument
+from notaflow.errors import InvalidDocument, Stopping, Transient
 from notaflow.logs import log_context, redact_text, trace_id_of
 from notaflow.metrics import Metrics
 from notaflow.settings import Settings
@@ -402,7 +401,7 @@ class Runner:
                 await self._dead_letter(record, f"invalid: {exc.field}: {exc.message}", attempt)
                 self._retried_out(at)
                 return "dead_lettered"
-            except TransientFailure as exc:
+            except Transient as exc:
                 error = f"{type(exc).__name__}: {exc}"
                 hint = exc.retry_after
             except asyncio.CancelledError:

@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notaflow import tracing
+from notaflow.errors import IngressError
 from notaflow.ingress import (
     focus_hooks,
     focus_nfce,
@@ -35,7 +36,7 @@ from notaflow.ingress import (
 )
 from notaflow.ingress.body import receive_body
 from notaflow.ingress.deps import IngressDeps
-from notaflow.ingress.errors import FocusError, IngressError
+from notaflow.ingress.dialects import for_path, render
 from notaflow.ingress.openapi import openapi_routes
 from notaflow.ingress.request_metrics import MetricsMiddleware, metrics_route
 from notaflow.metrics import Metrics
@@ -49,32 +50,13 @@ async def _ingress_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, IngressError)
     if exc.status_code >= 500:
         log.warning("%s %s answered %d: %s", request.method, request.url.path, exc.status_code, exc)
-    return exc.response()
-
-
-# Per status: the message, Focus's `codigo` and Wuro's `code` for what the ingress answers
-# itself (no route matched, a refused URL, a bug): every dialect keeps its own error shape.
-_GENERIC: dict[int, tuple[str, str, str]] = {
-    404: ("Recurso não encontrado", "nao_encontrado", "not_found"),
-    405: ("Método HTTP não permitido", "metodo_nao_permitido", "method_not_allowed"),
-    500: ("Erro interno. Tente novamente mais tarde.", "erro_interno", "internal_error"),
-    503: (
-        "Serviço temporariamente indisponível. Tente novamente em instantes.",
-        "servico_indisponivel",
-        "service_unavailable",
-    ),
-}
+    return render(exc)
 
 
 def _in_dialect(path: str, status: int, detail: str) -> Response:
-    """An error of the ingress's own in the dialect of the path: HubSoft under /api/v1/, Wuro
-    under /api/v3.2/, Focus elsewhere."""
-    message, codigo, code = _GENERIC.get(status, (detail, "requisicao_invalida", "invalid_request"))
-    if path.startswith("/api/v1/"):
-        return hubsoft.HubsoftError(status, message).response()
-    if path.startswith("/api/v3.2/"):
-        return wuro.WuroError(status, code, message).response()
-    return FocusError(status, codigo, message).response()
+    """An error of the ingress's own (no route matched, a refused URL, a bug) in the dialect
+    of the path (`ingress.dialects.for_path`)."""
+    return render(for_path(path).generic(status, detail))
 
 
 async def _http_error(request: Request, exc: Exception) -> Response:
@@ -228,7 +210,7 @@ class HotRoute:
             except IngressError as exc:
                 if exc.status_code >= 500:
                     log.warning("POST %s answered %d: %s", _HOT_PATH, exc.status_code, exc)
-                response = exc.response()
+                response = render(exc)
                 status, started = response.status_code, True
                 await response(scope, receive, send)
                 return

@@ -8,12 +8,18 @@ import orjson
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import Receive
 
+from notaflow.errors import NotaflowError
 
-class BodyTooLarge(Exception):
+
+class BodyError(NotaflowError):
+    """A body the ingress cannot read; the route's dialect renders it (`ingress.dialects`)."""
+
+
+class BodyTooLarge(BodyError):
     pass
 
 
-class BodyNotJson(Exception):
+class BodyNotJson(BodyError):
     def __init__(self, unsupported_type: bool) -> None:
         super().__init__("body is not JSON")
         self.unsupported_type = unsupported_type

@@ -15,7 +15,7 @@ from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
 from notaflow.ingress.deps import IngressDeps
-from notaflow.ingress.errors import FocusError, not_found, unavailable
+from notaflow.ingress.dialects import FOCUS, FocusError
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store import Document, Tenant
 from notaflow.store.documents import CANCELLED, ERROR
@@ -45,7 +45,7 @@ async def cancel_and_wait(
 ) -> Response:
     doc = await d.documents.get(tenant.id, kind, ref)
     if doc is None:
-        raise not_found()
+        raise FOCUS.not_found()
     if doc.status == CANCELLED:
         raise _already_cancelled()
     if doc.status == ERROR:
@@ -65,7 +65,7 @@ async def cancel_and_wait(
         await d.bus.publish(topic, event, t.document_key(tenant.id, kind, ref))
     except BusUnavailable as exc:
         d.waiters.forget(command_id)
-        raise unavailable() from exc
+        raise FOCUS.unavailable() from exc
     outcome = await d.waiters.wait(command_id, wait)
     if outcome is None:  # past the bound: the note as it stands; GET and hooks follow up
         current = await d.documents.get(tenant.id, kind, ref)
@@ -79,4 +79,4 @@ async def cancel_and_wait(
         raise _already_cancelled()
     if status == "nfe_nao_autorizada":
         raise FocusError(400, "nfe_nao_autorizada", NAO_AUTORIZADA)
-    raise not_found()
+    raise FOCUS.not_found()

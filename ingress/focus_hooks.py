@@ -20,8 +20,8 @@ from starlette.routing import Route
 from notaflow import destinations
 from notaflow.brdocs import clean_document, valid_cnpj, valid_cpf
 from notaflow.ingress.deps import deps
-from notaflow.ingress.errors import FocusError, invalid
-from notaflow.ingress.focus_nfse import authenticate, focus_json
+from notaflow.ingress.dialects import FOCUS, FocusError
+from notaflow.ingress.focus_nfse import authenticate
 from notaflow.ingress.openapi_parts import (
     FOCUS_AUTH,
     HOOK_ID_PARAM,
@@ -42,7 +42,7 @@ def _text(body: dict[str, object], name: str, limit: int) -> str | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str) or len(value) > limit or "\x00" in value:  # NUL: PostgreSQL
-        raise invalid(f'Parâmetro "{name}" inválido')
+        raise FOCUS.invalid(f'Parâmetro "{name}" inválido')
     return value
 
 
@@ -112,38 +112,38 @@ def _kind(message: str) -> str:
 async def create_hook(request: Request) -> Response:
     d = deps(request)
     tenant = await authenticate(request, d)
-    body = await focus_json(request, d)
+    body = await FOCUS.json(request, d.settings.max_body_bytes)
     if not isinstance(body, dict):
-        raise invalid("O corpo da requisição deve ser um objeto JSON")
+        raise FOCUS.invalid("O corpo da requisição deve ser um objeto JSON")
     event = body.get("event")
     if event not in EVENTS:
-        raise invalid('Parâmetro "event" deve ser um evento válido.')
+        raise FOCUS.invalid('Parâmetro "event" deve ser um evento válido.')
     url = body.get("url")
     if url is None or url == "":
-        raise invalid('Parâmetro "url" não informado')
+        raise FOCUS.invalid('Parâmetro "url" não informado')
     if not isinstance(url, str) or len(url) > 2000 or not _valid_url(url):
-        raise invalid(f"URL inválida: {url}")
+        raise FOCUS.invalid(f"URL inválida: {url}")
     authorization = _text(body, "authorization", 1000)
     authorization_header = _text(body, "authorization_header", 100)
     refusal = await destination_refusal(
         url, authorization, authorization_header, d.settings.hooks_allow_private
     )
     if refusal:
-        raise invalid(refusal)
+        raise FOCUS.invalid(refusal)
     cnpj = _text(body, "cnpj", 18)
     cpf = _text(body, "cpf", 14)
     if cnpj and cpf:
-        raise invalid("Informe cnpj ou cpf, não ambos")
+        raise FOCUS.invalid("Informe cnpj ou cpf, não ambos")
     if cnpj:
         cnpj = clean_document(cnpj)
         if not valid_cnpj(cnpj):
-            raise invalid('Parâmetro "cnpj" inválido')
+            raise FOCUS.invalid('Parâmetro "cnpj" inválido')
         if cnpj not in tenant.cnpjs:
             raise FocusError(404, "nao_encontrado", "Empresa não encontrada")
     if cpf:
         cpf = clean_document(cpf)
         if not valid_cpf(cpf):
-            raise invalid('Parâmetro "cpf" inválido')
+            raise FOCUS.invalid('Parâmetro "cpf" inválido')
     try:
         hook = await d.hooks.create(
             tenant.id,
@@ -156,7 +156,7 @@ async def create_hook(request: Request) -> Response:
             authorization_header=authorization_header,
         )
     except TooManyHooks as exc:
-        raise invalid("Limite de 5 gatilhos por empresa e evento atingido") from exc
+        raise FOCUS.invalid("Limite de 5 gatilhos por empresa e evento atingido") from exc
     return FastJSONResponse(hook.public())
 
 

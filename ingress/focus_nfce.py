@@ -15,8 +15,8 @@ from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
 from notaflow.ingress.cancellation import cancel_and_wait
 from notaflow.ingress.deps import deps
-from notaflow.ingress.errors import FocusError, invalid, not_found, unavailable
-from notaflow.ingress.focus_nfse import authenticate, focus_json, query_value
+from notaflow.ingress.dialects import FOCUS, FocusError
+from notaflow.ingress.focus_nfse import authenticate, query_value
 from notaflow.ingress.openapi_parts import (
     CREATE_ERRORS,
     ERROS,
@@ -48,12 +48,12 @@ async def create_nfce(request: Request) -> Response:
     try:
         ref = validate_ref(query_value(request, "ref"))
     except InvalidDocument as exc:
-        raise invalid(exc.message) from exc
-    raw = await focus_json(request, d)
+        raise FOCUS.invalid(exc.message) from exc
+    raw = await FOCUS.json(request, d.settings.max_body_bytes)
     try:
         document = normalize_nfce(raw)
     except InvalidDocument as exc:
-        raise invalid(exc.message) from exc
+        raise FOCUS.invalid(exc.message) from exc
     # The document published is normalised (no "" left): the notices travel beside it, so the
     # consumer keeps them with the note whichever route the command came by.
     avisos = omitted_notices(raw)
@@ -87,7 +87,7 @@ async def create_nfce(request: Request) -> Response:
         raise FocusError(422, "em_processamento", "Nota fiscal em processamento") from exc
     except BusUnavailable as exc:
         d.waiters.forget(command_id)
-        raise unavailable() from exc
+        raise FOCUS.unavailable() from exc
     outcome = await d.waiters.wait(command_id, d.settings.nfce_wait)
     if outcome is None or not isinstance(outcome.get("note"), dict):
         doc = await d.documents.get(tenant.id, KIND, ref)
@@ -103,7 +103,7 @@ async def get_nfce(request: Request) -> Response:
     tenant = await authenticate(request, d)
     doc = await d.documents.get(tenant.id, KIND, request.path_params["ref"])
     if doc is None:
-        raise not_found()
+        raise FOCUS.not_found()
     return FastJSONResponse({**nfce_view(doc), "id": doc.id})
 
 
@@ -111,11 +111,11 @@ async def cancel_nfce(request: Request) -> Response:
     d = deps(request)
     tenant = await authenticate(request, d)
     ref = request.path_params["ref"]
-    body = await focus_json(request, d, empty={})
+    body = await FOCUS.json(request, d.settings.max_body_bytes, empty={})
     try:
         motivo = validate_motivo(body)
     except InvalidDocument as exc:
-        raise invalid(exc.message) from exc
+        raise FOCUS.invalid(exc.message) from exc
     return await cancel_and_wait(
         request,
         d,
@@ -137,11 +137,11 @@ async def nfce_file(request: Request) -> Response:
     tenant = await authenticate(request, d)
     doc = await d.documents.get(tenant.id, KIND, request.path_params["ref"])
     if doc is None:
-        raise not_found()
+        raise FOCUS.not_found()
     name = "danfe.pdf" if request.url.path.endswith("danfe.pdf") else "nfce.xml"
     blob = await d.documents.get_blob(f"nfce/{doc.id}/{name}")
     if blob is None:
-        raise not_found()
+        raise FOCUS.not_found()
     content_type, data = blob
     return Response(data, media_type=content_type)
 

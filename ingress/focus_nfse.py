@@ -17,17 +17,10 @@ from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
 from notaflow.focus_kinds import NFSE, FocusKind
 from notaflow.ingress.auth import basic_user
-from notaflow.ingress.body import (
-    BodyNotJson,
-    BodyTooLarge,
-    check_json_type,
-    parse_json,
-    read_body,
-    read_json,
-)
+from notaflow.ingress.body import read_body
 from notaflow.ingress.cancellation import cancel_and_wait
 from notaflow.ingress.deps import IngressDeps, deps
-from notaflow.ingress.errors import FocusError, invalid, not_found, unavailable
+from notaflow.ingress.dialects import FOCUS, FocusError
 from notaflow.ingress.openapi_parts import (
     CREATE_ERRORS,
     ERROS,
@@ -73,36 +66,11 @@ async def authenticate(request: Request, d: IngressDeps) -> Tenant:
 async def authenticate_header(authorization: str, d: IngressDeps) -> Tenant:
     token = basic_user(authorization)
     if token is None:
-        raise FocusError(
-            401,
-            "nao_autorizado",
-            "Informe o token de acesso (HTTP Basic: token como usuário, senha vazia)",
-            headers={"WWW-Authenticate": 'Basic realm="notaflow"'},
-        )
+        raise FOCUS.missing_credentials()
     tenant = await d.tenant_cache.lookup(token)
     if tenant is None:
-        # The same answer for an unknown and a revoked token: nothing says which tenants exist.
-        raise FocusError(403, "permissao_negada", "Token inválido ou sem permissão de acesso")
+        raise FOCUS.refused_credentials()
     return tenant
-
-
-async def focus_json(request: Request, d: IngressDeps, empty: object = None) -> object:
-    try:
-        return await read_json(request, d.settings.max_body_bytes, empty)
-    except (BodyTooLarge, BodyNotJson) as exc:
-        raise _body_error(exc, d) from exc
-
-
-def _body_error(exc: BodyTooLarge | BodyNotJson, d: IngressDeps) -> FocusError:
-    if isinstance(exc, BodyTooLarge):
-        return FocusError(
-            413,
-            "requisicao_invalida",
-            f"Corpo da requisição maior que o limite de {d.settings.max_body_bytes} bytes",
-        )
-    if exc.unsupported_type:
-        return FocusError(415, "requisicao_invalida", "Envie o corpo em JSON")
-    return invalid("O corpo da requisição não é um JSON válido")
 
 
 async def create_nfse(request: Request) -> Response:
@@ -137,16 +105,12 @@ async def accept_nfse(
     try:
         ref = validate_ref(query_string_value(query_string, "ref"))
     except InvalidDocument as exc:
-        raise invalid(exc.message) from exc
-    try:
-        check_json_type(content_type)
-        raw = parse_json(await read(d.settings.max_body_bytes))
-    except (BodyTooLarge, BodyNotJson) as exc:
-        raise _body_error(exc, d) from exc
+        raise FOCUS.invalid(exc.message) from exc
+    raw = await FOCUS.parse(content_type, read, d.settings.max_body_bytes)
     try:
         document = normalize_nfse(raw)
     except InvalidDocument as exc:
-        raise invalid(exc.message) from exc
+        raise FOCUS.invalid(exc.message) from exc
     cnpj = document["prestador"]["cnpj"]
     if cnpj not in tenant.cnpjs:
         raise FocusError(
@@ -170,7 +134,7 @@ async def accept_nfse(
             raise FocusError(422, "nfe_autorizada", "Nota fiscal já autorizada") from exc
         raise FocusError(422, "em_processamento", "Nota fiscal em processamento") from exc
     except BusUnavailable as exc:
-        raise unavailable() from exc
+        raise FOCUS.unavailable() from exc
     return cnpj, ref
 
 
@@ -179,7 +143,7 @@ async def get_nfse(request: Request) -> Response:
     tenant = await authenticate(request, d)
     doc = await d.documents.get(tenant.id, KIND, request.path_params["ref"])
     if doc is None:
-        raise not_found()
+        raise FOCUS.not_found()
     # Beyond Focus: the numeric id other dialects name the note by (HubSoft id_nota_fiscal).
     view = {**nfse_view(doc), "id": doc.id}
     if completa(request):
@@ -199,7 +163,7 @@ def completa(request: Request) -> bool:
         return False
     full = _COMPLETA.get(value.strip().lower())
     if full is None:
-        raise invalid('Parâmetro "completa" inválido: use 1, 0, true ou false')
+        raise FOCUS.invalid('Parâmetro "completa" inválido: use 1, 0, true ou false')
     return full
 
 
@@ -213,7 +177,7 @@ def xml_route(prefix: str) -> Handler:
     async def xml(request: Request) -> Response:
         blob = await deps(request).documents.get_blob(prefix + request.path_params["name"])
         if blob is None:
-            raise not_found()
+            raise FOCUS.not_found()
         content_type, data = blob
         return Response(data, media_type=content_type)
 
@@ -227,11 +191,11 @@ def cancel_route(kind: FocusKind) -> Handler:
     async def cancel(request: Request) -> Response:
         d = deps(request)
         tenant = await authenticate(request, d)
-        body = await focus_json(request, d)
+        body = await FOCUS.json(request, d.settings.max_body_bytes)
         try:
             justificativa = validate_justificativa(body)
         except InvalidDocument as exc:
-            raise invalid(exc.message) from exc
+            raise FOCUS.invalid(exc.message) from exc
         return await cancel_and_wait(
             request,
             d,
@@ -256,20 +220,22 @@ def email_route(kind: FocusKind) -> Handler:
         d = deps(request)
         tenant = await authenticate(request, d)
         ref = request.path_params["ref"]
-        body = await focus_json(request, d)
+        body = await FOCUS.json(request, d.settings.max_body_bytes)
         emails = body.get("emails") if isinstance(body, dict) else None
         if emails is None:
-            raise invalid('Parâmetro "emails" não informado')
+            raise FOCUS.invalid('Parâmetro "emails" não informado')
         if not isinstance(emails, list) or not emails:
-            raise invalid('Parâmetro "emails" deve ser uma lista de e-mails')
+            raise FOCUS.invalid('Parâmetro "emails" deve ser uma lista de e-mails')
         if len(emails) > MAX_PER_REQUEST:
-            raise invalid(f'Parâmetro "emails" aceita no máximo {MAX_PER_REQUEST} e-mails por vez')
+            raise FOCUS.invalid(
+                f'Parâmetro "emails" aceita no máximo {MAX_PER_REQUEST} e-mails por vez'
+            )
         for address in emails:
             if not isinstance(address, str) or not valid_email(address):
-                raise invalid(f"E-mail inválido: {address}")
+                raise FOCUS.invalid(f"E-mail inválido: {address}")
         doc = await d.documents.get(tenant.id, kind.kind, ref)
         if doc is None:
-            raise not_found()
+            raise FOCUS.not_found()
         if doc.status not in (AUTHORIZED, CANCELLED):
             raise FocusError(400, "nfe_nao_autorizada", "Nota fiscal não autorizada")
         event = Event(
@@ -295,7 +261,7 @@ def hook_route(kind: FocusKind) -> Handler:
         ref = request.path_params["ref"]
         doc = await d.documents.get(tenant.id, kind.kind, ref)
         if doc is None:
-            raise not_found()
+            raise FOCUS.not_found()
         fired = await d.hooks.matching(tenant.id, kind.kind, doc.cnpj_prestador)
         event = Event(
             type=kind.hook_type,
@@ -314,7 +280,7 @@ async def _publish(d: IngressDeps, event: Event, key: bytes) -> None:
     try:
         await d.bus.publish(d.topics.nfse_commands, event, key)
     except BusUnavailable as exc:
-        raise unavailable() from exc
+        raise FOCUS.unavailable() from exc
 
 
 def note_routes(kind: FocusKind, create: Handler, get: Handler) -> list[Route]:

@@ -13,11 +13,9 @@ from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
 from notaflow.focus_kinds import NFSEN
-from notaflow.ingress.body import BodyNotJson, BodyTooLarge, check_json_type, parse_json, read_body
 from notaflow.ingress.deps import deps
-from notaflow.ingress.errors import FocusError, invalid, not_found, unavailable
+from notaflow.ingress.dialects import FOCUS, FocusError
 from notaflow.ingress.focus_nfse import (
-    _body_error,
     accepted_body,
     authenticate,
     completa,
@@ -43,16 +41,12 @@ async def create_nfsen(request: Request) -> Response:
     try:
         ref = validate_ref(query_value(request, "ref"))
     except InvalidDocument as exc:
-        raise invalid(exc.message) from exc
-    try:
-        check_json_type(request.headers.get("content-type", ""))
-        raw = parse_json(await read_body(request, d.settings.max_body_bytes))
-    except (BodyTooLarge, BodyNotJson) as exc:
-        raise _body_error(exc, d) from exc
+        raise FOCUS.invalid(exc.message) from exc
+    raw = await FOCUS.json(request, d.settings.max_body_bytes)
     try:
         document = NFSEN.normalize(raw)
     except InvalidDocument as exc:
-        raise invalid(exc.message) from exc
+        raise FOCUS.invalid(exc.message) from exc
     cnpj = NFSEN.prestador(document)
     if cnpj not in tenant.cnpjs:
         raise FocusError(
@@ -76,7 +70,7 @@ async def create_nfsen(request: Request) -> Response:
             raise FocusError(422, "nfe_autorizada", "Nota fiscal já autorizada") from exc
         raise FocusError(422, "em_processamento", "Nota fiscal em processamento") from exc
     except BusUnavailable as exc:
-        raise unavailable() from exc
+        raise FOCUS.unavailable() from exc
     return FastJSONResponse(accepted_body(cnpj, ref), status_code=202)
 
 
@@ -85,7 +79,7 @@ async def get_nfsen(request: Request) -> Response:
     tenant = await authenticate(request, d)
     doc = await d.documents.get(tenant.id, KIND, request.path_params["ref"])
     if doc is None:
-        raise not_found()
+        raise FOCUS.not_found()
     view = {**nfse_view(doc), "id": doc.id}
     if completa(request):
         view["requisicao_nota_fiscal"] = doc.payload

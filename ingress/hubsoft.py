@@ -20,9 +20,8 @@ from notaflow.emails import MAX_PER_REQUEST, valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
 from notaflow.focus_kinds import BY_KIND, FocusKind
-from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
 from notaflow.ingress.deps import IngressDeps, deps
-from notaflow.ingress.errors import IngressError
+from notaflow.ingress.dialects import HUBSOFT, HubsoftError
 from notaflow.ingress.openapi_parts import HUBSOFT_AUTH, Description, hubsoft_error, json_response
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store import Tenant
@@ -34,35 +33,20 @@ TIPOS = ("nf_telecom", "nfe", "nfse")
 BRASILIA = timezone(timedelta(hours=-3))
 
 
-class HubsoftError(IngressError):
-    def __init__(self, status_code: int, msg: str) -> None:
-        super().__init__(msg)
-        self.status_code = status_code
-        self.msg = msg
-
-    def response(self) -> FastJSONResponse:
-        return FastJSONResponse({"status": "error", "msg": self.msg}, status_code=self.status_code)
-
-
 async def bearer_tenant(request: Request, d: IngressDeps) -> Tenant:
     scheme, _, token = request.headers.get("authorization", "").partition(" ")
     if scheme.lower() != "bearer" or not token.strip():
-        raise HubsoftError(401, "Token de acesso não informado (Authorization: Bearer <token>)")
+        raise HUBSOFT.missing_credentials()
     tenant = await d.tenant_cache.lookup(token.strip())
     if tenant is None:
-        raise HubsoftError(401, "Token de acesso inválido, expirado ou revogado")
+        raise HUBSOFT.refused_credentials()
     return tenant
 
 
 async def enviar_email(request: Request) -> Response:
     d = deps(request)
     tenant = await bearer_tenant(request, d)
-    try:
-        body = await read_json(request, d.settings.max_body_bytes)
-    except BodyTooLarge as exc:
-        raise HubsoftError(413, "Corpo da requisição grande demais") from exc
-    except BodyNotJson as exc:
-        raise HubsoftError(400, "O corpo da requisição deve ser um JSON válido") from exc
+    body = await HUBSOFT.json(request, d.settings.max_body_bytes)
     if not isinstance(body, dict):
         raise HubsoftError(400, "O corpo da requisição deve ser um objeto JSON")
     nota_id = _nota_id(body.get("id_nota_fiscal"))
@@ -141,7 +125,7 @@ async def _send(
         await d.bus.publish(d.topics.nfse_commands, event, key)
     except BusUnavailable as exc:
         d.waiters.forget(command_id)
-        raise HubsoftError(503, "Serviço temporariamente indisponível; tente novamente") from exc
+        raise HUBSOFT.unavailable() from exc
     outcome = await d.waiters.wait(command_id, d.settings.sync_email_wait)
     if outcome is None:
         raise HubsoftError(

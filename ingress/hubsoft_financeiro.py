@@ -24,9 +24,9 @@ from notaflow import billing as b
 from notaflow.brdocs import clean_document
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument
-from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
 from notaflow.ingress.deps import deps
-from notaflow.ingress.hubsoft import HubsoftError, bearer_tenant
+from notaflow.ingress.dialects import HUBSOFT_FINANCEIRO, FinanceiroError
+from notaflow.ingress.hubsoft import bearer_tenant
 from notaflow.ingress.openapi_parts import Description
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store.invoices import FinanceiroQuery, Invoice, InvoiceStore
@@ -36,16 +36,6 @@ BUSCAS = ("cpf_cnpj", "codigo_cliente", "id_cliente_servico")
 ORDER_BY = ("data_vencimento", "valor")
 ORDER_TYPES = ("asc", "desc")
 SIM_NAO = ("sim", "nao")
-
-
-class FinanceiroError(HubsoftError):
-    def __init__(self, status_code: int, msg: str, errors: list[str] | None = None) -> None:
-        super().__init__(status_code, msg)
-        self.errors = errors if errors is not None else [msg]
-
-    def response(self) -> FastJSONResponse:
-        body = {"status": "error", "msg": self.msg, "errors": self.errors}
-        return FastJSONResponse(body, status_code=self.status_code)
 
 
 def _choice(params: Any, name: str, allowed: tuple[str, ...], default: str) -> str:
@@ -149,12 +139,7 @@ async def financeiro(request: Request) -> Response:
 async def eventos(request: Request) -> Response:
     d = deps(request)
     tenant = await bearer_tenant(request, d)
-    try:
-        body = await read_json(request, d.settings.max_body_bytes)
-    except BodyTooLarge as exc:
-        raise FinanceiroError(413, "Corpo da requisição grande demais") from exc
-    except BodyNotJson as exc:
-        raise FinanceiroError(400, "O corpo da requisição deve ser um JSON válido") from exc
+    body = await HUBSOFT_FINANCEIRO.json(request, d.settings.max_body_bytes)
     if isinstance(body, dict) and isinstance(body.get("eventos"), list):
         body = body["eventos"]
     items = body if isinstance(body, list) else [body]
@@ -180,7 +165,7 @@ async def eventos(request: Request) -> Response:
         raise FinanceiroError(400, "Evento(s) inválido(s); nada foi registrado", errors)
     failure = await d.bus.publish_many(b.events_topic(d.topics.prefix), records)
     if failure is not None:
-        raise FinanceiroError(503, "Serviço temporariamente indisponível; tente novamente")
+        raise HUBSOFT_FINANCEIRO.unavailable()
     return FastJSONResponse(
         {
             "status": "success",

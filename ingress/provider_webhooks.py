@@ -17,8 +17,7 @@ from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
 from notaflow.ingress.deps import deps
-from notaflow.ingress.errors import FocusError, unavailable
-from notaflow.ingress.focus_nfse import focus_json
+from notaflow.ingress.dialects import FOCUS, FocusError
 from notaflow.ingress.openapi_parts import Description, embedded_schema, focus_errors, json_response
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.schemas import validator
@@ -33,7 +32,7 @@ async def focus_nfse_callback(request: Request) -> Response:
     given = request.headers.get(d.settings.focus_webhook_header, "")
     if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
         raise FocusError(401, "nao_autorizado", "Autorização do webhook inválida")
-    body = await focus_json(request, d)
+    body = await FOCUS.json(request, d.settings.max_body_bytes)
     if not isinstance(body, dict) or not validator("focus_callback").is_valid(body):
         raise FocusError(
             400, "requisicao_invalida", "Corpo do webhook fora do formato da Focus NFe"
@@ -56,7 +55,7 @@ async def focus_nfse_callback(request: Request) -> Response:
     try:
         await d.bus.publish(d.topics.provider_events, event, key)
     except BusUnavailable as exc:
-        raise unavailable() from exc  # Focus retries the delivery later
+        raise FOCUS.unavailable() from exc  # Focus retries the delivery later
     return FastJSONResponse({"status": "recebido"})
 
 

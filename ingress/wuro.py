@@ -34,9 +34,8 @@ from notaflow.emails import valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
 from notaflow.ingress.auth import MAX_TOKEN_CHARS
-from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
 from notaflow.ingress.deps import IngressDeps, deps
-from notaflow.ingress.errors import IngressError
+from notaflow.ingress.dialects import WURO, WuroError
 from notaflow.ingress.openapi_parts import Description
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.invoice_pdf import render_invoice_pdf
@@ -51,28 +50,16 @@ from notaflow.store.invoices import (
 SOURCE = "notaflow/ingress/wuro"
 
 
-class WuroError(IngressError):
-    def __init__(self, status_code: int, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.status_code = status_code
-        self.code = code
-        self.message = message
-
-    def response(self) -> FastJSONResponse:
-        body = {"error": {"code": self.code, "message": self.message}}
-        return FastJSONResponse(body, status_code=self.status_code)
-
-
 async def app_tenant(request: Request, d: IngressDeps) -> str:
     app_id = request.headers.get("x-app-id", "").strip()
     secret = request.headers.get("x-app-secret", "").strip()
     if not app_id or not secret:
-        raise WuroError(401, "unauthorized", "X-APP-ID and X-APP-SECRET headers are required")
+        raise WURO.missing_credentials()
     too_long = len(app_id) > MAX_TOKEN_CHARS or len(secret) > MAX_TOKEN_CHARS
     # A credential over a few hundred characters cannot exist: refused without a query.
     tenant = None if too_long else await BillingConfigStore(d.engine).tenant_for_app(app_id, secret)
     if tenant is None:
-        raise WuroError(401, "unauthorized", "Invalid X-APP-ID or X-APP-SECRET")
+        raise WURO.refused_credentials()
     return tenant
 
 
@@ -119,12 +106,7 @@ async def _invoice(d: IngressDeps, tenant: str, uid: str) -> Invoice:
 async def mail(request: Request) -> Response:
     d = deps(request)
     tenant = await app_tenant(request, d)
-    try:
-        body = await read_json(request, d.settings.max_body_bytes)
-    except BodyTooLarge as exc:
-        raise WuroError(413, "invalid_request", "Body too large") from exc
-    except BodyNotJson as exc:
-        raise WuroError(400, "invalid_request", "Body must be JSON") from exc
+    body = await WURO.json(request, d.settings.max_body_bytes)
     if body is None:
         body = {}
     if not isinstance(body, dict):
@@ -168,7 +150,7 @@ async def mail(request: Request) -> Response:
             b.commands_topic(d.topics.prefix), event, b.invoice_key(tenant, invoice.uid)
         )
     except BusUnavailable as exc:
-        raise WuroError(503, "unavailable", "Service unavailable; nothing was sent") from exc
+        raise WURO.unavailable() from exc
     return FastJSONResponse(
         {"resultId": result_id, "html": rendered.html, "subject": rendered.subject}
     )

@@ -18,6 +18,8 @@ from collections.abc import Iterable
 
 import httpx
 
+from notaflow.errors import NotaflowError
+
 DEFAULT_PORTS = {"http": 80, "https": 443}
 TOKEN = re.compile(r"^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$")
 BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
@@ -46,11 +48,11 @@ NAT64 = ipaddress.ip_network("64:ff9b::/96")
 _URL_BAD = re.compile(r"[\x00-\x20\x7f]")
 
 
-class DestinationError(ValueError):
+class DestinationError(NotaflowError, ValueError):
     """The destination breaks the policy; the message says why (in English, for logs)."""
 
 
-class Unresolved(Exception):
+class Unresolved(NotaflowError):
     """The host has no address at the moment."""
 
 

@@ -6,9 +6,10 @@ bytes that follow it, both colons included, written without leading zeros:
     27:TESTE:{ "teste": "teste" }      27 = 1 (":") + 5 ("TESTE") + 1 (":") + 20 (the JSON)
 
 Pure code, no I/O: `encode_frame` builds the bytes of one frame, `FrameDecoder` turns a byte
-stream cut anywhere into frames. Errors:
+stream cut anywhere into frames. Errors (in `notaflow.errors`'s tree, and ValueErrors as
+before):
 
-    ValueError
+    NotaflowError
     ├── PayloadNotEncodable      encode_frame: a value JSON or Latin-1 cannot carry (`field`)
     └── FrameError               FrameDecoder: the peer sent something that is not a frame
         ├── BadSize              empty, not decimal, or too small to hold a frame
@@ -33,6 +34,8 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final
+
+from notaflow.errors import NotaflowError
 
 __all__ = [
     "DEFAULT_MAX_FRAME",
@@ -71,7 +74,7 @@ class Frame:
     payload: dict[str, Any]
 
 
-class PayloadNotEncodable(ValueError):
+class PayloadNotEncodable(NotaflowError, ValueError):
     """`field` is the dotted path of the offending value ("produtos.0.descricao"; "" for the
     payload itself); `reason` says what is wrong with it."""
 
@@ -83,7 +86,7 @@ class PayloadNotEncodable(ValueError):
         self.char = char  # the first character outside ISO-8859-1, when that is the reason
 
 
-class FrameError(ValueError):
+class FrameError(NotaflowError, ValueError):
     """The peer sent bytes that are not a frame; the decoder that raised it is unusable."""
 
 

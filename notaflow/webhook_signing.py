@@ -16,11 +16,13 @@ import hmac
 import secrets
 from collections.abc import Mapping
 
+from notaflow.errors import NotaflowError
+
 SECRET_PREFIX = "whsec_"
 DEFAULT_TOLERANCE = 300
 
 
-class WebhookVerificationError(Exception):
+class WebhookVerificationError(NotaflowError):
     """A Standard Webhooks signature check failed; the message says which part."""
 
 

@@ -8,12 +8,14 @@ and discards it, so a late answer can never be read as the answer to a later req
 Each connection is an asyncio.Protocol that decodes as bytes arrive, so a connection the
 service closed while it sat idle in the pool is known to be dead before it is picked again.
 
-Every socket and protocol error is mapped here to the consumer error tree:
+Every socket and protocol error is mapped to the error tree; the foreign ones (socket errors,
+timeouts, the wire encoder's refusal) in one place, `map_wire_errors`:
 
-    TransientFailure   connection refused or reset, connect or answer timeout, garbage,
-                       an answer that does not fit the protocol (retry may help)
-    PermanentFailure   a request that cannot be sent as it is: a character outside
-                       ISO-8859-1 (the error names the field), a malformed access key or motivo
+    Unsent      connection refused, connect timeout: nothing was sent (retry freely)
+    Transient   connection reset, answer timeout, garbage, an answer that does not fit
+                the protocol (retry may help)
+    Permanent   a request that cannot be sent as it is: a character outside ISO-8859-1 (the
+                error names the field), a malformed access key or motivo
 
 A timeout after a CREATE_NFCE was sent does not tell whether Emites issued the note: the
 message says so, and the caller must find out before creating it again.
@@ -24,11 +26,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any, Final, cast
+from typing import Any, Final, Literal, cast
 
 from notaflow.brdocs import valid_access_key
-from notaflow.consumers.errors import PermanentFailure, TransientFailure, Unsent
 from notaflow.emites_wire import (
     DEFAULT_MAX_FRAME,
     Frame,
@@ -37,6 +40,7 @@ from notaflow.emites_wire import (
     PayloadNotEncodable,
     encode_frame,
 )
+from notaflow.errors import Permanent, Transient, Unsent
 
 __all__ = ["STATUSES", "EmitesClient", "EmitesReply"]
 
@@ -46,6 +50,35 @@ STATUSES: Final = frozenset(
     {"sucesso", "rejeitada", "processando", "erro", "cancelada", "cancelamento_rejeitado"}
 )
 _MOTIVO_MIN, _MOTIVO_MAX = 15, 255
+
+
+@contextlib.contextmanager
+def map_wire_errors(
+    label: str, step: Literal["encode", "connect", "exchange"], identifier: str, timeout: float
+) -> Iterator[None]:
+    """The one place the adapter translates foreign errors into the tree. The step decides
+    the class: before the request left (encode, connect) a retry cannot repeat it; after, an
+    answer that never came may hide an issued note (said for CREATE_NFCE)."""
+    try:
+        yield
+    except PayloadNotEncodable as exc:
+        raise Permanent(
+            f"{label}: cannot send {identifier}, field {exc.field!r}: {exc.reason}"
+        ) from exc
+    except TimeoutError:  # before OSError: it is one
+        if step == "connect":
+            raise Unsent(f"{label}: cannot connect within {timeout:g} s; retry may help") from None
+        if step != "exchange":
+            raise
+        maybe = " (Emites may still have issued it: check before creating it again)"
+        raise Transient(
+            f"{label}: {identifier} got no answer within {timeout:g} s; connection "
+            f"discarded{maybe if identifier == CREATE else ''}; retry may help"
+        ) from None
+    except OSError as exc:
+        if step != "connect":
+            raise
+        raise Unsent(f"{label}: cannot connect ({exc.strerror or exc}); retry may help") from exc
 
 
 @dataclass(frozen=True)
@@ -72,10 +105,10 @@ class EmitesReply:
 
     @classmethod
     def from_payload(cls, payload: dict[str, Any], label: str = "Emites") -> EmitesReply:
-        """Raises TransientFailure for an answer that does not fit the protocol."""
+        """Raises Transient for an answer that does not fit the protocol."""
         status = payload.get("status")
         if status not in STATUSES:
-            raise TransientFailure(f"{label}: answer with unknown status {status!r}")
+            raise Transient(f"{label}: answer with unknown status {status!r}")
         emissao = _object(payload.get("resposta_emissao"))
         cancelamento = _object(payload.get("resposta_cancelamento"))
         return cls(
@@ -125,11 +158,11 @@ def _blob(value: object, name: str, label: str) -> bytes | None:
     if value is None or value == "":
         return None
     if not isinstance(value, str):
-        raise TransientFailure(f"{label}: answer field {name!r} is not base64 text")
+        raise Transient(f"{label}: answer field {name!r} is not base64 text")
     try:
         return base64.b64decode(value, validate=True)
     except (binascii.Error, ValueError):
-        raise TransientFailure(f"{label}: answer field {name!r} is not valid base64") from None
+        raise Transient(f"{label}: answer field {name!r} is not valid base64") from None
 
 
 class _Connection(asyncio.Protocol):
@@ -151,6 +184,8 @@ class _Connection(asyncio.Protocol):
         try:
             frames = self._decoder.feed(data)
         except FrameError as exc:
+            # A callback of the event loop: the request waiting on this connection gets the
+            # Transient (see `fail`), nothing is raised here.
             self.fail(f"garbage from Emites ({type(exc).__name__}: {exc})")
             return
         for frame in frames:
@@ -174,13 +209,14 @@ class _Connection(asyncio.Protocol):
             self.broken = reason
         waiter, self._waiter = self._waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_exception(TransientFailure(f"{self.label}: {reason}; retry may help"))
+            waiter.set_exception(Transient(f"{self.label}: {reason}; retry may help"))
         if self._transport is not None:
             self._transport.close()
 
-    async def exchange(self, data: bytes, timeout: float, what: str) -> Frame:
+    async def exchange(self, data: bytes, timeout: float) -> Frame:
+        """The answer to `data`; TimeoutError (the connection discarded) past `timeout`."""
         if self.broken is not None or self._transport is None:
-            raise TransientFailure(f"{self.label}: {self.broken}; retry may help")
+            raise Transient(f"{self.label}: {self.broken}; retry may help")
         waiter: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
         self._waiter = waiter
         self._transport.write(data)
@@ -189,11 +225,7 @@ class _Connection(asyncio.Protocol):
                 return await waiter
         except TimeoutError:
             self.fail(f"no answer within {timeout:g} s")
-            maybe = " (Emites may still have issued it: check before creating it again)"
-            raise TransientFailure(
-                f"{self.label}: {what} got no answer within {timeout:g} s; connection "
-                f"discarded{maybe if what == CREATE else ''}; retry may help"
-            ) from None
+            raise
 
 
 class EmitesClient:
@@ -232,18 +264,18 @@ class EmitesClient:
     async def cancel_nfce(self, chave_acesso: str, motivo: str | None = None) -> EmitesReply:
         """Send a CANCEL_NFCE; `motivo` is optional, 15..255 characters when given."""
         if not valid_access_key(chave_acesso) or chave_acesso[20:22] != "65":
-            raise PermanentFailure(f"{self._label}: {chave_acesso!r} is not an NFC-e access key")
+            raise Permanent(f"{self._label}: {chave_acesso!r} is not an NFC-e access key")
         payload: dict[str, Any] = {"chave_acesso": chave_acesso}
         if motivo is not None:
             if not _MOTIVO_MIN <= len(motivo) <= _MOTIVO_MAX:
-                raise PermanentFailure(
+                raise Permanent(
                     f"{self._label}: motivo must have {_MOTIVO_MIN} to {_MOTIVO_MAX} characters"
                 )
             payload["motivo"] = motivo
         return EmitesReply.from_payload(await self._call(CANCEL, payload), self._label)
 
     async def aclose(self) -> None:
-        """Close every connection; requests in flight fail with TransientFailure."""
+        """Close every connection; requests in flight fail with Transient."""
         self._closed = True
         for connection in [*self._idle, *self._busy]:
             connection.fail("client closed")
@@ -252,17 +284,14 @@ class EmitesClient:
     async def _call(self, identifier: str, payload: dict[str, Any]) -> dict[str, Any]:
         if self._closed:
             raise Unsent(f"{self._label}: client closed")
-        try:
+        with map_wire_errors(self._label, "encode", identifier, 0):
             data = encode_frame(identifier, payload)
-        except PayloadNotEncodable as exc:
-            raise PermanentFailure(
-                f"{self._label}: cannot send {identifier}, field {exc.field!r}: {exc.reason}"
-            ) from exc
         async with self._slots:
             connection = self._take_idle() or await self._connect()
             self._busy.add(connection)
             try:
-                frame = await connection.exchange(data, self.request_timeout, identifier)
+                with map_wire_errors(self._label, "exchange", identifier, self.request_timeout):
+                    frame = await connection.exchange(data, self.request_timeout)
             except BaseException:
                 connection.fail("request abandoned")  # cancelled or failed: never reuse it
                 raise
@@ -270,7 +299,7 @@ class EmitesClient:
                 self._busy.discard(connection)
             if frame.identifier != identifier:
                 connection.fail(f"answer to {identifier} came as {frame.identifier}")
-                raise TransientFailure(
+                raise Transient(
                     f"{self._label}: {identifier} answered as {frame.identifier}; "
                     "connection discarded; retry may help"
                 )
@@ -287,15 +316,10 @@ class EmitesClient:
 
     async def _connect(self) -> _Connection:
         loop = asyncio.get_running_loop()
-        where = f"{self._label}: cannot connect"
-        try:
+        with map_wire_errors(self._label, "connect", "", self.connect_timeout):
             async with asyncio.timeout(self.connect_timeout):
                 _, connection = await loop.create_connection(
                     lambda: _Connection(self._label, self.max_frame), self.host, self.port
                 )
-        except TimeoutError:
-            raise Unsent(f"{where} within {self.connect_timeout:g} s; retry may help") from None
-        except OSError as exc:
-            raise Unsent(f"{where} ({exc.strerror or exc}); retry may help") from exc
         self.connections_opened += 1
         return connection

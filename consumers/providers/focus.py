@@ -2,16 +2,18 @@
 
 The transport is a seam (`httpx.AsyncClient(transport=...)`), so the adapter is tested against
 the sandbox over real sockets and, in unit tests, against `httpx.MockTransport`.
-Every httpx error is mapped here to the consumer error tree; nothing foreign leaks out.
+Every httpx error is mapped to the error tree in one place, `map_httpx_errors` (HTTPX's own
+`map_httpcore_exceptions` is the model); nothing foreign leaks out.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import time
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import quote
@@ -21,10 +23,31 @@ import orjson
 from opentelemetry.trace import SpanKind
 
 from notaflow import tracing
-from notaflow.consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
 from notaflow.consumers.providers.urls import on_provider_host, segment
+from notaflow.errors import NotaflowError, Permanent, RateLimited, Stopping, Transient
 from notaflow.keepalive import KeepAliveTransport
 from notaflow.metrics import Metrics
+
+# httpx's exceptions -> the tree's, and how the message ends; the first row that matches wins.
+# Transport failures, undecodable bodies, redirect loops: none is the document's fault, so all
+# are worth another try.
+HTTPX_ERRORS: tuple[tuple[type[httpx.HTTPError], type[NotaflowError], str | None], ...] = (
+    (httpx.TimeoutException, Transient, "timeout"),
+    (httpx.HTTPError, Transient, None),  # None: the exception's repr
+)
+
+
+@contextlib.contextmanager
+def map_httpx_errors(what: str) -> Iterator[None]:
+    """The one place the Focus adapter translates httpx's exceptions (`what`: "Focus GET
+    /v2/nfse/x", the start of the message)."""
+    try:
+        yield
+    except httpx.HTTPError as exc:
+        for foreign, mapped, detail in HTTPX_ERRORS:
+            if isinstance(exc, foreign):
+                raise mapped(f"{what}: {detail or repr(exc)}") from exc
+        raise
 
 
 @dataclass(frozen=True)
@@ -167,7 +190,7 @@ class FocusClient:
     async def _call(
         self, method: str, url: str, json: Any, params: dict[str, str] | None
     ) -> FocusReply:
-        try:
+        with map_httpx_errors(f"Focus {method} {url}"):
             if tracing.enabled():
                 attributes: dict[str, Any] = {
                     "peer.service": "focus",
@@ -182,12 +205,6 @@ class FocusClient:
                         current.set_attribute("http.response.status_code", status)
             else:
                 status, headers, content = await self._send(method, url, json, params)
-        except httpx.TimeoutException as exc:
-            raise TransientFailure(f"Focus {method} {url}: timeout") from exc
-        except httpx.HTTPError as exc:
-            # Transport failures, undecodable bodies, redirect loops: none is the document's
-            # fault, so all are worth another try.
-            raise TransientFailure(f"Focus {method} {url}: {exc!r}") from exc
         self._gate.observe(headers)
         if status == 429:
             retry_after = _seconds(headers.get("retry-after")) or _seconds(
@@ -196,16 +213,16 @@ class FocusClient:
             self._gate.block_for(retry_after or 1.0)
             raise RateLimited("Focus rate limit reached", retry_after=retry_after or 1.0)
         if status >= 500:
-            raise TransientFailure(f"Focus {method} {url}: HTTP {status}")
+            raise Transient(f"Focus {method} {url}: HTTP {status}")
         try:
             body = orjson.loads(content) if content else {}
         except ValueError as exc:
-            raise TransientFailure(f"Focus {method} {url}: body is not JSON") from exc
+            raise Transient(f"Focus {method} {url}: body is not JSON") from exc
         if not isinstance(body, dict):
             body = {"data": body}
         if status in (401, 403):
             # Our own credentials are wrong: no retry fixes that, an operator must.
-            raise PermanentFailure(f"Focus refused our token: {body.get('mensagem', status)}")
+            raise Permanent(f"Focus refused our token: {body.get('mensagem', status)}")
         return FocusReply(status, body)
 
     async def _send(
@@ -301,15 +318,12 @@ class FocusClient:
         target = on_provider_host(self._base_url, path)
         await self._take_turn()
         try:
-            status, _, content = await self._exchange("GET", target.raw_path, None)
-        except httpx.TimeoutException as exc:
-            raise TransientFailure(f"Focus GET {target.path}: timeout") from exc
-        except httpx.HTTPError as exc:
-            raise TransientFailure(f"Focus GET {target.path}: {exc!r}") from exc
+            with map_httpx_errors(f"Focus GET {target.path}"):
+                status, _, content = await self._exchange("GET", target.raw_path, None)
         finally:
             self._end_turn()
         if status >= 400:
-            raise TransientFailure(f"Focus GET {target.path}: HTTP {status}")
+            raise Transient(f"Focus GET {target.path}: HTTP {status}")
         return content
 
     async def register_hook(

@@ -1,11 +1,12 @@
 """SMTP mailer: sends one message and answers per envelope recipient.
 
-Every aiosmtplib, socket and TLS error is mapped here, once, to the consumer error tree:
+Every aiosmtplib, socket and TLS error is mapped here, once (`map_smtp_error`), to the error
+tree of `notaflow.errors`:
 
     connection refused / reset, timeouts, 4xx for every recipient, 4xx at DATA
-                                                    -> TransientFailure (retry later)
+                                                    -> Transient (retry later)
     authentication refused (5xx), sender refused (5xx), TLS certificate not trusted,
-    server lacks STARTTLS/AUTH/SMTPUTF8, 5xx banner -> PermanentFailure (an operator must act)
+    server lacks STARTTLS/AUTH/SMTPUTF8, 5xx banner -> Permanent (an operator must act)
     5xx for some or all recipients, 5xx at DATA     -> results with accepted=False: a refused
                                                        address is an answer, not an error; the
                                                        caller records it (HubSoft's per-recipient
@@ -33,8 +34,8 @@ from typing import Literal
 
 import aiosmtplib
 
-from notaflow.consumers.errors import ConsumerError, PermanentFailure, TransientFailure
 from notaflow.emails import valid_email
+from notaflow.errors import Permanent, Transient
 
 __all__ = [
     "Mailer",
@@ -144,7 +145,7 @@ class Mailer:
         self, message: EmailMessage, recipients: Sequence[str] | None = None
     ) -> list[RecipientResult]:
         """Send `message` to `recipients` (default: its To, Cc and Bcc addresses), one result
-        per recipient in order. Raises TransientFailure or PermanentFailure (module docstring)."""
+        per recipient in order. Raises Transient or Permanent (module docstring)."""
         addresses = list(dict.fromkeys(recipients)) if recipients is not None else None
         if addresses is None:
             addresses = _envelope_recipients(message)
@@ -258,15 +259,15 @@ async def _close(client: aiosmtplib.SMTP) -> None:
     client.close()
 
 
-def map_smtp_error(exc: BaseException, host: str, port: int) -> ConsumerError:
+def map_smtp_error(exc: BaseException, host: str, port: int) -> Permanent | Transient:
     """The consumer error for a foreign SMTP, socket or TLS error (see the module docstring)."""
     where = f"SMTP {host}:{port}"
     if isinstance(exc, aiosmtplib.SMTPRecipientsRefused):
         codes = [r.code for r in exc.recipients]
         detail = "; ".join(f"{r.recipient}: {r.code} {r.message}" for r in exc.recipients)
         if codes and all(_is_4xx(c) for c in codes):
-            return TransientFailure(f"{where} deferred every recipient: {detail}")
-        return PermanentFailure(f"{where} refused every recipient: {detail}")
+            return Transient(f"{where} deferred every recipient: {detail}")
+        return Permanent(f"{where} refused every recipient: {detail}")
     if isinstance(exc, aiosmtplib.SMTPResponseException):
         if isinstance(exc, aiosmtplib.SMTPAuthenticationError):
             what = "authentication"
@@ -278,17 +279,17 @@ def map_smtp_error(exc: BaseException, host: str, port: int) -> ConsumerError:
             what = "reply"
         text = f"{where} {what}: {exc.code} {exc.message}"
         # 4xx is "try again later"; a 5xx here is configuration (credentials, sender, server).
-        return PermanentFailure(text) if exc.code >= 500 else TransientFailure(text)
+        return Permanent(text) if exc.code >= 500 else Transient(text)
     if isinstance(exc, aiosmtplib.SMTPNotSupported):
-        return PermanentFailure(f"{where}: {exc.message}")
+        return Permanent(f"{where}: {exc.message}")
     cert_error = exc if isinstance(exc, ssl.SSLCertVerificationError) else exc.__cause__
     if isinstance(cert_error, ssl.SSLCertVerificationError):
-        return PermanentFailure(f"{where}: TLS certificate not trusted: {cert_error}")
+        return Permanent(f"{where}: TLS certificate not trusted: {cert_error}")
     if type(exc) is aiosmtplib.SMTPException:
         # aiosmtplib raises the bare class for what the server lacks (STARTTLS, AUTH, XOAUTH2)
-        return PermanentFailure(f"{where}: {exc.message}")
+        return Permanent(f"{where}: {exc.message}")
     if isinstance(exc, aiosmtplib.SMTPException):  # disconnected, timeouts, connect errors
-        return TransientFailure(f"{where}: {exc.message}")
+        return Transient(f"{where}: {exc.message}")
     if isinstance(exc, OSError | TimeoutError):
-        return TransientFailure(f"{where}: {type(exc).__name__}: {exc}")
-    return PermanentFailure(f"{where}: unexpected {type(exc).__name__}: {exc}")
+        return Transient(f"{where}: {type(exc).__name__}: {exc}")
+    return Permanent(f"{where}: unexpected {type(exc).__name__}: {exc}")

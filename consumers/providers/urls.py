@@ -13,10 +13,10 @@ from urllib.parse import quote
 
 import httpx
 
-from notaflow.consumers.errors import PermanentFailure
+from notaflow.errors import Permanent
 
 
-class ForeignPath(PermanentFailure):
+class ForeignPath(Permanent):
     """A path that would leave the provider's host (or is not a plain path at all)."""
 
 

@@ -13,6 +13,7 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from notaflow.errors import StoreError
 from notaflow.store.clock import as_utc
 from notaflow.store.tables import deliveries, delivery_attempts, hooks
 
@@ -104,7 +105,7 @@ class Hook:
         return body
 
 
-class TooManyHooks(Exception):
+class TooManyHooks(StoreError):
     pass
 
 

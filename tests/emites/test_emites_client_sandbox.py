@@ -17,9 +17,9 @@ import pytest
 from pypdf import PdfReader
 
 from notaflow.brdocs import access_key_check_digit, valid_access_key
-from notaflow.consumers.errors import PermanentFailure, TransientFailure
 from notaflow.consumers.providers.emites import EmitesClient, EmitesReply
 from notaflow.emites_wire import Frame, FrameDecoder, encode_frame
+from notaflow.errors import Permanent, Transient
 from notaflow.launch.broker import free_port
 from notaflow.nfce import normalize_nfce
 from notaflow.sandbox import emites_rules as rules
@@ -251,9 +251,9 @@ async def test_client_refuses_malformed_cancellations_without_sending(
     nfe_key = SPEC_KEYS[0][:20] + "55" + SPEC_KEYS[0][22:43]
     nfe_key += access_key_check_digit(nfe_key)
     for key in (bad_dv, "123", nfe_key):
-        with pytest.raises(PermanentFailure, match="not an NFC-e access key"):
+        with pytest.raises(Permanent, match="not an NFC-e access key"):
             await client.cancel_nfce(key)
-    with pytest.raises(PermanentFailure, match="motivo"):
+    with pytest.raises(Permanent, match="motivo"):
         await client.cancel_nfce(SPEC_KEYS[0], "curto")
     assert sandbox.stats["requests"] == 0
 
@@ -335,7 +335,7 @@ async def test_dropped_connection_is_transient_and_the_next_call_reconnects(
 ) -> None:
     await client.create_nfce(document())
     sandbox.set_behaviour(drop_connections=True)
-    with pytest.raises(TransientFailure, match="closed the connection") as caught:
+    with pytest.raises(Transient, match="closed the connection") as caught:
         await client.create_nfce(document())
     assert caught.value.retriable
     sandbox.normal()
@@ -362,7 +362,7 @@ async def test_stall_times_out_and_the_connection_is_not_reused(
     client = EmitesClient("127.0.0.1", sandbox.port, pool_size=1, request_timeout=0.3)
     try:
         sandbox.set_behaviour(stall=True)
-        with pytest.raises(TransientFailure, match=r"no answer within 0\.3 s") as caught:
+        with pytest.raises(Transient, match=r"no answer within 0\.3 s") as caught:
             await client.create_nfce(document("STALLED"))
         assert "check before creating it again" in str(caught.value)
         sandbox.normal()
@@ -377,7 +377,7 @@ async def test_a_late_answer_never_reaches_a_later_request(sandbox: EmitesSandbo
     client = EmitesClient("127.0.0.1", sandbox.port, pool_size=1, request_timeout=0.3)
     try:
         sandbox.set_behaviour(answer_delay=0.6)
-        with pytest.raises(TransientFailure, match="no answer"):
+        with pytest.raises(Transient, match="no answer"):
             await client.create_nfce(document("LATE"))
         sandbox.normal()
         # Asked while the late answer is still on its way, and again after it went out.
@@ -394,7 +394,7 @@ async def test_a_late_answer_never_reaches_a_later_request(sandbox: EmitesSandbo
 
 async def test_garbage_answer_is_transient(client: EmitesClient, sandbox: EmitesSandbox) -> None:
     sandbox.set_behaviour(garbage=True)
-    with pytest.raises(TransientFailure, match="garbage from Emites"):
+    with pytest.raises(Transient, match="garbage from Emites"):
         await client.create_nfce(document())
     sandbox.normal()
     assert (await client.create_nfce(document())).status == "sucesso"
@@ -406,7 +406,7 @@ async def test_non_latin1_payload_is_permanent_and_names_the_field(
 ) -> None:
     sent = document()
     sent["produtos"][1]["descricao"] = "Café ☕"
-    with pytest.raises(PermanentFailure, match=r"'produtos\.1\.descricao'") as caught:
+    with pytest.raises(Permanent, match=r"'produtos\.1\.descricao'") as caught:
         await client.create_nfce(sent)
     assert not caught.value.retriable
     assert sandbox.stats["requests"] == 0
@@ -414,7 +414,7 @@ async def test_non_latin1_payload_is_permanent_and_names_the_field(
 
 async def test_connection_refused_is_transient() -> None:
     client = EmitesClient("127.0.0.1", free_port(), connect_timeout=1)
-    with pytest.raises(TransientFailure, match="cannot connect"):
+    with pytest.raises(Transient, match="cannot connect"):
         await client.create_nfce(document())
     await client.aclose()
 
@@ -432,7 +432,7 @@ async def test_answer_under_another_identifier_is_transient(sandbox: EmitesSandb
     port = server.sockets[0].getsockname()[1]
     client = EmitesClient("127.0.0.1", port, request_timeout=2)
     try:
-        with pytest.raises(TransientFailure, match="answered as TESTE"):
+        with pytest.raises(Transient, match="answered as TESTE"):
             await client.create_nfce(document())
     finally:
         await client.aclose()
@@ -440,9 +440,9 @@ async def test_answer_under_another_identifier_is_transient(sandbox: EmitesSandb
 
 
 async def test_unknown_status_is_transient() -> None:
-    with pytest.raises(TransientFailure, match="unknown status"):
+    with pytest.raises(Transient, match="unknown status"):
         EmitesReply.from_payload({"status": "autorizado"})
-    with pytest.raises(TransientFailure, match="base64"):
+    with pytest.raises(Transient, match="base64"):
         EmitesReply.from_payload({"status": "sucesso", "danfe": "%%%"})
 
 
@@ -457,7 +457,7 @@ def test_reply_reads_numero_and_loose_erros() -> None:
 async def test_closed_client_refuses_calls(client: EmitesClient) -> None:
     await client.create_nfce(document())
     await client.aclose()
-    with pytest.raises(TransientFailure, match="client closed"):
+    with pytest.raises(Transient, match="client closed"):
         await client.create_nfce(document())
 
 
@@ -495,7 +495,7 @@ async def test_serve_emites_sandbox_runs_until_cancelled() -> None:
         await client.aclose()
     task.cancel()
     await asyncio.wait_for(task, 5)
-    with pytest.raises(TransientFailure, match="cannot connect"):
+    with pytest.raises(Transient, match="cannot connect"):
         await EmitesClient("127.0.0.1", port, connect_timeout=1).create_nfce(document())
 
 

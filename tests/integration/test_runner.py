@@ -37,9 +37,8 @@ from notaflow.consumers.assignment import (
     copartition_problem,
     split_assignment,
 )
-from notaflow.consumers.errors import PermanentFailure, RateLimited, Stopping, TransientFailure
 from notaflow.consumers.runner import RetryPolicy, Runner, _Partition
-from notaflow.errors import InvalidDocument
+from notaflow.errors import InvalidDocument, Permanent, RateLimited, Stopping, Transient
 from notaflow.settings import Settings
 from notaflow.store import RetryLedger, create_engine, migrate
 from notaflow.topics import Topics
@@ -398,7 +397,7 @@ async def test_retries_and_dead_letters(fast: Settings) -> None:
         ("B", "doomed"),  # 1: transient forever: dead-lettered after 4 attempts
         ("B", "ok"),  # 2: the same document continues after its dead letter
         ("C", "invalid"),  # 3: InvalidDocument: dead-lettered at once
-        ("D", "refused"),  # 4: PermanentFailure: dead-lettered at once
+        ("D", "refused"),  # 4: Permanent: dead-lettered at once
         ("E", "crash"),  # 5: an unexpected, non-retriable error: dead-lettered at once
         ("F", "limited"),  # 6: 429 with Retry-After 0.3 s, then success
         ("G", "ok"),  # 7: the partition keeps flowing
@@ -421,13 +420,13 @@ async def test_retries_and_dead_letters(fast: Settings) -> None:
         do = json.loads(record.value)["do"]
         n = attempts[record.offset]
         if do == "flaky" and n <= 2:
-            raise TransientFailure(f"HTTP 503 (try {n})")
+            raise Transient(f"HTTP 503 (try {n})")
         if do == "doomed":
-            raise TransientFailure("HTTP 502")
+            raise Transient("HTTP 502")
         if do == "invalid":
             raise InvalidDocument("prestador.cnpj", "CNPJ do prestador inválido")
         if do == "refused":
-            raise PermanentFailure("Focus refused our token")
+            raise Permanent("Focus refused our token")
         if do == "crash":
             raise RuntimeError("handler bug")
         if do == "limited" and n == 1:
@@ -450,9 +449,9 @@ async def test_retries_and_dead_letters(fast: Settings) -> None:
     letters = {int(dict(r.headers)["dlq_origin_offset"]): r for r in await read_all(one, dlq, 4)}
     assert sorted(letters) == [1, 3, 4, 5]
     expected = {
-        1: ("4", "TransientFailure: HTTP 502"),
+        1: ("4", "Transient: HTTP 502"),
         3: ("1", "invalid: prestador.cnpj: CNPJ do prestador inválido"),
-        4: ("1", "PermanentFailure: Focus refused our token"),
+        4: ("1", "Permanent: Focus refused our token"),
         5: ("1", "RuntimeError: handler bug"),
     }
     for offset, (tries, error) in expected.items():
@@ -492,7 +491,7 @@ async def test_retry_schedule_survives_a_restart(fast: Settings, database_url: s
     async def handler(record: Any) -> None:
         calls[record.offset] += 1
         if record.value == b"doomed":
-            raise TransientFailure("HTTP 503")
+            raise Transient("HTTP 503")
 
     # A steady 1 s between attempts, not full jitter: two near-zero draws in a row let the
     # record spend all four attempts before the stop landed (seen once in CI on PostgreSQL).
@@ -506,7 +505,7 @@ async def test_retry_schedule_survives_a_restart(fast: Settings, database_url: s
         assert 2 <= before < 4
         assert await committed(one, "notaflow-flaky", TopicPartition(topic, 0)) is None
         [state] = (await ledger.load("flaky", [(topic, 0)])).values()
-        assert state.attempts == before and state.last_error == "TransientFailure: HTTP 503"
+        assert state.attempts == before and state.last_error == "Transient: HTTP 503"
 
         async with running(one, "flaky", topic, handler, retry=policy, ledger=ledger) as run:
             await eventually(lambda: run.runner.stats.dead_lettered == 1)

@@ -19,7 +19,6 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from notaflow.consumers.errors import ConsumerError, PermanentFailure, TransientFailure
 from notaflow.consumers.mail_templates import NfseLinks, render_nfse_email
 from notaflow.consumers.providers.mailer import (
     Mailer,
@@ -28,6 +27,7 @@ from notaflow.consumers.providers.mailer import (
     map_smtp_error,
     valid_email,
 )
+from notaflow.errors import NotaflowError, Permanent, Transient
 from notaflow.launch.broker import free_port
 from notaflow.sandbox.smtp_sink import SmtpSink
 
@@ -127,7 +127,7 @@ async def test_invalid_address_is_refused_without_aborting_the_others(sink: Smtp
 async def test_temporary_failure_is_transient(sink: SmtpSink, at: str) -> None:
     sink.fail_temporarily(1, at=at)  # type: ignore[arg-type]
     mailer = Mailer(_config(sink))
-    with pytest.raises(TransientFailure, match="451"):
+    with pytest.raises(Transient, match="451"):
         await mailer.send(_message("ana@example.com", "bia@example.com"))
     assert [r.accepted for r in await mailer.send(_message("ana@example.com"))] == [True]
 
@@ -140,7 +140,7 @@ async def test_server_down_is_transient() -> None:
         timeout=2,
         local_hostname="notaflow.test",
     )
-    with pytest.raises(TransientFailure) as info:
+    with pytest.raises(Transient) as info:
         await Mailer(config).send(_message("ana@example.com"))
     assert info.value.retriable
 
@@ -161,7 +161,7 @@ async def test_silent_server_times_out_as_transient() -> None:
     )
     try:
         started = time.monotonic()
-        with pytest.raises(TransientFailure):
+        with pytest.raises(Transient):
             await Mailer(config).send(_message("ana@example.com"))
         assert time.monotonic() - started < 2
     finally:
@@ -181,7 +181,7 @@ async def test_auth_wrong_or_missing_is_permanent(sink: SmtpSink, password: str 
     sink.require_auth("nfse", "s3cret")
     username = "nfse" if password else None
     config = _config(sink, username=username, password=password)
-    with pytest.raises(PermanentFailure) as info:
+    with pytest.raises(Permanent) as info:
         await Mailer(config).send(_message("ana@example.com"))
     assert not info.value.retriable
     assert "535" in str(info.value) or "530" in str(info.value)
@@ -193,13 +193,13 @@ async def test_starttls_with_self_signed_cert(tls_context: ssl.SSLContext, tmp_p
         [result] = await Mailer(config).send(_message("ana@example.com"))
         assert result.accepted
         untrusted = _config(sink, security="starttls", validate_certs=True)
-        with pytest.raises(PermanentFailure, match="certificate"):
+        with pytest.raises(Permanent, match="certificate"):
             await Mailer(untrusted).send(_message("ana@example.com"))
         assert len(sink.received) == 1
 
 
 async def test_starttls_demanded_but_not_offered_is_permanent(sink: SmtpSink) -> None:
-    with pytest.raises(PermanentFailure, match="STARTTLS"):
+    with pytest.raises(Permanent, match="STARTTLS"):
         await Mailer(_config(sink, security="starttls")).send(_message("ana@example.com"))
 
 
@@ -252,7 +252,7 @@ async def test_keep_alive_does_not_reuse_a_connection_the_server_dropped(sink: S
     mailer = Mailer(_config(sink, keep_alive=30))
     await mailer.send(_message("a@example.com"))
     sink.fail_temporarily(1)  # 451 to the recipient: an answer, the connection stays usable
-    with pytest.raises(TransientFailure):
+    with pytest.raises(Transient):
         await mailer.send(_message("b@example.com"))
     await mailer.send(_message("c@example.com"))
     assert sink.received[0].peer == sink.received[1].peer
@@ -354,31 +354,31 @@ def test_every_aiosmtplib_error_has_a_mapping() -> None:
     assert exported == set(_SAMPLES)
     for cls, make in _SAMPLES.items():
         mapped = map_smtp_error(make(), "smtp.example", 25)
-        assert isinstance(mapped, ConsumerError), cls
+        assert isinstance(mapped, (Permanent, Transient)), cls
 
 
 @pytest.mark.parametrize(
     ("exc", "expected"),
     [
-        (aiosmtplib.SMTPConnectError("refused"), TransientFailure),
-        (aiosmtplib.SMTPReadTimeoutError("slow"), TransientFailure),
-        (aiosmtplib.SMTPServerDisconnected("gone"), TransientFailure),
-        (ConnectionResetError("reset"), TransientFailure),
-        (aiosmtplib.SMTPConnectResponseError(421, "busy"), TransientFailure),
-        (aiosmtplib.SMTPConnectResponseError(554, "go away"), PermanentFailure),
-        (aiosmtplib.SMTPAuthenticationError(454, "try later"), TransientFailure),
-        (aiosmtplib.SMTPAuthenticationError(535, "bad"), PermanentFailure),
-        (aiosmtplib.SMTPSenderRefused(553, "not yours", "n@acme"), PermanentFailure),
-        (aiosmtplib.SMTPNotSupported("no SMTPUTF8"), PermanentFailure),
-        (aiosmtplib.SMTPException("SMTP AUTH extension not supported"), PermanentFailure),
-        (ssl.SSLCertVerificationError("self-signed"), PermanentFailure),
+        (aiosmtplib.SMTPConnectError("refused"), Transient),
+        (aiosmtplib.SMTPReadTimeoutError("slow"), Transient),
+        (aiosmtplib.SMTPServerDisconnected("gone"), Transient),
+        (ConnectionResetError("reset"), Transient),
+        (aiosmtplib.SMTPConnectResponseError(421, "busy"), Transient),
+        (aiosmtplib.SMTPConnectResponseError(554, "go away"), Permanent),
+        (aiosmtplib.SMTPAuthenticationError(454, "try later"), Transient),
+        (aiosmtplib.SMTPAuthenticationError(535, "bad"), Permanent),
+        (aiosmtplib.SMTPSenderRefused(553, "not yours", "n@acme"), Permanent),
+        (aiosmtplib.SMTPNotSupported("no SMTPUTF8"), Permanent),
+        (aiosmtplib.SMTPException("SMTP AUTH extension not supported"), Permanent),
+        (ssl.SSLCertVerificationError("self-signed"), Permanent),
         (
             aiosmtplib.SMTPRecipientsRefused(
                 [aiosmtplib.SMTPRecipientRefused(450, "busy", "a@b.c")]
             ),
-            TransientFailure,
+            Transient,
         ),
     ],
 )
-def test_error_mapping(exc: Exception, expected: type[ConsumerError]) -> None:
+def test_error_mapping(exc: Exception, expected: type[NotaflowError]) -> None:
     assert type(map_smtp_error(exc, "smtp.example", 25)) is expected

@@ -1,5 +1,5 @@
 """The Focus NFe HTTP adapter against `httpx.MockTransport`: what goes on the wire, how every
-answer and every foreign error lands in the consumer error tree, and the rate-limit gate."""
+answer and every foreign error lands in the error tree, and the rate-limit gate."""
 
 from __future__ import annotations
 
@@ -12,16 +12,15 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from notaflow.consumers.errors import (
-    ConsumerError,
-    PermanentFailure,
-    RateLimited,
-    Stopping,
-    TransientFailure,
-    Unsent,
-)
 from notaflow.consumers.providers.focus import FocusClient, FocusReply, RateLimitGate
 from notaflow.consumers.providers.urls import ForeignPath
+from notaflow.errors import (
+    Permanent,
+    RateLimited,
+    Stopping,
+    Transient,
+    Unsent,
+)
 
 BASE = "https://focus.test"
 TOKEN = "tok-123"
@@ -87,7 +86,7 @@ async def test_emit_sends_ref_query_and_json_document() -> None:
 async def test_5xx_is_transient(status: int) -> None:
     focus = client(lambda r: httpx.Response(status, text="upstream down"))
     try:
-        with pytest.raises(TransientFailure) as info:
+        with pytest.raises(Transient) as info:
             await focus.get_nfse("r1")
     finally:
         await focus.aclose()
@@ -107,7 +106,7 @@ async def test_timeouts_and_connection_errors_are_transient(
 
     focus = client(handler)
     try:
-        with pytest.raises(TransientFailure) as info:
+        with pytest.raises(Transient) as info:
             await focus.emit_nfse("r1", {})
     finally:
         await focus.aclose()
@@ -125,11 +124,11 @@ async def test_every_transport_error_maps_into_the_consumer_tree(
 
     focus = client(handler)
     try:
-        with pytest.raises(ConsumerError) as info:
+        with pytest.raises((Permanent, Transient)) as info:
             await focus.get_nfse("r1")
     finally:
         await focus.aclose()
-    assert isinstance(info.value, TransientFailure)
+    assert isinstance(info.value, Transient)
     assert isinstance(info.value.__cause__, exc)
 
 
@@ -145,7 +144,7 @@ async def test_every_request_error_maps_into_the_consumer_tree(
 
     focus = client(handler)
     try:
-        with pytest.raises(ConsumerError):
+        with pytest.raises((Permanent, Transient)):
             await focus.get_nfse("r1")
     finally:
         await focus.aclose()
@@ -161,7 +160,7 @@ async def test_undecodable_body_is_transient() -> None:
 
     focus = client(handler)
     try:
-        with pytest.raises(TransientFailure):
+        with pytest.raises(Transient):
             await focus.get_nfse("r1")
     finally:
         await focus.aclose()
@@ -239,7 +238,7 @@ async def test_remaining_window_does_not_wait() -> None:
 async def test_bad_credentials_are_permanent(status: int) -> None:
     focus = client(lambda r: httpx.Response(status, json={"mensagem": "token inválido"}))
     try:
-        with pytest.raises(PermanentFailure, match="token inválido"):
+        with pytest.raises(Permanent, match="token inválido"):
             await focus.emit_nfse("r1", {})
     finally:
         await focus.aclose()
@@ -248,7 +247,7 @@ async def test_bad_credentials_are_permanent(status: int) -> None:
 async def test_non_json_success_body_is_transient() -> None:
     focus = client(lambda r: httpx.Response(200, text="<html>gateway</html>"))
     try:
-        with pytest.raises(TransientFailure, match="not JSON"):
+        with pytest.raises(Transient, match="not JSON"):
             await focus.get_nfse("r1")
     finally:
         await focus.aclose()
@@ -391,7 +390,7 @@ async def test_download_by_path_and_by_url_on_the_focus_host_only() -> None:
     try:
         by_path = await focus.download("/notas_fiscais_servico/N1A1-nfse.xml")
         by_url = await focus.download(f"{BASE}/x/N1A1-nfse.xml")
-        with pytest.raises(TransientFailure, match="HTTP 404"):
+        with pytest.raises(Transient, match="HTTP 404"):
             await focus.download("/notas_fiscais_servico/missing.xml")
         # Issue 19: a path from a callback that names another host is refused before any
         # request is made (the exchange carries the token).

@@ -29,10 +29,11 @@ from notaflow.envelope import Event, decode
 from notaflow.errors import InvalidDocument
 from notaflow.ingress.auth import _basic_user
 from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
+from notaflow.ingress.dialects import FinanceiroError, HubsoftError, WuroError
 from notaflow.ingress.focus_hooks import _valid_url
-from notaflow.ingress.hubsoft import HubsoftError, _nota_id
-from notaflow.ingress.hubsoft_financeiro import FinanceiroError, parse_query
-from notaflow.ingress.wuro import WuroError, _bool, _email, _text
+from notaflow.ingress.hubsoft import _nota_id
+from notaflow.ingress.hubsoft_financeiro import parse_query
+from notaflow.ingress.wuro import _bool, _email, _text
 from notaflow.nfce import normalize_nfce, validate_motivo
 from notaflow.nfse import normalize_nfse, validate_justificativa, validate_ref
 from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs

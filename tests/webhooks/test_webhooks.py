@@ -18,7 +18,6 @@ import httpx
 import pytest
 from standardwebhooks import Webhook
 
-from notaflow.consumers.errors import PermanentFailure, TransientFailure
 from notaflow.consumers.providers.webhooks import (
     RETRY_SCHEDULE,
     DestinationRefused,
@@ -28,6 +27,7 @@ from notaflow.consumers.providers.webhooks import (
     next_attempt_delay,
     resolve_and_check,
 )
+from notaflow.errors import Permanent, Transient
 from notaflow.webhook_signing import WebhookVerificationError, new_secret, sign, verify
 from tests.support import Receiver, ReceiverServer, Reply
 
@@ -440,13 +440,13 @@ def test_refuses_bad_urls_even_when_private_allowed(url: str, reason: str) -> No
 
 
 def test_destination_refused_is_permanent_and_dns_failure_transient() -> None:
-    assert issubclass(DestinationRefused, PermanentFailure)
+    assert issubclass(DestinationRefused, Permanent)
     assert not DestinationRefused.retriable
 
     def broken(host: str, port: int) -> list[str]:
         raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
 
-    with pytest.raises(TransientFailure):
+    with pytest.raises(Transient):
         check_destination("https://hooks.example.com/", False, broken)
 
 

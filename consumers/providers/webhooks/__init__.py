@@ -14,7 +14,7 @@ One module per job, as Svix splits them:
 
 Errors:
 
-    DestinationRefused (PermanentFailure)   the URL or its addresses break the SSRF policy
+    DestinationRefused (Permanent)          the URL or its addresses break the SSRF policy
     WebhookVerificationError                a signature check failed (receiver side)
 """
 

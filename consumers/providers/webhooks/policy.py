@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Iterable
 import httpx
 
 from notaflow import destinations
-from notaflow.consumers.errors import PermanentFailure, TransientFailure
+from notaflow.errors import Permanent, Transient
 
 #: (host, port) -> addresses; sync for `check_destination`, sync or async elsewhere.
 SyncResolver = Callable[[str, int], Iterable[str]]
@@ -24,7 +24,7 @@ Resolver = Callable[[str, int], Iterable[str] | Awaitable[Iterable[str]]]
 literal = destinations.literal
 
 
-class DestinationRefused(PermanentFailure):
+class DestinationRefused(Permanent):
     """The webhook URL is refused by the SSRF policy; retrying cannot help."""
 
 
@@ -41,7 +41,7 @@ def _check_addresses(host: str, addresses: Iterable[str]) -> list[str]:
     except destinations.DestinationError as exc:
         raise DestinationRefused(str(exc)) from exc
     except destinations.Unresolved as exc:
-        raise TransientFailure(str(exc)) from exc
+        raise Transient(str(exc)) from exc
 
 
 def check_auth_header(name: str, value: str) -> None:
@@ -65,7 +65,7 @@ async def _loop_getaddrinfo(host: str, port: int) -> list[str]:
 def check_destination(url: str, allow_private: bool, resolver: SyncResolver | None = None) -> None:
     """Raise `DestinationRefused` unless `url` is http(s), has a host and no credentials, and
     (unless `allow_private`) every address of its host is public. `resolver(host, port)`
-    defaults to a blocking `socket.getaddrinfo`; DNS failure raises `TransientFailure`."""
+    defaults to a blocking `socket.getaddrinfo`; DNS failure raises `Transient`."""
     _, host, port = _parse_destination(url)
     if allow_private:
         return
@@ -76,7 +76,7 @@ def check_destination(url: str, allow_private: bool, resolver: SyncResolver | No
     try:
         addresses = list((resolver or _getaddrinfo)(host, port))
     except OSError as exc:
-        raise TransientFailure(f"cannot resolve {host}: {exc}") from exc
+        raise Transient(f"cannot resolve {host}: {exc}") from exc
     _check_addresses(host, addresses)
 
 
@@ -95,10 +95,10 @@ async def resolve_and_check(
             addresses = await answer if inspect.isawaitable(answer) else answer
             addresses = list(addresses)
         except OSError as exc:
-            raise TransientFailure(f"cannot resolve {host}: {exc}") from exc
+            raise Transient(f"cannot resolve {host}: {exc}") from exc
     if allow_private:
         unique = list(dict.fromkeys(a.split("%", 1)[0] for a in addresses))
         if not unique:
-            raise TransientFailure(f"{host} did not resolve to any address")
+            raise Transient(f"{host} did not resolve to any address")
         return unique
     return _check_addresses(host, addresses)

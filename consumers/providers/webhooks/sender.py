@@ -20,7 +20,6 @@ from typing import Any
 import httpx
 import orjson
 
-from notaflow.consumers.errors import TransientFailure
 from notaflow.consumers.providers.webhooks.policy import (
     DestinationRefused,
     Resolver,
@@ -28,6 +27,7 @@ from notaflow.consumers.providers.webhooks.policy import (
     literal,
     resolve_and_check,
 )
+from notaflow.errors import Transient
 from notaflow.webhook_signing import sign
 
 
@@ -118,7 +118,7 @@ class WebhookSender:
                 response = await self._send(target.url, headers, body)
         except DestinationRefused as exc:
             return result(ok=False, error=str(exc), refused=True)
-        except TransientFailure as exc:
+        except Transient as exc:
             return result(ok=False, error=str(exc))
         except (TimeoutError, httpx.TimeoutException):
             return result(ok=False, error=f"timeout after {self._timeout:g} s")
