@@ -23,6 +23,7 @@ from urllib.parse import urlsplit
 
 from notaflow import billing as b
 from notaflow import schemas
+from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.consumers.errors import ConsumerError, PermanentFailure, TransientFailure
 from notaflow.consumers.providers.mailer import Mailer
@@ -41,7 +42,7 @@ from notaflow.store.invoices import (
 )
 
 log = logging.getLogger(__name__)
-SOURCE = "notaflow/consumers/billing"
+SOURCE = t.SOURCE_BILLING
 LOCK_SECONDS = 120.0
 
 

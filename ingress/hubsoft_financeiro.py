@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from notaflow import billing as b
+from notaflow import topics as t
 from notaflow.brdocs import clean_document
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument
@@ -30,7 +31,7 @@ from notaflow.ingress.hubsoft import HubsoftError, bearer_tenant
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store.invoices import FinanceiroQuery, Invoice, InvoiceStore
 
-SOURCE = "notaflow/ingress/hubsoft"
+SOURCE = t.SOURCE_HUBSOFT
 BUSCAS = ("cpf_cnpj", "codigo_cliente", "id_cliente_servico")
 ORDER_BY = ("data_vencimento", "valor")
 ORDER_TYPES = ("asc", "desc")

@@ -30,6 +30,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from notaflow import billing as b
+from notaflow import topics as t
 from notaflow.emails import valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
@@ -47,7 +48,7 @@ from notaflow.store.invoices import (
     issuer_for,
 )
 
-SOURCE = "notaflow/ingress/wuro"
+SOURCE = t.SOURCE_WURO
 
 
 class WuroError(IngressError):
