@@ -173,12 +173,12 @@ async def eventos(request: Request) -> Response:
             errors.append(f"eventos[{i}]: {exc.message}")
             continue
         data = {**raw, "tenant": tenant.id}
-        event = Event(type=b.INVOICE_EVENT, source=SOURCE, data=data, subject=ev.uid,
+        event = Event(type=t.INVOICE_EVENT, source=SOURCE, data=data, subject=ev.uid,
                       id=ev.event_id, tenant=tenant.id)  # fmt: skip
         records.append((b.invoice_key(tenant.id, ev.uid), event))
     if errors:
         raise FinanceiroError(400, "Evento(s) inválido(s); nada foi registrado", errors)
-    failure = await d.bus.publish_many(b.events_topic(d.topics.prefix), records)
+    failure = await d.bus.publish_many(d.topics.billing_events, records)
     if failure is not None:
         raise FinanceiroError(503, "Serviço temporariamente indisponível; tente novamente")
     return FastJSONResponse(

@@ -77,7 +77,7 @@ async def app_tenant(request: Request, d: IngressDeps) -> str:
 
 
 def _links(d: IngressDeps) -> b.Links:
-    secret = b.link_secret(d.settings)
+    secret = d.settings.billing_link_secret
     if not secret:
         raise WuroError(503, "not_configured", "Invoice links are not configured")
     return b.Links(d.settings.public_url, secret)
@@ -145,7 +145,7 @@ async def mail(request: Request) -> Response:
     rendered = await compose_mail(d.engine, config, _links(d), invoice, action, subject, content)
     result_id = str(uuid.uuid4())
     event = Event(
-        type=b.INVOICE_MAIL,
+        type=t.INVOICE_MAIL,
         source=SOURCE,
         id=result_id,
         subject=invoice.uid,
@@ -164,9 +164,7 @@ async def mail(request: Request) -> Response:
         },
     )
     try:
-        await d.bus.publish(
-            b.commands_topic(d.topics.prefix), event, b.invoice_key(tenant, invoice.uid)
-        )
+        await d.bus.publish(d.topics.billing_commands, event, b.invoice_key(tenant, invoice.uid))
     except BusUnavailable as exc:
         raise WuroError(503, "unavailable", "Service unavailable; nothing was sent") from exc
     return FastJSONResponse(
@@ -176,7 +174,7 @@ async def mail(request: Request) -> Response:
 
 async def _linked(request: Request) -> tuple[IngressDeps, Invoice, dict[str, Any]]:
     d = deps(request)
-    found = b.verify_link(b.link_secret(d.settings), request.query_params.get("token", ""))
+    found = b.verify_link(d.settings.billing_link_secret, request.query_params.get("token", ""))
     uid = request.path_params["uid"]
     if found is None or found[1] != uid:
         raise WuroError(403, "invalid_link", "Invalid or expired link")

@@ -239,8 +239,8 @@ async def run_consumer(settings: Settings, name: str) -> None:
 
 async def run_dunning(settings: Settings) -> int:
     """One dunning pass (`notaflow dunning`, e.g. a daily CronJob); safe beside other replicas."""
-    from notaflow.billing import Links
-    from notaflow.consumers.billing import DunningJob
+    from notaflow.billing.links import Links
+    from notaflow.consumers.billing.dunning import DunningJob
     from notaflow.store.invoices import BillingConfigStore, DunningStore, InvoiceStore
 
     topics = Topics(settings.kafka_topic_prefix)

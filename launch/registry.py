@@ -228,7 +228,7 @@ def notification_topics(topics: Topics) -> tuple[str, ...]:
 def build_notification(res: Resources) -> Wired:
     """E-mails and webhooks of the documents, and the invoice e-mails of billing (one SMTP
     client for both)."""
-    from notaflow.consumers.billing import BillingMailer
+    from notaflow.consumers.billing.mail import BillingMailer
     from notaflow.consumers.notification import NotificationConsumer, NotificationSettings
     from notaflow.consumers.providers.webhooks import WebhookSender
     from notaflow.store import DeliveryStore, HookStore, TenantStore
@@ -281,7 +281,7 @@ def billing_topics(topics: Topics) -> tuple[str, ...]:
 
 
 def build_billing(res: Resources) -> Wired:
-    from notaflow.consumers.billing import BillingEvents
+    from notaflow.consumers.billing.events import BillingEvents
     from notaflow.store.invoices import InvoiceStore
 
     events = BillingEvents(InvoiceStore(res.engine))

@@ -1,69 +1,31 @@
-"""Billing consumers and the dunning job.
-
-- `BillingEvents` (consumer `billing`, topic billing.events): applies invoice events to the
-  read model; one invoice's events share a key, so they arrive in order per partition, and the
-  precedence rules of `notaflow.billing` make reordering across producers and duplicates
-  harmless. An invalid event is a PermanentFailure (dead-letter topic).
-- `BillingMailer` (run by the notification consumer, topic billing.commands): sends an
-  already-rendered invoice e-mail, with the invoice PDF attached on request, once per command:
-  the delivery row keyed by the command id is found again on redelivery.
-- `DunningJob` (`notaflow dunning`, one-shot): reminders for invoices past due at the tenant's
-  steps; each (invoice, step) is claimed by a unique row before its command is published, so
-  concurrent replicas and repeated runs send each step once.
-"""
+"""Invoice e-mails (topic billing.commands, read by the notification consumer): each command
+sent once, with the invoice PDF attached on request."""
 
 from __future__ import annotations
 
 import logging
-from datetime import date
 from email.message import EmailMessage
 from email.utils import formatdate
 from typing import Any
 from urllib.parse import urlsplit
 
-from notaflow import billing as b
 from notaflow import schemas
 from notaflow import topics as t
-from notaflow.bus import Bus
 from notaflow.consumers.errors import ConsumerError, PermanentFailure, TransientFailure
 from notaflow.consumers.providers.mailer import Mailer
 from notaflow.envelope import Event, decode
-from notaflow.errors import InvalidDocument
 from notaflow.invoice_pdf import render_invoice_pdf
 from notaflow.store.deliveries import PENDING
 from notaflow.store.invoices import (
     BillingConfigStore,
-    DunningStore,
     Invoice,
     InvoiceDeliveryStore,
     InvoiceStore,
-    compose_mail,
     issuer_for,
 )
 
 log = logging.getLogger(__name__)
-SOURCE = t.SOURCE_BILLING
 LOCK_SECONDS = 120.0
-
-
-class BillingEvents:
-    def __init__(self, invoices: InvoiceStore) -> None:
-        self._invoices = invoices
-
-    async def handle(self, record: Any) -> None:
-        event = decode(record.headers, record.value)
-        if event.type != b.INVOICE_EVENT:
-            return
-        tenant = str(event.data.get("tenant") or event.tenant)
-        if not tenant:
-            raise PermanentFailure("invoice event without tenant")
-        try:
-            invoice_event = b.normalize_event(event.data)
-        except InvalidDocument as exc:
-            raise PermanentFailure(f"invalid invoice event: {exc.message}") from exc
-        applied = await self._invoices.apply(tenant, invoice_event)
-        log.debug("invoice %s/%s event %s applied=%s", tenant, invoice_event.uid,
-                  invoice_event.event_id, applied)  # fmt: skip
 
 
 class BillingMailer:
@@ -85,7 +47,7 @@ class BillingMailer:
 
     async def handle(self, record: Any) -> None:
         event = decode(record.headers, record.value)
-        if event.type == b.INVOICE_MAIL:
+        if event.type == t.INVOICE_MAIL:
             await self.send(event)
 
     async def send(self, event: Event) -> None:
@@ -147,69 +109,3 @@ class BillingMailer:
                 pdf, maintype="application", subtype="pdf", filename=f"fatura-{number}.pdf"
             )
         return msg
-
-
-class DunningJob:
-    def __init__(
-        self,
-        engine: Any,
-        invoices: InvoiceStore,
-        config: BillingConfigStore,
-        dunning: DunningStore,
-        bus: Bus,
-        commands_topic: str,
-        links: b.Links,
-    ) -> None:
-        self._engine = engine
-        self._invoices = invoices
-        self._config = config
-        self._dunning = dunning
-        self._bus = bus
-        self._topic = commands_topic
-        self._links = links
-
-    async def run(self, today: date | None = None) -> int:
-        """One pass; the number of reminders this run published."""
-        today = today or b.today_brasilia()
-        steps_of: dict[str, tuple[int, ...]] = {}
-        sent = 0
-        async for invoice in self._invoices.overdue(today):
-            if invoice.tenant_id not in steps_of:
-                steps_of[invoice.tenant_id] = (await self._config.policy(invoice.tenant_id))[0]
-            step = b.dunning_step(invoice.data_vencimento, today, steps_of[invoice.tenant_id])
-            to = (invoice.data.get("customer") or {}).get("email")
-            if step is None or not to:
-                continue
-            if not await self._dunning.claim(invoice.tenant_id, invoice.id, step):
-                continue
-            try:
-                await self._publish(invoice, step, to)
-            except Exception:
-                await self._dunning.release(invoice.id, step)
-                raise
-            await self._dunning.published(invoice.id, step)
-            sent += 1
-        return sent
-
-    async def _publish(self, invoice: Invoice, step: int, to: str) -> None:
-        mail = await compose_mail(self._engine, self._config, self._links, invoice,
-                                  "dunning_invoice")  # fmt: skip
-        event = Event(
-            type=b.INVOICE_MAIL,
-            source=SOURCE,
-            # Deterministic: a reminder published twice is still sent once.
-            id=f"dunning-{invoice.id}-{step}",
-            subject=invoice.uid,
-            tenant=invoice.tenant_id,
-            data={
-                "tenant": invoice.tenant_id,
-                "uid": invoice.uid,
-                "action": "dunning_invoice",
-                "to": to,
-                "subject": mail.subject,
-                "html": mail.html,
-                "text": mail.text,
-                "join_pdf": True,
-            },
-        )
-        await self._bus.publish(self._topic, event, b.invoice_key(invoice.tenant_id, invoice.uid))
