@@ -60,7 +60,7 @@ class Wired:
     """A consumer ready to run: its handler for each topic it reads, in subscription order."""
 
     handlers: Mapping[str, Handler]
-    # Records the runner keeps in flight (processes.records_in_flight explains the two sizes).
+    # Records the runner keeps in flight (provider_window or plain_window: why two sizes).
     window: int
     # Called on SIGTERM/SIGINT beside the runner's own stop.
     on_stop: tuple[Callable[[], None], ...] = field(default=())
