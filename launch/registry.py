@@ -262,8 +262,9 @@ def build_notification(res: Resources) -> Wired:
         s.public_url,
     )
     retries = asyncio.create_task(notification.run_retries(res.stopping))
-    # Registered after the clients, so it is awaited (it ends on `stopping`) before they close.
-    res.closing.push_async_callback(_finished, retries)
+    # Registered after the clients, so the loop has ended before they close; whatever unwinds
+    # the stack (a stop, or a failure before the runner started) ends the loop first.
+    res.closing.push_async_callback(_end, retries, res.stopping)
     lifecycle, commands, billing = notification_topics(res.topics)
     return Wired(
         {lifecycle: notification.handle, commands: notification.handle, billing: invoices.handle},
@@ -271,7 +272,8 @@ def build_notification(res: Resources) -> Wired:
     )
 
 
-async def _finished(task: asyncio.Task[None]) -> None:
+async def _end(task: asyncio.Task[None], stopping: asyncio.Event) -> None:
+    stopping.set()
     with contextlib.suppress(asyncio.CancelledError):
         await task
 

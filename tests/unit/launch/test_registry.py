@@ -22,7 +22,7 @@ from notaflow.launch.cli import _parser
 from notaflow.launch.registry import CONSUMERS, Resources, Wired, by_topic
 from notaflow.metrics import Metrics
 from notaflow.settings import Settings
-from notaflow.store import DocumentStore, create_engine
+from notaflow.store import DocumentStore, create_engine, migrate
 from notaflow.topics import Topics
 
 CHART = Path(__file__).resolve().parents[3] / "helm" / "notaflow"
@@ -58,8 +58,9 @@ def test_the_chart_knows_the_registered_consumers_and_their_topics() -> None:
         assert tuple(values[name]["topics"]) == builder.topics(unprefixed), name
 
 
-@pytest.fixture
-async def resources(tmp_path: Path) -> Any:
+def make_resources(
+    tmp_path: Path, closing: contextlib.AsyncExitStack, stopping: asyncio.Event
+) -> Resources:
     settings = Settings(
         database_url=f"sqlite+aiosqlite:///{tmp_path / 'db.sqlite'}",
         emites_cnpj="51916585000125",  # the NFC-e clients are built too
@@ -69,21 +70,18 @@ async def resources(tmp_path: Path) -> Any:
     engine = create_engine(settings.database_url)
     documents = DocumentStore(engine)
     metrics = Metrics(CollectorRegistry())
+    closing.push_async_callback(engine.dispose)
+    closing.callback(documents.close)
+    bus = Bus(settings, metrics)  # never started: building publishes nothing
+    return Resources(settings, Topics("t."), engine, documents, metrics, bus, closing, stopping)
+
+
+@pytest.fixture
+async def resources(tmp_path: Path) -> Any:
     stopping = asyncio.Event()
     stopping.set()  # the notification consumer's retry loop ends before its first pass
     async with contextlib.AsyncExitStack() as closing:
-        yield Resources(
-            settings,
-            Topics("t."),
-            engine,
-            documents,
-            metrics,
-            Bus(settings, metrics),  # never started: building publishes nothing
-            closing,
-            stopping,
-        )
-    documents.close()
-    await engine.dispose()
+        yield make_resources(tmp_path, closing, stopping)
 
 
 @pytest.mark.parametrize("name", list(CONSUMERS))
@@ -137,3 +135,18 @@ async def test_by_topic_calls_the_handler_of_the_record_s_topic() -> None:
     await dispatch(SimpleNamespace(topic="b", offset=1))
     await dispatch(SimpleNamespace(topic="a", offset=2))
     assert seen == [("two", 1), ("one", 2)]
+
+
+async def test_unwinding_the_exit_stack_ends_the_background_loop_first(tmp_path: Path) -> None:
+    # As when the health server cannot start: nothing set `stopping`, and the stack unwinds.
+    stopping = asyncio.Event()
+
+    async def build_and_unwind() -> None:
+        async with contextlib.AsyncExitStack() as closing:
+            res = make_resources(tmp_path, closing, stopping)
+            await migrate(res.engine)
+            CONSUMERS["notification"].build(res)
+            await asyncio.sleep(0.05)  # the retry loop is past its first pass, waiting
+
+    await asyncio.wait_for(build_and_unwind(), 10)  # a loop left running would hang here
+    assert stopping.is_set()
