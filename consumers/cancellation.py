@@ -25,7 +25,7 @@ from notaflow.store.documents import AUTHORIZED, CANCELLED
 from notaflow.views import result_from_provider
 
 log = logging.getLogger(__name__)
-SOURCE = "notaflow/consumers/cancellation"
+SOURCE = t.SOURCE_CANCELLATION
 KIND = "nfse"
 
 

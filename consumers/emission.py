@@ -35,7 +35,7 @@ from notaflow.store.tenants import TenantCache
 from notaflow.views import result_from_provider
 
 log = logging.getLogger(__name__)
-SOURCE = "notaflow/consumers/emission"
+SOURCE = t.SOURCE_EMISSION
 KIND = "nfse"
 
 

@@ -60,7 +60,7 @@ from notaflow.store.tenants import TenantCache
 from notaflow.views import nfse_view
 
 log = logging.getLogger(__name__)
-SOURCE = "notaflow/consumers/notification"
+SOURCE = t.SOURCE_NOTIFICATION
 EMAIL_KINDS = {AUTHORIZED: "autorizada", CANCELLED: "cancelada"}
 # As at Focus, hooks fire when the prefeitura has spoken, not when a note enters processing
 # (the client knows that already: it got the 202).

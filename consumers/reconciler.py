@@ -27,7 +27,7 @@ from notaflow.store import Document, DocumentStore
 from notaflow.store.documents import PROCESSING
 
 log = logging.getLogger(__name__)
-SOURCE = "notaflow/reconciler"
+SOURCE = t.SOURCE_RECONCILER
 OUTCOMES = frozenset({"autorizado", "erro_autorizacao", "cancelado"})
 
 

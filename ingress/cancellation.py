@@ -21,7 +21,7 @@ from notaflow.store import Document, Tenant
 from notaflow.store.documents import CANCELLED, ERROR
 from notaflow.tracing import outgoing_traceparent
 
-SOURCE = "notaflow/ingress"
+SOURCE = t.SOURCE_INGRESS
 NAO_AUTORIZADA = "Nota fiscal não autorizada não pode ser cancelada"
 
 

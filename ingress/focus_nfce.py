@@ -39,7 +39,7 @@ from notaflow.tracing import outgoing_traceparent
 from notaflow.views import nfce_view
 
 KIND = "nfce"
-SOURCE = "notaflow/ingress"
+SOURCE = t.SOURCE_INGRESS
 
 
 async def create_nfce(request: Request) -> Response:

@@ -42,7 +42,7 @@ from notaflow.tracing import outgoing_traceparent
 from notaflow.views import nfse_view
 
 KIND = "nfse"
-SOURCE = "notaflow/ingress"
+SOURCE = t.SOURCE_INGRESS
 
 
 def query_value(request: Request, name: str) -> str | None:

@@ -32,7 +32,7 @@ from notaflow.tracing import outgoing_traceparent
 from notaflow.views import nfse_view
 
 KIND = NFSEN.kind
-SOURCE = "notaflow/ingress"
+SOURCE = t.SOURCE_INGRESS
 
 
 async def create_nfsen(request: Request) -> Response:

@@ -27,7 +27,7 @@ from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store import Tenant
 from notaflow.store.documents import AUTHORIZED, CANCELLED
 
-SOURCE = "notaflow/ingress/hubsoft"
+SOURCE = t.SOURCE_HUBSOFT
 TIPOS = ("nf_telecom", "nfe", "nfse")
 # HubSoft shows Brasília time; Brazil has had no daylight saving time since 2019.
 BRASILIA = timezone(timedelta(hours=-3))

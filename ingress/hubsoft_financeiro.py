@@ -21,6 +21,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from notaflow import billing as b
+from notaflow import topics as t
 from notaflow.brdocs import clean_document
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument
@@ -31,7 +32,7 @@ from notaflow.ingress.openapi_parts import Description
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.store.invoices import FinanceiroQuery, Invoice, InvoiceStore
 
-SOURCE = "notaflow/ingress/hubsoft"
+SOURCE = t.SOURCE_HUBSOFT
 BUSCAS = ("cpf_cnpj", "codigo_cliente", "id_cliente_servico")
 ORDER_BY = ("data_vencimento", "valor")
 ORDER_TYPES = ("asc", "desc")
@@ -158,12 +159,12 @@ async def eventos(request: Request) -> Response:
             errors.append(f"eventos[{i}]: {exc.message}")
             continue
         data = {**raw, "tenant": tenant.id}
-        event = Event(type=b.INVOICE_EVENT, source=SOURCE, data=data, subject=ev.uid,
+        event = Event(type=t.INVOICE_EVENT, source=SOURCE, data=data, subject=ev.uid,
                       id=ev.event_id, tenant=tenant.id)  # fmt: skip
         records.append((b.invoice_key(tenant.id, ev.uid), event))
     if errors:
         raise FinanceiroError(400, "Evento(s) inválido(s); nada foi registrado", errors)
-    failure = await d.bus.publish_many(b.events_topic(d.topics.prefix), records)
+    failure = await d.bus.publish_many(d.topics.billing_events, records)
     if failure is not None:
         raise HUBSOFT_FINANCEIRO.unavailable()
     return FastJSONResponse(

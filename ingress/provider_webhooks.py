@@ -23,7 +23,7 @@ from notaflow.ingress.responses import FastJSONResponse
 from notaflow.schemas import validator
 from notaflow.tracing import outgoing_traceparent
 
-SOURCE = "notaflow/ingress/focus-webhook"
+SOURCE = t.SOURCE_FOCUS_WEBHOOK
 
 
 async def focus_nfse_callback(request: Request) -> Response:

@@ -30,6 +30,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
 from notaflow import billing as b
+from notaflow import topics as t
 from notaflow.emails import valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
@@ -47,7 +48,7 @@ from notaflow.store.invoices import (
     issuer_for,
 )
 
-SOURCE = "notaflow/ingress/wuro"
+SOURCE = t.SOURCE_WURO
 
 
 async def app_tenant(request: Request, d: IngressDeps) -> str:
@@ -64,7 +65,7 @@ async def app_tenant(request: Request, d: IngressDeps) -> str:
 
 
 def _links(d: IngressDeps) -> b.Links:
-    secret = b.link_secret(d.settings)
+    secret = d.settings.billing_link_secret
     if not secret:
         raise WuroError(503, "not_configured", "Invoice links are not configured")
     return b.Links(d.settings.public_url, secret)
@@ -127,7 +128,7 @@ async def mail(request: Request) -> Response:
     rendered = await compose_mail(d.engine, config, _links(d), invoice, action, subject, content)
     result_id = str(uuid.uuid4())
     event = Event(
-        type=b.INVOICE_MAIL,
+        type=t.INVOICE_MAIL,
         source=SOURCE,
         id=result_id,
         subject=invoice.uid,
@@ -146,9 +147,7 @@ async def mail(request: Request) -> Response:
         },
     )
     try:
-        await d.bus.publish(
-            b.commands_topic(d.topics.prefix), event, b.invoice_key(tenant, invoice.uid)
-        )
+        await d.bus.publish(d.topics.billing_commands, event, b.invoice_key(tenant, invoice.uid))
     except BusUnavailable as exc:
         raise WURO.unavailable() from exc
     return FastJSONResponse(
@@ -158,7 +157,7 @@ async def mail(request: Request) -> Response:
 
 async def _linked(request: Request) -> tuple[IngressDeps, Invoice, dict[str, Any]]:
     d = deps(request)
-    found = b.verify_link(b.link_secret(d.settings), request.query_params.get("token", ""))
+    found = b.verify_link(d.settings.billing_link_secret, request.query_params.get("token", ""))
     uid = request.path_params["uid"]
     if found is None or found[1] != uid:
         raise WuroError(403, "invalid_link", "Invalid or expired link")

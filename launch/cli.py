@@ -12,7 +12,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from notaflow.errors import ConfigurationError, SchemaBehind
-from notaflow.launch.consumer_names import CONSUMERS
+from notaflow.launch.registry import CONSUMERS
 from notaflow.settings import Settings
 
 # Top-level modules of the `devstack` extra and the checkout-only sandbox.
@@ -55,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ingress = sub.add_parser("ingress", help="run the HTTP ingress (configured by NOTAFLOW_*)")
     consume = sub.add_parser("consume", help="run a consumer (configured by NOTAFLOW_*)")
-    consume.add_argument("name", choices=CONSUMERS)
+    consume.add_argument("name", choices=list(CONSUMERS))
     for proc in (ingress, consume):
         proc.add_argument(
             "--loop",

@@ -33,9 +33,9 @@ import httpx
 
 from notaflow.launch import envfile
 from notaflow.launch.broker import EmbeddedBroker, free_port, port_open
-from notaflow.launch.consumer_names import CONSUMERS
 from notaflow.launch.lifeline import Lifeline, spawn_owned
 from notaflow.launch.ports import Holder, command_line, port_holders
+from notaflow.launch.registry import CONSUMERS
 from notaflow.settings import Settings
 
 DEMO_TENANT = "demo"
@@ -306,6 +306,11 @@ async def register_hook(settings: Settings) -> None:
         await client.aclose()
 
 
+def consumer_commands() -> list[tuple[str, list[str]]]:
+    """(child name, `notaflow` arguments) of each consumer the stack runs: every registered one."""
+    return [(f"consumer-{name}", ["consume", name]) for name in CONSUMERS]
+
+
 def wait_ready(url: str, children: list[Child], timeout: float = 60.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -458,8 +463,8 @@ def run_dev(opts: DevOptions) -> int:
         )
         wait_ready(f"{settings.focus_base_url}/_sandbox/stats", sandboxes)
         asyncio.run(register_hook(settings))
-        for name in CONSUMERS:
-            consumers.append(child(f"consumer-{name}", ["consume", name]))
+        for name, args in consumer_commands():
+            consumers.append(child(name, args))
         front.append(child("ingress", ["ingress"]))
         everyone = [*broker_child, *sandboxes, *consumers, *front]
         write_state(data, opts, everyone)

@@ -1,6 +1,7 @@
-"""Composition root for the production processes: builds settings-driven objects and wires the
-ingress, the consumers and the sandbox. The only core module (with the CLI and the dev stack)
-that imports them."""
+"""Process wiring: each production process (ingress, a consumer, the dunning and reconcile jobs,
+the sandboxes) built from its settings. With the CLI and the dev stack, the launch layer on top
+of the ingress, the consumers and the sandbox; each consumer's own wiring is its builder in
+launch/registry.py."""
 
 from __future__ import annotations
 
@@ -21,11 +22,10 @@ import uvicorn
 from notaflow import tracing
 from notaflow.bus import Bus, ensure_topics
 from notaflow.errors import ConfigurationError
-from notaflow.launch.consumer_names import CONSUMERS
+from notaflow.launch.registry import CONSUMERS, Resources, by_topic
 from notaflow.replies import ReplyListener, ReplyWaiters
 from notaflow.settings import Settings
 from notaflow.store import (
-    DeliveryStore,
     DocumentStore,
     HookStore,
     RetryLedger,
@@ -36,9 +36,6 @@ from notaflow.store import (
 from notaflow.topics import Topics
 
 log = logging.getLogger("notaflow")
-
-# Seconds the notification consumer keeps an idle SMTP connection for its next send.
-SMTP_KEEP_ALIVE = 10.0
 
 
 def configure_logging(level: str, fmt: str = "text", service: str = "notaflow") -> None:
@@ -61,16 +58,26 @@ def configure_logging(level: str, fmt: str = "text", service: str = "notaflow") 
         logging.getLogger("httpx").setLevel(logging.WARNING)
 
 
-async def run_ingress(settings: Settings) -> None:
-    # Every request allocates a few hundred short-lived objects; collecting the young
-    # generation every 700 allocations showed up in the profile. Long-lived start-up objects
-    # are frozen out of the collector's way.
-    gc.freeze()
+def tune_interpreter() -> None:
+    """The interpreter settings of a production process (ingress or consumer), set once where
+    the process starts its work: they are process-wide, and library code (the store, the bus)
+    runs in tests and tools that should keep the interpreter's defaults.
+
+    - Each request or record allocates a few hundred short-lived objects; the young-generation
+      collections every 700 allocations showed up in the profile, walking the objects of
+      everything in flight (hundreds of documents at full concurrency) over and over.
+    - The database's fallback threads (SQLite batches under lock contention, aiosqlite) need
+      the GIL briefly per statement; with the default 5 ms switch interval each such hand-off
+      held up the busy event loop and every call in flight.
+    """
     gc.set_threshold(50_000, 20, 20)
-    # The database's fallback threads (SQLite batches under lock contention, aiosqlite) need
-    # the GIL briefly per statement; with the default 5 ms switch interval each such hand-off
-    # held up the busy event loop and every call in flight.
     sys.setswitchinterval(0.0005)
+
+
+async def run_ingress(settings: Settings) -> None:
+    # Long-lived start-up objects are frozen out of the collector's way.
+    gc.freeze()
+    tune_interpreter()
     from prometheus_client import CollectorRegistry
 
     from notaflow.ingress.app import create_app
@@ -158,45 +165,20 @@ def listen(host: str, port: int) -> socket.socket:
     return sock
 
 
-def records_in_flight(settings: Settings, name: str) -> int:
-    """The runner's window. Emission and cancellation call Focus, whose client holds the calls
-    in flight to the concurrency limit by itself, so their window is wider: a record takes a
-    call slot only for the call, and its database reads and writes and its lifecycle event
-    happen while other records' calls are out. The other consumers' work (SMTP, webhooks, the
-    database) has no such limit of its own, so their window is the limit."""
-    if settings.consumer_window > 0:
-        return settings.consumer_window
-    if name in ("emission", "cancellation"):
-        return 4 * settings.consumer_concurrency
-    return settings.consumer_concurrency
-
-
 async def run_consumer(settings: Settings, name: str) -> None:
-    # As in the ingress: each record allocates a few hundred short-lived objects, and the
-    # young-generation collections every 700 allocations walked the in-flight records' objects
-    # (hundreds of documents at full concurrency) over and over.
-    gc.set_threshold(50_000, 20, 20)
-    # The database's fallback threads (SQLite batches under lock contention, aiosqlite) need
-    # the GIL briefly per statement; with the default 5 ms switch interval each such hand-off
-    # held up the busy event loop and every call in flight.
-    sys.setswitchinterval(0.0005)
+    """`notaflow consume <name>`: the resources every consumer shares, the consumer's own
+    wiring from its builder (launch/registry.py), the runner, the health server, and an
+    ordered shutdown."""
+    tune_interpreter()
     from prometheus_client import CollectorRegistry
 
-    from notaflow.consumers.billing import BillingEvents, BillingMailer
-    from notaflow.consumers.cancellation import CancellationConsumer
-    from notaflow.consumers.emission import EmissionConsumer
-    from notaflow.consumers.nfce import NfceCanceller, NfceEmitter
-    from notaflow.consumers.notification import NotificationConsumer, NotificationSettings
-    from notaflow.consumers.providers.emites import EmitesClient
-    from notaflow.consumers.providers.focus import FocusClient
-    from notaflow.consumers.providers.mailer import Mailer, SmtpConfig
-    from notaflow.consumers.providers.webhooks import WebhookSender
+    from notaflow.consumers.assignment import TopicsNotCoPartitioned
     from notaflow.consumers.runner import Runner
     from notaflow.health import HealthServer, progress_check
     from notaflow.metrics import Metrics
-    from notaflow.store.invoices import BillingConfigStore, InvoiceDeliveryStore, InvoiceStore
 
-    if name not in CONSUMERS:
+    builder = CONSUMERS.get(name)
+    if builder is None:
         raise SystemExit(f"unknown consumer {name!r}; choose one of {', '.join(CONSUMERS)}")
     topics = Topics(settings.kafka_topic_prefix)
     engine = create_engine(settings.database_url, **settings.database_options())
@@ -206,172 +188,59 @@ async def run_consumer(settings: Settings, name: str) -> None:
     await bus.start()
     await ensure_topics(settings, topics.all())
     await bus.wait_connected(60)
-    focus = FocusClient(
-        settings.focus_base_url,
-        settings.focus_token,
-        settings.focus_timeout,
-        metrics=metrics,
-        max_in_flight=settings.consumer_concurrency,
-    )
-    webhooks = WebhookSender(
-        allow_private=settings.hooks_allow_private, timeout=settings.hooks_timeout
-    )
-    stop_retries = asyncio.Event()
-    background: list[asyncio.Task[None]] = []
-    mailer: Mailer | None = None
-    emites = (
-        EmitesClient(
-            settings.emites_host,
-            settings.emites_port,
-            pool_size=settings.emites_pool,
-            request_timeout=settings.emites_timeout,
-        )
-        if settings.emites_cnpj
-        else None
-    )
-    if name == "emission":
-        tenants = TenantStore(engine)
-        nfce_emitter = (
-            NfceEmitter(
-                documents,
-                tenants,
-                emites,
-                bus,
-                topics,
-                settings.emites_cnpj,
-                "notaflow/consumers/emission",
-            )
-            if emites
-            else None
-        )
-        emission = EmissionConsumer(documents, tenants, focus, bus, topics, nfce_emitter)
-        handler = emission.handle
-        subscribed = [topics.nfse_commands, topics.nfce_commands, topics.provider_events]
-    elif name == "cancellation":
-        canceller = (
-            NfceCanceller(documents, emites, bus, topics, "notaflow/consumers/cancellation")
-            if emites
-            else None
-        )
-        cancellation = CancellationConsumer(documents, focus, bus, topics, canceller)
-        handler, subscribed = cancellation.handle, [topics.nfse_commands, topics.nfce_commands]
-    elif name == "billing":
-        handler, subscribed = BillingEvents(InvoiceStore(engine)).handle, [topics.billing_events]
-    else:
-        mailer = (
-            Mailer(
-                SmtpConfig(
-                    host=settings.smtp_host,
-                    port=settings.smtp_port,
-                    security=settings.smtp_security,  # type: ignore[arg-type]
-                    username=settings.smtp_username or None,
-                    password=settings.smtp_password or None,
-                    timeout=settings.smtp_timeout,
-                    sender_address=settings.smtp_sender,
-                    sender_name=settings.smtp_sender_name,
-                    pause_between_sends=settings.smtp_pause,
-                    local_hostname="notaflow",
-                    # Sends are serialised per server: a connection kept for the next one
-                    # saves the handshake, EHLO and QUIT of every e-mail.
-                    keep_alive=SMTP_KEEP_ALIVE,
-                )
-            )
-            if settings.smtp_host
-            else None
-        )
-        notification = NotificationConsumer(
-            documents,
-            TenantStore(engine),
-            HookStore(engine),
-            DeliveryStore(engine),
-            mailer,
-            webhooks,
+    stopping = asyncio.Event()
+    async with contextlib.AsyncExitStack() as closing:
+        res = Resources(settings, topics, engine, documents, metrics, bus, closing, stopping)
+        wired = builder.build(res)
+        runner = Runner(
+            settings,
+            name,
+            list(wired.handlers),
+            by_topic(wired.handlers),
             bus,
-            topics,
-            NotificationSettings(
-                public_url=settings.public_url,
-                hook_schedule=tuple(
-                    float(x) for x in settings.hooks_retry_schedule.split(",") if x.strip()
-                ),
-            ),
-            metrics,
+            topics.dead_letter,
+            concurrency=wired.window,
+            metrics=metrics,
+            ledger=RetryLedger(engine),
         )
-        billing_mailer = BillingMailer(
-            engine,
-            InvoiceStore(engine),
-            BillingConfigStore(engine),
-            InvoiceDeliveryStore(engine),
-            mailer,
-            settings.public_url,
+        health = HealthServer(
+            settings.health_host,
+            settings.health_port,
+            progress_check(lambda: runner.stats, settings.health_max_idle, runner.busy),
+            metrics.registry,
         )
+        await health.start()
+        loop = asyncio.get_running_loop()
 
-        async def notify(record: Any) -> None:
-            if record.topic == topics.billing_commands:
-                await billing_mailer.handle(record)
-            else:
-                await notification.handle(record)
+        def stop() -> None:
+            runner.stop()
+            for hook in wired.on_stop:
+                hook()
+            stopping.set()
 
-        handler = notify
-        subscribed = [topics.lifecycle, topics.nfse_commands, topics.billing_commands]
-        background.append(asyncio.create_task(notification.run_retries(stop_retries)))
-    runner = Runner(
-        settings,
-        name,
-        subscribed,
-        handler,
-        bus,
-        topics.dead_letter,
-        concurrency=records_in_flight(settings, name),
-        metrics=metrics,
-        ledger=RetryLedger(engine),
-    )
-    health = HealthServer(
-        settings.health_host,
-        settings.health_port,
-        progress_check(lambda: runner.stats, settings.health_max_idle, runner.busy),
-        metrics.registry,
-    )
-    await health.start()
-    loop = asyncio.get_running_loop()
-
-    def stop() -> None:
-        runner.stop()
-        focus.stop_calls()  # records still waiting for a call slot are left for redelivery
-        stop_retries.set()
-
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop)
-    log.info("consumer %s started (%s)", name, settings.kafka_bootstrap)
-    from notaflow.consumers.assignment import TopicsNotCoPartitioned
-
-    try:
-        await runner.run()
-    except TopicsNotCoPartitioned as exc:
-        # An operator's mistake, not a bug: one line saying what to fix, no traceback.
-        raise SystemExit(f"notaflow consume {name}: refusing to start: {exc}") from None
-    finally:
-        stop_retries.set()
-        for task in background:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await webhooks.aclose()
-        if mailer is not None:
-            await mailer.aclose()
-        await focus.aclose()
-        if emites is not None:
-            await emites.aclose()
-        await bus.stop()
-        documents.close()
-        await engine.dispose()
-        await health.stop()
-        tracing.shutdown()
-        log.info("consumer %s stopped: %s", name, runner.stats)
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, stop)
+        log.info("consumer %s started (%s)", name, settings.kafka_bootstrap)
+        try:
+            await runner.run()
+        except TopicsNotCoPartitioned as exc:
+            # An operator's mistake, not a bug: one line saying what to fix, no traceback.
+            raise SystemExit(f"notaflow consume {name}: refusing to start: {exc}") from None
+        finally:
+            stopping.set()
+            await closing.aclose()  # background loops first, then the clients (see Resources)
+            await bus.stop()
+            documents.close()
+            await engine.dispose()
+            await health.stop()
+            tracing.shutdown()
+            log.info("consumer %s stopped: %s", name, runner.stats)
 
 
 async def run_dunning(settings: Settings) -> int:
     """One dunning pass (`notaflow dunning`, e.g. a daily CronJob); safe beside other replicas."""
-    from notaflow.billing import Links
-    from notaflow.consumers.billing import DunningJob
+    from notaflow.billing.links import Links
+    from notaflow.consumers.billing.dunning import DunningJob
     from notaflow.store.invoices import BillingConfigStore, DunningStore, InvoiceStore
 
     topics = Topics(settings.kafka_topic_prefix)

@@ -170,12 +170,11 @@ class Settings:
     ingress_header_timeout: float = 10.0
     ingress_keep_alive_timeout: float = 5.0
     ingress_max_concurrency: int = 1000
-    extra: Mapping[str, str] = field(default_factory=dict)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
         env = os.environ if env is None else env
-        known = {f.name: f for f in fields(cls) if f.name != "extra"}
+        known = {f.name: f for f in fields(cls)}
         names = {PREFIX + name.upper(): name for name in known}
         files = {n + FILE_SUFFIX: a for n, a in names.items() if known[a].metadata.get("secret")}
         unknown = sorted(
@@ -210,8 +209,6 @@ class Settings:
         """The settings as `NOTAFLOW_*` variables, to configure a child process."""
         out: dict[str, str] = {}
         for f in fields(self):
-            if f.name == "extra":
-                continue
             value = getattr(self, f.name)
             out[PREFIX + f.name.upper()] = (
                 ("true" if value else "false") if isinstance(value, bool) else str(value)

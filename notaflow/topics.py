@@ -1,4 +1,5 @@
-"""Topic names, event types and record keys: the Kafka contract other systems code against."""
+"""Topic names, event types, event sources and record keys: the Kafka contract other systems code
+against."""
 
 from __future__ import annotations
 
@@ -22,6 +23,18 @@ NFCE_CANCEL = "br.notaflow.nfce.cancel"
 NFCE_STATUS = "br.notaflow.nfce.status"
 INVOICE_EVENT = "br.notaflow.invoice.event"
 INVOICE_MAIL = "br.notaflow.invoice.mail"
+
+# CloudEvents `source` values: the part of notaflow that published an event. A status change
+# also records it in the document's history (`notaflow history`), so these are named here once.
+SOURCE_INGRESS = "notaflow/ingress"  # the Focus dialect's routes (NFS-e, NFS-e Nacional, NFC-e)
+SOURCE_HUBSOFT = "notaflow/ingress/hubsoft"  # HubSoft's e-mail and financeiro routes
+SOURCE_WURO = "notaflow/ingress/wuro"
+SOURCE_FOCUS_WEBHOOK = "notaflow/ingress/focus-webhook"
+SOURCE_EMISSION = "notaflow/consumers/emission"
+SOURCE_CANCELLATION = "notaflow/consumers/cancellation"
+SOURCE_NOTIFICATION = "notaflow/consumers/notification"
+SOURCE_BILLING = "notaflow/consumers/billing"
+SOURCE_RECONCILER = "notaflow/reconciler"
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,6 @@
-"""END TO END, NEEDS THE BILLING WIRING (topics, settings, processes, cli, ingress/app diffs):
-the production processes (`notaflow migrate`, `tenant create`, `billing-app`, `ingress`,
-`consume billing`, `consume notification`, `dunning`), driven over HTTP, with a real SMTP
-server. Skipped, saying so, until the wiring is applied.
+"""End to end: the production processes (`notaflow migrate`, `tenant create`, `billing-app`,
+`ingress`, `consume billing`, `consume notification`, `dunning`), driven over HTTP, with a real
+SMTP server.
 """
 
 from __future__ import annotations
@@ -21,11 +20,7 @@ import pytest
 from notaflow import billing as b
 from notaflow.launch.broker import EmbeddedBroker
 from notaflow.settings import Settings
-from notaflow.topics import Topics
 from tests.support import Stack, ThreadedSmtpSink, wait_for
-
-WIRED = hasattr(Topics, "billing_events") and "billing_link_secret" in Settings.__dataclass_fields__
-pytestmark = pytest.mark.skipif(not WIRED, reason="billing wiring diffs not applied yet")
 
 CPF = "52998224725"
 

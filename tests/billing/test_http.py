@@ -95,19 +95,18 @@ class World:
 async def world(settings: Settings, database_url: str) -> AsyncIterator[World]:
     settings = settings.replace(
         database_url=database_url,
-        extra={"billing_link_secret": "link-" + uuid.uuid4().hex},
+        billing_link_secret="link-" + uuid.uuid4().hex,
     )
     engine = create_engine(database_url)
     await migrate(engine)
-    await ensure_topics(settings, [b.events_topic(settings.kafka_topic_prefix),
-                                   b.commands_topic(settings.kafka_topic_prefix)])  # fmt: skip
+    topics = Topics(settings.kafka_topic_prefix)
+    await ensure_topics(settings, [topics.billing_events, topics.billing_commands])
     tenants = TenantStore(engine)
     token = await tenants.create("acme", "ACME Telecom", ["51916585000125"])
     app_id, app_secret = await BillingConfigStore(engine).create_app("acme")
     bus = Bus(settings)
     await bus.start()
     await bus.wait_connected(30)
-    topics = Topics(settings.kafka_topic_prefix)
     documents = DocumentStore(engine)
     deps = IngressDeps(
         settings=settings, engine=engine, bus=bus, documents=documents,
@@ -159,7 +158,7 @@ def event(eid: str, kind: str, day: int, uid: str = "F1", **inv: Any) -> dict[st
 async def publish_and_apply(w: World, events: list[dict[str, Any]], offset: int = 0) -> None:
     r = await w.http.post("/api/v1/integracao/faturas/eventos", json=events, headers=w.hubsoft())
     assert r.status_code == 202, r.text
-    records = await w.drain(b.events_topic(w.prefix), offset + len(events))
+    records = await w.drain(Topics(w.prefix).billing_events, offset + len(events))
     for record in records[offset:]:
         await w.events.handle(record)
 
@@ -311,7 +310,7 @@ def pdf_text(message: EmailMessage) -> str | None:
 
 
 async def mail_through_kafka(w: World, count: int) -> list[Any]:
-    for record in await w.drain(b.commands_topic(w.prefix), count):
+    for record in await w.drain(Topics(w.prefix).billing_commands, count):
         await w.mailer.handle(record)
         await w.mailer.handle(record)  # a redelivery sends nothing
     return list(w.sink.received)
@@ -393,14 +392,14 @@ async def test_dunning_run_twice_sends_once(world: World) -> None:
     ])  # fmt: skip
 
     def job() -> DunningJob:
-        links = b.Links(w.settings.public_url, b.link_secret(w.settings))
+        links = b.Links(w.settings.public_url, w.settings.billing_link_secret)
         return DunningJob(
             w.engine,
             InvoiceStore(w.engine),
             BillingConfigStore(w.engine),
             DunningStore(w.engine),
             w.bus,
-            b.commands_topic(w.prefix),
+            Topics(w.prefix).billing_commands,
             links,
         )
 

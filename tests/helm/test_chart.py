@@ -28,7 +28,7 @@ import pytest
 import yaml
 
 from notaflow.launch.cli import _parser
-from notaflow.launch.consumer_names import CONSUMERS
+from notaflow.launch.registry import CONSUMERS
 
 try:
     import helm_python as helm

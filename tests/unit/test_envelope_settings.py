@@ -140,7 +140,6 @@ def test_from_env_parses_each_type() -> None:
     assert settings.consumer_retry_base == 1.0
     assert isinstance(settings.consumer_retry_base, float)
     assert settings.port == 8080
-    assert settings.extra == {}
 
 
 @pytest.mark.parametrize(

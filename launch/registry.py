@@ -1,0 +1,300 @@
+"""The consumers notaflow ships: `{name: builder}`, the one place their names exist.
+
+The CLI (`notaflow consume <name>` choices), the dev stack (which consumers it starts) and the
+Helm chart (values.schema.json's `consumers` keys and each consumer's `topics` in values.yaml,
+checked by tests/unit/launch and tests/helm) all read `CONSUMERS`.
+
+A builder gets the resources every consumer process shares (`Resources`, made once by
+`processes.run_consumer`) and returns what the runner needs: a handler per topic read and the
+number of records in flight. The clients a builder opens are closed through
+`Resources.closing` after the runner has stopped. The consumers are imported inside the
+builders, so the CLI builds its parser, and the ingress starts, without loading them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from notaflow import topics as t
+from notaflow.settings import Settings
+from notaflow.topics import Topics
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
+
+    from notaflow.bus import Bus
+    from notaflow.consumers.providers.emites import EmitesClient
+    from notaflow.consumers.providers.focus import FocusClient
+    from notaflow.consumers.providers.mailer import Mailer
+    from notaflow.metrics import Metrics
+    from notaflow.store import DocumentStore
+
+Handler = Callable[[Any], Awaitable[None]]
+
+# Seconds the notification consumer keeps an idle SMTP connection for its next send.
+SMTP_KEEP_ALIVE = 10.0
+
+
+@dataclass(frozen=True)
+class Resources:
+    """What every consumer process has, made once and handed to its builder."""
+
+    settings: Settings
+    topics: Topics
+    engine: AsyncEngine
+    documents: DocumentStore
+    metrics: Metrics
+    bus: Bus
+    # Closed (last registered, first closed) once the runner has stopped and `stopping` is set.
+    closing: contextlib.AsyncExitStack
+    # Set on SIGTERM/SIGINT and at exit: the consumers' background loops end on it.
+    stopping: asyncio.Event
+
+
+@dataclass(frozen=True)
+class Wired:
+    """A consumer ready to run: its handler for each topic it reads, in subscription order."""
+
+    handlers: Mapping[str, Handler]
+    # Records the runner keeps in flight (provider_window or plain_window: why two sizes).
+    window: int
+    # Called on SIGTERM/SIGINT beside the runner's own stop.
+    on_stop: tuple[Callable[[], None], ...] = field(default=())
+
+
+@dataclass(frozen=True)
+class Builder:
+    """How one consumer is made: the topics it reads (a function of the topic names, so the
+    chart's values can be checked against it without building anything) and its wiring."""
+
+    topics: Callable[[Topics], tuple[str, ...]]
+    build: Callable[[Resources], Wired]
+
+
+def provider_window(settings: Settings) -> int:
+    """Emission and cancellation call Focus, whose client holds the calls in flight to the
+    concurrency limit by itself, so their window is wider: a record takes a call slot only for
+    the call, and its database reads and writes and its lifecycle event happen while other
+    records' calls are out."""
+    return settings.consumer_window or 4 * settings.consumer_concurrency
+
+
+def plain_window(settings: Settings) -> int:
+    """The other consumers' work (SMTP, webhooks, the database) has no limit of its own, so
+    their window is the limit."""
+    return settings.consumer_window or settings.consumer_concurrency
+
+
+def by_topic(handlers: Mapping[str, Handler]) -> Handler:
+    """The runner's one handler: the consumer's own when every topic has the same one (no call
+    in between on the hot path), otherwise one that picks by the record's topic."""
+    distinct = set(handlers.values())
+    if len(distinct) == 1:
+        return distinct.pop()
+    table = dict(handlers)
+
+    async def dispatch(record: Any) -> None:
+        await table[record.topic](record)
+
+    return dispatch
+
+
+# -- the clients builders share ----------------------------------------------------------------
+
+
+def focus_client(res: Resources) -> FocusClient:
+    from notaflow.consumers.providers.focus import FocusClient
+
+    s = res.settings
+    focus = FocusClient(
+        s.focus_base_url,
+        s.focus_token,
+        s.focus_timeout,
+        metrics=res.metrics,
+        max_in_flight=s.consumer_concurrency,
+    )
+    res.closing.push_async_callback(focus.aclose)
+    return focus
+
+
+def emites_client(res: Resources) -> EmitesClient | None:
+    """The NFC-e provider's client, when an emitter CNPJ is configured."""
+    from notaflow.consumers.providers.emites import EmitesClient
+
+    s = res.settings
+    if not s.emites_cnpj:
+        return None
+    emites = EmitesClient(
+        s.emites_host, s.emites_port, pool_size=s.emites_pool, request_timeout=s.emites_timeout
+    )
+    res.closing.push_async_callback(emites.aclose)
+    return emites
+
+
+def mailer(res: Resources) -> Mailer | None:
+    """The SMTP client, when a server is configured."""
+    from notaflow.consumers.providers.mailer import Mailer, SmtpConfig
+
+    s = res.settings
+    if not s.smtp_host:
+        return None
+    smtp = Mailer(
+        SmtpConfig(
+            host=s.smtp_host,
+            port=s.smtp_port,
+            security=s.smtp_security,  # type: ignore[arg-type]
+            username=s.smtp_username or None,
+            password=s.smtp_password or None,
+            timeout=s.smtp_timeout,
+            sender_address=s.smtp_sender,
+            sender_name=s.smtp_sender_name,
+            pause_between_sends=s.smtp_pause,
+            local_hostname="notaflow",
+            # Sends are serialised per server: a connection kept for the next one saves the
+            # handshake, EHLO and QUIT of every e-mail.
+            keep_alive=SMTP_KEEP_ALIVE,
+        )
+    )
+    res.closing.push_async_callback(smtp.aclose)
+    return smtp
+
+
+# -- the builders ------------------------------------------------------------------------------
+
+
+def emission_topics(topics: Topics) -> tuple[str, ...]:
+    return (topics.nfse_commands, topics.nfce_commands, topics.provider_events)
+
+
+def build_emission(res: Resources) -> Wired:
+    from notaflow.consumers.emission import EmissionConsumer
+    from notaflow.consumers.nfce import NfceEmitter
+    from notaflow.store import TenantStore
+
+    tenants = TenantStore(res.engine)
+    focus, emites = focus_client(res), emites_client(res)
+    nfce = (
+        NfceEmitter(
+            res.documents,
+            tenants,
+            emites,
+            res.bus,
+            res.topics,
+            res.settings.emites_cnpj,
+            t.SOURCE_EMISSION,
+        )
+        if emites
+        else None
+    )
+    emission = EmissionConsumer(res.documents, tenants, focus, res.bus, res.topics, nfce)
+    return Wired(
+        dict.fromkeys(emission_topics(res.topics), emission.handle),
+        provider_window(res.settings),
+        # Records still waiting for a call slot are left for redelivery.
+        on_stop=(focus.stop_calls,),
+    )
+
+
+def cancellation_topics(topics: Topics) -> tuple[str, ...]:
+    return (topics.nfse_commands, topics.nfce_commands)
+
+
+def build_cancellation(res: Resources) -> Wired:
+    from notaflow.consumers.cancellation import CancellationConsumer
+    from notaflow.consumers.nfce import NfceCanceller
+
+    focus, emites = focus_client(res), emites_client(res)
+    nfce = (
+        NfceCanceller(res.documents, emites, res.bus, res.topics, t.SOURCE_CANCELLATION)
+        if emites
+        else None
+    )
+    cancellation = CancellationConsumer(res.documents, focus, res.bus, res.topics, nfce)
+    return Wired(
+        dict.fromkeys(cancellation_topics(res.topics), cancellation.handle),
+        provider_window(res.settings),
+        on_stop=(focus.stop_calls,),
+    )
+
+
+def notification_topics(topics: Topics) -> tuple[str, ...]:
+    return (topics.lifecycle, topics.nfse_commands, topics.billing_commands)
+
+
+def build_notification(res: Resources) -> Wired:
+    """E-mails and webhooks of the documents, and the invoice e-mails of billing (one SMTP
+    client for both)."""
+    from notaflow.consumers.billing.mail import BillingMailer
+    from notaflow.consumers.notification import NotificationConsumer, NotificationSettings
+    from notaflow.consumers.providers.webhooks import WebhookSender
+    from notaflow.store import DeliveryStore, HookStore, TenantStore
+    from notaflow.store.invoices import BillingConfigStore, InvoiceDeliveryStore, InvoiceStore
+
+    s, engine = res.settings, res.engine
+    webhooks = WebhookSender(allow_private=s.hooks_allow_private, timeout=s.hooks_timeout)
+    res.closing.push_async_callback(webhooks.aclose)
+    smtp = mailer(res)
+    notification = NotificationConsumer(
+        res.documents,
+        TenantStore(engine),
+        HookStore(engine),
+        DeliveryStore(engine),
+        smtp,
+        webhooks,
+        res.bus,
+        res.topics,
+        NotificationSettings(
+            public_url=s.public_url,
+            hook_schedule=tuple(float(x) for x in s.hooks_retry_schedule.split(",") if x.strip()),
+        ),
+        res.metrics,
+    )
+    invoices = BillingMailer(
+        engine,
+        InvoiceStore(engine),
+        BillingConfigStore(engine),
+        InvoiceDeliveryStore(engine),
+        smtp,
+        s.public_url,
+    )
+    retries = asyncio.create_task(notification.run_retries(res.stopping))
+    # Registered after the clients, so the loop has ended before they close; whatever unwinds
+    # the stack (a stop, or a failure before the runner started) ends the loop first.
+    res.closing.push_async_callback(_end, retries, res.stopping)
+    lifecycle, commands, billing = notification_topics(res.topics)
+    return Wired(
+        {lifecycle: notification.handle, commands: notification.handle, billing: invoices.handle},
+        plain_window(s),
+    )
+
+
+async def _end(task: asyncio.Task[None], stopping: asyncio.Event) -> None:
+    stopping.set()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+
+
+def billing_topics(topics: Topics) -> tuple[str, ...]:
+    return (topics.billing_events,)
+
+
+def build_billing(res: Resources) -> Wired:
+    from notaflow.consumers.billing.events import BillingEvents
+    from notaflow.store.invoices import InvoiceStore
+
+    events = BillingEvents(InvoiceStore(res.engine))
+    return Wired(
+        dict.fromkeys(billing_topics(res.topics), events.handle), plain_window(res.settings)
+    )
+
+
+CONSUMERS: dict[str, Builder] = {
+    "emission": Builder(emission_topics, build_emission),
+    "cancellation": Builder(cancellation_topics, build_cancellation),
+    "notification": Builder(notification_topics, build_notification),
+    "billing": Builder(billing_topics, build_billing),
+}
