@@ -101,6 +101,8 @@ class Account:
     created_at: datetime
     updated_at: datetime
     disabled_at: datetime | None = None
+    # Whether the row holds a secret: a listing reads the rows without decrypting them.
+    has_secret: bool = False
 
     @property
     def disabled(self) -> bool:
@@ -113,7 +115,7 @@ class Account:
             "cnpj": self.cnpj,
             "provider": str(self.provider),
             "config": dict(self.config),
-            "has_secret": self.secret is not None,
+            "has_secret": self.has_secret or self.secret is not None,
             "disabled": self.disabled,
             "created_at": self.created_at.isoformat(),
             "updated_at": self.updated_at.isoformat(),
