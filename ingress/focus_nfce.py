@@ -11,8 +11,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from notaflow import topics as t
+from notaflow.accounts import Provider
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
+from notaflow.ingress.account_check import refuse_disabled
 from notaflow.ingress.cancellation import cancel_and_wait
 from notaflow.ingress.deps import deps
 from notaflow.ingress.errors import FocusError, invalid, not_found, unavailable
@@ -50,6 +52,7 @@ async def create_nfce(request: Request) -> Response:
         raise FocusError(
             400, "empresa_nao_habilitada", "Emitente ainda não habilitado para emissão de NFC-e"
         )
+    await refuse_disabled(d, tenant.id, cnpj, Provider.EMITES)
     command_id = str(uuid.uuid4())
     event = Event(
         type=t.NFCE_CREATE,

@@ -11,10 +11,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from notaflow import topics as t
+from notaflow.accounts import Provider
 from notaflow.emails import MAX_PER_REQUEST, valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
 from notaflow.focus_kinds import NFSE, FocusKind
+from notaflow.ingress.account_check import refuse_disabled
 from notaflow.ingress.auth import basic_user
 from notaflow.ingress.body import (
     BodyNotJson,
@@ -139,6 +141,7 @@ async def accept_nfse(
         raise FocusError(
             400, "empresa_nao_habilitada", "Emitente ainda não habilitado para emissão de NFSe"
         )
+    await refuse_disabled(d, tenant.id, cnpj, Provider.FOCUS)
     command_id = str(uuid.uuid4())
     event = Event(
         type=t.NFSE_EMIT,

@@ -28,7 +28,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notaflow import schemas
-from notaflow.ingress import hubsoft_financeiro, wuro
+from notaflow.ingress import admin, hubsoft_financeiro, wuro
 from notaflow.metrics import Metrics, render
 
 __all__ = [
@@ -128,7 +128,10 @@ FOCUS_AUTH: list[dict[str, list[str]]] = [{"focusBasic": []}]
 _FOCUS_CODES: dict[int, tuple[str, list[str]]] = {
     400: ("Requisição inválida", ["requisicao_invalida"]),
     401: ("Sem credenciais", ["nao_autorizado"]),
-    403: ("Token desconhecido ou revogado (mesma resposta)", ["permissao_negada"]),
+    403: (
+        "Token desconhecido ou revogado (mesma resposta); conta do emitente desabilitada",
+        ["permissao_negada", "conta_desabilitada"],
+    ),
     404: ("Não encontrado (também a nota de outro tenant)", ["nao_encontrado"]),
     405: ("Método não permitido nesta rota", ["metodo_nao_permitido"]),
     413: ("Corpo maior que NOTAFLOW_MAX_BODY_BYTES", ["requisicao_invalida"]),
@@ -234,6 +237,7 @@ def _components() -> dict[str, Any]:
                 '(`curl -u "TOKEN:"`).',
             },
             **wuro.OPENAPI_SECURITY,
+            **admin.OPENAPI_SECURITY,
             "hubsoftBearer": {
                 "type": "http",
                 "scheme": "bearer",
@@ -986,6 +990,7 @@ def openapi_document() -> dict[str, Any]:
             {"name": "Wuro"},
             {"name": "Provedores"},
             {"name": "Operação"},
+            {"name": "Admin"},
         ],
         "security": FOCUS_AUTH,
         "paths": {
@@ -993,6 +998,7 @@ def openapi_document() -> dict[str, Any]:
             **_nfsen_paths(_paths()),
             **hubsoft_financeiro.OPENAPI_PATHS,
             **wuro.OPENAPI_PATHS,
+            **admin.OPENAPI_PATHS,
         },
         "components": components,
     }

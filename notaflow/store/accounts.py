@@ -105,15 +105,21 @@ class AccountStore:
         return Account(tenant, cnpj, provider, clean, secret, now, now, None, sealed is not None)
 
     async def get(self, tenant: str, cnpj: str, provider: Provider) -> Account | None:
+        row = await self._row(tenant, cnpj, provider)
+        return None if row is None else _account(row, self._open(row.secret))
+
+    async def _row(self, tenant: str, cnpj: str, provider: Provider) -> Any:
         async with self._engine.connect() as conn:
-            row = (
+            return (
                 await conn.execute(
                     sa.select(provider_accounts).where(self._key(tenant, cnpj, provider))
                 )
             ).first()
-        if row is None:
-            return None
-        return _account(row, self._open(row.secret))
+
+    def sealed(self) -> SealedAccounts:
+        """A lookup that leaves secrets sealed: for the ingress's door check, which only asks
+        whether an account is disabled and so never holds a decrypted secret (nor a key)."""
+        return SealedAccounts(self)
 
     async def list(self, tenant: str | None = None) -> list[Account]:
         """Every account (of one tenant), secrets left sealed and out (`secret` is None)."""
@@ -198,6 +204,15 @@ class AccountStore:
                     .values(secret=sealed)
                 )
         return len(resealed), len(rows) - len(resealed)
+
+
+class SealedAccounts:
+    def __init__(self, store: AccountStore) -> None:
+        self._store = store
+
+    async def get(self, tenant: str, cnpj: str, provider: Provider) -> Account | None:
+        row = await self._store._row(tenant, cnpj, provider)
+        return None if row is None else _account(row, None)
 
 
 def _account(row: Any, secret: str | None) -> Account:
