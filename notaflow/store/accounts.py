@@ -140,16 +140,20 @@ class AccountStore:
         secret: str | None,
         config: Mapping[str, Any] | None = None,
     ) -> bool:
-        """Replace the account's secret (and its config, when given); False if there is none."""
+        """Replace the account's secret and/or its config; None keeps what is there (a new
+        SMTP host keeps its password). False if there is no such account."""
         current = await self.get(tenant, cnpj, provider)
         if current is None:
             return False
-        clean = check_account(provider, cnpj, current.config if config is None else config, secret)
-        values: dict[str, Any] = {
-            "config": clean,
-            "secret": self._seal(secret),
-            "updated_at": datetime.now(UTC),
-        }
+        clean = check_account(
+            provider,
+            cnpj,
+            current.config if config is None else config,
+            current.secret if secret is None else secret,
+        )
+        values: dict[str, Any] = {"config": clean, "updated_at": datetime.now(UTC)}
+        if secret is not None:
+            values["secret"] = self._seal(secret)
         async with self._engine.begin() as conn:
             res = await conn.execute(
                 provider_accounts.update().where(self._key(tenant, cnpj, provider)).values(values)
