@@ -148,10 +148,10 @@ async def _run(settings: Settings, args: argparse.Namespace) -> str | None:
             )
             return json.dumps(account.public())
         if command == "rotate":
-            current = await store.get(args.tenant, args.cnpj, provider)
-            if current is None:
+            existing = await store.get(args.tenant, args.cnpj, provider)
+            if existing is None:
                 raise SystemExit(f"no {provider} account for {args.tenant} {args.cnpj}")
-            config = {**current.config, **_config(args)}
+            config = {**existing.config, **_config(args)}
             secret = _read_secret(args.secret_file)
             await store.rotate(args.tenant, args.cnpj, provider, secret, config)
             return "rotated"
