@@ -25,3 +25,12 @@ async def refuse_disabled(d: IngressDeps, tenant: str, cnpj: str, provider: Prov
             f"Conta do emitente {cnpj} no provedor ({provider}) desabilitada pelo operador: "
             "novos comandos são recusados",
         ) from exc
+
+
+async def has_account(d: IngressDeps, tenant: str, cnpj: str, provider: Provider) -> bool:
+    """Whether the company has an account of its own at the provider (a disabled one counts:
+    `refuse_disabled` then says so)."""
+    try:
+        return await d.accounts.account(tenant, cnpj, provider) is not None
+    except AccountDisabled:
+        return True

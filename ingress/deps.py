@@ -7,7 +7,6 @@ from dataclasses import dataclass, field
 from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.requests import Request
 
-from notaflow.account_keys import SecretBox
 from notaflow.accounts import AccountResolver
 from notaflow.bus import Bus
 from notaflow.ingress.auth import TenantCache
@@ -15,7 +14,7 @@ from notaflow.ingress.intake import Intake
 from notaflow.replies import ReplyListener, ReplyWaiters
 from notaflow.settings import Settings
 from notaflow.store import DocumentStore, HookStore, TenantStore
-from notaflow.store.accounts import AccountStore
+from notaflow.store.accounts import AccountStore, secret_box
 from notaflow.store.operators import OperatorStore
 from notaflow.topics import Topics
 
@@ -41,9 +40,7 @@ class IngressDeps:
 
     def __post_init__(self) -> None:
         if self.account_store is None:
-            keys = self.settings.account_keys
-            box = SecretBox.from_setting(keys) if keys.strip() else None
-            self.account_store = AccountStore(self.engine, box)
+            self.account_store = AccountStore(self.engine, secret_box(self.settings))
         if self.accounts is None:
             # The door check asks only whether an account is disabled: secrets stay sealed.
             self.accounts = AccountResolver(

@@ -14,7 +14,7 @@ from notaflow import topics as t
 from notaflow.accounts import Provider
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
-from notaflow.ingress.account_check import refuse_disabled
+from notaflow.ingress.account_check import has_account, refuse_disabled
 from notaflow.ingress.cancellation import cancel_and_wait
 from notaflow.ingress.deps import deps
 from notaflow.ingress.errors import FocusError, invalid, not_found, unavailable
@@ -39,6 +39,13 @@ async def create_nfce(request: Request) -> Response:
     except InvalidDocument as exc:
         raise invalid(exc.message) from exc
     raw = await focus_json(request, d)
+    # Which shop issues it (issue 15): Focus's `cnpj_emitente`, taken out of the document
+    # (Emites-Client issues for the CNPJ it is set up with); absent: NOTAFLOW_EMITES_CNPJ.
+    emitente = raw.pop("cnpj_emitente", None) if isinstance(raw, dict) else None
+    if emitente is not None and not (
+        isinstance(emitente, str) and len(emitente) == 14 and emitente.isdigit()
+    ):
+        raise invalid("cnpj_emitente deve ter 14 dígitos")
     try:
         document = normalize_nfce(raw)
     except InvalidDocument as exc:
@@ -47,8 +54,16 @@ async def create_nfce(request: Request) -> Response:
     # consumer keeps them with the note whichever route the command came by.
     avisos = omitted_notices(raw)
     notices = {"avisos": avisos} if avisos else {}
-    cnpj = d.settings.emites_cnpj
-    if not cnpj or cnpj not in tenant.cnpjs:
+    cnpj = emitente or d.settings.emites_cnpj
+    # A shop is served by its Emites account, or by the global endpoint if it is that one's.
+    if (
+        not cnpj
+        or cnpj not in tenant.cnpjs
+        or (
+            cnpj != d.settings.emites_cnpj
+            and not await has_account(d, tenant.id, cnpj, Provider.EMITES)
+        )
+    ):
         raise FocusError(
             400, "empresa_nao_habilitada", "Emitente ainda não habilitado para emissão de NFC-e"
         )
@@ -57,7 +72,7 @@ async def create_nfce(request: Request) -> Response:
     event = Event(
         type=t.NFCE_CREATE,
         source=SOURCE,
-        data={"tenant": tenant.id, "ref": ref, "nfce": document, **notices},
+        data={"tenant": tenant.id, "ref": ref, "nfce": document, "cnpj": cnpj, **notices},
         subject=ref,
         id=command_id,
         tenant=tenant.id,

@@ -188,12 +188,14 @@ async def run_consumer(settings: Settings, name: str) -> None:
     from notaflow.consumers.nfce import NfceCanceller, NfceEmitter
     from notaflow.consumers.notification import NotificationConsumer, NotificationSettings
     from notaflow.consumers.providers.emites import EmitesClient
+    from notaflow.consumers.providers.emites_accounts import EmitesByCompany
     from notaflow.consumers.providers.focus import FocusClient
     from notaflow.consumers.providers.mailer import Mailer, SmtpConfig
     from notaflow.consumers.providers.webhooks import WebhookSender
     from notaflow.consumers.runner import Runner
     from notaflow.health import HealthServer, progress_check
     from notaflow.metrics import Metrics
+    from notaflow.store.accounts import account_resolver
     from notaflow.store.invoices import BillingConfigStore, InvoiceDeliveryStore, InvoiceStore
 
     if name not in CONSUMERS:
@@ -229,29 +231,29 @@ async def run_consumer(settings: Settings, name: str) -> None:
         if settings.emites_cnpj
         else None
     )
+    accounts = account_resolver(engine, settings)  # provider accounts per company (issue 15)
     if name == "emission":
         tenants = TenantStore(engine)
-        nfce_emitter = (
-            NfceEmitter(
-                documents,
-                tenants,
-                emites,
-                bus,
-                topics,
-                settings.emites_cnpj,
-                "notaflow/consumers/emission",
-            )
-            if emites
-            else None
+        # Every NFC-e shop by its own Emites account; the global endpoint serves EMITES_CNPJ.
+        nfce_emitter = NfceEmitter(
+            documents,
+            tenants,
+            EmitesByCompany(emites, settings.emites_cnpj, accounts),
+            bus,
+            topics,
+            settings.emites_cnpj,
+            "notaflow/consumers/emission",
         )
         emission = EmissionConsumer(documents, tenants, focus, bus, topics, nfce_emitter)
         handler = emission.handle
         subscribed = [topics.nfse_commands, topics.nfce_commands, topics.provider_events]
     elif name == "cancellation":
-        canceller = (
-            NfceCanceller(documents, emites, bus, topics, "notaflow/consumers/cancellation")
-            if emites
-            else None
+        canceller = NfceCanceller(
+            documents,
+            EmitesByCompany(emites, None, accounts),
+            bus,
+            topics,
+            "notaflow/consumers/cancellation",
         )
         cancellation = CancellationConsumer(documents, focus, bus, topics, canceller)
         handler, subscribed = cancellation.handle, [topics.nfse_commands, topics.nfce_commands]

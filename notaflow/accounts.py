@@ -308,6 +308,9 @@ class AccountResolver:
             return default_credentials(self._settings, provider)
         return credentials(account, self._settings)
 
+    def credentials_of(self, account: Account) -> Credentials:
+        return credentials(account, self._settings)
+
     async def focus(self, tenant: str, cnpj: str) -> FocusCredentials:
         creds = await self.account_for(tenant, cnpj, Provider.FOCUS)
         assert isinstance(creds, FocusCredentials)

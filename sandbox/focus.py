@@ -48,7 +48,8 @@ Test control (no auth):
                              "hang"?: s} for `seconds`, every authenticated call answers 500,
                              or hangs `hang` seconds and answers 504 unprocessed (an outage),
                              or (slow) works normally but answers `hang` seconds late
-    GET  /_sandbox/requests  every POST /v2/nfse: ref, arrival (monotonic), duration, status
+    GET  /_sandbox/requests  every POST /v2/nfse: ref, arrival (monotonic), duration, status,
+                             the token it came with
 
 The NFS-e Nacional (`/v2/nfsen`) is `sandbox.focus_nacional`, served by the same app.
 """
@@ -383,6 +384,8 @@ class FocusSandbox:
                         "at": arrived,
                         "took": time.monotonic() - arrived,
                         "status": response.status_code,
+                        # Which token the note came with (provider accounts, issue 15).
+                        "token": getattr(request.state, "token", ""),
                     }
                 )
             return response
@@ -392,6 +395,7 @@ class FocusSandbox:
                 token = self._token(request)
             except FocusError as exc:
                 return exc.response()
+            request.state.token = token
             outage = self._outage_now()
             if outage == "http500":
                 return FocusError(500, "erro_interno", "Serviço indisponível (sandbox)").response()

@@ -11,8 +11,16 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notaflow.account_keys import SecretBox
-from notaflow.accounts import ANY_CNPJ, Account, InvalidAccount, Provider, check_account
+from notaflow.accounts import (
+    ANY_CNPJ,
+    Account,
+    AccountResolver,
+    InvalidAccount,
+    Provider,
+    check_account,
+)
 from notaflow.errors import ConfigurationError, StoreError
+from notaflow.settings import Settings
 from notaflow.store.tables import provider_accounts, tenant_companies, tenants
 
 
@@ -231,3 +239,16 @@ def _account(row: Any, secret: str | None) -> Account:
         disabled_at=row.disabled_at,
         has_secret=row.secret is not None,
     )
+
+
+def secret_box(settings: Settings) -> SecretBox | None:
+    """The box of NOTAFLOW_ACCOUNT_KEYS, or None when no key is set (single-company installs
+    and `notaflow dev` need none)."""
+    keys = settings.account_keys
+    return SecretBox.from_setting(keys) if keys.strip() else None
+
+
+def account_resolver(engine: AsyncEngine, settings: Settings) -> AccountResolver:
+    """A process's `account_for`: the accounts table, secrets opened, cached per the settings."""
+    store = AccountStore(engine, secret_box(settings))
+    return AccountResolver(store, settings, settings.account_cache_ttl)
