@@ -191,6 +191,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
     from notaflow.consumers.providers.emites_accounts import EmitesByCompany
     from notaflow.consumers.providers.focus import FocusClient
     from notaflow.consumers.providers.mailer import Mailer, SmtpConfig
+    from notaflow.consumers.providers.mailer_accounts import MailerByTenant
     from notaflow.consumers.providers.webhooks import WebhookSender
     from notaflow.consumers.runner import Runner
     from notaflow.health import HealthServer, progress_check
@@ -281,12 +282,20 @@ async def run_consumer(settings: Settings, name: str) -> None:
             if settings.smtp_host
             else None
         )
+        # A tenant's own SMTP server where it has an account, paced and kept alive as ours.
+        smtp_defaults = SmtpConfig(
+            host=settings.smtp_host,
+            sender_address=settings.smtp_sender,
+            pause_between_sends=settings.smtp_pause,
+            local_hostname="notaflow",
+            keep_alive=SMTP_KEEP_ALIVE,
+        )
         notification = NotificationConsumer(
             documents,
             TenantStore(engine),
             HookStore(engine),
             DeliveryStore(engine),
-            mailer,
+            MailerByTenant(mailer, accounts, smtp_defaults),
             webhooks,
             bus,
             topics,
