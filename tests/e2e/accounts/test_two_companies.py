@@ -7,9 +7,11 @@ company's token. A disabled account is refused at the door; secrets appear in no
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -29,9 +31,10 @@ pytestmark = pytest.mark.slow
 
 
 class Companies:
-    def __init__(self, stack: Stack, tokens: dict[str, str]) -> None:
+    def __init__(self, stack: Stack, tokens: dict[str, str], database: Path) -> None:
         self.stack = stack
         self.tokens = tokens  # tenant -> its notaflow API token
+        self.database = database
 
     def client(self, tenant: str) -> httpx.Client:
         return httpx.Client(base_url=self.stack.base, auth=(self.tokens[tenant], ""), timeout=15)
@@ -90,7 +93,7 @@ def companies(
             "acme": stack.run("tenant", "create", "acme", f"--cnpj={A}").splitlines()[-1],
             "beta": stack.run("tenant", "create", "beta", f"--cnpj={B}").splitlines()[-1],
         }
-        world = Companies(stack, tokens)
+        world = Companies(stack, tokens, tmp / "accounts.db")
         world.account("create", "acme", A, "focus", "--environment", "homologacao",
                       "--secret-file", "-", stdin=TOKEN_A)  # fmt: skip
         world.account("create", "beta", B, "focus", "--environment", "homologacao",
@@ -177,8 +180,12 @@ def test_each_company_reaches_focus_with_its_own_token(companies: Companies) -> 
         assert beta.post("/v2/nfse", params={"ref": "fb1"}, json=nfse(B)).status_code == 202
 
     def seen() -> dict[str, str] | None:
+        # The sandbox knows notes by our provider ref (N<id>A<attempt>); the database says
+        # which client ref each one is.
+        with sqlite3.connect(companies.database) as db:
+            refs = dict(db.execute("SELECT provider_ref, ref FROM documents WHERE kind='nfse'"))
         requests = httpx.get(f"{companies.stack.sandbox}/_sandbox/requests").json()
-        tokens = {r["ref"]: r["token"] for r in requests if r["ref"] in ("fa1", "fb1")}
+        tokens = {refs[r["ref"]]: r["token"] for r in requests if r["ref"] in refs}
         return tokens if len(tokens) == 2 else None
 
     assert wait_for(seen, 20, 0.2) == {"fa1": TOKEN_A, "fb1": TOKEN_B}
