@@ -77,6 +77,7 @@ def companies(
         nfce_wait=8.0,
         account_keys=new_key(),
         account_cache_ttl=0.5,
+        otel_dir=str(tmp / "spans"),  # every process writes its spans here
     )
     stack = Stack(settings, tmp, consumers=("emission", "cancellation"))
     for port, cnpj in ((emites_a, A), (emites_b, B)):
@@ -108,8 +109,10 @@ def companies(
         yield world
     finally:
         stack.stop()
-    logs = stack.logs() + "".join(p.output() for p in stack.procs)
-    assert TOKEN_A not in logs and TOKEN_B not in logs
+    # No secret in any process's output, nor in any span.
+    written = "".join(p.output() for p in stack.procs)
+    written += "".join(f.read_text() for f in (tmp / "spans").glob("*") if f.is_file())
+    assert TOKEN_A not in written and TOKEN_B not in written
 
 
 def nfse(cnpj: str) -> dict[str, Any]:
@@ -150,6 +153,14 @@ def test_each_shop_emits_through_its_own_emites_client(companies: Companies) -> 
             "DELETE", "/v2/nfce/nb1", json={"justificativa": "Cliente desistiu da compra"}
         )
         assert (cancelled.status_code, cancelled.json()["status"]) == (200, "cancelado")
+
+
+def test_no_secret_in_metrics_or_listings(companies: Companies) -> None:
+    metrics = httpx.get(f"{companies.stack.base}/metrics").text
+    listed = companies.account("list")
+    assert '"has_secret": true' in listed
+    for text in (metrics, listed):
+        assert TOKEN_A not in text and TOKEN_B not in text
 
 
 def test_disabled_account_is_refused_at_the_door(companies: Companies) -> None:

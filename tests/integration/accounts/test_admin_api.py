@@ -85,6 +85,7 @@ async def make_world(settings: Settings) -> AsyncIterator[World]:
         hooks=None, waiters=ReplyWaiters(),  # type: ignore[arg-type]
     )  # fmt: skip
     await bus.start()
+    await bus.wait_connected(30)  # the door test's accepted commands go to Kafka
     transport = httpx.ASGITransport(app=create_app(deps, manage_resources=False))
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
