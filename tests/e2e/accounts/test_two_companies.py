@@ -110,8 +110,9 @@ def companies(
     finally:
         stack.stop()
     # No secret in any process's output, nor in any span.
-    written = "".join(p.output() for p in stack.procs)
-    written += "".join(f.read_text() for f in (tmp / "spans").glob("*") if f.is_file())
+    spans = [f for f in (tmp / "spans").rglob("*") if f.is_file()]
+    assert spans, "no process wrote its spans"
+    written = "".join(p.output() for p in stack.procs) + "".join(f.read_text() for f in spans)
     assert TOKEN_A not in written and TOKEN_B not in written
 
 
