@@ -262,6 +262,7 @@ def email_route(kind: FocusKind) -> Handler:
             raise not_found()
         if doc.status not in (AUTHORIZED, CANCELLED):
             raise FocusError(400, "nfe_nao_autorizada", "Nota fiscal não autorizada")
+        await refuse_disabled(d, tenant.id, doc.cnpj_prestador, Provider.SMTP)
         event = Event(
             type=kind.email_type,
             source=SOURCE,

@@ -25,6 +25,7 @@ from notaflow.ingress.intake import Intake
 from notaflow.replies import ReplyWaiters
 from notaflow.settings import Settings
 from notaflow.store import DocumentStore, TenantStore, create_engine, migrate
+from notaflow.store.documents import AUTHORIZED
 from notaflow.store.operators import OperatorStore
 from notaflow.store.tables import provider_accounts
 
@@ -250,3 +251,34 @@ async def test_a_disabled_account_refuses_new_commands_at_the_door(world: World)
     enabled = await http.post(f"/admin/v1/accounts/acme/{A}/focus/enable", headers=h)
     assert enabled.status_code == 200 and enabled.json()["disabled"] is False
     assert (await world.emit("depois", A)).status_code == 202
+
+
+async def test_a_disabled_smtp_account_refuses_e_mail_commands_in_each_dialect(
+    world: World,
+) -> None:
+    http, h = world.http, world.admin()
+    smtp = {"tenant": "acme", "cnpj": "*", "provider": "smtp",
+            "config": {"host": "127.0.0.1", "sender": "notas@acme.example.com"}}  # fmt: skip
+    assert (await http.post("/admin/v1/accounts", json=smtp, headers=h)).status_code == 201
+    assert (await world.emit("mail1", A)).status_code == 202
+    documents = DocumentStore(world.engine)
+    try:
+        doc = await documents.get("acme", "nfse", "mail1")
+        assert doc is not None
+        assert await documents.transition(doc.id, doc.attempt, AUTHORIZED, "test") is not None
+    finally:
+        documents.close()
+    focus = {"emails": ["cliente@example.com"]}
+    hubsoft = {"id_nota_fiscal": doc.id, "tipo_documento": "nfse",
+               "email_adicional": ["cliente@example.com"]}  # fmt: skip
+    hubsoft_path = "/api/v1/integracao/cliente/nota_fiscal/enviar_email"
+    bearer = {"Authorization": f"Bearer {world.tenant_token}"}
+    # Enabled: the Focus route takes the command (the consumer would send it).
+    accepted = await http.post("/v2/nfse/mail1/email", json=focus, auth=(world.tenant_token, ""))
+    assert accepted.status_code == 200, accepted.text
+    assert (await http.post("/admin/v1/accounts/acme/*/smtp/disable", headers=h)).status_code == 200
+    refused = await http.post("/v2/nfse/mail1/email", json=focus, auth=(world.tenant_token, ""))
+    assert (refused.status_code, refused.json()["codigo"]) == (403, "conta_desabilitada")
+    refused = await http.post(hubsoft_path, json=hubsoft, headers=bearer)
+    assert refused.status_code == 403, refused.text
+    assert refused.json()["status"] == "error" and "desabilitada" in refused.json()["msg"]
