@@ -123,6 +123,11 @@ async def test_only_operator_tokens_reach_the_admin_api(world: World) -> None:
         assert refused.json()["codigo"] == "permissao_negada"
     basic = await http.get("/admin/v1/accounts", auth=(world.operator, ""))
     assert basic.status_code == 401
+    # Whatever a client sends as the header is a 401, never a 500 (found by the fuzzer).
+    for header in ("¿", "Bearer", "Bearer  ", "¿ x", "Basic ¿"):
+        raw = header.encode("latin-1")  # as a client's bytes, not httpx's ASCII
+        odd = await http.get("/admin/v1/accounts", headers={"Authorization": raw})
+        assert odd.status_code == 401, header
     assert (await http.get("/admin/v1/accounts", headers=world.admin())).status_code == 200
     # An operator token is no tenant token.
     as_tenant = await http.get("/v2/nfse/x", auth=(world.operator, ""))
