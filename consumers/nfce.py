@@ -21,6 +21,7 @@ from notaflow import tracing
 from notaflow.bus import Bus
 from notaflow.consumers.lifecycle import note_to_cancel, publish_status, reply, reply_status
 from notaflow.consumers.providers.emites import EmitesClient, EmitesReply
+from notaflow.consumers.providers.emites_accounts import EmitesByCompany
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument, Permanent, RefInUse, Transient, Unsent
 from notaflow.nfce import normalize_nfce, omitted_notices
@@ -60,7 +61,7 @@ class NfceEmitter:
         self,
         documents: DocumentStore,
         tenants: TenantStore,
-        emites: EmitesClient,
+        emites: EmitesClient | EmitesByCompany,
         bus: Bus,
         topics: t.Topics,
         cnpj: str,
@@ -68,7 +69,10 @@ class NfceEmitter:
     ) -> None:
         self._docs = documents
         self._tenants = tenants
-        self._emites = emites
+        # The company's endpoint (issue 15): one client serves `cnpj` alone.
+        self._emites = (
+            emites if isinstance(emites, EmitesByCompany) else EmitesByCompany(emites, cnpj)
+        )
         self._bus = bus
         self._topics = topics
         self._cnpj = cnpj
@@ -87,13 +91,16 @@ class NfceEmitter:
         tenant = await self._tenants.get(tenant_id)
         if tenant is None:
             raise InvalidDocument("tenant", f"tenant desconhecido: {tenant_id}")
-        if self._cnpj not in tenant.cnpjs:
+        # The shop the ingress chose (`cnpj_emitente`); older commands: the global one.
+        cnpj = data.get("cnpj") or self._cnpj
+        if cnpj not in tenant.cnpjs:
             raise InvalidDocument("cnpj", "empresa_nao_habilitada")
+        emites = await self._emites.client(tenant_id, cnpj)
         doc = await self._docs.get(tenant_id, KIND, ref)
         if doc is None or (doc.command_id != event.id and doc.status == ERROR):
             try:
                 await self._docs.claim(
-                    tenant_id, KIND, ref, self._cnpj, document, event.id, self._source, current=doc
+                    tenant_id, KIND, ref, cnpj, document, event.id, self._source, current=doc
                 )
             except RefInUse as exc:
                 raise Permanent(f"ref {ref} em uso ({exc.status})") from exc
@@ -110,7 +117,7 @@ class NfceEmitter:
         await self._docs.mark_submitted(doc.id, doc.attempt, f"E{doc.id}A{doc.attempt}")
         try:
             with tracing.span("emites CREATE_NFCE", kind=SpanKind.CLIENT):
-                answer = await self._emites.create_nfce(doc.payload)
+                answer = await emites.create_nfce(doc.payload)
         except Unsent:
             await self._docs.unmark_submitted(doc.id, doc.attempt)
             raise
@@ -169,11 +176,13 @@ class NfceEmitter:
 
 class NfceCanceller:
     def __init__(
-        self, documents: DocumentStore, emites: EmitesClient, bus: Bus, topics: t.Topics,
-        source: str,
+        self, documents: DocumentStore, emites: EmitesClient | EmitesByCompany, bus: Bus,
+        topics: t.Topics, source: str,
     ) -> None:  # fmt: skip
         self._docs = documents
-        self._emites = emites
+        self._emites = (
+            emites if isinstance(emites, EmitesByCompany) else EmitesByCompany(emites, None)
+        )
         self._bus = bus
         self._topics = topics
         self._source = source
@@ -188,8 +197,9 @@ class NfceCanceller:
         chave = doc.result.get("chave_nfe")
         if not chave:
             raise Permanent(f"NFC-e {doc.ref} autorizada sem chave de acesso")
+        emites = await self._emites.client(doc.tenant_id, doc.cnpj_prestador)
         with tracing.span("emites CANCEL_NFCE", kind=SpanKind.CLIENT):
-            answer = await self._emites.cancel_nfce(str(chave), data.get("motivo"))
+            answer = await emites.cancel_nfce(str(chave), data.get("motivo"))
         if answer.status == "cancelada":
             result = {**doc.result, "status_sefaz": "135", "mensagem_sefaz": "Evento registrado"}
             if answer.cancel_xml_url:

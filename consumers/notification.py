@@ -40,6 +40,7 @@ from notaflow.consumers.mail_templates import (
     render_nfse_email,
 )
 from notaflow.consumers.providers.mailer import Mailer
+from notaflow.consumers.providers.mailer_accounts import MailerByTenant
 from notaflow.consumers.providers.webhooks import HookTarget, WebhookSender, next_attempt_delay
 from notaflow.envelope import Event, decode
 from notaflow.errors import Permanent, Transient
@@ -94,7 +95,7 @@ class NotificationConsumer:
         tenants: TenantStore,
         hooks: HookStore,
         deliveries: DeliveryStore,
-        mailer: Mailer | None,
+        mailer: Mailer | MailerByTenant | None,
         webhooks: WebhookSender,
         bus: Bus,
         topics: t.Topics,
@@ -112,7 +113,9 @@ class NotificationConsumer:
         self._tenant_names = TenantCache(tenants)
         self._hooks = hooks
         self._deliveries = deliveries
-        self._mailer = mailer
+        # The tenant's own SMTP server where it has one (issue 15), else the global one.
+        self._mailers = mailer if isinstance(mailer, MailerByTenant) else MailerByTenant(mailer)
+        self._mailer = self._mailers.default
         self._webhooks = webhooks
         self._bus = bus
         self._topics = topics
@@ -306,11 +309,16 @@ class NotificationConsumer:
 
     async def _send_mail(self, delivery: Delivery, doc: Document | None) -> tuple[Outcome, bool]:
         now = datetime.now(UTC)
-        if self._mailer is None:
-            return Outcome(False, None, "nenhum servidor SMTP configurado", "", now), False
         if doc is None:
-            return Outcome(False, None, "nota não encontrada", "", now), False
-        host = self._mailer.config.host
+            why = "nenhum servidor SMTP configurado" if self._mailer is None else None
+            return Outcome(False, None, why or "nota não encontrada", "", now), False
+        try:
+            mailer = await self._mailers.mailer(doc.tenant_id, doc.cnpj_prestador)
+        except Permanent as exc:  # the tenant's SMTP account is disabled
+            return Outcome(False, None, str(exc), "", now), False
+        if mailer is None:
+            return Outcome(False, None, "nenhum servidor SMTP configurado", "", now), False
+        host = mailer.config.host
         if doc.kind == "nfce":
             blob = await self._docs.get_blob(f"nfce/{doc.id}/danfe.pdf")
             message = render_nfce_email(
@@ -318,35 +326,34 @@ class NotificationConsumer:
                 delivery.payload["view"],
                 doc.payload,
                 issuer_name=await self._issuer(doc),
-                sender=self._mailer.config.from_header,
+                sender=mailer.config.from_header,
                 recipients=[delivery.target],
                 message_id_domain=urlsplit(self._settings.public_url).hostname or "notaflow",
                 danfe=blob[1] if blob else None,
                 message_id=f"<nf{delivery.id}@{urlsplit(self._settings.public_url).hostname}>",
             )
-            return await self._deliver_mail(message, delivery, host, now)
+            return await self._deliver_mail(mailer, message, delivery, host, now)
         message = render_nfse_email(
             delivery.payload["kind"],
             delivery.payload["view"],
             BY_KIND[doc.kind].mail_document(doc.payload) if doc.kind in BY_KIND else doc.payload,
             self._links(delivery.payload["view"]),
             issuer_name=await self._issuer(doc),
-            sender=self._mailer.config.from_header,
+            sender=mailer.config.from_header,
             recipients=[delivery.target],
             message_id_domain=urlsplit(self._settings.public_url).hostname or "notaflow",
             # Stable across retries, so a receiver can tell a resend from a new message.
             message_id=f"<nf{delivery.id}@{urlsplit(self._settings.public_url).hostname}>",
         )
-        return await self._deliver_mail(message, delivery, host, now)
+        return await self._deliver_mail(mailer, message, delivery, host, now)
 
     async def _deliver_mail(
-        self, message: EmailMessage, delivery: Delivery, host: str, now: datetime
+        self, mailer: Mailer, message: EmailMessage, delivery: Delivery, host: str, now: datetime
     ) -> tuple[Outcome, bool]:
-        assert self._mailer is not None
         try:
             smtp: dict[str, Any] = {"server.address": host, "peer.service": "smtp"}
             with tracing.span("smtp send", kind=SpanKind.CLIENT, **smtp):
-                [result] = await self._mailer.send(message, [delivery.target])
+                [result] = await mailer.send(message, [delivery.target])
         except (Permanent, Transient) as exc:
             return Outcome(False, None, str(exc), host, now), not isinstance(exc, Permanent)
         text = (

@@ -23,6 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from notaflow import tracing
 from notaflow.errors import IngressError
 from notaflow.ingress import (
+    admin,
     focus_hooks,
     focus_nfce,
     focus_nfse,
@@ -306,6 +307,7 @@ def create_app(
                 *hubsoft.routes,
                 *hubsoft_financeiro.routes,
                 *wuro.routes,
+                *admin.routes,
             ],
             ops=[*health.routes, *([metrics_route(metrics.registry)] if metrics else [])],
             docs=openapi_routes(),

@@ -14,6 +14,7 @@ from starlette.responses import Response
 from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
+from notaflow.ingress.account_check import provider_of, refuse_disabled
 from notaflow.ingress.deps import IngressDeps
 from notaflow.ingress.dialects import FOCUS, FocusError
 from notaflow.ingress.responses import FastJSONResponse
@@ -50,6 +51,7 @@ async def cancel_and_wait(
         raise _already_cancelled()
     if doc.status == ERROR:
         raise FocusError(400, "nfe_nao_autorizada", NAO_AUTORIZADA)
+    await refuse_disabled(d, tenant.id, doc.cnpj_prestador, provider_of(kind))
     command_id = str(uuid.uuid4())
     event = Event(
         type=event_type,

@@ -11,8 +11,10 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from notaflow import topics as t
+from notaflow.accounts import Provider
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
+from notaflow.ingress.account_check import has_account, refuse_disabled
 from notaflow.ingress.cancellation import cancel_and_wait
 from notaflow.ingress.deps import deps
 from notaflow.ingress.dialects import FOCUS, FocusError
@@ -50,6 +52,13 @@ async def create_nfce(request: Request) -> Response:
     except InvalidDocument as exc:
         raise FOCUS.invalid(exc.message) from exc
     raw = await FOCUS.json(request, d.settings.max_body_bytes)
+    # Which shop issues it (issue 15): Focus's `cnpj_emitente`, taken out of the document
+    # (Emites-Client issues for the CNPJ it is set up with); absent: NOTAFLOW_EMITES_CNPJ.
+    emitente = raw.pop("cnpj_emitente", None) if isinstance(raw, dict) else None
+    if emitente is not None and not (
+        isinstance(emitente, str) and len(emitente) == 14 and emitente.isdigit()
+    ):
+        raise FOCUS.invalid("cnpj_emitente deve ter 14 dígitos")
     try:
         document = normalize_nfce(raw)
     except InvalidDocument as exc:
@@ -58,16 +67,25 @@ async def create_nfce(request: Request) -> Response:
     # consumer keeps them with the note whichever route the command came by.
     avisos = omitted_notices(raw)
     notices = {"avisos": avisos} if avisos else {}
-    cnpj = d.settings.emites_cnpj
-    if not cnpj or cnpj not in tenant.cnpjs:
+    cnpj = emitente or d.settings.emites_cnpj
+    # A shop is served by its Emites account, or by the global endpoint if it is that one's.
+    if (
+        not cnpj
+        or cnpj not in tenant.cnpjs
+        or (
+            cnpj != d.settings.emites_cnpj
+            and not await has_account(d, tenant.id, cnpj, Provider.EMITES)
+        )
+    ):
         raise FocusError(
             400, "empresa_nao_habilitada", "Emitente ainda não habilitado para emissão de NFC-e"
         )
+    await refuse_disabled(d, tenant.id, cnpj, Provider.EMITES)
     command_id = str(uuid.uuid4())
     event = Event(
         type=t.NFCE_CREATE,
         source=SOURCE,
-        data={"tenant": tenant.id, "ref": ref, "nfce": document, **notices},
+        data={"tenant": tenant.id, "ref": ref, "nfce": document, "cnpj": cnpj, **notices},
         subject=ref,
         id=command_id,
         tenant=tenant.id,

@@ -12,10 +12,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from notaflow import topics as t
+from notaflow.accounts import Provider
 from notaflow.emails import MAX_PER_REQUEST, valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
 from notaflow.focus_kinds import NFSE, FocusKind
+from notaflow.ingress.account_check import refuse_disabled
 from notaflow.ingress.auth import basic_user
 from notaflow.ingress.body import read_body
 from notaflow.ingress.cancellation import cancel_and_wait
@@ -116,6 +118,7 @@ async def accept_nfse(
         raise FocusError(
             400, "empresa_nao_habilitada", "Emitente ainda não habilitado para emissão de NFSe"
         )
+    await refuse_disabled(d, tenant.id, cnpj, Provider.FOCUS)
     command_id = str(uuid.uuid4())
     event = Event(
         type=t.NFSE_EMIT,
@@ -238,6 +241,7 @@ def email_route(kind: FocusKind) -> Handler:
             raise FOCUS.not_found()
         if doc.status not in (AUTHORIZED, CANCELLED):
             raise FocusError(400, "nfe_nao_autorizada", "Nota fiscal não autorizada")
+        await refuse_disabled(d, tenant.id, doc.cnpj_prestador, Provider.SMTP)
         event = Event(
             type=kind.email_type,
             source=SOURCE,

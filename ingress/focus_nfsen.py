@@ -10,9 +10,11 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from notaflow import topics as t
+from notaflow.accounts import Provider
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
 from notaflow.focus_kinds import NFSEN
+from notaflow.ingress.account_check import refuse_disabled
 from notaflow.ingress.deps import deps
 from notaflow.ingress.dialects import FOCUS, FocusError
 from notaflow.ingress.focus_nfse import (
@@ -52,6 +54,7 @@ async def create_nfsen(request: Request) -> Response:
         raise FocusError(
             400, "empresa_nao_habilitada", "Emitente ainda não habilitado para emissão de NFSe"
         )
+    await refuse_disabled(d, tenant.id, cnpj, Provider.FOCUS)
     command_id = str(uuid.uuid4())
     event = Event(
         type=NFSEN.emit_type,

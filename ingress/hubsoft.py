@@ -16,6 +16,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from notaflow import topics as t
+from notaflow.accounts import AccountDisabled, Provider
 from notaflow.emails import MAX_PER_REQUEST, valid_email
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
@@ -70,8 +71,14 @@ async def enviar_email(request: Request) -> Response:
         raise HubsoftError(404, "Nota fiscal não encontrada")
     if doc.status not in (AUTHORIZED, CANCELLED):
         raise HubsoftError(400, "A nota fiscal ainda não foi autorizada")
-    if not d.settings.smtp_host:
+    # The tenant's own SMTP server (provider accounts, issue 15), else the global one.
+    try:
+        own = await d.accounts.account(tenant.id, doc.cnpj_prestador, Provider.SMTP)
+    except AccountDisabled as exc:
+        raise HubsoftError(403, "Conta de e-mail (SMTP) do emitente desabilitada") from exc
+    if not d.settings.smtp_host and own is None:
         raise HubsoftError(400, "Nenhum servidor de e-mail válido configurado para o envio")
+    sender = str(own.config["sender"]) if own is not None else d.settings.smtp_sender
     focus_kind = BY_KIND[doc.kind]
     registered = focus_kind.tomador_email(doc.payload)
     recipients = list(dict.fromkeys([*([registered] if registered else []), *adicionais]))
@@ -85,7 +92,7 @@ async def enviar_email(request: Request) -> Response:
         results = await _send(d, tenant, focus_kind, doc.ref, valid)
     now = datetime.now(BRASILIA)
     entries = [
-        _entry(d, address, results.get(address), now, tipo_documento="nota_fiscal_servico")
+        _entry(d, address, results.get(address), now, "nota_fiscal_servico", sender)
         for address in recipients
     ]
     sent = sum(1 for e in entries if e["enviado"])
@@ -135,7 +142,12 @@ async def _send(
 
 
 def _entry(
-    d: IngressDeps, address: str, result: dict[str, Any] | None, now: datetime, tipo_documento: str
+    d: IngressDeps,
+    address: str,
+    result: dict[str, Any] | None,
+    now: datetime,
+    tipo_documento: str,
+    sender: str,
 ) -> dict[str, Any]:
     when = now
     if result is not None and result.get("data_envio"):
@@ -149,7 +161,7 @@ def _entry(
         host, ident = result.get("host") or d.settings.smtp_host, result.get("id")
     return {
         "host": host,
-        "email_origem": d.settings.smtp_sender,
+        "email_origem": sender,
         "email_destino": address,
         "tipo_envio": "manual",
         "tipo_documento": tipo_documento,

@@ -19,6 +19,7 @@ from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
 from notaflow.ingress import (
+    admin,
     focus_hooks,
     focus_nfce,
     focus_nfse,
@@ -75,6 +76,7 @@ DESCRIBED: tuple[Description, ...] = (
     hubsoft.OPENAPI,
     hubsoft_financeiro.OPENAPI,
     wuro.OPENAPI,
+    admin.OPENAPI,
     health.OPENAPI,
     request_metrics.OPENAPI,
     OPENAPI,
@@ -121,6 +123,7 @@ def openapi_document() -> dict[str, Any]:
             {"name": "Wuro"},
             {"name": "Provedores"},
             {"name": "Operação"},
+            {"name": "Admin"},
         ],
         "security": FOCUS_AUTH,
         "paths": paths,

@@ -47,11 +47,14 @@ HUBSOFT_ERROR = {"$ref": f"{SCHEMAS}HubsoftError"}
 FOCUS_AUTH: list[dict[str, list[str]]] = [{"focusBasic": []}]
 HUBSOFT_AUTH: list[dict[str, list[str]]] = [{"hubsoftBearer": []}]
 
-# Every `codigo` the Focus dialect answers, by status (ingress.errors, ingress.app, the routes).
+# Every `codigo` the Focus dialect answers, by status (ingress.dialects, the routes).
 _FOCUS_CODES: dict[int, tuple[str, list[str]]] = {
     400: ("Requisição inválida", ["requisicao_invalida"]),
     401: ("Sem credenciais", ["nao_autorizado"]),
-    403: ("Token desconhecido ou revogado (mesma resposta)", ["permissao_negada"]),
+    403: (
+        "Token desconhecido ou revogado (mesma resposta); conta do emitente desabilitada",
+        ["permissao_negada", "conta_desabilitada"],
+    ),
     404: ("Não encontrado (também a nota de outro tenant)", ["nao_encontrado"]),
     405: ("Método não permitido nesta rota", ["metodo_nao_permitido"]),
     413: ("Corpo maior que NOTAFLOW_MAX_BODY_BYTES", ["requisicao_invalida"]),

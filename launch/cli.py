@@ -12,6 +12,7 @@ from collections.abc import Coroutine, Sequence
 from typing import Any
 
 from notaflow.errors import ConfigurationError, SchemaBehind
+from notaflow.launch import accounts_cli
 from notaflow.launch.registry import CONSUMERS
 from notaflow.settings import Settings
 
@@ -139,6 +140,8 @@ def _parser() -> argparse.ArgumentParser:
         "otherwise, since terminals and CI logs keep what is printed",
     )
 
+    accounts_cli.add_parsers(sub, verb)
+
     probe = sub.add_parser(
         "probe", help="GET a URL; exit 0 on a 2xx answer, 1 otherwise (`helm test`, scripts)"
     )
@@ -264,6 +267,8 @@ def _main(args: argparse.Namespace) -> int:
         print(asyncio.run(_create_tenant(settings, args.id, args.name or args.id, args.cnpj)))
     elif args.command == "dlq":
         return asyncio.run(_dlq(settings, args))
+    elif args.command in accounts_cli.COMMANDS:
+        return accounts_cli.run(settings, args)
     elif args.command == "reconcile":
         asyncio.run(processes.run_reconciler(settings, args.older_than, args.limit, args.every))
     elif args.command == "history":

@@ -26,8 +26,10 @@ from notaflow.topics import Topics
 if TYPE_CHECKING:
     from sqlalchemy.ext.asyncio import AsyncEngine
 
+    from notaflow.accounts import AccountResolver
     from notaflow.bus import Bus
     from notaflow.consumers.providers.emites import EmitesClient
+    from notaflow.consumers.providers.emites_accounts import EmitesByCompany
     from notaflow.consumers.providers.focus import FocusClient
     from notaflow.consumers.providers.mailer import Mailer
     from notaflow.metrics import Metrics
@@ -121,6 +123,24 @@ def focus_client(res: Resources) -> FocusClient:
     return focus
 
 
+def accounts(res: Resources) -> AccountResolver:
+    """Provider accounts per company (issue 15): the credentials of a tenant's CNPJ, the global
+    settings where it has none."""
+    from notaflow.store.accounts import account_resolver
+
+    return account_resolver(res.engine, res.settings)
+
+
+def emites_by_company(res: Resources, default_cnpj: str | None) -> EmitesByCompany:
+    """Every NFC-e shop by its own Emites account; the global endpoint serves EMITES_CNPJ
+    (`default_cnpj` None: any company, for work on notes already accepted for one)."""
+    from notaflow.consumers.providers.emites_accounts import EmitesByCompany
+
+    by_company = EmitesByCompany(emites_client(res), default_cnpj, accounts(res))
+    res.closing.push_async_callback(by_company.aclose)
+    return by_company
+
+
 def emites_client(res: Resources) -> EmitesClient | None:
     """The NFC-e provider's client, when an emitter CNPJ is configured."""
     from notaflow.consumers.providers.emites import EmitesClient
@@ -176,20 +196,12 @@ def build_emission(res: Resources) -> Wired:
     from notaflow.store import TenantStore
 
     tenants = TenantStore(res.engine)
-    focus, emites = focus_client(res), emites_client(res)
-    nfce = (
-        NfceEmitter(
-            res.documents,
-            tenants,
-            emites,
-            res.bus,
-            res.topics,
-            res.settings.emites_cnpj,
-            t.SOURCE_EMISSION,
-        )
-        if emites
-        else None
-    )
+    focus = focus_client(res)
+    emites = emites_by_company(res, res.settings.emites_cnpj)
+    nfce = NfceEmitter(
+        res.documents, tenants, emites, res.bus, res.topics, res.settings.emites_cnpj,
+        t.SOURCE_EMISSION,
+    )  # fmt: skip
     emission = EmissionConsumer(res.documents, tenants, focus, res.bus, res.topics, nfce)
     return Wired(
         dict.fromkeys(emission_topics(res.topics), emission.handle),
@@ -207,11 +219,9 @@ def build_cancellation(res: Resources) -> Wired:
     from notaflow.consumers.cancellation import CancellationConsumer
     from notaflow.consumers.nfce import NfceCanceller
 
-    focus, emites = focus_client(res), emites_client(res)
-    nfce = (
-        NfceCanceller(res.documents, emites, res.bus, res.topics, t.SOURCE_CANCELLATION)
-        if emites
-        else None
+    focus = focus_client(res)
+    nfce = NfceCanceller(
+        res.documents, emites_by_company(res, None), res.bus, res.topics, t.SOURCE_CANCELLATION
     )
     cancellation = CancellationConsumer(res.documents, focus, res.bus, res.topics, nfce)
     return Wired(
@@ -230,6 +240,8 @@ def build_notification(res: Resources) -> Wired:
     client for both)."""
     from notaflow.consumers.billing.mail import BillingMailer
     from notaflow.consumers.notification import NotificationConsumer, NotificationSettings
+    from notaflow.consumers.providers.mailer import SmtpConfig
+    from notaflow.consumers.providers.mailer_accounts import MailerByTenant
     from notaflow.consumers.providers.webhooks import WebhookSender
     from notaflow.store import DeliveryStore, HookStore, TenantStore
     from notaflow.store.invoices import BillingConfigStore, InvoiceDeliveryStore, InvoiceStore
@@ -238,12 +250,25 @@ def build_notification(res: Resources) -> Wired:
     webhooks = WebhookSender(allow_private=s.hooks_allow_private, timeout=s.hooks_timeout)
     res.closing.push_async_callback(webhooks.aclose)
     smtp = mailer(res)
+    # A tenant's own SMTP server where it has an account, paced and kept alive as ours.
+    by_tenant = MailerByTenant(
+        smtp,
+        accounts(res),
+        SmtpConfig(
+            host=s.smtp_host,
+            sender_address=s.smtp_sender,
+            pause_between_sends=s.smtp_pause,
+            local_hostname="notaflow",
+            keep_alive=SMTP_KEEP_ALIVE,
+        ),
+    )
+    res.closing.push_async_callback(by_tenant.aclose)
     notification = NotificationConsumer(
         res.documents,
         TenantStore(engine),
         HookStore(engine),
         DeliveryStore(engine),
-        smtp,
+        by_tenant,
         webhooks,
         res.bus,
         res.topics,

@@ -8,7 +8,11 @@
     ├── BusUnavailable          Kafka did not acknowledge in time (retriable: answer 503)
     ├── StoreError              the database refused an operation
     │   ├── RefInUse            a document ref is taken (nfe_autorizada / em_processamento)
-    │   └── TooManyHooks        (store.hooks) the limit of hooks per company and event
+    │   ├── TooManyHooks        (store.hooks) the limit of hooks per company and event
+    │   └── AccountExists       (store.accounts) the company has an account there already
+    ├── AccountDisabled         (accounts) the company's provider account is disabled
+    ├── InvalidAccount          (accounts) an account's fields cannot work
+    ├── SecretUnreadable        (account_keys) no configured key opens a sealed secret
     ├── Permanent               the work can never succeed as it is (refusal, bad record)
     │   ├── ForeignPath         (consumers.providers.urls) a provider's file off its host
     │   └── DestinationRefused  (consumers.providers.webhooks) a URL breaks the SSRF policy

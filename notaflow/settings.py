@@ -104,6 +104,9 @@ class Settings:
     billing_link_secret: str = secret()
     # Provider: Focus NFe
     focus_base_url: str = "https://homologacao.focusnfe.com.br"
+    # Where provider accounts (notaflow/accounts.py) of environment "producao" call Focus;
+    # "homologacao" accounts call focus_base_url.
+    focus_production_url: str = "https://api.focusnfe.com.br"
     focus_token: str = secret()
     focus_timeout: float = bounded(30.0, 0.001)
     # Static value Focus sends in the header of our hook; compared in constant time.
@@ -131,6 +134,13 @@ class Settings:
     smtp_sender_name: str = "notaflow"
     smtp_pause: float = 1.0
     smtp_timeout: float = 30.0
+    # Provider accounts (notaflow/accounts.py): Fernet keys encrypting their secrets at rest,
+    # comma-separated, newest first. The newest encrypts; every key listed still decrypts, so a
+    # new key goes in front and an old one leaves after `notaflow account reencrypt`.
+    account_keys: str = secret()
+    # How long a consumer or the ingress reuses an account lookup (a rotated or disabled
+    # account shows within this many seconds).
+    account_cache_ttl: float = bounded(5.0, 0)
     # Client webhooks
     hooks_allow_private: bool = False
     hooks_retry_schedule: str = "60,1800,3600,10800,86400"

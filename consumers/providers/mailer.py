@@ -26,7 +26,7 @@ import ssl
 import time
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from email.headerregistry import Address
 from email.message import EmailMessage
 from email.utils import getaddresses
@@ -56,7 +56,7 @@ class SmtpConfig:
     port: int = 25
     security: Security = "none"
     username: str | None = None
-    password: str | None = None
+    password: str | None = field(default=None, repr=False)  # never in a log line
     timeout: float = 30.0
     sender_name: str = ""
     pause_between_sends: float = 1.0

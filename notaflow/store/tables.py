@@ -52,6 +52,32 @@ tenant_companies = sa.Table(
     sa.Column("cnpj", sa.String(14), primary_key=True),
 )
 
+# A company's credentials at a provider (notaflow/accounts.py); `secret` is sealed by
+# notaflow/account_keys.py, never stored in the clear.
+provider_accounts = sa.Table(
+    "provider_accounts",
+    metadata,
+    sa.Column("tenant_id", sa.String(64), sa.ForeignKey("tenants.id"), primary_key=True),
+    sa.Column("cnpj", sa.String(14), primary_key=True),
+    sa.Column("provider", sa.String(16), primary_key=True),
+    sa.Column("config", Json(), nullable=False),
+    sa.Column("secret", sa.Text),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("updated_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("disabled_at", sa.DateTime(timezone=True)),
+)
+
+# Tokens of the admin API (/admin/v1): hashed like tenant tokens, in a table of their own so a
+# tenant token can never act as an operator's.
+operator_tokens = sa.Table(
+    "operator_tokens",
+    metadata,
+    sa.Column("token_hash", sa.String(64), primary_key=True),
+    sa.Column("label", sa.String(100), nullable=False),
+    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("revoked_at", sa.DateTime(timezone=True)),
+)
+
 documents = sa.Table(
     "documents",
     metadata,

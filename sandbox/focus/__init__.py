@@ -52,7 +52,8 @@ Test control (no auth):
                              "hang"?: s} for `seconds`, every authenticated call answers 500,
                              or hangs `hang` seconds and answers 504 unprocessed (an outage),
                              or (slow) works normally but answers `hang` seconds late
-    GET  /_sandbox/requests  every POST /v2/nfse: ref, arrival (monotonic), duration, status
+    GET  /_sandbox/requests  every POST /v2/nfse: ref, arrival (monotonic), duration, status,
+                             the token it came with
 
 The NFS-e Nacional (`/v2/nfsen`, hook event `nfsen`) answers the same API from the same
 implementation (`kinds.NACIONAL`), with its public pages: the XML and cancellation XML under

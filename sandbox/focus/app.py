@@ -88,6 +88,8 @@ class FocusSandbox:
                         "at": arrived,
                         "took": time.monotonic() - arrived,
                         "status": response.status_code,
+                        # Which token the note came with (provider accounts, issue 15).
+                        "token": getattr(request.state, "token", ""),
                     }
                 )
             return response
@@ -97,6 +99,7 @@ class FocusSandbox:
                 token = self._token(request)
             except FocusError as exc:
                 return exc.response()
+            request.state.token = token
             outage = self._outage_now()
             if outage == "http500":
                 return FocusError(500, "erro_interno", "Serviço indisponível (sandbox)").response()

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
+from notaflow.accounts import Account, AccountResolver, Provider
 from notaflow.errors import BusUnavailable, RefInUse
 from notaflow.ingress.app import create_app
 from notaflow.ingress.deps import IngressDeps
@@ -53,6 +54,13 @@ class Intake:
 
 class Topics:
     nfse_commands = "commands"
+
+
+class NoAccounts:
+    """No provider accounts: every company uses the global settings."""
+
+    async def get(self, tenant: str, cnpj: str, provider: Provider) -> Account | None:
+        return None
 
 
 def headers(
@@ -142,6 +150,8 @@ async def answers(hot: bool) -> tuple[list[Any], list[str]]:
         settings=Settings(max_body_bytes=2000), engine=None, bus=None, documents=None,  # type: ignore[arg-type]
         intake=intake, nfce_intake=None, tenants=None, tenant_cache=Cache(), topics=Topics(),  # type: ignore[arg-type]
         hooks=None, waiters=None,  # type: ignore[arg-type]
+        account_store=object(), operators=object(),  # type: ignore[arg-type]
+        accounts=AccountResolver(NoAccounts(), Settings()),
     )  # fmt: skip
     metrics = Metrics(CollectorRegistry())
     app = create_app(deps, manage_resources=False, metrics=metrics)

@@ -59,6 +59,7 @@ SECRETS = {
     "focus_webhook_secret",
     "smtp_password",
     "billing_link_secret",
+    "account_keys",
 }
 
 
