@@ -23,7 +23,7 @@ from starlette.routing import Route
 from notaflow import billing as b
 from notaflow.brdocs import clean_document
 from notaflow.envelope import Event
-from notaflow.errors import InvalidDocument
+from notaflow.errors import BusUnavailable, InvalidDocument
 from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
 from notaflow.ingress.deps import deps
 from notaflow.ingress.hubsoft import HubsoftError, bearer_tenant
@@ -177,9 +177,10 @@ async def eventos(request: Request) -> Response:
         records.append((b.invoice_key(tenant.id, ev.uid), event))
     if errors:
         raise FinanceiroError(400, "Evento(s) inválido(s); nada foi registrado", errors)
-    failure = await d.bus.publish_many(b.events_topic(d.topics.prefix), records)
-    if failure is not None:
-        raise FinanceiroError(503, "Serviço temporariamente indisponível; tente novamente")
+    try:
+        await d.bus.publish_many(b.events_topic(d.topics.prefix), records)
+    except BusUnavailable as exc:
+        raise FinanceiroError(503, "Serviço temporariamente indisponível; tente novamente") from exc
     return FastJSONResponse(
         {
             "status": "success",
