@@ -23,12 +23,13 @@ from urllib.parse import urlsplit
 
 from notaflow import billing as b
 from notaflow import schemas
-from notaflow.bus import Bus
+from notaflow.bus import Publisher
 from notaflow.consumers.errors import ConsumerError, PermanentFailure, TransientFailure
 from notaflow.consumers.providers.mailer import Mailer
-from notaflow.envelope import Event, decode
+from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument
 from notaflow.invoice_pdf import render_invoice_pdf
+from notaflow.routing import Routes
 from notaflow.store.deliveries import PENDING
 from notaflow.store.invoices import (
     BillingConfigStore,
@@ -39,6 +40,7 @@ from notaflow.store.invoices import (
     compose_mail,
     issuer_for,
 )
+from notaflow.topics import Topics
 
 log = logging.getLogger(__name__)
 SOURCE = "notaflow/consumers/billing"
@@ -49,10 +51,10 @@ class BillingEvents:
     def __init__(self, invoices: InvoiceStore) -> None:
         self._invoices = invoices
 
-    async def handle(self, record: Any) -> None:
-        event = decode(record.headers, record.value)
-        if event.type != b.INVOICE_EVENT:
-            return
+    def routes(self, topics: Topics) -> Routes:
+        return Routes().add(topics.billing_events, b.INVOICE_EVENT, self.apply)
+
+    async def apply(self, event: Event) -> None:
         tenant = str(event.data.get("tenant") or event.tenant)
         if not tenant:
             raise PermanentFailure("invoice event without tenant")
@@ -82,10 +84,8 @@ class BillingMailer:
         self._mailer = mailer
         self._domain = urlsplit(public_url).hostname or "notaflow"
 
-    async def handle(self, record: Any) -> None:
-        event = decode(record.headers, record.value)
-        if event.type == b.INVOICE_MAIL:
-            await self.send(event)
+    def routes(self, topics: Topics) -> Routes:
+        return Routes().add(topics.billing_commands, b.INVOICE_MAIL, self.send)
 
     async def send(self, event: Event) -> None:
         data = event.data
@@ -155,7 +155,7 @@ class DunningJob:
         invoices: InvoiceStore,
         config: BillingConfigStore,
         dunning: DunningStore,
-        bus: Bus,
+        bus: Publisher,
         commands_topic: str,
         links: b.Links,
     ) -> None:

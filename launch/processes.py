@@ -191,7 +191,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
     from notaflow.consumers.providers.focus import FocusClient
     from notaflow.consumers.providers.mailer import Mailer, SmtpConfig
     from notaflow.consumers.providers.webhooks import WebhookSender
-    from notaflow.consumers.runner import Runner
+    from notaflow.consumers.runtime import Runner
     from notaflow.health import HealthServer, progress_check
     from notaflow.metrics import Metrics
     from notaflow.store.invoices import BillingConfigStore, InvoiceDeliveryStore, InvoiceStore
@@ -244,19 +244,16 @@ async def run_consumer(settings: Settings, name: str) -> None:
             if emites
             else None
         )
-        emission = EmissionConsumer(documents, tenants, focus, bus, topics, nfce_emitter)
-        handler = emission.handle
-        subscribed = [topics.nfse_commands, topics.nfce_commands, topics.provider_events]
+        routes = EmissionConsumer(documents, tenants, focus, bus, topics, nfce_emitter).routes()
     elif name == "cancellation":
         canceller = (
             NfceCanceller(documents, emites, bus, topics, "notaflow/consumers/cancellation")
             if emites
             else None
         )
-        cancellation = CancellationConsumer(documents, focus, bus, topics, canceller)
-        handler, subscribed = cancellation.handle, [topics.nfse_commands, topics.nfce_commands]
+        routes = CancellationConsumer(documents, focus, bus, topics, canceller).routes()
     elif name == "billing":
-        handler, subscribed = BillingEvents(InvoiceStore(engine)).handle, [topics.billing_events]
+        routes = BillingEvents(InvoiceStore(engine)).routes(topics)
     else:
         mailer = (
             Mailer(
@@ -304,21 +301,13 @@ async def run_consumer(settings: Settings, name: str) -> None:
             mailer,
             settings.public_url,
         )
-
-        async def notify(record: Any) -> None:
-            if record.topic == topics.billing_commands:
-                await billing_mailer.handle(record)
-            else:
-                await notification.handle(record)
-
-        handler = notify
-        subscribed = [topics.lifecycle, topics.nfse_commands, topics.billing_commands]
+        routes = notification.routes().include(billing_mailer.routes(topics))
         background.append(asyncio.create_task(notification.run_retries(stop_retries)))
     runner = Runner(
         settings,
         name,
-        subscribed,
-        handler,
+        routes.topics(),
+        routes,
         bus,
         topics.dead_letter,
         concurrency=records_in_flight(settings, name),
