@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -49,7 +49,7 @@ from notaflow.consumers.errors import Stopping, TransientFailure
 from notaflow.consumers.runtime.dead_letters import DeadLetters
 from notaflow.consumers.runtime.offsets import Offsets
 from notaflow.consumers.runtime.retries import RetryPolicy, RetrySchedule
-from notaflow.consumers.runtime.window import Window
+from notaflow.consumers.runtime.window import Start, Window
 from notaflow.envelope import Event, decode
 from notaflow.errors import InvalidDocument
 from notaflow.logs import log_context, trace_id_of
@@ -204,8 +204,10 @@ class Runner:
     def busy(self) -> bool:
         return bool(self._window.tasks) or any(self.lag().values())
 
-    def _starter(self, tp: TopicPartition, record: Any) -> Any:
-        def start(previous: asyncio.Task[None] | None, fence: asyncio.Event) -> Any:
+    def _starter(self, tp: TopicPartition, record: Any) -> Start:
+        def start(
+            previous: asyncio.Task[None] | None, fence: asyncio.Event
+        ) -> Coroutine[Any, Any, None]:
             return self._run_one(tp, record, previous, fence)
 
         return start
