@@ -15,6 +15,7 @@ from typing import Any
 
 import httpx
 import pytest
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notaflow import topics as t
 from notaflow.consumers.cancellation import CancellationConsumer
@@ -35,6 +36,7 @@ JUSTIFICATIVA = "Serviço não prestado ao cliente"
 
 @dataclass
 class World:
+    engine: AsyncEngine
     docs: DocumentStore
     tenants: TenantStore
     bus: InMemoryBus
@@ -132,6 +134,7 @@ async def world(tmp_path: Path) -> AsyncIterator[World]:
     bus, topics = InMemoryBus(), Topics("t.")
     try:
         yield World(
+            engine,
             docs,
             tenants,
             bus,
