@@ -3,17 +3,13 @@
 The runner holds the consumer's life (fetch loop, rebalances, shutdown); the parts it drives
 each have their module:
 - `window`: bounded in-flight work, order per document (a chain of tasks per key), fences;
+- `attempts`: one record through its handler: the envelope decoded once (an unreadable one
+  dead-lettered before any handler), retries with backoff, the dead letter;
 - `offsets`: commits of the longest prefix of finished records per partition only;
-- `retries`: backoff, and the schedule of retrying records in the database (survives restarts);
+- `retries`: the backoff policy, and the schedule of retrying records in the database (it
+  survives restarts);
 - `dead_letters`: where a record that cannot be handled goes, with origin, error and attempts.
 
-- The envelope is decoded here, once per record, before any handler: a record that is not a
-  CloudEvent we can read is dead-lettered with the reason, and the handler routed for its topic
-  and event type (`notaflow.routing.Routes`) gets the decoded `Event`. (A bare record handler
-  is still accepted, for tools that read records of their own.)
-- Failures: a TransientFailure is retried with exponential backoff and jitter, blocking only
-  its own document; a PermanentFailure, an invalid document or exhausted retries go to the
-  dead-letter topic, and the partition moves on.
 - Shutdown (SIGTERM -> `stop()`): stop fetching, let in-flight work finish within a grace
   period, commit, leave the group.
 - Rebalances: co-partitioned topics are assigned together (`consumers.assignment`), so one
@@ -33,43 +29,26 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from collections.abc import Coroutine
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import CommitFailedError, KafkaError
-from opentelemetry.trace import SpanKind
 
-from notaflow import tracing
 from notaflow.bus import Publisher, client_options
 from notaflow.consumers.assignment import ASSIGNORS, require_copartitioned, split_assignment
-from notaflow.consumers.errors import Stopping, TransientFailure
+from notaflow.consumers.runtime.attempts import Attempts, RecordHandler, Stats
 from notaflow.consumers.runtime.dead_letters import DeadLetters
 from notaflow.consumers.runtime.offsets import Offsets
 from notaflow.consumers.runtime.retries import RetryPolicy, RetrySchedule
 from notaflow.consumers.runtime.window import Start, Window
-from notaflow.envelope import Event, decode
-from notaflow.errors import InvalidDocument
 from notaflow.logs import log_context, trace_id_of
 from notaflow.metrics import Metrics
 from notaflow.routing import Routes
 from notaflow.settings import Settings
-from notaflow.store.db import transient_error
-from notaflow.store.retries import Coordinates, RetryLedger
+from notaflow.store.retries import RetryLedger
 
 log = logging.getLogger(__name__)
-RecordHandler = Callable[[Any], Awaitable[None]]
-
-
-@dataclass
-class Stats:
-    processed: int = 0
-    retried: int = 0
-    dead_lettered: int = 0
-    left_for_redelivery: int = 0
-    last_progress: float = field(default_factory=time.monotonic)
 
 
 class Runner:
@@ -91,14 +70,6 @@ class Runner:
         self._settings = settings
         self.name = name
         self._topics = topics
-        self._routes = handler if isinstance(handler, Routes) else None
-        self._record_handler = None if isinstance(handler, Routes) else handler
-        self._dead_letters = DeadLetters(name, bus, dead_letter_topic)
-        self._retry = retry or RetryPolicy(
-            settings.consumer_retry_base,
-            settings.consumer_retry_max,
-            settings.consumer_max_attempts,
-        )
         self._schedule = RetrySchedule(name, ledger)
         self._grace = grace
         self._stopping = asyncio.Event()
@@ -109,6 +80,22 @@ class Runner:
         self._consumer: AIOKafkaConsumer | None = None
         self.stats = Stats()
         self.assigned = asyncio.Event()
+        self._attempts = Attempts(
+            name,
+            f"{settings.kafka_group_prefix}{name}",
+            handler,
+            retry
+            or RetryPolicy(
+                settings.consumer_retry_base,
+                settings.consumer_retry_max,
+                settings.consumer_max_attempts,
+            ),
+            self._schedule,
+            DeadLetters(name, bus, dead_letter_topic),
+            self._stopping,
+            self.stats,
+            metrics,
+        )
 
     def stop(self) -> None:
         """Signal-safe: only sets a flag; `run` does the ordered shutdown."""
@@ -236,7 +223,7 @@ class Runner:
             traceparent = context.pop("traceparent", None)
             # The record's ids on every line about it: its attempts, retries and dead letter.
             with timer, log_context(**context):
-                outcome = await self._handle(record, traceparent, fence)
+                outcome = await self._attempts.handle(record, traceparent, fence)
         except BaseException as exc:
             # Not done (shutdown, a revoke, or even the dead-letter publish failed): the offset
             # stays uncommitted and the record comes back to whoever owns the partition next.
@@ -260,129 +247,6 @@ class Runner:
             self._offsets.finished(tp, record.offset)
         finally:
             self._window.release_slot()
-
-    async def _handle(self, record: Any, traceparent: str | None, fence: asyncio.Event) -> str:
-        """Decode the envelope (once, whatever the retries), then handle with retries.
-        Returns the outcome: processed or dead_lettered."""
-        event: Event | None = None
-        if self._routes is not None:
-            try:
-                event = decode(record.headers, record.value)
-            except InvalidDocument as exc:
-                # No handler could read it, now or later: nothing to retry.
-                await self._dead_letter(record, f"invalid: {exc.field}: {exc.message}", 1)
-                self._schedule.finished((record.topic, record.partition, record.offset))
-                return "dead_lettered"
-        return await self._handle_with_retries(record, event, traceparent, fence)
-
-    async def _call(self, record: Any, event: Event | None) -> None:
-        if event is not None and self._routes is not None:
-            await self._routes.dispatch(record.topic, event)
-        elif self._record_handler is not None:
-            await self._record_handler(record)
-
-    async def _handle_with_retries(
-        self, record: Any, event: Event | None, traceparent: str | None, fence: asyncio.Event
-    ) -> str:
-        at: Coordinates = (record.topic, record.partition, record.offset)
-        attempt = 1
-        earlier = await self._schedule.earlier(at)
-        if earlier is not None:
-            # Redelivered after a restart or a rebalance in the middle of its backoff: continue
-            # the schedule where it was, instead of starting over at attempt 1.
-            attempt = earlier.attempts + 1
-            if attempt > self._retry.attempts:
-                await self._dead_letter(record, earlier.last_error or "retries exhausted", attempt)
-                self._schedule.finished(at)
-                return "dead_lettered"
-            wait = (earlier.next_at - datetime.now(UTC)).total_seconds()
-            if wait > 0 and not await self._pause(wait, fence):
-                raise asyncio.CancelledError  # stopping: the next owner resumes the schedule
-        while True:
-            try:
-                # Built only when tracing is on: this runs once per record.
-                attributes: dict[str, Any] = (
-                    {
-                        **tracing.messaging_attributes(
-                            "process",
-                            record.topic,
-                            group=f"{self._settings.kafka_group_prefix}{self.name}",
-                            partition=record.partition,
-                            offset=record.offset,
-                        ),
-                        "notaflow.consumer": self.name,
-                        "notaflow.attempt": attempt,
-                    }
-                    if tracing.enabled()
-                    else {}
-                )
-                with tracing.span(
-                    f"process {record.topic}",
-                    kind=SpanKind.CONSUMER,
-                    parent_traceparent=traceparent,
-                    **attributes,
-                ):
-                    await self._call(record, event)
-                self._schedule.finished(at)
-                return "processed"
-            except Stopping:
-                # Nothing was sent: the next owner of the partition starts this attempt over.
-                raise asyncio.CancelledError from None
-            except InvalidDocument as exc:
-                await self._dead_letter(record, f"invalid: {exc.field}: {exc.message}", attempt)
-                self._schedule.finished(at)
-                return "dead_lettered"
-            except TransientFailure as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                hint = exc.retry_after
-            except asyncio.CancelledError:
-                raise
-            except Exception as exc:
-                # The database's own state (down, restarting, a deadlock, a lock held by
-                # another writer) is transient too: dead-lettering every record through a
-                # database restart would leave an operator to replay them all.
-                if not (getattr(exc, "retriable", False) or transient_error(exc)):
-                    log.warning(
-                        "%s: permanent failure at offset %s: %r", self.name, record.offset, exc
-                    )
-                    await self._dead_letter(record, f"{type(exc).__name__}: {exc}", attempt)
-                    self._schedule.finished(at)
-                    return "dead_lettered"
-                error, hint = f"{type(exc).__name__}: {exc}", None
-            if self._stopping.is_set():
-                # Leave it uncommitted: the next owner of the partition retries it.
-                self._schedule.remember(at, attempt, 0.0, error)
-                raise asyncio.CancelledError
-            if attempt >= self._retry.attempts:
-                await self._dead_letter(record, error, attempt)
-                self._schedule.finished(at)
-                return "dead_lettered"
-            delay = self._retry.delay(attempt, hint)
-            log.info("%s: retry %d in %.2fs: %s", self.name, attempt, delay, error)
-            self.stats.retried += 1
-            if self._metrics is not None:
-                self._metrics.consumer_record(self.name, "retried")
-            self._schedule.remember(at, attempt, delay, error)
-            attempt += 1
-            if not await self._pause(delay, fence):
-                # Stopping or revoked mid-backoff: the ledger has the schedule.
-                raise asyncio.CancelledError
-
-    async def _pause(self, seconds: float, fence: asyncio.Event) -> bool:
-        """Sleep unless a stop is asked for or the partition is revoked; False then."""
-        if self._stopping.is_set() or fence.is_set():
-            return False
-        waits = [asyncio.ensure_future(self._stopping.wait()), asyncio.ensure_future(fence.wait())]
-        try:
-            await asyncio.wait(waits, timeout=seconds, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            for waiting in waits:
-                waiting.cancel()
-        return not (self._stopping.is_set() or fence.is_set())
-
-    async def _dead_letter(self, record: Any, error: str, attempts: int) -> None:
-        await self._dead_letters.send(record, error, attempts)
-        self.stats.dead_lettered += 1
 
     async def flush_retry_state(self) -> None:
         await self._schedule.flush()
