@@ -158,11 +158,7 @@ class Loader:
             )
             records.append((t.document_key(TENANT, KIND, ref), event))
         for start in range(0, len(records), 1000):
-            failed = await self.bus.publish_many(
-                self.topics.provider_events, records[start : start + 1000]
-            )
-            if failed is not None:
-                raise failed
+            await self.bus.publish_many(self.topics.provider_events, records[start : start + 1000])
         return [int(r[0]) for r in rows]
 
     async def backlog(self, notes: int, every: int, prefix: str) -> dict[str, int]:

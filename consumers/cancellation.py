@@ -8,17 +8,19 @@ so the cancel can never overtake the emit command, and it acts on the emission's
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 from notaflow import topics as t
-from notaflow.bus import Bus
+from notaflow.bus import Publisher
 from notaflow.consumers.lifecycle import note_to_cancel, publish_status, reply_status
 from notaflow.consumers.nfce import NfceCanceller
 from notaflow.consumers.providers.focus import FocusClient
-from notaflow.envelope import Event, decode
+from notaflow.envelope import Event
 from notaflow.errors import Permanent
 from notaflow.focus_kinds import BY_CANCEL_TYPE, BY_KIND, NFSE, FocusKind
+from notaflow.routing import Routes
 from notaflow.store import Document, DocumentStore
 from notaflow.store.blob_names import document_path
 from notaflow.store.documents import AUTHORIZED, CANCELLED
@@ -34,7 +36,7 @@ class CancellationConsumer:
         self,
         documents: DocumentStore,
         focus: FocusClient,
-        bus: Bus,
+        bus: Publisher,
         topics: t.Topics,
         nfce: NfceCanceller | None = None,
     ) -> None:
@@ -44,15 +46,20 @@ class CancellationConsumer:
         self._bus = bus
         self._topics = topics
 
-    async def handle(self, record: Any) -> None:
-        event = decode(record.headers, record.value)
-        kind = BY_CANCEL_TYPE.get(event.type)  # a municipal NFS-e or an NFS-e Nacional
-        if kind is not None:
-            await self.cancel(event, kind)
-        elif event.type == t.NFCE_CANCEL:
-            if self._nfce is None:
-                raise Permanent("NFC-e is not configured (NOTAFLOW_EMITES_*)")
-            await self._nfce.cancel(event)
+    def routes(self) -> Routes:
+        """Cancel commands: a municipal NFS-e or an NFS-e Nacional, and NFC-e."""
+        routes = Routes()
+        for event_type, kind in BY_CANCEL_TYPE.items():
+            routes.add(
+                self._topics.nfse_commands, event_type, functools.partial(self.cancel, kind=kind)
+            )
+        routes.add(self._topics.nfce_commands, t.NFCE_CANCEL, self.cancel_nfce)
+        return routes
+
+    async def cancel_nfce(self, event: Event) -> None:
+        if self._nfce is None:
+            raise Permanent("NFC-e is not configured (NOTAFLOW_EMITES_*)")
+        await self._nfce.cancel(event)
 
     async def cancel(self, event: Event, kind: FocusKind = NFSE) -> None:
         data = event.data

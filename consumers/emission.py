@@ -8,11 +8,12 @@ submitted does nothing, a duplicate callback finds its transition already made.
 
 from __future__ import annotations
 
+import functools
 import logging
 from typing import Any
 
 from notaflow import topics as t
-from notaflow.bus import Bus
+from notaflow.bus import Publisher
 from notaflow.consumers.callback_check import (
     CONFIRM_FIRST,
     VERIFIED_BY,
@@ -24,9 +25,10 @@ from notaflow.consumers.lifecycle import publish_if_current, publish_status
 from notaflow.consumers.nfce import NfceEmitter
 from notaflow.consumers.providers.focus import FocusClient
 from notaflow.consumers.providers.urls import ForeignPath
-from notaflow.envelope import Event, decode
+from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument, Permanent, RateLimited, RefInUse, Stopping, Transient
 from notaflow.focus_kinds import BY_EMIT_TYPE, BY_KIND, NFSE, FocusKind
+from notaflow.routing import Routes
 from notaflow.schemas import validator
 from notaflow.store import Document, DocumentStore, TenantStore
 from notaflow.store.blob_names import document_path
@@ -50,7 +52,7 @@ class EmissionConsumer:
         documents: DocumentStore,
         tenants: TenantStore,
         focus: FocusClient,
-        bus: Bus,
+        bus: Publisher,
         topics: t.Topics,
         nfce: NfceEmitter | None = None,
     ) -> None:
@@ -62,18 +64,22 @@ class EmissionConsumer:
         self._bus = bus
         self._topics = topics
 
-    async def handle(self, record: Any) -> None:
-        event = decode(record.headers, record.value)
-        kind = BY_EMIT_TYPE.get(event.type)  # a municipal NFS-e or an NFS-e Nacional
-        if kind is not None:
-            await self.emit(event, kind)
-        elif event.type == t.FOCUS_NFSE_CALLBACK:
-            await self.apply_callback(event)
-        elif event.type == t.NFCE_CREATE:
-            if self._nfce is None:
-                raise Permanent("NFC-e is not configured (NOTAFLOW_EMITES_*)")
-            await self._nfce.create(event)
-        # Other command types on the topic belong to other consumers.
+    def routes(self) -> Routes:
+        """Emit commands (a municipal NFS-e or an NFS-e Nacional), Focus's callbacks, NFC-e
+        creation. Other command types on these topics belong to other consumers."""
+        routes = Routes()
+        for event_type, kind in BY_EMIT_TYPE.items():
+            routes.add(
+                self._topics.nfse_commands, event_type, functools.partial(self.emit, kind=kind)
+            )
+        routes.add(self._topics.nfce_commands, t.NFCE_CREATE, self.create_nfce)
+        routes.add(self._topics.provider_events, t.FOCUS_NFSE_CALLBACK, self.apply_callback)
+        return routes
+
+    async def create_nfce(self, event: Event) -> None:
+        if self._nfce is None:
+            raise Permanent("NFC-e is not configured (NOTAFLOW_EMITES_*)")
+        await self._nfce.create(event)
 
     # -- emit ----------------------------------------------------------------------------------
 

@@ -7,7 +7,7 @@ import logging
 from typing import Any
 
 from notaflow import topics as t
-from notaflow.bus import Bus
+from notaflow.bus import Publisher
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument, Transient
 from notaflow.schemas import validator
@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 
 
 async def publish_status(
-    bus: Bus, topics: t.Topics, doc: Document, source: str, cause: Event
+    bus: Publisher, topics: t.Topics, doc: Document, source: str, cause: Event
 ) -> None:
     """A lifecycle event with a deterministic id: a retry after a crash republishes the same
     id, which downstream consumers deduplicate."""
@@ -38,7 +38,7 @@ async def publish_status(
 
 
 async def publish_if_current(
-    bus: Bus,
+    bus: Publisher,
     topics: t.Topics,
     documents: DocumentStore,
     doc: Document,
@@ -81,7 +81,7 @@ async def publish_if_current(
 
 
 async def reply(
-    bus: Bus, topics: t.Topics, cause: Event, source: str, data: dict[str, Any]
+    bus: Publisher, topics: t.Topics, cause: Event, source: str, data: dict[str, Any]
 ) -> None:
     """The outcome of a synchronous command, for the ingress waiting on `cause.id`."""
     event = Event(
@@ -96,7 +96,7 @@ async def reply(
 
 
 async def reply_status(
-    bus: Bus,
+    bus: Publisher,
     topics: t.Topics,
     cause: Event,
     source: str,
@@ -121,7 +121,7 @@ async def cancelled_by(documents: DocumentStore, doc: Document, cause: Event) ->
 
 async def note_to_cancel(
     documents: DocumentStore,
-    bus: Bus,
+    bus: Publisher,
     topics: t.Topics,
     cause: Event,
     source: str,

@@ -18,7 +18,7 @@ from opentelemetry.trace import SpanKind
 
 from notaflow import topics as t
 from notaflow import tracing
-from notaflow.bus import Bus
+from notaflow.bus import Publisher
 from notaflow.consumers.lifecycle import note_to_cancel, publish_status, reply, reply_status
 from notaflow.consumers.providers.emites import EmitesClient, EmitesReply
 from notaflow.consumers.providers.emites_accounts import EmitesByCompany
@@ -62,7 +62,7 @@ class NfceEmitter:
         documents: DocumentStore,
         tenants: TenantStore,
         emites: EmitesClient | EmitesByCompany,
-        bus: Bus,
+        bus: Publisher,
         topics: t.Topics,
         cnpj: str,
         source: str,
@@ -176,7 +176,7 @@ class NfceEmitter:
 
 class NfceCanceller:
     def __init__(
-        self, documents: DocumentStore, emites: EmitesClient | EmitesByCompany, bus: Bus,
+        self, documents: DocumentStore, emites: EmitesClient | EmitesByCompany, bus: Publisher,
         topics: t.Topics, source: str,
     ) -> None:  # fmt: skip
         self._docs = documents

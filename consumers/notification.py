@@ -31,7 +31,7 @@ from opentelemetry.trace import SpanKind
 
 from notaflow import topics as t
 from notaflow import tracing
-from notaflow.bus import Bus
+from notaflow.bus import Publisher
 from notaflow.consumers.lifecycle import reply
 from notaflow.consumers.mail_templates import (
     NfseLinks,
@@ -42,10 +42,11 @@ from notaflow.consumers.mail_templates import (
 from notaflow.consumers.providers.mailer import Mailer
 from notaflow.consumers.providers.mailer_accounts import MailerByTenant
 from notaflow.consumers.providers.webhooks import HookTarget, WebhookSender, next_attempt_delay
-from notaflow.envelope import Event, decode
+from notaflow.envelope import Event
 from notaflow.errors import Permanent, Transient
 from notaflow.focus_kinds import BY_EMAIL_TYPE, BY_HOOK_TYPE, BY_KIND
 from notaflow.metrics import Metrics
+from notaflow.routing import Routes
 from notaflow.store import (
     Delivery,
     DeliveryStore,
@@ -97,7 +98,7 @@ class NotificationConsumer:
         deliveries: DeliveryStore,
         mailer: Mailer | MailerByTenant | None,
         webhooks: WebhookSender,
-        bus: Bus,
+        bus: Publisher,
         topics: t.Topics,
         settings: NotificationSettings,
         metrics: Metrics | None = None,
@@ -121,14 +122,17 @@ class NotificationConsumer:
         self._topics = topics
         self._settings = settings
 
-    async def handle(self, record: Any) -> None:
-        event = decode(record.headers, record.value)
-        if event.type in (t.NFSE_STATUS, t.NFCE_STATUS):
-            await self.on_status(event)
-        elif event.type in BY_EMAIL_TYPE:
-            await self.on_email(event)
-        elif event.type in BY_HOOK_TYPE:
-            await self.on_refire(event)
+    def routes(self) -> Routes:
+        """Every status on the lifecycle topic; e-mail and hook re-fire commands (both NFS-e
+        kinds) on the command topic."""
+        routes = Routes()
+        for event_type in (t.NFSE_STATUS, t.NFCE_STATUS):
+            routes.add(self._topics.lifecycle, event_type, self.on_status)
+        for event_type in BY_EMAIL_TYPE:
+            routes.add(self._topics.nfse_commands, event_type, self.on_email)
+        for event_type in BY_HOOK_TYPE:
+            routes.add(self._topics.nfse_commands, event_type, self.on_refire)
+        return routes
 
     # -- what to deliver ---------------------------------------------------------------------
 

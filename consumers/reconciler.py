@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from notaflow import topics as t
-from notaflow.bus import Bus
+from notaflow.bus import Publisher
 from notaflow.consumers.providers.focus import FocusClient
 from notaflow.envelope import Event
 from notaflow.errors import Permanent, Transient
@@ -42,7 +42,7 @@ class ReconcileReport:
 
 class Reconciler:
     def __init__(
-        self, documents: DocumentStore, focus: FocusClient, bus: Bus, topics: t.Topics
+        self, documents: DocumentStore, focus: FocusClient, bus: Publisher, topics: t.Topics
     ) -> None:
         self._docs = documents
         self._focus = focus

@@ -24,7 +24,7 @@ from notaflow import billing as b
 from notaflow import topics as t
 from notaflow.brdocs import clean_document
 from notaflow.envelope import Event
-from notaflow.errors import InvalidDocument
+from notaflow.errors import BusUnavailable, InvalidDocument
 from notaflow.ingress.deps import deps
 from notaflow.ingress.dialects import HUBSOFT_FINANCEIRO, FinanceiroError
 from notaflow.ingress.hubsoft import bearer_tenant
@@ -164,9 +164,10 @@ async def eventos(request: Request) -> Response:
         records.append((b.invoice_key(tenant.id, ev.uid), event))
     if errors:
         raise FinanceiroError(400, "Evento(s) inválido(s); nada foi registrado", errors)
-    failure = await d.bus.publish_many(d.topics.billing_events, records)
-    if failure is not None:
-        raise HUBSOFT_FINANCEIRO.unavailable()
+    try:
+        await d.bus.publish_many(d.topics.billing_events, records)
+    except BusUnavailable as exc:
+        raise HUBSOFT_FINANCEIRO.unavailable() from exc
     return FastJSONResponse(
         {
             "status": "success",

@@ -94,10 +94,9 @@ class Intake:
                 )
 
     async def _publish(self, claimed: list[tuple[_Item, Claim]]) -> BusUnavailable | None:
-        error = await self._bus.publish_many(
-            self._topic, [(item[2], item[1]) for item, _ in claimed]
-        )
-        if error is not None:
+        try:
+            await self._bus.publish_many(self._topic, [(item[2], item[1]) for item, _ in claimed])
+        except BusUnavailable as error:
             await self._fail(claimed, error)
             return error
         for item, claim in claimed:

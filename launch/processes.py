@@ -22,7 +22,7 @@ import uvicorn
 from notaflow import tracing
 from notaflow.bus import Bus, ensure_topics
 from notaflow.errors import ConfigurationError
-from notaflow.launch.registry import CONSUMERS, Resources, by_topic
+from notaflow.launch.registry import CONSUMERS, Resources
 from notaflow.replies import ReplyListener, ReplyWaiters
 from notaflow.settings import Settings
 from notaflow.store import (
@@ -173,7 +173,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
     from prometheus_client import CollectorRegistry
 
     from notaflow.consumers.assignment import TopicsNotCoPartitioned
-    from notaflow.consumers.runner import Runner
+    from notaflow.consumers.runtime import Runner
     from notaflow.health import HealthServer, progress_check
     from notaflow.metrics import Metrics
 
@@ -195,8 +195,8 @@ async def run_consumer(settings: Settings, name: str) -> None:
         runner = Runner(
             settings,
             name,
-            list(wired.handlers),
-            by_topic(wired.handlers),
+            wired.routes.topics(),
+            wired.routes,
             bus,
             topics.dead_letter,
             concurrency=wired.window,

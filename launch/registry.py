@@ -15,11 +15,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from notaflow import topics as t
+from notaflow.routing import Routes
 from notaflow.settings import Settings
 from notaflow.topics import Topics
 
@@ -34,8 +35,6 @@ if TYPE_CHECKING:
     from notaflow.consumers.providers.mailer import Mailer
     from notaflow.metrics import Metrics
     from notaflow.store import DocumentStore
-
-Handler = Callable[[Any], Awaitable[None]]
 
 # Seconds the notification consumer keeps an idle SMTP connection for its next send.
 SMTP_KEEP_ALIVE = 10.0
@@ -59,9 +58,10 @@ class Resources:
 
 @dataclass(frozen=True)
 class Wired:
-    """A consumer ready to run: its handler for each topic it reads, in subscription order."""
+    """A consumer ready to run: its handlers by (topic, event type); the runner subscribes to
+    the routes' topics and calls each handler with the decoded event."""
 
-    handlers: Mapping[str, Handler]
+    routes: Routes
     # Records the runner keeps in flight (provider_window or plain_window: why two sizes).
     window: int
     # Called on SIGTERM/SIGINT beside the runner's own stop.
@@ -89,20 +89,6 @@ def plain_window(settings: Settings) -> int:
     """The other consumers' work (SMTP, webhooks, the database) has no limit of its own, so
     their window is the limit."""
     return settings.consumer_window or settings.consumer_concurrency
-
-
-def by_topic(handlers: Mapping[str, Handler]) -> Handler:
-    """The runner's one handler: the consumer's own when every topic has the same one (no call
-    in between on the hot path), otherwise one that picks by the record's topic."""
-    distinct = set(handlers.values())
-    if len(distinct) == 1:
-        return distinct.pop()
-    table = dict(handlers)
-
-    async def dispatch(record: Any) -> None:
-        await table[record.topic](record)
-
-    return dispatch
 
 
 # -- the clients builders share ----------------------------------------------------------------
@@ -204,7 +190,7 @@ def build_emission(res: Resources) -> Wired:
     )  # fmt: skip
     emission = EmissionConsumer(res.documents, tenants, focus, res.bus, res.topics, nfce)
     return Wired(
-        dict.fromkeys(emission_topics(res.topics), emission.handle),
+        emission.routes(),
         provider_window(res.settings),
         # Records still waiting for a call slot are left for redelivery.
         on_stop=(focus.stop_calls,),
@@ -225,7 +211,7 @@ def build_cancellation(res: Resources) -> Wired:
     )
     cancellation = CancellationConsumer(res.documents, focus, res.bus, res.topics, nfce)
     return Wired(
-        dict.fromkeys(cancellation_topics(res.topics), cancellation.handle),
+        cancellation.routes(),
         provider_window(res.settings),
         on_stop=(focus.stop_calls,),
     )
@@ -290,11 +276,7 @@ def build_notification(res: Resources) -> Wired:
     # Registered after the clients, so the loop has ended before they close; whatever unwinds
     # the stack (a stop, or a failure before the runner started) ends the loop first.
     res.closing.push_async_callback(_end, retries, res.stopping)
-    lifecycle, commands, billing = notification_topics(res.topics)
-    return Wired(
-        {lifecycle: notification.handle, commands: notification.handle, billing: invoices.handle},
-        plain_window(s),
-    )
+    return Wired(notification.routes().include(invoices.routes(res.topics)), plain_window(s))
 
 
 async def _end(task: asyncio.Task[None], stopping: asyncio.Event) -> None:
@@ -312,9 +294,7 @@ def build_billing(res: Resources) -> Wired:
     from notaflow.store.invoices import InvoiceStore
 
     events = BillingEvents(InvoiceStore(res.engine))
-    return Wired(
-        dict.fromkeys(billing_topics(res.topics), events.handle), plain_window(res.settings)
-    )
+    return Wired(events.routes(res.topics), plain_window(res.settings))
 
 
 CONSUMERS: dict[str, Builder] = {

@@ -1,7 +1,9 @@
 """Kafka wiring: the producer the ingress and consumers publish with, and topic creation.
 
 A 2xx from the ingress means the record is acknowledged by every in-sync replica (acks=all), so
-`publish` waits for the ack and turns every Kafka failure into `BusUnavailable` (HTTP 503).
+`publish` and `publish_many` wait for the acks and raise `BusUnavailable` (HTTP 503) for every
+Kafka failure. `Publisher` is what the consumers need of a bus: `Bus` here, or the in-memory one
+of `notaflow.testing` in unit tests.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import struct
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.abc import AbstractTokenProvider
@@ -118,6 +120,19 @@ class FileTokenProvider(AbstractTokenProvider):
         return (await asyncio.to_thread(self._path.read_text)).strip()
 
 
+class Publisher(Protocol):
+    """What a consumer publishes with: events, batches of them, and raw records (dead letters).
+    Every method raises BusUnavailable when the records were not acknowledged."""
+
+    async def publish(self, topic: str, event: Event, key: bytes) -> None: ...
+
+    async def publish_many(self, topic: str, records: list[tuple[bytes, Event]]) -> None: ...
+
+    async def publish_raw(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None: ...
+
+
 class Bus:
     """One producer per process. Starts even when Kafka is down and keeps trying, so the ingress
     can come up, answer 503 and report not-ready instead of crash-looping."""
@@ -213,9 +228,10 @@ class Bus:
                 ack = await producer.send(topic, event.value(), key=key, headers=headers)
                 await ack
 
-    async def publish_many(
-        self, topic: str, records: list[tuple[bytes, Event]]
-    ) -> BusUnavailable | None:
+    async def publish_many(self, topic: str, records: list[tuple[bytes, Event]]) -> None:
+        """Publish many records and wait for every ack; raise BusUnavailable as `publish` does
+        (the caller treats the whole batch as not accepted: a record acknowledged anyway is a
+        harmless duplicate for the idempotent consumers)."""
         if not tracing.enabled():
             return await self._publish_many(topic, records)
         # One PRODUCER span for the batch; each record keeps the traceparent of the request it
@@ -225,25 +241,22 @@ class Bus:
             kind=SpanKind.PRODUCER,
             **tracing.messaging_attributes("send", topic, batch=len(records)),
         ) as current:
-            error = await self._publish_many(topic, records)
-            if error is not None and current is not None:
-                current.set_status(StatusCode.ERROR, str(error))
-            return error
+            try:
+                await self._publish_many(topic, records)
+            except BusUnavailable as error:
+                if current is not None:
+                    current.set_status(StatusCode.ERROR, str(error))
+                raise
 
-    async def _publish_many(
-        self, topic: str, records: list[tuple[bytes, Event]]
-    ) -> BusUnavailable | None:
-        """Publish many records with one batch per partition and wait for every ack.
+    async def _publish_many(self, topic: str, records: list[tuple[bytes, Event]]) -> None:
+        """One batch per partition and wait for every ack.
 
         The per-record path of `send()` costs tens of microseconds of Python per record;
         building the batches here (the default murmur2 partitioner, so keys land where any
-        Kafka client would put them) makes a busy ingress pay that once per batch. Returns
-        None when all were acknowledged, else the error (the caller treats the whole batch
-        as not accepted: a record acknowledged anyway is a harmless duplicate for the
-        idempotent consumers)."""
+        Kafka client would put them) makes a busy ingress pay that once per batch."""
         producer = self._producer
         if producer is None:
-            return BusUnavailable("Kafka is not connected")
+            raise BusUnavailable("Kafka is not connected")
         try:
             partitions = sorted(await producer.partitions_for(topic))
             batches: dict[int, list[Any]] = {}
@@ -258,7 +271,7 @@ class Bus:
                 ):
                     batch = producer.create_batch()
                     if batch.append(timestamp=None, key=key, value=value, headers=headers) is None:
-                        return BusUnavailable("record larger than the producer's batch size")
+                        raise BusUnavailable("record larger than the producer's batch size")
                     open_batches.append(batch)
             # One of our batches pending per partition at a time: aiokafka's add_batch
             # subtracts the whole elapsed time on every wait, so batches queued behind several
@@ -272,7 +285,7 @@ class Bus:
                 await asyncio.wait(waiting)
                 if any(f.cancelled() or f.exception() is not None for f in waiting):
                     self._ready = False
-                    return BusUnavailable("Kafka failed the batches queued ahead of these")
+                    raise BusUnavailable("Kafka failed the batches queued ahead of these")
             acks = []
             for partition, open_batches in batches.items():
                 for batch in open_batches:
@@ -290,9 +303,8 @@ class Bus:
                     await ack
         except (KafkaError, TimeoutError, OSError) as exc:
             self._ready = False
-            return BusUnavailable(f"Kafka did not acknowledge the records: {exc!r}")
+            raise BusUnavailable(f"Kafka did not acknowledge the records: {exc!r}") from exc
         self._ready, self._ready_at = True, time.monotonic()
-        return None
 
     async def publish_raw(
         self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]

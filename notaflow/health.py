@@ -37,7 +37,7 @@ _TOO_LARGE = b"TOO-LARGE"  # no spaces: answered 400 like any malformed request 
 
 
 class ProgressStats(Protocol):
-    """What `progress_check` reads (consumers.runner.Stats has it)."""
+    """What `progress_check` reads (consumers.runtime.Stats has it)."""
 
     last_progress: float  # time.monotonic() of the last finished record
 

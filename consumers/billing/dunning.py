@@ -8,7 +8,7 @@ from typing import Any
 
 from notaflow import billing as b
 from notaflow import topics as t
-from notaflow.bus import Bus
+from notaflow.bus import Publisher
 from notaflow.envelope import Event
 from notaflow.store.invoices import (
     BillingConfigStore,
@@ -28,7 +28,7 @@ class DunningJob:
         invoices: InvoiceStore,
         config: BillingConfigStore,
         dunning: DunningStore,
-        bus: Bus,
+        bus: Publisher,
         commands_topic: str,
         links: b.Links,
     ) -> None:

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from notaflow import billing as b
 from notaflow import topics as t
-from notaflow.envelope import decode
+from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument, Permanent
+from notaflow.routing import Routes
 from notaflow.store.invoices import InvoiceStore
 
 log = logging.getLogger(__name__)
@@ -18,10 +18,10 @@ class BillingEvents:
     def __init__(self, invoices: InvoiceStore) -> None:
         self._invoices = invoices
 
-    async def handle(self, record: Any) -> None:
-        event = decode(record.headers, record.value)
-        if event.type != t.INVOICE_EVENT:
-            return
+    def routes(self, topics: t.Topics) -> Routes:
+        return Routes().add(topics.billing_events, t.INVOICE_EVENT, self.apply)
+
+    async def apply(self, event: Event) -> None:
         tenant = str(event.data.get("tenant") or event.tenant)
         if not tenant:
             raise Permanent("invoice event without tenant")

@@ -12,9 +12,10 @@ from urllib.parse import urlsplit
 from notaflow import schemas
 from notaflow import topics as t
 from notaflow.consumers.providers.mailer import Mailer
-from notaflow.envelope import Event, decode
+from notaflow.envelope import Event
 from notaflow.errors import Permanent, Transient
 from notaflow.invoice_pdf import render_invoice_pdf
+from notaflow.routing import Routes
 from notaflow.store.deliveries import PENDING
 from notaflow.store.invoices import (
     BillingConfigStore,
@@ -45,10 +46,8 @@ class BillingMailer:
         self._mailer = mailer
         self._domain = urlsplit(public_url).hostname or "notaflow"
 
-    async def handle(self, record: Any) -> None:
-        event = decode(record.headers, record.value)
-        if event.type == t.INVOICE_MAIL:
-            await self.send(event)
+    def routes(self, topics: t.Topics) -> Routes:
+        return Routes().add(topics.billing_commands, t.INVOICE_MAIL, self.send)
 
     async def send(self, event: Event) -> None:
         data = event.data

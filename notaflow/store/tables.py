@@ -181,7 +181,7 @@ delivery_attempts = sa.Table(
 
 # Retries under way, one row per Kafka record that failed transiently and is waiting for its
 # next attempt. The record itself stays uncommitted in Kafka; this row is what makes its
-# attempt count and next due time survive a restart (see consumers/runner.py).
+# attempt count and next due time survive a restart (see consumers/runtime/retries.py).
 consumer_retries = sa.Table(
     "consumer_retries",
     metadata,

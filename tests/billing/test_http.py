@@ -27,6 +27,7 @@ from notaflow import billing as b
 from notaflow.bus import Bus, ensure_topics
 from notaflow.consumers.billing import BillingEvents, BillingMailer, DunningJob
 from notaflow.consumers.providers.mailer import Mailer, SmtpConfig
+from notaflow.envelope import decode
 from notaflow.ingress import hubsoft_financeiro, wuro
 from notaflow.ingress.app import create_app
 from notaflow.ingress.auth import TenantCache
@@ -160,7 +161,7 @@ async def publish_and_apply(w: World, events: list[dict[str, Any]], offset: int 
     assert r.status_code == 202, r.text
     records = await w.drain(Topics(w.prefix).billing_events, offset + len(events))
     for record in records[offset:]:
-        await w.events.handle(record)
+        await w.events.apply(decode(record.headers, record.value))
 
 
 async def test_events_route_out_of_order_and_duplicates(world: World) -> None:
@@ -311,8 +312,8 @@ def pdf_text(message: EmailMessage) -> str | None:
 
 async def mail_through_kafka(w: World, count: int) -> list[Any]:
     for record in await w.drain(Topics(w.prefix).billing_commands, count):
-        await w.mailer.handle(record)
-        await w.mailer.handle(record)  # a redelivery sends nothing
+        await w.mailer.send(decode(record.headers, record.value))
+        await w.mailer.send(decode(record.headers, record.value))  # a redelivery sends nothing
     return list(w.sink.received)
 
 

@@ -37,7 +37,8 @@ from notaflow.consumers.assignment import (
     copartition_problem,
     split_assignment,
 )
-from notaflow.consumers.runner import RetryPolicy, Runner, _Partition
+from notaflow.consumers.runtime import RetryPolicy, Runner
+from notaflow.consumers.runtime.offsets import PartitionOffsets as _Partition
 from notaflow.errors import InvalidDocument, Permanent, RateLimited, Stopping, Transient
 from notaflow.settings import Settings
 from notaflow.store import RetryLedger, create_engine, migrate
@@ -860,6 +861,6 @@ async def test_revoke_cancels_what_outlives_the_grace_period(fast: Settings) -> 
         began = time.monotonic()
         await run.runner.release({TopicPartition(topic, 0)})
         assert time.monotonic() - began < 2.5
-        assert not run.runner._tasks  # cancelled: nothing of it can act after the release
+        assert not run.runner._window.tasks  # cancelled: nothing of it can act after the release
         assert await committed(one, "notaflow-fencehang", TopicPartition(topic, 0)) is None
         await run.stop()

@@ -9,17 +9,17 @@ import asyncio
 import contextlib
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
+from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.launch import devstack
 from notaflow.launch.cli import _parser
-from notaflow.launch.registry import CONSUMERS, Resources, Wired, by_topic
+from notaflow.launch.registry import CONSUMERS, Resources, Wired
 from notaflow.metrics import Metrics
 from notaflow.settings import Settings
 from notaflow.store import DocumentStore, create_engine, migrate
@@ -91,8 +91,7 @@ async def test_each_builder_handles_exactly_its_declared_topics(
     builder = CONSUMERS[name]
     wired = builder.build(resources)
     assert isinstance(wired, Wired)
-    assert tuple(wired.handlers) == builder.topics(resources.topics)
-    assert all(callable(h) for h in wired.handlers.values())
+    assert tuple(wired.routes.topics()) == builder.topics(resources.topics)
     focus_consumer = name in ("emission", "cancellation")
     assert wired.window == (28 if focus_consumer else 7)
     assert len(wired.on_stop) == (1 if focus_consumer else 0)
@@ -102,12 +101,10 @@ async def test_the_notification_consumer_hands_invoice_mails_to_the_billing_mail
     resources: Resources,
 ) -> None:
     wired = CONSUMERS["notification"].build(resources)
-    owners = {topic: type(h.__self__).__name__ for topic, h in wired.handlers.items()}  # type: ignore[attr-defined]
-    assert owners == {
-        "t.lifecycle": "NotificationConsumer",
-        "t.nfse.commands": "NotificationConsumer",
-        "t.billing.commands": "BillingMailer",
-    }
+    mails = wired.routes.find("t.billing.commands", t.INVOICE_MAIL)
+    assert type(mails.__self__).__name__ == "BillingMailer"  # type: ignore[union-attr]
+    status = wired.routes.find("t.lifecycle", t.NFSE_STATUS)
+    assert type(status.__self__).__name__ == "NotificationConsumer"  # type: ignore[union-attr]
 
 
 def test_the_window_setting_overrides_both_defaults(tmp_path: Path) -> None:
@@ -117,24 +114,6 @@ def test_the_window_setting_overrides_both_defaults(tmp_path: Path) -> None:
     assert (provider_window(s), plain_window(s)) == (20, 5)
     s = s.replace(consumer_window=9)
     assert (provider_window(s), plain_window(s)) == (9, 9)
-
-
-async def test_by_topic_calls_the_handler_of_the_record_s_topic() -> None:
-    seen: list[tuple[str, int]] = []
-
-    def recorder(label: str) -> Any:
-        async def handle(record: Any) -> None:
-            seen.append((label, record.offset))
-
-        return handle
-
-    one = recorder("one")
-    # One handler for every topic: the runner gets it as it is, with nothing in between.
-    assert by_topic({"a": one, "b": one}) is one
-    dispatch = by_topic({"a": one, "b": recorder("two")})
-    await dispatch(SimpleNamespace(topic="b", offset=1))
-    await dispatch(SimpleNamespace(topic="a", offset=2))
-    assert seen == [("two", 1), ("one", 2)]
 
 
 async def test_unwinding_the_exit_stack_ends_the_background_loop_first(tmp_path: Path) -> None:

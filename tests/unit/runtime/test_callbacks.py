@@ -1,0 +1,127 @@
+"""The Focus callback path of the EmissionConsumer: applied once, checked against Focus when it
+cannot be believed as sent, and right whether it comes after our record of the POST's answer
+or before it (a crash between the POST and that record)."""
+
+from __future__ import annotations
+
+import pytest
+
+from notaflow.consumers.emission import provider_ref
+from notaflow.errors import InvalidDocument
+from notaflow.focus_kinds import NFSE
+from notaflow.store.documents import AUTHORIZED, ERROR, PROCESSING
+from tests.erp_documents import PRESTADOR_CNPJ
+from tests.unit.runtime.conftest import World
+
+PROCESSANDO = "processando_autorizacao"
+
+
+async def emitted(world: World, ref: str, **servico: str) -> str:
+    """A note handed to Focus by its command; returns our provider ref."""
+    event = world.emit_command(ref, document=world.nfse(**servico) if servico else None)
+    doc = await world.claim(ref, event)
+    await world.command(event)
+    return provider_ref(doc)
+
+
+async def test_an_authorization_after_the_answer_is_applied_with_our_own_xml_name(
+    world: World,
+) -> None:
+    pref = await emitted(world, "r1")
+    body = await world.at_focus(pref, "autorizado")
+    consultas = world.sandbox.stats.consultas[pref]
+    await world.callback(body)
+    doc = await world.doc("r1")
+    assert doc.status == AUTHORIZED
+    assert doc.result["numero"] == body["numero"]
+    # Believed as sent: it agrees with the XML downloaded from Focus, no GET spent.
+    assert world.sandbox.stats.consultas[pref] == consultas
+    ours = doc.result["caminho_xml_nota_fiscal"]
+    assert ours != body["caminho_xml_nota_fiscal"]
+    stored = await world.docs.get_blob(ours)
+    assert stored is not None and f">{body['codigo_verificacao']}<" in stored[1].decode()
+    assert world.statuses() == [PROCESSANDO, AUTHORIZED]
+
+
+async def test_a_duplicate_callback_republishes_the_same_event_and_changes_nothing(
+    world: World,
+) -> None:
+    pref = await emitted(world, "r1")
+    body = await world.at_focus(pref, "autorizado")
+    await world.callback(body)
+    before = await world.doc("r1")
+    await world.callback(body)
+    assert (await world.doc("r1")).updated_at == before.updated_at
+    events = world.bus.events(world.topics.lifecycle)
+    assert [e.data["status"] for e in events] == [PROCESSANDO, AUTHORIZED, AUTHORIZED]
+    assert events[1].id == events[2].id  # downstream deduplicates the copy
+
+
+async def test_a_callback_before_the_answer_was_recorded_keeps_the_stream_in_order(
+    world: World,
+) -> None:
+    """Crash after the POST, before its event and record; after the restart the callback is
+    fetched ahead of the redelivered command."""
+    event = world.emit_command("r1")
+    doc = await world.claim("r1", event)
+    pref = provider_ref(doc)
+    await world.docs.set_provider_ref(doc.id, doc.attempt, pref)
+    await world.focus.emit_document(NFSE.api_path, pref, doc.payload)
+    await world.callback(await world.at_focus(pref, "autorizado"))
+    applied = await world.doc("r1")
+    assert (applied.status, applied.submitted_at is not None) == (AUTHORIZED, True)
+    assert world.statuses() == [PROCESSANDO, AUTHORIZED]
+    await world.command(event)  # the redelivered command finds the note handed over
+    assert world.posts(pref) == 1
+    assert world.statuses() == [PROCESSANDO, AUTHORIZED]
+
+
+async def test_a_refusal_is_applied_only_as_focus_confirms_it(world: World) -> None:
+    pref = await emitted(world, "r1", discriminacao="Obra [sandbox:erro]")
+    body = await world.at_focus(pref, ERROR)
+    consultas = world.sandbox.stats.consultas[pref]
+    await world.callback(body)
+    doc = await world.doc("r1")
+    assert doc.status == ERROR
+    assert doc.erros is not None and doc.erros[0]["codigo"] == "E999"
+    assert world.sandbox.stats.consultas[pref] == consultas + 1  # frees the ref: asked first
+    assert world.statuses() == [PROCESSANDO, ERROR]
+
+
+async def test_a_forged_authorization_is_not_applied(world: World) -> None:
+    pref = await emitted(world, "r1", discriminacao="Obra [sandbox:delay=60]")
+    forged = {
+        "ref": pref,
+        "status": AUTHORIZED,
+        "cnpj_prestador": PRESTADOR_CNPJ,
+        "numero": "1",
+        "codigo_verificacao": "AB12-CD3",
+        "caminho_xml_nota_fiscal": "/notas_fiscais_servico/forjada.xml",
+    }
+    await world.callback(forged)
+    # The XML is not on Focus: Focus was asked, and it says the note is still processing.
+    assert (await world.doc("r1")).status == PROCESSING
+    assert world.sandbox.stats.consultas[pref] == 1
+    assert world.statuses() == [PROCESSANDO]
+
+
+async def test_a_processing_callback_is_ignored(world: World) -> None:
+    pref = await emitted(world, "r1", discriminacao="Obra [sandbox:delay=60]")
+    await world.callback({"ref": pref, "status": PROCESSANDO, "cnpj_prestador": PRESTADOR_CNPJ})
+    assert (await world.doc("r1")).status == PROCESSING
+    assert world.statuses() == [PROCESSANDO]
+
+
+async def test_a_callback_for_a_ref_we_never_used_is_an_invalid_document(world: World) -> None:
+    with pytest.raises(InvalidDocument, match="ref desconhecida"):
+        await world.callback({"ref": "N999A1", "status": AUTHORIZED})
+
+
+async def test_a_late_refusal_after_the_cancellation_is_ignored(world: World) -> None:
+    pref = await emitted(world, "r1")
+    await world.callback(await world.at_focus(pref, AUTHORIZED))
+    await world.command(world.cancel_command("r1"), world.cancellation)
+    assert (await world.doc("r1")).status == "cancelado"
+    await world.callback({"ref": pref, "status": ERROR, "cnpj_prestador": PRESTADOR_CNPJ})
+    assert (await world.doc("r1")).status == "cancelado"
+    assert world.statuses() == [PROCESSANDO, AUTHORIZED, "cancelado"]

@@ -1,0 +1,116 @@
+"""CancellationConsumer, branch by branch: what a cancel command finds (no note, a note still
+being authorized, refused, authorized, cancelled), what Focus answers to the DELETE, and the
+answer the waiting ingress gets, also for a redelivered command."""
+
+from __future__ import annotations
+
+import pytest
+
+from notaflow.consumers.emission import provider_ref
+from notaflow.errors import Transient
+from notaflow.focus_kinds import NFSE
+from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
+from tests.unit.runtime.conftest import JUSTIFICATIVA, World
+
+
+async def authorized(world: World, ref: str, **servico: str) -> str:
+    """An authorized note (its command, Focus's decision, the callback); returns its provider
+    ref."""
+    event = world.emit_command(ref, document=world.nfse(**servico) if servico else None)
+    doc = await world.claim(ref, event)
+    await world.command(event)
+    pref = provider_ref(doc)
+    await world.callback(await world.at_focus(pref, AUTHORIZED))
+    assert (await world.doc(ref)).status == AUTHORIZED
+    return pref
+
+
+async def test_cancelling_an_unknown_note_answers_nao_encontrado(world: World) -> None:
+    await world.command(world.cancel_command("ghost"), world.cancellation)
+    assert [r["status"] for r in world.replies()] == ["nao_encontrado"]
+    assert world.sandbox.stats.cancellations == {}
+
+
+async def test_a_cancel_waits_while_the_note_is_being_authorized(world: World) -> None:
+    event = world.emit_command("r1", document=world.nfse(discriminacao="Obra [sandbox:delay=60]"))
+    await world.claim("r1", event)
+    await world.command(event)
+    with pytest.raises(Transient, match="processamento"):
+        await world.command(world.cancel_command("r1"), world.cancellation)
+    assert world.replies() == []
+    assert world.sandbox.stats.cancellations == {}
+
+
+async def test_cancelling_a_refused_note_answers_nfe_nao_autorizada(world: World) -> None:
+    event = world.emit_command("r1", document=world.nfse(discriminacao="[sandbox:delay=x]"))
+    await world.claim("r1", event)
+    await world.command(event)
+    assert (await world.doc("r1")).status == ERROR
+    await world.command(world.cancel_command("r1"), world.cancellation)
+    assert [r["status"] for r in world.replies()] == ["nfe_nao_autorizada"]
+
+
+async def test_an_authorized_note_is_cancelled_at_focus_and_answered(world: World) -> None:
+    pref = await authorized(world, "r1")
+    command = world.cancel_command("r1")
+    await world.command(command, world.cancellation)
+    doc = await world.doc("r1")
+    assert doc.status == CANCELLED
+    # Focus's cancellation XML is kept under a name of our own before the note shows it.
+    ours = doc.result["caminho_xml_cancelamento"]
+    assert ours != (await world.at_focus(pref, CANCELLED))["caminho_xml_cancelamento"]
+    assert await world.docs.get_blob(ours) is not None
+    assert world.sandbox.stats.cancellations[pref] == 1
+    assert world.replies() == [{"command_id": command.id, "status": "cancelado"}]
+    assert world.statuses()[-1] == CANCELLED
+
+
+async def test_a_redelivered_cancel_answers_cancelado_again_without_a_second_delete(
+    world: World,
+) -> None:
+    pref = await authorized(world, "r1")
+    command = world.cancel_command("r1")
+    record = await world.command(command, world.cancellation)
+    await world.bus.deliver(world.cancellation, record)
+    assert [r["status"] for r in world.replies()] == ["cancelado", "cancelado"]
+    assert world.sandbox.stats.cancellations[pref] == 1
+    assert world.statuses().count(CANCELLED) == 1
+    # Another command for the cancelled note: it did not cancel it.
+    await world.command(world.cancel_command("r1"), world.cancellation)
+    assert world.replies()[-1]["status"] == "nfe_cancelada"
+
+
+async def test_a_crash_after_the_delete_is_repaired_by_the_redelivery(world: World) -> None:
+    """Focus cancelled the note, the process died before recording it: the redelivered command's
+    DELETE is answered nfe_cancelada, which means ours got through."""
+    pref = await authorized(world, "r1")
+    answer = await world.focus.cancel_document(NFSE.api_path, pref, JUSTIFICATIVA)
+    assert answer.body["status"] == "cancelado"
+    await world.command(world.cancel_command("r1"), world.cancellation)
+    doc = await world.doc("r1")
+    assert doc.status == CANCELLED
+    # The DELETE's refusal names no XML: Focus's GET does, and it is kept.
+    assert await world.docs.get_blob(doc.result["caminho_xml_cancelamento"]) is not None
+    assert [r["status"] for r in world.replies()] == ["cancelado"]
+
+
+async def test_a_cancel_focus_refuses_is_answered_with_its_errors(world: World) -> None:
+    await authorized(world, "r1", discriminacao="Obra [sandbox:nao_cancela]")
+    await world.command(world.cancel_command("r1"), world.cancellation)
+    doc = await world.doc("r1")
+    assert doc.status == AUTHORIZED
+    (answer,) = world.replies()
+    assert answer["status"] == "erro_cancelamento"
+    assert answer["erros"][0]["codigo"] == "E523"
+    history = await world.docs.history(doc.id)
+    assert history[-1]["status"] == "erro_cancelamento"
+
+
+async def test_the_other_consumers_commands_are_left_to_them(world: World) -> None:
+    event = world.emit_command("r1")
+    await world.claim("r1", event)
+    assert not await world.bus.deliver(
+        world.cancellation,
+        await world.bus.send(world.topics.nfse_commands, event, b"k"),
+    )
+    assert world.sandbox.stats.posts == {}
