@@ -14,14 +14,13 @@ from typing import Any
 from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.consumers.errors import PermanentFailure
-from notaflow.consumers.lifecycle import note_to_cancel, publish_status, reply_status
+from notaflow.consumers.lifecycle_events import note_to_cancel, publish_status, reply_status
 from notaflow.consumers.nfce import NfceCanceller
 from notaflow.consumers.providers.focus import FocusClient
 from notaflow.envelope import Event, decode
 from notaflow.focus_kinds import BY_CANCEL_TYPE, BY_KIND, NFSE, FocusKind
+from notaflow.lifecycle import AUTHORIZED, CANCELLED, xml_path
 from notaflow.store import Document, DocumentStore
-from notaflow.store.blob_names import document_path
-from notaflow.store.documents import AUTHORIZED, CANCELLED
 from notaflow.views import result_from_provider
 
 log = logging.getLogger(__name__)
@@ -105,8 +104,8 @@ class CancellationConsumer:
         path = result.get("caminho_xml_cancelamento")
         if path and path != doc.result.get("caminho_xml_cancelamento"):
             xml = await self._focus.download(str(path))
-            # Served under a name of our own, as the authorized XML (notaflow.store.blob_names).
-            ours = document_path(doc.kind)
+            # Served under a name of our own, as the authorized XML (notaflow.lifecycle).
+            ours = xml_path(doc.kind)
             await self._docs.put_blob(ours, doc.tenant_id, "application/xml", xml)
             result["caminho_xml_cancelamento"] = ours
 

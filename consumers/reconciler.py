@@ -23,12 +23,11 @@ from notaflow.consumers.errors import ConsumerError
 from notaflow.consumers.providers.focus import FocusClient
 from notaflow.envelope import Event
 from notaflow.focus_kinds import BY_KIND
+from notaflow.lifecycle import OUTCOMES, PROCESSING
 from notaflow.store import Document, DocumentStore
-from notaflow.store.documents import PROCESSING
 
 log = logging.getLogger(__name__)
 SOURCE = "notaflow/reconciler"
-OUTCOMES = frozenset({"autorizado", "erro_autorizacao", "cancelado"})
 
 
 @dataclass

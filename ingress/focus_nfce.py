@@ -18,10 +18,18 @@ from notaflow.ingress.deps import deps
 from notaflow.ingress.errors import FocusError, invalid, not_found, unavailable
 from notaflow.ingress.focus_nfse import authenticate, focus_json, query_value
 from notaflow.ingress.responses import FastJSONResponse
+from notaflow.lifecycle import (
+    AUTHORIZED,
+    ERROR,
+    NFCE_DANFE,
+    NFCE_XML,
+    PROCESSING,
+    is_issued,
+    nfce_blob,
+)
 from notaflow.nfce import normalize_nfce, omitted_notices, validate_motivo
 from notaflow.nfse import validate_ref
 from notaflow.store import ClaimRequest
-from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
 from notaflow.tracing import outgoing_traceparent
 from notaflow.views import nfce_view
 
@@ -69,7 +77,7 @@ async def create_nfce(request: Request) -> Response:
         )
     except RefInUse as exc:
         d.waiters.forget(command_id)
-        if exc.status in (AUTHORIZED, CANCELLED):
+        if is_issued(exc.status):
             raise FocusError(422, "nfe_autorizada", "Nota fiscal já autorizada") from exc
         raise FocusError(422, "em_processamento", "Nota fiscal em processamento") from exc
     except BusUnavailable as exc:
@@ -78,7 +86,7 @@ async def create_nfce(request: Request) -> Response:
     outcome = await d.waiters.wait(command_id, d.settings.nfce_wait)
     if outcome is None or not isinstance(outcome.get("note"), dict):
         doc = await d.documents.get(tenant.id, KIND, ref)
-        body = nfce_view(doc) if doc else {"ref": ref, "status": "processando_autorizacao"}
+        body = nfce_view(doc) if doc else {"ref": ref, "status": PROCESSING}
         return FastJSONResponse({**body, **notices}, status_code=202)
     note = outcome["note"]
     code = {AUTHORIZED: 201, ERROR: 422}.get(note.get("status"), 202)
@@ -125,8 +133,8 @@ async def nfce_file(request: Request) -> Response:
     doc = await d.documents.get(tenant.id, KIND, request.path_params["ref"])
     if doc is None:
         raise not_found()
-    name = "danfe.pdf" if request.url.path.endswith("danfe.pdf") else "nfce.xml"
-    blob = await d.documents.get_blob(f"nfce/{doc.id}/{name}")
+    name = NFCE_DANFE if request.url.path.endswith("danfe.pdf") else NFCE_XML
+    blob = await d.documents.get_blob(nfce_blob(doc.id, name))
     if blob is None:
         raise not_found()
     content_type, data = blob

@@ -24,8 +24,8 @@ from notaflow.ingress.body import BodyNotJson, BodyTooLarge, read_json
 from notaflow.ingress.deps import IngressDeps, deps
 from notaflow.ingress.errors import IngressError
 from notaflow.ingress.responses import FastJSONResponse
+from notaflow.lifecycle import can_email
 from notaflow.store import Tenant
-from notaflow.store.documents import AUTHORIZED, CANCELLED
 
 SOURCE = "notaflow/ingress/hubsoft"
 TIPOS = ("nf_telecom", "nfe", "nfse")
@@ -83,7 +83,7 @@ async def enviar_email(request: Request) -> Response:
     # tipo_documento nfse names a municipal NFS-e or an NFS-e Nacional: both are services.
     if doc is None or doc.tenant_id != tenant.id or doc.kind not in BY_KIND:
         raise HubsoftError(404, "Nota fiscal não encontrada")
-    if doc.status not in (AUTHORIZED, CANCELLED):
+    if not can_email(doc.status):
         raise HubsoftError(400, "A nota fiscal ainda não foi autorizada")
     if not d.settings.smtp_host:
         raise HubsoftError(400, "Nenhum servidor de e-mail válido configurado para o envio")

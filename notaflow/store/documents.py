@@ -21,21 +21,10 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from notaflow.errors import RefInUse
+from notaflow.lifecycle import ERROR, PROCESSING, ref_reusable, sources
 from notaflow.store.clock import as_utc as _utc
 from notaflow.store.clock import now as _now
 from notaflow.store.tables import blobs, document_events, documents
-
-PROCESSING = "processando_autorizacao"
-AUTHORIZED = "autorizado"
-ERROR = "erro_autorizacao"
-CANCELLED = "cancelado"
-
-# Which status may follow which. A ref is reusable only after erro_autorizacao (Focus rule).
-TRANSITIONS: dict[str, frozenset[str]] = {
-    AUTHORIZED: frozenset({PROCESSING}),
-    ERROR: frozenset({PROCESSING}),
-    CANCELLED: frozenset({AUTHORIZED}),
-}
 
 
 @dataclass(frozen=True)
@@ -317,7 +306,7 @@ class DocumentStore:
             current = await self.get(tenant_id, kind, ref)
         if current is None:  # deleted by a concurrent release: the caller may simply retry
             raise RefInUse(ref, PROCESSING)
-        if current.status != ERROR:
+        if not ref_reusable(current.status):
             raise RefInUse(ref, current.status)
         # Serialized here, not in the batch: a payload orjson refuses fails its caller only.
         item = _Reclaim(
@@ -406,7 +395,7 @@ class DocumentStore:
         the updated document, or None when the change was already applied or is not allowed.
         `after` widens the statuses it may come from, for a correction the provider confirmed
         (an authorization applied from an unconfirmed callback, issue 19)."""
-        allowed = TRANSITIONS.get(status)
+        allowed = sources(status)
         if not allowed:
             raise ValueError(f"no transition into {status!r}")
         if after:
@@ -749,7 +738,7 @@ class _Transition:
     document_id: int
     attempt: int
     status: str
-    allowed: frozenset[str]  # TRANSITIONS[status]
+    allowed: frozenset[str]  # lifecycle.sources(status), widened by `after`
     source: str
     result: str | None
     erros: str | None
