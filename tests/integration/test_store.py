@@ -30,7 +30,8 @@ from notaflow.store import (
 )
 from notaflow.store.clock import now
 from notaflow.store.db import MIGRATIONS, current_revision
-from notaflow.store.documents import _doc, _waves
+from notaflow.store.documents.model import from_row
+from notaflow.store.documents.postgres import waves as _waves
 from notaflow.store.tables import document_events, documents, tenant_tokens
 
 CNPJ = "51916585000125"
@@ -360,7 +361,7 @@ async def core_transition(
             )
         )
         row = (await conn.execute(sa.select(documents).where(documents.c.id == document_id))).one()
-    return _doc(row)
+    return from_row(row)
 
 
 def shape(value: object) -> object:
