@@ -4,7 +4,7 @@
 - `facade`: DocumentStore, what the rest of notaflow calls; it groups concurrent calls into
   batches (`notaflow.batcher`) and hands each batch to a driver layer;
 - `sqlite`, `postgres`: one module per driver layer, each batch's statements below SQLAlchemy;
-- `ops`: the batched calls as the driver layers receive them.
+- `batches`: the batched calls as the driver layers receive them.
 
 The statuses and which may follow which are `notaflow.lifecycle`'s.
 """

@@ -21,8 +21,8 @@ from notaflow.errors import RefInUse
 from notaflow.lifecycle import PROCESSING, ref_reusable, sources
 from notaflow.store.clock import now as _now
 from notaflow.store.documents import postgres, sqlite
+from notaflow.store.documents.batches import Blob, Reclaim, Transition, Update, json_text
 from notaflow.store.documents.model import Claim, ClaimRequest, Document, from_row
-from notaflow.store.documents.ops import Blob, Reclaim, Transition, Update, json_text
 from notaflow.store.documents.sqlite import BatchConnection
 from notaflow.store.tables import blobs, document_events, documents
 

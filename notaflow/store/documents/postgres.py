@@ -10,6 +10,7 @@ from typing import Any
 import orjson
 
 from notaflow.lifecycle import ERROR, PROCESSING
+from notaflow.store.documents.batches import Blob, Reclaim, Transition, Update
 from notaflow.store.documents.model import (
     INSERT_COLUMNS,
     SELECT_COLUMNS,
@@ -17,7 +18,6 @@ from notaflow.store.documents.model import (
     Document,
     from_raw,
 )
-from notaflow.store.documents.ops import Blob, Reclaim, Transition, Update
 
 
 async def claim(driver: Any, requests: list[ClaimRequest], now: datetime) -> dict[str, int]:

@@ -17,6 +17,7 @@ from typing import Any, TypeVar
 import orjson
 
 from notaflow.lifecycle import ERROR, PROCESSING
+from notaflow.store.documents.batches import Blob, Reclaim, Transition, Update
 from notaflow.store.documents.model import (
     INSERT_COLUMNS,
     SELECT_COLUMNS,
@@ -24,7 +25,6 @@ from notaflow.store.documents.model import (
     Document,
     from_raw,
 )
-from notaflow.store.documents.ops import Blob, Reclaim, Transition, Update
 
 _R = TypeVar("_R")
 
