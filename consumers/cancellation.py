@@ -19,7 +19,7 @@ from notaflow.consumers.nfce import NfceCanceller
 from notaflow.consumers.providers.focus import FocusClient
 from notaflow.envelope import Event, decode
 from notaflow.focus_kinds import BY_CANCEL_TYPE, BY_KIND, NFSE, FocusKind
-from notaflow.lifecycle import AUTHORIZED, CANCELLED, xml_path
+from notaflow.lifecycle import AUTHORIZED, CANCEL_DONE, CANCEL_FAILED, CANCELLED, Cancel, xml_path
 from notaflow.store import Document, DocumentStore
 from notaflow.views import result_from_provider
 
@@ -70,7 +70,7 @@ class CancellationConsumer:
             await self._cancelled(doc, event, body)
             return
         if body.get("codigo") == "nfe_nao_autorizada":
-            await self._answer(event, "nfe_nao_autorizada")
+            await self._answer(event, Cancel.NOT_AUTHORIZED.value)
             return
         erros = body.get("erros") or [
             {
@@ -79,8 +79,8 @@ class CancellationConsumer:
                 "correcao": None,
             }
         ]
-        await self._docs.note(doc.id, doc.attempt, "erro_cancelamento", SOURCE, erros)
-        await self._answer(event, "erro_cancelamento", erros)
+        await self._docs.note(doc.id, doc.attempt, CANCEL_FAILED, SOURCE, erros)
+        await self._answer(event, CANCEL_FAILED, erros)
 
     async def _cancelled(self, doc: Document, event: Event, body: dict[str, Any]) -> None:
         result = {**doc.result, **result_from_provider(body)}
@@ -91,7 +91,7 @@ class CancellationConsumer:
         )
         if updated is not None:
             await publish_status(self._bus, self._topics, updated, SOURCE, event)
-        await self._answer(event, "cancelado")
+        await self._answer(event, CANCEL_DONE)
 
     async def _keep_cancellation_xml(self, doc: Document, result: dict[str, Any]) -> None:
         """Store the prefeitura's cancellation XML before the note shows its path, so a client

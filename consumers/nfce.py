@@ -26,6 +26,8 @@ from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument, RefInUse
 from notaflow.lifecycle import (
     AUTHORIZED,
+    CANCEL_DONE,
+    CANCEL_FAILED,
     CANCELLED,
     ERROR,
     NFCE_DANFE,
@@ -209,11 +211,11 @@ class NfceCanceller:
             )
             if updated is not None:
                 await publish_status(self._bus, self._topics, updated, self._source, event)
-            await self._answer(event, "cancelado")
+            await self._answer(event, CANCEL_DONE)
             return
         erros = _erros(answer)
-        await self._docs.note(doc.id, doc.attempt, "erro_cancelamento", self._source, erros)
-        await self._answer(event, "erro_cancelamento", erros)
+        await self._docs.note(doc.id, doc.attempt, CANCEL_FAILED, self._source, erros)
+        await self._answer(event, CANCEL_FAILED, erros)
 
     async def _answer(
         self, event: Event, status: str, erros: list[dict[str, Any]] | None = None
