@@ -16,12 +16,12 @@ import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from typing import Any
 
-from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
+from notaflow.lifecycle import FINAL, REUSABLE, is_issued
 
 # Outcomes applied only after Focus itself confirms them (one GET, one credit): an error makes
 # the ref reusable (a client's retry would then issue a second real note), a cancellation
 # cannot be taken back.
-CONFIRM_FIRST = frozenset({ERROR, CANCELLED})
+CONFIRM_FIRST = REUSABLE | FINAL
 
 # How the current outcome of a note was established, kept in its stored result (not shown in
 # any view): "xml" = the callback agreed with the provider's XML; "consulta" = Focus's GET.
@@ -68,7 +68,7 @@ def same_outcome(
     """A repeated callback: the same status and, for an authorization, the same numbers."""
     if status != stored_status:
         return False
-    if status not in (AUTHORIZED, CANCELLED):
+    if not is_issued(status):
         return True
     return all(
         str(body.get(k)) == str(result.get(k))

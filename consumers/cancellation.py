@@ -14,16 +14,15 @@ from typing import Any
 
 from notaflow import topics as t
 from notaflow.bus import Publisher
-from notaflow.consumers.lifecycle import note_to_cancel, publish_status, reply_status
+from notaflow.consumers.lifecycle_events import note_to_cancel, publish_status, reply_status
 from notaflow.consumers.nfce import NfceCanceller
 from notaflow.consumers.providers.focus import FocusClient
 from notaflow.envelope import Event
 from notaflow.errors import Permanent
 from notaflow.focus_kinds import BY_CANCEL_TYPE, BY_KIND, NFSE, FocusKind
+from notaflow.lifecycle import AUTHORIZED, CANCEL_DONE, CANCEL_FAILED, CANCELLED, Cancel, xml_path
 from notaflow.routing import Routes
 from notaflow.store import Document, DocumentStore
-from notaflow.store.blob_names import document_path
-from notaflow.store.documents import AUTHORIZED, CANCELLED
 from notaflow.views import result_from_provider
 
 log = logging.getLogger(__name__)
@@ -78,7 +77,7 @@ class CancellationConsumer:
             await self._cancelled(doc, event, body)
             return
         if body.get("codigo") == "nfe_nao_autorizada":
-            await self._answer(event, "nfe_nao_autorizada")
+            await self._answer(event, Cancel.NOT_AUTHORIZED.value)
             return
         erros = body.get("erros") or [
             {
@@ -87,8 +86,8 @@ class CancellationConsumer:
                 "correcao": None,
             }
         ]
-        await self._docs.note(doc.id, doc.attempt, "erro_cancelamento", SOURCE, erros)
-        await self._answer(event, "erro_cancelamento", erros)
+        await self._docs.note(doc.id, doc.attempt, CANCEL_FAILED, SOURCE, erros)
+        await self._answer(event, CANCEL_FAILED, erros)
 
     async def _cancelled(self, doc: Document, event: Event, body: dict[str, Any]) -> None:
         result = {**doc.result, **result_from_provider(body)}
@@ -99,7 +98,7 @@ class CancellationConsumer:
         )
         if updated is not None:
             await publish_status(self._bus, self._topics, updated, SOURCE, event)
-        await self._answer(event, "cancelado")
+        await self._answer(event, CANCEL_DONE)
 
     async def _keep_cancellation_xml(self, doc: Document, result: dict[str, Any]) -> None:
         """Store the prefeitura's cancellation XML before the note shows its path, so a client
@@ -112,8 +111,8 @@ class CancellationConsumer:
         path = result.get("caminho_xml_cancelamento")
         if path and path != doc.result.get("caminho_xml_cancelamento"):
             xml = await self._focus.download(str(path))
-            # Served under a name of our own, as the authorized XML (notaflow.store.blob_names).
-            ours = document_path(doc.kind)
+            # Served under a name of our own, as the authorized XML (notaflow.lifecycle).
+            ours = xml_path(doc.kind)
             await self._docs.put_blob(ours, doc.tenant_id, "application/xml", xml)
             result["caminho_xml_cancelamento"] = ours
 

@@ -21,29 +21,35 @@ from notaflow.consumers.callback_check import (
     same_outcome,
     xml_agrees,
 )
-from notaflow.consumers.lifecycle import publish_if_current, publish_status
+from notaflow.consumers.lifecycle_events import publish_if_current, publish_status
 from notaflow.consumers.nfce import NfceEmitter
 from notaflow.consumers.providers.focus import FocusClient
 from notaflow.consumers.providers.urls import ForeignPath
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument, Permanent, RateLimited, RefInUse, Stopping, Transient
 from notaflow.focus_kinds import BY_EMIT_TYPE, BY_KIND, NFSE, FocusKind
+from notaflow.lifecycle import (
+    AUTHORIZED,
+    CANCELLED,
+    CORRECTABLE,
+    ERROR,
+    OUTCOMES,
+    PROCESSING,
+    can_follow,
+    focus_ref,
+    ref_reusable,
+    sources,
+    xml_path,
+)
 from notaflow.routing import Routes
 from notaflow.schemas import validator
 from notaflow.store import Document, DocumentStore, TenantStore
-from notaflow.store.blob_names import document_path
-from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, PROCESSING, TRANSITIONS
 from notaflow.store.tenants import TenantCache
 from notaflow.views import result_from_provider
 
 log = logging.getLogger(__name__)
 SOURCE = t.SOURCE_EMISSION
 KIND = "nfse"
-
-
-def provider_ref(doc: Document) -> str:
-    """The ref we use at Focus: unique across tenants and attempts, letters and digits only."""
-    return f"N{doc.id}A{doc.attempt}"
 
 
 class EmissionConsumer:
@@ -106,7 +112,7 @@ class EmissionConsumer:
         if cnpj not in tenant.cnpjs:
             raise InvalidDocument("prestador.cnpj", "empresa_nao_habilitada")
 
-        if document is not None and (doc is None or doc.status == ERROR):
+        if document is not None and (doc is None or ref_reusable(doc.status)):
             # Published straight to Kafka by another system, or a re-emission after an error.
             try:
                 await self._docs.claim(
@@ -122,7 +128,7 @@ class EmissionConsumer:
             # Redelivery of a command already handed to the provider (its lifecycle event went
             # out before the hand-over was recorded, below).
             return
-        pref = provider_ref(doc)
+        pref = focus_ref(doc.id, doc.attempt)
         # Known before the call, so a callback racing our own bookkeeping still finds the note.
         await self._docs.set_provider_ref(doc.id, doc.attempt, pref)
         reply = await self._focus.emit_document(kind.api_path, pref, doc.payload)
@@ -158,7 +164,7 @@ class EmissionConsumer:
         if doc is None:
             raise InvalidDocument("ref", f"callback para ref desconhecida {body['ref']}")
         status = body["status"]
-        if status not in (AUTHORIZED, ERROR, CANCELLED):
+        if status not in OUTCOMES:
             return
         if same_outcome(doc.result, status, doc.status, body):
             # Already applied. Publish the status again: if a crash came between the state
@@ -166,8 +172,8 @@ class EmissionConsumer:
             # the event's id is deterministic, so downstream deduplicates the extra copy.
             await self._publish_status(doc, event)
             return
-        correcting = _correctable(doc) and status in (AUTHORIZED, ERROR)
-        if not correcting and doc.status not in TRANSITIONS[status]:
+        correcting = _correctable(doc) and status in CORRECTABLE
+        if not correcting and not can_follow(doc.status, status):
             return  # late callback: the note has moved on
         checked = await self._verified(doc, body, confirm=correcting or status in CONFIRM_FIRST)
         if checked is None:
@@ -176,7 +182,7 @@ class EmissionConsumer:
         status = truth["status"]
         if same_outcome(doc.result, status, doc.status, truth):
             return  # Focus confirms what we have: the claim was not true
-        allowed = TRANSITIONS[status] | (frozenset({AUTHORIZED}) if correcting else frozenset())
+        allowed = sources(status, correcting=correcting)
         if doc.status not in allowed:
             return
         # The provider's answer may come before our record of handing the note over: a crash
@@ -192,7 +198,7 @@ class EmissionConsumer:
         result.pop("caminho_xml_nota_fiscal", None)
         result.pop("caminho_xml_cancelamento", None)
         if status == AUTHORIZED and xml is not None:
-            path = document_path(doc.kind)
+            path = xml_path(doc.kind)
             await self._docs.put_blob(path, doc.tenant_id, "application/xml", xml)
             result["caminho_xml_nota_fiscal"] = path
         elif status == CANCELLED:
@@ -202,7 +208,7 @@ class EmissionConsumer:
                 result["caminho_xml_nota_fiscal"] = doc.result["caminho_xml_nota_fiscal"]
             if truth.get("caminho_xml_cancelamento"):
                 cancel_xml = await self._focus.download(str(truth["caminho_xml_cancelamento"]))
-                path = document_path(doc.kind)
+                path = xml_path(doc.kind)
                 await self._docs.put_blob(path, doc.tenant_id, "application/xml", cancel_xml)
                 result["caminho_xml_cancelamento"] = path
         erros = truth.get("erros") if status == ERROR else None
@@ -245,7 +251,7 @@ class EmissionConsumer:
         if (
             reply.status_code != 200
             or str(truth.get("ref")) != doc.provider_ref
-            or truth.get("status") not in (AUTHORIZED, ERROR, CANCELLED)
+            or truth.get("status") not in OUTCOMES
         ):
             log.warning(
                 "callback for document %s (%s) not confirmed by Focus: HTTP %s, status %s",

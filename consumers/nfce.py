@@ -19,15 +19,27 @@ from opentelemetry.trace import SpanKind
 from notaflow import topics as t
 from notaflow import tracing
 from notaflow.bus import Publisher
-from notaflow.consumers.lifecycle import note_to_cancel, publish_status, reply, reply_status
+from notaflow.consumers.lifecycle_events import note_to_cancel, publish_status, reply, reply_status
 from notaflow.consumers.providers.emites import EmitesClient, EmitesReply
 from notaflow.consumers.providers.emites_accounts import EmitesByCompany
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument, Permanent, RefInUse, Transient, Unsent
+from notaflow.lifecycle import (
+    AUTHORIZED,
+    CANCEL_DONE,
+    CANCEL_FAILED,
+    CANCELLED,
+    ERROR,
+    NFCE_DANFE,
+    NFCE_XML,
+    PROCESSING,
+    emites_ref,
+    nfce_blob,
+    ref_reusable,
+)
 from notaflow.nfce import normalize_nfce, omitted_notices
 from notaflow.schemas import validator
 from notaflow.store import Document, DocumentStore, TenantStore
-from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, PROCESSING
 from notaflow.views import nfce_view
 
 log = logging.getLogger(__name__)
@@ -48,12 +60,6 @@ def _with_avisos(result: dict[str, Any], avisos: list[str]) -> dict[str, Any] | 
     if avisos:
         result["avisos"] = avisos
     return result or None
-
-
-def blob_key(doc: Document, name: str) -> str:
-    """Where a note's DANFE or XML is stored: by document id, since refs repeat across
-    tenants (the API serves them at /v2/nfce/REF/danfe.pdf and /xml, behind the tenant's auth)."""
-    return f"nfce/{doc.id}/{name}"
 
 
 class NfceEmitter:
@@ -97,7 +103,7 @@ class NfceEmitter:
             raise InvalidDocument("cnpj", "empresa_nao_habilitada")
         emites = await self._emites.client(tenant_id, cnpj)
         doc = await self._docs.get(tenant_id, KIND, ref)
-        if doc is None or (doc.command_id != event.id and doc.status == ERROR):
+        if doc is None or (doc.command_id != event.id and ref_reusable(doc.status)):
             try:
                 await self._docs.claim(
                     tenant_id, KIND, ref, cnpj, document, event.id, self._source, current=doc
@@ -114,7 +120,7 @@ class NfceEmitter:
                 "CREATE_NFCE may already have reached Emites-Client (outcome unknown): "
                 "not sent again; check the note there before replaying this record"
             )
-        await self._docs.mark_submitted(doc.id, doc.attempt, f"E{doc.id}A{doc.attempt}")
+        await self._docs.mark_submitted(doc.id, doc.attempt, emites_ref(doc.id, doc.attempt))
         try:
             with tracing.span("emites CREATE_NFCE", kind=SpanKind.CLIENT):
                 answer = await emites.create_nfce(doc.payload)
@@ -144,11 +150,11 @@ class NfceEmitter:
             "mensagem_sefaz": "Autorizado o uso da NF-e",
         }
         if answer.danfe:
-            key = blob_key(doc, "danfe.pdf")
+            key = nfce_blob(doc.id, NFCE_DANFE)
             await self._docs.put_blob(key, doc.tenant_id, "application/pdf", answer.danfe)
             result["caminho_danfe"] = f"/v2/nfce/{doc.ref}/danfe.pdf"
         if answer.xml:
-            key = blob_key(doc, "nfce.xml")
+            key = nfce_blob(doc.id, NFCE_XML)
             await self._docs.put_blob(key, doc.tenant_id, "application/xml", answer.xml)
             result["caminho_xml_nota_fiscal"] = f"/v2/nfce/{doc.ref}/xml"
         await self._finish(doc, AUTHORIZED, _with_avisos(result, avisos), None, event)
@@ -214,11 +220,11 @@ class NfceCanceller:
             )
             if updated is not None:
                 await publish_status(self._bus, self._topics, updated, self._source, event)
-            await self._answer(event, "cancelado")
+            await self._answer(event, CANCEL_DONE)
             return
         erros = _erros(answer)
-        await self._docs.note(doc.id, doc.attempt, "erro_cancelamento", self._source, erros)
-        await self._answer(event, "erro_cancelamento", erros)
+        await self._docs.note(doc.id, doc.attempt, CANCEL_FAILED, self._source, erros)
+        await self._answer(event, CANCEL_FAILED, erros)
 
     async def _answer(
         self, event: Event, status: str, erros: list[dict[str, Any]] | None = None

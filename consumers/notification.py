@@ -32,7 +32,7 @@ from opentelemetry.trace import SpanKind
 from notaflow import topics as t
 from notaflow import tracing
 from notaflow.bus import Publisher
-from notaflow.consumers.lifecycle import reply
+from notaflow.consumers.lifecycle_events import reply
 from notaflow.consumers.mail_templates import (
     NfseLinks,
     format_cnpj,
@@ -45,6 +45,7 @@ from notaflow.consumers.providers.webhooks import HookTarget, WebhookSender, nex
 from notaflow.envelope import Event
 from notaflow.errors import Permanent, Transient
 from notaflow.focus_kinds import BY_EMAIL_TYPE, BY_HOOK_TYPE, BY_KIND
+from notaflow.lifecycle import AUTHORIZED, CANCELLED, NFCE_DANFE, OUTCOMES, nfce_blob
 from notaflow.metrics import Metrics
 from notaflow.routing import Routes
 from notaflow.store import (
@@ -56,7 +57,6 @@ from notaflow.store import (
     TenantStore,
 )
 from notaflow.store.deliveries import PENDING, SENT
-from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
 from notaflow.store.hooks import Hook
 from notaflow.store.tenants import TenantCache
 from notaflow.views import nfse_view
@@ -66,7 +66,7 @@ SOURCE = t.SOURCE_NOTIFICATION
 EMAIL_KINDS = {AUTHORIZED: "autorizada", CANCELLED: "cancelada"}
 # As at Focus, hooks fire when the prefeitura has spoken, not when a note enters processing
 # (the client knows that already: it got the 202).
-HOOK_STATUSES = frozenset({AUTHORIZED, ERROR, CANCELLED})
+HOOK_STATUSES = OUTCOMES
 # SMTP "try again later" (4xx, outages) is retried sooner than Focus's hook schedule.
 EMAIL_RETRY_SCHEDULE: tuple[float, ...] = (60, 300, 1800, 3600, 10800)
 LOCK_SECONDS = 120.0
@@ -324,7 +324,7 @@ class NotificationConsumer:
             return Outcome(False, None, "nenhum servidor SMTP configurado", "", now), False
         host = mailer.config.host
         if doc.kind == "nfce":
-            blob = await self._docs.get_blob(f"nfce/{doc.id}/danfe.pdf")
+            blob = await self._docs.get_blob(nfce_blob(doc.id, NFCE_DANFE))
             message = render_nfce_email(
                 delivery.payload["kind"],
                 delivery.payload["view"],

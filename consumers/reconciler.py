@@ -23,12 +23,11 @@ from notaflow.consumers.providers.focus import FocusClient
 from notaflow.envelope import Event
 from notaflow.errors import Permanent, Transient
 from notaflow.focus_kinds import BY_KIND
+from notaflow.lifecycle import OUTCOMES, PROCESSING
 from notaflow.store import Document, DocumentStore
-from notaflow.store.documents import PROCESSING
 
 log = logging.getLogger(__name__)
 SOURCE = t.SOURCE_RECONCILER
-OUTCOMES = frozenset({"autorizado", "erro_autorizacao", "cancelado"})
 
 
 @dataclass

@@ -40,8 +40,8 @@ from notaflow.ingress.deps import IngressDeps
 from notaflow.ingress.dialects import for_path, render
 from notaflow.ingress.openapi import openapi_routes
 from notaflow.ingress.request_metrics import MetricsMiddleware, metrics_route
+from notaflow.lifecycle import XML_PREFIXES
 from notaflow.metrics import Metrics
-from notaflow.store.blob_names import PREFIXES
 from notaflow.store.db import transient_error
 
 log = logging.getLogger(__name__)
@@ -338,7 +338,7 @@ def create_app(
 def traced_path(path: str) -> str:
     """The path as a trace attribute: a public document's name is its only credential (the
     XML route needs none), so it never goes to the tracing backend."""
-    for prefix in PREFIXES.values():
+    for prefix in XML_PREFIXES.values():
         if path.startswith(prefix):
             return prefix + "***"
     return path

@@ -18,8 +18,8 @@ from notaflow.ingress.account_check import provider_of, refuse_disabled
 from notaflow.ingress.deps import IngressDeps
 from notaflow.ingress.dialects import FOCUS, FocusError
 from notaflow.ingress.responses import FastJSONResponse
+from notaflow.lifecycle import CANCEL_DONE, CANCEL_FAILED, Cancel, can_cancel
 from notaflow.store import Document, Tenant
-from notaflow.store.documents import CANCELLED, ERROR
 from notaflow.tracing import outgoing_traceparent
 
 SOURCE = t.SOURCE_INGRESS
@@ -47,9 +47,11 @@ async def cancel_and_wait(
     doc = await d.documents.get(tenant.id, kind, ref)
     if doc is None:
         raise FOCUS.not_found()
-    if doc.status == CANCELLED:
+    # A note still being authorized is no refusal here: the consumer waits for the outcome.
+    check = can_cancel(doc.status)
+    if check is Cancel.ALREADY_CANCELLED:
         raise _already_cancelled()
-    if doc.status == ERROR:
+    if check is Cancel.NOT_AUTHORIZED:
         raise FocusError(400, "nfe_nao_autorizada", NAO_AUTORIZADA)
     await refuse_disabled(d, tenant.id, doc.cnpj_prestador, provider_of(kind))
     command_id = str(uuid.uuid4())
@@ -73,12 +75,12 @@ async def cancel_and_wait(
         current = await d.documents.get(tenant.id, kind, ref)
         return FastJSONResponse(view(current) if current else {"ref": ref}, status_code=202)
     status = outcome.get("status")
-    if status == "cancelado":
+    if status == CANCEL_DONE:
         return FastJSONResponse(cancelled_body(await d.documents.get(tenant.id, kind, ref)))
-    if status == "erro_cancelamento":
-        return FastJSONResponse({"status": "erro_cancelamento", "erros": outcome.get("erros", [])})
-    if status == "nfe_cancelada":
+    if status == CANCEL_FAILED:
+        return FastJSONResponse({"status": CANCEL_FAILED, "erros": outcome.get("erros", [])})
+    if status == Cancel.ALREADY_CANCELLED.value:
         raise _already_cancelled()
-    if status == "nfe_nao_autorizada":
+    if status == Cancel.NOT_AUTHORIZED.value:
         raise FocusError(400, "nfe_nao_autorizada", NAO_AUTORIZADA)
-    raise FOCUS.not_found()
+    raise FOCUS.not_found()  # nao_encontrado

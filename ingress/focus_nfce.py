@@ -33,10 +33,18 @@ from notaflow.ingress.openapi_parts import (
     json_response,
 )
 from notaflow.ingress.responses import FastJSONResponse
+from notaflow.lifecycle import (
+    AUTHORIZED,
+    ERROR,
+    NFCE_DANFE,
+    NFCE_XML,
+    PROCESSING,
+    is_issued,
+    nfce_blob,
+)
 from notaflow.nfce import normalize_nfce, omitted_notices, validate_motivo
 from notaflow.nfse import validate_ref
 from notaflow.store import ClaimRequest
-from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
 from notaflow.tracing import outgoing_traceparent
 from notaflow.views import nfce_view
 
@@ -100,7 +108,7 @@ async def create_nfce(request: Request) -> Response:
         )
     except RefInUse as exc:
         d.waiters.forget(command_id)
-        if exc.status in (AUTHORIZED, CANCELLED):
+        if is_issued(exc.status):
             raise FocusError(422, "nfe_autorizada", "Nota fiscal já autorizada") from exc
         raise FocusError(422, "em_processamento", "Nota fiscal em processamento") from exc
     except BusUnavailable as exc:
@@ -109,7 +117,7 @@ async def create_nfce(request: Request) -> Response:
     outcome = await d.waiters.wait(command_id, d.settings.nfce_wait)
     if outcome is None or not isinstance(outcome.get("note"), dict):
         doc = await d.documents.get(tenant.id, KIND, ref)
-        body = nfce_view(doc) if doc else {"ref": ref, "status": "processando_autorizacao"}
+        body = nfce_view(doc) if doc else {"ref": ref, "status": PROCESSING}
         return FastJSONResponse({**body, **notices}, status_code=202)
     note = outcome["note"]
     code = {AUTHORIZED: 201, ERROR: 422}.get(note.get("status"), 202)
@@ -156,8 +164,8 @@ async def nfce_file(request: Request) -> Response:
     doc = await d.documents.get(tenant.id, KIND, request.path_params["ref"])
     if doc is None:
         raise FOCUS.not_found()
-    name = "danfe.pdf" if request.url.path.endswith("danfe.pdf") else "nfce.xml"
-    blob = await d.documents.get_blob(f"nfce/{doc.id}/{name}")
+    name = NFCE_DANFE if request.url.path.endswith("danfe.pdf") else NFCE_XML
+    blob = await d.documents.get_blob(nfce_blob(doc.id, name))
     if blob is None:
         raise FOCUS.not_found()
     content_type, data = blob

@@ -36,10 +36,9 @@ from notaflow.ingress.openapi_parts import (
     json_response,
 )
 from notaflow.ingress.responses import FastJSONResponse
+from notaflow.lifecycle import PROCESSING, XML_PREFIXES, can_email, is_issued
 from notaflow.nfse import normalize_nfse, validate_justificativa, validate_ref
 from notaflow.store import ClaimRequest, Tenant
-from notaflow.store.blob_names import PREFIXES
-from notaflow.store.documents import AUTHORIZED, CANCELLED
 from notaflow.tracing import outgoing_traceparent
 from notaflow.views import nfse_view
 
@@ -89,7 +88,7 @@ async def create_nfse(request: Request) -> Response:
 
 
 def accepted_body(cnpj: str, ref: str) -> dict[str, str]:
-    return {"cnpj_prestador": cnpj, "ref": ref, "status": "processando_autorizacao"}
+    return {"cnpj_prestador": cnpj, "ref": ref, "status": PROCESSING}
 
 
 async def accept_nfse(
@@ -133,7 +132,7 @@ async def accept_nfse(
     try:
         await d.intake.submit(claim, event, t.document_key(tenant.id, KIND, ref))
     except RefInUse as exc:
-        if exc.status in (AUTHORIZED, CANCELLED):
+        if is_issued(exc.status):
             raise FocusError(422, "nfe_autorizada", "Nota fiscal já autorizada") from exc
         raise FocusError(422, "em_processamento", "Nota fiscal em processamento") from exc
     except BusUnavailable as exc:
@@ -175,7 +174,7 @@ Handler = Callable[[Request], Awaitable[Response]]
 
 def xml_route(prefix: str) -> Handler:
     """The XML (and the cancellation XML) of a note, under the name notaflow gave it below
-    `prefix` (`notaflow.store.blob_names`). Like Focus, the unguessable path is the credential."""
+    `prefix` (`notaflow.lifecycle.xml_path`). Like Focus, the unguessable path is the credential."""
 
     async def xml(request: Request) -> Response:
         blob = await deps(request).documents.get_blob(prefix + request.path_params["name"])
@@ -239,7 +238,7 @@ def email_route(kind: FocusKind) -> Handler:
         doc = await d.documents.get(tenant.id, kind.kind, ref)
         if doc is None:
             raise FOCUS.not_found()
-        if doc.status not in (AUTHORIZED, CANCELLED):
+        if not can_email(doc.status):
             raise FocusError(400, "nfe_nao_autorizada", "Nota fiscal não autorizada")
         await refuse_disabled(d, tenant.id, doc.cnpj_prestador, Provider.SMTP)
         event = Event(
@@ -290,7 +289,7 @@ async def _publish(d: IngressDeps, event: Event, key: bytes) -> None:
 def note_routes(kind: FocusKind, create: Handler, get: Handler) -> list[Route]:
     """A Focus NFS-e family's routes (`/v2/nfse`, `/v2/nfsen`): the same verbs and answers."""
     base = kind.api_path
-    prefix = PREFIXES[kind.kind]
+    prefix = XML_PREFIXES[kind.kind]
     return [
         Route(base, create, methods=["POST"]),
         Route(base + "/{ref}", get, methods=["GET"]),
@@ -312,7 +311,7 @@ def note_paths(
 ) -> dict[str, Any]:
     """The OpenAPI paths of `note_routes(kind, ...)`: the same answers for every NFS-e family,
     each with its own document schema, tag and operation ids."""
-    base, xml_path = kind.api_path, PREFIXES[kind.kind] + "{name}"
+    base, xml_path = kind.api_path, XML_PREFIXES[kind.kind] + "{name}"
     tags, view = [tag], {"$ref": f"{SCHEMAS}NfseView"}
     return {
         base: {

@@ -27,9 +27,9 @@ from notaflow.ingress.focus_nfse import (
 )
 from notaflow.ingress.openapi_parts import Description, embedded_schema
 from notaflow.ingress.responses import FastJSONResponse
+from notaflow.lifecycle import is_issued
 from notaflow.nfse import validate_ref
 from notaflow.store import ClaimRequest
-from notaflow.store.documents import AUTHORIZED, CANCELLED
 from notaflow.tracing import outgoing_traceparent
 from notaflow.views import nfse_view
 
@@ -69,7 +69,7 @@ async def create_nfsen(request: Request) -> Response:
     try:
         await d.intake.submit(claim, event, t.document_key(tenant.id, KIND, ref))
     except RefInUse as exc:
-        if exc.status in (AUTHORIZED, CANCELLED):
+        if is_issued(exc.status):
             raise FocusError(422, "nfe_autorizada", "Nota fiscal já autorizada") from exc
         raise FocusError(422, "em_processamento", "Nota fiscal em processamento") from exc
     except BusUnavailable as exc:

@@ -25,8 +25,8 @@ from notaflow.ingress.deps import IngressDeps, deps
 from notaflow.ingress.dialects import HUBSOFT, HubsoftError
 from notaflow.ingress.openapi_parts import HUBSOFT_AUTH, Description, hubsoft_error, json_response
 from notaflow.ingress.responses import FastJSONResponse
+from notaflow.lifecycle import can_email
 from notaflow.store import Tenant
-from notaflow.store.documents import AUTHORIZED, CANCELLED
 
 SOURCE = t.SOURCE_HUBSOFT
 TIPOS = ("nf_telecom", "nfe", "nfse")
@@ -69,7 +69,7 @@ async def enviar_email(request: Request) -> Response:
     # tipo_documento nfse names a municipal NFS-e or an NFS-e Nacional: both are services.
     if doc is None or doc.tenant_id != tenant.id or doc.kind not in BY_KIND:
         raise HubsoftError(404, "Nota fiscal não encontrada")
-    if doc.status not in (AUTHORIZED, CANCELLED):
+    if not can_email(doc.status):
         raise HubsoftError(400, "A nota fiscal ainda não foi autorizada")
     # The tenant's own SMTP server (provider accounts, issue 15), else the global one.
     try:

@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Sequence
 
+from notaflow.batcher import GroupBatcher, Pending
 from notaflow.bus import Bus
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, RefInUse
@@ -28,7 +30,8 @@ from notaflow.store import Claim, ClaimRequest, DocumentStore
 
 log = logging.getLogger(__name__)
 
-_Item = tuple[ClaimRequest, Event, bytes, "asyncio.Future[Claim]"]
+_Item = tuple[ClaimRequest, Event, bytes]
+_Claimed = tuple[_Item, Claim, "asyncio.Future[Claim | RefInUse]"]
 
 
 class Intake:
@@ -43,43 +46,41 @@ class Intake:
         self._docs = documents
         self._bus = bus
         self._topic = topic
-        self._max = max_batch
         self._max_publish = max_publish
-        self._waiting: list[_Item] = []
-        self._worker: asyncio.Task[None] | None = None
-        self._claimed: list[tuple[_Item, Claim]] = []
+        self._claims: GroupBatcher[_Item, Claim | RefInUse] = GroupBatcher(
+            self._claim, max_batch=max_batch, settle=self._claimed_batch, failed=_db_failed
+        )
+        self._claimed: list[_Claimed] = []
         self._publisher: asyncio.Task[None] | None = None
 
     async def submit(self, request: ClaimRequest, event: Event, key: bytes) -> Claim:
         """Claim `request.ref` and publish `event`; raises RefInUse or BusUnavailable."""
-        future: asyncio.Future[Claim] = asyncio.get_running_loop().create_future()
-        self._waiting.append((request, event, key, future))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._drain())
-        return await future
+        claim = await self._claims.submit((request, event, key))
+        assert isinstance(claim, Claim)  # a refusal is raised, never returned
+        return claim
 
-    async def _drain(self) -> None:
-        while self._waiting:
-            batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
-            try:
-                results = await self._docs.claim_many([item[0] for item in batch])
-            except Exception as exc:  # the database failed: nothing was claimed
-                log.warning("claim batch failed: %r", exc)
-                for *_, future in batch:
-                    if not future.done():
-                        future.set_exception(BusUnavailable(f"database unavailable: {exc!r}"))
-                continue
-            claimed: list[tuple[_Item, Claim]] = []
-            for item, result in zip(batch, results, strict=True):
-                if isinstance(result, RefInUse):
-                    if not item[3].done():
-                        item[3].set_exception(result)
-                else:
-                    claimed.append((item, result))
-            if claimed:
-                self._claimed += claimed
-                if self._publisher is None or self._publisher.done():
-                    self._publisher = asyncio.create_task(self._publish_claimed())
+    async def _claim(self, batch: list[_Item]) -> list[Claim | RefInUse]:
+        try:
+            return await self._docs.claim_many([item[0] for item in batch])
+        except Exception as exc:  # the database failed: nothing was claimed
+            log.warning("claim batch failed: %r", exc)
+            raise
+
+    def _claimed_batch(
+        self, batch: Pending[_Item, Claim | RefInUse], results: Sequence[Claim | RefInUse]
+    ) -> None:
+        """A claim batch's answers: refusals at once, claims once their commands are in Kafka."""
+        claimed: list[_Claimed] = []
+        for (item, future), result in zip(batch, results, strict=True):
+            if isinstance(result, RefInUse):
+                if not future.done():
+                    future.set_exception(result)
+            else:
+                claimed.append((item, result, future))
+        if claimed:
+            self._claimed += claimed
+            if self._publisher is None or self._publisher.done():
+                self._publisher = asyncio.create_task(self._publish_claimed())
 
     async def _publish_claimed(self) -> None:
         while self._claimed:
@@ -93,25 +94,31 @@ class Intake:
                     behind, BusUnavailable("Kafka failed the publish queued ahead of these")
                 )
 
-    async def _publish(self, claimed: list[tuple[_Item, Claim]]) -> BusUnavailable | None:
+    async def _publish(self, claimed: list[_Claimed]) -> BusUnavailable | None:
         try:
-            await self._bus.publish_many(self._topic, [(item[2], item[1]) for item, _ in claimed])
+            await self._bus.publish_many(
+                self._topic, [(item[2], item[1]) for item, _, _ in claimed]
+            )
         except BusUnavailable as error:
             await self._fail(claimed, error)
             return error
-        for item, claim in claimed:
-            if not item[3].done():
-                item[3].set_result(claim)
+        for _, claim, future in claimed:
+            if not future.done():
+                future.set_result(claim)
         return None
 
-    async def _fail(self, claimed: list[tuple[_Item, Claim]], error: BusUnavailable) -> None:
+    async def _fail(self, claimed: list[_Claimed], error: BusUnavailable) -> None:
         log.warning("publish of %d commands failed: %s", len(claimed), error)
         # Not in Kafka means not accepted: give the refs back for the clients' retries.
-        for _, claim in claimed:
+        for _, claim, _ in claimed:
             try:
                 await self._docs.release(claim)
             except Exception:
                 log.exception("could not release claim %s", claim)
-        for item, _ in claimed:
-            if not item[3].done():
-                item[3].set_exception(error)
+        for _, _, future in claimed:
+            if not future.done():
+                future.set_exception(error)
+
+
+def _db_failed(exc: Exception) -> BusUnavailable:
+    return BusUnavailable(f"database unavailable: {exc!r}")

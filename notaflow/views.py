@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR, Document
+from notaflow.lifecycle import ERROR, is_issued
+from notaflow.store.documents import Document
 
 # Provider fields copied onto the public view once the prefeitura answered (seed 001, GET).
 RESULT_FIELDS = (
@@ -30,7 +31,7 @@ def nfse_view(doc: Document) -> dict[str, Any]:
         if doc.result.get(name) is not None:
             view[name] = doc.result[name]
     view["status"] = doc.status
-    if doc.status in (AUTHORIZED, CANCELLED):
+    if is_issued(doc.status):
         for name in RESULT_FIELDS[3:]:
             if doc.result.get(name) is not None:
                 view[name] = doc.result[name]

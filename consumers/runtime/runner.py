@@ -19,8 +19,8 @@ each have their module:
   only then is the finished prefix committed and the partition released. With a broker that
   waits for every member to rejoin before it reassigns (Kafka does), the next owner never runs
   a record while we still do; the embedded broker was seen not to wait, and there the
-  lifecycle's conditional publish (`consumers.lifecycle.publish_if_current`) keeps late results
-  harmless.
+  lifecycle's conditional publish (`consumers.lifecycle_events.publish_if_current`) keeps late
+  results harmless.
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ from collections.abc import AsyncIterator
 
 import pytest
 
-from notaflow.consumers.lifecycle import cancelled_by
+from notaflow.consumers.lifecycle_events import cancelled_by
 from notaflow.envelope import Event
+from notaflow.lifecycle import AUTHORIZED, CANCELLED
 from notaflow.store import DocumentStore, create_engine, migrate
-from notaflow.store.documents import AUTHORIZED, CANCELLED
 
 
 @pytest.fixture

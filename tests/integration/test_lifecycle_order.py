@@ -9,11 +9,11 @@ from collections.abc import AsyncIterator
 import pytest
 
 from notaflow.bus import Bus, ensure_topics
-from notaflow.consumers.lifecycle import publish_if_current
+from notaflow.consumers.lifecycle_events import publish_if_current
 from notaflow.envelope import Event
+from notaflow.lifecycle import AUTHORIZED, CANCELLED, ERROR
 from notaflow.settings import Settings
 from notaflow.store import DocumentStore, create_engine, migrate
-from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
 from notaflow.topics import Topics
 from tests.integration.test_runner import read_all
 

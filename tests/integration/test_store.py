@@ -17,6 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notaflow.errors import RefInUse
+from notaflow.lifecycle import AUTHORIZED, CANCELLED, ERROR, PROCESSING, TRANSITIONS
 from notaflow.store import (
     Claim,
     ClaimRequest,
@@ -29,15 +30,8 @@ from notaflow.store import (
 )
 from notaflow.store.clock import now
 from notaflow.store.db import MIGRATIONS, current_revision
-from notaflow.store.documents import (
-    AUTHORIZED,
-    CANCELLED,
-    ERROR,
-    PROCESSING,
-    TRANSITIONS,
-    _doc,
-    _waves,
-)
+from notaflow.store.documents.model import from_row
+from notaflow.store.documents.postgres import waves as _waves
 from notaflow.store.tables import document_events, documents, tenant_tokens
 
 CNPJ = "51916585000125"
@@ -367,7 +361,7 @@ async def core_transition(
             )
         )
         row = (await conn.execute(sa.select(documents).where(documents.c.id == document_id))).one()
-    return _doc(row)
+    return from_row(row)
 
 
 def shape(value: object) -> object:

@@ -10,9 +10,16 @@ from notaflow import topics as t
 from notaflow.bus import Publisher
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument, Transient
+from notaflow.lifecycle import (
+    CANCEL_DONE,
+    CANCEL_NOT_FOUND,
+    CANCELLED,
+    Cancel,
+    can_cancel,
+    is_final,
+)
 from notaflow.schemas import validator
 from notaflow.store import Document, DocumentStore
-from notaflow.store.documents import CANCELLED, ERROR, PROCESSING
 from notaflow.tracing import outgoing_traceparent
 from notaflow.views import view_of
 
@@ -56,8 +63,8 @@ async def publish_if_current(
     write, so its status lands after ours. (What this cannot close is two writers of one note
     in the very same instant; the runner's assignment and fencing keep one note's records in
     one process at a time, so inside the emission consumer there is only ever one.)"""
-    if doc.status == CANCELLED:
-        # Final: nothing follows it and a cancelled ref is never reused, so it is current for
+    if is_final(doc.status):
+        # Nothing follows it and its ref is never reused (cancelado), so it is current for
         # good. No re-read on the path of a synchronous cancel's answer.
         await publish_status(bus, topics, doc, source, cause)
         return True
@@ -136,15 +143,16 @@ async def note_to_cancel(
         raise InvalidDocument("data", f"comando inválido: {errors[0]}")
     doc = await documents.get(cause.data["tenant"], kind, cause.data["ref"])
     if doc is None:
-        await reply_status(bus, topics, cause, source, "nao_encontrado")
+        await reply_status(bus, topics, cause, source, CANCEL_NOT_FOUND)
         return None
-    if doc.status == PROCESSING:
+    check = can_cancel(doc.status)
+    if check is Cancel.WAIT:
         raise Transient("a nota ainda está em processamento", retry_after=1.0)
-    if doc.status == ERROR:
-        await reply_status(bus, topics, cause, source, "nfe_nao_autorizada")
-        return None
-    if doc.status == CANCELLED:
+    if check is Cancel.ALREADY_CANCELLED:
         mine = await cancelled_by(documents, doc, cause)
-        await reply_status(bus, topics, cause, source, "cancelado" if mine else "nfe_cancelada")
+        await reply_status(bus, topics, cause, source, CANCEL_DONE if mine else check.value)
+        return None
+    if check is not Cancel.GO:
+        await reply_status(bus, topics, cause, source, check.value)
         return None
     return doc
