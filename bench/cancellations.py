@@ -25,8 +25,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from notaflow.launch.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
-from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from tests.support import Stack
+from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
+from testkit.support import Stack
 
 JUST = {"justificativa": "Cancelamento de teste de carga do notaflow"}
 

@@ -69,8 +69,8 @@ from notaflow.nfse import normalize_nfse
 from notaflow.settings import Settings
 from notaflow.store import ClaimRequest, DocumentStore, create_engine
 from notaflow.store.tables import documents
-from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from tests.support import NOTAFLOW, ROOT, ThrowawayPostgres, wait_for
+from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
+from testkit.support import NOTAFLOW, ROOT, ThrowawayPostgres, wait_for
 
 TENANT, CNPJ, KIND = "bench", "51916585000125", "nfse"
 SOURCE = "notaflow/bench/consumer"

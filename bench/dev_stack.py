@@ -28,7 +28,7 @@ import httpx
 
 from bench.ingress import cpu_seconds, run_wrk
 from notaflow.launch.broker import free_port
-from tests.support import ROOT, wait_for, wait_http
+from testkit.support import ROOT, wait_for, wait_http
 
 
 def authorized(db: Path) -> int:

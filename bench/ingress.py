@@ -34,8 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from notaflow.launch.broker import EmbeddedBroker, free_port, port_open
 from notaflow.settings import Settings
-from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from tests.support import NOTAFLOW, ROOT, ThrowawayPostgres, wait_for, wait_http
+from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
+from testkit.support import NOTAFLOW, ROOT, ThrowawayPostgres, wait_for, wait_http
 
 LUA = """
 local counter = 0

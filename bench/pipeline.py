@@ -68,8 +68,8 @@ from notaflow import topics as t
 from notaflow.envelope import decode
 from notaflow.launch.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
-from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from tests.support import NOTAFLOW, ROOT, ThrowawayPostgres, wait_for, wait_http
+from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
+from testkit.support import NOTAFLOW, ROOT, ThrowawayPostgres, wait_for, wait_http
 
 TENANT, CNPJ = "bench", "51916585000125"
 PROCESSES = ("ingress", "emission", "notification", "cancellation")

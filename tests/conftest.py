@@ -9,7 +9,7 @@ import pytest
 
 from notaflow.launch.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
-from tests.support import ThrowawayPostgres, pg_binaries
+from testkit.support import ThrowawayPostgres, pg_binaries
 
 _counter = itertools.count()
 
