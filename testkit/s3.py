@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 
 from notaflow.launch.broker import EmbeddedBroker, free_port, port_open
-from testkit.support import wait_for
+from testkit.waiting import wait_for
 
 
 class S3Server:

@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 import httpx
 
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from testkit.support import Stack
+from testkit.stack import Stack
 
 _T = TypeVar("_T")
 

@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from notaflow.launch.broker import EmbeddedBroker, free_port
+from notaflow.launch.broker import EmbeddedBroker
 from notaflow.settings import Settings
-from testkit.support import ThrowawayPostgres, pg_binaries
+from testkit.broker import start_broker
+from testkit.postgres import ThrowawayPostgres, pg_binaries
 
 _counter = itertools.count()
 
@@ -17,9 +18,7 @@ _counter = itertools.count()
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     """One embedded Tansu broker for the session; tests isolate themselves by topic prefix."""
-    log = tmp_path_factory.mktemp("broker") / "broker.log"
-    b = EmbeddedBroker(free_port(), log_file=log)
-    b.start()
+    b = start_broker(tmp_path_factory.mktemp("broker") / "broker.log")
     yield b
     b.stop()
 

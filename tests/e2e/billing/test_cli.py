@@ -8,7 +8,7 @@ from pathlib import Path
 
 from notaflow.store import create_engine
 from notaflow.store.invoices import BillingConfigStore
-from testkit.support import NOTAFLOW, ROOT
+from testkit.processes import NOTAFLOW, ROOT
 
 
 def notaflow(db: str, *args: str) -> str:

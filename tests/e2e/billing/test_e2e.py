@@ -22,7 +22,9 @@ from notaflow import billing as b
 from notaflow.launch.broker import EmbeddedBroker
 from notaflow.settings import Settings
 from notaflow.topics import Topics
-from testkit.support import Stack, ThreadedSmtpSink, wait_for
+from testkit.smtp import ThreadedSmtpSink
+from testkit.stack import Stack
+from testkit.waiting import wait_for
 
 WIRED = hasattr(Topics, "billing_events") and "billing_link_secret" in Settings.__dataclass_fields__
 pytestmark = pytest.mark.skipif(not WIRED, reason="billing wiring diffs not applied yet")

@@ -17,7 +17,8 @@ from notaflow.launch.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
 from notaflow.topics import Topics
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from testkit.support import Stack, wait_for, wait_http
+from testkit.stack import Stack
+from testkit.waiting import wait_for, wait_http
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,9 @@ import pytest
 
 from notaflow.launch.broker import free_port, port_open
 from notaflow.launch.devstack import DevOptions, find_leftovers
+from testkit.processes import ROOT
 from testkit.seed_examples import JSON_EXAMPLE, PYTHON_EXAMPLE, with_valid_cnpjs
-from testkit.support import ROOT, wait_for, wait_http
+from testkit.waiting import wait_for, wait_http
 
 STOP_BOUND = 10.0  # notaflow dev's default --stop-timeout
 

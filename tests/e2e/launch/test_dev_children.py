@@ -13,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from testkit.support import ROOT, wait_for
+from testkit.processes import ROOT
+from testkit.waiting import wait_for
 
 # A parent that starts one child as `notaflow dev` does, prints the child's PID and waits.
 PARENT = textwrap.dedent(

@@ -12,7 +12,7 @@ import pytest
 
 from notaflow.settings import Settings
 from testkit.seed_examples import JSON_EXAMPLE, PYTHON_EXAMPLE, with_valid_cnpjs
-from testkit.support import Stack
+from testkit.stack import Stack
 
 
 @pytest.fixture

@@ -32,7 +32,10 @@ from testkit.nfce_documents import (
     international_with_address,
     valid_nfce,
 )
-from testkit.support import Proc, Stack, ThreadedSmtpSink, wait_for
+from testkit.processes import Proc
+from testkit.smtp import ThreadedSmtpSink
+from testkit.stack import Stack
+from testkit.waiting import wait_for
 
 CNPJ = "51916585000125"
 CANCEL_WINDOW = 4.0

@@ -21,8 +21,11 @@ from standardwebhooks import Webhook
 from notaflow.launch.broker import EmbeddedBroker
 from notaflow.settings import Settings
 from notaflow.topics import Topics
+from testkit.receiver import Receiver, ReceiverServer
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from testkit.support import Receiver, ReceiverServer, Stack, ThreadedSmtpSink, wait_for
+from testkit.smtp import ThreadedSmtpSink
+from testkit.stack import Stack
+from testkit.waiting import wait_for
 
 
 class World:

@@ -32,7 +32,10 @@ from testkit.erp_documents import (
     expected_nfsen_at_provider,
     servico_xml_ns,
 )
-from testkit.support import Receiver, ReceiverServer, Stack, ThreadedSmtpSink, wait_for
+from testkit.receiver import Receiver, ReceiverServer
+from testkit.smtp import ThreadedSmtpSink
+from testkit.stack import Stack
+from testkit.waiting import wait_for
 from tests.e2e.runtime.test_kafka_contract import consume_all, emit_record, produce
 
 JUSTIFICATIVA = "Serviço cancelado a pedido do tomador"

@@ -8,7 +8,7 @@ import re
 import subprocess
 import sys
 
-from testkit.support import ROOT
+from testkit.processes import ROOT
 
 
 def test_pipeline_bench_runs_tiny_and_its_checks_hold() -> None:

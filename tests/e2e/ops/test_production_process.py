@@ -15,7 +15,8 @@ import httpx
 import pytest
 
 from notaflow.launch.broker import free_port
-from testkit.support import NOTAFLOW, ROOT, Proc, wait_http
+from testkit.processes import NOTAFLOW, ROOT, Proc
+from testkit.waiting import wait_http
 
 
 def run(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

@@ -16,7 +16,9 @@ import pytest
 from notaflow.launch.broker import EmbeddedBroker
 from notaflow.settings import Settings
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from testkit.support import Stack, ThreadedSmtpSink, wait_for
+from testkit.smtp import ThreadedSmtpSink
+from testkit.stack import Stack
+from testkit.waiting import wait_for
 
 
 @pytest.fixture(scope="module")

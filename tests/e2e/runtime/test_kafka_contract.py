@@ -18,7 +18,7 @@ from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.settings import Settings
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from testkit.support import Stack
+from testkit.stack import Stack
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from notaflow.envelope import Event
 from notaflow.settings import Settings
 from testkit.erp_documents import ERP_NFSEN
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from testkit.support import Stack, wait_for
+from testkit.stack import Stack
+from testkit.waiting import wait_for
 
 
 @pytest.fixture

@@ -19,8 +19,10 @@ import httpx
 import pytest
 
 from notaflow.settings import Settings
+from testkit.receiver import ReceiverServer
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from testkit.support import DEMO_CNPJS, ReceiverServer, Stack, wait_for
+from testkit.stack import DEMO_CNPJS, Stack
+from testkit.waiting import wait_for
 
 CNPJ_A, CNPJ_B = DEMO_CNPJS
 

@@ -25,16 +25,12 @@ import pytest
 
 from notaflow.launch.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
+from testkit.processes import Proc
+from testkit.receiver import Receiver, ReceiverServer
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from testkit.support import (
-    Proc,
-    Receiver,
-    ReceiverServer,
-    Stack,
-    ThreadedSmtpSink,
-    wait_for,
-    wait_http,
-)
+from testkit.smtp import ThreadedSmtpSink
+from testkit.stack import Stack
+from testkit.waiting import wait_for, wait_http
 
 HEAD_TIMEOUT = 1.0
 MAX_CONCURRENCY = 40

@@ -1,6 +1,6 @@
 """Hostile input (issue 6, proof 6): schemathesis drives every operation of the OpenAPI
 description the ingress itself serves (`GET /openapi.json`), over real HTTP, against the
-production processes (`testkit.support.Stack`: ingress, emission and billing consumers, Focus
+production processes (`testkit.stack.Stack`: ingress, emission and billing consumers, Focus
 sandbox, embedded broker, SQLite).
 
 Each operation gets schema-conforming (positive) and schema-breaking (negative) requests, sent
@@ -49,8 +49,10 @@ from notaflow.ingress.observability import openapi_document
 from notaflow.launch.broker import EmbeddedBroker
 from notaflow.settings import Settings
 from notaflow.topics import Topics
+from testkit.postgres import ThrowawayPostgres
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from testkit.support import Stack, ThrowawayPostgres, wait_for
+from testkit.stack import Stack
+from testkit.waiting import wait_for
 
 EXAMPLES = int(os.environ.get("NOTAFLOW_FUZZ_EXAMPLES", "10"))
 # Both databases by default (PostgreSQL refuses what SQLite stores, e.g. NUL in text);

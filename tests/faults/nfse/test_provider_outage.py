@@ -19,7 +19,8 @@ import pytest
 
 from notaflow.settings import Settings
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from testkit.support import Stack, wait_for
+from testkit.stack import Stack
+from testkit.waiting import wait_for
 
 NOTES = 30
 BASE, MAXIMUM, ATTEMPTS = 0.25, 1.0, 20  # the retry policy under test

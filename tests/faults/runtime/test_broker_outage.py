@@ -32,8 +32,8 @@ from notaflow.launch.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
 from testkit.s3 import S3Server
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
+from testkit.stack import Stack
 from testkit.streaming import Answer, open_loop
-from testkit.support import Stack
 
 # The plan: stream for BEFORE s; SIGTERM the broker (Tansu then serves its open connections
 # about 5 s more), keep it down FIRST_OUTAGE s after it exits, restart it; stream BETWEEN s;

@@ -37,8 +37,10 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from notaflow import topics as t
 from notaflow.settings import Settings
+from testkit.processes import Proc
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from testkit.support import Proc, Stack, wait_for
+from testkit.stack import Stack
+from testkit.waiting import wait_for
 
 SEED = int(os.environ.get("NOTAFLOW_FAULT_SEED", "6"))
 RUNNER_GRACE = 20.0  # consumers.runner.Runner's default grace period

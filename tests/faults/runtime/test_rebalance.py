@@ -35,8 +35,10 @@ import pytest
 
 from notaflow import topics as t
 from notaflow.settings import Settings
+from testkit.processes import Proc
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from testkit.support import Proc, Stack, wait_for
+from testkit.stack import Stack
+from testkit.waiting import wait_for
 from tests.faults.runtime.test_crash import fetch_notes, read_topic, sandbox_stats
 
 SEED = int(os.environ.get("NOTAFLOW_FAULT_SEED", "6"))

@@ -24,8 +24,9 @@ import pytest
 
 from notaflow import topics as t
 from notaflow.settings import Settings
+from testkit.postgres import ThrowawayPostgres, pg_binaries
+from testkit.stack import Stack
 from testkit.streaming import Stream, open_loop
-from testkit.support import Stack, ThrowawayPostgres, pg_binaries
 from tests.faults.runtime.test_broker_outage import settle
 from tests.faults.runtime.test_crash import read_topic, sandbox_stats
 

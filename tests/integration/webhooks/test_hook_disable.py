@@ -51,7 +51,7 @@ from notaflow.store.db import _alembic_config, current_revision
 from notaflow.store.deliveries import FAILED, PENDING
 from notaflow.store.hooks import _recent_attempts
 from notaflow.store.tables import deliveries, delivery_attempts, hooks
-from testkit.support import Receiver, ReceiverServer
+from testkit.receiver import Receiver, ReceiverServer
 
 CNPJ = "51916585000125"
 DAY = timedelta(days=1)

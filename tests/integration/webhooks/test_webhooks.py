@@ -32,7 +32,7 @@ from notaflow.consumers.providers.webhooks import (
     sign,
     verify,
 )
-from testkit.support import Receiver, ReceiverServer, Reply
+from testkit.receiver import Receiver, ReceiverServer, Reply
 
 PAYLOAD: dict[str, Any] = {
     "ref": "nota-42",
