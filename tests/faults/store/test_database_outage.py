@@ -36,6 +36,9 @@ BEFORE, DOWN, AFTER = 3.0, 5.0, 3.0
 # fails at once (connection refused) or after the pool's pre-ping; nothing waits long.
 ANSWER_BOUND = 5.0
 
+# Its own cluster, not the session's `postgres` fixture: mark it by hand for `-m "not postgres"`.
+pytestmark = pytest.mark.postgres
+
 
 @pytest.fixture
 def pg() -> Iterator[ThrowawayPostgres]:
