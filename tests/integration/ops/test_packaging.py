@@ -12,6 +12,7 @@ import tomllib
 import zipfile
 from pathlib import Path
 
+import pytest
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
@@ -76,6 +77,7 @@ def test_the_dockerfile_installs_only_from_the_lock_on_a_pinned_base() -> None:
     assert "." not in copied and not any("sandbox" in c for c in copied)
 
 
+@pytest.mark.slow
 def test_the_production_wheel_leaves_the_sandbox_out(tmp_path: Path) -> None:
     """Build the wheel from exactly what the Dockerfile copies."""
     src = tmp_path / "src"

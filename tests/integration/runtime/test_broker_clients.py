@@ -101,6 +101,7 @@ async def _aiokafka_consume(bootstrap: str, topic: str, count: int) -> list[tupl
     return got
 
 
+@pytest.mark.slow
 def test_librdkafka_2_and_aiokafka_produce_and_consume(broker: EmbeddedBroker) -> None:
     major = int(confluent_kafka.libversion()[0].split(".")[0])
     assert major >= 2, confluent_kafka.libversion()

@@ -195,6 +195,7 @@ def keyed(key: str, seq: int) -> tuple[bytes, bytes, list[tuple[str, bytes]]]:
 # -- order, concurrency, commits -----------------------------------------------------------
 
 
+@pytest.mark.slow
 async def test_order_per_key_concurrency_across_keys_and_commits(fast: Settings) -> None:
     topic = fast.kafka_topic_prefix + "orders"
     await ensure_topics(fast, [topic, fast.kafka_topic_prefix + "dead-letter"])
@@ -475,6 +476,7 @@ class SteadyPolicy(RetryPolicy):
         return max(self.maximum, hint or 0.0)
 
 
+@pytest.mark.slow
 async def test_retry_schedule_survives_a_restart(fast: Settings, database_url: str) -> None:
     """A record failing transiently is stopped mid-backoff; the next runner (a restart, or the
     partition's next owner) continues its attempt count from the ledger instead of starting
@@ -727,6 +729,7 @@ async def test_runner_refuses_topics_with_different_partition_counts(fast: Setti
         await bus.stop()
 
 
+@pytest.mark.slow
 async def test_consume_refuses_to_start_in_one_line(fast: Settings, tmp_path: Path) -> None:
     """`notaflow consume emission` as an operator runs it, against a provider-events topic
     created by hand with another partition count: exit 1, one line naming the counts."""
@@ -750,6 +753,7 @@ async def test_consume_refuses_to_start_in_one_line(fast: Settings, tmp_path: Pa
     assert f"{names.provider_events}=2" in output[-1] and f"{names.nfse_commands}=3" in output[-1]
 
 
+@pytest.mark.slow
 async def test_two_runners_over_three_partitions_read_each_document_in_one_place(
     fast: Settings,
 ) -> None:

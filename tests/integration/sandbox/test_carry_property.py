@@ -84,6 +84,7 @@ json_values = st.recursive(
 _counter = iter(range(10**9))
 
 
+@pytest.mark.slow
 @settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
 @given(
     where=st.sampled_from(["", "servico", "tomador", "tomador.endereco", "prestador"]),

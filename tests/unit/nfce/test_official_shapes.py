@@ -342,6 +342,7 @@ def official_documents(draw: st.DrawFn) -> dict[str, Any]:
     return document
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(document=official_documents())
 def test_official_types_are_accepted_or_refused_for_a_named_fiscal_reason(

@@ -274,6 +274,7 @@ json_values = st.recursive(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=100, suppress_health_check=[HealthCheck.too_slow])
 @given(
     where=st.sampled_from(["", "servico.", "tomador.", "tomador.endereco.", "prestador."]),

@@ -12,10 +12,12 @@ from testkit.markers import implied_markers
 TESTS = Path("/repo/tests")
 
 
-def test_every_fault_test_is_slow_and_nothing_else_is_by_path() -> None:
+def test_every_e2e_and_fault_test_is_slow_and_nothing_else_is_by_path() -> None:
     fault = TESTS / "faults" / "runtime" / "test_crash.py"
     assert implied_markers(fault, TESTS, ["broker"], {}) == {"slow"}
-    for kind in ("unit", "integration", "e2e"):
+    e2e = TESTS / "e2e" / "launch" / "test_dev.py"
+    assert implied_markers(e2e, TESTS, [], {}) == {"slow"}
+    for kind in ("unit", "integration"):
         assert implied_markers(TESTS / kind / "nfse" / "test_x.py", TESTS, [], {}) == set()
     # A folder named like a kind deeper down is not that kind.
     assert implied_markers(TESTS / "unit" / "faults" / "test_x.py", TESTS, [], {}) == set()
