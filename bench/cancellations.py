@@ -23,10 +23,10 @@ import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from notaflow.launch.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
-from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from tests.support import Stack
+from testkit.broker import start_broker
+from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
+from testkit.stack import Stack
 
 JUST = {"justificativa": "Cancelamento de teste de carga do notaflow"}
 
@@ -40,8 +40,7 @@ def rss_kb(pid: int) -> int:
 
 async def main(notes: int, hold: float) -> None:
     tmp = Path(tempfile.mkdtemp(prefix="notaflow-bench-cancel-"))
-    broker = EmbeddedBroker(free_port(), log_file=tmp / "broker.log")
-    broker.start()
+    broker = start_broker(tmp / "broker.log")
     settings = Settings(
         kafka_bootstrap=broker.bootstrap,
         kafka_idempotence=False,

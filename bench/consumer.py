@@ -64,13 +64,16 @@ from notaflow import topics as t
 from notaflow.bus import Bus
 from notaflow.envelope import Event
 from notaflow.ingress.intake import Intake
-from notaflow.launch.broker import EmbeddedBroker, free_port
+from notaflow.launch.broker import free_port
 from notaflow.nfse import normalize_nfse
 from notaflow.settings import Settings
 from notaflow.store import ClaimRequest, DocumentStore, create_engine
 from notaflow.store.tables import documents
-from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from tests.support import NOTAFLOW, ROOT, ThrowawayPostgres, wait_for
+from testkit.broker import start_broker
+from testkit.postgres import ThrowawayPostgres
+from testkit.processes import NOTAFLOW, ROOT
+from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
+from testkit.waiting import wait_for
 
 TENANT, CNPJ, KIND = "bench", "51916585000125", "nfse"
 SOURCE = "notaflow/bench/consumer"
@@ -256,8 +259,7 @@ def main() -> int:
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="notaflow-bench-consumer-"))
-    broker = EmbeddedBroker(free_port(), log_file=tmp / "broker.log")
-    broker.start()
+    broker = start_broker(tmp / "broker.log")
     pg = ThrowawayPostgres() if args.database == "postgres" else None
     db_url = pg.start() if pg else f"sqlite:///{tmp / 'bench.db'}"
     stub_port = free_port()

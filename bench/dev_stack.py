@@ -28,7 +28,8 @@ import httpx
 
 from bench.ingress import cpu_seconds, run_wrk
 from notaflow.launch.broker import free_port
-from tests.support import ROOT, wait_for, wait_http
+from testkit.processes import ROOT
+from testkit.waiting import wait_for, wait_http
 
 
 def authorized(db: Path) -> int:

@@ -32,10 +32,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from notaflow.launch.broker import EmbeddedBroker, free_port, port_open
+from notaflow.launch.broker import free_port, port_open
 from notaflow.settings import Settings
-from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from tests.support import NOTAFLOW, ROOT, ThrowawayPostgres, wait_for, wait_http
+from testkit.broker import start_broker
+from testkit.postgres import ThrowawayPostgres
+from testkit.processes import NOTAFLOW, ROOT
+from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
+from testkit.waiting import wait_for, wait_http
 
 LUA = """
 local counter = 0
@@ -195,8 +198,7 @@ def main() -> int:
         return 2
     tmp = Path(tempfile.mkdtemp(prefix="notaflow-bench-"))
     logs = Path(tempfile.gettempdir())  # kept after the run, to explain any non-2xx
-    broker = EmbeddedBroker(free_port(), log_file=tmp / "broker.log")
-    broker.start()
+    broker = start_broker(tmp / "broker.log")
     pg = ThrowawayPostgres() if args.database == "postgres" else None
     db_url = pg.start() if pg else f"sqlite:///{tmp / 'bench.db'}"
     port = free_port()

@@ -66,10 +66,13 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from bench.consumer import _cpu_seconds, percentile
 from notaflow import topics as t
 from notaflow.envelope import decode
-from notaflow.launch.broker import EmbeddedBroker, free_port
+from notaflow.launch.broker import free_port
 from notaflow.settings import Settings
-from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from tests.support import NOTAFLOW, ROOT, ThrowawayPostgres, wait_for, wait_http
+from testkit.broker import start_broker
+from testkit.postgres import ThrowawayPostgres
+from testkit.processes import NOTAFLOW, ROOT
+from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
+from testkit.waiting import wait_for, wait_http
 
 TENANT, CNPJ = "bench", "51916585000125"
 PROCESSES = ("ingress", "emission", "notification", "cancellation")
@@ -248,8 +251,7 @@ def main() -> int:
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="notaflow-bench-pipeline-"))
-    broker = EmbeddedBroker(free_port(), log_file=tmp / "broker.log")
-    broker.start()
+    broker = start_broker(tmp / "broker.log")
     pg = ThrowawayPostgres() if args.database == "postgres" else None
     db_url = pg.start() if pg else f"sqlite:///{tmp / 'bench.db'}"
     world_port, smtp_port, port = free_port(), free_port(), free_port()

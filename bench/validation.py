@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from notaflow.errors import InvalidDocument
 from notaflow.nfse import normalize_nfse
-from tests.e2e.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
+from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 
 BODY = json.dumps(
     with_valid_cnpjs(JSON_EXAMPLE),

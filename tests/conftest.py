@@ -7,19 +7,31 @@ from pathlib import Path
 
 import pytest
 
-from notaflow.launch.broker import EmbeddedBroker, free_port
+from notaflow.launch.broker import EmbeddedBroker
 from notaflow.settings import Settings
-from tests.support import ThrowawayPostgres, pg_binaries
+from testkit.broker import start_broker
+from testkit.markers import implied_markers
+from testkit.postgres import ThrowawayPostgres, pg_binaries
 
 _counter = itertools.count()
+TESTS = Path(__file__).resolve().parent
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The markers that follow from a test's kind and fixtures (testkit.markers). A test slow
+    for another reason carries `@pytest.mark.slow` itself."""
+    for item in items:
+        callspec = getattr(item, "callspec", None)
+        params = callspec.params if callspec is not None else {}
+        fixturenames = getattr(item, "fixturenames", ())
+        for name in sorted(implied_markers(item.path, TESTS, fixturenames, params)):
+            item.add_marker(name)
 
 
 @pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[EmbeddedBroker]:
     """One embedded Tansu broker for the session; tests isolate themselves by topic prefix."""
-    log = tmp_path_factory.mktemp("broker") / "broker.log"
-    b = EmbeddedBroker(free_port(), log_file=log)
-    b.start()
+    b = start_broker(tmp_path_factory.mktemp("broker") / "broker.log")
     yield b
     b.stop()
 

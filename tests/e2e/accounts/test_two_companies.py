@@ -20,8 +20,10 @@ import pytest
 from notaflow.account_keys import new_key
 from notaflow.launch.broker import EmbeddedBroker, free_port, port_open
 from notaflow.settings import Settings
-from tests.emites import valid_nfce
-from tests.support import NOTAFLOW, ROOT, Stack, wait_for, wait_http
+from testkit.nfce_documents import valid_nfce
+from testkit.processes import NOTAFLOW, ROOT
+from testkit.stack import Stack
+from testkit.waiting import wait_for, wait_http
 
 A, B = "51916585000125", "07504505000132"  # acme's shop (global Emites), beta's shop
 TOKEN_A = "focus-token-acme-" + uuid.uuid4().hex

@@ -16,7 +16,7 @@ from notaflow.accounts import Provider
 from notaflow.store import create_engine
 from notaflow.store.accounts import AccountStore
 from notaflow.store.operators import OperatorStore
-from tests.support import NOTAFLOW, ROOT
+from testkit.processes import NOTAFLOW, ROOT
 
 A, B = "51916585000125", "11222333000181"
 TOKEN, TOKEN2 = "token-focus-cli-segredo-1", "token-focus-cli-segredo-2"

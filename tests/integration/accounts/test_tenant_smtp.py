@@ -36,7 +36,7 @@ from notaflow.store import (
 from notaflow.store.accounts import AccountStore
 from notaflow.store.deliveries import SENT
 from notaflow.store.tables import deliveries
-from tests.support import ThreadedSmtpSink
+from testkit.smtp import ThreadedSmtpSink
 
 A, B = "51916585000125", "07504505000132"
 

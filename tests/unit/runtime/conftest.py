@@ -28,7 +28,7 @@ from notaflow.sandbox.focus import FocusSandbox, FocusSandboxConfig, create_focu
 from notaflow.store import Document, DocumentStore, TenantStore, create_engine, migrate
 from notaflow.testing import InMemoryBus, Record
 from notaflow.topics import Topics
-from tests.erp_documents import PRESTADOR_CNPJ, erp_nfse
+from testkit.erp_documents import PRESTADOR_CNPJ, erp_nfse
 
 TENANT = "acme"
 JUSTIFICATIVA = "Serviço não prestado ao cliente"

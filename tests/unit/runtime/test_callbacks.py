@@ -10,7 +10,7 @@ from notaflow.consumers.emission import provider_ref
 from notaflow.errors import InvalidDocument
 from notaflow.focus_kinds import NFSE
 from notaflow.store.documents import AUTHORIZED, ERROR, PROCESSING
-from tests.erp_documents import PRESTADOR_CNPJ
+from testkit.erp_documents import PRESTADOR_CNPJ
 from tests.unit.runtime.conftest import World
 
 PROCESSANDO = "processando_autorizacao"
