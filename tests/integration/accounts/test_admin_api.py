@@ -22,10 +22,10 @@ from notaflow.ingress.app import create_app
 from notaflow.ingress.auth import TenantCache
 from notaflow.ingress.deps import IngressDeps
 from notaflow.ingress.intake import Intake
+from notaflow.lifecycle import AUTHORIZED
 from notaflow.replies import ReplyWaiters
 from notaflow.settings import Settings
 from notaflow.store import DocumentStore, TenantStore, create_engine, migrate
-from notaflow.store.documents import AUTHORIZED
 from notaflow.store.operators import OperatorStore
 from notaflow.store.tables import provider_accounts
 

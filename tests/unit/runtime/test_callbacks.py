@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from notaflow.consumers.emission import provider_ref
 from notaflow.errors import InvalidDocument
 from notaflow.focus_kinds import NFSE
-from notaflow.store.documents import AUTHORIZED, ERROR, PROCESSING
+from notaflow.lifecycle import AUTHORIZED, ERROR, PROCESSING, focus_ref
 from testkit.erp_documents import PRESTADOR_CNPJ
 from tests.unit.runtime.conftest import World
 
@@ -21,7 +20,7 @@ async def emitted(world: World, ref: str, **servico: str) -> str:
     event = world.emit_command(ref, document=world.nfse(**servico) if servico else None)
     doc = await world.claim(ref, event)
     await world.command(event)
-    return provider_ref(doc)
+    return focus_ref(doc.id, doc.attempt)
 
 
 async def test_an_authorization_after_the_answer_is_applied_with_our_own_xml_name(
@@ -64,7 +63,7 @@ async def test_a_callback_before_the_answer_was_recorded_keeps_the_stream_in_ord
     fetched ahead of the redelivered command."""
     event = world.emit_command("r1")
     doc = await world.claim("r1", event)
-    pref = provider_ref(doc)
+    pref = focus_ref(doc.id, doc.attempt)
     await world.docs.set_provider_ref(doc.id, doc.attempt, pref)
     await world.focus.emit_document(NFSE.api_path, pref, doc.payload)
     await world.callback(await world.at_focus(pref, "autorizado"))

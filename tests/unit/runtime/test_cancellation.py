@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import pytest
 
-from notaflow.consumers.emission import provider_ref
 from notaflow.errors import Transient
 from notaflow.focus_kinds import NFSE
-from notaflow.store.documents import AUTHORIZED, CANCELLED, ERROR
+from notaflow.lifecycle import AUTHORIZED, CANCELLED, ERROR, focus_ref
 from tests.unit.runtime.conftest import JUSTIFICATIVA, World
 
 
@@ -19,7 +18,7 @@ async def authorized(world: World, ref: str, **servico: str) -> str:
     event = world.emit_command(ref, document=world.nfse(**servico) if servico else None)
     doc = await world.claim(ref, event)
     await world.command(event)
-    pref = provider_ref(doc)
+    pref = focus_ref(doc.id, doc.attempt)
     await world.callback(await world.at_focus(pref, AUTHORIZED))
     assert (await world.doc(ref)).status == AUTHORIZED
     return pref

@@ -6,10 +6,9 @@ from __future__ import annotations
 import pytest
 
 from notaflow import topics as t
-from notaflow.consumers.emission import provider_ref
 from notaflow.errors import InvalidDocument, Transient
 from notaflow.focus_kinds import NFSE
-from notaflow.store.documents import ERROR, PROCESSING
+from notaflow.lifecycle import ERROR, PROCESSING, focus_ref
 from tests.unit.runtime.conftest import TENANT, World
 
 PROCESSANDO = "processando_autorizacao"
@@ -22,7 +21,7 @@ async def test_a_command_claimed_by_the_ingress_is_posted_announced_and_recorded
     claimed = await world.claim("r1", event)
     record = await world.command(event)
     doc = await world.doc("r1")
-    pref = provider_ref(claimed)
+    pref = focus_ref(claimed.id, claimed.attempt)
     assert (doc.status, doc.provider_ref, doc.submitted_at is not None) == (PROCESSING, pref, True)
     assert world.posts(pref) == 1
     assert world.statuses() == [PROCESSANDO]
@@ -34,7 +33,7 @@ async def test_a_redelivered_command_posts_nothing_and_announces_nothing(world: 
     claimed = await world.claim("r1", event)
     record = await world.command(event)
     await world.bus.deliver(world.emission, record)  # the same record again (a redelivery)
-    assert world.posts(provider_ref(claimed)) == 1
+    assert world.posts(focus_ref(claimed.id, claimed.attempt)) == 1
     assert world.statuses() == [PROCESSANDO]
 
 
@@ -42,7 +41,7 @@ async def test_a_command_published_straight_to_kafka_claims_its_ref(world: World
     await world.command(world.emit_command("direct"))
     doc = await world.doc("direct")
     assert (doc.status, doc.attempt, doc.submitted_at is not None) == (PROCESSING, 1, True)
-    assert world.posts(provider_ref(doc)) == 1
+    assert world.posts(focus_ref(doc.id, doc.attempt)) == 1
 
 
 async def test_a_crash_after_the_post_is_repaired_by_the_redelivery(world: World) -> None:
@@ -51,7 +50,7 @@ async def test_a_crash_after_the_post_is_repaired_by_the_redelivery(world: World
     that counts as accepted: the event goes out and the hand-over is recorded."""
     event = world.emit_command("r1")
     doc = await world.claim("r1", event)
-    pref = provider_ref(doc)
+    pref = focus_ref(doc.id, doc.attempt)
     await world.docs.set_provider_ref(doc.id, doc.attempt, pref)
     first = await world.focus.emit_document(NFSE.api_path, pref, doc.payload)
     assert first.status_code == 202
@@ -65,7 +64,7 @@ async def test_a_crash_after_the_post_is_repaired_by_the_redelivery(world: World
 async def test_a_transient_provider_error_leaves_the_command_to_retry(world: World) -> None:
     event = world.emit_command("r1", document=world.nfse(discriminacao="Obra [sandbox:http500=1]"))
     doc = await world.claim("r1", event)
-    pref = provider_ref(doc)
+    pref = focus_ref(doc.id, doc.attempt)
     key = t.document_key(TENANT, "nfse", "r1")
     record = await world.bus.send(world.topics.nfse_commands, event, key)
     with pytest.raises(Transient, match="HTTP 500"):
@@ -107,7 +106,7 @@ async def test_a_command_superseded_by_another_is_skipped(world: World) -> None:
     current = world.emit_command("r1")
     doc = await world.claim("r1", current)
     await world.command(world.emit_command("r1"))  # another id, while r1 is processing
-    assert world.posts(provider_ref(doc)) == 0
+    assert world.posts(focus_ref(doc.id, doc.attempt)) == 0
     assert (await world.doc("r1")).command_id == current.id
     assert world.statuses() == []
 
@@ -116,7 +115,7 @@ async def test_a_redelivered_command_after_the_outcome_does_nothing(world: World
     event = world.emit_command("r1")
     doc = await world.claim("r1", event)
     record = await world.command(event)
-    pref = provider_ref(doc)
+    pref = focus_ref(doc.id, doc.attempt)
     await world.callback(await world.at_focus(pref, "autorizado"))
     await world.bus.deliver(world.emission, record)
     assert world.posts(pref) == 1

@@ -4,11 +4,10 @@ routes, which keep one delivery row per (event, recipient) however often the eve
 
 from __future__ import annotations
 
-from notaflow.consumers.emission import provider_ref
 from notaflow.consumers.notification import NotificationConsumer, NotificationSettings
 from notaflow.consumers.providers.webhooks import WebhookSender
+from notaflow.lifecycle import AUTHORIZED, focus_ref
 from notaflow.store import DeliveryStore, HookStore
-from notaflow.store.documents import AUTHORIZED
 from tests.unit.runtime.conftest import World
 
 
@@ -31,7 +30,7 @@ async def test_an_authorized_note_reaches_the_notification_consumer_once(world: 
         event = world.emit_command("r1")
         doc = await world.claim("r1", event)
         await world.command(event)
-        await world.callback(await world.at_focus(provider_ref(doc), AUTHORIZED))
+        await world.callback(await world.at_focus(focus_ref(doc.id, doc.attempt), AUTHORIZED))
         assert await world.bus.drain(notification) == 2  # processando, autorizado
         authorized = world.bus.records(world.topics.lifecycle)[-1]
         await world.bus.deliver(notification, authorized)  # a redelivery
