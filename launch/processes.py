@@ -219,6 +219,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
     stop_retries = asyncio.Event()
     background: list[asyncio.Task[None]] = []
     mailer: Mailer | None = None
+    deliveries = DeliveryStore(engine)  # its batches' SQLite connections are closed below
     emites = (
         EmitesClient(
             settings.emites_host,
@@ -283,7 +284,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
             documents,
             TenantStore(engine),
             HookStore(engine),
-            DeliveryStore(engine),
+            deliveries,
             mailer,
             webhooks,
             bus,
@@ -362,6 +363,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
             await emites.aclose()
         await bus.stop()
         documents.close()
+        deliveries.close()
         await engine.dispose()
         await health.stop()
         tracing.shutdown()
