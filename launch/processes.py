@@ -219,7 +219,8 @@ async def run_consumer(settings: Settings, name: str) -> None:
     stop_retries = asyncio.Event()
     background: list[asyncio.Task[None]] = []
     mailer: Mailer | None = None
-    deliveries = DeliveryStore(engine)  # its batches' SQLite connections are closed below
+    # The notification consumer's stores: their batches' SQLite connections are closed below.
+    deliveries, hooks = DeliveryStore(engine), HookStore(engine)
     emites = (
         EmitesClient(
             settings.emites_host,
@@ -283,7 +284,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
         notification = NotificationConsumer(
             documents,
             TenantStore(engine),
-            HookStore(engine),
+            hooks,
             deliveries,
             mailer,
             webhooks,
@@ -364,6 +365,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
         await bus.stop()
         documents.close()
         deliveries.close()
+        hooks.close()
         await engine.dispose()
         await health.stop()
         tracing.shutdown()
