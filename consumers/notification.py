@@ -140,7 +140,7 @@ class NotificationConsumer:
         status = str(event.data.get("status"))
         if status not in HOOK_STATUSES and status not in EMAIL_KINDS:
             return  # `processando_autorizacao` and the like: nothing to deliver, nothing to read
-        doc = await self._docs.by_id(int(event.data.get("id", 0)))
+        doc = await self._note(event.data)
         if doc is None:
             return
         view = {k: v for k, v in event.data.items() if k not in ("tenant", "kind", "id")}
@@ -173,6 +173,18 @@ class NotificationConsumer:
         doc = await self._docs.get(str(data.get("tenant")), kind, str(data.get("ref")))
         if doc is not None:
             await self._fire_hooks(doc, nfse_view(doc), event.id)
+
+    async def _note(self, data: dict[str, Any]) -> Document | None:
+        """The note a lifecycle event is about. By its key, which goes through the store's
+        group-batched reads, rather than by id, one SQLAlchemy statement each; the id decides
+        (it is the same row unless the ref was somehow taken by another note since)."""
+        document_id = int(data.get("id", 0))
+        doc = await self._docs.get(
+            str(data.get("tenant")), str(data.get("kind")), str(data.get("ref"))
+        )
+        if doc is not None and doc.id == document_id:
+            return doc
+        return await self._docs.by_id(document_id)
 
     async def _fire_hooks(self, doc: Document, view: dict[str, Any], event_id: str) -> None:
         # Hooks subscribe by document kind: Focus's `nfse` and `nfce` events.

@@ -249,11 +249,15 @@ def build_notification(res: Resources) -> Wired:
         ),
     )
     res.closing.push_async_callback(by_tenant.aclose)
+    # The stores' batches keep SQLite connections of their own: closed with the process.
+    deliveries, hooks = DeliveryStore(engine), HookStore(engine)
+    res.closing.callback(deliveries.close)
+    res.closing.callback(hooks.close)
     notification = NotificationConsumer(
         res.documents,
         TenantStore(engine),
-        HookStore(engine),
-        DeliveryStore(engine),
+        hooks,
+        deliveries,
         by_tenant,
         webhooks,
         res.bus,

@@ -1,18 +1,29 @@
 """Notification deliveries (e-mail, webhook): one row per thing to deliver, keyed so that a
-redelivered Kafka record finds the row it already made; every attempt recorded."""
+redelivered Kafka record finds the row it already made; every attempt recorded.
+
+The notification consumer's two writes per delivery (`ensure_locked` when a record asks for
+it, `record` after each attempt) go through group batches on the driver, like the emission
+consumer's document writes (notaflow/store/documents.py): what concurrent handlers ask for in
+the same moment is one inline SQLite transaction or one PostgreSQL round trip, not a pooled
+SQLAlchemy connection, a thread hop per statement and a commit each. Each caller still gets
+its own answer, after the commit."""
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+import orjson
 import sqlalchemy as sa
-from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from notaflow.batcher import GroupBatcher
 from notaflow.store.clock import as_utc as _utc
 from notaflow.store.clock import now as _now
+from notaflow.store.documents.sqlite import BatchConnection, text_time
 from notaflow.store.tables import deliveries, delivery_attempts
 
 PENDING = "pending"
@@ -52,9 +63,49 @@ def _delivery(row: sa.Row[Any]) -> Delivery:
     )
 
 
+@dataclass(frozen=True)
+class _Ensure:
+    tenant_id: str
+    document_id: int
+    channel: str
+    dedupe_key: str
+    target: str
+    payload: str  # JSON text, serialized by the caller's own call
+    lock_seconds: float | None
+
+
+@dataclass(frozen=True)
+class _Record:
+    delivery_id: int
+    ok: bool
+    code: int | None
+    message: str | None
+    host: str | None
+    next_attempt_at: datetime | None
+
+    @property
+    def status(self) -> str:
+        return SENT if self.ok else (PENDING if self.next_attempt_at is not None else FAILED)
+
+
 class DeliveryStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        sqlite = (engine.url.database or "") if engine.dialect.name == "sqlite" else None
+        # One connection per batcher: each is used by one batch at a time (see BatchConnection).
+        self._sqlite_ensure = BatchConnection(sqlite) if sqlite is not None else None
+        self._sqlite_record = BatchConnection(sqlite) if sqlite is not None else None
+        self._ensures: GroupBatcher[_Ensure, tuple[Delivery, bool]] = GroupBatcher(
+            self._ensure_many
+        )
+        self._records: GroupBatcher[_Record, None] = GroupBatcher(self._record_many)
+        self._writers = [w for w in (self._sqlite_ensure, self._sqlite_record) if w is not None]
+
+    def close(self) -> None:
+        """Close the batches' own SQLite connections (nothing to do on PostgreSQL)."""
+        writers, self._writers = self._writers, []
+        for writer in writers:
+            writer.close()
 
     async def ensure(
         self,
@@ -86,40 +137,20 @@ class DeliveryStore:
         `lock` would leave it: the creator attempts it at once without another write, and a
         replica's retry pass cannot take it meanwhile. An existing row (a redelivery) is read
         and returned as it is, not locked."""
+        # Serialized here, not in the batch: a payload orjson refuses fails its caller only.
+        item = _Ensure(
+            tenant_id, document_id, channel, dedupe_key, target,
+            orjson.dumps(payload).decode(), lock_seconds,
+        )  # fmt: skip
+        return await self._ensures.submit(item)
+
+    async def _ensure_many(self, items: list[_Ensure]) -> list[tuple[Delivery, bool]]:
         now = _now()
-        try:
-            async with self._engine.begin() as conn:
-                row = (
-                    await conn.execute(
-                        deliveries.insert()
-                        .values(
-                            tenant_id=tenant_id,
-                            document_id=document_id,
-                            channel=channel,
-                            dedupe_key=dedupe_key,
-                            target=target,
-                            payload=payload,
-                            status=PENDING,
-                            attempts=0,
-                            next_attempt_at=now,
-                            locked_until=(
-                                None
-                                if lock_seconds is None
-                                else now + timedelta(seconds=lock_seconds)
-                            ),
-                            created_at=now,
-                            updated_at=now,
-                        )
-                        .returning(*deliveries.c)
-                    )
-                ).first()
-            if row is not None:
-                return _delivery(row), True
-        except IntegrityError:
-            pass  # already there: this is a redelivery
-        found = await self.by_key(dedupe_key)
-        assert found is not None
-        return found, False
+        if self._sqlite_ensure is not None:
+            return await self._sqlite_ensure.run(_sqlite_ensure, items, now)
+        async with self._engine.connect() as conn:
+            raw = await conn.get_raw_connection()
+            return await _pg_ensure(raw.driver_connection, items, now)
 
     async def by_key(self, dedupe_key: str) -> Delivery | None:
         async with self._engine.connect() as conn:
@@ -185,26 +216,18 @@ class DeliveryStore:
     ) -> None:
         """One attempt: `ok` ends it as sent; otherwise pending again at `next_attempt_at`,
         or failed for good when that is None."""
+        item = _Record(delivery_id, ok, code, message, host, next_attempt_at)
+        await self._records.submit(item)
+
+    async def _record_many(self, items: list[_Record]) -> list[None]:
         now = _now()
-        status = SENT if ok else (PENDING if next_attempt_at is not None else FAILED)
-        async with self._engine.begin() as conn:
-            await conn.execute(
-                delivery_attempts.insert().values(
-                    delivery_id=delivery_id, at=now, ok=ok, code=code, message=message, host=host
-                )
-            )
-            await conn.execute(
-                deliveries.update()
-                .where(deliveries.c.id == delivery_id)
-                .values(
-                    status=status,
-                    attempts=deliveries.c.attempts + 1,
-                    next_attempt_at=next_attempt_at,
-                    locked_until=None,
-                    last_error=None if ok else message,
-                    updated_at=now,
-                )
-            )
+        if self._sqlite_record is not None:
+            await self._sqlite_record.run(_sqlite_record, items, now)
+        else:
+            async with self._engine.connect() as conn:
+                raw = await conn.get_raw_connection()
+                await _pg_record(raw.driver_connection, items, now)
+        return [None] * len(items)
 
     async def attempts(self, delivery_id: int) -> list[dict[str, Any]]:
         async with self._engine.connect() as conn:
@@ -216,3 +239,178 @@ class DeliveryStore:
                 )
             ).all()
         return [dict(r._mapping) for r in rows]
+
+
+# -- the batches on the driver -----------------------------------------------------------------
+
+_COLUMNS = (
+    "id, tenant_id, document_id, channel, dedupe_key, target, payload, status, attempts, "
+    "next_attempt_at, last_error"
+)
+_INSERT_COLUMNS = (
+    "tenant_id, document_id, channel, dedupe_key, target, payload, status, attempts, "
+    "next_attempt_at, locked_until, created_at, updated_at"
+)
+
+
+def _raw_delivery(row: Sequence[Any]) -> Delivery:
+    """A Delivery from a driver row in `_COLUMNS` order: the payload as JSON text, the time as
+    SQLite's text (SQLAlchemy's storage format) or asyncpg's datetime."""
+    at = row[9]
+    if isinstance(at, str):
+        at = datetime.fromisoformat(at)
+    return Delivery(
+        id=row[0],
+        tenant_id=row[1],
+        document_id=row[2],
+        channel=row[3],
+        dedupe_key=row[4],
+        target=row[5],
+        payload=orjson.loads(row[6]),
+        status=row[7],
+        attempts=row[8],
+        next_attempt_at=_utc(at),
+        last_error=row[10],
+    )
+
+
+def _sqlite_ensure(
+    conn: sqlite3.Connection, items: list[_Ensure], now: datetime
+) -> list[tuple[Delivery, bool]]:
+    # In arrival order, one insert each: a key asked for twice in one batch is created by the
+    # first and found by the second, as the one-by-one calls did.
+    at = text_time(now)
+    insert = (
+        f"INSERT INTO deliveries ({_INSERT_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?) "
+        f"ON CONFLICT (dedupe_key) DO NOTHING RETURNING {_COLUMNS}"
+    )
+    out: list[tuple[Delivery, bool]] = []
+    for e in items:
+        locked = (
+            None if e.lock_seconds is None else text_time(now + timedelta(seconds=e.lock_seconds))
+        )
+        row = conn.execute(
+            insert,
+            (e.tenant_id, e.document_id, e.channel, e.dedupe_key, e.target, e.payload, PENDING,
+             at, locked, at, at),
+        ).fetchone()  # fmt: skip
+        if row is not None:
+            out.append((_raw_delivery(row), True))
+            continue
+        row = conn.execute(
+            f"SELECT {_COLUMNS} FROM deliveries WHERE dedupe_key = ?", (e.dedupe_key,)
+        ).fetchone()
+        out.append((_raw_delivery(row), False))
+    return out
+
+
+async def _pg_ensure(
+    driver: Any, items: list[_Ensure], now: datetime
+) -> list[tuple[Delivery, bool]]:
+    """asyncpg: the batch as arrays in one INSERT; the keys that were there already (a
+    redelivery) read in a second round trip. Within one statement a key asked for twice is
+    inserted once (ON CONFLICT DO NOTHING skips the second)."""
+    rows = await driver.fetch(
+        f"INSERT INTO deliveries ({_INSERT_COLUMNS}) "
+        "SELECT t, d, c, k, g, p, $7::text, 0, $8::timestamptz, l, $8, $8 "
+        "FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[], $6::text[], "
+        "$9::timestamptz[]) "
+        "WITH ORDINALITY AS u(t, d, c, k, g, p, l, n) ORDER BY n "
+        f"ON CONFLICT (dedupe_key) DO NOTHING RETURNING {_COLUMNS}",
+        [e.tenant_id for e in items],
+        [e.document_id for e in items],
+        [e.channel for e in items],
+        [e.dedupe_key for e in items],
+        [e.target for e in items],
+        [e.payload for e in items],
+        PENDING,
+        now,
+        [None if e.lock_seconds is None else now + timedelta(seconds=e.lock_seconds)
+         for e in items],
+    )  # fmt: skip
+    created = {row[4]: _raw_delivery(row) for row in rows}
+    missing = list({e.dedupe_key for e in items if e.dedupe_key not in created})
+    found: dict[str, Delivery] = {}
+    if missing:
+        for row in await driver.fetch(
+            f"SELECT {_COLUMNS} FROM deliveries WHERE dedupe_key = ANY($1::text[])", missing
+        ):
+            found[row[4]] = _raw_delivery(row)
+    out: list[tuple[Delivery, bool]] = []
+    for e in items:
+        mine = created.pop(e.dedupe_key, None)  # the first asking for a new key created it
+        if mine is not None:
+            found[e.dedupe_key] = mine
+            out.append((mine, True))
+        else:
+            out.append((found[e.dedupe_key], False))
+    return out
+
+
+def _sqlite_record(conn: sqlite3.Connection, items: list[_Record], now: datetime) -> None:
+    at = text_time(now)
+    conn.executemany(
+        "INSERT INTO delivery_attempts (delivery_id, at, ok, code, message, host) "
+        "VALUES (?, ?, ?, ?, ?, ?)",
+        [(r.delivery_id, at, r.ok, r.code, r.message, r.host) for r in items],
+    )
+    conn.executemany(
+        "UPDATE deliveries SET status = ?, attempts = attempts + 1, next_attempt_at = ?, "
+        "locked_until = NULL, last_error = ?, updated_at = ? WHERE id = ?",
+        [
+            (
+                r.status,
+                None if r.next_attempt_at is None else text_time(r.next_attempt_at),
+                None if r.ok else r.message,
+                at,
+                r.delivery_id,
+            )
+            for r in items
+        ],
+    )
+
+
+# The attempts and the deliveries' new state in one statement (so one round trip, atomic).
+_PG_RECORD = (
+    "WITH u AS (SELECT * FROM unnest($1::bigint[], $2::bool[], $3::int[], $4::text[], "
+    "$5::text[], $6::text[], $7::timestamptz[]) AS u(i, ok, code, msg, host, st, next_at)), "
+    "a AS (INSERT INTO delivery_attempts (delivery_id, at, ok, code, message, host) "
+    "SELECT i, $8::timestamptz, ok, code, msg, host FROM u) "
+    "UPDATE deliveries d SET status = u.st, attempts = d.attempts + 1, "
+    "next_attempt_at = u.next_at, locked_until = NULL, "
+    "last_error = CASE WHEN u.ok THEN NULL ELSE u.msg END, updated_at = $8 "
+    "FROM u WHERE d.id = u.i"
+)
+
+
+async def _pg_record(driver: Any, items: list[_Record], now: datetime) -> None:
+    """asyncpg: the batch as arrays. UPDATE ... FROM applies one row per delivery, so a
+    delivery recorded twice in one batch (its attempts counted once each) goes in rounds."""
+    rounds: list[list[_Record]] = []
+    seen: dict[int, int] = {}
+    for r in items:  # a delivery's n-th record of the batch goes in round n
+        n = seen.get(r.delivery_id, 0)
+        seen[r.delivery_id] = n + 1
+        if n == len(rounds):
+            rounds.append([])
+        rounds[n].append(r)
+
+    async def run(batch: list[_Record]) -> None:
+        await driver.execute(
+            _PG_RECORD,
+            [r.delivery_id for r in batch],
+            [r.ok for r in batch],
+            [r.code for r in batch],
+            [r.message for r in batch],
+            [r.host for r in batch],
+            [r.status for r in batch],
+            [r.next_attempt_at for r in batch],
+            now,
+        )
+
+    if len(rounds) == 1:
+        await run(rounds[0])
+        return
+    async with driver.transaction():
+        for batch in rounds:
+            await run(batch)

@@ -4,8 +4,9 @@ disabled when they fail most deliveries for 7 days (`hook_is_failing`)."""
 from __future__ import annotations
 
 import secrets
+import sqlite3
 import string
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, NamedTuple
@@ -13,8 +14,10 @@ from typing import Any, NamedTuple
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from notaflow.batcher import GroupBatcher
 from notaflow.errors import StoreError
 from notaflow.store.clock import as_utc
+from notaflow.store.documents.sqlite import BatchConnection
 from notaflow.store.tables import deliveries, delivery_attempts, hooks
 
 MAX_PER_COMPANY_AND_EVENT = 5
@@ -129,6 +132,19 @@ def _hook(row: sa.Row[Any]) -> Hook:
 class HookStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
+        # `matching` is read for every note the notification consumer delivers: in group
+        # batches on the driver, like the document reads (notaflow/store/documents.py).
+        sqlite = (engine.url.database or "") if engine.dialect.name == "sqlite" else None
+        self._sqlite_reader = BatchConnection(sqlite) if sqlite is not None else None
+        self._matching: GroupBatcher[tuple[str, str, str], list[Hook]] = GroupBatcher(
+            self._matching_many, self._matching_now if sqlite is not None else None
+        )
+
+    def close(self) -> None:
+        """Close the batches' own SQLite connection (nothing to do on PostgreSQL)."""
+        reader, self._sqlite_reader = self._sqlite_reader, None
+        if reader is not None:
+            reader.close()
 
     async def create(
         self,
@@ -208,24 +224,18 @@ class HookStore:
 
     async def matching(self, tenant_id: str, event: str, cnpj: str) -> list[Hook]:
         """Hooks that fire for a document of `cnpj`: the company's and the token-wide ones."""
+        return await self._matching.submit((tenant_id, event, cnpj))
+
+    async def _matching_many(self, keys: list[tuple[str, str, str]]) -> list[list[Hook]]:
+        if self._sqlite_reader is not None:
+            return await self._sqlite_reader.run(_sqlite_matching, keys, transaction=False)
         async with self._engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(hooks)
-                    .where(
-                        hooks.c.tenant_id == tenant_id,
-                        hooks.c.event == event,
-                        hooks.c.deleted_at.is_(None),
-                        hooks.c.disabled_at.is_(None),
-                        sa.or_(
-                            hooks.c.cnpj == cnpj,
-                            sa.and_(hooks.c.cnpj.is_(None), hooks.c.cpf.is_(None)),
-                        ),
-                    )
-                    .order_by(hooks.c.created_at, hooks.c.id)
-                )
-            ).all()
-        return [_hook(r) for r in rows]
+            raw = await conn.get_raw_connection()
+            return await _pg_matching(raw.driver_connection, keys)
+
+    def _matching_now(self, keys: list[tuple[str, str, str]]) -> list[list[Hook]] | None:
+        assert self._sqlite_reader is not None
+        return self._sqlite_reader.now(_sqlite_matching, keys, transaction=False)
 
     async def disable_if_failing(self, tenant_id: str, hook_id: str, now: datetime) -> bool:
         """Disable the hook if `hook_is_failing` judges its attempts of the last 7 days so at
@@ -282,3 +292,64 @@ def _recent_attempts(tenant_id: str, hook_id: str, since: datetime) -> sa.Select
             delivery_attempts.c.at >= since,
         )
     )
+
+
+# "authorization" is a reserved word in PostgreSQL: quoted.
+_COLUMNS = (
+    'id, tenant_id, cnpj, cpf, event, url, "authorization", authorization_header, '
+    "signing_secret, deleted_at, disabled_at"
+)
+
+
+def _raw_hook(row: Sequence[Any]) -> Hook:
+    return Hook(
+        id=row[0],
+        tenant_id=row[1],
+        cnpj=row[2],
+        cpf=row[3],
+        event=row[4],
+        url=row[5],
+        authorization=row[6],
+        authorization_header=row[7],
+        signing_secret=row[8],
+        deleted=row[9] is not None,
+        disabled=row[10] is not None,
+    )
+
+
+def _sqlite_matching(
+    conn: sqlite3.Connection, keys: list[tuple[str, str, str]]
+) -> list[list[Hook]]:
+    # As `HookStore.matching` said it with SQLAlchemy: the company's and the token-wide hooks.
+    sql = (
+        f"SELECT {_COLUMNS} FROM hooks WHERE tenant_id = ? AND event = ? "
+        "AND deleted_at IS NULL AND disabled_at IS NULL "
+        "AND (cnpj = ? OR (cnpj IS NULL AND cpf IS NULL)) ORDER BY created_at, id"
+    )
+    return [[_raw_hook(row) for row in conn.execute(sql, key).fetchall()] for key in keys]
+
+
+_PG_MATCHING = (
+    "SELECT u.n, "
+    + ", ".join("h." + c.strip() for c in _COLUMNS.split(","))
+    + " FROM unnest($1::text[], $2::text[], $3::text[]) WITH ORDINALITY AS u(t, e, c, n) "
+    "JOIN hooks h ON h.tenant_id = u.t AND h.event = u.e "
+    "AND h.deleted_at IS NULL AND h.disabled_at IS NULL "
+    "AND (h.cnpj = u.c OR (h.cnpj IS NULL AND h.cpf IS NULL)) "
+    "ORDER BY u.n, h.created_at, h.id"
+)
+
+
+async def _pg_matching(driver: Any, keys: list[tuple[str, str, str]]) -> list[list[Hook]]:
+    """asyncpg: the batch's distinct keys as arrays, in one round trip."""
+    distinct = list(dict.fromkeys(keys))
+    rows = await driver.fetch(
+        _PG_MATCHING,
+        [k[0] for k in distinct],
+        [k[1] for k in distinct],
+        [k[2] for k in distinct],
+    )
+    found: dict[tuple[str, str, str], list[Hook]] = {k: [] for k in distinct}
+    for row in rows:
+        found[distinct[row[0] - 1]].append(_raw_hook(row[1:]))
+    return [list(found[k]) for k in keys]

@@ -29,13 +29,13 @@ from notaflow.store.documents.model import (
 _R = TypeVar("_R")
 
 
-def _text_time(value: datetime) -> str:
+def text_time(value: datetime) -> str:
     # The storage format of SQLAlchemy's SQLite DateTime, so Core reads these rows back.
     return value.astimezone(UTC).replace(tzinfo=None).isoformat(sep=" ", timespec="microseconds")
 
 
 def claim(conn: sqlite3.Connection, requests: list[ClaimRequest], now: datetime) -> dict[str, int]:
-    at = _text_time(now)
+    at = text_time(now)
     params: list[Any] = []
     for r in requests:
         params += [
@@ -81,7 +81,7 @@ def by_provider_refs(conn: sqlite3.Connection, refs: list[str]) -> list[Document
 def update(conn: sqlite3.Connection, updates: list[Update], now: datetime) -> list[bool]:
     # In arrival order, each with its own condition and row count: exactly what the one-by-one
     # statements did, inside one transaction.
-    at = _text_time(now)
+    at = text_time(now)
     out: list[bool] = []
     for u in updates:
         if u.submitted:
@@ -105,7 +105,7 @@ def transition(
     # In arrival order, each with its own condition: what the one-by-one statements did, in one
     # transaction. COALESCE keeps the stored result / erros when the transition brings none;
     # RETURNING is the read-back of the updated row.
-    at = _text_time(now)
+    at = text_time(now)
     out: list[Document | None] = []
     for t in items:
         allowed = sorted(t.allowed)
@@ -130,7 +130,7 @@ def transition(
 
 def reclaim(conn: sqlite3.Connection, items: list[Reclaim], now: datetime) -> list[bool]:
     # In arrival order: a second re-claim of the same attempt finds the first one's row.
-    at = _text_time(now)
+    at = text_time(now)
     out: list[bool] = []
     for r in items:
         cur = conn.execute(
@@ -154,7 +154,7 @@ def reclaim(conn: sqlite3.Connection, items: list[Reclaim], now: datetime) -> li
 
 
 def put_blobs(conn: sqlite3.Connection, items: list[Blob], now: datetime) -> list[None]:
-    at = _text_time(now)
+    at = text_time(now)
     conn.executemany(
         "INSERT OR IGNORE INTO blobs (path, tenant_id, content_type, data, created_at) "
         "VALUES (?, ?, ?, ?, ?)",
