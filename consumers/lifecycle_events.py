@@ -20,7 +20,7 @@ from notaflow.lifecycle import (
 )
 from notaflow.schemas import validator
 from notaflow.store import Document, DocumentStore
-from notaflow.tracing import outgoing_traceparent
+from notaflow.tracing import trace_fields
 from notaflow.views import view_of
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ async def publish_status(
         subject=doc.ref,
         id=f"{doc.kind}-{doc.id}-{doc.attempt}-{doc.status}",
         tenant=doc.tenant_id,
-        traceparent=outgoing_traceparent(cause.traceparent),
+        **trace_fields(cause.trace()),
     )
     await bus.publish(topics.lifecycle, event, t.document_key(doc.tenant_id, doc.kind, doc.ref))
 
@@ -97,7 +97,7 @@ async def reply(
         data={"command_id": cause.id, **data},
         subject=cause.subject,
         tenant=cause.tenant,
-        traceparent=outgoing_traceparent(cause.traceparent),
+        **trace_fields(cause.trace()),
     )
     await bus.publish(topics.replies, event, cause.id.encode())
 

@@ -45,6 +45,8 @@ from notaflow.metrics import Metrics
 from notaflow.store.db import transient_error
 
 log = logging.getLogger(__name__)
+# The hot route's trace headers, read from the raw ASGI headers (notaflow.tracing.TRACE_HEADERS).
+_TRACE_HEADERS = frozenset(name.encode() for name in tracing.TRACE_HEADERS)
 
 
 async def _ingress_error(request: Request, exc: Exception) -> Response:
@@ -186,7 +188,8 @@ class HotRoute:
         status = 500  # an exception before the response started is answered 500
         started = False
         try:
-            authorization = content_type = traceparent = content_length = None
+            authorization = content_type = content_length = None
+            trace: dict[str, str] = {}
             for name, value in scope["headers"]:  # one pass; the first occurrence wins
                 if name == b"authorization":
                     if authorization is None:
@@ -197,8 +200,8 @@ class HotRoute:
                 elif name == b"content-length":
                     if content_length is None:
                         content_length = value.decode("latin-1")
-                elif name == b"traceparent" and traceparent is None:
-                    traceparent = value.decode("latin-1")
+                elif name in _TRACE_HEADERS and name.decode() not in trace:
+                    trace[name.decode()] = value.decode("latin-1")
             try:
                 cnpj, ref = await focus_nfse.accept_nfse(
                     self._d,
@@ -206,7 +209,7 @@ class HotRoute:
                     query_string=scope.get("query_string", b""),
                     content_type=content_type or "",
                     read=lambda limit: receive_body(receive, content_length, limit),
-                    traceparent=traceparent or "",
+                    trace=trace,
                 )
             except IngressError as exc:
                 if exc.status_code >= 500:

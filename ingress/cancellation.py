@@ -20,7 +20,7 @@ from notaflow.ingress.dialects import FOCUS, FocusError
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.lifecycle import CANCEL_DONE, CANCEL_FAILED, Cancel, can_cancel
 from notaflow.store import Document, Tenant
-from notaflow.tracing import outgoing_traceparent
+from notaflow.tracing import trace_fields
 
 SOURCE = t.SOURCE_INGRESS
 NAO_AUTORIZADA = "Nota fiscal não autorizada não pode ser cancelada"
@@ -62,7 +62,7 @@ async def cancel_and_wait(
         subject=ref,
         id=command_id,
         tenant=tenant.id,
-        traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
+        **trace_fields(request.headers),
     )
     d.waiters.register(command_id)  # before publishing: the answer may be quick
     try:

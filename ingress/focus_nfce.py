@@ -45,7 +45,7 @@ from notaflow.lifecycle import (
 from notaflow.nfce import normalize_nfce, omitted_notices, validate_motivo
 from notaflow.nfse import validate_ref
 from notaflow.store import ClaimRequest
-from notaflow.tracing import outgoing_traceparent
+from notaflow.tracing import trace_fields
 from notaflow.views import nfce_view
 
 KIND = "nfce"
@@ -97,7 +97,7 @@ async def create_nfce(request: Request) -> Response:
         subject=ref,
         id=command_id,
         tenant=tenant.id,
-        traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
+        **trace_fields(request.headers),
     )
     d.waiters.register(command_id)  # before publishing: SEFAZ may answer quickly
     try:

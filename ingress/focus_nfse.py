@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 from urllib.parse import unquote_plus
 
@@ -39,7 +39,7 @@ from notaflow.ingress.responses import FastJSONResponse
 from notaflow.lifecycle import PROCESSING, XML_PREFIXES, can_email, is_issued
 from notaflow.nfse import normalize_nfse, validate_justificativa, validate_ref
 from notaflow.store import ClaimRequest, Tenant
-from notaflow.tracing import outgoing_traceparent
+from notaflow.tracing import trace_fields
 from notaflow.views import nfse_view
 
 KIND = "nfse"
@@ -82,7 +82,7 @@ async def create_nfse(request: Request) -> Response:
         query_string=request.scope.get("query_string", b""),
         content_type=headers.get("content-type", ""),
         read=lambda limit: read_body(request, limit),
-        traceparent=headers.get("traceparent", ""),
+        trace=headers,
     )
     return FastJSONResponse(accepted_body(cnpj, ref), status_code=202)
 
@@ -97,7 +97,7 @@ async def accept_nfse(
     query_string: bytes,
     content_type: str,
     read: Callable[[int], Awaitable[bytes]],
-    traceparent: str,
+    trace: Mapping[str, str],
 ) -> tuple[str, str]:
     """POST /v2/nfse without Starlette's Request (the ingress's hot route also runs as a raw
     ASGI handler, see `ingress.app`): the prestador's CNPJ and the ref, once the ref is claimed
@@ -126,7 +126,7 @@ async def accept_nfse(
         subject=ref,
         id=command_id,
         tenant=tenant.id,
-        traceparent=outgoing_traceparent(traceparent),
+        **trace_fields(trace),
     )
     claim = ClaimRequest(tenant.id, KIND, ref, cnpj, document, command_id, SOURCE)
     try:
@@ -247,7 +247,7 @@ def email_route(kind: FocusKind) -> Handler:
             data={"tenant": tenant.id, "ref": ref, "emails": list(dict.fromkeys(emails))},
             subject=ref,
             tenant=tenant.id,
-            traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
+            **trace_fields(request.headers),
         )
         await _publish(d, event, t.document_key(tenant.id, kind.kind, ref))
         return FastJSONResponse({"emails": event.data["emails"]})

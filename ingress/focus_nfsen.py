@@ -30,7 +30,7 @@ from notaflow.ingress.responses import FastJSONResponse
 from notaflow.lifecycle import is_issued
 from notaflow.nfse import validate_ref
 from notaflow.store import ClaimRequest
-from notaflow.tracing import outgoing_traceparent
+from notaflow.tracing import trace_fields
 from notaflow.views import nfse_view
 
 KIND = NFSEN.kind
@@ -63,7 +63,7 @@ async def create_nfsen(request: Request) -> Response:
         subject=ref,
         id=command_id,
         tenant=tenant.id,
-        traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
+        **trace_fields(request.headers),
     )
     claim = ClaimRequest(tenant.id, KIND, ref, cnpj, document, command_id, SOURCE)
     try:

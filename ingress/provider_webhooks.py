@@ -21,7 +21,7 @@ from notaflow.ingress.dialects import FOCUS, FocusError
 from notaflow.ingress.openapi_parts import Description, embedded_schema, focus_errors, json_response
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.schemas import validator
-from notaflow.tracing import outgoing_traceparent
+from notaflow.tracing import trace_fields
 
 SOURCE = t.SOURCE_FOCUS_WEBHOOK
 
@@ -50,7 +50,7 @@ async def focus_nfse_callback(request: Request) -> Response:
         data=body,
         subject=str(body["ref"]),
         tenant=doc.tenant_id if doc is not None else "",
-        traceparent=outgoing_traceparent(request.headers.get("traceparent", "")),
+        **trace_fields(request.headers),
     )
     try:
         await d.bus.publish(d.topics.provider_events, event, key)

@@ -215,12 +215,12 @@ class Bus:
     ) -> None:
         """`publish` under a PRODUCER span; the record's traceparent names that span, so the
         consumer's `process` span is its child. Without a current span (a CLI verb), the
-        event's own traceparent is the parent."""
+        event's own trace headers are the parent (its tracestate and baggage kept)."""
         current = trace.get_current_span().get_span_context().is_valid
         with tracing.span(
             f"send {topic}",
             kind=SpanKind.PRODUCER,
-            parent_traceparent=None if current else (event.traceparent or None),
+            carrier=None if current else {k: v for k, v in event.trace().items() if v},
             **tracing.messaging_attributes("send", topic),
         ):
             headers = tracing.with_current_traceparent(event.headers())

@@ -25,7 +25,15 @@ class Event:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     time: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     tenant: str = ""
+    # W3C Trace Context and Baggage (notaflow.tracing.TRACE_HEADERS), as record headers.
     traceparent: str = ""
+    tracestate: str = ""
+    baggage: str = ""
+
+    def trace(self) -> dict[str, str]:
+        """The trace headers this event carries, for the events it causes."""
+        return {"traceparent": self.traceparent, "tracestate": self.tracestate,
+                "baggage": self.baggage}  # fmt: skip
 
     def headers(self) -> list[tuple[str, bytes]]:
         out = [
@@ -40,8 +48,9 @@ class Event:
             out.append(("ce_subject", self.subject.encode()))
         if self.tenant:
             out.append(("ce_tenant", self.tenant.encode()))
-        if self.traceparent:
-            out.append(("traceparent", self.traceparent.encode()))
+        for name, value in self.trace().items():
+            if value:
+                out.append((name, value.encode()))
         return out
 
     def value(self) -> bytes:
@@ -76,4 +85,6 @@ def decode(headers: Headers | None, value: bytes | None) -> Event:
         time=attrs.get("ce_time", ""),
         tenant=attrs.get("ce_tenant", ""),
         traceparent=attrs.get("traceparent", ""),
+        tracestate=attrs.get("tracestate", ""),
+        baggage=attrs.get("baggage", ""),
     )

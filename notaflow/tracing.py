@@ -1,5 +1,5 @@
 """OpenTelemetry tracing, off by default: from the HTTP request through Kafka (the W3C
-`traceparent` record header) to the provider call and the e-mail.
+`traceparent`, `tracestate` and `baggage` record headers) to the provider call and the e-mail.
 
 On with OpenTelemetry's standard variables (`OTEL_EXPORTER_OTLP_ENDPOINT` or
 `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT`, OTLP over HTTP; the SDK reads the rest of `OTEL_*` itself:
@@ -27,7 +27,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from opentelemetry import propagate, trace
-from opentelemetry.context import Context
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -127,16 +126,6 @@ def build_version() -> str:
         return "unknown"
 
 
-def context_from(
-    traceparent: str | None, carrier: Mapping[str, str] | None = None
-) -> Context | None:
-    """The remote parent: a `traceparent`, or a whole carrier (HTTP headers: `tracestate` and
-    `baggage` come along through the configured propagators)."""
-    if carrier:
-        return propagate.extract(carrier)
-    return propagate.extract({"traceparent": traceparent}) if traceparent else None
-
-
 def http_server_attributes(method: str, path: str, scheme: str, port: int | None) -> dict[str, Any]:
     return {
         "http.request.method": method,
@@ -177,30 +166,41 @@ def messaging_attributes(
     }
 
 
+#: The W3C headers of a trace: Trace Context (`traceparent`, `tracestate`) and Baggage. Every
+#: record we publish carries all three, so a vendor's `tracestate` entries and the client's
+#: `baggage` reach every process the command goes through, as they would over HTTP.
+TRACE_HEADERS = ("traceparent", "tracestate", "baggage")
+
+
+def trace_fields(incoming: Mapping[str, str] | None = None) -> dict[str, str]:
+    """`traceparent`, `tracestate` and `baggage` for what we publish: with tracing on, the
+    current context's (the propagators keep the client's tracestate and baggage, and the parent
+    is our span); with it off, what came in, unchanged, as an intermediary passes them on."""
+    passed = {name: (incoming or {}).get(name, "") or "" for name in TRACE_HEADERS}
+    if not _enabled:
+        return passed
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return {name: carrier.get(name, passed[name]) for name in TRACE_HEADERS}
+
+
 def with_current_traceparent(headers: list[tuple[str, bytes]]) -> list[tuple[str, bytes]]:
     """Record headers with `traceparent` pointing at the current span (the producer span), so
-    the consumer's `process` span is its child."""
-    current = outgoing_traceparent()
+    the consumer's `process` span is its child; `tracestate` and `baggage` stay as they are."""
+    if not _enabled:
+        return headers
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    current = carrier.get("traceparent")
     if not current:
         return headers
     return [(k, v) for k, v in headers if k != "traceparent"] + [("traceparent", current.encode())]
-
-
-def outgoing_traceparent(incoming: str = "") -> str:
-    """The `traceparent` to put on what we publish or call: the current span when tracing is
-    on, otherwise whatever came in (so a client's trace id still travels)."""
-    if not _enabled:
-        return incoming
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    return carrier.get("traceparent", incoming)
 
 
 @contextmanager
 def span(
     name: str,
     kind: SpanKind = SpanKind.INTERNAL,
-    parent_traceparent: str | None = None,
     carrier: Mapping[str, str] | None = None,
     **attributes: Any,
 ) -> Iterator[Span | None]:
@@ -209,7 +209,7 @@ def span(
         return
     with tracer().start_as_current_span(
         name,
-        context=context_from(parent_traceparent, carrier),
+        context=propagate.extract(carrier) if carrier else None,
         kind=kind,
         attributes={k: v for k, v in attributes.items() if v is not None},
     ) as current:

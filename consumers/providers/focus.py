@@ -247,9 +247,11 @@ class FocusClient:
         if json is not None:
             content = orjson.dumps(json)
             headers.append((b"Content-Type", b"application/json"))
-        parent = tracing.outgoing_traceparent()
-        if parent:
-            headers.append((b"traceparent", parent.encode("ascii")))
+        for name, value in tracing.trace_fields().items():
+            # Baggage stays inside notaflow: it may carry the client's own data, and Focus is a
+            # third party. traceparent and tracestate are for exactly this hop.
+            if value and name != "baggage":
+                headers.append((name.encode("ascii"), value.encode("ascii", "replace")))
         if self._raw is not None:
             if content or method in ("POST", "PUT", "PATCH"):
                 headers.append((b"Content-Length", str(len(content)).encode("ascii")))

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -70,7 +70,7 @@ class Attempts:
         self._stats = stats
         self._metrics = metrics
 
-    async def handle(self, record: Any, traceparent: str | None, fence: asyncio.Event) -> str:
+    async def handle(self, record: Any, trace: Mapping[str, str], fence: asyncio.Event) -> str:
         """Decode the envelope (once, whatever the retries), then handle with retries.
         Returns the outcome: processed or dead_lettered."""
         event: Event | None = None
@@ -82,7 +82,7 @@ class Attempts:
                 await self._dead_letter(record, f"invalid: {exc.field}: {exc.message}", 1)
                 self._schedule.finished((record.topic, record.partition, record.offset))
                 return "dead_lettered"
-        return await self._handle_with_retries(record, event, traceparent, fence)
+        return await self._handle_with_retries(record, event, trace, fence)
 
     async def _call(self, record: Any, event: Event | None) -> None:
         if event is not None and self._routes is not None:
@@ -91,7 +91,7 @@ class Attempts:
             await self._record_handler(record)
 
     async def _handle_with_retries(
-        self, record: Any, event: Event | None, traceparent: str | None, fence: asyncio.Event
+        self, record: Any, event: Event | None, trace: Mapping[str, str], fence: asyncio.Event
     ) -> str:
         at: Coordinates = (record.topic, record.partition, record.offset)
         attempt = 1
@@ -128,7 +128,7 @@ class Attempts:
                 with tracing.span(
                     f"process {record.topic}",
                     kind=SpanKind.CONSUMER,
-                    parent_traceparent=traceparent,
+                    carrier=trace,
                     **attributes,
                 ):
                     await self._call(record, event)

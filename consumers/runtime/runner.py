@@ -47,6 +47,7 @@ from notaflow.metrics import Metrics
 from notaflow.routing import Routes
 from notaflow.settings import Settings
 from notaflow.store.retries import RetryLedger
+from notaflow.tracing import TRACE_HEADERS
 
 log = logging.getLogger(__name__)
 
@@ -220,10 +221,9 @@ class Runner:
                 else contextlib.nullcontext()
             )
             context = _record_context(record)
-            traceparent = context.pop("traceparent", None)
             # The record's ids on every line about it: its attempts, retries and dead letter.
             with timer, log_context(**context):
-                outcome = await self._attempts.handle(record, traceparent, fence)
+                outcome = await self._attempts.handle(record, _trace_carrier(record), fence)
         except BaseException as exc:
             # Not done (shutdown, a revoke, or even the dead-letter publish failed): the offset
             # stays uncommitted and the record comes back to whoever owns the partition next.
@@ -354,8 +354,17 @@ def _record_context(record: Any) -> dict[str, Any]:
         "tenant": text("ce_tenant"),
         "ref": text("ce_subject"),
         "trace_id": trace_id_of(text("traceparent")),
-        "traceparent": text("traceparent"),
     }
+
+
+def _trace_carrier(record: Any) -> dict[str, str]:
+    """The record's trace headers (traceparent, tracestate, baggage): the remote parent of its
+    `process` span, with the client's tracestate and baggage kept in the span's context."""
+    carrier = {}
+    for name, value in record.headers or ():
+        if name in TRACE_HEADERS and isinstance(value, bytes) and name not in carrier:
+            carrier[name] = value.decode(errors="replace")
+    return carrier
 
 
 class _Listener(ConsumerRebalanceListener):

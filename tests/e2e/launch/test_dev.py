@@ -20,6 +20,7 @@ from typing import Any
 import httpx
 import pytest
 
+from notaflow.launch import envfile
 from notaflow.launch.broker import free_port, port_open
 from notaflow.launch.devstack import DevOptions, find_leftovers
 from testkit.processes import ROOT
@@ -361,10 +362,15 @@ def test_operator_verbs_find_the_stack(dev: Dev) -> None:
 # Last in the module: it stops the module's stack (one start fewer for the suite).
 def test_zz_a_stop_under_a_backlog_is_bounded(dev: Dev) -> None:
     # Notes are accepted faster than the stack authorizes them, so commands wait in Kafka,
-    # calls and callbacks are in flight when the stop (Ctrl-C) comes.
+    # calls and callbacks are in flight when the stop (Ctrl-C) comes. The sandbox answers each
+    # call a second late: on a loaded machine the stack could otherwise keep up with the load
+    # (the backlog this test needs would then be missing, as seen under CI-like load).
     d = dev
     try:
         doc = with_valid_cnpjs(JSON_EXAMPLE)
+        focus = envfile.parse(d.env)["NOTAFLOW_FOCUS_BASE_URL"]
+        slow = {"mode": "slow", "seconds": 120, "hang": 1.0}
+        assert httpx.post(f"{focus}/_sandbox/outage", json=slow, timeout=10).status_code == 200
 
         async def load() -> int:
             limits = httpx.Limits(max_connections=32)

@@ -1,6 +1,7 @@
 """Tracing across processes: a client's traceparent continues through the ingress, the Kafka
 record, the emission consumer and the Focus call, the callback's lifecycle event, and the
-notification consumer's e-mail — one trace id end to end, every process exporting its spans."""
+notification consumer's e-mail — one trace id end to end, every process exporting its spans;
+the client's tracestate and baggage ride every record the command causes."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ import pytest
 
 from notaflow.launch.broker import EmbeddedBroker
 from notaflow.settings import Settings
+from notaflow.topics import Topics
+from testkit.kafka import read_topic
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from testkit.smtp import ThreadedSmtpSink
 from testkit.stack import Stack
@@ -55,6 +58,28 @@ def read_spans(directory: Path) -> list[dict[str, Any]]:
     return out
 
 
+def _records_of(stack: Stack, topic: str, ref: str) -> list[dict[str, str]]:
+    """The headers (as text) of `topic`'s records about `ref`, each with its value as `_data`."""
+    out = []
+    for record in read_topic(stack.settings.kafka_bootstrap, topic):
+        headers = {k: v.decode() for k, v in record.headers or () if v is not None}
+        if headers.get("ce_subject") == ref:
+            out.append({**headers, "_data": record.value.decode()})
+    return out
+
+
+def _lifecycle(stack: Stack) -> list[dict[str, str]]:
+    return _records_of(stack, Topics(stack.settings.kafka_topic_prefix).lifecycle, "tr1")
+
+
+def _status(headers: dict[str, str]) -> str:
+    return str(json.loads(headers["_data"]).get("status"))
+
+
+def _baggage(header: str) -> dict[str, str]:
+    return dict(item.strip().split("=", 1) for item in header.split(",") if item.strip())
+
+
 def _traceparent() -> tuple[str, str]:
     trace_id = secrets.token_hex(16)
     return trace_id, f"00-{trace_id}-{secrets.token_hex(8)}-01"
@@ -93,12 +118,13 @@ def test_one_trace_from_request_to_provider_and_to_email(traced: tuple[Stack, Pa
         return dict(parent)
 
     emit_trace, header = _traceparent()
+    tracestate, baggage = "erp=t61rcWkgMzE,rojo=00f067aa0ba902b7", "pedido=4711,lote=ab%20c"
     with stack.client() as c:
         r = c.post(
             "/v2/nfse",
             params={"ref": "tr1"},
             json=with_valid_cnpjs(JSON_EXAMPLE),
-            headers={"traceparent": header},
+            headers={"traceparent": header, "tracestate": tracestate, "baggage": baggage},
         )
         assert r.status_code == 202
     stack.wait_status("tr1", {"autorizado"})
@@ -125,6 +151,19 @@ def test_one_trace_from_request_to_provider_and_to_email(traced: tuple[Stack, Pa
     assert request["attributes"]["http.route"] == "/v2/nfse"
     assert request["attributes"]["http.request.method"] == "POST"
     assert request["attributes"]["http.response.status_code"] == 202
+
+    # The command and the lifecycle event it caused carry the client's tracestate and baggage
+    # (W3C propagators through each process), in the same trace. (`autorizado` follows Focus's
+    # callback, a request of its own: Focus does not carry our trace.)
+    topics = Topics(stack.settings.kafka_topic_prefix)
+    command = _records_of(stack, topics.nfse_commands, "tr1")
+    wait_for(lambda: any(_status(h) == "processando_autorizacao" for h in _lifecycle(stack)), 20)
+    processing = [h for h in _lifecycle(stack) if _status(h) == "processando_autorizacao"]
+    assert len(command) == 1 and len(processing) == 1
+    for headers in command + processing:
+        assert headers["traceparent"].split("-")[1] == emit_trace
+        assert headers["tracestate"] == tracestate
+        assert _baggage(headers["baggage"]) == _baggage(baggage)
 
     # Focus does not carry our trace through its callback, so the copy e-mail is the request
     # that shows the path to SMTP: HTTP -> Kafka -> notification consumer -> SMTP.

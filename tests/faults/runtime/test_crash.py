@@ -37,6 +37,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from notaflow import topics as t
 from notaflow.settings import Settings
+from testkit.kafka import read_topic
 from testkit.processes import Proc
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from testkit.stack import Stack
@@ -135,35 +136,6 @@ def progress(stack: Stack) -> tuple[int, int]:
     """(POSTs the sandbox received, notes authorized in notaflow): both move only while the
     emission consumer works (commands, then the callbacks Focus sent back)."""
     return sum(sandbox_stats(stack)["posts"].values()), authorized_count(stack)
-
-
-def read_topic(bootstrap: str, topic: str) -> list[Any]:
-    """Every record of `topic` from the beginning up to its current end (no consumer group)."""
-
-    async def run() -> list[Any]:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, enable_auto_commit=False, group_id=None
-        )
-        await consumer.start()
-        try:
-            parts = consumer.partitions_for_topic(topic) or set()
-            tps = [TopicPartition(topic, p) for p in sorted(parts)]
-            if not tps:
-                return []
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
-            records: list[Any] = []
-            deadline = time.monotonic() + 30
-            while any([await consumer.position(tp) < end[tp] for tp in tps]):
-                assert time.monotonic() < deadline, f"could not read {topic} to its end"
-                for batch in (await consumer.getmany(timeout_ms=500)).values():
-                    records.extend(batch)
-            return records
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(run())
 
 
 def committed_total(stack: Stack, group: str, topic: str) -> int:

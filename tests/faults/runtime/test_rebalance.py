@@ -35,11 +35,12 @@ import pytest
 
 from notaflow import topics as t
 from notaflow.settings import Settings
+from testkit.kafka import read_topic
 from testkit.processes import Proc
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from testkit.stack import Stack
 from testkit.waiting import wait_for
-from tests.faults.runtime.test_crash import fetch_notes, read_topic, sandbox_stats
+from tests.faults.runtime.test_crash import fetch_notes, sandbox_stats
 
 SEED = int(os.environ.get("NOTAFLOW_FAULT_SEED", "6"))
 PARTITIONS = 6

@@ -24,11 +24,12 @@ import pytest
 
 from notaflow import topics as t
 from notaflow.settings import Settings
+from testkit.kafka import read_topic
 from testkit.postgres import ThrowawayPostgres, pg_binaries
 from testkit.stack import Stack
 from testkit.streaming import Stream, open_loop
 from tests.faults.runtime.test_broker_outage import settle
-from tests.faults.runtime.test_crash import read_topic, sandbox_stats
+from tests.faults.runtime.test_crash import sandbox_stats
 
 INTERVAL = 1 / 20  # a command every 50 ms whatever the answers (open loop)
 BEFORE, DOWN, AFTER = 3.0, 5.0, 3.0

@@ -24,6 +24,8 @@ def full_event() -> Event:
         subject="r-1",
         tenant="acme",
         traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+        tracestate="congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
+        baggage="userId=alice,serverNode=DF%2028",
     )
 
 
@@ -44,6 +46,8 @@ def test_headers_are_binary_mode_cloudevents() -> None:
         "ce_subject": b"r-1",
         "ce_tenant": b"acme",
         "traceparent": event.traceparent.encode(),
+        "tracestate": b"congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
+        "baggage": b"userId=alice,serverNode=DF%2028",
         "content-type": b"application/json",
     }
     assert orjson.loads(event.value()) == event.data
@@ -52,8 +56,21 @@ def test_headers_are_binary_mode_cloudevents() -> None:
 def test_optional_attributes_are_omitted_and_round_trip_empty() -> None:
     event = Event(type="t", source="s", data={})
     names = [name for name, _ in event.headers()]
-    assert not {"ce_subject", "ce_tenant", "traceparent"} & set(names)
+    assert not {"ce_subject", "ce_tenant", "traceparent", "tracestate", "baggage"} & set(names)
     assert decode(event.headers(), event.value()) == event
+
+
+def test_trace_headers_pass_through_unchanged_while_tracing_is_off() -> None:
+    """An intermediary forwards a trace it does not record: traceparent, tracestate and
+    baggage reach the events a command causes as they came."""
+    from notaflow import tracing
+
+    assert not tracing.enabled()
+    cause = full_event()
+    assert tracing.trace_fields(cause.trace()) == cause.trace()
+    effect = Event(type="t", source="s", data={}, **tracing.trace_fields(cause.trace()))
+    assert decode(effect.headers(), effect.value()).trace() == cause.trace()
+    assert tracing.trace_fields() == dict.fromkeys(tracing.TRACE_HEADERS, "")
 
 
 def test_each_event_gets_its_own_id_and_a_time() -> None:
