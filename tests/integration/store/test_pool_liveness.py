@@ -12,7 +12,7 @@ import pytest
 import sqlalchemy as sa
 
 from notaflow.store import DeliveryStore, HookStore, create_engine, migrate
-from tests.support import ThrowawayPostgres
+from testkit.postgres import ThrowawayPostgres
 
 
 @pytest.fixture
