@@ -22,6 +22,7 @@ from notaflow.settings import Settings
 from notaflow.store import TenantStore, create_engine
 from notaflow.store.db import migrate
 from notaflow.store.invoices import BillingConfigStore
+from notaflow.store.operators import OperatorStore
 
 LIMIT = 1000
 TOKEN = "tok-dialects"
@@ -30,7 +31,9 @@ HOOK_SECRET = "hook-secret"
 # POST and DELETE routes that read no body (their answers come from the store): listed so a
 # new route is a decision, not an omission.
 BODYLESS = {("POST", "/v2/nfse/{ref}/hook"), ("POST", "/v2/nfsen/{ref}/hook"),
-            ("DELETE", "/v2/hooks/{id}")}  # fmt: skip
+            ("DELETE", "/v2/hooks/{id}"),
+            ("POST", "/admin/v1/accounts/{tenant}/{cnpj}/{provider}/disable"),
+            ("POST", "/admin/v1/accounts/{tenant}/{cnpj}/{provider}/enable")}  # fmt: skip
 
 BAD_BODIES: list[tuple[str, bytes, str, BodyError]] = [
     ("too large", b"x" * (LIMIT + 1), "application/json", BodyTooLarge()),
@@ -57,6 +60,7 @@ async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[http
     tenants = TenantStore(engine)
     await tenants.create("t1", "Tenant", ["51916585000125"], token=TOKEN)
     app_id, secret = await BillingConfigStore(engine).create_app("t1")
+    operator = await OperatorStore(engine).create("dialects")
     settings = Settings(max_body_bytes=LIMIT, focus_webhook_secret=HOOK_SECRET)
     deps = IngressDeps(
         settings=settings, engine=engine, bus=None, documents=None,  # type: ignore[arg-type]
@@ -76,6 +80,7 @@ async def client(tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[http
         transport=transport, base_url="http://ingress", headers=credentials
     ) as c:
         c.app_routes = [r for r in app.routes if isinstance(r, Route)]  # type: ignore[attr-defined]
+        c.operator = operator  # type: ignore[attr-defined]
         yield c
     await engine.dispose()
 
@@ -92,6 +97,8 @@ def body_routes(c: httpx.AsyncClient) -> list[tuple[str, str]]:
 
 def url_of(path: str) -> str:
     url = path.replace("{ref}", "r1").replace("{uid}", "u1").replace("{id}", "1")
+    url = url.replace("{tenant}", "t1").replace("{cnpj}", "51916585000125")
+    url = url.replace("{provider}", "focus")
     return url + "?ref=r1" if url in ("/v2/nfse", "/v2/nfsen", "/v2/nfce") else url
 
 
@@ -109,6 +116,8 @@ async def test_every_route_that_reads_a_body_answers_body_errors_in_its_dialect(
             headers = {"authorization": f"Bearer {TOKEN}"}
         if path.startswith("/webhooks/"):  # Focus's callbacks carry the hook's secret
             headers = {Settings().focus_webhook_header: HOOK_SECRET}
+        if path.startswith("/admin/"):  # the admin API takes an operator's token
+            headers = {"authorization": f"Bearer {client.operator}"}  # type: ignore[attr-defined]
         for what, content, content_type, error in BAD_BODIES:
             expected = render(dialect.body_error(error, LIMIT))
             r = await client.request(
