@@ -22,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notaflow import tracing
 from notaflow.errors import IngressError
+from notaflow.focus_kinds import NFSE
 from notaflow.ingress import (
     admin,
     focus_hooks,
@@ -200,7 +201,8 @@ class HotRoute:
                 elif name == b"traceparent" and traceparent is None:
                     traceparent = value.decode("latin-1")
             try:
-                cnpj, ref = await focus_nfse.accept_nfse(
+                cnpj, ref = await focus_nfse.accept_note(
+                    NFSE,
                     self._d,
                     authorization=authorization or "",
                     query_string=scope.get("query_string", b""),

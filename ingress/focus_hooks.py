@@ -21,7 +21,7 @@ from notaflow import destinations
 from notaflow.brdocs import clean_document, valid_cnpj, valid_cpf
 from notaflow.ingress.deps import deps
 from notaflow.ingress.dialects import FOCUS, FocusError
-from notaflow.ingress.focus_nfse import authenticate
+from notaflow.ingress.focus_request import authenticate
 from notaflow.ingress.openapi_parts import (
     FOCUS_AUTH,
     HOOK_ID_PARAM,
