@@ -10,15 +10,15 @@ from starlette.routing import Route
 
 from notaflow import topics as t
 from notaflow.accounts import Provider
-from notaflow.errors import InvalidDocument
 from notaflow.ingress.account_check import has_account, refuse_disabled
-from notaflow.ingress.cancellation import cancel_and_wait
+from notaflow.ingress.cancellation import cancel_route
 from notaflow.ingress.deps import deps
 from notaflow.ingress.dialects import FOCUS
 from notaflow.ingress.focus_request import (
     authenticate,
     normalized,
     not_enabled,
+    note_or_404,
     read_ref,
     submit,
 )
@@ -105,43 +105,27 @@ async def create_nfce(request: Request) -> Response:
 async def get_nfce(request: Request) -> Response:
     d = deps(request)
     tenant = await authenticate(request, d)
-    doc = await d.documents.get(tenant.id, KIND, request.path_params["ref"])
-    if doc is None:
-        raise FOCUS.not_found()
+    doc = await note_or_404(d, tenant, KIND, request.path_params["ref"])
     return FastJSONResponse({**nfce_view(doc), "id": doc.id})
 
 
-async def cancel_nfce(request: Request) -> Response:
-    d = deps(request)
-    tenant = await authenticate(request, d)
-    ref = request.path_params["ref"]
-    body = await FOCUS.json(request, d.settings.max_body_bytes, empty={})
-    try:
-        motivo = validate_motivo(body)
-    except InvalidDocument as exc:
-        raise FOCUS.invalid(exc.message) from exc
-    return await cancel_and_wait(
-        request,
-        d,
-        tenant,
-        kind=KIND,
-        ref=ref,
-        event_type=t.NFCE_CANCEL,
-        topic=d.topics.nfce_commands,
-        data={"motivo": motivo},
-        wait=d.settings.nfce_wait,
-        view=nfce_view,
-        cancelled_body=lambda doc: nfce_view(doc) if doc else {"status": "cancelado"},
-    )
+cancel_nfce = cancel_route(
+    KIND,
+    t.NFCE_CANCEL,
+    reason=("motivo", validate_motivo),
+    empty_body={},
+    topic=lambda topics: topics.nfce_commands,
+    wait=lambda settings: settings.nfce_wait,
+    view=nfce_view,
+    cancelled_body=lambda doc: nfce_view(doc) if doc else {"status": "cancelado"},
+)
 
 
 async def nfce_file(request: Request) -> Response:
     """The DANFE (PDF) or XML Emites-Client returned, kept by notaflow outside Kafka."""
     d = deps(request)
     tenant = await authenticate(request, d)
-    doc = await d.documents.get(tenant.id, KIND, request.path_params["ref"])
-    if doc is None:
-        raise FOCUS.not_found()
+    doc = await note_or_404(d, tenant, KIND, request.path_params["ref"])
     name = NFCE_DANFE if request.url.path.endswith("danfe.pdf") else NFCE_XML
     blob = await d.documents.get_blob(nfce_blob(doc.id, name))
     if blob is None:

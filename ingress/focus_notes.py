@@ -14,14 +14,13 @@ from starlette.routing import Route
 from notaflow import topics as t
 from notaflow.accounts import Provider
 from notaflow.emails import MAX_PER_REQUEST, valid_email
-from notaflow.envelope import Event
-from notaflow.errors import BusUnavailable, InvalidDocument
+from notaflow.errors import BusUnavailable
 from notaflow.focus_kinds import FocusKind
 from notaflow.ingress.account_check import refuse_disabled
-from notaflow.ingress.cancellation import cancel_and_wait
+from notaflow.ingress.cancellation import cancel_route as focus_cancel_route
 from notaflow.ingress.deps import IngressDeps, deps
 from notaflow.ingress.dialects import FOCUS, FocusError
-from notaflow.ingress.focus_request import SOURCE, authenticate
+from notaflow.ingress.focus_request import authenticate, command, note_or_404
 from notaflow.ingress.openapi_parts import (
     CREATE_ERRORS,
     ERROS,
@@ -35,7 +34,7 @@ from notaflow.ingress.openapi_parts import (
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.lifecycle import XML_PREFIXES, can_email
 from notaflow.nfse import validate_justificativa
-from notaflow.store import Document, Tenant
+from notaflow.store import Tenant
 from notaflow.tracing import outgoing_traceparent
 from notaflow.views import nfse_view
 
@@ -61,7 +60,7 @@ def get_route(kind: FocusKind) -> Handler:
     async def get_note(request: Request) -> Response:
         d = deps(request)
         tenant = await authenticate(request, d)
-        doc = await _note(d, tenant, kind, request.path_params["ref"])
+        doc = await note_or_404(d, tenant, kind.kind, request.path_params["ref"])
         # Beyond Focus: the numeric id other dialects name the note by (HubSoft id_nota_fiscal).
         view = {**nfse_view(doc), "id": doc.id}
         if completa(request):
@@ -87,32 +86,16 @@ def xml_route(prefix: str) -> Handler:
 
 
 def cancel_route(kind: FocusKind) -> Handler:
-    """Synchronous, as at Focus: publish the cancel command, wait (bounded) for the
-    cancellation consumer's answer; past the bound, 202 with the note as it stands."""
-
-    async def cancel(request: Request) -> Response:
-        d = deps(request)
-        tenant = await authenticate(request, d)
-        body = await FOCUS.json(request, d.settings.max_body_bytes)
-        try:
-            justificativa = validate_justificativa(body)
-        except InvalidDocument as exc:
-            raise FOCUS.invalid(exc.message) from exc
-        return await cancel_and_wait(
-            request,
-            d,
-            tenant,
-            kind=kind.kind,
-            ref=request.path_params["ref"],
-            event_type=kind.cancel_type,
-            topic=d.topics.nfse_commands,
-            data={"justificativa": justificativa},
-            wait=d.settings.cancel_wait,
-            view=nfse_view,
-            cancelled_body=lambda _doc: {"status": "cancelado"},  # seed 001's answer
-        )
-
-    return cancel
+    return focus_cancel_route(
+        kind.kind,
+        kind.cancel_type,
+        reason=("justificativa", validate_justificativa),
+        empty_body=None,
+        topic=lambda topics: topics.nfse_commands,
+        wait=lambda settings: settings.cancel_wait,
+        view=nfse_view,
+        cancelled_body=lambda _doc: {"status": "cancelado"},  # seed 001's answer
+    )
 
 
 def email_route(kind: FocusKind) -> Handler:
@@ -135,7 +118,7 @@ def email_route(kind: FocusKind) -> Handler:
         for address in emails:
             if not isinstance(address, str) or not valid_email(address):
                 raise FOCUS.invalid(f"E-mail inválido: {address}")
-        doc = await _note(d, tenant, kind, ref)
+        doc = await note_or_404(d, tenant, kind.kind, ref)
         if not can_email(doc.status):
             raise FocusError(400, "nfe_nao_autorizada", "Nota fiscal não autorizada")
         await refuse_disabled(d, tenant.id, doc.cnpj_prestador, Provider.SMTP)
@@ -154,19 +137,12 @@ def hook_route(kind: FocusKind) -> Handler:
         d = deps(request)
         tenant = await authenticate(request, d)
         ref = request.path_params["ref"]
-        doc = await _note(d, tenant, kind, ref)
+        doc = await note_or_404(d, tenant, kind.kind, ref)
         fired = await d.hooks.matching(tenant.id, kind.kind, doc.cnpj_prestador)
         await _publish(d, tenant, kind, ref, kind.hook_type, {}, traceparent="")
         return FastJSONResponse([hook.public() for hook in fired])
 
     return refire_hook
-
-
-async def _note(d: IngressDeps, tenant: Tenant, kind: FocusKind, ref: str) -> Document:
-    doc = await d.documents.get(tenant.id, kind.kind, ref)
-    if doc is None:
-        raise FOCUS.not_found()
-    return doc
 
 
 async def _publish(
@@ -179,14 +155,7 @@ async def _publish(
     traceparent: str,
 ) -> None:
     """A command about a note that claims nothing (e-mail, hooks again): published on its own."""
-    event = Event(
-        type=event_type,
-        source=SOURCE,
-        data={"tenant": tenant.id, "ref": ref, **data},
-        subject=ref,
-        tenant=tenant.id,
-        traceparent=traceparent,
-    )
+    event = command(tenant, ref, event_type, data, traceparent)
     key = t.document_key(tenant.id, kind.kind, ref)
     try:
         await d.bus.publish(d.topics.nfse_commands, event, key)

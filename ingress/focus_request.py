@@ -22,7 +22,7 @@ from notaflow.ingress.intake import Intake
 from notaflow.lifecycle import is_issued
 from notaflow.nfse import validate_ref
 from notaflow.replies import ReplyWaiters
-from notaflow.store import ClaimRequest, Tenant
+from notaflow.store import ClaimRequest, Document, Tenant
 from notaflow.tracing import outgoing_traceparent
 
 SOURCE = t.SOURCE_INGRESS
@@ -56,6 +56,14 @@ async def authenticate_header(authorization: str, d: IngressDeps) -> Tenant:
     return tenant
 
 
+async def note_or_404(d: IngressDeps, tenant: Tenant, kind: str, ref: str) -> Document:
+    """The tenant's note, or Focus's 404."""
+    doc = await d.documents.get(tenant.id, kind, ref)
+    if doc is None:
+        raise FOCUS.not_found()
+    return doc
+
+
 def read_ref(query_string: bytes) -> str:
     """`?ref=` of a create route, or Focus's 400."""
     try:
@@ -70,6 +78,27 @@ def normalized(normalize: Callable[[Any], dict[str, Any]], raw: Any) -> dict[str
         return normalize(raw)
     except InvalidDocument as exc:
         raise FOCUS.invalid(exc.message) from exc
+
+
+def command(
+    tenant: Tenant,
+    ref: str,
+    event_type: str,
+    data: dict[str, Any],
+    traceparent: str,
+    command_id: str | None = None,
+) -> Event:
+    """A Focus route's command about the note `ref`: `{tenant, ref, **data}`, keyed by the
+    note (`topics.document_key`), `traceparent` as it goes out (`outgoing_traceparent`)."""
+    return Event(
+        type=event_type,
+        source=SOURCE,
+        data={"tenant": tenant.id, "ref": ref, **data},
+        subject=ref,
+        id=command_id or str(uuid.uuid4()),
+        tenant=tenant.id,
+        traceparent=traceparent,
+    )
 
 
 def not_enabled(document: str) -> FocusError:
@@ -97,15 +126,7 @@ async def submit(
     is not there. With `waiters`, the id is registered before publishing (the provider may
     answer quickly) and forgotten on a refusal."""
     command_id = str(uuid.uuid4())
-    event = Event(
-        type=event_type,
-        source=SOURCE,
-        data={"tenant": tenant.id, "ref": ref, **data},
-        subject=ref,
-        id=command_id,
-        tenant=tenant.id,
-        traceparent=outgoing_traceparent(traceparent),
-    )
+    event = command(tenant, ref, event_type, data, outgoing_traceparent(traceparent), command_id)
     claim = ClaimRequest(tenant.id, kind, ref, cnpj, document, command_id, SOURCE)
     if waiters is not None:
         waiters.register(command_id)
