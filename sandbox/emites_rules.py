@@ -326,19 +326,24 @@ def _grouped(key: str) -> str:
     return " ".join(key[i : i + 4] for i in range(0, len(key), 4))
 
 
-def render_danfe(
-    doc: Mapping[str, Any],
-    emitente: Emitente,
-    chave: str,
-    serie: int,
-    numero: int,
-    protocol: str,
-    issued_at: datetime,
-) -> bytes:
+@dataclass(frozen=True)
+class Authorized:
+    """What a note's documents (DANFE, XML) print: the request and what SEFAZ gave it."""
+
+    doc: Mapping[str, Any]
+    emitente: Emitente
+    chave: str
+    serie: int
+    numero: int
+    protocol: str
+    issued_at: datetime
+
+
+def render_danfe(note: Authorized) -> bytes:
     """A small but real DANFE NFC-e (80 mm receipt) as PDF bytes, deterministic per input."""
     pdf = FPDF(orientation="P", unit="mm", format=(80, 297))
-    pdf.set_creation_date(issued_at)
-    pdf.set_title(f"DANFE NFC-e {numero:09d}")
+    pdf.set_creation_date(note.issued_at)
+    pdf.set_title(f"DANFE NFC-e {note.numero:09d}")
     pdf.set_margins(4, 4, 4)
     pdf.set_auto_page_break(auto=True, margin=4)
     pdf.add_page()
@@ -348,13 +353,13 @@ def render_danfe(
         pdf.set_font("helvetica", style=style, size=size)
         pdf.multi_cell(width, size * 0.5, text, align=align, new_x="LMARGIN", new_y="NEXT")
 
-    line(emitente.razao_social, 8, "B", "C")
-    line(f"CNPJ: {emitente.cnpj}", align="C")
+    line(note.emitente.razao_social, 8, "B", "C")
+    line(f"CNPJ: {note.emitente.cnpj}", align="C")
     line("DANFE NFC-e - Documento Auxiliar da Nota Fiscal de Consumidor Eletrônica", 7, "B", "C")
     line("EMITIDA EM AMBIENTE DE HOMOLOGAÇÃO - SEM VALOR FISCAL", 6, "B", "C")
     pdf.ln(1)
     line("Código | Descrição | Qtde | Un | Vl Unit | Vl Total", 6, "B")
-    for produto in doc.get("produtos", ()):
+    for produto in note.doc.get("produtos", ()):
         line(
             f"{produto.get('codigo_produto')} {produto.get('descricao')} "
             f"{produto.get('quantidade_comercial')} {produto.get('unidade_comercial')} x "
@@ -363,17 +368,19 @@ def render_danfe(
             6,
         )
     pdf.ln(1)
-    line(f"Qtde. total de itens: {len(doc.get('produtos', ()))}")
-    line(f"VALOR TOTAL R$ {_money(total(doc))}", 8, "B")
-    for payment in payments(doc):
+    line(f"Qtde. total de itens: {len(note.doc.get('produtos', ()))}")
+    line(f"VALOR TOTAL R$ {_money(total(note.doc))}", 8, "B")
+    for payment in payments(note.doc):
         amount = _money(_decimal(payment.get("valor_do_pagamento")))
         line(f"Forma de pagamento {payment.get('tipo_de_pagamento')}: R$ {amount}")
     pdf.ln(1)
-    line(f"NFC-e nº {numero:09d} Série {serie:03d} {utc_text(issued_at)}", 7, "B", "C")
+    line(
+        f"NFC-e nº {note.numero:09d} Série {note.serie:03d} {utc_text(note.issued_at)}", 7, "B", "C"
+    )
     line("Consulte pela Chave de Acesso:", align="C")
-    line(_grouped(chave), 7, "", "C")
-    line(f"Protocolo de autorização: {protocol}", align="C")
-    cliente = doc.get("cliente")
+    line(_grouped(note.chave), 7, "", "C")
+    line(f"Protocolo de autorização: {note.protocol}", align="C")
+    cliente = note.doc.get("cliente")
     if _foreign(cliente):
         line(
             f"CONSUMIDOR ID ESTRANGEIRO: {cliente.get('cpf_cnpj')} {cliente.get('nome')}", align="C"
@@ -404,44 +411,36 @@ def _sub(parent: ET.Element, tag: str, text: object = None) -> ET.Element:
     return element
 
 
-def render_xml(
-    doc: Mapping[str, Any],
-    emitente: Emitente,
-    chave: str,
-    serie: int,
-    numero: int,
-    protocol: str,
-    issued_at: datetime,
-) -> bytes:
+def render_xml(note: Authorized) -> bytes:
     """An nfeProc-shaped XML (unsigned: the sandbox has no certificate)."""
     root = ET.Element("nfeProc", {"xmlns": "http://www.portalfiscal.inf.br/nfe", "versao": "4.00"})
     inf = _sub(_sub(root, "NFe"), "infNFe")
-    inf.set("Id", f"NFe{chave}")
+    inf.set("Id", f"NFe{note.chave}")
     inf.set("versao", "4.00")
     ide = _sub(inf, "ide")
     for tag, value in (
-        ("cUF", emitente.uf_code),
-        ("cNF", chave[35:43]),
-        ("natOp", doc.get("natureza_operacao")),
+        ("cUF", note.emitente.uf_code),
+        ("cNF", note.chave[35:43]),
+        ("natOp", note.doc.get("natureza_operacao")),
         ("mod", MODELO_NFCE),
-        ("serie", serie),
-        ("nNF", numero),
-        ("dhEmi", utc_text(issued_at)),
-        ("tpNF", doc.get("tipo_operacao", 1)),
-        ("idDest", doc.get("destino_operacao", 1)),
-        ("tpImp", doc.get("tipo_impressao", 4)),
+        ("serie", note.serie),
+        ("nNF", note.numero),
+        ("dhEmi", utc_text(note.issued_at)),
+        ("tpNF", note.doc.get("tipo_operacao", 1)),
+        ("idDest", note.doc.get("destino_operacao", 1)),
+        ("tpImp", note.doc.get("tipo_impressao", 4)),
         ("tpEmis", TP_EMIS_NORMAL),
-        ("cDV", chave[43]),
+        ("cDV", note.chave[43]),
         ("tpAmb", AMBIENTE_HOMOLOGACAO),
-        ("finNFe", doc.get("finalidade_nfe", 1)),
-        ("indFinal", doc.get("indicador_consumidor_final", 1)),
-        ("indPres", doc.get("indicador_presenca")),
+        ("finNFe", note.doc.get("finalidade_nfe", 1)),
+        ("indFinal", note.doc.get("indicador_consumidor_final", 1)),
+        ("indPres", note.doc.get("indicador_presenca")),
     ):
         _sub(ide, tag, value)
     emit = _sub(inf, "emit")
-    _sub(emit, "CNPJ", emitente.cnpj)
-    _sub(emit, "xNome", emitente.razao_social)
-    cliente = doc.get("cliente")
+    _sub(emit, "CNPJ", note.emitente.cnpj)
+    _sub(emit, "xNome", note.emitente.razao_social)
+    cliente = note.doc.get("cliente")
     if isinstance(cliente, dict):
         dest = _sub(inf, "dest")
         number = str(cliente.get("cpf_cnpj"))
@@ -454,7 +453,7 @@ def render_xml(
             for tag, name in _ENDER_DEST:
                 if endereco.get(name) is not None:
                     _sub(ender, tag, endereco[name])
-    for index, produto in enumerate(doc.get("produtos", ()), start=1):
+    for index, produto in enumerate(note.doc.get("produtos", ()), start=1):
         det = _sub(inf, "det")
         det.set("nItem", str(index))
         prod = _sub(det, "prod")
@@ -467,12 +466,12 @@ def render_xml(
         _sub(prod, "qCom", produto.get("quantidade_comercial"))
         _sub(prod, "vUnCom", produto.get("valor_unitario_comercial"))
         _sub(prod, "vProd", produto.get("valor_total_produto"))
-    _sub(_sub(_sub(inf, "total"), "ICMSTot"), "vNF", f"{total(doc):.2f}")
+    _sub(_sub(_sub(inf, "total"), "ICMSTot"), "vNF", f"{total(note.doc):.2f}")
     info = _sub(_sub(root, "protNFe"), "infProt")
     _sub(info, "tpAmb", AMBIENTE_HOMOLOGACAO)
-    _sub(info, "chNFe", chave)
-    _sub(info, "dhRecbto", utc_text(issued_at))
-    _sub(info, "nProt", protocol)
+    _sub(info, "chNFe", note.chave)
+    _sub(info, "dhRecbto", utc_text(note.issued_at))
+    _sub(info, "nProt", note.protocol)
     _sub(info, "cStat", "100")
     _sub(info, "xMotivo", "Autorizado o uso da NF-e")
     return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
@@ -496,8 +495,8 @@ def authorize(
     answer["produtos"] = [
         {**produto, "tributacao": tributacao(produto)} for produto in doc.get("produtos", ())
     ]
-    danfe = render_danfe(doc, emitente, chave, serie, numero, protocol, issued_at)
-    xml = render_xml(doc, emitente, chave, serie, numero, protocol, issued_at)
+    note = Authorized(doc, emitente, chave, serie, numero, protocol, issued_at)
+    danfe, xml = render_danfe(note), render_xml(note)
     answer.update(
         {
             "status": "sucesso",

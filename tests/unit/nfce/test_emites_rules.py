@@ -117,15 +117,15 @@ def test_authorize_echoes_and_adds() -> None:
 def test_danfe_is_a_deterministic_pdf() -> None:
     doc = valid_nfce()
     key = rules.access_key(rules.Emitente(), WHEN, 1, 5)
-    first = rules.render_danfe(doc, rules.Emitente(), key, 1, 5, "2" * 15, WHEN)
-    second = rules.render_danfe(doc, rules.Emitente(), key, 1, 5, "2" * 15, WHEN)
+    first = rules.render_danfe(rules.Authorized(doc, rules.Emitente(), key, 1, 5, "2" * 15, WHEN))
+    second = rules.render_danfe(rules.Authorized(doc, rules.Emitente(), key, 1, 5, "2" * 15, WHEN))
     assert first.startswith(b"%PDF") and first == second
 
 
 def test_danfe_of_500_products_spans_pages() -> None:
     doc = valid_nfce(produtos=valid_nfce()["produtos"] * 250)
     key = rules.access_key(rules.Emitente(), WHEN, 1, 5)
-    pdf = rules.render_danfe(doc, rules.Emitente(), key, 1, 5, "2" * 15, WHEN)
+    pdf = rules.render_danfe(rules.Authorized(doc, rules.Emitente(), key, 1, 5, "2" * 15, WHEN))
     assert len(PdfReader(io.BytesIO(pdf)).pages) > 1
 
 
