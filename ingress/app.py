@@ -23,19 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from notaflow import tracing
 from notaflow.errors import IngressError
 from notaflow.focus_kinds import NFSE
-from notaflow.ingress import (
-    admin,
-    focus_hooks,
-    focus_nfce,
-    focus_nfse,
-    focus_nfsen,
-    health,
-    hubsoft,
-    hubsoft_financeiro,
-    ports,
-    provider_webhooks,
-    wuro,
-)
+from notaflow.ingress import focus_nfse, health, ports, route_modules
 from notaflow.ingress.body import receive_body
 from notaflow.ingress.deps import IngressDeps
 from notaflow.ingress.dialects import for_path, render
@@ -300,17 +288,7 @@ def create_app(
 
     app = IngressApp(
         routes=ports.split(
-            public=[
-                *focus_nfse.routes,
-                *focus_nfsen.routes,
-                *focus_hooks.routes,
-                *focus_nfce.routes,
-                *provider_webhooks.routes,
-                *hubsoft.routes,
-                *hubsoft_financeiro.routes,
-                *wuro.routes,
-                *admin.routes,
-            ],
+            public=[route for m in route_modules.PUBLIC for route in m.routes],
             ops=[*health.routes, *([metrics_route(metrics.registry)] if metrics else [])],
             docs=openapi_routes(),
             ops_port=d.settings.ops_port,
