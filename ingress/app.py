@@ -22,19 +22,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from notaflow import tracing
 from notaflow.errors import IngressError
-from notaflow.ingress import (
-    admin,
-    focus_hooks,
-    focus_nfce,
-    focus_nfse,
-    focus_nfsen,
-    health,
-    hubsoft,
-    hubsoft_financeiro,
-    ports,
-    provider_webhooks,
-    wuro,
-)
+from notaflow.focus_kinds import NFSE
+from notaflow.ingress import focus_nfse, health, ports, route_modules
 from notaflow.ingress.body import receive_body
 from notaflow.ingress.deps import IngressDeps
 from notaflow.ingress.dialects import for_path, render
@@ -203,7 +192,8 @@ class HotRoute:
                 elif name in _TRACE_HEADERS and name.decode() not in trace:
                     trace[name.decode()] = value.decode("latin-1")
             try:
-                cnpj, ref = await focus_nfse.accept_nfse(
+                cnpj, ref = await focus_nfse.accept_note(
+                    NFSE,
                     self._d,
                     authorization=authorization or "",
                     query_string=scope.get("query_string", b""),
@@ -301,17 +291,7 @@ def create_app(
 
     app = IngressApp(
         routes=ports.split(
-            public=[
-                *focus_nfse.routes,
-                *focus_nfsen.routes,
-                *focus_hooks.routes,
-                *focus_nfce.routes,
-                *provider_webhooks.routes,
-                *hubsoft.routes,
-                *hubsoft_financeiro.routes,
-                *wuro.routes,
-                *admin.routes,
-            ],
+            public=[route for m in route_modules.PUBLIC for route in m.routes],
             ops=[*health.routes, *([metrics_route(metrics.registry)] if metrics else [])],
             docs=openapi_routes(),
             ops_port=d.settings.ops_port,

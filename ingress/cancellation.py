@@ -5,29 +5,70 @@ replies topic, and answer as Focus does."""
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
 from starlette.responses import Response
 
 from notaflow import topics as t
-from notaflow.envelope import Event
-from notaflow.errors import BusUnavailable
+from notaflow.errors import BusUnavailable, InvalidDocument
 from notaflow.ingress.account_check import provider_of, refuse_disabled
-from notaflow.ingress.deps import IngressDeps
+from notaflow.ingress.deps import IngressDeps, deps
 from notaflow.ingress.dialects import FOCUS, FocusError
+from notaflow.ingress.focus_request import authenticate, command, note_or_404
 from notaflow.ingress.responses import FastJSONResponse
 from notaflow.lifecycle import CANCEL_DONE, CANCEL_FAILED, Cancel, can_cancel
+from notaflow.settings import Settings
 from notaflow.store import Document, Tenant
-from notaflow.tracing import trace_fields
+from notaflow.topics import Topics
 
-SOURCE = t.SOURCE_INGRESS
 NAO_AUTORIZADA = "Nota fiscal não autorizada não pode ser cancelada"
 
 
 def _already_cancelled() -> FocusError:
     return FocusError(400, "nfe_cancelada", "Nota Fiscal já cancelada")
+
+
+def cancel_route(
+    kind: str,
+    event_type: str,
+    *,
+    reason: tuple[str, Callable[[Any], Any]],
+    empty_body: Any,
+    topic: Callable[[Topics], str],
+    wait: Callable[[Settings], float],
+    view: Callable[[Document], dict[str, Any]],
+    cancelled_body: Callable[[Document | None], dict[str, Any]],
+) -> Callable[[Request], Awaitable[Response]]:
+    """DELETE of a note of `kind`: the body's reason (`reason` = its field in the command and
+    the validator that reads it from the body), then `cancel_and_wait`."""
+    field, validate = reason
+
+    async def cancel(request: Request) -> Response:
+        d = deps(request)
+        tenant = await authenticate(request, d)
+        ref = request.path_params["ref"]
+        body = await FOCUS.json(request, d.settings.max_body_bytes, empty=empty_body)
+        try:
+            value = validate(body)
+        except InvalidDocument as exc:
+            raise FOCUS.invalid(exc.message) from exc
+        return await cancel_and_wait(
+            request,
+            d,
+            tenant,
+            kind=kind,
+            ref=ref,
+            event_type=event_type,
+            topic=topic(d.topics),
+            data={field: value},
+            wait=wait(d.settings),
+            view=view,
+            cancelled_body=cancelled_body,
+        )
+
+    return cancel
 
 
 async def cancel_and_wait(
@@ -44,9 +85,7 @@ async def cancel_and_wait(
     view: Callable[[Document], dict[str, Any]],
     cancelled_body: Callable[[Document | None], dict[str, Any]],
 ) -> Response:
-    doc = await d.documents.get(tenant.id, kind, ref)
-    if doc is None:
-        raise FOCUS.not_found()
+    doc = await note_or_404(d, tenant, kind, ref)
     # A note still being authorized is no refusal here: the consumer waits for the outcome.
     check = can_cancel(doc.status)
     if check is Cancel.ALREADY_CANCELLED:
@@ -55,15 +94,7 @@ async def cancel_and_wait(
         raise FocusError(400, "nfe_nao_autorizada", NAO_AUTORIZADA)
     await refuse_disabled(d, tenant.id, doc.cnpj_prestador, provider_of(kind))
     command_id = str(uuid.uuid4())
-    event = Event(
-        type=event_type,
-        source=SOURCE,
-        data={"tenant": tenant.id, "ref": ref, **data},
-        subject=ref,
-        id=command_id,
-        tenant=tenant.id,
-        **trace_fields(request.headers),
-    )
+    event = command(tenant, ref, event_type, data, request.headers, command_id)
     d.waiters.register(command_id)  # before publishing: the answer may be quick
     try:
         await d.bus.publish(topic, event, t.document_key(tenant.id, kind, ref))

@@ -19,9 +19,9 @@ from starlette.routing import Route
 
 from notaflow import destinations
 from notaflow.brdocs import clean_document, valid_cnpj, valid_cpf
-from notaflow.ingress.deps import deps
+from notaflow.ingress.deps import IngressDeps, deps
 from notaflow.ingress.dialects import FOCUS, FocusError
-from notaflow.ingress.focus_nfse import authenticate
+from notaflow.ingress.focus_request import authenticate
 from notaflow.ingress.openapi_parts import (
     FOCUS_AUTH,
     HOOK_ID_PARAM,
@@ -31,7 +31,7 @@ from notaflow.ingress.openapi_parts import (
     json_response,
 )
 from notaflow.ingress.responses import FastJSONResponse
-from notaflow.store import TooManyHooks
+from notaflow.store import Hook, TooManyHooks
 from notaflow.webhook_signing import new_secret
 
 EVENTS = ("nfse", "nfsen", "nfe", "nfce", "nfce_contingencia", "inutilizacao", "cte", "mdfe")
@@ -166,21 +166,25 @@ async def list_hooks(request: Request) -> Response:
     return FastJSONResponse([hook.public() for hook in await d.hooks.all(tenant.id)])
 
 
+async def _live_hook(d: IngressDeps, tenant: str, hook_id: str) -> Hook:
+    """The tenant's hook unless deleted (a disabled one still answers), or Focus's 404."""
+    hook = await d.hooks.get(tenant, hook_id)
+    if hook is None or hook.deleted:
+        raise FocusError(404, "nao_encontrado", "Gatilho não encontrado")
+    return hook
+
+
 async def get_hook(request: Request) -> Response:
     d = deps(request)
     tenant = await authenticate(request, d)
-    hook = await d.hooks.get(tenant.id, request.path_params["id"])
-    if hook is None or hook.deleted:
-        raise FocusError(404, "nao_encontrado", "Gatilho não encontrado")
+    hook = await _live_hook(d, tenant.id, request.path_params["id"])
     return FastJSONResponse(hook.public())
 
 
 async def delete_hook(request: Request) -> Response:
     d = deps(request)
     tenant = await authenticate(request, d)
-    existing = await d.hooks.get(tenant.id, request.path_params["id"])
-    if existing is None or existing.deleted:
-        raise FocusError(404, "nao_encontrado", "Gatilho não encontrado")
+    existing = await _live_hook(d, tenant.id, request.path_params["id"])
     hook = await d.hooks.delete(tenant.id, existing.id)
     assert hook is not None
     return FastJSONResponse(hook.public())

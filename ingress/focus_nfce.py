@@ -4,21 +4,24 @@ consumer's answer on the replies topic; past the bound, 202 with the note as it 
 
 from __future__ import annotations
 
-import uuid
-
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
 from notaflow import topics as t
 from notaflow.accounts import Provider
-from notaflow.envelope import Event
-from notaflow.errors import BusUnavailable, InvalidDocument, RefInUse
 from notaflow.ingress.account_check import has_account, refuse_disabled
-from notaflow.ingress.cancellation import cancel_and_wait
+from notaflow.ingress.cancellation import cancel_route
 from notaflow.ingress.deps import deps
-from notaflow.ingress.dialects import FOCUS, FocusError
-from notaflow.ingress.focus_nfse import authenticate, query_value
+from notaflow.ingress.dialects import FOCUS
+from notaflow.ingress.focus_request import (
+    authenticate,
+    normalized,
+    not_enabled,
+    note_or_404,
+    read_ref,
+    submit,
+)
 from notaflow.ingress.openapi_parts import (
     CREATE_ERRORS,
     ERROS,
@@ -39,13 +42,9 @@ from notaflow.lifecycle import (
     NFCE_DANFE,
     NFCE_XML,
     PROCESSING,
-    is_issued,
     nfce_blob,
 )
 from notaflow.nfce import normalize_nfce, omitted_notices, validate_motivo
-from notaflow.nfse import validate_ref
-from notaflow.store import ClaimRequest
-from notaflow.tracing import trace_fields
 from notaflow.views import nfce_view
 
 KIND = "nfce"
@@ -55,10 +54,7 @@ SOURCE = t.SOURCE_INGRESS
 async def create_nfce(request: Request) -> Response:
     d = deps(request)
     tenant = await authenticate(request, d)
-    try:
-        ref = validate_ref(query_value(request, "ref"))
-    except InvalidDocument as exc:
-        raise FOCUS.invalid(exc.message) from exc
+    ref = read_ref(request.scope.get("query_string", b""))
     raw = await FOCUS.json(request, d.settings.max_body_bytes)
     # Which shop issues it (issue 15): Focus's `cnpj_emitente`, taken out of the document
     # (Emites-Client issues for the CNPJ it is set up with); absent: NOTAFLOW_EMITES_CNPJ.
@@ -67,10 +63,7 @@ async def create_nfce(request: Request) -> Response:
         isinstance(emitente, str) and len(emitente) == 14 and emitente.isdigit()
     ):
         raise FOCUS.invalid("cnpj_emitente deve ter 14 dígitos")
-    try:
-        document = normalize_nfce(raw)
-    except InvalidDocument as exc:
-        raise FOCUS.invalid(exc.message) from exc
+    document = normalized(normalize_nfce, raw)
     # The document published is normalised (no "" left): the notices travel beside it, so the
     # consumer keeps them with the note whichever route the command came by.
     avisos = omitted_notices(raw)
@@ -85,35 +78,20 @@ async def create_nfce(request: Request) -> Response:
             and not await has_account(d, tenant.id, cnpj, Provider.EMITES)
         )
     ):
-        raise FocusError(
-            400, "empresa_nao_habilitada", "Emitente ainda não habilitado para emissão de NFC-e"
-        )
+        raise not_enabled("NFC-e")
     await refuse_disabled(d, tenant.id, cnpj, Provider.EMITES)
-    command_id = str(uuid.uuid4())
-    event = Event(
-        type=t.NFCE_CREATE,
-        source=SOURCE,
-        data={"tenant": tenant.id, "ref": ref, "nfce": document, "cnpj": cnpj, **notices},
-        subject=ref,
-        id=command_id,
-        tenant=tenant.id,
-        **trace_fields(request.headers),
+    command_id = await submit(
+        d.nfce_intake,
+        tenant,
+        kind=KIND,
+        ref=ref,
+        cnpj=cnpj,
+        document=document,
+        event_type=t.NFCE_CREATE,
+        data={"nfce": document, "cnpj": cnpj, **notices},
+        trace=request.headers,
+        waiters=d.waiters,  # SEFAZ may answer quickly: registered before publishing
     )
-    d.waiters.register(command_id)  # before publishing: SEFAZ may answer quickly
-    try:
-        await d.nfce_intake.submit(
-            ClaimRequest(tenant.id, KIND, ref, cnpj, document, command_id, SOURCE),
-            event,
-            t.document_key(tenant.id, KIND, ref),
-        )
-    except RefInUse as exc:
-        d.waiters.forget(command_id)
-        if is_issued(exc.status):
-            raise FocusError(422, "nfe_autorizada", "Nota fiscal já autorizada") from exc
-        raise FocusError(422, "em_processamento", "Nota fiscal em processamento") from exc
-    except BusUnavailable as exc:
-        d.waiters.forget(command_id)
-        raise FOCUS.unavailable() from exc
     outcome = await d.waiters.wait(command_id, d.settings.nfce_wait)
     if outcome is None or not isinstance(outcome.get("note"), dict):
         doc = await d.documents.get(tenant.id, KIND, ref)
@@ -127,43 +105,27 @@ async def create_nfce(request: Request) -> Response:
 async def get_nfce(request: Request) -> Response:
     d = deps(request)
     tenant = await authenticate(request, d)
-    doc = await d.documents.get(tenant.id, KIND, request.path_params["ref"])
-    if doc is None:
-        raise FOCUS.not_found()
+    doc = await note_or_404(d, tenant, KIND, request.path_params["ref"])
     return FastJSONResponse({**nfce_view(doc), "id": doc.id})
 
 
-async def cancel_nfce(request: Request) -> Response:
-    d = deps(request)
-    tenant = await authenticate(request, d)
-    ref = request.path_params["ref"]
-    body = await FOCUS.json(request, d.settings.max_body_bytes, empty={})
-    try:
-        motivo = validate_motivo(body)
-    except InvalidDocument as exc:
-        raise FOCUS.invalid(exc.message) from exc
-    return await cancel_and_wait(
-        request,
-        d,
-        tenant,
-        kind=KIND,
-        ref=ref,
-        event_type=t.NFCE_CANCEL,
-        topic=d.topics.nfce_commands,
-        data={"motivo": motivo},
-        wait=d.settings.nfce_wait,
-        view=nfce_view,
-        cancelled_body=lambda doc: nfce_view(doc) if doc else {"status": "cancelado"},
-    )
+cancel_nfce = cancel_route(
+    KIND,
+    t.NFCE_CANCEL,
+    reason=("motivo", validate_motivo),
+    empty_body={},
+    topic=lambda topics: topics.nfce_commands,
+    wait=lambda settings: settings.nfce_wait,
+    view=nfce_view,
+    cancelled_body=lambda doc: nfce_view(doc) if doc else {"status": "cancelado"},
+)
 
 
 async def nfce_file(request: Request) -> Response:
     """The DANFE (PDF) or XML Emites-Client returned, kept by notaflow outside Kafka."""
     d = deps(request)
     tenant = await authenticate(request, d)
-    doc = await d.documents.get(tenant.id, KIND, request.path_params["ref"])
-    if doc is None:
-        raise FOCUS.not_found()
+    doc = await note_or_404(d, tenant, KIND, request.path_params["ref"])
     name = NFCE_DANFE if request.url.path.endswith("danfe.pdf") else NFCE_XML
     blob = await d.documents.get_blob(nfce_blob(doc.id, name))
     if blob is None:

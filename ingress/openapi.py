@@ -18,19 +18,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Route
 
-from notaflow.ingress import (
-    admin,
-    focus_hooks,
-    focus_nfce,
-    focus_nfse,
-    focus_nfsen,
-    health,
-    hubsoft,
-    hubsoft_financeiro,
-    provider_webhooks,
-    request_metrics,
-    wuro,
-)
+from notaflow.ingress import health, request_metrics, route_modules
 from notaflow.ingress.docs_page import docs_html
 from notaflow.ingress.openapi_parts import COMMON, FOCUS_AUTH, Description, json_response
 
@@ -68,15 +56,7 @@ OPENAPI = Description(
 # In the order the document (and /docs) lists them.
 DESCRIBED: tuple[Description, ...] = (
     COMMON,
-    focus_nfse.OPENAPI,
-    focus_nfsen.OPENAPI,
-    focus_nfce.OPENAPI,
-    focus_hooks.OPENAPI,
-    provider_webhooks.OPENAPI,
-    hubsoft.OPENAPI,
-    hubsoft_financeiro.OPENAPI,
-    wuro.OPENAPI,
-    admin.OPENAPI,
+    *(m.OPENAPI for m in route_modules.PUBLIC),
     health.OPENAPI,
     request_metrics.OPENAPI,
     OPENAPI,

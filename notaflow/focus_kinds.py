@@ -40,33 +40,40 @@ def _nfse_tomador_email(doc: dict[str, Any]) -> str | None:
     return value if isinstance(value, str) and value else None
 
 
-NFSE = FocusKind(
-    kind="nfse",
-    api_path="/v2/nfse",
-    emit_type=t.NFSE_EMIT,
-    cancel_type=t.NFSE_CANCEL,
-    email_type=t.NFSE_EMAIL,
-    hook_type=t.NFSE_HOOK,
-    command_schema="nfse_emit_command",
-    normalize=normalize_nfse,
-    prestador=_nfse_prestador,
-    tomador_email=_nfse_tomador_email,
-    mail_document=lambda doc: doc,
-)
+# Each kind's command types (emit, cancel, e-mail, hooks again), as `notaflow.topics` names them.
+_TYPES = {
+    "nfse": (t.NFSE_EMIT, t.NFSE_CANCEL, t.NFSE_EMAIL, t.NFSE_HOOK),
+    "nfsen": (t.NFSEN_EMIT, t.NFSEN_CANCEL, t.NFSEN_EMAIL, t.NFSEN_HOOK),
+}
 
-NFSEN = FocusKind(
-    kind="nfsen",
-    api_path="/v2/nfsen",
-    emit_type=t.NFSEN_EMIT,
-    cancel_type=t.NFSEN_CANCEL,
-    email_type=t.NFSEN_EMAIL,
-    hook_type=t.NFSEN_HOOK,
-    command_schema="nfsen_emit_command",
-    normalize=normalize_nfsen,
-    prestador=prestador_document,
-    tomador_email=tomador_email,
-    mail_document=mail_document,
-)
+
+def _focus_kind(
+    kind: str,
+    normalize: Callable[[object], dict[str, Any]],
+    prestador: Callable[[dict[str, Any]], str],
+    tomador: Callable[[dict[str, Any]], str | None],
+    mail: Callable[[dict[str, Any]], dict[str, Any]],
+) -> FocusKind:
+    """A kind as Focus names it: its path `/v2/<kind>`, its emit command's schema
+    `<kind>_emit_command`, its command types from `_TYPES`."""
+    emit, cancel, email, hook = _TYPES[kind]
+    return FocusKind(
+        kind=kind,
+        api_path=f"/v2/{kind}",
+        emit_type=emit,
+        cancel_type=cancel,
+        email_type=email,
+        hook_type=hook,
+        command_schema=f"{kind}_emit_command",
+        normalize=normalize,
+        prestador=prestador,
+        tomador_email=tomador,
+        mail_document=mail,
+    )
+
+
+NFSE = _focus_kind("nfse", normalize_nfse, _nfse_prestador, _nfse_tomador_email, lambda doc: doc)
+NFSEN = _focus_kind("nfsen", normalize_nfsen, prestador_document, tomador_email, mail_document)
 
 BY_KIND: dict[str, FocusKind] = {k.kind: k for k in (NFSE, NFSEN)}
 BY_EMIT_TYPE: dict[str, FocusKind] = {k.emit_type: k for k in (NFSE, NFSEN)}

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -59,86 +59,92 @@ def build_labels() -> dict[str, str]:
     return {"version": release, "python": platform.python_version()}
 
 
+def _makers(
+    registry: CollectorRegistry,
+) -> tuple[Callable[..., Counter], Callable[..., Gauge], Callable[..., Histogram]]:
+    """Counter, Gauge and Histogram, each registered on `registry`."""
+
+    def counter(name: str, doc: str, labels: Sequence[str] = ()) -> Counter:
+        return Counter(name, doc, labels, registry=registry)
+
+    def gauge(name: str, doc: str, labels: Sequence[str] = ()) -> Gauge:
+        return Gauge(name, doc, labels, registry=registry)
+
+    def histogram(
+        name: str, doc: str, labels: Sequence[str], buckets: Sequence[float]
+    ) -> Histogram:
+        return Histogram(name, doc, labels, buckets=buckets, registry=registry)
+
+    return counter, gauge, histogram
+
+
 class Metrics:
     """Every metric of notaflow, registered on `registry`."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
+        counter, gauge, histogram = _makers(registry)
         r = registry
-        self.http_requests_total = Counter(
+        self.http_requests_total = counter(
             "notaflow_http_requests_total",
             "HTTP requests answered by the ingress, by route template.",
             ["route", "method", "status"],
-            registry=r,
         )
-        self.http_request_duration_seconds = Histogram(
+        self.http_request_duration_seconds = histogram(
             "notaflow_http_request_duration_seconds",
             "Time from request to the last byte of the answer.",
             ["route", "method"],
             buckets=HTTP_BUCKETS,
-            registry=r,
         )
-        self.kafka_publish_duration_seconds = Histogram(
+        self.kafka_publish_duration_seconds = histogram(
             "notaflow_kafka_publish_duration_seconds",
             "Time for Kafka to acknowledge a publish (acks=all).",
             ["topic"],
             buckets=PUBLISH_BUCKETS,
-            registry=r,
         )
-        self.consumer_records_total = Counter(
+        self.consumer_records_total = counter(
             "notaflow_consumer_records_total",
             "Records a consumer finished, by outcome (processed|failed|retried|dead_lettered).",
             ["consumer", "outcome"],
-            registry=r,
         )
-        self.consumer_processing_duration_seconds = Histogram(
+        self.consumer_processing_duration_seconds = histogram(
             "notaflow_consumer_processing_duration_seconds",
             "Time a consumer spent on one record, retries included.",
             ["consumer"],
             buckets=SLOW_BUCKETS,
-            registry=r,
         )
-        self.consumer_in_flight = Gauge(
-            "notaflow_consumer_in_flight",
-            "Records being handled right now.",
-            ["consumer"],
-            registry=r,
+        self.consumer_in_flight = gauge(
+            "notaflow_consumer_in_flight", "Records being handled right now.", ["consumer"]
         )
-        self.consumer_lag = Gauge(
+        self.consumer_lag = gauge(
             "notaflow_consumer_lag",
             "Records between the committed offset and the partition's high watermark.",
             ["consumer", "topic", "partition"],
-            registry=r,
         )
-        self.provider_request_duration_seconds = Histogram(
+        self.provider_request_duration_seconds = histogram(
             "notaflow_provider_request_duration_seconds",
             "Time of one call to a provider (Focus, SMTP, client webhooks, Emites).",
             ["provider", "operation"],
             buckets=SLOW_BUCKETS,
-            registry=r,
         )
-        self.provider_errors_total = Counter(
+        self.provider_errors_total = counter(
             "notaflow_provider_errors_total",
             "Failed provider calls, by kind of failure (an exception class or an HTTP class).",
             ["provider", "operation", "kind"],
-            registry=r,
         )
-        self.emails_total = Counter(
+        self.emails_total = counter(
             "notaflow_emails_total",
             "E-mails handed to SMTP, by outcome (sent|failed|retried).",
             ["outcome"],
-            registry=r,
         )
-        self.webhook_deliveries_total = Counter(
+        self.webhook_deliveries_total = counter(
             "notaflow_webhook_deliveries_total",
             "Client webhook deliveries, by outcome (delivered|failed|retried).",
             ["outcome"],
-            registry=r,
         )
-        self.hooks_disabled_total = Counter(
+        self.hooks_disabled_total = counter(
             "notaflow_hooks_disabled_total",
             "Client webhooks disabled for failing most of their deliveries for 7 days.",
-            registry=r,
         )
         # Which release runs where (a rollout half done shows two versions), and the standard
         # process_* (CPU, memory, file descriptors) and python_* (GC, version) series the

@@ -43,6 +43,7 @@ from notaflow.brdocs import (
 )
 from notaflow.emites_wire import PayloadNotEncodable, check_payload
 from notaflow.errors import InvalidDocument
+from notaflow.focus_wording import NOT_AN_OBJECT, NOT_UTF8, dotted, invalid, missing, reject
 
 __all__ = [
     "DEFAULTS_DOC",
@@ -55,8 +56,6 @@ __all__ = [
     "validate_motivo",
 ]
 
-NOT_AN_OBJECT: Final = "O corpo da requisição deve ser um objeto JSON"
-_NOT_UTF8: Final = "O corpo da requisição contém texto que não é UTF-8 válido"
 MOTIVO_MIN, MOTIVO_MAX = 15, 255
 
 # (field, default, why): the README lists these; the schema carries the same `default`s.
@@ -113,18 +112,6 @@ _FOREIGN_ID: Final = re.compile(r"[0-9A-Za-z]{5,20}")
 _FOREIGN: Final = "foreign"
 
 
-def _missing(field: str) -> str:
-    return f'Parâmetro "{field}" não informado'
-
-
-def _invalid(field: str, why: str) -> str:
-    return f'Parâmetro "{field}" inválido: {why}'
-
-
-def _reject(field: str, why: str) -> InvalidDocument:
-    return InvalidDocument(field, _invalid(field, why))
-
-
 # --- step 1: schema errors in Focus's words ----------------------------------------------
 
 
@@ -152,10 +139,6 @@ def _required(path: list[str | int]) -> bool:
     return parent is not None and path[-1] in parent.get("required", ())
 
 
-def _dotted(path: list[str | int]) -> str:
-    return ".".join(str(part) for part in path)
-
-
 def _sort_key(path: list[str | int]) -> tuple[str, ...]:
     # Indices compare as numbers: produtos.2 comes before produtos.10.
     return tuple(f"{part:09d}" if isinstance(part, int) else part for part in path)
@@ -176,14 +159,14 @@ def _describe(error: jsonschema_rs.ValidationError) -> tuple[tuple[str, ...], st
     path = list(error.instance_path)
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
         path.append(kind.property)
-        field = _dotted(path)
-        return _sort_key(path), field, _missing(field)
+        field = dotted(path)
+        return _sort_key(path), field, missing(field)
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.OneOfNotValid):
-        return (_PAYMENTS,), _PAYMENTS, _missing(_PAYMENTS)
+        return (_PAYMENTS,), _PAYMENTS, missing(_PAYMENTS)
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.OneOfMultipleValid):
         why = f'informe "{_PAYMENTS}" ou "{_PAYMENTS_RENAMED}", não ambos'
-        return (_PAYMENTS,), _PAYMENTS, _invalid(_PAYMENTS, why)
-    field = _dotted(path)
+        return (_PAYMENTS,), _PAYMENTS, invalid(_PAYMENTS, why)
+    field = dotted(path)
     return _sort_key(path), field, _message(error, path, field)
 
 
@@ -193,11 +176,11 @@ def _message(error: jsonschema_rs.ValidationError, path: list[str | int], field:
     node = _node(path) or {}
     if value == "":
         if _required(path):
-            return _missing(field)
-        return _invalid(field, "não pode ser vazio; omita o campo ou envie null")
+            return missing(field)
+        return invalid(field, "não pode ser vazio; omita o campo ou envie null")
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Type):
         expected = " ou ".join(_TYPE_NAMES.get(t, t) for t in kind.types if t != "null")
-        return _invalid(field, f"deve ser {expected}")
+        return invalid(field, f"deve ser {expected}")
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Enum):
         # An integer code also takes its digit string: name each code once.
         codes = {option for option in kind.options if type(option) is int}
@@ -206,34 +189,34 @@ def _message(error: jsonschema_rs.ValidationError, path: list[str | int], field:
             for option in kind.options
             if option is not None and not (isinstance(option, str) and _is_code_text(option, codes))
         )
-        return _invalid(field, f"valores aceitos {options}")
+        return invalid(field, f"valores aceitos {options}")
     if isinstance(
         kind,
         jsonschema_rs.ValidationErrorKind.MinItems | jsonschema_rs.ValidationErrorKind.MaxItems,
     ):
         low, high = node.get("minItems", 0), node.get("maxItems")
-        return _invalid(field, f"deve ter entre {low} e {high} itens")
+        return invalid(field, f"deve ter entre {low} e {high} itens")
     if isinstance(
         kind,
         jsonschema_rs.ValidationErrorKind.MinLength | jsonschema_rs.ValidationErrorKind.MaxLength,
     ):
         low, high = node.get("minLength", 0), node.get("maxLength")
         if high is None:
-            return _invalid(field, f"tamanho mínimo {low} caracteres")
+            return invalid(field, f"tamanho mínimo {low} caracteres")
         if not low:
-            return _invalid(field, f"tamanho máximo {high} caracteres")
-        return _invalid(field, f"tamanho deve estar entre {low} e {high} caracteres")
+            return invalid(field, f"tamanho máximo {high} caracteres")
+        return invalid(field, f"tamanho deve estar entre {low} e {high} caracteres")
     name = next((part for part in reversed(path) if isinstance(part, str)), "")
     if "pattern" in node and name in _PATTERN_MESSAGES:
         # An integer code out of range says what the digit-string form says.
-        return _invalid(field, _PATTERN_MESSAGES[name])
+        return invalid(field, _PATTERN_MESSAGES[name])
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Minimum):
-        return _invalid(field, f"deve ser maior ou igual a {kind.limit}")
+        return invalid(field, f"deve ser maior ou igual a {kind.limit}")
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.ExclusiveMinimum):
-        return _invalid(field, f"deve ser maior que {kind.limit}")
+        return invalid(field, f"deve ser maior que {kind.limit}")
     if name in _PATTERN_MESSAGES:
-        return _invalid(field, _PATTERN_MESSAGES[name])
-    return _invalid(field, "valor não aceito")
+        return invalid(field, _PATTERN_MESSAGES[name])
+    return invalid(field, "valor não aceito")
 
 
 def _first_schema_error(raw: dict[str, Any]) -> InvalidDocument:
@@ -252,17 +235,17 @@ _NOT_CPF_CNPJ: Final = _PATTERN_MESSAGES["cpf_cnpj"]
 
 def _cpf(field: str, number: str) -> str:
     if not (len(number) == 11 and number.isdigit()):
-        raise _reject(field, "informe o CPF (11 dígitos)")
+        raise reject(field, "informe o CPF (11 dígitos)")
     if not valid_cpf(number):
-        raise _reject(field, "CPF com dígito verificador inválido")
+        raise reject(field, "CPF com dígito verificador inválido")
     return number
 
 
 def _cnpj_number(field: str, number: str) -> str:
     if len(number) != 14:
-        raise _reject(field, "informe o CNPJ (14 caracteres)")
+        raise reject(field, "informe o CNPJ (14 caracteres)")
     if not valid_cnpj(number):
-        raise _reject(field, "CNPJ com dígito verificador inválido")
+        raise reject(field, "CNPJ com dígito verificador inválido")
     return number
 
 
@@ -273,9 +256,7 @@ def _document_check(kind: object) -> _Check:
         if kind == _FOREIGN:
             # Kept as sent: a foreign id is not a Brazilian number to clean up.
             if not _FOREIGN_ID.fullmatch(value):
-                raise _reject(
-                    field, "documento de estrangeiro deve ter de 5 a 20 letras ou dígitos"
-                )
+                raise reject(field, "documento de estrangeiro deve ter de 5 a 20 letras ou dígitos")
             return value
         number = clean_document(value)
         if kind == "person":
@@ -286,7 +267,7 @@ def _document_check(kind: object) -> _Check:
             return _cpf(field, number)
         if len(number) == 14:
             return _cnpj_number(field, number)
-        raise _reject(field, _NOT_CPF_CNPJ)
+        raise reject(field, _NOT_CPF_CNPJ)
 
     return check
 
@@ -297,19 +278,19 @@ def _cpf_or_cnpj(field: str, value: Any) -> Any:
 
 def _cnpj(field: str, value: str) -> str:
     if not valid_cnpj(value):
-        raise _reject(field, "CNPJ com dígito verificador inválido")
+        raise reject(field, "CNPJ com dígito verificador inválido")
     return value
 
 
 def _codigo_municipio(field: str, value: Any) -> Any:
     if not valid_ibge_municipio(str(value)):
-        raise _reject(field, "código IBGE de município inválido")
+        raise reject(field, "código IBGE de município inválido")
     return value
 
 
 def _uf(field: str, value: str) -> str:
     if not valid_uf(value):
-        raise _reject(field, "UF inexistente")
+        raise reject(field, "UF inexistente")
     return value
 
 
@@ -321,13 +302,13 @@ def _fiscal(doc: dict[str, Any], errors: list[tuple[tuple[str, ...], InvalidDocu
         if not isinstance(holder, dict) or key not in holder:
             return
         try:
-            holder[key] = function(_dotted([*path, key]), holder[key])
+            holder[key] = function(dotted([*path, key]), holder[key])
         except InvalidDocument as error:
             errors.append((_sort_key([*path, key]), error))
 
     def check_item(holder: list[Any], index: int, path: list[str | int], function: _Check) -> None:
         try:
-            holder[index] = function(_dotted([*path, index]), holder[index])
+            holder[index] = function(dotted([*path, index]), holder[index])
         except InvalidDocument as error:
             errors.append((_sort_key([*path, index]), error))
 
@@ -437,7 +418,7 @@ def normalize_nfce(raw: object) -> dict[str, Any]:
         if not _VALIDATOR.is_valid(raw):
             raise _first_schema_error(raw)
     except UnicodeEncodeError:  # lone surrogates, which json.loads lets through from "\ud800"
-        raise InvalidDocument("", _NOT_UTF8) from None
+        raise InvalidDocument("", NOT_UTF8) from None
     except ValueError:  # a value JSON cannot hold (bytes, a non-string key): not a JSON body
         raise InvalidDocument("", NOT_AN_OBJECT) from None
     doc: dict[str, Any] = _as_integers(_without_absent(raw), _resolve(_SCHEMA))
@@ -452,7 +433,7 @@ def normalize_nfce(raw: object) -> dict[str, Any]:
         if exc.char is None:
             why = "valor não aceito"
         parts = [int(part) if part.isdigit() else part for part in exc.field.split(".")]
-        errors.append((_sort_key(parts), _reject(exc.field, why)))
+        errors.append((_sort_key(parts), reject(exc.field, why)))
     if errors:
         raise min(errors, key=lambda item: (item[0], item[1].message))[1]
     for field, default in _DEFAULTS.items():
@@ -472,7 +453,7 @@ def validate_motivo(body: object) -> str | None:
     if value is None:
         return None
     if not isinstance(value, str):
-        raise _reject("justificativa", "deve ser um texto")
+        raise reject("justificativa", "deve ser um texto")
     # Trimmed first: padding with spaces must not turn a too-short reason into a valid one.
     text = value.strip()
     if not MOTIVO_MIN <= len(text) <= MOTIVO_MAX:
@@ -484,5 +465,5 @@ def validate_motivo(body: object) -> str | None:
         check_payload(text)
     except PayloadNotEncodable as exc:
         why = f'contém "{exc.char}", caractere fora do ISO-8859-1 aceito pela Emites'
-        raise _reject("justificativa", why) from None
+        raise reject("justificativa", why) from None
     return text

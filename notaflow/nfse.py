@@ -44,6 +44,7 @@ from notaflow.brdocs import (
     valid_uf,
 )
 from notaflow.errors import InvalidDocument
+from notaflow.focus_wording import NOT_AN_OBJECT, NOT_UTF8, dotted, invalid, missing, reject
 
 __all__ = [
     "CARRY_MAX_DEPTH",
@@ -62,8 +63,6 @@ __all__ = [
     "without_absent",
 ]
 
-NOT_AN_OBJECT: Final = "O corpo da requisição deve ser um objeto JSON"
-_NOT_UTF8: Final = "O corpo da requisição contém texto que não é UTF-8 válido"
 
 # (field, default, why): the README lists these. A default whose field has no dot is applied
 # as is; servico.codigo_municipio is copied from the prestador (see `_apply_defaults`).
@@ -116,18 +115,6 @@ _DATE = re.compile(
 )
 
 
-def _missing(field: str) -> str:
-    return f'Parâmetro "{field}" não informado'
-
-
-def _invalid(field: str, why: str) -> str:
-    return f'Parâmetro "{field}" inválido: {why}'
-
-
-def _reject(field: str, why: str) -> InvalidDocument:
-    return InvalidDocument(field, _invalid(field, why))
-
-
 # --- step 2 and 3: one handler per schema definition ---------------------------------------
 # A handler gets a value the schema already accepted, with its dotted path for errors, and
 # returns the canonical value or raises InvalidDocument for a fiscal rule.
@@ -142,7 +129,7 @@ def _text(path: str, value: str) -> str:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError:
-            raise _reject(path, "contém caracteres inválidos") from None
+            raise reject(path, "contém caracteres inválidos") from None
     return value
 
 
@@ -171,31 +158,31 @@ def _decimal(path: str, value: str | int | float) -> str:
 def _cnpj(path: str, value: str) -> str:
     number = clean_document(value)
     if len(number) != 14:
-        raise _reject(path, "CNPJ deve ter 14 caracteres")
+        raise reject(path, "CNPJ deve ter 14 caracteres")
     if not valid_cnpj(number):
-        raise _reject(path, "CNPJ com dígito verificador inválido")
+        raise reject(path, "CNPJ com dígito verificador inválido")
     return number
 
 
 def _cpf(path: str, value: str) -> str:
     number = clean_document(value)
     if len(number) != 11 or not number.isdigit():
-        raise _reject(path, "CPF deve ter 11 dígitos")
+        raise reject(path, "CPF deve ter 11 dígitos")
     if not valid_cpf(number):
-        raise _reject(path, "CPF com dígito verificador inválido")
+        raise reject(path, "CPF com dígito verificador inválido")
     return number
 
 
 def _codigo_municipio(path: str, value: str) -> str:
     if not valid_ibge_municipio(value):
-        raise _reject(path, "código IBGE de município inválido")
+        raise reject(path, "código IBGE de município inválido")
     return value
 
 
 def _uf(path: str, value: str) -> str:
     uf = value.upper()
     if not valid_uf(uf):
-        raise _reject(path, "UF inexistente")
+        raise reject(path, "UF inexistente")
     return uf
 
 
@@ -208,7 +195,7 @@ def _data_emissao(path: str, value: str) -> str:
     # Kept as the client wrote it (municipalities differ in whether they use the time at all);
     # only checked to be a real date and offset.
     if not _real_date(value):
-        raise _reject(path, _DEF_MESSAGES["data_emissao"])
+        raise reject(path, _DEF_MESSAGES["data_emissao"])
     return value
 
 
@@ -324,10 +311,6 @@ _PLAN: Final = compile_plan(_SCHEMA)
 # --- step 1: schema errors in Focus's words ----------------------------------------------
 
 
-def _dotted(path: list[str | int]) -> str:
-    return ".".join(str(part) for part in path)
-
-
 def _definition(schema_path: list[str | int]) -> str | None:
     """The innermost `$defs` entry the failing keyword belongs to, if any."""
     for index in range(len(schema_path) - 2, -1, -1):
@@ -339,22 +322,22 @@ def _definition(schema_path: list[str | int]) -> str | None:
 def _describe(error: jsonschema_rs.ValidationError, messages: Mapping[str, str]) -> tuple[str, str]:
     kind = error.kind
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Required):
-        field = _dotted([*error.instance_path, kind.property])
-        return field, _missing(field)
-    field = _dotted(error.instance_path)
+        field = dotted([*error.instance_path, kind.property])
+        return field, missing(field)
+    field = dotted(error.instance_path)
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.MinLength):
-        return field, _missing(field)  # "" is how form-built clients leave a field out
+        return field, missing(field)  # "" is how form-built clients leave a field out
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Type):
         expected = "um objeto" if "object" in kind.types else "um texto"
-        return field, _invalid(field, f"deve ser {expected}")
+        return field, invalid(field, f"deve ser {expected}")
     definition = _definition(error.schema_path)
     if definition is not None and definition in messages:
-        return field, _invalid(field, messages[definition])
+        return field, invalid(field, messages[definition])
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.MaxLength):
-        return field, _invalid(field, f"tamanho máximo {kind.limit} caracteres")
+        return field, invalid(field, f"tamanho máximo {kind.limit} caracteres")
     if isinstance(kind, jsonschema_rs.ValidationErrorKind.Not):
-        return field, _invalid(field, "informe apenas um entre cpf, cnpj e nif")
-    return field, _invalid(field, "valor não aceito")
+        return field, invalid(field, "informe apenas um entre cpf, cnpj e nif")
+    return field, invalid(field, "valor não aceito")
 
 
 def _first_schema_error(
@@ -404,20 +387,20 @@ def carry(path: str, value: object, budget: list[int] | None = None, depth: int 
         budget = [CARRY_MAX_ITEMS]
     budget[0] -= 1
     if budget[0] < 0:
-        raise _reject(path, f"o documento leva no máximo {CARRY_MAX_ITEMS} valores não validados")
+        raise reject(path, f"o documento leva no máximo {CARRY_MAX_ITEMS} valores não validados")
     if isinstance(value, str):
         if len(value) > CARRY_MAX_TEXT:
-            raise _reject(path, f"tamanho máximo {CARRY_MAX_TEXT} caracteres")
+            raise reject(path, f"tamanho máximo {CARRY_MAX_TEXT} caracteres")
         _text(path, value)
     elif isinstance(value, dict | list):
         if depth >= CARRY_MAX_DEPTH:
-            raise _reject(path, f"aninhamento maior que {CARRY_MAX_DEPTH} níveis")
+            raise reject(path, f"aninhamento maior que {CARRY_MAX_DEPTH} níveis")
         if len(value) > CARRY_MAX_KEYS:
-            raise _reject(path, f"no máximo {CARRY_MAX_KEYS} itens")
+            raise reject(path, f"no máximo {CARRY_MAX_KEYS} itens")
         if isinstance(value, dict):
             for key, item in value.items():
                 if not isinstance(key, str) or len(key) > 200:
-                    raise _reject(path, "nome de campo inválido")
+                    raise reject(path, "nome de campo inválido")
                 carry(f"{path}.{_text(path, key)}", item, budget, depth + 1)
         else:
             for index, item in enumerate(value):
@@ -428,12 +411,12 @@ def carry(path: str, value: object, budget: list[int] | None = None, depth: int 
         # What the bus and the database write (orjson) holds 64 bits; json.loads (the Kafka
         # path of other publishers) takes any size.
         if not _INT_MIN <= value <= _INT_MAX:
-            raise _reject(path, "número inteiro fora do intervalo de 64 bits")
+            raise reject(path, "número inteiro fora do intervalo de 64 bits")
     elif isinstance(value, float):
         if not math.isfinite(value):
-            raise _reject(path, "número não finito")
+            raise reject(path, "número não finito")
     else:
-        raise _reject(path, "não é um valor JSON")
+        raise reject(path, "não é um valor JSON")
     return value
 
 
@@ -476,7 +459,7 @@ def _normalize_object(
 
 
 def _required(path: str, value: object, budget: list[int]) -> object:
-    raise InvalidDocument(path, _missing(path))
+    raise InvalidDocument(path, missing(path))
 
 
 def _collect(
@@ -536,7 +519,7 @@ def normalize_with(
             if not validator.is_valid(raw):
                 raise _first_schema_error(raw, validator, messages)
     except UnicodeEncodeError:  # lone surrogates, which json.loads lets through from "\ud800"
-        raise InvalidDocument("", _NOT_UTF8) from None
+        raise InvalidDocument("", NOT_UTF8) from None
     except ValueError:  # a value JSON cannot hold (bytes, a non-string key): not a JSON body
         raise InvalidDocument("", NOT_AN_OBJECT) from None
     try:
@@ -555,9 +538,9 @@ def validate_justificativa(body: object) -> str:
         raise InvalidDocument("", NOT_AN_OBJECT)
     value = body.get("justificativa")
     if value is None or value == "":
-        raise InvalidDocument("justificativa", _missing("justificativa"))
+        raise InvalidDocument("justificativa", missing("justificativa"))
     if not isinstance(value, str):
-        raise _reject("justificativa", "deve ser um texto")
+        raise reject("justificativa", "deve ser um texto")
     # Trimmed first: padding with spaces must not turn a too-short reason into a valid one.
     text = value.strip()
     if not _JUSTIFICATIVA_MIN <= len(text) <= _JUSTIFICATIVA_MAX:
@@ -577,9 +560,9 @@ def validate_ref(ref: str | None) -> str:
     unambiguous.
     """
     if ref is None or ref == "":
-        raise InvalidDocument("ref", _missing("ref"))
+        raise InvalidDocument("ref", missing("ref"))
     if not _REF.fullmatch(ref):
-        raise _reject("ref", "use apenas letras e números")
+        raise reject("ref", "use apenas letras e números")
     if len(ref) > _REF_MAX:
-        raise _reject("ref", f"tamanho máximo {_REF_MAX} caracteres")
+        raise reject("ref", f"tamanho máximo {_REF_MAX} caracteres")
     return ref

@@ -32,6 +32,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from notaflow.emites_wire import Frame, FrameDecoder, FrameError, encode_frame
+from notaflow.sandbox import emites_documents as documents
 from notaflow.sandbox import emites_rules as rules
 
 __all__ = ["EmitesSandbox", "EmitesSandboxConfig", "serve_emites_sandbox"]
@@ -234,7 +235,7 @@ class EmitesSandbox:
         state.ids += 1
         state.protocols += 1
         now = self.config.now()
-        answer = rules.authorize(
+        answer = documents.authorize(
             doc,
             emitente=self.emitente,
             id_=state.ids,

@@ -6,7 +6,7 @@ of `notaflow.nfce`: the sandbox stands in for the real service, so it validates 
 schema file but its own checks and its own (Java bean-validation-like) messages, keyed by
 property paths such as `produtos[0].ncm`.
 
-CREATE_NFCE (`validation_errors`, then `sefaz_rejection`, then `authorize`):
+CREATE_NFCE (`validation_errors`, then `sefaz_rejection`, then `emites_documents.authorize`):
 
     schema errors, a "" anywhere (Emites checks the minimum
     length of every non-null string), CPF/CNPJ check digits,
@@ -37,10 +37,8 @@ CANCEL_NFCE (`cancel_errors`, then `cancel_decision`):
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import re
-import xml.etree.ElementTree as ET
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -48,7 +46,6 @@ from decimal import Decimal
 from typing import Any, Final, TypeGuard
 
 import jsonschema_rs
-from fpdf import FPDF
 
 from notaflow import schemas
 from notaflow.brdocs import (
@@ -160,7 +157,7 @@ def _empty_strings(value: object, path: list[str | int]) -> list[str]:
     return []
 
 
-def _foreign(cliente: object) -> TypeGuard[dict[str, Any]]:
+def is_foreign(cliente: object) -> TypeGuard[dict[str, Any]]:
     return isinstance(cliente, dict) and cliente.get("pessoa_fisica_juridica") == "foreign"
 
 
@@ -169,13 +166,13 @@ def _fiscal_errors(doc: Mapping[str, Any]) -> dict[str, list[str]]:
     cliente = doc.get("cliente")
     if isinstance(cliente, dict):
         number = clean_document(str(cliente.get("cpf_cnpj", "")))
-        if _foreign(cliente):
+        if is_foreign(cliente):
             number = ""  # an idEstrangeiro: SEFAZ checks its characters (372)
         if len(number) == 11 and not valid_cpf(number):
             erros["cliente.cpf_cnpj"] = ["CPF inválido"]
         elif len(number) == 14 and not valid_cnpj(number):
             erros["cliente.cpf_cnpj"] = ["CNPJ inválido"]
-        elif len(number) not in (0, 11, 14) or (not number and not _foreign(cliente)):
+        elif len(number) not in (0, 11, 14) or (not number and not is_foreign(cliente)):
             erros["cliente.cpf_cnpj"] = ["deve ser um CPF ou um CNPJ"]
         endereco = cliente.get("endereco")
         if isinstance(endereco, dict):
@@ -203,7 +200,7 @@ def validation_errors(doc: object) -> dict[str, list[str]]:
     return erros or _fiscal_errors(doc)
 
 
-def _decimal(value: object) -> Decimal:
+def decimal_value(value: object) -> Decimal:
     return Decimal(str(value)) if value is not None else Decimal(0)
 
 
@@ -218,12 +215,12 @@ def total(doc: Mapping[str, Any]) -> Decimal:
     """vNF: products less discounts plus freight, insurance and other expenses."""
     result = Decimal(0)
     for produto in doc.get("produtos", ()):
-        result += _decimal(produto.get("valor_total_produto"))
-        result -= _decimal(produto.get("valor_desconto"))
-        result += _decimal(produto.get("valor_frete"))
-        result += _decimal(produto.get("valor_seguro"))
-        result += _decimal(produto.get("valor_outras_despesas"))
-        result += _decimal(produto.get("outras_despesas"))  # the official schema's name
+        result += decimal_value(produto.get("valor_total_produto"))
+        result -= decimal_value(produto.get("valor_desconto"))
+        result += decimal_value(produto.get("valor_frete"))
+        result += decimal_value(produto.get("valor_seguro"))
+        result += decimal_value(produto.get("valor_outras_despesas"))
+        result += decimal_value(produto.get("outras_despesas"))  # the official schema's name
     return result
 
 
@@ -249,7 +246,7 @@ def _customer_rejection(doc: Mapping[str, Any]) -> str | None:
         )
         if abroad[0] != abroad[1]:
             return REJEICAO_MUNICIPIO_EXTERIOR
-    if _foreign(cliente):
+    if is_foreign(cliente):
         if not FOREIGN_ID.fullmatch(str(cliente.get("cpf_cnpj", ""))):
             return REJEICAO_ID_ESTRANGEIRO
         if _code(doc.get("indicador_presenca"), 1) != 1:
@@ -265,7 +262,7 @@ def sefaz_rejection(doc: Mapping[str, Any]) -> str | None:
         return rejection
     if any(produto.get("ncm") == "00" for produto in doc.get("produtos", ())):
         return REJEICAO_NCM
-    paid = sum((_decimal(p.get("valor_do_pagamento")) for p in payments(doc)), Decimal(0))
+    paid = sum((decimal_value(p.get("valor_do_pagamento")) for p in payments(doc)), Decimal(0))
     if paid < total(doc):
         return REJEICAO_PAGAMENTO
     return None
@@ -304,7 +301,7 @@ def codigo_verificacao(chave: str) -> str:
 
 def tributacao(produto: Mapping[str, Any]) -> dict[str, Any]:
     """Simples Nacional (CSOSN 102, PIS/COFINS 49) and the IBPT-style approximate taxes."""
-    valor = _decimal(produto.get("valor_total_produto"))
+    valor = decimal_value(produto.get("valor_total_produto"))
     return {
         "icms_origem": produto.get("codigo_origem_produto", 0),
         "icms_situacao_tributaria": "102",
@@ -312,211 +309,6 @@ def tributacao(produto: Mapping[str, Any]) -> dict[str, Any]:
         "cofins_situacao_tributaria": "49",
         "valor_total_tributos": float((valor * Decimal("0.3145")).quantize(Decimal("0.01"))),
     }
-
-
-def _money(value: Decimal) -> str:
-    return (
-        f"{value.quantize(Decimal('0.01')):,.2f}".replace(",", "X")
-        .replace(".", ",")
-        .replace("X", ".")
-    )
-
-
-def _grouped(key: str) -> str:
-    return " ".join(key[i : i + 4] for i in range(0, len(key), 4))
-
-
-def render_danfe(
-    doc: Mapping[str, Any],
-    emitente: Emitente,
-    chave: str,
-    serie: int,
-    numero: int,
-    protocol: str,
-    issued_at: datetime,
-) -> bytes:
-    """A small but real DANFE NFC-e (80 mm receipt) as PDF bytes, deterministic per input."""
-    pdf = FPDF(orientation="P", unit="mm", format=(80, 297))
-    pdf.set_creation_date(issued_at)
-    pdf.set_title(f"DANFE NFC-e {numero:09d}")
-    pdf.set_margins(4, 4, 4)
-    pdf.set_auto_page_break(auto=True, margin=4)
-    pdf.add_page()
-    width = pdf.epw
-
-    def line(text: str, size: float = 7, style: str = "", align: str = "L") -> None:
-        pdf.set_font("helvetica", style=style, size=size)
-        pdf.multi_cell(width, size * 0.5, text, align=align, new_x="LMARGIN", new_y="NEXT")
-
-    line(emitente.razao_social, 8, "B", "C")
-    line(f"CNPJ: {emitente.cnpj}", align="C")
-    line("DANFE NFC-e - Documento Auxiliar da Nota Fiscal de Consumidor Eletrônica", 7, "B", "C")
-    line("EMITIDA EM AMBIENTE DE HOMOLOGAÇÃO - SEM VALOR FISCAL", 6, "B", "C")
-    pdf.ln(1)
-    line("Código | Descrição | Qtde | Un | Vl Unit | Vl Total", 6, "B")
-    for produto in doc.get("produtos", ()):
-        line(
-            f"{produto.get('codigo_produto')} {produto.get('descricao')} "
-            f"{produto.get('quantidade_comercial')} {produto.get('unidade_comercial')} x "
-            f"{_money(_decimal(produto.get('valor_unitario_comercial')))} = "
-            f"{_money(_decimal(produto.get('valor_total_produto')))}",
-            6,
-        )
-    pdf.ln(1)
-    line(f"Qtde. total de itens: {len(doc.get('produtos', ()))}")
-    line(f"VALOR TOTAL R$ {_money(total(doc))}", 8, "B")
-    for payment in payments(doc):
-        amount = _money(_decimal(payment.get("valor_do_pagamento")))
-        line(f"Forma de pagamento {payment.get('tipo_de_pagamento')}: R$ {amount}")
-    pdf.ln(1)
-    line(f"NFC-e nº {numero:09d} Série {serie:03d} {utc_text(issued_at)}", 7, "B", "C")
-    line("Consulte pela Chave de Acesso:", align="C")
-    line(_grouped(chave), 7, "", "C")
-    line(f"Protocolo de autorização: {protocol}", align="C")
-    cliente = doc.get("cliente")
-    if _foreign(cliente):
-        line(
-            f"CONSUMIDOR ID ESTRANGEIRO: {cliente.get('cpf_cnpj')} {cliente.get('nome')}", align="C"
-        )
-    elif isinstance(cliente, dict):
-        line(f"CONSUMIDOR: {cliente.get('cpf_cnpj')} {cliente.get('nome')}", align="C")
-    else:
-        line("CONSUMIDOR NÃO IDENTIFICADO", align="C")
-    return bytes(pdf.output())
-
-
-_ENDER_DEST: Final = (
-    ("xLgr", "logradouro"),
-    ("nro", "numero"),
-    ("xBairro", "bairro"),
-    ("cMun", "codigo_municipio"),
-    ("xMun", "nome_municipio"),
-    ("UF", "uf"),
-    ("cPais", "codigo_pais"),
-    ("xPais", "nome_pais"),
-)
-
-
-def _sub(parent: ET.Element, tag: str, text: object = None) -> ET.Element:
-    element = ET.SubElement(parent, tag)
-    if text is not None:
-        element.text = str(text)
-    return element
-
-
-def render_xml(
-    doc: Mapping[str, Any],
-    emitente: Emitente,
-    chave: str,
-    serie: int,
-    numero: int,
-    protocol: str,
-    issued_at: datetime,
-) -> bytes:
-    """An nfeProc-shaped XML (unsigned: the sandbox has no certificate)."""
-    root = ET.Element("nfeProc", {"xmlns": "http://www.portalfiscal.inf.br/nfe", "versao": "4.00"})
-    inf = _sub(_sub(root, "NFe"), "infNFe")
-    inf.set("Id", f"NFe{chave}")
-    inf.set("versao", "4.00")
-    ide = _sub(inf, "ide")
-    for tag, value in (
-        ("cUF", emitente.uf_code),
-        ("cNF", chave[35:43]),
-        ("natOp", doc.get("natureza_operacao")),
-        ("mod", MODELO_NFCE),
-        ("serie", serie),
-        ("nNF", numero),
-        ("dhEmi", utc_text(issued_at)),
-        ("tpNF", doc.get("tipo_operacao", 1)),
-        ("idDest", doc.get("destino_operacao", 1)),
-        ("tpImp", doc.get("tipo_impressao", 4)),
-        ("tpEmis", TP_EMIS_NORMAL),
-        ("cDV", chave[43]),
-        ("tpAmb", AMBIENTE_HOMOLOGACAO),
-        ("finNFe", doc.get("finalidade_nfe", 1)),
-        ("indFinal", doc.get("indicador_consumidor_final", 1)),
-        ("indPres", doc.get("indicador_presenca")),
-    ):
-        _sub(ide, tag, value)
-    emit = _sub(inf, "emit")
-    _sub(emit, "CNPJ", emitente.cnpj)
-    _sub(emit, "xNome", emitente.razao_social)
-    cliente = doc.get("cliente")
-    if isinstance(cliente, dict):
-        dest = _sub(inf, "dest")
-        number = str(cliente.get("cpf_cnpj"))
-        tag = "idEstrangeiro" if _foreign(cliente) else "CPF" if len(number) == 11 else "CNPJ"
-        _sub(dest, tag, number)
-        _sub(dest, "xNome", cliente.get("nome"))
-        endereco = cliente.get("endereco")
-        if isinstance(endereco, dict):
-            ender = _sub(dest, "enderDest")
-            for tag, name in _ENDER_DEST:
-                if endereco.get(name) is not None:
-                    _sub(ender, tag, endereco[name])
-    for index, produto in enumerate(doc.get("produtos", ()), start=1):
-        det = _sub(inf, "det")
-        det.set("nItem", str(index))
-        prod = _sub(det, "prod")
-        _sub(prod, "cProd", produto.get("codigo_produto"))
-        _sub(prod, "cEAN", produto.get("codigo_ean") or "SEM GTIN")
-        _sub(prod, "xProd", produto.get("descricao"))
-        _sub(prod, "NCM", produto.get("ncm"))
-        _sub(prod, "CFOP", produto.get("cfop") or "5102")
-        _sub(prod, "uCom", produto.get("unidade_comercial"))
-        _sub(prod, "qCom", produto.get("quantidade_comercial"))
-        _sub(prod, "vUnCom", produto.get("valor_unitario_comercial"))
-        _sub(prod, "vProd", produto.get("valor_total_produto"))
-    _sub(_sub(_sub(inf, "total"), "ICMSTot"), "vNF", f"{total(doc):.2f}")
-    info = _sub(_sub(root, "protNFe"), "infProt")
-    _sub(info, "tpAmb", AMBIENTE_HOMOLOGACAO)
-    _sub(info, "chNFe", chave)
-    _sub(info, "dhRecbto", utc_text(issued_at))
-    _sub(info, "nProt", protocol)
-    _sub(info, "cStat", "100")
-    _sub(info, "xMotivo", "Autorizado o uso da NF-e")
-    return bytes(ET.tostring(root, encoding="utf-8", xml_declaration=True))
-
-
-def authorize(
-    doc: Mapping[str, Any],
-    *,
-    emitente: Emitente,
-    id_: int,
-    serie: int,
-    numero: int,
-    protocol_sequence: int,
-    issued_at: datetime,
-    public_url: str,
-) -> dict[str, Any]:
-    """The `sucesso` answer: the request echoed plus what Emites and SEFAZ add."""
-    chave = access_key(emitente, issued_at, serie, numero)
-    protocol = protocolo(emitente, issued_at, protocol_sequence)
-    answer = dict(doc)
-    answer["produtos"] = [
-        {**produto, "tributacao": tributacao(produto)} for produto in doc.get("produtos", ())
-    ]
-    danfe = render_danfe(doc, emitente, chave, serie, numero, protocol, issued_at)
-    xml = render_xml(doc, emitente, chave, serie, numero, protocol, issued_at)
-    answer.update(
-        {
-            "status": "sucesso",
-            "id": id_,
-            "nfe_numero": numero,
-            "serie": serie,
-            "danfe_url": f"{public_url}/nfce/{chave}/danfe.pdf",
-            "xml_url": f"{public_url}/nfce/{chave}.xml",
-            "danfe": base64.b64encode(danfe).decode("ascii"),
-            "xml": base64.b64encode(xml).decode("ascii"),
-            "resposta_emissao": {
-                "chave_acesso": chave,
-                "codigo_verificacao": codigo_verificacao(chave),
-                "data_emissao": utc_text(issued_at),
-                "numero_protocolo": protocol,
-            },
-        }
-    )
-    return answer
 
 
 def rejected(

@@ -33,16 +33,25 @@ tenants = sa.Table(
     sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
 )
 
+
 # Tokens are random and long, so a plain SHA-256 is enough to keep them unusable if the table
 # leaks; lookups go by hash, never by comparing secrets in Python.
-tenant_tokens = sa.Table(
+def _token_table(name: str, *owner: sa.Column[Any]) -> sa.Table:
+    """A table of hashed tokens: the hash is the key, `owner` the columns after it."""
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column("token_hash", sa.String(64), primary_key=True),
+        *owner,
+        sa.Column("label", sa.String(100), nullable=False),
+        sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
+        sa.Column("revoked_at", sa.DateTime(timezone=True)),
+    )
+
+
+tenant_tokens = _token_table(
     "tenant_tokens",
-    metadata,
-    sa.Column("token_hash", sa.String(64), primary_key=True),
     sa.Column("tenant_id", sa.String(64), sa.ForeignKey("tenants.id"), nullable=False),
-    sa.Column("label", sa.String(100), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("revoked_at", sa.DateTime(timezone=True)),
 )
 
 tenant_companies = sa.Table(
@@ -69,14 +78,7 @@ provider_accounts = sa.Table(
 
 # Tokens of the admin API (/admin/v1): hashed like tenant tokens, in a table of their own so a
 # tenant token can never act as an operator's.
-operator_tokens = sa.Table(
-    "operator_tokens",
-    metadata,
-    sa.Column("token_hash", sa.String(64), primary_key=True),
-    sa.Column("label", sa.String(100), nullable=False),
-    sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
-    sa.Column("revoked_at", sa.DateTime(timezone=True)),
-)
+operator_tokens = _token_table("operator_tokens")
 
 documents = sa.Table(
     "documents",

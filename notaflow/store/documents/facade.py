@@ -172,12 +172,11 @@ class DocumentStore:
         re-emission after erro_autorizacao): the INSERT that would only collide is skipped,
         and with it SQLAlchemy's costly IntegrityError path. The re-claim's conditions (status
         and attempt as read) still guard against a row that changed since."""
+        request = ClaimRequest(tenant_id, kind, ref, cnpj_prestador, payload, command_id, source)
         if current is not None:
             if (current.tenant_id, current.kind, current.ref) != (tenant_id, kind, ref):
                 raise ValueError(f"current is not the document of {tenant_id}/{kind}/{ref}")
-            return await self._reclaim(
-                tenant_id, kind, ref, cnpj_prestador, payload, command_id, source, current
-            )
+            return await self._reclaim(request, current)
         now = _now()
         try:
             async with self._engine.begin() as conn:
@@ -200,9 +199,7 @@ class DocumentStore:
             return Claim(doc_id, command_id, 1, None)
         except IntegrityError:
             pass
-        return await self._reclaim(
-            tenant_id, kind, ref, cnpj_prestador, payload, command_id, source
-        )
+        return await self._reclaim(request)
 
     async def claim_many(self, requests: list[ClaimRequest]) -> list[Claim | RefInUse]:
         """Claim many refs in one transaction (group commit): one multi-row INSERT .. ON
@@ -223,34 +220,16 @@ class DocumentStore:
                 out.append(Claim(inserted[r.command_id], r.command_id, 1, None))
                 continue
             try:
-                out.append(
-                    await self._reclaim(
-                        r.tenant_id,
-                        r.kind,
-                        r.ref,
-                        r.cnpj_prestador,
-                        r.payload,
-                        r.command_id,
-                        r.source,
-                    )
-                )
+                out.append(await self._reclaim(r))
             except RefInUse as exc:
                 out.append(exc)
         return out
 
-    async def _reclaim(
-        self,
-        tenant_id: str,
-        kind: str,
-        ref: str,
-        cnpj_prestador: str,
-        payload: dict[str, Any],
-        command_id: str,
-        source: str,
-        current: Document | None = None,
-    ) -> Claim:
+    async def _reclaim(self, r: ClaimRequest, current: Document | None = None) -> Claim:
+        """Take `r.ref` again when its document allows it (`lifecycle.ref_reusable`)."""
+        ref, command_id = r.ref, r.command_id
         if current is None:
-            current = await self.get(tenant_id, kind, ref)
+            current = await self.get(r.tenant_id, r.kind, ref)
         if current is None:  # deleted by a concurrent release: the caller may simply retry
             raise RefInUse(ref, PROCESSING)
         if not ref_reusable(current.status):
@@ -260,9 +239,9 @@ class DocumentStore:
             current.id,
             current.attempt,
             command_id,
-            cnpj_prestador,
-            orjson.dumps(payload).decode(),
-            source,
+            r.cnpj_prestador,
+            orjson.dumps(r.payload).decode(),
+            r.source,
         )
         if not await self._reclaims.submit(item):
             raise RefInUse(ref, PROCESSING)

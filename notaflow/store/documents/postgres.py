@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime
+from operator import attrgetter
 from typing import Any
 
 import orjson
@@ -20,6 +21,12 @@ from notaflow.store.documents.model import (
 )
 
 
+def arrays(rows: Sequence[Any], *fields: str) -> list[list[Any]]:
+    """A batch as one array per field, in the batch's order: what a statement unnests
+    (`unnest($1::text[], ...)`) to work on all its rows in one round trip."""
+    return [list(map(attrgetter(name), rows)) for name in fields]
+
+
 async def claim(driver: Any, requests: list[ClaimRequest], now: datetime) -> dict[str, int]:
     """asyncpg: the whole batch as arrays, unnested server-side, in one round trip."""
     async with driver.transaction():
@@ -29,11 +36,7 @@ async def claim(driver: Any, requests: list[ClaimRequest], now: datetime) -> dic
             "FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::text[], $6::text[])"
             " AS u(t, k, r, c, n, p) "
             "ON CONFLICT (tenant_id, kind, ref) DO NOTHING RETURNING id, command_id",
-            [r.tenant_id for r in requests],
-            [r.kind for r in requests],
-            [r.ref for r in requests],
-            [r.command_id for r in requests],
-            [r.cnpj_prestador for r in requests],
+            *arrays(requests, "tenant_id", "kind", "ref", "command_id", "cnpj_prestador"),
             [orjson.dumps(r.payload).decode() for r in requests],
             PROCESSING,
             now,
@@ -92,9 +95,7 @@ async def update(driver: Any, updates: list[Update], now: datetime) -> list[bool
                 "UPDATE documents d SET provider_ref = u.p "
                 "FROM unnest($1::bigint[], $2::int[], $3::text[]) AS u(i, a, p) "
                 "WHERE d.id = u.i AND d.attempt = u.a",
-                [u.document_id for u in refs],
-                [u.attempt for u in refs],
-                [u.provider_ref for u in refs],
+                *arrays(refs, "document_id", "attempt", "provider_ref"),
             )
         if marks:
             rows = await driver.fetch(
@@ -102,9 +103,7 @@ async def update(driver: Any, updates: list[Update], now: datetime) -> list[bool
                 "FROM unnest($1::bigint[], $2::int[], $3::text[]) AS u(i, a, p) "
                 "WHERE d.id = u.i AND d.attempt = u.a AND d.submitted_at IS NULL "
                 "RETURNING d.id, d.attempt",
-                [u.document_id for u in marks],
-                [u.attempt for u in marks],
-                [u.provider_ref for u in marks],
+                *arrays(marks, "document_id", "attempt", "provider_ref"),
                 now,
             )
             done = {(int(r[0]), int(r[1])) for r in rows}
@@ -169,14 +168,9 @@ async def transition(driver: Any, items: list[Transition], now: datetime) -> lis
                 _PG_TRANSITION,
                 now,
                 wave,
-                [t.document_id for t in batch],
-                [t.attempt for t in batch],
-                [t.status for t in batch],
+                *arrays(batch, "document_id", "attempt", "status"),
                 [",".join(sorted(t.allowed)) for t in batch],
-                [t.result for t in batch],
-                [t.erros for t in batch],
-                [t.source for t in batch],
-                [t.detail for t in batch],
+                *arrays(batch, "result", "erros", "source", "detail"),
             )
             for row in rows:
                 out[row["n"]] = from_raw(row)  # the columns of SELECT_COLUMNS come first

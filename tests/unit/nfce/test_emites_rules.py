@@ -11,6 +11,7 @@ from pypdf import PdfReader
 
 from notaflow.brdocs import access_key_check_digit, valid_access_key
 from notaflow.nfce import normalize_nfce
+from notaflow.sandbox import emites_documents as documents
 from notaflow.sandbox import emites_rules as rules
 from testkit.nfce_documents import SPEC_KEYS, valid_nfce
 
@@ -96,7 +97,7 @@ def test_protocol_has_15_digits() -> None:
 
 def test_authorize_echoes_and_adds() -> None:
     doc = normalize_nfce(valid_nfce())
-    answer = rules.authorize(
+    answer = documents.authorize(
         doc,
         emitente=rules.Emitente(),
         id_=7,
@@ -117,15 +118,21 @@ def test_authorize_echoes_and_adds() -> None:
 def test_danfe_is_a_deterministic_pdf() -> None:
     doc = valid_nfce()
     key = rules.access_key(rules.Emitente(), WHEN, 1, 5)
-    first = rules.render_danfe(doc, rules.Emitente(), key, 1, 5, "2" * 15, WHEN)
-    second = rules.render_danfe(doc, rules.Emitente(), key, 1, 5, "2" * 15, WHEN)
+    first = documents.render_danfe(
+        documents.Authorized(doc, rules.Emitente(), key, 1, 5, "2" * 15, WHEN)
+    )
+    second = documents.render_danfe(
+        documents.Authorized(doc, rules.Emitente(), key, 1, 5, "2" * 15, WHEN)
+    )
     assert first.startswith(b"%PDF") and first == second
 
 
 def test_danfe_of_500_products_spans_pages() -> None:
     doc = valid_nfce(produtos=valid_nfce()["produtos"] * 250)
     key = rules.access_key(rules.Emitente(), WHEN, 1, 5)
-    pdf = rules.render_danfe(doc, rules.Emitente(), key, 1, 5, "2" * 15, WHEN)
+    pdf = documents.render_danfe(
+        documents.Authorized(doc, rules.Emitente(), key, 1, 5, "2" * 15, WHEN)
+    )
     assert len(PdfReader(io.BytesIO(pdf)).pages) > 1
 
 
