@@ -324,7 +324,15 @@ async def run_reconciler(settings: Settings, older_than: float, limit: int, ever
     focus = FocusClient(settings.focus_base_url, settings.focus_token, settings.focus_timeout)
     try:
         await bus.wait_connected(60)
-        reconciler = Reconciler(documents, focus, bus, Topics(settings.kafka_topic_prefix))
+        from notaflow.store.accounts import account_resolver
+
+        reconciler = Reconciler(
+            documents,
+            focus,
+            bus,
+            Topics(settings.kafka_topic_prefix),
+            account_resolver(engine, settings).focus,
+        )
         while True:
             report = await reconciler.run_once(older_than, limit)
             log.info("reconcile: %s", report)

@@ -188,7 +188,9 @@ def build_emission(res: Resources) -> Wired:
         res.documents, tenants, emites, res.bus, res.topics, res.settings.emites_cnpj,
         t.SOURCE_EMISSION,
     )  # fmt: skip
-    emission = EmissionConsumer(res.documents, tenants, focus, res.bus, res.topics, nfce)
+    emission = EmissionConsumer(
+        res.documents, tenants, focus, res.bus, res.topics, nfce, accounts(res).focus
+    )
     return Wired(
         emission.routes(),
         provider_window(res.settings),
@@ -209,7 +211,9 @@ def build_cancellation(res: Resources) -> Wired:
     nfce = NfceCanceller(
         res.documents, emites_by_company(res, None), res.bus, res.topics, t.SOURCE_CANCELLATION
     )
-    cancellation = CancellationConsumer(res.documents, focus, res.bus, res.topics, nfce)
+    cancellation = CancellationConsumer(
+        res.documents, focus, res.bus, res.topics, nfce, accounts(res).focus
+    )
     return Wired(
         cancellation.routes(),
         provider_window(res.settings),
