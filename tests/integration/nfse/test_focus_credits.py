@@ -15,9 +15,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from notaflow import topics as t
-from notaflow.accounts import Environment, FocusCredentials
+from notaflow.accounts import AccountDisabled, Environment, FocusCredentials, Provider
 from notaflow.bus import Bus, ensure_topics
-from notaflow.consumers.emission import CREDENTIAL_ERROR, EmissionConsumer
+from notaflow.consumers.emission import ACCOUNT_DISABLED, CREDENTIAL_ERROR, EmissionConsumer
 from notaflow.consumers.providers.focus import CredentialRefused, FocusClient
 from notaflow.consumers.providers.rate_windows import RateWindows
 from notaflow.envelope import Event
@@ -155,3 +155,43 @@ async def test_the_client_raises_credential_refused_with_the_status() -> None:
         finally:
             await focus.aclose()
     assert info.value.status == 403 and not info.value.retriable
+
+
+async def test_an_account_disabled_after_the_door_ends_the_note_without_a_call(
+    engine: Any, bus: Bus, settings: Settings
+) -> None:
+    # Accepted while the account was enabled, disabled before the emission consumer took it:
+    # a final error naming the account, no POST with anyone's token, nothing to retry.
+    documents, tenants = DocumentStore(engine), TenantStore(engine)
+    await tenants.create("gamma", "Gamma", [CNPJ])
+
+    async def disabled(tenant: str, cnpj: str) -> FocusCredentials:
+        raise AccountDisabled(tenant, cnpj, Provider.FOCUS)
+
+    config = FocusSandboxConfig(tokens={"tok-default"})
+    topics = t.Topics(settings.kafka_topic_prefix)
+    async with serving(create_focus_sandbox(config)) as url:
+        focus = FocusClient(url, "tok-default", 5)
+        consumer = EmissionConsumer(documents, tenants, focus, bus, topics, focus_token=disabled)
+        try:
+            document = normalize_nfse(nfse())
+            await documents.claim("gamma", "nfse", "r1", CNPJ, document, "cmd-g", "t")
+            event = Event(
+                type=t.NFSE_EMIT,
+                source="test",
+                data={"tenant": "gamma", "ref": "r1", "nfse": document},
+                id="cmd-g",
+                tenant="gamma",
+            )
+            await consumer.emit(event)  # no exception: nothing to retry, nothing to DLQ
+            await consumer.emit(event)  # redelivered: still nothing sent
+        finally:
+            await focus.aclose()
+        async with httpx.AsyncClient(base_url=url) as api:
+            posts = (await api.get("/_sandbox/requests")).json()
+    note = await documents.get("gamma", "nfse", "r1")
+    assert note is not None and note.status == ERROR
+    assert note.erros is not None and note.erros[0]["codigo"] == ACCOUNT_DISABLED
+    assert CNPJ in note.erros[0]["mensagem"] and "desabilitada" in note.erros[0]["mensagem"]
+    assert posts == []
+    documents.close()
