@@ -173,6 +173,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
     from prometheus_client import CollectorRegistry
 
     from notaflow.consumers.assignment import TopicsNotCoPartitioned
+    from notaflow.consumers.fairness import backlog_view
     from notaflow.consumers.runtime import Runner
     from notaflow.health import HealthServer, progress_check
     from notaflow.metrics import Metrics
@@ -202,12 +203,16 @@ async def run_consumer(settings: Settings, name: str) -> None:
             concurrency=wired.window,
             metrics=metrics,
             ledger=RetryLedger(engine),
+            tenant_cap=wired.tenant_cap,
         )
+        rate = wired.credit_rate or (lambda tenant: None)
         health = HealthServer(
             settings.health_host,
             settings.health_port,
             progress_check(lambda: runner.stats, settings.health_max_idle, runner.busy),
             metrics.registry,
+            # Who waits, and when it drains at its company's Focus credits (issue 15).
+            views={b"/backlog": lambda: backlog_view(runner.backlog(), rate)},
         )
         await health.start()
         loop = asyncio.get_running_loop()

@@ -66,6 +66,10 @@ class Wired:
     window: int
     # Called on SIGTERM/SIGINT beside the runner's own stop.
     on_stop: tuple[Callable[[], None], ...] = field(default=())
+    # Records of one tenant (and topic) running at most (consumers.fairness; None: no cap),
+    # and a tenant's provider credits per second for the `/backlog` view's drain estimate.
+    tenant_cap: int | None = None
+    credit_rate: Callable[[str], float | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -178,6 +182,7 @@ def emission_topics(topics: Topics) -> tuple[str, ...]:
 
 def build_emission(res: Resources) -> Wired:
     from notaflow.consumers.emission import EmissionConsumer
+    from notaflow.consumers.fairness import tenant_cap
     from notaflow.consumers.nfce import NfceEmitter
     from notaflow.store import TenantStore
 
@@ -196,6 +201,9 @@ def build_emission(res: Resources) -> Wired:
         provider_window(res.settings),
         # Records still waiting for a call slot are left for redelivery.
         on_stop=(focus.stop_calls,),
+        # Waiting for its company's credits, a tenant holds at most this much of the window.
+        tenant_cap=tenant_cap(provider_window(res.settings)),
+        credit_rate=focus.tenant_rate,
     )
 
 
@@ -205,6 +213,7 @@ def cancellation_topics(topics: Topics) -> tuple[str, ...]:
 
 def build_cancellation(res: Resources) -> Wired:
     from notaflow.consumers.cancellation import CancellationConsumer
+    from notaflow.consumers.fairness import tenant_cap
     from notaflow.consumers.nfce import NfceCanceller
 
     focus = focus_client(res)
@@ -218,6 +227,8 @@ def build_cancellation(res: Resources) -> Wired:
         cancellation.routes(),
         provider_window(res.settings),
         on_stop=(focus.stop_calls,),
+        tenant_cap=tenant_cap(provider_window(res.settings)),
+        credit_rate=focus.tenant_rate,
     )
 
 
