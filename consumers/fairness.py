@@ -31,6 +31,7 @@ Pure: no asyncio, no Kafka; the runner is the shell.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from collections.abc import Callable, Hashable
 from typing import Any, Generic, TypeVar
@@ -45,8 +46,24 @@ TENANT_SHARE = 0.75
 BUFFER_FACTOR = 12
 
 
+# A queue that calls Focus runs at most the records its tenant's credits pay for in this many
+# seconds (issue 15): a burst waiting for its token's window then holds a few seconds' worth of
+# records, not three quarters of the window, each with its database work done ahead and its
+# answers and callbacks arriving in one rush.
+CREDIT_HORIZON = 2.0
+# ... and never fewer than this, so a slow token still keeps its calls overlapped.
+CREDIT_FLOOR = 4
+
+
 def tenant_cap(window: int) -> int:
     return max(int(window * TENANT_SHARE), 1)
+
+
+def credit_cap(rate: float | None) -> int | None:
+    """Records a queue may run at `rate` credits per second (None: not known yet, no cap)."""
+    if rate is None:
+        return None
+    return max(math.ceil(rate * CREDIT_HORIZON), CREDIT_FLOOR)
 
 
 def tenant_of(record: Any) -> str:
@@ -73,9 +90,18 @@ class FairQueue(Generic[T]):
     per queue. Items pushed with the same `key` stay in one queue while any of them is queued
     (FIFO per key: a document's later record never starts before its earlier one)."""
 
-    def __init__(self, window: int, cap: int | None = None, buffer: int | None = None) -> None:
+    def __init__(
+        self,
+        window: int,
+        cap: int | None = None,
+        buffer: int | None = None,
+        slot_cap: Callable[[Slot], int | None] | None = None,
+    ) -> None:
         self.window = max(window, 1)
         self.cap = max(cap if cap is not None else self.window, 1)
+        # A queue's own cap below `cap`, asked at every start (None: only `cap`): what its
+        # tenant's provider credits allow (`credit_cap`), known once the provider answered.
+        self._slot_cap = slot_cap
         self.buffer = max(buffer if buffer is not None else self.window * BUFFER_FACTOR, 1)
         self._queues: dict[Slot, deque[tuple[Hashable, T]]] = {}
         self._turns: deque[Slot] = deque()  # queues with items, in serving order
@@ -117,8 +143,13 @@ class FairQueue(Generic[T]):
         for _ in range(len(self._turns)):
             slot = self._turns[0]
             self._turns.rotate(-1)  # served or skipped: its next turn is after the others'
-            if self._running.get(slot, 0) >= self.cap:
+            running = self._running.get(slot, 0)
+            if running >= self.cap:
                 continue
+            if self._slot_cap is not None:
+                own = self._slot_cap(slot)
+                if own is not None and running >= own:
+                    continue
             queue = self._queues[slot]
             key, item = queue.popleft()
             if not queue:

@@ -204,6 +204,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
             metrics=metrics,
             ledger=RetryLedger(engine),
             tenant_cap=wired.tenant_cap,
+            slot_cap=wired.slot_cap,
         )
         rate = wired.credit_rate or (lambda tenant: None)
         health = HealthServer(

@@ -70,6 +70,8 @@ class Wired:
     # and a tenant's provider credits per second for the `/backlog` view's drain estimate.
     tenant_cap: int | None = None
     credit_rate: Callable[[str], float | None] | None = None
+    # A (tenant, topic) queue's own cap below tenant_cap: what the tenant's credits pay for.
+    slot_cap: Callable[[tuple[str, str]], int | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -111,6 +113,21 @@ def focus_client(res: Resources) -> FocusClient:
     )
     res.closing.push_async_callback(focus.aclose)
     return focus
+
+
+def focus_slot_cap(
+    focus: FocusClient, topics: tuple[str, ...]
+) -> Callable[[tuple[str, str]], int | None]:
+    """The cap of a tenant's queue of these topics (the ones whose records call Focus): the
+    records its token's credits pay for in a few seconds (`consumers.fairness.credit_cap`).
+    NFC-e commands (Emites-Client, no credits) keep only the tenant cap."""
+    from notaflow.consumers.fairness import credit_cap
+
+    def cap(slot: tuple[str, str]) -> int | None:
+        tenant, topic = slot
+        return credit_cap(focus.tenant_rate(tenant)) if topic in topics else None
+
+    return cap
 
 
 def accounts(res: Resources) -> AccountResolver:
@@ -204,6 +221,7 @@ def build_emission(res: Resources) -> Wired:
         # Waiting for its company's credits, a tenant holds at most this much of the window.
         tenant_cap=tenant_cap(provider_window(res.settings)),
         credit_rate=focus.tenant_rate,
+        slot_cap=focus_slot_cap(focus, (res.topics.nfse_commands, res.topics.provider_events)),
     )
 
 
@@ -229,6 +247,7 @@ def build_cancellation(res: Resources) -> Wired:
         on_stop=(focus.stop_calls,),
         tenant_cap=tenant_cap(provider_window(res.settings)),
         credit_rate=focus.tenant_rate,
+        slot_cap=focus_slot_cap(focus, (res.topics.nfse_commands, res.topics.provider_events)),
     )
 
 

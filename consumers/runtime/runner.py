@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -67,6 +67,7 @@ class Runner:
         metrics: Metrics | None = None,
         ledger: RetryLedger | None = None,
         tenant_cap: int | None = None,
+        slot_cap: Callable[[tuple[str, str]], int | None] | None = None,
     ) -> None:
         self._metrics = metrics
         self._settings = settings
@@ -75,9 +76,10 @@ class Runner:
         self._schedule = RetrySchedule(name, ledger)
         self._grace = grace
         self._stopping = asyncio.Event()
-        # `tenant_cap`: records of one tenant (and topic) running at most (`consumers.fairness`).
+        # `tenant_cap`: records of one tenant (and topic) running at most; `slot_cap`: a
+        # (tenant, topic) queue's own, below it (`consumers.fairness`).
         self._window: Window[TopicPartition] = Window(
-            concurrency or settings.consumer_concurrency, self._stopping, tenant_cap
+            concurrency or settings.consumer_concurrency, self._stopping, tenant_cap, None, slot_cap
         )
         self._offsets: Offsets[TopicPartition] = Offsets()
         self._consumer: AIOKafkaConsumer | None = None

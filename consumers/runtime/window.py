@@ -44,10 +44,12 @@ class Window(Generic[Partition]):
         stopping: asyncio.Event,
         tenant_cap: int | None = None,
         buffer: int | None = None,
+        slot_cap: Callable[[Slot], int | None] | None = None,
     ) -> None:
         # `size` running at most, `tenant_cap` of them per tenant and topic (the consumers that
-        # wait for a company's Focus credits), `buffer` fetched ahead in all.
-        self._fair: FairQueue[_Queued[Partition]] = FairQueue(size, tenant_cap, buffer)
+        # wait for a company's Focus credits), and below it `slot_cap`'s (what a tenant's
+        # credits pay for), `buffer` fetched ahead in all.
+        self._fair: FairQueue[_Queued[Partition]] = FairQueue(size, tenant_cap, buffer, slot_cap)
         self._room = asyncio.Event()  # set while the fetch-ahead buffer has room
         self._room.set()
         self._stopping = stopping

@@ -9,7 +9,13 @@ from dataclasses import dataclass
 from hypothesis import given
 from hypothesis import strategies as st
 
-from notaflow.consumers.fairness import FairQueue, backlog_view, tenant_cap, tenant_of
+from notaflow.consumers.fairness import (
+    FairQueue,
+    backlog_view,
+    credit_cap,
+    tenant_cap,
+    tenant_of,
+)
 
 
 def test_tenants_are_served_in_turn_not_in_arrival_order() -> None:
@@ -140,3 +146,32 @@ def test_callbacks_do_not_wait_behind_commands_but_a_document_keeps_its_order() 
     # cb4 followed doc4's queued records into the commands queue, and starts after them.
     assert order == ["cmd2", "cmd3", "cmd4", "cmd4-again", "cb4"]
     assert q.backlog() == {"burst": 2}  # cb0 and cb4 running
+
+
+def test_a_queue_runs_what_its_credits_pay_for_once_they_are_known() -> None:
+    # The tenant's token: 5 credits a second once Focus's first answer told it (None before).
+    rates: dict[str, float | None] = {"burst": None}
+
+    def cap(slot: tuple[str, str]) -> int | None:
+        tenant, lane = slot
+        return credit_cap(rates[tenant]) if lane == "nfse" else None
+
+    q: FairQueue[int] = FairQueue(window=100, cap=75, slot_cap=cap)
+    for i in range(200):
+        q.push("burst", i, lane="nfse")
+        q.push("burst", 1000 + i, lane="nfce")
+    first = [q.pop() for _ in range(20)]
+    assert all(turn is not None for turn in first)  # unknown rate: only the tenant cap
+    rates["burst"] = 5.0
+    assert credit_cap(5.0) == 10 and credit_cap(0.5) == 4 and credit_cap(None) is None
+    while (turn := q.pop()) is not None:
+        first.append(turn)
+    lanes = [slot[1] for slot, _ in (t for t in first if t is not None)]
+    assert lanes.count("nfse") == 10  # 10 started before the rate was known: no more now
+    assert lanes.count("nfce") == 75  # no credits there: the tenant cap alone
+    for _ in range(10):
+        q.finished(("burst", "nfse"))  # its 10 running are done: 10 more may start
+    again = []
+    while (turn := q.pop()) is not None:
+        again.append(turn[0])
+    assert again == [("burst", "nfse")] * 10
