@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from notaflow import topics as t
+from notaflow.accounts import AccountDisabled
 from notaflow.bus import Publisher
 from notaflow.consumers.providers.focus import FocusClient, FocusToken
 from notaflow.envelope import Event
@@ -64,7 +65,8 @@ class Reconciler:
             report.examined += 1
             try:
                 await self._reconcile(doc, report)
-            except (Permanent, Transient) as exc:
+            except (Permanent, Transient, AccountDisabled) as exc:
+                # A disabled company's note waits for an operator, not the others behind it.
                 report.failed.append(f"{doc.tenant_id}/{doc.ref}: {exc}")
         return report
 

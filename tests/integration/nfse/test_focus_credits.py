@@ -20,6 +20,7 @@ from notaflow.bus import Bus, ensure_topics
 from notaflow.consumers.emission import ACCOUNT_DISABLED, CREDENTIAL_ERROR, EmissionConsumer
 from notaflow.consumers.providers.focus import CredentialRefused, FocusClient
 from notaflow.consumers.providers.rate_windows import RateWindows
+from notaflow.consumers.reconciler import Reconciler
 from notaflow.envelope import Event
 from notaflow.lifecycle import ERROR, PROCESSING
 from notaflow.metrics import Metrics
@@ -194,4 +195,39 @@ async def test_an_account_disabled_after_the_door_ends_the_note_without_a_call(
     assert note.erros is not None and note.erros[0]["codigo"] == ACCOUNT_DISABLED
     assert CNPJ in note.erros[0]["mensagem"] and "desabilitada" in note.erros[0]["mensagem"]
     assert posts == []
+    documents.close()
+
+
+async def test_the_reconciler_reports_a_disabled_company_and_goes_on(
+    engine: Any, bus: Bus, settings: Settings
+) -> None:
+    # Two notes stuck in processing: the first company's account was disabled since, the
+    # second's is fine. The run reports the first and still asks Focus about the second.
+    documents, tenants = DocumentStore(engine), TenantStore(engine)
+    for tenant in ("off", "on"):
+        await tenants.create(tenant, tenant, [CNPJ])
+        await documents.claim(
+            tenant, "nfse", "r1", CNPJ, normalize_nfse(nfse()), f"c-{tenant}", "t"
+        )
+        doc = await documents.get(tenant, "nfse", "r1")
+        assert doc is not None
+        await documents.mark_submitted(doc.id, doc.attempt, f"ref-{tenant}")
+    async with serving(create_focus_sandbox(FocusSandboxConfig(tokens={"tok-on"}))) as url:
+
+        async def accounts(tenant: str, cnpj: str) -> FocusCredentials:
+            if tenant == "off":
+                raise AccountDisabled(tenant, cnpj, Provider.FOCUS)
+            return FocusCredentials("tok-on", Environment.HOMOLOGACAO, url)
+
+        focus = FocusClient(url, "tok-default", 5)
+        topics = t.Topics(settings.kafka_topic_prefix)
+        try:
+            report = await Reconciler(documents, focus, bus, topics, accounts).run_once(-60, 10)
+        finally:
+            await focus.aclose()
+    assert report.examined == 2
+    assert len(report.failed) == 1 and report.failed[0].startswith("off/r1")
+    # The other company's note was asked about with its own token (a refused token is a
+    # failure too): Focus does not know its ref, so it is sent again.
+    assert report.resubmitted == 1
     documents.close()
