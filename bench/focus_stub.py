@@ -13,6 +13,14 @@ A POST whose body contains `[bench:rejeitar]` and whose provider ref is a first 
 emission followed by its re-emission and check the two arrive in publish order.
 
 `GET /notas_fiscais_servico/...` answers a small XML at once (the callbacks phase).
+
+`--rate-limit N --rate-window S` (the fairness benchmark): Focus's credits per token, scaled.
+Each token (HTTP Basic user) gets N API requests per fixed window of S seconds; every answer
+carries `Rate-Limit-Limit`, `Rate-Limit-Remaining` and `Rate-Limit-Reset` (seconds, fractional:
+the window is scaled down), and past the limit the request is refused with 429 and
+`Retry-After` (refused requests do not use up the window, as in the sandbox). A download of
+the XML is a request too, and costs a credit (focus-2026.md §5, as the sandbox counts it).
+`GET /_rate` answers per token the credits used and the 429s per window.
 `GET /_stats` answers the arrivals as JSON `[[ref, epoch seconds, status], ...]`, `GET /_count`
 how many there are, `GET /_peak` the most POSTs it ever had unanswered at once (what the
 consumer's concurrency limit must hold).
@@ -37,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
 import time
 from dataclasses import dataclass, field
@@ -66,11 +75,16 @@ def _doc_id(ref: str) -> str:
 
 
 def _response(
-    status: int, reason: str, body: bytes, content_type: str = "application/json"
+    status: int,
+    reason: str,
+    body: bytes,
+    content_type: str = "application/json",
+    extra: dict[str, str] | None = None,
 ) -> bytes:
+    fields = "".join(f"{name}: {value}\r\n" for name, value in (extra or {}).items())
     head = (
         f"HTTP/1.1 {status} {reason}\r\ncontent-type: {content_type}\r\n"
-        f"content-length: {len(body)}\r\n\r\n"
+        f"content-length: {len(body)}\r\n{fields}\r\n"
     )
     return head.encode() + body
 
@@ -95,6 +109,28 @@ class World:
     callbacks_done: list[tuple[str, float, int]] = field(default_factory=list)
     callbacks: asyncio.Queue[tuple[str, bytes]] | None = None  # None: no callbacks
     callback_delay: float = 0.2
+    rate_limit: int = 0  # API requests per window per token; 0: unlimited
+    rate_window: float = 60.0
+    started: float = field(default_factory=time.monotonic)
+    # token -> window index -> [credits used, requests refused]
+    windows: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+
+    def charge(self, token: str) -> tuple[bool, dict[str, str]]:
+        """One API request of `token`: allowed?, and the rate headers of the answer."""
+        elapsed = time.monotonic() - self.started
+        index = int(elapsed // self.rate_window)
+        used = self.windows.setdefault(token, {}).setdefault(index, [0, 0])
+        allowed = used[0] < self.rate_limit
+        used[0 if allowed else 1] += 1
+        reset = (index + 1) * self.rate_window - elapsed
+        headers = {
+            "Rate-Limit-Limit": str(self.rate_limit),
+            "Rate-Limit-Remaining": str(self.rate_limit - used[0]),
+            "Rate-Limit-Reset": f"{reset:.3f}",
+        }
+        if not allowed:
+            headers["Retry-After"] = f"{reset:.3f}"
+        return allowed, headers
 
 
 class Responder(asyncio.Protocol):
@@ -128,13 +164,16 @@ class Responder(asyncio.Protocol):
                 return
             body = self._buffer[end + 4 : end + 4 + length]
             self._buffer = self._buffer[end + 4 + length :]
-            self._request(head.split("\r\n", 1)[0], body)
+            self._request(head.split("\r\n", 1)[0], body, _token(head))
 
-    def _request(self, request_line: str, body: bytes) -> None:
+    def _request(self, request_line: str, body: bytes, token: str = "") -> None:
         method, target, _ = request_line.split(" ", 2)
         url = urlsplit(target)
         if method == "GET" and url.path == "/_count":  # cheap enough to poll
             self._send(_response(200, "OK", str(len(self._arrivals)).encode()))
+            return
+        if method == "GET" and url.path == "/_rate":
+            self._send(_response(200, "OK", json.dumps(self._world.windows).encode()))
             return
         if method == "GET" and url.path == "/_peak":
             self._send(_response(200, "OK", str(self._open.peak).encode()))
@@ -158,12 +197,28 @@ class Responder(asyncio.Protocol):
         if method == "GET" and url.path.startswith("/notas_fiscais_servico/"):
             # The authorized note's XML, which the consumer downloads when a callback names it.
             name = url.path.rsplit("/", 1)[-1]
-            self._send(_response(200, "OK", _xml(name), "application/xml"))
+            extra: dict[str, str] | None = None
+            if self._world.rate_limit:
+                allowed, extra = self._world.charge(token)
+                if not allowed:
+                    refusal = b'{"codigo":"limite_excedido","mensagem":"Limite excedido"}'
+                    self._send(_response(429, "Too Many Requests", refusal, extra=extra))
+                    return
+            self._send(_response(200, "OK", _xml(name), "application/xml", extra))
             return
         if method != "POST" or url.path != "/v2/nfse":
             self._send(_response(404, "Not Found", b'{"codigo":"nao_encontrado"}'))
             return
         ref = parse_qs(url.query).get("ref", [""])[0]
+        rate: dict[str, str] | None = None
+        if self._world.rate_limit:
+            allowed, rate = self._world.charge(token)
+            if not allowed:
+                refusal = b'{"codigo":"limite_excedido","mensagem":"Limite excedido"}'
+                reply = _response(429, "Too Many Requests", refusal, extra=rate)
+                self._open.now += 1
+                asyncio.get_running_loop().call_later(self._latency, self._answer, reply)
+                return
         if REJECT_MARKER in body and ref.endswith("A1"):
             status, reason = _REFUSED, "Bad Request"
             answer = {
@@ -177,7 +232,7 @@ class Responder(asyncio.Protocol):
         self._arrivals.append((ref, time.time(), status))
         self._open.now += 1
         self._open.peak = max(self._open.peak, self._open.now)
-        reply = _response(status, reason, json.dumps(answer).encode())
+        reply = _response(status, reason, json.dumps(answer).encode(), extra=rate)
         loop = asyncio.get_running_loop()
         loop.call_later(self._latency, self._answer, reply)
         queue = self._world.callbacks
@@ -196,6 +251,20 @@ class Responder(asyncio.Protocol):
     def _send(self, data: bytes) -> None:
         if self._transport is not None and not self._transport.is_closing():
             self._transport.write(data)
+
+
+def _token(head: str) -> str:
+    """The HTTP Basic user of a request head (Focus's token), or ""."""
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "authorization":
+            scheme, _, encoded = value.strip().partition(" ")
+            if scheme.lower() == "basic":
+                try:
+                    return base64.b64decode(encoded).decode().partition(":")[0]
+                except ValueError:
+                    return ""
+    return ""
 
 
 def authorized(ref: str, cnpj: str) -> bytes:
@@ -275,8 +344,12 @@ async def serve(
     callback_delay: float = 0.2,
     smtp_port: int = 0,
     connections: int = 16,
+    rate_limit: int = 0,
+    rate_window: float = 60.0,
 ) -> None:
-    world = World(latency, callback_delay=callback_delay)
+    world = World(
+        latency, callback_delay=callback_delay, rate_limit=rate_limit, rate_window=rate_window
+    )
     loop = asyncio.get_running_loop()
     tasks = []
     if callback:
@@ -312,8 +385,19 @@ def main() -> None:
     p.add_argument("--secret", default="")
     p.add_argument("--callback-delay", type=float, default=0.2)
     p.add_argument("--smtp-port", type=int, default=0)
+    p.add_argument("--rate-limit", type=int, default=0, help="API requests per window per token")
+    p.add_argument("--rate-window", type=float, default=60.0, help="seconds")
     a = p.parse_args()
-    run = serve(a.port, a.latency, a.callback, a.secret, a.callback_delay, a.smtp_port)
+    run = serve(
+        a.port,
+        a.latency,
+        a.callback,
+        a.secret,
+        a.callback_delay,
+        a.smtp_port,
+        rate_limit=a.rate_limit,
+        rate_window=a.rate_window,
+    )
     try:
         import uvloop
 

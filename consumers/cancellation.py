@@ -13,10 +13,11 @@ import logging
 from typing import Any
 
 from notaflow import topics as t
+from notaflow.accounts import FocusCredentials
 from notaflow.bus import Publisher
 from notaflow.consumers.lifecycle_events import note_to_cancel, publish_status, reply_status
 from notaflow.consumers.nfce import NfceCanceller
-from notaflow.consumers.providers.focus import FocusClient
+from notaflow.consumers.providers.focus import FocusClient, FocusToken
 from notaflow.envelope import Event
 from notaflow.errors import Permanent
 from notaflow.focus_kinds import BY_CANCEL_TYPE, BY_KIND, NFSE, FocusKind
@@ -38,7 +39,9 @@ class CancellationConsumer:
         bus: Publisher,
         topics: t.Topics,
         nfce: NfceCanceller | None = None,
+        focus_token: FocusToken | None = None,
     ) -> None:
+        self._focus_token = focus_token
         self._nfce = nfce
         self._docs = documents
         self._focus = focus
@@ -68,8 +71,9 @@ class CancellationConsumer:
         if doc is None:
             return
         assert doc.status == AUTHORIZED and doc.provider_ref is not None
+        token = await self._token(doc)
         answer = await self._focus.cancel_document(
-            kind.api_path, doc.provider_ref, data["justificativa"]
+            kind.api_path, doc.provider_ref, data["justificativa"], token, doc.tenant_id
         )
         body = answer.body
         if body.get("status") == "cancelado" or body.get("codigo") == "nfe_cancelada":
@@ -105,16 +109,24 @@ class CancellationConsumer:
         reading `caminho_xml_cancelamento` can always fetch it. Focus's DELETE names it; a
         redelivered command (answered nfe_cancelada) finds it in Focus's GET."""
         if not result.get("caminho_xml_cancelamento") and doc.provider_ref is not None:
-            state = await self._focus.get_document(BY_KIND[doc.kind].api_path, doc.provider_ref)
+            state = await self._focus.get_document(
+                BY_KIND[doc.kind].api_path, doc.provider_ref, await self._token(doc), doc.tenant_id
+            )
             if state.body.get("caminho_xml_cancelamento"):
                 result["caminho_xml_cancelamento"] = state.body["caminho_xml_cancelamento"]
         path = result.get("caminho_xml_cancelamento")
         if path and path != doc.result.get("caminho_xml_cancelamento"):
-            xml = await self._focus.download(str(path))
+            xml = await self._focus.download(str(path), await self._token(doc), doc.tenant_id)
             # Served under a name of our own, as the authorized XML (notaflow.lifecycle).
             ours = xml_path(doc.kind)
             await self._docs.put_blob(ours, doc.tenant_id, "application/xml", xml)
             result["caminho_xml_cancelamento"] = ours
+
+    async def _token(self, doc: Document) -> FocusCredentials | None:
+        """The company's Focus credentials (its provider account), or None for the global ones."""
+        if self._focus_token is None:
+            return None
+        return await self._focus_token(doc.tenant_id, doc.cnpj_prestador)
 
     async def _answer(
         self, event: Event, status: str, erros: list[dict[str, Any]] | None = None

@@ -13,6 +13,7 @@ import logging
 from typing import Any
 
 from notaflow import topics as t
+from notaflow.accounts import AccountDisabled, FocusCredentials
 from notaflow.bus import Publisher
 from notaflow.consumers.callback_check import (
     CONFIRM_FIRST,
@@ -23,10 +24,18 @@ from notaflow.consumers.callback_check import (
 )
 from notaflow.consumers.lifecycle_events import publish_if_current, publish_status
 from notaflow.consumers.nfce import NfceEmitter
-from notaflow.consumers.providers.focus import FocusClient
+from notaflow.consumers.providers.focus import FocusClient, FocusToken
 from notaflow.consumers.providers.urls import ForeignPath
 from notaflow.envelope import Event
-from notaflow.errors import InvalidDocument, Permanent, RateLimited, RefInUse, Stopping, Transient
+from notaflow.errors import (
+    CredentialRefused,
+    InvalidDocument,
+    Permanent,
+    RateLimited,
+    RefInUse,
+    Stopping,
+    Transient,
+)
 from notaflow.focus_kinds import BY_EMIT_TYPE, BY_KIND, NFSE, FocusKind
 from notaflow.lifecycle import (
     AUTHORIZED,
@@ -50,6 +59,8 @@ from notaflow.views import result_from_provider
 log = logging.getLogger(__name__)
 SOURCE = t.SOURCE_EMISSION
 KIND = "nfse"
+CREDENTIAL_ERROR = "credencial_recusada"
+ACCOUNT_DISABLED = "conta_desabilitada"
 
 
 class EmissionConsumer:
@@ -61,7 +72,9 @@ class EmissionConsumer:
         bus: Publisher,
         topics: t.Topics,
         nfce: NfceEmitter | None = None,
+        focus_token: FocusToken | None = None,
     ) -> None:
+        self._focus_token = focus_token
         self._nfce = nfce
         self._docs = documents
         # Every command names its tenant; a cached copy saves two queries per note.
@@ -128,10 +141,39 @@ class EmissionConsumer:
             # Redelivery of a command already handed to the provider (its lifecycle event went
             # out before the hand-over was recorded, below).
             return
+        try:
+            token = await self._token(tenant_id, cnpj)
+        except AccountDisabled:
+            # Disabled after the door accepted the note: it ends here, explained, before any
+            # call (the default token must not stand in for a disabled company's).
+            erro = {
+                "codigo": ACCOUNT_DISABLED,
+                "mensagem": f"A conta Focus NFe da empresa {cnpj} está desabilitada: "
+                "reative-a ou cadastre outra e emita a nota de novo",
+                "correcao": None,
+            }
+            await self._finish(doc, ERROR, None, [erro], event)
+            return
         pref = focus_ref(doc.id, doc.attempt)
         # Known before the call, so a callback racing our own bookkeeping still finds the note.
         await self._docs.set_provider_ref(doc.id, doc.attempt, pref)
-        reply = await self._focus.emit_document(kind.api_path, pref, doc.payload)
+        try:
+            reply = await self._focus.emit_document(
+                kind.api_path, pref, doc.payload, token, tenant_id
+            )
+        except CredentialRefused as exc:
+            # Final, explained, and only for this company: its notes stop here (a retry would
+            # only spend attempts on a token Focus refuses) until an operator fixes the
+            # account; the ref is reusable after the error, as after any erro_autorizacao.
+            log.warning("Focus refused the token of %s/%s: %s", tenant_id, cnpj, exc)
+            erro = {
+                "codigo": CREDENTIAL_ERROR,
+                "mensagem": f"A Focus NFe recusou a credencial (token) da empresa {cnpj} "
+                f"(HTTP {exc.status}): verifique a conta do prestador",
+                "correcao": None,
+            }
+            await self._finish(doc, ERROR, None, [erro], event)
+            return
         code = reply.body.get("codigo")
         if reply.status_code in (200, 201, 202) or code in ("em_processamento", "nfe_autorizada"):
             # 422 for our own provider ref means an earlier delivery of this command got through.
@@ -207,7 +249,11 @@ class EmissionConsumer:
             if doc.result.get("caminho_xml_nota_fiscal"):
                 result["caminho_xml_nota_fiscal"] = doc.result["caminho_xml_nota_fiscal"]
             if truth.get("caminho_xml_cancelamento"):
-                cancel_xml = await self._focus.download(str(truth["caminho_xml_cancelamento"]))
+                cancel_xml = await self._focus.download(
+                    str(truth["caminho_xml_cancelamento"]),
+                    await self._doc_token(doc),
+                    doc.tenant_id,
+                )
                 path = xml_path(doc.kind)
                 await self._docs.put_blob(path, doc.tenant_id, "application/xml", cancel_xml)
                 result["caminho_xml_cancelamento"] = path
@@ -232,7 +278,11 @@ class EmissionConsumer:
         why = foreign_note(doc.cnpj_prestador, doc.provider_ref, body)
         if not why and not confirm and body["status"] == AUTHORIZED:
             try:
-                xml = await self._focus.download(str(body.get("caminho_xml_nota_fiscal") or ""))
+                xml = await self._focus.download(
+                    str(body.get("caminho_xml_nota_fiscal") or ""),
+                    await self._doc_token(doc),
+                    doc.tenant_id,
+                )
             except ForeignPath as exc:
                 why = f"caminho_xml_nota_fiscal recusado ({exc})"
             except (Stopping, RateLimited):
@@ -246,7 +296,10 @@ class EmissionConsumer:
         if why:
             log.warning("callback for document %s not taken as sent: %s", doc.id, why)
         assert doc.provider_ref is not None  # found by it
-        reply = await self._focus.get_document(BY_KIND[doc.kind].api_path, doc.provider_ref)
+        token = await self._doc_token(doc)
+        reply = await self._focus.get_document(
+            BY_KIND[doc.kind].api_path, doc.provider_ref, token, doc.tenant_id
+        )
         truth = reply.body
         if (
             reply.status_code != 200
@@ -263,8 +316,14 @@ class EmissionConsumer:
             return None
         path = truth.get("caminho_xml_nota_fiscal")
         if truth["status"] == AUTHORIZED and path:
-            return truth, await self._focus.download(str(path)), "consulta"
+            return truth, await self._focus.download(str(path), token, doc.tenant_id), "consulta"
         return truth, None, "consulta"
+
+    async def _token(self, tenant_id: str, cnpj: str) -> FocusCredentials | None:
+        return None if self._focus_token is None else await self._focus_token(tenant_id, cnpj)
+
+    async def _doc_token(self, doc: Document) -> FocusCredentials | None:
+        return await self._token(doc.tenant_id, doc.cnpj_prestador)
 
     async def _finish(
         self,

@@ -2,7 +2,8 @@
 crash, an ingress may die between claiming a ref and publishing its command. Notes left in
 processing past a deadline are completed here:
 
-- submitted to Focus: ask Focus (`GET /v2/nfse/REF`, within its rate limit) and, when it has
+- submitted to Focus: ask Focus (`GET /v2/nfse/REF`, from the company's credits, leaving the
+  last fifth of its window to emissions) and, when it has
   an outcome, publish it as a provider event, so the emission consumer applies it exactly as
   it would the lost callback (one writer, same idempotency);
 - never submitted: publish the emit command again under its original id (the consumer does
@@ -18,8 +19,9 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
 from notaflow import topics as t
+from notaflow.accounts import AccountDisabled
 from notaflow.bus import Publisher
-from notaflow.consumers.providers.focus import FocusClient
+from notaflow.consumers.providers.focus import FocusClient, FocusToken
 from notaflow.envelope import Event
 from notaflow.errors import Permanent, Transient
 from notaflow.focus_kinds import BY_KIND
@@ -41,8 +43,14 @@ class ReconcileReport:
 
 class Reconciler:
     def __init__(
-        self, documents: DocumentStore, focus: FocusClient, bus: Publisher, topics: t.Topics
+        self,
+        documents: DocumentStore,
+        focus: FocusClient,
+        bus: Publisher,
+        topics: t.Topics,
+        focus_token: FocusToken | None = None,
     ) -> None:
+        self._focus_token = focus_token
         self._docs = documents
         self._focus = focus
         self._bus = bus
@@ -57,7 +65,8 @@ class Reconciler:
             report.examined += 1
             try:
                 await self._reconcile(doc, report)
-            except (Permanent, Transient) as exc:
+            except (Permanent, Transient, AccountDisabled) as exc:
+                # A disabled company's note waits for an operator, not the others behind it.
                 report.failed.append(f"{doc.tenant_id}/{doc.ref}: {exc}")
         return report
 
@@ -67,7 +76,16 @@ class Reconciler:
             await self._resubmit(doc, key)
             report.resubmitted += 1
             return
-        answer = await self._focus.get_document(BY_KIND[doc.kind].api_path, doc.provider_ref)
+        # Paid from the company's own credits, and only while its window has more than the
+        # headroom left: a lost callback can wait a few seconds, the company's emissions not.
+        token = (
+            None
+            if self._focus_token is None
+            else await self._focus_token(doc.tenant_id, doc.cnpj_prestador)
+        )
+        answer = await self._focus.get_document(
+            BY_KIND[doc.kind].api_path, doc.provider_ref, token, doc.tenant_id, low_priority=True
+        )
         if answer.status_code == 404:
             # Focus never got it (the POST failed after we marked it): send it again.
             await self._docs.unmark_submitted(doc.id, doc.attempt)

@@ -173,6 +173,7 @@ async def run_consumer(settings: Settings, name: str) -> None:
     from prometheus_client import CollectorRegistry
 
     from notaflow.consumers.assignment import TopicsNotCoPartitioned
+    from notaflow.consumers.fairness import backlog_view
     from notaflow.consumers.runtime import Runner
     from notaflow.health import HealthServer, progress_check
     from notaflow.metrics import Metrics
@@ -202,12 +203,17 @@ async def run_consumer(settings: Settings, name: str) -> None:
             concurrency=wired.window,
             metrics=metrics,
             ledger=RetryLedger(engine),
+            tenant_cap=wired.tenant_cap,
+            slot_cap=wired.slot_cap,
         )
+        rate = wired.credit_rate or (lambda tenant: None)
         health = HealthServer(
             settings.health_host,
             settings.health_port,
             progress_check(lambda: runner.stats, settings.health_max_idle, runner.busy),
             metrics.registry,
+            # Who waits, and when it drains at its company's Focus credits (issue 15).
+            views={b"/backlog": lambda: backlog_view(runner.backlog(), rate)},
         )
         await health.start()
         loop = asyncio.get_running_loop()
@@ -324,7 +330,15 @@ async def run_reconciler(settings: Settings, older_than: float, limit: int, ever
     focus = FocusClient(settings.focus_base_url, settings.focus_token, settings.focus_timeout)
     try:
         await bus.wait_connected(60)
-        reconciler = Reconciler(documents, focus, bus, Topics(settings.kafka_topic_prefix))
+        from notaflow.store.accounts import account_resolver
+
+        reconciler = Reconciler(
+            documents,
+            focus,
+            bus,
+            Topics(settings.kafka_topic_prefix),
+            account_resolver(engine, settings).focus,
+        )
         while True:
             report = await reconciler.run_once(older_than, limit)
             log.info("reconcile: %s", report)

@@ -66,6 +66,12 @@ class Wired:
     window: int
     # Called on SIGTERM/SIGINT beside the runner's own stop.
     on_stop: tuple[Callable[[], None], ...] = field(default=())
+    # Records of one tenant (and topic) running at most (consumers.fairness; None: no cap),
+    # and a tenant's provider credits per second for the `/backlog` view's drain estimate.
+    tenant_cap: int | None = None
+    credit_rate: Callable[[str], float | None] | None = None
+    # A (tenant, topic) queue's own cap below tenant_cap: what the tenant's credits pay for.
+    slot_cap: Callable[[tuple[str, str]], int | None] | None = None
 
 
 @dataclass(frozen=True)
@@ -107,6 +113,21 @@ def focus_client(res: Resources) -> FocusClient:
     )
     res.closing.push_async_callback(focus.aclose)
     return focus
+
+
+def focus_slot_cap(
+    focus: FocusClient, topics: tuple[str, ...]
+) -> Callable[[tuple[str, str]], int | None]:
+    """The cap of a tenant's queue of these topics (the ones whose records call Focus): the
+    records its token's credits pay for in a few seconds (`consumers.fairness.credit_cap`).
+    NFC-e commands (Emites-Client, no credits) keep only the tenant cap."""
+    from notaflow.consumers.fairness import credit_cap
+
+    def cap(slot: tuple[str, str]) -> int | None:
+        tenant, topic = slot
+        return credit_cap(focus.tenant_rate(tenant)) if topic in topics else None
+
+    return cap
 
 
 def accounts(res: Resources) -> AccountResolver:
@@ -178,6 +199,7 @@ def emission_topics(topics: Topics) -> tuple[str, ...]:
 
 def build_emission(res: Resources) -> Wired:
     from notaflow.consumers.emission import EmissionConsumer
+    from notaflow.consumers.fairness import tenant_cap
     from notaflow.consumers.nfce import NfceEmitter
     from notaflow.store import TenantStore
 
@@ -188,12 +210,18 @@ def build_emission(res: Resources) -> Wired:
         res.documents, tenants, emites, res.bus, res.topics, res.settings.emites_cnpj,
         t.SOURCE_EMISSION,
     )  # fmt: skip
-    emission = EmissionConsumer(res.documents, tenants, focus, res.bus, res.topics, nfce)
+    emission = EmissionConsumer(
+        res.documents, tenants, focus, res.bus, res.topics, nfce, accounts(res).focus
+    )
     return Wired(
         emission.routes(),
         provider_window(res.settings),
         # Records still waiting for a call slot are left for redelivery.
         on_stop=(focus.stop_calls,),
+        # Waiting for its company's credits, a tenant holds at most this much of the window.
+        tenant_cap=tenant_cap(provider_window(res.settings)),
+        credit_rate=focus.tenant_rate,
+        slot_cap=focus_slot_cap(focus, (res.topics.nfse_commands, res.topics.provider_events)),
     )
 
 
@@ -203,17 +231,23 @@ def cancellation_topics(topics: Topics) -> tuple[str, ...]:
 
 def build_cancellation(res: Resources) -> Wired:
     from notaflow.consumers.cancellation import CancellationConsumer
+    from notaflow.consumers.fairness import tenant_cap
     from notaflow.consumers.nfce import NfceCanceller
 
     focus = focus_client(res)
     nfce = NfceCanceller(
         res.documents, emites_by_company(res, None), res.bus, res.topics, t.SOURCE_CANCELLATION
     )
-    cancellation = CancellationConsumer(res.documents, focus, res.bus, res.topics, nfce)
+    cancellation = CancellationConsumer(
+        res.documents, focus, res.bus, res.topics, nfce, accounts(res).focus
+    )
     return Wired(
         cancellation.routes(),
         provider_window(res.settings),
         on_stop=(focus.stop_calls,),
+        tenant_cap=tenant_cap(provider_window(res.settings)),
+        credit_rate=focus.tenant_rate,
+        slot_cap=focus_slot_cap(focus, (res.topics.nfse_commands, res.topics.provider_events)),
     )
 
 

@@ -14,6 +14,7 @@
     ├── InvalidAccount          (accounts) an account's fields cannot work
     ├── SecretUnreadable        (account_keys) no configured key opens a sealed secret
     ├── Permanent               the work can never succeed as it is (refusal, bad record)
+    │   ├── CredentialRefused   the provider refused the company's token (401/403)
     │   ├── ForeignPath         (consumers.providers.urls) a provider's file off its host
     │   └── DestinationRefused  (consumers.providers.webhooks) a URL breaks the SSRF policy
     ├── Transient               retry later (5xx, timeout, refused); `retry_after` a hint
@@ -90,6 +91,16 @@ class SchemaBehind(NotaflowError):
 
 class Permanent(NotaflowError):
     retriable = False
+
+
+class CredentialRefused(Permanent):
+    """Focus answered 401/403: the token is wrong, revoked or not the company's. No retry can
+    fix it; the note ends in a final error naming the credential, and an operator must act.
+    `status` is the provider's HTTP status."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
 
 
 class Transient(NotaflowError):

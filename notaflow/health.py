@@ -18,7 +18,7 @@ import logging
 import time
 from collections.abc import Callable
 from types import TracebackType
-from typing import Protocol
+from typing import Any, Protocol
 
 from prometheus_client import CollectorRegistry
 
@@ -88,7 +88,11 @@ class HealthServer:
         port: int,
         check: Callable[[], bool],
         registry: CollectorRegistry | None = None,
+        views: dict[bytes, Callable[[], Any]] | None = None,
     ) -> None:
+        # Operator views beside the health check (e.g. the consumers' `/backlog`): a path and
+        # what to answer, as JSON.
+        self._views = views or {}
         self.host = host
         self._port = port
         self._check = check
@@ -171,6 +175,8 @@ class HealthServer:
         if len(parts) != 3 or not parts[2].startswith(b"HTTP/1."):
             return 400, b'{"status":"bad_request"}', "application/json"
         method, target = parts[0], parts[1].split(b"?", 1)[0]
+        if target in self._views and method in (b"GET", b"HEAD"):
+            return 200, json.dumps(self._views[target]()).encode(), "application/json"
         if target not in (b"/healthz", b"/metrics") or (
             target == b"/metrics" and self._registry is None
         ):

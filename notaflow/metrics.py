@@ -146,6 +146,27 @@ class Metrics:
             "notaflow_hooks_disabled_total",
             "Client webhooks disabled for failing most of their deliveries for 7 days.",
         )
+        # Issue 15: Focus credits are per token (100 a minute each); what each tenant spends,
+        # what a refused token costs, and who waits behind whom in the consumer.
+        self.focus_credits_total = Counter(
+            "notaflow_focus_credits_total",
+            "Focus API requests answered (one credit each), by tenant and operation.",
+            ["tenant", "operation"],
+            registry=r,
+        )
+        self.focus_credential_errors_total = Counter(
+            "notaflow_focus_credential_errors_total",
+            "Focus answers 401/403 (a company's token refused), by tenant.",
+            ["tenant"],
+            registry=r,
+        )
+        self.tenant_backlog = Gauge(
+            "notaflow_tenant_backlog",
+            "Records this consumer process holds for a tenant (queued for its turn or running).",
+            ["tenant"],
+            registry=r,
+        )
+        self._backlog_shown: set[str] = set()
         # Which release runs where (a rollout half done shows two versions), and the standard
         # process_* (CPU, memory, file descriptors) and python_* (GC, version) series the
         # default registry would have: each process has a registry of its own.
@@ -163,6 +184,20 @@ class Metrics:
         if outcome not in CONSUMER_OUTCOMES:
             raise ValueError(f"unknown consumer outcome {outcome!r}")
         self.consumer_records_total.labels(consumer, outcome).inc()
+
+    def focus_credit(self, tenant: str, operation: str) -> None:
+        self.focus_credits_total.labels(tenant, operation).inc()
+
+    def focus_credential_error(self, tenant: str) -> None:
+        self.focus_credential_errors_total.labels(tenant).inc()
+
+    def set_tenant_backlog(self, backlog: dict[str, int]) -> None:
+        """The tenants with records held now; one whose backlog is gone is dropped (bounded)."""
+        for tenant in self._backlog_shown - backlog.keys():
+            self.tenant_backlog.remove(tenant)
+        for tenant, count in backlog.items():
+            self.tenant_backlog.labels(tenant).set(count)
+        self._backlog_shown = set(backlog)
 
     def email(self, outcome: str) -> None:
         if outcome not in EMAIL_OUTCOMES:

@@ -11,11 +11,10 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
-import time
 import urllib.request
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import quote
 
 import httpx
@@ -23,8 +22,10 @@ import orjson
 from opentelemetry.trace import SpanKind
 
 from notaflow import tracing
+from notaflow.accounts import FocusCredentials
+from notaflow.consumers.providers.rate_windows import RateWindows
 from notaflow.consumers.providers.urls import on_provider_host, segment
-from notaflow.errors import NotaflowError, Permanent, RateLimited, Stopping, Transient
+from notaflow.errors import CredentialRefused, NotaflowError, RateLimited, Stopping, Transient
 from notaflow.keepalive import KeepAliveTransport
 from notaflow.metrics import Metrics
 
@@ -44,42 +45,48 @@ def map_httpx_errors(what: str) -> Iterator[None]:
     try:
         yield
     except httpx.HTTPError as exc:
-        for foreign, mapped, detail in HTTPX_ERRORS:
-            if isinstance(exc, foreign):
-                raise mapped(f"{what}: {detail or repr(exc)}") from exc
-        raise
+        _raise_mapped(what, exc)
+
+
+def _raise_mapped(what: str, exc: httpx.HTTPError) -> NoReturn:
+    """`map_httpx_errors`'s table applied to one caught exception (the calls below catch it
+    themselves: their `finally` settles the token's reserved credit)."""
+    for foreign, mapped, detail in HTTPX_ERRORS:
+        if isinstance(exc, foreign):
+            raise mapped(f"{what}: {detail or repr(exc)}") from exc
+    raise exc
+
+
+# (tenant, prestador CNPJ) -> the company's Focus credentials (its provider account's token and
+# environment's base URL; `AccountResolver.focus`), or None for the client's own (the global
+# NOTAFLOW_FOCUS_TOKEN of a single-company install).
+FocusToken = Callable[[str, str], Awaitable[FocusCredentials | None]]
+# What a call is made with: a token on the client's base URL, or a company's credentials.
+Caller = str | FocusCredentials | None
+
+
+@dataclass(frozen=True)
+class _Site:
+    """A Focus base URL taken apart once for the lean exchange (homologação or produção)."""
+
+    url: httpx.URL
+    text: str
+    scheme: bytes
+    host: str
+    port: int
+    prefix: bytes
+
+
+def _site(base_url: str) -> _Site:
+    url = httpx.URL(base_url.rstrip("/"))
+    port = url.port or (443 if url.scheme == "https" else 80)
+    return _Site(url, str(url), url.raw_scheme, url.host, port, url.raw_path.rstrip(b"/"))
 
 
 @dataclass(frozen=True)
 class FocusReply:
     status_code: int
     body: dict[str, Any]
-
-
-class RateLimitGate:
-    """Honours Focus's `Rate-Limit-*` headers: when the window is spent, callers wait for the
-    reset instead of collecting 429s (100 requests per minute per token in production)."""
-
-    def __init__(self) -> None:
-        self._resume_at = 0.0
-
-    async def wait(self) -> None:
-        delay = self._resume_at - time.monotonic()
-        if delay > 0:
-            await asyncio.sleep(delay)
-
-    def observe(self, headers: Mapping[str, str]) -> None:
-        """`headers` as httpx's, or a dict with the names in lower case."""
-        remaining = headers.get("rate-limit-remaining")
-        reset = headers.get("rate-limit-reset")
-        try:
-            if remaining is not None and reset is not None and int(remaining) <= 0:
-                self._resume_at = max(self._resume_at, time.monotonic() + float(reset))
-        except ValueError:
-            pass
-
-    def block_for(self, seconds: float) -> None:
-        self._resume_at = max(self._resume_at, time.monotonic() + seconds)
 
 
 class FocusClient:
@@ -92,8 +99,16 @@ class FocusClient:
         metrics: Metrics | None = None,
         max_connections: int = 1000,
         max_in_flight: int | None = None,
+        windows: RateWindows | None = None,
     ) -> None:
         self._metrics = metrics
+        # Credits are per token (Focus: 100 a minute each): a call waits for its own token's
+        # window only, and before it takes a call slot, so a company whose window is spent
+        # holds nothing another company's call could use.
+        self.windows = windows or RateWindows()
+        self._token = token
+        self._auth: dict[str, tuple[bytes, bytes]] = {}
+        self._tenant_tokens: dict[str, set[str]] = {}  # whose credits: for the backlog view
         # The consumer's concurrency limit (NOTAFLOW_CONSUMER_CONCURRENCY) is enforced here,
         # around the exchange itself, rather than by the runner around a whole record: the
         # record's bookkeeping before and after the call (database, lifecycle event) then
@@ -113,7 +128,6 @@ class FocusClient:
             transport=transport or _transport(base_url, max_connections),
             headers={"User-Agent": "notaflow"},
         )
-        self._gate = RateLimitGate()
         # The calls below skip the client's per-request machinery (URL merging, auth flow,
         # cookies, redirects, a log line each): at hundreds of notes per second it was the
         # largest part of the emission consumer's CPU. What it would have added is fixed per
@@ -121,46 +135,62 @@ class FocusClient:
         self._transport = self._client._transport
         self._base = base_url.rstrip("/")
         template = self._client.build_request("GET", "/")
-        credentials = base64.b64encode(f"{token}:".encode()).decode("ascii")
-        self._headers: list[tuple[bytes, bytes]] = [
-            *template.headers.raw,
-            (b"Authorization", f"Basic {credentials}".encode("latin-1")),
-        ]
+        self._headers: list[tuple[bytes, bytes]] = list(template.headers.raw)
         self._timeouts = template.extensions["timeout"]
         # Our own transport takes the request as bytes, without httpx's objects around it.
         self._raw = self._transport if isinstance(self._transport, KeepAliveTransport) else None
-        base = httpx.URL(self._base)
-        self._base_url = base
-        self._scheme = base.raw_scheme
-        self._host = base.host
-        self._port = base.port or (443 if base.scheme == "https" else 80)
-        self._prefix = base.raw_path.rstrip(b"/")
+        # One client for every environment: a company's account names its base URL
+        # (homologação or produção) and each call goes there, so all calls share one set of
+        # call slots, one credit window per token and one stop, whichever host they address.
+        self._site = _site(self._base)
+        self._sites: dict[str, _Site] = {self._site.text: self._site}
+
+    def tenant_rate(self, tenant: str) -> float | None:
+        """Credits per second the tenant's tokens get at Focus, as their answers told (None
+        before any answer named a limit)."""
+        rates = [self.windows.rate(token) for token in self._tenant_tokens.get(tenant, ())]
+        known = [rate for rate in rates if rate is not None]
+        return sum(known) if known else None
 
     def stop_calls(self) -> None:
         """Signal-safe: calls not yet started (waiting for a slot) raise Stopping instead of
         starting; calls in flight finish."""
         self._stopping = True
+        self.windows.stop()  # and those waiting for their token's credits
 
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    def _caller(self, caller: Caller) -> tuple[str, _Site]:
+        """The token and the site a call goes to: a company's credentials, or a bare token
+        (or None: the client's own) on the configured base URL."""
+        if caller is None or isinstance(caller, str):
+            return caller or self._token, self._site
+        site = self._sites.get(caller.base_url.rstrip("/"))
+        if site is None:
+            site = _site(caller.base_url)
+            if len(self._sites) < 100:  # the environments' URLs: a handful
+                self._sites[site.text] = site
+        return caller.token or self._token, site
+
+    def _authorization(self, token: str) -> tuple[bytes, bytes]:
+        header = self._auth.get(token)
+        if header is None:
+            credentials = base64.b64encode(f"{token}:".encode()).decode("ascii")
+            header = (b"Authorization", f"Basic {credentials}".encode("latin-1"))
+            if len(self._auth) < 100_000:  # one per company: bounded by the accounts
+                self._auth[token] = header
+        return header
+
     async def _take_turn(self) -> None:
-        """Wait for the rate-limit window and a call slot, or raise Stopping: a shutdown must
-        not wait for the records queued behind the limit (up to the runner's window) to have
-        their calls made first. Every turn taken is given back with `_end_turn`."""
-        await self._gate.wait()
+        """Wait for a call slot, or raise Stopping: a shutdown must not wait for the records
+        queued behind the limit (up to the runner's window) to have their calls made first.
+        Every turn taken is given back with `_end_turn`."""
         if self._calls is None:
             return
         if not self._stopping:
             await self._calls.acquire()
             if not self._stopping:
-                try:
-                    # Again: a 429 may have closed the window while this call waited for its
-                    # slot (hundreds wait at once), and it must not go out into the same limit.
-                    await self._gate.wait()
-                except BaseException:
-                    self._calls.release()
-                    raise
                 return
             self._calls.release()  # the next waiter wakes and leaves too
         raise Stopping("Focus: consumer stopping, call not started")
@@ -170,48 +200,98 @@ class FocusClient:
             self._calls.release()
 
     async def _request(
-        self, method: str, url: str, json: Any = None, params: dict[str, str] | None = None
+        self,
+        method: str,
+        url: str,
+        json: Any = None,
+        params: dict[str, str] | None = None,
+        caller: Caller = None,
+        tenant: str | None = None,
+        operation: str = "other",
+        low_priority: bool = False,
     ) -> FocusReply:
-        await self._take_turn()
+        """One API request, paid with one of the caller's token's credits (the client's own
+        token when none is given: a single-company install). The credit is waited for first,
+        holding nothing; then a call slot."""
+        token, site = self._caller(caller)
+        if tenant is not None:
+            tokens = self._tenant_tokens.setdefault(tenant, set())
+            if token not in tokens and len(tokens) < 1000:
+                tokens.add(token)
+        if not await self.windows.acquire(token, low_priority):
+            raise Stopping("Focus: consumer stopping, call not started")
         try:
-            return await self._timed(method, url, json, params)
+            await self._take_turn()
+        except BaseException:
+            self.windows.release(token)
+            raise
+        try:
+            return await self._timed(
+                method, url, json, params, token, site, tenant or "", operation
+            )
         finally:
             self._end_turn()
 
     async def _timed(
-        self, method: str, url: str, json: Any, params: dict[str, str] | None
+        self,
+        method: str,
+        url: str,
+        json: Any,
+        params: dict[str, str] | None,
+        token: str,
+        site: _Site,
+        tenant: str,
+        operation: str,
     ) -> FocusReply:
         if self._metrics is None:
-            return await self._call(method, url, json, params)
-        operation = f"{method} {'/'.join(url.split('/')[:3])}"  # bounded: no refs in labels
-        with self._metrics.provider_call("focus", operation):
-            return await self._call(method, url, json, params)
+            return await self._call(method, url, json, params, token, site, tenant, operation)
+        label = f"{method} {'/'.join(url.split('/')[:3])}"  # bounded: no refs in labels
+        with self._metrics.provider_call("focus", label):
+            return await self._call(method, url, json, params, token, site, tenant, operation)
 
     async def _call(
-        self, method: str, url: str, json: Any, params: dict[str, str] | None
+        self,
+        method: str,
+        url: str,
+        json: Any,
+        params: dict[str, str] | None,
+        token: str,
+        site: _Site,
+        tenant: str,
+        operation: str,
     ) -> FocusReply:
-        with map_httpx_errors(f"Focus {method} {url}"):
+        status: int | None = None
+        headers: dict[str, str] = {}
+        try:
             if tracing.enabled():
                 attributes: dict[str, Any] = {
                     "peer.service": "focus",
                     # The token travels in the Authorization header, never in the URL.
                     **tracing.http_client_attributes(
-                        method, url if "://" in url else self._base + url
+                        method, url if "://" in url else site.text + url
                     ),
                 }
                 with tracing.span(method, kind=SpanKind.CLIENT, **attributes) as current:
-                    status, headers, content = await self._send(method, url, json, params)
+                    status, headers, content = await self._send(
+                        method, url, json, params, token, site
+                    )
                     if current is not None:
                         current.set_attribute("http.response.status_code", status)
             else:
-                status, headers, content = await self._send(method, url, json, params)
-        self._gate.observe(headers)
+                status, headers, content = await self._send(method, url, json, params, token, site)
+        except httpx.HTTPError as exc:
+            _raise_mapped(f"Focus {method} {url}", exc)
+        finally:
+            # The reserved credit is settled by the answer (or kept spent: a request that
+            # failed on the way may have reached Focus).
+            self.windows.observe(token, status, headers)
         if status == 429:
             retry_after = _seconds(headers.get("retry-after")) or _seconds(
                 headers.get("rate-limit-reset")
             )
-            self._gate.block_for(retry_after or 1.0)
             raise RateLimited("Focus rate limit reached", retry_after=retry_after or 1.0)
+        if self._metrics is not None:
+            self._metrics.focus_credit(tenant, operation)
         if status >= 500:
             raise Transient(f"Focus {method} {url}: HTTP {status}")
         try:
@@ -221,28 +301,39 @@ class FocusClient:
         if not isinstance(body, dict):
             body = {"data": body}
         if status in (401, 403):
-            # Our own credentials are wrong: no retry fixes that, an operator must.
-            raise Permanent(f"Focus refused our token: {body.get('mensagem', status)}")
+            # The company's credentials are wrong: no retry fixes that, an operator must.
+            if self._metrics is not None:
+                self._metrics.focus_credential_error(tenant)
+            raise CredentialRefused(
+                f"Focus recusou o token (HTTP {status}): {body.get('mensagem', status)}", status
+            )
         return FocusReply(status, body)
 
     async def _send(
-        self, method: str, url: str, json: Any, params: dict[str, str] | None
+        self,
+        method: str,
+        url: str,
+        json: Any,
+        params: dict[str, str] | None,
+        token: str,
+        site: _Site,
     ) -> tuple[int, dict[str, str], bytes]:
         """One API exchange: `url` is a path of our own making under the configured base."""
-        raw_path = self._prefix + url.encode("ascii")
+        raw_path = site.prefix + url.encode("ascii")
         if params:
             raw_path += b"?" + "&".join(
                 f"{quote(k, safe='')}={quote(v, safe='')}" for k, v in params.items()
             ).encode("ascii")
-        return await self._exchange(method, raw_path, json)
+        return await self._exchange(method, raw_path, json, token, site)
 
     async def _exchange(
-        self, method: str, raw_path: bytes, json: Any
+        self, method: str, raw_path: bytes, json: Any, token: str, site: _Site
     ) -> tuple[int, dict[str, str], bytes]:
         """One exchange straight on the transport, the request as the client would build it:
         the status, the headers (names in lower case) and the decoded body. The host is always
         the configured base's: this is the only place the token is attached."""
         headers = self._headers.copy()
+        headers.append(self._authorization(token))
         content = b""
         if json is not None:
             content = orjson.dumps(json)
@@ -256,9 +347,9 @@ class FocusClient:
             if content or method in ("POST", "PUT", "PATCH"):
                 headers.append((b"Content-Length", str(len(content)).encode("ascii")))
             reply = await self._raw.exchange(
-                self._scheme,
-                self._host,
-                self._port,
+                site.scheme,
+                site.host,
+                site.port,
                 method.encode("ascii"),
                 raw_path,
                 headers,
@@ -275,7 +366,7 @@ class FocusClient:
             return reply.status_code, fields, resp.read()
         request = httpx.Request(
             method,
-            self._base_url.copy_with(raw_path=raw_path),
+            site.url.copy_with(raw_path=raw_path),
             headers=headers,
             content=content,
             extensions={"timeout": self._timeouts},
@@ -289,41 +380,99 @@ class FocusClient:
         fields = {name.lower(): value for name, value in resp.headers.items()}
         return resp.status_code, fields, resp.content
 
-    async def emit_nfse(self, ref: str, document: dict[str, Any]) -> FocusReply:
-        return await self._request("POST", "/v2/nfse", json=document, params={"ref": ref})
+    # `token` is the company's Focus token (its provider account), `tenant` names whose credits
+    # the metric counts; both default to the client's own (a single-company install).
 
-    async def get_nfse(self, ref: str) -> FocusReply:
-        return await self._request("GET", f"/v2/nfse/{segment(ref)}")
+    async def emit_nfse(
+        self, ref: str, document: dict[str, Any], token: Caller = None, tenant: str = ""
+    ) -> FocusReply:
+        return await self.emit_document("/v2/nfse", ref, document, token, tenant)
 
-    async def cancel_nfse(self, ref: str, justificativa: str) -> FocusReply:
-        return await self._request(
-            "DELETE", f"/v2/nfse/{segment(ref)}", json={"justificativa": justificativa}
-        )
+    async def get_nfse(self, ref: str, token: Caller = None, tenant: str = "") -> FocusReply:
+        return await self.get_document("/v2/nfse", ref, token, tenant)
+
+    async def cancel_nfse(
+        self, ref: str, justificativa: str, token: Caller = None, tenant: str = ""
+    ) -> FocusReply:
+        return await self.cancel_document("/v2/nfse", ref, justificativa, token, tenant)
 
     # Any NFS-e kind by Focus's path for it (`notaflow.focus_kinds`: /v2/nfse, /v2/nfsen): the
     # NFS-e Nacional is the same exchange as the municipal note on its own path.
-    async def emit_document(self, api_path: str, ref: str, document: dict[str, Any]) -> FocusReply:
-        return await self._request("POST", api_path, json=document, params={"ref": ref})
+    async def emit_document(
+        self,
+        api_path: str,
+        ref: str,
+        document: dict[str, Any],
+        token: Caller = None,
+        tenant: str = "",
+    ) -> FocusReply:
+        return await self._request("POST", api_path, document, {"ref": ref}, token, tenant, "emit")
 
-    async def get_document(self, api_path: str, ref: str) -> FocusReply:
-        return await self._request("GET", f"{api_path}/{ref}")
-
-    async def cancel_document(self, api_path: str, ref: str, justificativa: str) -> FocusReply:
+    async def get_document(
+        self,
+        api_path: str,
+        ref: str,
+        token: Caller = None,
+        tenant: str = "",
+        low_priority: bool = False,
+    ) -> FocusReply:
+        """`low_priority`: a GET that can wait (the reconciler's): it leaves the last part of
+        the token's window to emissions (`RateWindows.headroom`)."""
         return await self._request(
-            "DELETE", f"{api_path}/{ref}", json={"justificativa": justificativa}
+            "GET", f"{api_path}/{segment(ref)}", None, None, token, tenant, "consult", low_priority
         )
 
-    async def download(self, path: str) -> bytes:
+    async def cancel_document(
+        self,
+        api_path: str,
+        ref: str,
+        justificativa: str,
+        token: Caller = None,
+        tenant: str = "",
+    ) -> FocusReply:
+        return await self._request(
+            "DELETE",
+            f"{api_path}/{segment(ref)}",
+            {"justificativa": justificativa},
+            None,
+            token,
+            tenant,
+            "cancel",
+        )
+
+    async def download(self, path: str, token: Caller = None, tenant: str = "") -> bytes:
         """A file Focus names by path (`caminho_xml_nota_fiscal`), on the same lean exchange as
         the API calls. The path is resolved on the configured host or refused (ForeignPath):
-        it may come from a callback, and the exchange carries our token."""
-        target = on_provider_host(self._base_url, path)
-        await self._take_turn()
+        it may come from a callback, and the exchange carries our token. A download is a
+        request to Focus, so it is paid with one of the token's credits like any other
+        (focus-2026.md §5; the sandbox counts it so)."""
+        token, site = self._caller(token)
+        target = on_provider_host(site.url, path)
+        if not await self.windows.acquire(token):
+            raise Stopping("Focus: consumer stopping, call not started")
         try:
-            with map_httpx_errors(f"Focus GET {target.path}"):
-                status, _, content = await self._exchange("GET", target.raw_path, None)
+            await self._take_turn()
+        except BaseException:
+            self.windows.release(token)
+            raise
+        status: int | None = None
+        headers: dict[str, str] = {}
+        try:
+            status, headers, content = await self._exchange(
+                "GET", target.raw_path, None, token, site
+            )
+        except httpx.HTTPError as exc:
+            _raise_mapped(f"Focus GET {target.path}", exc)
         finally:
             self._end_turn()
+            self.windows.observe(token, status, headers)
+        if status == 429:
+            retry_after = _seconds(headers.get("retry-after")) or _seconds(
+                headers.get("rate-limit-reset")
+            )
+            raise RateLimited("Focus rate limit reached", retry_after=retry_after or 1.0)
+        if self._metrics is not None:
+            self._metrics.focus_credit(tenant, "download")
         if status >= 400:
             raise Transient(f"Focus GET {target.path}: HTTP {status}")
         return content
@@ -332,7 +481,7 @@ class FocusClient:
         self, url: str, authorization: str, header: str = "Authorization", event: str = "nfse"
     ) -> FocusReply:
         """Register our provider-webhook route, unless a hook with that URL already exists."""
-        listing = await self._request("GET", "/v2/hooks")
+        listing = await self._request("GET", "/v2/hooks", operation="hooks")
         hooks = listing.body.get("data", []) if listing.status_code == 200 else []
         for hook in hooks if isinstance(hooks, list) else []:
             if hook.get("url") == url and hook.get("event") == event and not hook.get("deleted"):
@@ -340,6 +489,7 @@ class FocusClient:
         return await self._request(
             "POST",
             "/v2/hooks",
+            operation="hooks",
             json={
                 "event": event,
                 "url": url,

@@ -29,7 +29,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
@@ -37,6 +37,7 @@ from aiokafka.errors import CommitFailedError, KafkaError
 
 from notaflow.bus import Publisher, client_options
 from notaflow.consumers.assignment import ASSIGNORS, require_copartitioned, split_assignment
+from notaflow.consumers.fairness import tenant_of
 from notaflow.consumers.runtime.attempts import Attempts, RecordHandler, Stats
 from notaflow.consumers.runtime.dead_letters import DeadLetters
 from notaflow.consumers.runtime.offsets import Offsets
@@ -66,6 +67,8 @@ class Runner:
         grace: float = 20.0,
         metrics: Metrics | None = None,
         ledger: RetryLedger | None = None,
+        tenant_cap: int | None = None,
+        slot_cap: Callable[[tuple[str, str]], int | None] | None = None,
     ) -> None:
         self._metrics = metrics
         self._settings = settings
@@ -74,8 +77,10 @@ class Runner:
         self._schedule = RetrySchedule(name, ledger)
         self._grace = grace
         self._stopping = asyncio.Event()
+        # `tenant_cap`: records of one tenant (and topic) running at most; `slot_cap`: a
+        # (tenant, topic) queue's own, below it (`consumers.fairness`).
         self._window: Window[TopicPartition] = Window(
-            concurrency or settings.consumer_concurrency, self._stopping
+            concurrency or settings.consumer_concurrency, self._stopping, tenant_cap, None, slot_cap
         )
         self._offsets: Offsets[TopicPartition] = Offsets()
         self._consumer: AIOKafkaConsumer | None = None
@@ -153,13 +158,21 @@ class Runner:
                         if not await window.slot_or_stop():
                             break  # unscheduled records stay uncommitted: redelivered later
                         if window.generation != generation:
-                            # A rebalance while we waited for a slot: the rest of this batch
+                            # A rebalance while we waited for room: the rest of this batch
                             # belongs to whoever owns its partitions now (us again, maybe,
                             # from the committed offset, which is not past these records).
-                            window.release_slot()
                             break
+                        # Pending in its partition from now: the committed offset stays
+                        # before it however long it waits for its tenant's turn.
                         self._offsets.fetched(tp, record.offset)
-                        window.start(tp, record.offset, record.key, self._starter(tp, record))
+                        window.start(
+                            tp,
+                            record.offset,
+                            record.key,
+                            self._starter(tp, record),
+                            tenant_of(record),
+                            record.topic,
+                        )
                     if self._stopping.is_set() or window.generation != generation:
                         break
                 if time.monotonic() - last_commit > 0.5:
@@ -168,6 +181,7 @@ class Runner:
                     if self._metrics is not None:
                         for tp, lag in self.lag().items():
                             self._metrics.set_consumer_lag(self.name, tp.topic, tp.partition, lag)
+                        self._metrics.set_tenant_backlog(window.tenant_backlog())
         finally:
             await self._drain()
             flusher.cancel()
@@ -188,6 +202,10 @@ class Runner:
             if high is not None and position is not None:
                 out[tp] = max(high - position, 0)
         return out
+
+    def backlog(self) -> dict[str, tuple[int, int]]:
+        """(queued, running) records per tenant: the operator's view of who waits."""
+        return self._window.backlog()
 
     def busy(self) -> bool:
         return bool(self._window.tasks) or any(self.lag().values())
@@ -245,8 +263,6 @@ class Runner:
             self.stats.processed += 1
             self.stats.last_progress = time.monotonic()
             self._offsets.finished(tp, record.offset)
-        finally:
-            self._window.release_slot()
 
     async def flush_retry_state(self) -> None:
         await self._schedule.flush()
@@ -331,6 +347,7 @@ class Runner:
             )
 
     async def _drain(self) -> None:
+        self._window.drop_queued()  # not started: redelivered to the next owner
         tasks = self._window.tasks
         if tasks:
             _, pending = await asyncio.wait(set(tasks), timeout=self._grace)

@@ -183,11 +183,6 @@ def test_disabled_account_is_refused_at_the_door(companies: Companies) -> None:
         companies.account("enable", "beta", B, "emites")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the emission path resolves account_for per note in engineer I's part of issue 15 "
-    "(credits per token); remove this marker once it is merged",
-)
 def test_each_company_reaches_focus_with_its_own_token(companies: Companies) -> None:
     with companies.client("acme") as acme, companies.client("beta") as beta:
         assert acme.post("/v2/nfse", params={"ref": "fa1"}, json=nfse(A)).status_code == 202

@@ -12,7 +12,8 @@ from collections.abc import Callable
 import httpx
 import pytest
 
-from notaflow.consumers.providers.focus import FocusClient, FocusReply, RateLimitGate
+from notaflow.consumers.providers.focus import FocusClient, FocusReply
+from notaflow.consumers.providers.rate_windows import RateWindows
 from notaflow.consumers.providers.urls import ForeignPath
 from notaflow.errors import (
     Permanent,
@@ -225,12 +226,15 @@ async def test_spent_rate_limit_window_makes_the_next_call_wait() -> None:
 
 
 async def test_remaining_window_does_not_wait() -> None:
-    gate = RateLimitGate()
-    gate.observe(httpx.Headers({"Rate-Limit-Remaining": "5", "Rate-Limit-Reset": "30"}))
-    gate.observe(httpx.Headers({"Rate-Limit-Remaining": "bogus", "Rate-Limit-Reset": "30"}))
-    gate.observe(httpx.Headers({"Rate-Limit-Remaining": "0"}))  # no reset: nothing to wait for
+    windows = RateWindows()
+    await windows.acquire("t")  # the probe
+    windows.observe("t", 200, {"rate-limit-remaining": "5", "rate-limit-reset": "30"})
+    await windows.acquire("t")
+    windows.observe("t", 200, {"rate-limit-remaining": "bogus", "rate-limit-reset": "30"})
+    await windows.acquire("t")
+    windows.observe("t", 200, {"rate-limit-remaining": "0"})  # no reset: nothing to wait for
     started = time.monotonic()
-    await gate.wait()
+    await windows.acquire("t")
     assert time.monotonic() - started < 0.05
 
 
@@ -361,6 +365,10 @@ async def test_stop_calls_lets_calls_in_flight_finish_and_starts_no_more() -> No
     provider = SlowFocus(0.1)
     focus = limited(provider, 2)
     try:
+        # A token's first call goes alone (it learns the token's credit window); then the
+        # calls run together up to the limit.
+        await focus.emit_nfse("first", {})
+        provider.started = 0
         calls = [asyncio.ensure_future(focus.emit_nfse(f"r{i}", {})) for i in range(5)]
         while provider.started < 2:  # noqa: ASYNC110 (the provider is a plain counter)
             await asyncio.sleep(0.005)
