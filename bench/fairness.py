@@ -57,7 +57,9 @@ from notaflow.settings import Settings
 from notaflow.store import TenantStore, create_engine
 from notaflow.store.accounts import AccountStore, secret_box
 from notaflow.topics import Topics
-from tests.support import NOTAFLOW, ROOT, ThrowawayPostgres, wait_http
+from testkit.postgres import ThrowawayPostgres
+from testkit.processes import NOTAFLOW, ROOT
+from testkit.waiting import wait_http
 
 CNPJ = "51916585000125"  # the stand-in's XML names it: every tenant emits for it
 WINDOW = 2.0  # Focus's minute, scaled

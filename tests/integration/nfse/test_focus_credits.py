@@ -28,7 +28,7 @@ from notaflow.nfse import normalize_nfse
 from notaflow.sandbox.focus import FocusSandboxConfig, create_focus_sandbox
 from notaflow.settings import Settings
 from notaflow.store import DocumentStore, TenantStore, create_engine, migrate
-from tests.sandbox.test_focus_sandbox import CNPJ, nfse, serving
+from tests.integration.sandbox.test_focus_sandbox import CNPJ, nfse, serving
 
 LIMIT = 5
 

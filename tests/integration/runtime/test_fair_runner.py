@@ -13,7 +13,7 @@ from aiokafka import TopicPartition
 
 from notaflow.bus import ensure_topics
 from notaflow.settings import Settings
-from tests.integration.test_runner import committed, eventually, fast, produce, running
+from tests.integration.runtime.test_runner import committed, eventually, fast, produce, running
 
 __all__ = ["fast"]  # the fixture, imported for pytest
 
