@@ -5,7 +5,7 @@ A company without an account uses the global settings and passes."""
 
 from __future__ import annotations
 
-from notaflow.accounts import AccountDisabled, Provider
+from notaflow.accounts import Account, AccountDisabled, Provider
 from notaflow.ingress.deps import IngressDeps
 from notaflow.ingress.dialects import FocusError
 
@@ -15,9 +15,13 @@ def provider_of(kind: str) -> Provider:
     return Provider.EMITES if kind == "nfce" else Provider.FOCUS
 
 
-async def refuse_disabled(d: IngressDeps, tenant: str, cnpj: str, provider: Provider) -> None:
+async def refuse_disabled(
+    d: IngressDeps, tenant: str, cnpj: str, provider: Provider
+) -> Account | None:
+    """The company's own account at the provider (None: it uses the global settings); a
+    disabled one is refused here, 403 `conta_desabilitada`."""
     try:
-        await d.accounts.account(tenant, cnpj, provider)
+        return await d.accounts.account(tenant, cnpj, provider)
     except AccountDisabled as exc:
         raise FocusError(
             403,
@@ -25,12 +29,3 @@ async def refuse_disabled(d: IngressDeps, tenant: str, cnpj: str, provider: Prov
             f"Conta do emitente {cnpj} no provedor ({provider}) desabilitada pelo operador: "
             "novos comandos são recusados",
         ) from exc
-
-
-async def has_account(d: IngressDeps, tenant: str, cnpj: str, provider: Provider) -> bool:
-    """Whether the company has an account of its own at the provider (a disabled one counts:
-    `refuse_disabled` then says so)."""
-    try:
-        return await d.accounts.account(tenant, cnpj, provider) is not None
-    except AccountDisabled:
-        return True

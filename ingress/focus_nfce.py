@@ -10,7 +10,7 @@ from starlette.routing import Route
 
 from notaflow import topics as t
 from notaflow.accounts import Provider
-from notaflow.ingress.account_check import has_account, refuse_disabled
+from notaflow.ingress.account_check import refuse_disabled
 from notaflow.ingress.cancellation import cancel_route
 from notaflow.ingress.deps import deps
 from notaflow.ingress.dialects import FOCUS
@@ -70,16 +70,11 @@ async def create_nfce(request: Request) -> Response:
     notices = {"avisos": avisos} if avisos else {}
     cnpj = emitente or d.settings.emites_cnpj
     # A shop is served by its Emites account, or by the global endpoint if it is that one's.
-    if (
-        not cnpj
-        or cnpj not in tenant.cnpjs
-        or (
-            cnpj != d.settings.emites_cnpj
-            and not await has_account(d, tenant.id, cnpj, Provider.EMITES)
-        )
-    ):
+    if not cnpj or cnpj not in tenant.cnpjs:
         raise not_enabled("NFC-e")
-    await refuse_disabled(d, tenant.id, cnpj, Provider.EMITES)
+    account = await refuse_disabled(d, tenant.id, cnpj, Provider.EMITES)  # one lookup
+    if cnpj != d.settings.emites_cnpj and account is None:
+        raise not_enabled("NFC-e")
     command_id = await submit(
         d.nfce_intake,
         tenant,
