@@ -52,11 +52,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from bench.pipeline import Http, note_body
 from notaflow.account_keys import new_key
 from notaflow.accounts import Provider
-from notaflow.launch.broker import EmbeddedBroker, free_port
+from notaflow.launch.broker import free_port
 from notaflow.settings import Settings
 from notaflow.store import TenantStore, create_engine
 from notaflow.store.accounts import AccountStore, secret_box
 from notaflow.topics import Topics
+from testkit.broker import start_broker
 from testkit.postgres import ThrowawayPostgres
 from testkit.processes import NOTAFLOW, ROOT
 from testkit.waiting import wait_http
@@ -331,8 +332,7 @@ def main() -> int:
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="notaflow-bench-fairness-"))
-    broker = EmbeddedBroker(free_port(), log_file=tmp / "broker.log")
-    broker.start()
+    broker = start_broker(tmp / "broker.log")
     pg = ThrowawayPostgres() if args.database == "postgres" else None
     db_url = pg.start() if pg else f"sqlite:///{tmp / 'bench.db'}"
     world_port, port = free_port(), free_port()

@@ -120,7 +120,7 @@ class TracingMiddleware:
         carrier = {
             k.decode("latin-1"): v.decode("latin-1")
             for k, v in scope.get("headers") or []
-            if k in (b"traceparent", b"tracestate", b"baggage")
+            if k in _TRACE_HEADERS
         }
         method = scope["method"]
         with tracing.span(
