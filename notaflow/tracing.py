@@ -189,9 +189,7 @@ def with_current_traceparent(headers: list[tuple[str, bytes]]) -> list[tuple[str
     the consumer's `process` span is its child; `tracestate` and `baggage` stay as they are."""
     if not _enabled:
         return headers
-    carrier: dict[str, str] = {}
-    propagate.inject(carrier)
-    current = carrier.get("traceparent")
+    current = trace_fields()["traceparent"]
     if not current:
         return headers
     return [(k, v) for k, v in headers if k != "traceparent"] + [("traceparent", current.encode())]
