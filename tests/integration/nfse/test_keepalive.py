@@ -177,3 +177,26 @@ async def test_focus_adapter_on_this_transport_sends_what_httpx_would(
     )
     assert fields[b"user-agent"] == b"notaflow"
     assert fields[b"host"] == base.removeprefix("http://").encode()
+
+
+async def test_a_response_leaves_nothing_for_the_cyclic_collector(
+    server: tuple[Server, str],
+) -> None:
+    """Each response's parser and callbacks go by reference counting. When they made a cycle,
+    thousands of them a second piled up for the collector, whose pauses freeing them made the
+    emission consumer's command-to-POST p99 (96 ms against 18 ms once broken)."""
+    import gc
+
+    from notaflow import keepalive
+
+    _s, base = server
+    gc.collect()
+    gc.disable()
+    try:
+        async with httpx.AsyncClient(base_url=base, transport=KeepAliveTransport()) as client:
+            for _ in range(50):
+                assert (await client.post("/x", content=b"{}")).text == "ok"
+            left = [o for o in gc.get_objects() if isinstance(o, keepalive._Sink)]
+    finally:
+        gc.enable()
+    assert left == []
