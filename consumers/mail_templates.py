@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import html
 import re
+import secrets
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -217,7 +219,7 @@ def render_nfse_email(
     msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot
     msg.set_content("\n".join(text_lines), charset="utf-8")
     msg.add_alternative(_html(_INTRO[kind], greeting, facts, link_rows, footer), subtype="html")
-    return msg
+    return _with_boundaries(msg)
 
 
 _NFCE_INTRO: dict[str, str] = {
@@ -291,6 +293,19 @@ def render_nfce_email(
         msg.add_attachment(
             danfe, maintype="application", subtype="pdf", filename=f"NFCe-{numero}.pdf"
         )
+    return _with_boundaries(msg)
+
+
+def _with_boundaries(msg: EmailMessage) -> EmailMessage:
+    """Give every multipart its boundary now, through this policy's cached header classes.
+    Left to the generator, the boundary is set while the message is flattened, under the
+    sender's policy (aiosmtplib's `email.policy.SMTP`), whose registry builds a new
+    Content-Type class per message: a class and its reference cycles per e-mail for the
+    collector. The generator's form: 19 random digits, which our texts do not hold."""
+    for part in msg.walk():
+        if part.is_multipart() and part.get_boundary() is None:
+            token = secrets.randbelow(sys.maxsize)
+            part.set_param("boundary", f"{'=' * 15}{token:019d}==", replace=True)
     return msg
 
 

@@ -58,6 +58,9 @@ def _body(payload: dict[str, Any]) -> bytes:
     return orjson.dumps(payload)  # compact UTF-8 JSON
 
 
+_BODY_READ_LIMIT = 64 * 1024
+
+
 class WebhookSender:
     """Delivers one attempt of one webhook. Owns its client unless one is given."""
 
@@ -162,6 +165,17 @@ class WebhookSender:
             extensions={"sni_hostname": sni} if sni else None,
         )
         response = await self._client.send(request, stream=True, follow_redirects=False)
-        # The status is all we need; do not let a receiver make us read a huge body.
-        await response.aclose()
+        # The status is all we need, but a response closed before its end closes its
+        # connection too: a short answer is read through so the connection goes back to the
+        # pool (one TCP connection, and its httpcore objects, per hook otherwise), while a
+        # receiver answering more than _BODY_READ_LIMIT does not make us read it all.
+        read = 0
+        try:
+            if not response.is_stream_consumed:  # else built in memory (a mock transport): read
+                async for chunk in response.aiter_raw():
+                    read += len(chunk)
+                    if read > _BODY_READ_LIMIT:
+                        break
+        finally:
+            await response.aclose()
         return response

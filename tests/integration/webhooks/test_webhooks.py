@@ -7,6 +7,7 @@ appears, and the one sender pointed at public addresses goes through `httpx.Mock
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import socket
@@ -578,3 +579,66 @@ def test_invalid_secret_is_a_programming_error() -> None:
         sign("whsec_", "m", NOW, BODY)
     with pytest.raises(ValueError):
         sign("not base64 at all!", "m", NOW, BODY)
+
+
+class _CountingReceiver:
+    """A raw HTTP/1.1 receiver that counts connections and answers `answer` to every POST."""
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        self.connections = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = next(
+                    int(line.split(b":")[1])
+                    for line in head.split(b"\r\n")
+                    if line.lower().startswith(b"content-length")
+                )
+                await reader.readexactly(length)
+                writer.write(self.answer)
+                await writer.drain()
+        except (OSError, asyncio.IncompleteReadError):  # the client went away
+            writer.close()
+
+
+async def _counting_server(answer: bytes) -> tuple[_CountingReceiver, asyncio.Server, str]:
+    receiver = _CountingReceiver(answer)
+    server = await asyncio.start_server(receiver.handle, "127.0.0.1", 0)
+    return receiver, server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
+
+
+async def test_short_answers_keep_one_connection() -> None:
+    """A hook's short answer is read through, so its connection is reused: closing it unread
+    closed the connection, one TCP connection (and its httpcore objects) per hook."""
+    receiver, server, url = await _counting_server(
+        b'HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{"ok":true}'
+    )
+    try:
+        async with WebhookSender(allow_private=True, resolver=no_dns) as sender:
+            for i in range(10):
+                result = await sender.deliver(target(url), {"n": i}, f"msg_{i}", int(time.time()))
+                assert result.ok, result
+    finally:
+        server.close()
+    assert receiver.connections == 1
+
+
+async def test_a_huge_answer_is_not_read_through() -> None:
+    """A receiver answering megabytes gets its status read, not its body: the delivery is
+    done as soon as the bounded read stops, and the next one opens a fresh connection."""
+    size = 50 * 1024 * 1024
+    receiver, server, url = await _counting_server(
+        b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"x" * (256 * 1024)
+    )
+    try:
+        async with WebhookSender(allow_private=True, resolver=no_dns, timeout=5) as sender:
+            for i in range(2):
+                result = await sender.deliver(target(url), {"n": i}, f"msg_{i}", int(time.time()))
+                assert result.ok, result
+    finally:
+        server.close()
+    assert receiver.connections == 2

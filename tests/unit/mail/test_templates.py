@@ -247,3 +247,22 @@ def test_empty_links_are_left_out() -> None:
     plain, html = bodies(reparse(render(links=NfseLinks("", "  ", None))))
     assert "XML" not in plain and "prefeitura:" not in plain
     assert "<ul>" not in html and "href" not in html
+
+
+def test_flattening_for_smtp_builds_no_header_classes() -> None:
+    """aiosmtplib flattens under `email.policy.SMTP`; a boundary left for the generator to set
+    made that policy's registry build a new Content-Type class (and its cycles) per e-mail."""
+    import gc
+
+    from aiosmtplib.email import flatten_message
+
+    flatten_message(render())  # warm: the cached registry's classes exist once
+    gc.collect()
+    before = sum(1 for o in gc.get_objects() if isinstance(o, type))
+    for _ in range(20):
+        flat = flatten_message(render())
+    after = sum(1 for o in gc.get_objects() if isinstance(o, type))
+    assert after - before < 5  # not one per message
+    parsed = email.message_from_bytes(flat, policy=default_policy)
+    assert parsed.is_multipart() and parsed.get_boundary()
+    assert parsed.get_boundary().encode() in flat
