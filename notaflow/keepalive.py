@@ -23,8 +23,10 @@ from __future__ import annotations
 import asyncio
 import re
 import ssl
+import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import httptools
 import httpx
@@ -47,6 +49,7 @@ class _ProtocolError(Exception):
 class _Connection:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
+    idle_since: float = 0.0
 
     def usable(self) -> bool:
         return not self.writer.is_closing() and not self.reader.at_eof()
@@ -59,7 +62,21 @@ class Reply(NamedTuple):
     status_code: int
     reason: bytes
     headers: list[tuple[bytes, bytes]]  # names in lower case
-    content: bytes
+    content: bytes  # at most `max_body` bytes and a read's worth when the caller set one
+
+
+# (scheme, host, port, TLS server name): a connection verified for one name is never handed
+# to a call for another, even at the same address (webhooks pin the address they checked).
+_Origin = tuple[bytes, str, int, str | None]
+Opener = Callable[..., Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
+
+
+class _NoAnswer(Exception):
+    """A call failed before any byte of an answer came back; `error` is what it raises."""
+
+    def __init__(self, error: httpx.TransportError) -> None:
+        super().__init__(str(error))
+        self.error = error
 
 
 class KeepAliveTransport(httpx.AsyncBaseTransport):
@@ -68,12 +85,29 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
 
     `exchange` is the same call without httpx's request and response objects, for a caller
     on a hot path that builds its requests itself; its errors are httpx's, without `request`.
+
+    For many origins (client webhooks) the idle connections are bounded: `max_idle_per_origin`
+    kept per origin, none kept longer than `idle_expiry` seconds (servers close idle ones
+    after a few seconds: Node's default is 5); expired ones are swept at most once per
+    `idle_expiry`. `opener` is `asyncio.open_connection` unless a test passes its own.
     """
 
-    def __init__(self, ssl_context: ssl.SSLContext | None = None, max_connections: int = 1000):
+    def __init__(
+        self,
+        ssl_context: ssl.SSLContext | None = None,
+        max_connections: int = 1000,
+        *,
+        max_idle_per_origin: int | None = None,
+        idle_expiry: float | None = None,
+        opener: Opener = asyncio.open_connection,
+    ):
         self._ssl = ssl_context
         self._slots = asyncio.Semaphore(max_connections)
-        self._idle: dict[tuple[bytes, str, int], list[_Connection]] = {}
+        self._idle: dict[_Origin, list[_Connection]] = {}
+        self._max_idle = max_idle_per_origin
+        self._expiry = idle_expiry
+        self._swept = time.monotonic()
+        self._open = opener
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         url = request.url
@@ -110,54 +144,109 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         timeouts: dict[str, float | None],
+        *,
+        server_hostname: str | None = None,
+        max_body: int | None = None,
+        retry_stale: bool = False,
     ) -> Reply:
-        origin = (scheme, host, port)
+        """One call. `server_hostname`: the TLS name (SNI and certificate) when `host` is an
+        address the caller pinned. `max_body`: read no more of the answer than that (its
+        connection is then not reused). `retry_stale`: a kept connection that fails before
+        any byte of the answer (the server closed it while idle, racing our request) is
+        retried once on a new one; only for callers whose receivers deduplicate, since the
+        server may in rare cases have taken the request before it closed."""
+        origin: _Origin = (scheme, host, port, server_hostname)
         try:
             async with asyncio.timeout(timeouts.get("pool")):
                 await self._slots.acquire()
         except TimeoutError as exc:
             raise httpx.PoolTimeout("no free connection") from exc
-        conn: _Connection | None = None
         try:
-            conn = await self._checkout(origin, timeouts.get("connect"))
-            return await self._exchange(conn, origin, method, target, headers, body, timeouts)
-        except BaseException:
-            if conn is not None:
-                conn.close()
-            raise
+            for last in (not retry_stale, True):
+                conn: _Connection | None = None
+                try:
+                    conn, reused = await self._checkout(origin, timeouts.get("connect"))
+                    return await self._exchange(
+                        conn, origin, method, target, headers, body, timeouts, max_body
+                    )
+                except _NoAnswer as exc:
+                    if conn is not None:
+                        conn.close()
+                    if last or not reused:
+                        raise exc.error from exc.__cause__
+                except BaseException:
+                    if conn is not None:
+                        conn.close()
+                    raise
+            raise AssertionError("unreachable: the last attempt returns or raises")
         finally:
             self._slots.release()
 
-    async def _checkout(self, origin: tuple[bytes, str, int], timeout: float | None) -> _Connection:
+    async def _checkout(self, origin: _Origin, timeout: float | None) -> tuple[_Connection, bool]:
+        """A connection to `origin`, and whether it is a kept one."""
         idle = self._idle.get(origin)
         while idle:
             conn = idle.pop()
-            if conn.usable():
-                return conn
+            if not idle:
+                del self._idle[origin]
+            if conn.usable() and not self._expired(conn, time.monotonic()):
+                return conn, True
             conn.close()
-        scheme, host, port = origin
+        scheme, host, port, server_hostname = origin
         tls = (self._ssl or ssl.create_default_context()) if scheme == b"https" else None
         where = f"{host}:{port}"
+        extra: dict[str, Any] = (
+            {"server_hostname": server_hostname} if tls and server_hostname else {}
+        )
         try:
             async with asyncio.timeout(timeout):
-                reader, writer = await asyncio.open_connection(
-                    host, port, ssl=tls, limit=_READ_SIZE
-                )
+                reader, writer = await self._open(host, port, ssl=tls, limit=_READ_SIZE, **extra)
         except TimeoutError as exc:
             raise httpx.ConnectTimeout(f"connect to {where}") from exc
         except OSError as exc:
             raise httpx.ConnectError(f"connect to {where}: {exc}") from exc
-        return _Connection(reader, writer)
+        return _Connection(reader, writer), False
+
+    def _expired(self, conn: _Connection, now: float) -> bool:
+        return self._expiry is not None and now - conn.idle_since > self._expiry
+
+    def _checkin(self, origin: _Origin, conn: _Connection) -> None:
+        now = time.monotonic()
+        if self._expiry is not None and now - self._swept > self._expiry:
+            self._sweep(now)
+        idle = self._idle.setdefault(origin, [])
+        if self._max_idle is not None and len(idle) >= self._max_idle:
+            conn.close()
+            return
+        conn.idle_since = now
+        idle.append(conn)
+
+    def _sweep(self, now: float) -> None:
+        """Close the expired idle connections of every origin (an origin called once keeps
+        its connections otherwise until the server closes them)."""
+        self._swept = now
+        for origin, idle in list(self._idle.items()):
+            kept = []
+            for conn in idle:
+                if self._expired(conn, now) or not conn.usable():
+                    conn.close()
+                else:
+                    kept.append(conn)
+            if kept:
+                self._idle[origin] = kept
+            else:
+                del self._idle[origin]
 
     async def _exchange(
         self,
         conn: _Connection,
-        origin: tuple[bytes, str, int],
+        origin: _Origin,
         method: bytes,
         target: bytes,
         headers: list[tuple[bytes, bytes]],
         body: bytes,
         timeouts: dict[str, float | None],
+        max_body: int | None = None,
     ) -> Reply:
         conn.writer.write(_request_head(method, target, headers, body) + body)
         try:
@@ -166,24 +255,28 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         except TimeoutError as exc:
             raise httpx.WriteTimeout("write") from exc
         except OSError as exc:
-            raise httpx.WriteError(str(exc)) from exc
+            raise _NoAnswer(httpx.WriteError(str(exc))) from exc
+        sink = _Sink(head_only=method == b"HEAD")
         try:
             async with asyncio.timeout(timeouts.get("read")):
-                reply, reusable = await _read_response(conn.reader, method)
+                reply, reusable = await _read_response(conn.reader, sink, max_body)
         except TimeoutError as exc:
             raise httpx.ReadTimeout("read") from exc
         except OSError as exc:
-            raise httpx.ReadError(str(exc)) from exc
+            error = httpx.ReadError(str(exc))
+            raise (error if sink.received else _NoAnswer(error)) from exc
         except asyncio.IncompleteReadError as exc:
+            if not exc.partial:
+                raise _NoAnswer(
+                    httpx.RemoteProtocolError("Server disconnected without sending a response.")
+                ) from exc
             raise httpx.RemoteProtocolError(
-                "Server disconnected without sending a response."
-                if not exc.partial
-                else "Server disconnected in the middle of a response."
+                "Server disconnected in the middle of a response."
             ) from exc
         except (_ProtocolError, asyncio.LimitOverrunError, ValueError) as exc:
             raise httpx.RemoteProtocolError(f"malformed response: {exc}") from exc
         if reusable:
-            self._idle.setdefault(origin, []).append(conn)
+            self._checkin(origin, conn)
         else:
             conn.close()
         return reply
@@ -227,12 +320,14 @@ class _Sink:
 
     __slots__ = (
         "body",
+        "body_size",
         "complete",
         "head_only",
         "headers",
         "keep_alive",
         "parser",
         "reason",
+        "received",
         "status",
     )
 
@@ -243,8 +338,10 @@ class _Sink:
         self.reason = b""
         self.headers: list[tuple[bytes, bytes]] = []
         self.body: list[bytes] = []
+        self.body_size = 0
         self.complete = False
         self.keep_alive = False
+        self.received = False  # any byte of the answer
 
     def on_status(self, reason: bytes) -> None:
         self.reason += reason
@@ -259,6 +356,7 @@ class _Sink:
 
     def on_body(self, body: bytes) -> None:
         self.body.append(body)
+        self.body_size += len(body)
 
     def on_message_complete(self) -> None:
         if self.status < 200:  # 100 Continue and friends: the real answer follows
@@ -277,20 +375,25 @@ class _Sink:
         del self.parser
 
 
-async def _read_response(reader: asyncio.StreamReader, method: bytes) -> tuple[Reply, bool]:
+async def _read_response(
+    reader: asyncio.StreamReader, sink: _Sink, max_body: int | None = None
+) -> tuple[Reply, bool]:
     """One response, parsed by httptools (llhttp, the parser uvicorn serves with), and whether
     the connection may be reused: only after a cleanly framed HTTP/1.1 answer that does not ask
-    to close and left no stray bytes behind."""
-    sink = _Sink(head_only=method == b"HEAD")
+    to close and left no stray bytes behind. With `max_body`, reading stops once the body is
+    longer (the answer is kept as far as it was read; the connection is not reused)."""
     try:
         stray = False
         while not sink.complete:
+            if max_body is not None and sink.body_size > max_body:
+                break
             data = await reader.read(_READ_SIZE)
             if not data:
                 if sink.status >= 200 and not _framed(sink.headers):
                     break  # a body framed by the end of the connection
                 # Mapped to "disconnected without a response" or "... in the middle of a response".
-                raise asyncio.IncompleteReadError(b"partial" if sink.status else b"", None)
+                raise asyncio.IncompleteReadError(b"partial" if sink.received else b"", None)
+            sink.received = True
             try:
                 sink.parser.feed_data(data)
             except httptools.HttpParserUpgrade as exc:

@@ -21,6 +21,7 @@ class Seen:
     path: str
     headers: dict[str, str]
     body: bytes
+    query: str = ""
 
 
 @dataclass(frozen=True)
@@ -49,7 +50,10 @@ class Receiver:
         self.script.clear()
 
     async def endpoint(self, request: Request) -> Response:
-        self.seen.append(Seen(request.url.path, dict(request.headers), await request.body()))
+        seen = Seen(
+            request.url.path, dict(request.headers), await request.body(), request.url.query
+        )
+        self.seen.append(seen)
         reply = self.script.popleft() if self.script else Reply()
         if reply.delay:
             await asyncio.sleep(reply.delay)

@@ -200,3 +200,118 @@ async def test_a_response_leaves_nothing_for_the_cyclic_collector(
     finally:
         gc.enable()
     assert left == []
+
+
+class Forgetful:
+    """Answers the first request of each connection; a later one is read and the connection
+    closed unanswered: a kept connection the server dropped while the request was on its way."""
+
+    def __init__(self) -> None:
+        self.connections = 0
+        self.requests = 0
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        first = True
+        try:
+            while True:
+                head = await reader.readuntil(b"\r\n\r\n")
+                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
+                await reader.readexactly(length)
+                self.requests += 1
+                if not first:
+                    return
+                first = False
+                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                await writer.drain()
+        except asyncio.IncompleteReadError:
+            return
+        finally:
+            writer.close()
+
+
+async def _call(transport: KeepAliveTransport, port: int, **kw: object) -> bytes:
+    reply = await transport.exchange(
+        b"http",
+        "127.0.0.1",
+        port,
+        b"POST",
+        b"/h",
+        [(b"Host", b"h")],
+        b"{}",
+        {},
+        **kw,  # type: ignore[arg-type]
+    )
+    return reply.content
+
+
+async def test_a_kept_connection_dropped_by_the_server_is_retried_once_when_asked() -> None:
+    f = Forgetful()
+    srv = await asyncio.start_server(f.handle, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    transport = KeepAliveTransport()
+    try:
+        assert await _call(transport, port, retry_stale=True) == b"ok"
+        assert await _call(transport, port, retry_stale=True) == b"ok"  # dropped, then retried
+        assert (f.connections, f.requests) == (2, 3)
+        # Not asked: the failure is the caller's (the Focus adapter's calls are not retried here).
+        with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
+            await _call(transport, port)
+    finally:
+        await transport.aclose()
+        srv.close()
+
+
+async def test_a_new_connection_failing_is_not_retried() -> None:
+    requests = 0
+
+    async def hang_up(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        nonlocal requests
+        await reader.readuntil(b"\r\n\r\n")
+        requests += 1
+        writer.close()
+
+    srv = await asyncio.start_server(hang_up, "127.0.0.1", 0)
+    port = srv.sockets[0].getsockname()[1]
+    transport = KeepAliveTransport()
+    try:
+        with pytest.raises(httpx.RemoteProtocolError):
+            await _call(transport, port, retry_stale=True)
+    finally:
+        await transport.aclose()
+        srv.close()
+    assert requests == 1
+
+
+async def test_idle_connections_are_bounded_per_origin_and_expire(
+    server: tuple[Server, str],
+) -> None:
+    s, base = server
+    port = int(base.rsplit(":", 1)[1])
+    transport = KeepAliveTransport(max_idle_per_origin=2, idle_expiry=0.2)
+    try:
+        await asyncio.gather(*(_call(transport, port) for _ in range(5)))
+        assert s.connections == 5
+        # two were kept: five calls at once open three more
+        await asyncio.gather(*(_call(transport, port) for _ in range(5)))
+        assert s.connections == 8
+        await asyncio.sleep(0.3)  # past the expiry: a kept connection is not used
+        await _call(transport, port)
+        assert s.connections == 9
+    finally:
+        await transport.aclose()
+
+
+async def test_a_long_answer_is_read_no_further_than_asked(server: tuple[Server, str]) -> None:
+    s, base = server
+    port = int(base.rsplit(":", 1)[1])
+    s.answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n" + b"x" * 1_000_000
+    transport = KeepAliveTransport()
+    try:
+        content = await _call(transport, port, max_body=1000)
+        assert 1000 < len(content) < 1000 + 64 * 1024 + 1
+        s.answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
+        assert await _call(transport, port) == b"ok"
+    finally:
+        await transport.aclose()
+    assert s.connections == 2  # the cut connection was not reused

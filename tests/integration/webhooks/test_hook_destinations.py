@@ -32,6 +32,7 @@ from notaflow.ingress.app import create_app
 from notaflow.ingress.auth import TenantCache
 from notaflow.ingress.deps import IngressDeps
 from notaflow.ingress.intake import Intake
+from notaflow.keepalive import KeepAliveTransport
 from notaflow.replies import ReplyWaiters
 from notaflow.settings import Settings
 from notaflow.store import DocumentStore, HookStore, TenantStore, create_engine, migrate
@@ -186,8 +187,8 @@ async def test_https_delivery_goes_to_the_checked_address_with_the_name_for_tls(
         lookups.append(host)
         return {"hooks.test": ["127.0.0.1"], "other.test": ["127.0.0.1"]}[host]
 
-    async with httpx.AsyncClient(verify=trust, trust_env=False) as client:
-        sender = WebhookSender(client=client, allow_private=True, resolver=resolver)
+    transport = KeepAliveTransport(trust)
+    async with WebhookSender(transport, allow_private=True, resolver=resolver) as sender:
         ok = await sender.deliver(
             HookTarget(url=f"https://hooks.test:{receiver.port}/hook", signing_secret=SECRET),
             {"ref": "r"}, "m1", int(time.time()),
@@ -202,4 +203,5 @@ async def test_https_delivery_goes_to_the_checked_address_with_the_name_for_tls(
     assert not wrong.ok and wrong.error and "CERTIFICATE_VERIFY_FAILED" in wrong.error, wrong
     assert receiver.hosts == [f"hooks.test:{receiver.port}"]
     assert lookups == ["hooks.test", "other.test"]  # one resolution per delivery
+    await transport.aclose()
     await asyncio.sleep(0)

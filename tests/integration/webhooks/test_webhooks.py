@@ -29,6 +29,7 @@ from notaflow.consumers.providers.webhooks import (
     resolve_and_check,
 )
 from notaflow.errors import Permanent, Transient
+from notaflow.keepalive import KeepAliveTransport
 from notaflow.webhook_signing import WebhookVerificationError, new_secret, sign, verify
 from testkit.receiver import Receiver, ReceiverServer, Reply
 
@@ -188,15 +189,16 @@ async def test_redirects_are_not_followed(receiver: Receiver) -> None:
     elsewhere = receiver.url("/elsewhere")
     receiver.script.append(Reply(status=307, headers={"Location": elsewhere}))
     receiver.script.append(Reply(status=302, headers={"Location": elsewhere}))
-    # even a client configured to follow redirects does not follow them here
-    async with httpx.AsyncClient(follow_redirects=True) as client:
-        sender = WebhookSender(client=client, allow_private=True)
-        first = await sender.deliver(target(receiver.url()), PAYLOAD, "m", int(time.time()))
-        second = await sender.deliver(target(receiver.url()), PAYLOAD, "m", int(time.time()))
-        await sender.aclose()  # does not close a client it was given
-        assert not client.is_closed
+    transport = KeepAliveTransport()
+    sender = WebhookSender(transport, allow_private=True)
+    first = await sender.deliver(target(receiver.url()), PAYLOAD, "m", int(time.time()))
+    second = await sender.deliver(target(receiver.url()), PAYLOAD, "m", int(time.time()))
+    await sender.aclose()  # does not close a transport it was given
+    third = await sender.deliver(target(receiver.url()), PAYLOAD, "m", int(time.time()))
+    await transport.aclose()
     assert (first.ok, first.status_code, second.status_code) == (False, 307, 302)
-    assert [s.path for s in receiver.seen] == ["/hook", "/hook"]
+    assert third.ok
+    assert [s.path for s in receiver.seen] == ["/hook", "/hook", "/hook"]
 
 
 async def test_loopback_refused_unless_private_allowed(receiver: Receiver) -> None:
@@ -242,62 +244,103 @@ async def test_http_is_pinned_to_the_checked_address(receiver: Receiver) -> None
     assert seen.headers["host"] == f"receiver.test:{receiver.port}"
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.requests: list[httpx.Request] = []
+class Redirecting:
+    """Connections as the transport opens them, but to the local receiver: the sender's view
+    of a public destination (which address, which TLS name) without leaving the machine.
+    TLS is recorded, not spoken (the receiver is plain HTTP)."""
 
-    def __call__(self, request: httpx.Request) -> httpx.Response:
-        self.requests.append(request)
-        return httpx.Response(204)
+    def __init__(self, receiver: Receiver | None) -> None:
+        self.receiver = receiver
+        self.opened: list[tuple[str, int, bool, str | None]] = []
+
+    async def __call__(
+        self, host: str, port: int, *, ssl: Any = None, server_hostname: str | None = None,
+        **kw: Any,
+    ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:  # fmt: skip
+        self.opened.append((host, port, ssl is not None, server_hostname))
+        if self.receiver is None:
+            raise AssertionError(f"unexpected connection to {host}:{port}")
+        return await asyncio.open_connection("127.0.0.1", self.receiver.port, **kw)
 
 
-async def test_public_destination_pinned_without_network() -> None:
-    recorder = Recorder()
+async def test_public_destination_pinned_without_network(receiver: Receiver) -> None:
+    opener = Redirecting(receiver)
     resolver = {"hooks.example.com": ["93.184.216.34", "2606:2800:220:1::1"]}
-    async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as client:
-        sender = WebhookSender(client=client, resolver=lambda h, p: resolver[h])
+    transport = KeepAliveTransport(opener=opener)
+    async with WebhookSender(transport, resolver=lambda h, p: resolver[h]) as sender:
         plain = await sender.deliver(
             target("http://hooks.example.com/nf?x=1"), PAYLOAD, "m", 1_700_000_000
         )
         tls = await sender.deliver(
             target("https://hooks.example.com:8443/nf"), PAYLOAD, "m", 1_700_000_000
         )
-    assert plain.ok and plain.status_code == 204 and tls.ok
-    http_req, https_req = recorder.requests
-    assert str(http_req.url) == "http://93.184.216.34/nf?x=1"
+        again = await sender.deliver(
+            target("https://hooks.example.com:8443/nf"), PAYLOAD, "m", 1_700_000_000
+        )
+    await transport.aclose()
+    assert plain.ok and tls.ok and again.ok
+    # the first checked address, the name as Host; the query kept
+    http_req, https_req, _ = receiver.seen
+    assert http_req.path == "/nf" and http_req.query == "x=1"
     assert http_req.headers["host"] == "hooks.example.com"
     # https is pinned too (issue 19): the checked address, the name as Host, SNI and the
-    # certificate's name, and a connection that is not reused for another name
-    assert str(https_req.url) == "https://93.184.216.34:8443/nf"
+    # certificate's name; the connection is kept for that name only (one per origin and name)
+    assert opener.opened == [
+        ("93.184.216.34", 80, False, None),
+        ("93.184.216.34", 8443, True, "hooks.example.com"),
+    ]
     assert https_req.headers["host"] == "hooks.example.com:8443"
-    assert https_req.extensions["sni_hostname"] == "hooks.example.com"
-    assert https_req.headers["connection"] == "close"
+
+
+async def test_a_connection_verified_for_one_name_is_not_used_for_another(
+    receiver: Receiver,
+) -> None:
+    opener = Redirecting(receiver)
+    names = {"a.example.com": ["93.184.216.34"], "b.example.com": ["93.184.216.34"]}
+    transport = KeepAliveTransport(opener=opener)
+    async with WebhookSender(transport, resolver=lambda h, p: names[h]) as sender:
+        for name in ("a.example.com", "b.example.com", "a.example.com"):
+            assert (await sender.deliver(target(f"https://{name}/"), PAYLOAD, "m", 1)).ok
+    await transport.aclose()
+    assert opener.opened == [
+        ("93.184.216.34", 443, True, "a.example.com"),
+        ("93.184.216.34", 443, True, "b.example.com"),
+    ]
 
 
 async def test_any_private_address_among_public_ones_is_refused() -> None:
-    recorder = Recorder()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as client:
-        sender = WebhookSender(client=client, resolver=lambda h, p: ["93.184.216.34", "10.0.0.5"])
-        result = await sender.deliver(target("https://rebind.example/"), PAYLOAD, "m", 1)
+    opener = Redirecting(None)
+    transport = KeepAliveTransport(opener=opener)
+    sender = WebhookSender(transport, resolver=lambda h, p: ["93.184.216.34", "10.0.0.5"])
+    result = await sender.deliver(target("https://rebind.example/"), PAYLOAD, "m", 1)
     assert result.refused and result.error is not None and "10.0.0.5" in result.error
-    assert recorder.requests == []
+    assert opener.opened == []
 
 
 async def test_dns_failure_is_retryable_not_refused() -> None:
     def resolver(host: str, port: int) -> list[str]:
         raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
 
-    recorder = Recorder()
-    async with httpx.AsyncClient(transport=httpx.MockTransport(recorder)) as client:
-        sender = WebhookSender(client=client, resolver=resolver)
-        result = await sender.deliver(target("https://nowhere.example/"), PAYLOAD, "m", 1)
-        empty = await WebhookSender(client=client, resolver=lambda h, p: []).deliver(
-            target("https://nowhere.example/"), PAYLOAD, "m", 1
-        )
+    opener = Redirecting(None)
+    transport = KeepAliveTransport(opener=opener)
+    result = await WebhookSender(transport, resolver=resolver).deliver(
+        target("https://nowhere.example/"), PAYLOAD, "m", 1
+    )
+    empty = await WebhookSender(transport, resolver=lambda h, p: []).deliver(
+        target("https://nowhere.example/"), PAYLOAD, "m", 1
+    )
     assert not result.ok and not result.refused and result.retryable
     assert result.error is not None and "nowhere.example" in result.error
     assert empty.retryable
-    assert recorder.requests == []
+    assert opener.opened == []
+
+
+async def test_a_non_ascii_authorization_value_is_refused_not_raised(receiver: Receiver) -> None:
+    hook = target(receiver.url(), authorization="Bearer çã")
+    async with WebhookSender(allow_private=True) as sender:
+        result = await sender.deliver(hook, PAYLOAD, "m", int(time.time()))
+    assert result.refused and result.error is not None and "ASCII" in result.error
+    assert receiver.seen == []
 
 
 @pytest.mark.parametrize(
