@@ -38,8 +38,10 @@ from aiokafka.errors import CommitFailedError, KafkaError
 from notaflow.bus import Publisher, client_options
 from notaflow.consumers.assignment import ASSIGNORS, require_copartitioned, split_assignment
 from notaflow.consumers.fairness import tenant_of
+from notaflow.consumers.runtime import fetch_wait
 from notaflow.consumers.runtime.attempts import Attempts, RecordHandler, Stats
 from notaflow.consumers.runtime.dead_letters import DeadLetters
+from notaflow.consumers.runtime.fetch_wait import FetchPacer
 from notaflow.consumers.runtime.offsets import Offsets
 from notaflow.consumers.runtime.retries import RetryPolicy, RetrySchedule
 from notaflow.consumers.runtime.window import Start, Window
@@ -139,6 +141,11 @@ class Runner:
         await consumer.start()
         flusher = asyncio.create_task(self._schedule.flush_forever())
         window = self._window
+        # Short fetch waits while records flow, long ones once idle (`fetch_wait`).
+        pacer = FetchPacer(
+            self._settings.consumer_fetch_wait_ms, self._settings.consumer_fetch_wait_idle_ms
+        )
+        paced = True
         try:
             last_commit = time.monotonic()
             while not self._stopping.is_set():
@@ -148,6 +155,10 @@ class Runner:
                     log.warning("%s: fetch failed: %r", self.name, exc)
                     await asyncio.sleep(0.5)
                     continue
+                wait = pacer.fetched(bool(batches), time.monotonic())
+                if wait is not None and paced and not fetch_wait.apply(consumer, wait):
+                    paced = False
+                    log.warning("%s: this aiokafka cannot change its fetch wait", self.name)
                 # After the fetch, not before: getmany waits out a rebalance and returns only
                 # records of the assignment that follows it (taken before, a batch fetched
                 # under the new assignment looked stale and was dropped, with the fetch

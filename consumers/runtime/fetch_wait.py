@@ -1,0 +1,57 @@
+"""How long a consumer's fetch waits for records: short while records flow, long once idle.
+
+The short wait (`NOTAFLOW_CONSUMER_FETCH_WAIT_MS`, 25) is for the embedded broker, which holds
+a fetch for most of its wait even when records arrive meanwhile: it bounds command-to-call
+latency there. Kept while nothing comes, it made every idle consumer ask forty times a second:
+an idle `notaflow dev` (four consumers) burnt ~20 ms of CPU a second per consumer and ~106 ms
+in the broker answering them, a tenth of this 2-core machine doing nothing. After
+`idle_after` seconds without a record the wait becomes `NOTAFLOW_CONSUMER_FETCH_WAIT_IDLE_MS`
+(500, aiokafka's own default); the first record after that goes back to the short one. Kafka
+answers a fetch as soon as records arrive, so there the long wait costs no latency at all; on
+the embedded broker the first record after an idle spell waits up to ~100 ms more.
+
+aiokafka has no setter for it: its fetcher reads `_fetch_max_wait_ms` each time it builds a
+fetch request, so `apply` sets that (and says so when a new aiokafka no longer has it, which
+a test checks).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class FetchPacer:
+    """Pure: told after each fetch whether it brought records, it answers the wait to use
+    from now on when that changes (else None)."""
+
+    busy_ms: int
+    idle_ms: int
+    idle_after: float = 1.0
+    wait_ms: int = field(init=False)
+    _last_records: float | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        self.wait_ms = self.busy_ms
+
+    def fetched(self, records: bool, now: float) -> int | None:
+        if records or self._last_records is None:
+            self._last_records = now
+        want = self.busy_ms
+        if not records and now - self._last_records >= self.idle_after:
+            want = max(self.idle_ms, self.busy_ms)
+        if want == self.wait_ms:
+            return None
+        self.wait_ms = want
+        return want
+
+
+def apply(consumer: Any, wait_ms: int) -> bool:
+    """Set an AIOKafkaConsumer's fetch wait for its next fetch requests; False when this
+    aiokafka has no such attribute (the wait then stays as the consumer was built with)."""
+    fetcher = getattr(consumer, "_fetcher", None)
+    if fetcher is None or not hasattr(fetcher, "_fetch_max_wait_ms"):
+        return False
+    fetcher._fetch_max_wait_ms = wait_ms
+    return True
