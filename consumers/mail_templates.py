@@ -1,9 +1,20 @@
-"""The notification e-mails about an NFS-e, in Portuguese: pure functions, no I/O.
+"""The notification e-mails about an NFS-e or an NFC-e, in Portuguese: pure functions, no I/O.
 
 `render_nfse_email` builds a complete MIME message (text/plain with a text/html alternative,
 UTF-8) that tells the reader which note it is about (número, código de verificação, prestador,
-tomador, valor) and where to get it. Only Message-ID and Date depend on the clock, and tests
-can pass both.
+tomador, valor) and where to get it; `render_nfce_email` the same for an NFC-e, with its DANFE
+attached. Only Message-ID and Date depend on the clock, and tests can pass both.
+
+The messages are the standard library's compat32 classes (`email.mime`, `email.header`), not
+`EmailMessage`: the modern policy parses every header through the header registry, runs the
+bodies through the content manager and refolds every header again when the message is
+flattened, which cost 0.59 ms to render and 0.31 ms more for aiosmtplib to flatten (under
+`email.policy.SMTP`) per e-mail, a fifth of the notification consumer's CPU. Here the headers
+are stored as they are written, already encoded (RFC 2047 encoded-words for the Subject and
+display names), the bodies are quoted-printable, every boundary is chosen when the multipart is
+made, and aiosmtplib flattens a plain `Message` under compat32 (`flatten_message`): 0.20 ms to
+render, 0.41 ms with the flattening (CPU, one NFS-e e-mail; 0.90 ms before). The recipient gets
+the same message: the same headers and texts once decoded, 7-bit clean.
 """
 
 from __future__ import annotations
@@ -12,14 +23,17 @@ import html
 import re
 import secrets
 import sys
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from decimal import ROUND_HALF_UP, Decimal, InvalidOperation
-from email.headerregistry import BaseHeader, HeaderRegistry
-from email.message import EmailMessage
-from email.policy import default
-from email.utils import formatdate, make_msgid
+from email.charset import BASE64, QP, Charset
+from email.header import Header
+from email.message import Message
+from email.mime.application import MIMEApplication
+from email.mime.multipart import MIMEMultipart
+from email.mime.text import MIMEText
+from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from typing import Any, Literal
 
 from notaflow.brdocs import clean_document
@@ -35,28 +49,6 @@ __all__ = [
 ]
 
 NfseKind = Literal["autorizada", "cancelada", "copia"]
-
-
-class _CachedHeaderRegistry(HeaderRegistry):
-    """The standard library's header registry, but each header's class made once: the stock
-    one builds a new class (`type(...)`) for every header it parses, which was a third of the
-    CPU of rendering an e-mail (a notification consumer renders one per note). The classes,
-    and so the headers and the message bytes, are the same."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self._classes: dict[str, type[BaseHeader]] = {}
-
-    def __getitem__(self, name: str) -> type[BaseHeader]:
-        key = name.lower()
-        cls = self._classes.get(key)
-        if cls is None:
-            cls = self._classes[key] = super().__getitem__(name)
-        return cls
-
-
-# `email.policy.default` (what EmailMessage() takes) with the cached registry.
-POLICY = default.clone(header_factory=_CachedHeaderRegistry())
 
 
 @dataclass(frozen=True)
@@ -155,7 +147,7 @@ def render_nfse_email(
     *,
     now: datetime | None = None,
     message_id: str | None = None,
-) -> EmailMessage:
+) -> Message:
     """The e-mail about one note. `view` is the Focus GET view, `document` the stored request
     (prestador, tomador, servico); `sender` a ready `From` value ("Name <addr>")."""
     if kind not in _INTRO:
@@ -209,17 +201,12 @@ def render_nfse_email(
         text_lines += [f"{label}: {url}" for label, url in link_rows]
     text_lines += ["", footer, ""]
 
-    msg = EmailMessage(policy=POLICY)
-    msg["Subject"] = _subject(kind, numero, issuer)
-    msg["From"] = _one_line(sender)
-    msg["To"] = ", ".join(_one_line(r) for r in recipients)
+    body = _alternative(
+        "\n".join(text_lines), _html(_INTRO[kind], greeting, facts, link_rows, footer)
+    )
     when = now if now is not None else datetime.now(UTC)
-    msg["Date"] = formatdate(when.timestamp(), localtime=False, usegmt=True)
-    msg["Message-ID"] = message_id or make_msgid(domain=message_id_domain)
-    msg["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot
-    msg.set_content("\n".join(text_lines), charset="utf-8")
-    msg.add_alternative(_html(_INTRO[kind], greeting, facts, link_rows, footer), subtype="html")
-    return _with_boundaries(msg)
+    msgid = message_id or make_msgid(domain=message_id_domain)
+    return _addressed(body, _subject(kind, numero, issuer), sender, recipients, when, msgid)
 
 
 _NFCE_INTRO: dict[str, str] = {
@@ -240,7 +227,7 @@ def render_nfce_email(
     danfe: bytes | None = None,
     now: datetime | None = None,
     message_id: str | None = None,
-) -> EmailMessage:
+) -> Message:
     """The e-mail about one NFC-e, with its DANFE attached (a consumer has no portal to look
     the note up in: the PDF is the note they keep)."""
     if kind not in _NFCE_INTRO:
@@ -278,35 +265,117 @@ def render_nfce_email(
     if danfe:
         text += ["", "O DANFE (PDF) da nota segue em anexo."]
     text += ["", footer, ""]
-    msg = EmailMessage(policy=POLICY)
     verb = "autorizada" if kind == "autorizada" else "cancelada"
-    msg["Subject"] = f"NFC-e nº {numero} {verb} — {issuer}"
-    msg["From"] = _one_line(sender)
-    msg["To"] = ", ".join(_one_line(r) for r in recipients)
+    body = _alternative("\n".join(text), _html(_NFCE_INTRO[kind], greeting, facts, [], footer))
+    if danfe:  # the note itself, next to the texts: multipart/mixed around the alternative
+        body = _multipart("mixed", [body, _pdf(danfe, f"NFCe-{numero}.pdf")])
     when = now if now is not None else datetime.now(UTC)
-    msg["Date"] = formatdate(when.timestamp(), localtime=False, usegmt=True)
-    msg["Message-ID"] = message_id or make_msgid(domain=message_id_domain)
-    msg["Auto-Submitted"] = "auto-generated"
-    msg.set_content("\n".join(text), charset="utf-8")
-    msg.add_alternative(_html(_NFCE_INTRO[kind], greeting, facts, [], footer), subtype="html")
-    if danfe:
-        msg.add_attachment(
-            danfe, maintype="application", subtype="pdf", filename=f"NFCe-{numero}.pdf"
-        )
-    return _with_boundaries(msg)
+    msgid = message_id or make_msgid(domain=message_id_domain)
+    subject = f"NFC-e nº {numero} {verb} — {issuer}"
+    return _addressed(body, subject, sender, recipients, when, msgid)
 
 
-def _with_boundaries(msg: EmailMessage) -> EmailMessage:
-    """Give every multipart its boundary now, through this policy's cached header classes.
-    Left to the generator, the boundary is set while the message is flattened, under the
-    sender's policy (aiosmtplib's `email.policy.SMTP`), whose registry builds a new
-    Content-Type class per message: a class and its reference cycles per e-mail for the
-    collector. The generator's form: 19 random digits, which our texts do not hold."""
-    for part in msg.walk():
-        if part.is_multipart() and part.get_boundary() is None:
-            token = secrets.randbelow(sys.maxsize)
-            part.set_param("boundary", f"{'=' * 15}{token:019d}==", replace=True)
-    return msg
+# The bodies' charset: UTF-8 in quoted-printable, so the message is 7-bit (no server needs
+# 8BITMIME) and the Portuguese stays readable in the source. A quoted-printable body has no "="
+# of its own (it is written "=3D") and base64 no run of them, so no part can contain a
+# boundary: the boundaries need no check against the text.
+_BODY_CHARSET = Charset("utf-8")
+_BODY_CHARSET.body_encoding = QP
+# The headers' encoded-words are base64 ("B"): `email.header` cuts a header into words by
+# measuring the encoded text once per character, which in "Q" is a pass over the whole word
+# each time and in "B" arithmetic (6 % of the CPU of an e-mail, rendered and flattened).
+_HEADER_CHARSET = Charset("utf-8")
+_HEADER_CHARSET.header_encoding = BASE64
+# A folded line of encoded-words: a space and one word of at most 75 characters (RFC 2047);
+# email.header's default (78) makes words of 76.
+_WORDS_LINE = 76
+
+
+def _boundary() -> str:
+    """A MIME boundary in the generator's own form (`email.generator._make_boundary`): 15 "=",
+    19 random digits, "==". Chosen here, so flattening has none to make nor to check."""
+    return f"{'=' * 15}{secrets.randbelow(sys.maxsize):019d}=="
+
+
+def _multipart(subtype: str, parts: Sequence[Message]) -> MIMEMultipart:
+    for part in parts:
+        # email.mime puts MIME-Version on every part; it belongs on the message (RFC 2045).
+        del part["MIME-Version"]
+    return MIMEMultipart(subtype, boundary=_boundary(), _subparts=parts)
+
+
+def _alternative(text: str, html_text: str) -> MIMEMultipart:
+    """text/plain with its text/html alternative, both UTF-8 quoted-printable."""
+    return _multipart("alternative", [_text_part(text, "plain"), _text_part(html_text, "html")])
+
+
+def _text_part(text: str, subtype: str) -> MIMEText:
+    # typeshed says str, but MIMEText hands the charset to set_payload, which takes a Charset
+    # (documented), and a Charset is how the body gets quoted-printable instead of base64.
+    return MIMEText(text, subtype, _BODY_CHARSET)  # type: ignore[arg-type]
+
+
+def _pdf(content: bytes, filename: str) -> MIMEApplication:
+    """A PDF attachment, base64. A non-ASCII name would go as an RFC 2231 parameter."""
+    part = MIMEApplication(content, "pdf")
+    name: str | tuple[str, str, str] = filename if filename.isascii() else ("utf-8", "", filename)
+    part.add_header("Content-Disposition", "attachment", filename=name)
+    return part
+
+
+def _utf8_raw(text: str) -> str:
+    """`text`'s UTF-8 bytes as compat32 carries raw bytes in a str (surrogate-escaped): the
+    generator writes them as they are (RFC 6532) when sending 8-bit, which an address that is
+    not ASCII needs anyway (the server must offer SMTPUTF8 for the envelope)."""
+    return text.encode("utf-8").decode("ascii", "surrogateescape")
+
+
+def _phrase(name: str) -> str:
+    """A display name as a header writes it: quoted when it has specials; when not ASCII, in
+    encoded-words of at most 75 characters (RFC 2047; `formataddr` would make one of any
+    length), which the generator can fold between."""
+    if name.isascii():
+        return formataddr((name, "")).removesuffix(" <>")
+    # Lines joined by a space: the first word has no space before it to count.
+    return Header(name, _HEADER_CHARSET).encode(linesep="", maxlinelen=_WORDS_LINE - 1)
+
+
+def _mailbox(name: str, address: str) -> str:
+    """One `Name <address>` of a From or To."""
+    text = f"{_phrase(name)} <{address}>" if name else address
+    return text if address.isascii() else _utf8_raw(text)
+
+
+def _address_list(values: Iterable[str]) -> str:
+    """A From or To value for addresses given as text ("Name <addr>", "addr", lists)."""
+    mailboxes: list[str] = []
+    for value in values:
+        line = _one_line(value)
+        pairs = [(name, addr) for name, addr in getaddresses([line]) if addr]
+        # Text that holds no address is shown as given (the mailer refuses it, as invalid).
+        mailboxes += [_mailbox(name, addr) for name, addr in pairs] or [_mailbox("", line)]
+    return ", ".join(mailboxes)
+
+
+def _addressed(
+    body: MIMEMultipart,
+    subject: str,
+    sender: str,
+    recipients: Sequence[str],
+    when: datetime,
+    message_id: str,
+) -> MIMEMultipart:
+    """`body` as the message: its headers, each stored as it is written (compat32 parses none).
+    Every value is on one line (`_one_line`), so none can start a header of its own."""
+    # Encoded (and folded) now, like the others: every header is a str, as compat32 keeps them.
+    subject_words = Header(_one_line(subject), _HEADER_CHARSET, header_name="Subject")
+    body["Subject"] = subject_words.encode(maxlinelen=_WORDS_LINE)
+    body["From"] = _address_list([sender])
+    body["To"] = _address_list(recipients)
+    body["Date"] = formatdate(when.timestamp(), localtime=False, usegmt=True)
+    body["Message-ID"] = _one_line(message_id)
+    body["Auto-Submitted"] = "auto-generated"  # RFC 3834: no vacation replies to a robot
+    return body
 
 
 def _link(label: str, url: str) -> str:

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from email.message import EmailMessage
+from email.message import Message
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -364,7 +364,7 @@ class NotificationConsumer:
         return await self._deliver_mail(mailer, message, delivery, host, now)
 
     async def _deliver_mail(
-        self, mailer: Mailer, message: EmailMessage, delivery: Delivery, host: str, now: datetime
+        self, mailer: Mailer, message: Message, delivery: Delivery, host: str, now: datetime
     ) -> tuple[Outcome, bool]:
         try:
             smtp: dict[str, Any] = {"server.address": host, "peer.service": "smtp"}

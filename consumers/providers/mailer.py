@@ -28,7 +28,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.headerregistry import Address
-from email.message import EmailMessage
+from email.message import Message
 from email.utils import getaddresses
 from typing import Literal
 
@@ -111,10 +111,25 @@ def _gate(host: str, port: int) -> _ServerGate:
     return per_loop.setdefault((host.lower(), port), _ServerGate())
 
 
-def _envelope_recipients(message: EmailMessage) -> list[str]:
-    fields: list[str] = []
-    for header in ("To", "Cc", "Bcc"):
-        fields.extend(str(value) for value in message.get_all(header, []))
+def _header_text(value: object) -> str:
+    """A stored header value as text: an `EmailMessage` header is a str, a compat32 `Header`
+    decodes itself, and a compat32 str holding raw UTF-8 (an address that is not ASCII, RFC
+    6532) carries its bytes surrogate-escaped."""
+    return str(value).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
+def _envelope_recipients(message: Message) -> list[str]:
+    """The To, Cc and Bcc addresses, of an `EmailMessage` or a compat32 `Message`. The values
+    are read as stored (`raw_items`): compat32's `get_all` turns a str with raw UTF-8 into a
+    `Header` of unknown bytes. Encoded-word display names need no decoding: only the
+    addresses are kept."""
+    stored = list(message.raw_items())
+    fields = [
+        _header_text(value)
+        for header in ("to", "cc", "bcc")
+        for name, value in stored
+        if name.lower() == header
+    ]
     seen: dict[str, None] = {}
     for _name, address in getaddresses(fields):
         if address:
@@ -142,10 +157,12 @@ class Mailer:
                 client.close()
 
     async def send(
-        self, message: EmailMessage, recipients: Sequence[str] | None = None
+        self, message: Message, recipients: Sequence[str] | None = None
     ) -> list[RecipientResult]:
         """Send `message` to `recipients` (default: its To, Cc and Bcc addresses), one result
-        per recipient in order. Raises Transient or Permanent (module docstring)."""
+        per recipient in order. Raises Transient or Permanent (module docstring). `message` is
+        an `EmailMessage` (flattened under `email.policy.SMTP`) or a compat32 `Message`, as the
+        notification e-mails are (flattened under compat32, the cheaper)."""
         addresses = list(dict.fromkeys(recipients)) if recipients is not None else None
         if addresses is None:
             addresses = _envelope_recipients(message)
@@ -197,9 +214,7 @@ class Mailer:
             validate_certs=cfg.validate_certs,
         )
 
-    async def _send(
-        self, message: EmailMessage, recipients: list[str]
-    ) -> dict[str, RecipientResult]:
+    async def _send(self, message: Message, recipients: list[str]) -> dict[str, RecipientResult]:
         cfg = self.config
         try:
             client, keep = await self._connection()

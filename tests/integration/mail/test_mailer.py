@@ -9,7 +9,8 @@ import ssl
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
-from email.message import EmailMessage
+from email.header import Header
+from email.message import EmailMessage, Message
 from pathlib import Path
 
 import aiosmtplib
@@ -19,11 +20,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from notaflow.consumers.mail_templates import NfseLinks, render_nfse_email
+from notaflow.consumers.mail_templates import NfseLinks, render_nfce_email, render_nfse_email
 from notaflow.consumers.providers.mailer import (
     Mailer,
     RecipientResult,
     SmtpConfig,
+    _envelope_recipients,
     map_smtp_error,
     valid_email,
 )
@@ -278,9 +280,8 @@ async def test_the_pause_applies_per_server(sink: SmtpSink, tmp_path: Path) -> N
         assert pause * 0.8 <= elapsed < 2 * pause  # both waited once, concurrently
 
 
-async def test_rendered_nfse_email_arrives_as_proper_mime(sink: SmtpSink) -> None:
-    config = _config(sink)
-    msg = render_nfse_email(
+def _rendered(config: SmtpConfig, recipients: list[str]) -> Message:
+    return render_nfse_email(
         "autorizada",
         {"numero": "233", "codigo_verificacao": "DU1M-M2Y", "cnpj_prestador": "51916585000125"},
         {
@@ -291,9 +292,14 @@ async def test_rendered_nfse_email_arrives_as_proper_mime(sink: SmtpSink) -> Non
         NfseLinks("https://prefeitura.example/nota?n=233", "https://api.example/x.xml"),
         issuer_name="ACME LTDA",
         sender=config.from_header,
-        recipients=["tomador@example.com"],
+        recipients=recipients,
         message_id_domain="acme.com.br",
     )
+
+
+async def test_rendered_nfse_email_arrives_as_proper_mime(sink: SmtpSink) -> None:
+    config = _config(sink)
+    msg = _rendered(config, ["tomador@example.com"])
     [result] = await Mailer(config).send(msg)
     assert result.accepted
     got = sink.received[0].message
@@ -304,7 +310,78 @@ async def test_rendered_nfse_email_arrives_as_proper_mime(sink: SmtpSink) -> Non
     assert got.get_content_type() == "multipart/alternative"
     plain = got.get_body(("plain",))
     assert plain is not None and "R$ 1.234,56" in plain.get_content()
+    assert "Olá, José & Filhos," in plain.get_content()
     assert sink.received[0].raw.isascii()  # 7-bit safe on the wire
+
+
+async def test_rendered_email_with_encoded_names_goes_to_its_to_addresses(sink: SmtpSink) -> None:
+    """No recipients given: the envelope comes from the compat32 To, whose display names are
+    encoded-words; the non-ASCII sender name reaches the recipient as it was."""
+    config = _config(sink, sender_name="Notas Fiscais — Ação")
+    to = ["Fulâno de Tál <ana@example.com>", '"Silva, João" <bia@example.com>']
+    results = await Mailer(config).send(_rendered(config, to))
+    assert [(r.address, r.accepted) for r in results] == [
+        ("ana@example.com", True),
+        ("bia@example.com", True),
+    ]
+    received = sink.received[0]
+    assert received.rcpt_tos == ["ana@example.com", "bia@example.com"]
+    assert received.raw.isascii()
+    got = received.message
+    assert [(a.display_name, a.addr_spec) for a in got["To"].addresses] == [
+        ("Fulâno de Tál", "ana@example.com"),
+        ("Silva, João", "bia@example.com"),
+    ]
+    assert got["From"].addresses[0].display_name == "Notas Fiscais — Ação"
+
+
+async def test_rendered_nfce_email_arrives_with_its_danfe(sink: SmtpSink) -> None:
+    config = _config(sink)
+    pdf = b"%PDF-1.4\n" + bytes(range(256)) * 8
+    msg = render_nfce_email(
+        "autorizada",
+        {"numero": "77", "serie": "1", "cnpj_emitente": "11222333000181"},
+        {"cliente": {"nome": "Zé"}, "produtos": [{"valor_total_produto": "9.90"}]},
+        issuer_name="Padaria Pão Quente",
+        sender=config.from_header,
+        recipients=["ze@example.com"],
+        message_id_domain="acme.com.br",
+        danfe=pdf,
+    )
+    [result] = await Mailer(config).send(msg, ["ze@example.com"])
+    assert result.accepted
+    got = sink.received[0].message
+    assert got["Subject"] == "NFC-e nº 77 autorizada — Padaria Pão Quente"
+    assert got.get_content_type() == "multipart/mixed"
+    [attachment] = got.iter_attachments()
+    assert attachment.get_filename() == "NFCe-77.pdf"
+    assert attachment.get_content_type() == "application/pdf"
+    assert attachment.get_content() == pdf
+    assert sink.received[0].raw.isascii()
+
+
+async def test_an_international_address_is_sent_over_smtputf8(sink: SmtpSink) -> None:
+    config = _config(sink)
+    [result] = await Mailer(config).send(_rendered(config, ["josé@exemplo.com.br"]))
+    assert result.accepted and result.address == "josé@exemplo.com.br"
+    assert sink.received[0].rcpt_tos == ["josé@exemplo.com.br"]
+    assert "josé@exemplo.com.br".encode() in sink.received[0].raw  # RFC 6532, as before
+
+
+def test_envelope_recipients_from_a_compat32_to() -> None:
+    config = SmtpConfig(host="h", sender_address="n@acme.com.br")
+    msg = _rendered(config, ["Fulâno <ana@example.com>", "bia@example.com", "josé@exemplo.com.br"])
+    msg["Cc"] = Header("Cecília <cec@example.com>", "utf-8")  # compat32's other header type
+    assert _envelope_recipients(msg) == [
+        "ana@example.com",
+        "bia@example.com",
+        "josé@exemplo.com.br",
+        "cec@example.com",
+    ]
+    assert _envelope_recipients(_message("ana@example.com", "Zé <ze@example.com>")) == [
+        "ana@example.com",
+        "ze@example.com",
+    ]  # an EmailMessage still (the billing e-mails)
 
 
 def test_valid_email() -> None:

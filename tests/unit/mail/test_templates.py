@@ -1,11 +1,12 @@
-"""Rendering of the NFS-e notification e-mails: pure, parsed back with the email package."""
+"""Rendering of the NFS-e notification e-mails: pure; what the recipient gets (the bytes parsed
+back with the email package's modern parser) is checked, not the message object."""
 
 from __future__ import annotations
 
 import email
 from datetime import UTC, datetime
 from decimal import Decimal
-from email.message import EmailMessage
+from email.message import EmailMessage, Message
 from email.policy import default as default_policy
 from typing import Any, cast
 
@@ -55,7 +56,7 @@ def render(
     document: dict[str, Any] | None = None,
     links: NfseLinks = LINKS,
     issuer: str = "ACME LTDA",
-) -> EmailMessage:
+) -> Message:
     return render_nfse_email(
         kind,
         view if view is not None else VIEW,
@@ -70,7 +71,8 @@ def render(
     )
 
 
-def reparse(msg: EmailMessage) -> EmailMessage:
+def reparse(msg: Message) -> EmailMessage:
+    """What the recipient reads: the message's bytes, parsed back."""
     return cast(EmailMessage, email.message_from_bytes(msg.as_bytes(), policy=default_policy))
 
 
@@ -148,8 +150,17 @@ def test_headers() -> None:
 
 
 def test_message_id_and_date_are_generated_when_not_given() -> None:
-    msg = render_nfse_email(
-        "copia", VIEW, DOCUMENT, LINKS, "ACME LTDA", "n@acme.com.br", ["a@b.example"], "acme.com.br"
+    msg = reparse(
+        render_nfse_email(
+            "copia",
+            VIEW,
+            DOCUMENT,
+            LINKS,
+            "ACME LTDA",
+            "n@acme.com.br",
+            ["a@b.example"],
+            "acme.com.br",
+        )
     )
     assert msg["Message-ID"].startswith("<") and msg["Message-ID"].endswith("@acme.com.br>")
     assert msg["Date"].datetime.tzinfo is not None
@@ -215,6 +226,31 @@ def test_header_injection_is_neutralised() -> None:
     assert msg["Subject"] == "NFS-e nº 233 autorizada — ACME Bcc: victim@example.com"
 
 
+@pytest.mark.parametrize("where", ["tomador", "recipient", "sender"])
+def test_header_injection_through_names_and_addresses_is_neutralised(where: str) -> None:
+    evil = "\r\nBcc: victim@example.com\nX-Evil: 1"
+    doc = {**DOCUMENT, "tomador": {**DOCUMENT["tomador"], "razao_social": "Acras" + evil}}
+    raw = render_nfse_email(
+        "autorizada",
+        VIEW,
+        doc if where == "tomador" else DOCUMENT,
+        LINKS,
+        "ACME LTDA",
+        "ACME" + evil + " <nfse@acme.com.br>" if where == "sender" else "nfse@acme.com.br",
+        ["contato@acras.example" + evil if where == "recipient" else "contato@acras.example"],
+        "acme.com.br",
+    ).as_bytes()
+    msg = reparse_bytes(raw)
+    assert msg["Bcc"] is None and msg["X-Evil"] is None
+    assert not any(line.startswith((b"Bcc", b"X-Evil")) for line in raw.split(b"\n"))
+    if where == "tomador":
+        assert "Olá, Acras Bcc: victim@example.com X-Evil: 1," in bodies(msg)[0]
+
+
+def reparse_bytes(raw: bytes) -> EmailMessage:
+    return cast(EmailMessage, email.message_from_bytes(raw, policy=default_policy))
+
+
 def test_cpf_tomador_and_missing_fields() -> None:
     doc = {
         "prestador": {"cnpj": "51916585000125"},
@@ -250,13 +286,13 @@ def test_empty_links_are_left_out() -> None:
 
 
 def test_flattening_for_smtp_builds_no_header_classes() -> None:
-    """aiosmtplib flattens under `email.policy.SMTP`; a boundary left for the generator to set
-    made that policy's registry build a new Content-Type class (and its cycles) per e-mail."""
+    """aiosmtplib flattened an `EmailMessage` under `email.policy.SMTP`, whose registry built
+    header classes (and their cycles) per e-mail; a compat32 message builds none."""
     import gc
 
     from aiosmtplib.email import flatten_message
 
-    flatten_message(render())  # warm: the cached registry's classes exist once
+    flatten_message(render())  # warm: whatever the first call imports or caches
     gc.collect()
     before = sum(1 for o in gc.get_objects() if isinstance(o, type))
     for _ in range(20):
