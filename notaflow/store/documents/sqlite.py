@@ -178,6 +178,7 @@ class BatchConnection:
         self._path = path
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="sqlite-batch")
         self._conn: sqlite3.Connection | None = None
+        self._busy_ms: int | None = None  # the connection's busy_timeout, as last set
 
     async def run(self, work: Callable[..., _R], *args: Any, transaction: bool = True) -> _R:
         try:
@@ -207,14 +208,16 @@ class BatchConnection:
             )
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
-            self._conn = conn
+            self._conn, self._busy_ms = conn, None
         return self._conn
 
     def _transaction(
         self, work: Callable[..., _R], args: tuple[Any, ...], transaction: bool, busy_ms: int
     ) -> _R:
         conn = self._connection()
-        conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+        if busy_ms != self._busy_ms:  # a statement per transaction otherwise: 2.5 % of a consumer
+            conn.execute(f"PRAGMA busy_timeout={int(busy_ms)}")
+            self._busy_ms = busy_ms
         if not transaction:  # reads: each statement sees the latest commit
             return work(conn, *args)
         conn.execute("BEGIN IMMEDIATE")

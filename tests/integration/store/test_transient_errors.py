@@ -105,3 +105,32 @@ def test_postgresql_sqlstates(error: BaseException, expected: bool) -> None:
             raise sa.exc.DBAPIError("SELECT 1", None, inner) from inner  # type: ignore[arg-type]
     except sa.exc.DBAPIError as outer:
         assert transient_error(outer) is expected
+
+
+async def test_a_batch_connection_waits_for_the_lock_only_in_its_thread(tmp_path: Path) -> None:
+    """Inline batches never wait on a lock (busy_timeout 0, set once, not per transaction);
+    the one that finds the file locked waits in the thread (30 s), and the next inline batch
+    is back to not waiting."""
+    from notaflow.store.documents.sqlite import BatchConnection
+
+    path = str(tmp_path / "lock.db")
+    sqlite3.connect(path).execute("PRAGMA journal_mode=WAL").close()
+    batch = BatchConnection(path)
+
+    def busy(conn: sqlite3.Connection) -> int:
+        return int(conn.execute("PRAGMA busy_timeout").fetchone()[0])
+
+    holder = sqlite3.connect(path, isolation_level=None)
+    try:
+        assert await batch.run(busy) == 0
+        assert await batch.run(busy) == 0
+        holder.execute("BEGIN IMMEDIATE")
+        waiting = asyncio.ensure_future(batch.run(busy))
+        await asyncio.sleep(0.2)
+        assert not waiting.done()  # waiting in the thread, not failing, not blocking the loop
+        holder.execute("COMMIT")
+        assert await waiting == 30_000
+        assert await batch.run(busy) == 0
+    finally:
+        holder.close()
+        batch.close()
