@@ -121,6 +121,8 @@ class NotificationConsumer:
         self._bus = bus
         self._topics = topics
         self._settings = settings
+        # The domain of our Message-IDs (parsed once, not twice per e-mail).
+        self._mail_domain = urlsplit(settings.public_url).hostname or "notaflow"
 
     def routes(self) -> Routes:
         """Every status on the lifecycle topic; e-mail and hook re-fire commands (both NFS-e
@@ -344,9 +346,9 @@ class NotificationConsumer:
                 issuer_name=await self._issuer(doc),
                 sender=mailer.config.from_header,
                 recipients=[delivery.target],
-                message_id_domain=urlsplit(self._settings.public_url).hostname or "notaflow",
+                message_id_domain=self._mail_domain,
                 danfe=blob[1] if blob else None,
-                message_id=f"<nf{delivery.id}@{urlsplit(self._settings.public_url).hostname}>",
+                message_id=f"<nf{delivery.id}@{self._mail_domain}>",
             )
             return await self._deliver_mail(mailer, message, delivery, host, now)
         message = render_nfse_email(
@@ -357,9 +359,9 @@ class NotificationConsumer:
             issuer_name=await self._issuer(doc),
             sender=mailer.config.from_header,
             recipients=[delivery.target],
-            message_id_domain=urlsplit(self._settings.public_url).hostname or "notaflow",
+            message_id_domain=self._mail_domain,
             # Stable across retries, so a receiver can tell a resend from a new message.
-            message_id=f"<nf{delivery.id}@{urlsplit(self._settings.public_url).hostname}>",
+            message_id=f"<nf{delivery.id}@{self._mail_domain}>",
         )
         return await self._deliver_mail(mailer, message, delivery, host, now)
 
