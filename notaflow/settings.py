@@ -159,9 +159,9 @@ class Settings:
     # end of the wait, so it bounds command-to-call latency there; on Kafka (which answers as
     # records arrive) it only sets how often an idle consumer asks.
     consumer_fetch_wait_ms: int = bounded(25, 1)
-    # The wait once a consumer has had no record for a second (consumers.runtime.fetch_wait):
-    # how often an idle consumer asks. Kafka answers as records arrive whatever the wait.
-    consumer_fetch_wait_idle_ms: int = bounded(500, 1)
+    # The wait once a consumer has had no record for 10 s (consumers.runtime.fetch_wait): how
+    # often an idle consumer asks. Kafka answers as records arrive whatever the wait.
+    consumer_fetch_wait_idle_ms: int = bounded(250, 1)
     log_level: str = choice("INFO", "DEBUG", "WARNING", "ERROR", "CRITICAL")
     # Observability
     log_format: str = choice("text", "json")  # json in production (one object per line)

@@ -1,14 +1,17 @@
-"""How long a consumer's fetch waits for records: short while records flow, long once idle.
+"""How long a consumer's fetch waits for records: short while records flow, longer once idle.
 
 The short wait (`NOTAFLOW_CONSUMER_FETCH_WAIT_MS`, 25) is for the embedded broker, which holds
 a fetch for most of its wait even when records arrive meanwhile: it bounds command-to-call
 latency there. Kept while nothing comes, it made every idle consumer ask forty times a second:
 an idle `notaflow dev` (four consumers) burnt ~20 ms of CPU a second per consumer and ~106 ms
 in the broker answering them, a tenth of this 2-core machine doing nothing. After
-`idle_after` seconds without a record the wait becomes `NOTAFLOW_CONSUMER_FETCH_WAIT_IDLE_MS`
-(500, aiokafka's own default); the first record after that goes back to the short one. Kafka
-answers a fetch as soon as records arrive, so there the long wait costs no latency at all; on
-the embedded broker the first record after an idle spell waits up to ~100 ms more.
+`IDLE_AFTER` (10 s) without a record the wait becomes `NOTAFLOW_CONSUMER_FETCH_WAIT_IDLE_MS`
+(250); the first record after that goes back to the short one. Kafka answers a fetch as soon
+as records arrive, so there the longer wait costs no latency; on the embedded broker the first
+records after ten quiet seconds wait up to ~200 ms more (measured: 80 ms at a 100 ms wait, 200
+at 200-300, 300 at 500; idle CPU 8.8, 4.9 and 3.9 ms a second against 30 at 25). Ten seconds,
+not one: records that come in bursts a few seconds apart (a paced load, a benchmark's phases)
+keep the short wait, and an idle spell that long is where the saving is.
 
 aiokafka has no setter for it: its fetcher reads `_fetch_max_wait_ms` each time it builds a
 fetch request, so `apply` sets that (and says so when a new aiokafka no longer has it, which
@@ -20,6 +23,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+IDLE_AFTER = 10.0  # seconds without a record before the longer wait
+
 
 @dataclass
 class FetchPacer:
@@ -28,7 +33,7 @@ class FetchPacer:
 
     busy_ms: int
     idle_ms: int
-    idle_after: float = 1.0
+    idle_after: float = IDLE_AFTER
     wait_ms: int = field(init=False)
     _last_records: float | None = field(default=None, init=False)
 
