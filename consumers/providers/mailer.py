@@ -27,10 +27,10 @@ import time
 import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from functools import cached_property
 from email.headerregistry import Address
 from email.message import Message
 from email.utils import getaddresses
+from functools import cached_property
 from typing import Literal
 
 import aiosmtplib
