@@ -19,6 +19,10 @@ R = TypeVar("R")
 Pending = list[tuple[T, "asyncio.Future[R]"]]
 
 
+# A batcher whose last batch ended less than this many seconds ago is busy (see `linger`).
+BUSY = 0.05
+
+
 def _answer_each(batch: Pending[T, R], results: Sequence[R]) -> None:
     for (_, future), result in zip(batch, results, strict=True):
         if not future.done():
@@ -43,7 +47,12 @@ class GroupBatcher(Generic[T, R]):
     `now`, when given, does a batch synchronously or returns None when it cannot without
     waiting (SQLite: the write lock is taken). A caller that finds no batch running or waiting
     tries it first: its answer then comes with no turn of the event loop, where the batch's task
-    and the caller's wake-up cost two (on a busy loop, most of a read's latency)."""
+    and the caller's wake-up cost two (on a busy loop, most of a read's latency).
+
+    `linger`, when given, is how long a batch waits for company when the previous one ended
+    less than `BUSY` seconds ago: for writes that come one at a time from handlers spread over
+    time (the notification consumer's deliveries, paced by its SMTP server), where a batch of
+    one is a transaction (a commit, its WAL pages) per item. An idle batcher does not wait."""
 
     def __init__(
         self,
@@ -53,8 +62,11 @@ class GroupBatcher(Generic[T, R]):
         *,
         settle: Callable[[Pending[T, R], Sequence[R]], None] = _answer_each,
         failed: Callable[[Exception], BaseException] = _as_raised,
+        linger: float = 0.0,
     ) -> None:
         self._run = run
+        self._linger = linger
+        self._last_end = float("-inf")
         self._now = now
         self._max = max_batch
         self._settle = settle
@@ -78,6 +90,15 @@ class GroupBatcher(Generic[T, R]):
         return await future
 
     async def _drain(self) -> None:
+        loop = asyncio.get_running_loop()
+        if self._linger and loop.time() - self._last_end < BUSY:
+            await asyncio.sleep(self._linger)
+        try:
+            await self._drain_waiting()
+        finally:
+            self._last_end = loop.time()
+
+    async def _drain_waiting(self) -> None:
         while self._waiting:
             batch, self._waiting = self._waiting[: self._max], self._waiting[self._max :]
             try:

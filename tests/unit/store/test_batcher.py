@@ -156,3 +156,30 @@ async def test_settle_hands_out_the_answers_itself() -> None:
     outcomes = await asyncio.gather(*tasks, return_exceptions=True)
     assert outcomes[0] == 100 and outcomes[2] == 102
     assert isinstance(outcomes[1], LookupError) and isinstance(outcomes[3], LookupError)
+
+
+async def test_a_busy_batcher_lingers_for_company_an_idle_one_does_not() -> None:
+    batches: list[list[int]] = []
+
+    async def run(items: list[int]) -> list[int]:
+        batches.append(items)
+        return items
+
+    batcher: GroupBatcher[int, int] = GroupBatcher(run, linger=0.05)
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    assert await batcher.submit(1) == 1  # idle: at once
+    assert loop.time() - started < 0.04
+
+    async def later(item: int, delay: float) -> int:
+        await asyncio.sleep(delay)
+        return await batcher.submit(item)
+
+    # Busy now (a batch just ended): items a few milliseconds apart share one batch.
+    assert await asyncio.gather(later(2, 0), later(3, 0.01), later(4, 0.02)) == [2, 3, 4]
+    assert batches == [[1], [2, 3, 4]]
+    await asyncio.sleep(0.1)  # idle again
+    started = loop.time()
+    assert await batcher.submit(5) == 5
+    assert loop.time() - started < 0.04
+    assert batches[-1] == [5]
