@@ -1,5 +1,6 @@
-"""A lean httpx transport for a provider we call at high concurrency: HTTP/1.1 keep-alive
-connections on asyncio streams, handed out from a free list in O(1).
+"""A lean httpx transport for the servers the consumers call at high concurrency (Focus, the
+clients' webhook receivers, and the sandbox's callbacks): HTTP/1.1 keep-alive connections on
+asyncio streams, handed out from a free list in O(1).
 
 Why not httpx's default transport: httpcore's pool walks every connection it holds (with a
 socket check on each idle one) each time a request starts or ends, so at 200 calls in flight
@@ -72,11 +73,13 @@ Opener = Callable[..., Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWrite
 
 
 class _NoAnswer(Exception):
-    """A call failed before any byte of an answer came back; `error` is what it raises."""
+    """A call failed before any byte of an answer came back; `error` is what it raises,
+    `reused` whether its connection was a kept one."""
 
     def __init__(self, error: httpx.TransportError) -> None:
         super().__init__(str(error))
         self.error = error
+        self.reused = False
 
 
 class KeepAliveTransport(httpx.AsyncBaseTransport):
@@ -153,34 +156,61 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         address the caller pinned. `max_body`: read no more of the answer than that (its
         connection is then not reused). `retry_stale`: a kept connection that fails before
         any byte of the answer (the server closed it while idle, racing our request) is
-        retried once on a new one; only for callers whose receivers deduplicate, since the
-        server may in rare cases have taken the request before it closed."""
+        retried once on a new one (the origin's other kept connections are dropped); only for
+        callers whose receivers deduplicate, since the server may in rare cases have taken the
+        request before it closed."""
         origin: _Origin = (scheme, host, port, server_hostname)
+        call = (origin, method, target, headers, body, timeouts, max_body)
         try:
             async with asyncio.timeout(timeouts.get("pool")):
                 await self._slots.acquire()
         except TimeoutError as exc:
             raise httpx.PoolTimeout("no free connection") from exc
         try:
-            for last in (not retry_stale, True):
-                conn: _Connection | None = None
-                try:
-                    conn, reused = await self._checkout(origin, timeouts.get("connect"))
-                    return await self._exchange(
-                        conn, origin, method, target, headers, body, timeouts, max_body
-                    )
-                except _NoAnswer as exc:
-                    if conn is not None:
-                        conn.close()
-                    if last or not reused:
-                        raise exc.error from exc.__cause__
-                except BaseException:
-                    if conn is not None:
-                        conn.close()
-                    raise
-            raise AssertionError("unreachable: the last attempt returns or raises")
+            try:
+                return await self._attempt(*call)
+            except _NoAnswer as exc:
+                if not (retry_stale and exc.reused):
+                    raise exc.error from exc.__cause__
+                # The origin's other kept connections are as likely to be dead (the server
+                # restarted, or closes idle ones after the same while): the retry opens one.
+                self._drop_idle(origin)
+            try:
+                return await self._attempt(*call)
+            except _NoAnswer as exc:
+                raise exc.error from exc.__cause__
         finally:
             self._slots.release()
+
+    async def _attempt(
+        self,
+        origin: _Origin,
+        method: bytes,
+        target: bytes,
+        headers: list[tuple[bytes, bytes]],
+        body: bytes,
+        timeouts: dict[str, float | None],
+        max_body: int | None,
+    ) -> Reply:
+        """One call on one connection, closed on any failure; a `_NoAnswer` says whether the
+        connection was a kept one."""
+        conn: _Connection | None = None
+        reused = False
+        try:
+            conn, reused = await self._checkout(origin, timeouts.get("connect"))
+            return await self._exchange(
+                conn, origin, method, target, headers, body, timeouts, max_body
+            )
+        except BaseException as exc:
+            if conn is not None:
+                conn.close()
+            if isinstance(exc, _NoAnswer):
+                exc.reused = reused
+            raise
+
+    def _drop_idle(self, origin: _Origin) -> None:
+        for conn in self._idle.pop(origin, []):
+            conn.close()
 
     async def _checkout(self, origin: _Origin, timeout: float | None) -> tuple[_Connection, bool]:
         """A connection to `origin`, and whether it is a kept one."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 from collections.abc import AsyncIterator
+from typing import Any
 
 import httpx
 import pytest
@@ -20,12 +21,20 @@ class Server:
         self.answer = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
         self.stall = False
         self.close_after = False
+        # Each connection's first request answered, a later one read and the connection closed
+        # unanswered: kept connections the server dropped while a request was on its way.
+        self.forget_after_first = False
         self.heads: list[bytes] = []
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        answered = False
         while True:
-            head = await reader.readuntil(b"\r\n\r\n")
+            try:
+                head = await reader.readuntil(b"\r\n\r\n")
+            except asyncio.IncompleteReadError:  # the client closed it
+                writer.close()
+                return
             self.heads.append(head)
             length = next(
                 (
@@ -36,6 +45,10 @@ class Server:
                 0,
             )
             await reader.readexactly(length)
+            if self.forget_after_first and answered:
+                writer.close()
+                return
+            answered = True
             if self.stall:
                 await asyncio.sleep(5)
             writer.write(self.answer)
@@ -202,64 +215,46 @@ async def test_a_response_leaves_nothing_for_the_cyclic_collector(
     assert left == []
 
 
-class Forgetful:
-    """Answers the first request of each connection; a later one is read and the connection
-    closed unanswered: a kept connection the server dropped while the request was on its way."""
-
-    def __init__(self) -> None:
-        self.connections = 0
-        self.requests = 0
-
-    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        self.connections += 1
-        first = True
-        try:
-            while True:
-                head = await reader.readuntil(b"\r\n\r\n")
-                length = int(head.lower().split(b"content-length: ")[1].split(b"\r\n")[0])
-                await reader.readexactly(length)
-                self.requests += 1
-                if not first:
-                    return
-                first = False
-                writer.write(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                await writer.drain()
-        except asyncio.IncompleteReadError:
-            return
-        finally:
-            writer.close()
-
-
-async def _call(transport: KeepAliveTransport, port: int, **kw: object) -> bytes:
+async def _call(transport: KeepAliveTransport, port: int, **kw: Any) -> bytes:
     reply = await transport.exchange(
-        b"http",
-        "127.0.0.1",
-        port,
-        b"POST",
-        b"/h",
-        [(b"Host", b"h")],
-        b"{}",
-        {},
-        **kw,  # type: ignore[arg-type]
+        b"http", "127.0.0.1", port, b"POST", b"/h", [(b"Host", b"h")], b"{}", {}, **kw
     )
     return reply.content
 
 
-async def test_a_kept_connection_dropped_by_the_server_is_retried_once_when_asked() -> None:
-    f = Forgetful()
-    srv = await asyncio.start_server(f.handle, "127.0.0.1", 0)
-    port = srv.sockets[0].getsockname()[1]
+async def test_a_kept_connection_dropped_by_the_server_is_retried_once_when_asked(
+    server: tuple[Server, str],
+) -> None:
+    s, base = server
+    s.forget_after_first = True
+    port = int(base.rsplit(":", 1)[1])
     transport = KeepAliveTransport()
     try:
         assert await _call(transport, port, retry_stale=True) == b"ok"
         assert await _call(transport, port, retry_stale=True) == b"ok"  # dropped, then retried
-        assert (f.connections, f.requests) == (2, 3)
+        assert (s.connections, len(s.heads)) == (2, 3)
         # Not asked: the failure is the caller's (the Focus adapter's calls are not retried here).
         with pytest.raises(httpx.RemoteProtocolError, match="without sending a response"):
             await _call(transport, port)
     finally:
         await transport.aclose()
-        srv.close()
+
+
+async def test_the_retry_opens_a_new_connection_not_another_kept_one(
+    server: tuple[Server, str],
+) -> None:
+    """Two kept connections, both dropped by the server (a restart): the retry does not take
+    the second dead one."""
+    s, base = server
+    s.forget_after_first = True
+    port = int(base.rsplit(":", 1)[1])
+    transport = KeepAliveTransport()
+    try:
+        assert await asyncio.gather(_call(transport, port), _call(transport, port)) == [b"ok"] * 2
+        assert await _call(transport, port, retry_stale=True) == b"ok"
+        assert s.connections == 3
+    finally:
+        await transport.aclose()
 
 
 async def test_a_new_connection_failing_is_not_retried() -> None:
