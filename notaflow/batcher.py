@@ -90,8 +90,11 @@ class GroupBatcher(Generic[T, R]):
         return await future
 
     async def _drain(self) -> None:
+        if not self._linger:  # the ingress's claims and the documents' batches: no clock read
+            await self._drain_waiting()
+            return
         loop = asyncio.get_running_loop()
-        if self._linger and loop.time() - self._last_end < BUSY:
+        if loop.time() - self._last_end < BUSY:
             await asyncio.sleep(self._linger)
         try:
             await self._drain_waiting()

@@ -41,7 +41,6 @@ from notaflow.consumers.fairness import tenant_of
 from notaflow.consumers.runtime import fetch_wait
 from notaflow.consumers.runtime.attempts import Attempts, RecordHandler, Stats
 from notaflow.consumers.runtime.dead_letters import DeadLetters
-from notaflow.consumers.runtime.fetch_wait import FetchPacer
 from notaflow.consumers.runtime.offsets import Offsets
 from notaflow.consumers.runtime.retries import RetryPolicy, RetrySchedule
 from notaflow.consumers.runtime.window import Start, Window
@@ -142,7 +141,7 @@ class Runner:
         flusher = asyncio.create_task(self._schedule.flush_forever())
         window = self._window
         # Short fetch waits while records flow, long ones once idle (`fetch_wait`).
-        pacer = FetchPacer(
+        pacer = fetch_wait.FetchPacer(
             self._settings.consumer_fetch_wait_ms, self._settings.consumer_fetch_wait_idle_ms
         )
         paced = True

@@ -654,6 +654,14 @@ async def _counting_server(answer: bytes) -> tuple[_CountingReceiver, asyncio.Se
     return receiver, server, f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/hook"
 
 
+async def _deliver_ok(url: str, count: int, timeout: float = 10) -> None:
+    """`count` deliveries through one sender, each answered 2xx."""
+    async with WebhookSender(allow_private=True, resolver=no_dns, timeout=timeout) as sender:
+        for i in range(count):
+            result = await sender.deliver(target(url), {"n": i}, f"msg_{i}", int(time.time()))
+            assert result.ok, result
+
+
 async def test_short_answers_keep_one_connection() -> None:
     """A hook's short answer is read through, so its connection is reused: closing it unread
     closed the connection, one TCP connection (and its httpcore objects) per hook."""
@@ -661,10 +669,7 @@ async def test_short_answers_keep_one_connection() -> None:
         b'HTTP/1.1 200 OK\r\ncontent-length: 11\r\n\r\n{"ok":true}'
     )
     try:
-        async with WebhookSender(allow_private=True, resolver=no_dns) as sender:
-            for i in range(10):
-                result = await sender.deliver(target(url), {"n": i}, f"msg_{i}", int(time.time()))
-                assert result.ok, result
+        await _deliver_ok(url, 10)
     finally:
         server.close()
     assert receiver.connections == 1
@@ -678,10 +683,7 @@ async def test_a_huge_answer_is_not_read_through() -> None:
         b"HTTP/1.1 200 OK\r\ncontent-length: %d\r\n\r\n" % size + b"x" * (256 * 1024)
     )
     try:
-        async with WebhookSender(allow_private=True, resolver=no_dns, timeout=5) as sender:
-            for i in range(2):
-                result = await sender.deliver(target(url), {"n": i}, f"msg_{i}", int(time.time()))
-                assert result.ok, result
+        await _deliver_ok(url, 2, timeout=5)
     finally:
         server.close()
     assert receiver.connections == 2
