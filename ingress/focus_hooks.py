@@ -95,6 +95,7 @@ _PORTUGUESE = {
     "address": "o destino não é um endereço público",
     "control": "caracteres de controle ou espaços não são permitidos",
     "header": "cabeçalho de autorização não permitido ou com caracteres de controle",
+    "ascii": "o valor de autorização deve conter apenas caracteres ASCII",
 }
 
 
@@ -102,6 +103,8 @@ def _kind(message: str) -> str:
     """The policy's (English) reason, as the key of its Portuguese wording."""
     if "non-public" in message or "non-IP" in message:
         return "address"
+    if message == "authorization value is not ASCII":
+        return "ascii"
     if message.startswith("authorization"):
         return "header"
     if message.startswith("control"):

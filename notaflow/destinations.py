@@ -121,3 +121,5 @@ def check_header(name: str, value: str) -> None:
         raise DestinationError(f"authorization header name {name!r} not allowed")
     if BAD_VALUE.search(value):
         raise DestinationError("authorization value contains control characters")
+    if not value.isascii():  # no encoding of it is agreed on: no receiver could read it back
+        raise DestinationError("authorization value is not ASCII")

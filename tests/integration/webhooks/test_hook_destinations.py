@@ -81,6 +81,8 @@ REFUSED: list[dict[str, Any]] = [
     {"url": "https://93.184.216.34/h\r\nX-Injected: 1"},
     {"url": "https://93.184.216.34/h", "authorization": "Bearer x\r\nX-Injected: 1"},
     {"url": "https://93.184.216.34/h", "authorization": "x", "authorization_header": "Host"},
+    # no receiver could read it back (an HTTP header has no agreed encoding beyond ASCII)
+    {"url": "https://93.184.216.34/h", "authorization": "Bearer çã"},
 ]
 
 
@@ -94,6 +96,16 @@ async def test_private_and_malformed_destinations_refused_at_creation(
     assert body["codigo"] == "requisicao_invalida"
     assert body["mensagem"].startswith("URL inválida")
     assert (await api.get("/v2/hooks")).json() == []
+
+
+async def test_a_non_ascii_authorization_is_named_as_such(api: httpx.AsyncClient) -> None:
+    answer = await api.post(
+        "/v2/hooks",
+        json={"event": "nfse", "cnpj": CNPJ, "url": "https://93.184.216.34/h",
+              "authorization": "Token São"},
+    )  # fmt: skip
+    assert answer.status_code == 400
+    assert "apenas caracteres ASCII" in answer.json()["mensagem"]
 
 
 async def test_public_destinations_and_names_not_resolving_now_are_accepted(
