@@ -180,9 +180,10 @@ def mailer(res: Resources) -> Mailer | None:
             sender_address=s.smtp_sender,
             sender_name=s.smtp_sender_name,
             pause_between_sends=s.smtp_pause,
+            connections=s.smtp_connections,
             local_hostname="notaflow",
-            # Sends are serialised per server: a connection kept for the next one saves the
-            # handshake, EHLO and QUIT of every e-mail.
+            # A connection kept for the next send saves the handshake, EHLO and QUIT of every
+            # e-mail.
             keep_alive=SMTP_KEEP_ALIVE,
         )
     )
@@ -278,6 +279,7 @@ def build_notification(res: Resources) -> Wired:
             host=s.smtp_host,
             sender_address=s.smtp_sender,
             pause_between_sends=s.smtp_pause,
+            connections=s.smtp_connections,
             local_hostname="notaflow",
             keep_alive=SMTP_KEEP_ALIVE,
         ),

@@ -133,6 +133,9 @@ class Settings:
     smtp_sender: str = "notaflow@localhost"
     smtp_sender_name: str = "notaflow"
     smtp_pause: float = 1.0
+    # Sends to one server at once, each on its own connection, when smtp_pause is 0 (with a
+    # pause they go one at a time).
+    smtp_connections: int = bounded(4, 1, 64)
     smtp_timeout: float = 30.0
     # Provider accounts (notaflow/accounts.py): Fernet keys encrypting their secrets at rest,
     # comma-separated, newest first. The newest encrypts; every key listed still decrypts, so a

@@ -14,7 +14,11 @@ tree of `notaflow.errors`:
 
 Sends to one server are serialised and spaced by `pause_between_sends` seconds, measured from
 the end of the previous send, like HubSoft does so the server is not put on spam blacklists.
-With `keep_alive` > 0 the connection stays open for the next send if it comes within that many
+Without a pause (a relay of one's own, a provider that takes volume), up to `connections` sends
+to one server run at once, each on its own connection: one at a time, every e-mail of the
+process waits for the four round trips of the one before (MAIL, RCPT, DATA, the text).
+
+With `keep_alive` > 0 a connection stays open for the next send if it comes within that many
 seconds: a message then costs MAIL, RCPT and DATA, not also the TCP (and TLS) handshake, EHLO,
 AUTH and QUIT. A connection that failed in any way other than an SMTP answer is not reused.
 """
@@ -67,6 +71,9 @@ class SmtpConfig:
     # Seconds an idle connection is kept for the next send (module docstring); 0: one
     # connection per message.
     keep_alive: float = 0.0
+    # Sends to the server at once, each on its own connection, when there is no pause between
+    # sends (module docstring); with a pause they are one at a time.
+    connections: int = 1
 
     def __post_init__(self) -> None:
         if self.security not in ("none", "starttls", "tls"):
@@ -75,6 +82,13 @@ class SmtpConfig:
             raise ValueError("username and password go together")
         if self.pause_between_sends < 0:
             raise ValueError("pause_between_sends must be >= 0")
+        if self.connections < 1:
+            raise ValueError("connections must be >= 1")
+
+    @property
+    def parallel(self) -> int:
+        """Sends to the server at once: `connections` without a pause, else one."""
+        return 1 if self.pause_between_sends > 0 else self.connections
 
     @cached_property  # an Address parsed per e-mail otherwise (1 % of the consumer)
     def from_header(self) -> str:
@@ -98,8 +112,17 @@ class RecipientResult:
 
 class _ServerGate:
     def __init__(self) -> None:
-        self.lock = asyncio.Lock()
+        self.lock = asyncio.Lock()  # one send at a time, spaced by the pause
         self.last_end: float | None = None
+        self._slots: dict[int, asyncio.Semaphore] = {}
+
+    def slots(self, n: int) -> asyncio.Semaphore:
+        """Up to `n` sends at once. Per n: two configurations of one server (the global one
+        and a tenant's account) that allow different numbers each keep their own bound."""
+        sem = self._slots.get(n)
+        if sem is None:
+            sem = self._slots[n] = asyncio.Semaphore(n)
+        return sem
 
 
 # Locks belong to one event loop, so the gates are kept per loop and per (host, port).
@@ -145,17 +168,19 @@ def _is_4xx(code: int) -> bool:
 class Mailer:
     def __init__(self, config: SmtpConfig) -> None:
         self.config = config
-        self._client: aiosmtplib.SMTP | None = None  # kept between sends (keep_alive)
-        self._idle_since = 0.0
+        # Connections kept between sends (keep_alive), each with when it went idle; the last
+        # one returned is taken first, so those left over expire.
+        self._idle: list[tuple[aiosmtplib.SMTP, float]] = []
 
     async def aclose(self) -> None:
-        """QUIT the kept connection, if any."""
-        client, self._client = self._client, None
-        if client is not None and client.is_connected:
-            try:
-                await client.quit()
-            except (aiosmtplib.SMTPException, OSError):
-                client.close()
+        """QUIT the kept connections, if any."""
+        idle, self._idle = self._idle, []
+        for client, _since in idle:
+            if client.is_connected:
+                try:
+                    await client.quit()
+                except (aiosmtplib.SMTPException, OSError):
+                    client.close()
 
     async def send(
         self, message: Message, recipients: Sequence[str] | None = None
@@ -176,30 +201,42 @@ class Mailer:
             return [invalid[a] for a in addresses]
 
         gate = _gate(self.config.host, self.config.port)
-        async with gate.lock:
-            if gate.last_end is not None:
-                wait = gate.last_end + self.config.pause_between_sends - time.monotonic()
-                if wait > 0:
-                    await asyncio.sleep(wait)
-            try:
+        parallel = self.config.parallel
+        if parallel > 1:
+            async with gate.slots(parallel):
                 sent = await self._send(message, deliverable)
-            finally:
-                gate.last_end = time.monotonic()
+        else:
+            async with gate.lock:
+                if gate.last_end is not None:
+                    wait = gate.last_end + self.config.pause_between_sends - time.monotonic()
+                    if wait > 0:
+                        await asyncio.sleep(wait)
+                try:
+                    sent = await self._send(message, deliverable)
+                finally:
+                    gate.last_end = time.monotonic()
         return [invalid.get(a) or sent[a] for a in addresses]
 
     async def _connection(self) -> tuple[aiosmtplib.SMTP, bool]:
-        """A connected client, and whether it is kept for the next send. Called with the
-        server's gate held: one send at a time uses it."""
+        """A connected client, taken from the kept ones (each used by one send at a time), and
+        whether it is kept for the next send."""
         cfg = self.config
-        kept = self._client
-        if kept is not None:
-            self._client = None
-            if kept.is_connected and time.monotonic() - self._idle_since < cfg.keep_alive:
+        while self._idle:
+            kept, since = self._idle.pop()
+            if kept.is_connected and time.monotonic() - since < cfg.keep_alive:
                 return kept, True
             await _close(kept)
         client = self._new_client()
         await client.connect()
         return client, cfg.keep_alive > 0
+
+    def _keep(self, client: aiosmtplib.SMTP) -> bool:
+        """Keep `client` for the next send, if there is room: at most one per send at once
+        (the gate bounds those, but configurations can change under a running process)."""
+        if len(self._idle) >= self.config.parallel:
+            return False
+        self._idle.append((client, time.monotonic()))
+        return True
 
     def _new_client(self) -> aiosmtplib.SMTP:
         cfg = self.config
@@ -229,12 +266,10 @@ class Mailer:
                 usable = True  # an SMTP answer: aiosmtplib reset the envelope (RSET)
                 raise
             finally:
-                if keep and usable and client.is_connected:
-                    self._client, self._idle_since = client, time.monotonic()
-                elif usable:
-                    await _close(client)
-                else:
+                if not usable:
                     client.close()
+                elif not (keep and client.is_connected and self._keep(client)):
+                    await _close(client)
         except aiosmtplib.SMTPRecipientsRefused as exc:
             if not all(_is_4xx(r.code) for r in exc.recipients):
                 return {

@@ -12,6 +12,7 @@ from dataclasses import replace
 from email.header import Header
 from email.message import EmailMessage, Message
 from pathlib import Path
+from typing import Any
 
 import aiosmtplib
 import pytest
@@ -280,6 +281,65 @@ async def test_the_pause_applies_per_server(sink: SmtpSink, tmp_path: Path) -> N
         assert pause * 0.8 <= elapsed < 2 * pause  # both waited once, concurrently
 
 
+class _HoldingSink(SmtpSink):
+    """Holds every message at DATA until `release` is set, counting the sends under way;
+    `reached` is set once `wanted` of them are."""
+
+    def __init__(self, outbox: Path, wanted: int = 1) -> None:
+        super().__init__(outbox)
+        self.release, self.reached = asyncio.Event(), asyncio.Event()
+        self.wanted = wanted
+        self.under_way = self.most = 0
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.under_way += 1
+        self.most = max(self.most, self.under_way)
+        if self.under_way >= self.wanted:
+            self.reached.set()
+        try:
+            await self.release.wait()
+            return await super().handle_DATA(server, session, envelope)
+        finally:
+            self.under_way -= 1
+
+
+async def test_without_a_pause_up_to_connections_sends_run_at_once(tmp_path: Path) -> None:
+    async with _HoldingSink(tmp_path / "outbox", wanted=3) as sink:
+        mailer = Mailer(_config(sink, connections=3, keep_alive=30))
+        other = Mailer(_config(sink, connections=3, keep_alive=30))  # same server: same bound
+        sends = [
+            asyncio.create_task((mailer if i % 2 else other).send(_message(f"{i}@example.com")))
+            for i in range(8)
+        ]
+        await asyncio.wait_for(sink.reached.wait(), 5)
+        await asyncio.sleep(0.2)  # a fourth would have reached DATA by now
+        assert sink.under_way == 3
+        sink.release.set()
+        results = await asyncio.gather(*sends)
+        assert all(r.accepted for [r] in results) and len(sink.received) == 8
+        assert sink.most == 3
+        # Each mailer keeps the connections it opened and reuses them, the latest first.
+        first = {m.peer for m in sink.received}
+        for i in range(3):
+            await mailer.send(_message(f"{i}@example.org"))
+        assert len({m.peer for m in sink.received[8:]}) == 1
+        assert sink.received[8].peer in first
+        await mailer.aclose()
+        await other.aclose()
+
+
+async def test_with_a_pause_sends_go_one_at_a_time_whatever_the_connections(
+    tmp_path: Path,
+) -> None:
+    async with _HoldingSink(tmp_path / "outbox") as sink:
+        sink.release.set()
+        mailer = Mailer(_config(sink, connections=3, pause_between_sends=0.01, keep_alive=30))
+        await asyncio.gather(*(mailer.send(_message(f"{i}@example.com")) for i in range(4)))
+        assert sink.most == 1 and len(sink.received) == 4
+        assert len({m.peer for m in sink.received}) == 1  # one kept connection did it all
+        await mailer.aclose()
+
+
 def _rendered(config: SmtpConfig, recipients: list[str]) -> Message:
     return render_nfse_email(
         "autorizada",
@@ -398,6 +458,8 @@ def test_config_rejects_nonsense() -> None:
     with pytest.raises(ValueError):
         SmtpConfig(host="h", sender_address="a@b.c", username="u")
     assert SmtpConfig(host="h", sender_address="a@b.c").pause_between_sends == 1.0
+    with pytest.raises(ValueError):
+        SmtpConfig(host="h", sender_address="a@b.c", connections=0)
 
 
 # One instance of every aiosmtplib error: a new one in a later release fails the test below
