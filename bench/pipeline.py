@@ -348,6 +348,7 @@ def main() -> int:
         sample_every = max(1, args.notes // args.samples) if args.samples else 0
         cpu_before = {name: _cpu_seconds(procs[name].pid) for name in PROCESSES}
         broker_before = _cpu_seconds(broker.process.pid) if broker.process else 0.0
+        stand_in_before = _cpu_seconds(procs["stand-in"].pid)
         started = time.time()
         posted, visible, refused = loop.run_until_complete(
             load(base, authorization, refs, args.connections, args.rate, sample_every)
@@ -374,6 +375,8 @@ def main() -> int:
         finished = max(max(hook_at.values()), max(mail_at.values()))
         cpu = {name: _cpu_seconds(procs[name].pid) - cpu_before[name] for name in PROCESSES}
         broker_cpu = (_cpu_seconds(broker.process.pid) if broker.process else 0.0) - broker_before
+        stand_in_cpu = _cpu_seconds(procs["stand-in"].pid) - stand_in_before
+        window = finished - started
         for spy in spies:
             spy.send_signal(signal.SIGINT)
             spy.wait(60)
@@ -412,9 +415,12 @@ def main() -> int:
             f"CPU-second (target >= 2,000)"
         )
         print(
-            f"  (not counted: broker {broker_cpu / n * 1000:.3f} ms; load average now "
-            f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)"
+            f"  (not counted: broker {broker_cpu / n * 1000:.3f} ms, stand-in "
+            f"{stand_in_cpu / n * 1000:.3f} ms; load average now {os.getloadavg()[0]:.1f} on "
+            f"{os.cpu_count()} cores)"
         )
+        busy = (total + broker_cpu + stand_in_cpu) / window
+        print(f"  (every process together kept {busy:.2f} of the {os.cpu_count()} cores busy)")
         print(f"POST -> autorizado in GET ({len(to_get)} sampled): {_p50_p99(to_get)}")
         print(f"POST -> hook delivered ({len(to_hook)}): {_p50_p99(to_hook)}")
         print(
