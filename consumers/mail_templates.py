@@ -31,8 +31,6 @@ from email.charset import BASE64, QP, Charset
 from email.header import Header
 from email.message import Message
 from email.mime.application import MIMEApplication
-from email.mime.multipart import MIMEMultipart
-from email.mime.text import MIMEText
 from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from typing import Any, Literal
 
@@ -297,22 +295,35 @@ def _boundary() -> str:
     return f"{'=' * 15}{secrets.randbelow(sys.maxsize):019d}=="
 
 
-def _multipart(subtype: str, parts: Sequence[Message]) -> MIMEMultipart:
+def _multipart(subtype: str, parts: Sequence[Message]) -> Message:
+    """What `MIMEMultipart(subtype, boundary=...)` makes, its headers written out: the class
+    formats the Content-Type's parameters, then `set_boundary` parses them back to set the
+    boundary again (a twentieth of rendering an e-mail)."""
+    message = Message()
+    message["Content-Type"] = f'multipart/{subtype}; boundary="{_boundary()}"'
+    message["MIME-Version"] = "1.0"
     for part in parts:
         # email.mime puts MIME-Version on every part; it belongs on the message (RFC 2045).
         del part["MIME-Version"]
-    return MIMEMultipart(subtype, boundary=_boundary(), _subparts=parts)
+        message.attach(part)
+    return message
 
 
-def _alternative(text: str, html_text: str) -> MIMEMultipart:
+def _alternative(text: str, html_text: str) -> Message:
     """text/plain with its text/html alternative, both UTF-8 quoted-printable."""
     return _multipart("alternative", [_text_part(text, "plain"), _text_part(html_text, "html")])
 
 
-def _text_part(text: str, subtype: str) -> MIMEText:
-    # typeshed says str, but MIMEText hands the charset to set_payload, which takes a Charset
-    # (documented), and a Charset is how the body gets quoted-printable instead of base64.
-    return MIMEText(text, subtype, _BODY_CHARSET)  # type: ignore[arg-type]
+def _text_part(text: str, subtype: str) -> Message:
+    """What `MIMEText(text, subtype, _BODY_CHARSET)` makes, less its MIME-Version: the same
+    headers and the body through the same encoder (`Charset.body_encode`), without the class's
+    round trips (the text encoded, decoded, encoded again, its parameters formatted): a sixth of
+    rendering an e-mail. A test holds it to what MIMEText writes."""
+    part = Message()
+    part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
+    part["Content-Transfer-Encoding"] = "quoted-printable"
+    part.set_payload(_BODY_CHARSET.body_encode(text))
+    return part
 
 
 def _pdf(content: bytes, filename: str) -> MIMEApplication:
@@ -358,13 +369,13 @@ def _address_list(values: Iterable[str]) -> str:
 
 
 def _addressed(
-    body: MIMEMultipart,
+    body: Message,
     subject: str,
     sender: str,
     recipients: Sequence[str],
     when: datetime,
     message_id: str,
-) -> MIMEMultipart:
+) -> Message:
     """`body` as the message: its headers, each stored as it is written (compat32 parses none).
     Every value is on one line (`_one_line`), so none can start a header of its own."""
     # Encoded (and folded) now, like the others: every header is a str, as compat32 keeps them.

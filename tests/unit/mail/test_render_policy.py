@@ -262,3 +262,33 @@ def test_an_international_address_goes_as_utf8() -> None:
     assert "josé@exemplo.com.br".encode() in raw
     got = email.message_from_string(raw.decode("utf-8"), policy=default)  # RFC 6532: UTF-8
     assert [a.addr_spec for a in got["To"].addresses] == ["josé@exemplo.com.br"]
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "plain ASCII\n",
+        "Olá, José & Filhos — R$ 1.234,56\nsegunda linha \n",
+        "a=b, um ponto no início:\n.\n" + "ção" * 60 + "\n" + "x" * 300,
+        "<p>Olá</p>\n<table><tr><td>Serviço</td></tr></table>\n",
+    ],
+)
+@pytest.mark.parametrize("subtype", ["plain", "html"])
+def test_the_parts_are_byte_for_byte_what_email_mime_makes(text: str, subtype: str) -> None:
+    """`_text_part` and `_multipart` write the headers MIMEText and MIMEMultipart would, and
+    the body through the same encoder: the bytes sent are the same."""
+    from email.mime.multipart import MIMEMultipart
+    from email.mime.text import MIMEText
+
+    from notaflow.consumers import mail_templates as m
+
+    ours = m._multipart("alternative", [m._text_part(text, subtype)])
+    boundary = ours.get_boundary()
+    theirs_part = MIMEText(text, subtype, m._BODY_CHARSET)  # type: ignore[arg-type]
+    del theirs_part["MIME-Version"]
+    theirs = MIMEMultipart("alternative", boundary=boundary, _subparts=[theirs_part])
+    for cte_type in ("7bit", "8bit"):
+        assert flatten_message(ours, cte_type=cte_type) == flatten_message(
+            theirs, cte_type=cte_type
+        )
