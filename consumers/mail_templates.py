@@ -16,7 +16,8 @@ made, and aiosmtplib flattens a plain `Message` under compat32 (`flatten_message
 render, 0.41 ms with the flattening (CPU, one NFS-e e-mail; 0.90 ms before). The recipient gets
 the same message: the same headers and texts once decoded, 7-bit clean. The parts are then
 built as plain `Message`s with the headers `email.mime` writes (`_text_part`, `_multipart`):
-the same bytes, 0.44 -> 0.37 ms with the flattening.
+the same bytes, 0.44 -> 0.37 ms with the flattening; and the mailer flattens them without
+refolding the headers written folded here (`providers/mail_wire`): 0.26 ms.
 """
 
 from __future__ import annotations
@@ -302,7 +303,8 @@ def _multipart(subtype: str, parts: Sequence[Message]) -> Message:
     formats the Content-Type's parameters, then `set_boundary` parses them back to set the
     boundary again (a twentieth of rendering an e-mail)."""
     message = Message()
-    message["Content-Type"] = f'multipart/{subtype}; boundary="{_boundary()}"'
+    # Folded as compat32 folds it (the line is longer than 78), so flattening writes it as is.
+    message["Content-Type"] = f'multipart/{subtype};\n boundary="{_boundary()}"'
     message["MIME-Version"] = "1.0"
     for part in parts:
         # email.mime puts MIME-Version on every part; it belongs on the message (RFC 2045).
