@@ -189,7 +189,7 @@ class Mailer:
         """Send `message` to `recipients` (default: its To, Cc and Bcc addresses), one result
         per recipient in order. Raises Transient or Permanent (module docstring). `message` is
         an `EmailMessage` (flattened under `email.policy.SMTP`) or a compat32 `Message`, as the
-        notification e-mails are (flattened under compat32, the cheaper)."""
+        notification e-mails are (flattened by `mail_wire`, the cheaper)."""
         addresses = list(dict.fromkeys(recipients)) if recipients is not None else None
         if addresses is None:
             addresses = _envelope_recipients(message)

@@ -428,6 +428,39 @@ async def test_an_international_address_is_sent_over_smtputf8(sink: SmtpSink) ->
     assert "josé@exemplo.com.br".encode() in sink.received[0].raw  # RFC 6532, as before
 
 
+class _AsciiOnlySink(SmtpSink):
+    """A server that offers neither SMTPUTF8 nor 8BITMIME (aiosmtpd offers 8BITMIME always;
+    its EHLO hook takes it off the answer)."""
+
+    def _protocol(self) -> Any:
+        connection = super()._protocol()
+        connection.enable_SMTPUTF8 = False
+        return connection
+
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        session.host_name = hostname
+        return [r for r in responses if "8BITMIME" not in r]
+
+
+async def test_to_a_seven_bit_server_the_email_goes_seven_bit_and_utf8_is_refused(
+    tmp_path: Path,
+) -> None:
+    async with _AsciiOnlySink(tmp_path / "outbox") as sink:
+        async with aiosmtplib.SMTP(hostname=sink.host, port=sink.port) as probe:
+            await probe.ehlo()
+            assert not probe.supports_extension("8bitmime")
+            assert not probe.supports_extension("smtputf8")
+        config = _config(sink)
+        [result] = await Mailer(config).send(_rendered(config, ["ana@example.com"]))
+        assert result.accepted and sink.received[0].raw.isascii()
+        assert sink.received[0].message["Subject"].startswith("NFS-e nº 233")
+        with pytest.raises(Permanent):
+            await Mailer(config).send(_rendered(config, ["josé@exemplo.com.br"]))
+        assert len(sink.received) == 1
+
+
 def test_envelope_recipients_from_a_compat32_to() -> None:
     config = SmtpConfig(host="h", sender_address="n@acme.com.br")
     msg = _rendered(config, ["Fulâno <ana@example.com>", "bia@example.com", "josé@exemplo.com.br"])
