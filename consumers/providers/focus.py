@@ -24,7 +24,7 @@ from opentelemetry.trace import SpanKind
 from notaflow import tracing
 from notaflow.accounts import FocusCredentials
 from notaflow.consumers.providers.rate_windows import RateWindows
-from notaflow.consumers.providers.urls import on_provider_host, segment
+from notaflow.consumers.providers.urls import provider_path, segment
 from notaflow.errors import CredentialRefused, NotaflowError, RateLimited, Stopping, Transient
 from notaflow.keepalive import KeepAliveTransport
 from notaflow.metrics import Metrics
@@ -447,7 +447,8 @@ class FocusClient:
         request to Focus, so it is paid with one of the token's credits like any other
         (focus-2026.md §5; the sandbox counts it so)."""
         token, site = self._caller(token)
-        target = on_provider_host(site.url, path)
+        target = provider_path(site.url, path)
+        shown = target.split(b"?", 1)[0].decode("ascii", "replace")  # a query may be a signature
         if not await self.windows.acquire(token):
             raise Stopping("Focus: consumer stopping, call not started")
         try:
@@ -458,11 +459,9 @@ class FocusClient:
         status: int | None = None
         headers: dict[str, str] = {}
         try:
-            status, headers, content = await self._exchange(
-                "GET", target.raw_path, None, token, site
-            )
+            status, headers, content = await self._exchange("GET", target, None, token, site)
         except httpx.HTTPError as exc:
-            _raise_mapped(f"Focus GET {target.path}", exc)
+            _raise_mapped(f"Focus GET {shown}", exc)
         finally:
             self._end_turn()
             self.windows.observe(token, status, headers)
@@ -474,7 +473,7 @@ class FocusClient:
         if self._metrics is not None:
             self._metrics.focus_credit(tenant, "download")
         if status >= 400:
-            raise Transient(f"Focus GET {target.path}: HTTP {status}")
+            raise Transient(f"Focus GET {shown}: HTTP {status}")
         return content
 
     async def register_hook(

@@ -15,7 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from notaflow.consumers.callback_check import foreign_note, same_outcome, xml_agrees
-from notaflow.consumers.providers.urls import ForeignPath, on_provider_host
+from notaflow.consumers.providers.urls import ForeignPath, on_provider_host, provider_path
 from notaflow.ingress.auth import MAX_TOKEN_CHARS, TenantCache, basic_user, token_key
 from notaflow.logs import JsonFormatter, RedactionFilter, redact_every_handler
 from notaflow.store import Tenant
@@ -67,6 +67,42 @@ def test_relative_paths_and_same_origin_urls_are_kept() -> None:
     prefixed = httpx.URL("https://focus.test/api/")
     assert on_provider_host(prefixed, "/x.xml").path == "/api/x.xml"
     assert on_provider_host(prefixed, "https://focus.test/x.xml").path == "/x.xml"
+
+
+_PATH_TEXT = st.text(st.sampled_from("/.aZ09_~-%?#@:\\ é"), max_size=40)
+
+
+@given(
+    named=_PATH_TEXT | st.from_regex(r"(/[A-Za-z0-9._~-]{1,12}){1,5}", fullmatch=True),
+    base=st.sampled_from([BASE, httpx.URL("https://focus.test/api/"), httpx.URL("http://h:8080")]),
+)
+def test_the_download_path_is_what_on_provider_host_resolves(named: str, base: httpx.URL) -> None:
+    """`provider_path`'s shortcut for plain paths gives what the URL parsing gives, and refuses
+    what it refuses."""
+    try:
+        expected: bytes | None = on_provider_host(base, named).raw_path
+    except ForeignPath:
+        expected = None
+    try:
+        got: bytes | None = provider_path(base, named)
+    except ForeignPath:
+        got = None
+    assert got == expected
+
+
+@pytest.mark.parametrize(
+    ("named", "raw"),
+    [
+        ("/arquivos/51916585000125/202612/XMLsNFSe/NFSe233.xml", None),
+        ("/a/./b.xml", None),  # dot segments go through the parsing
+        ("/a/../b.xml", None),
+        ("/a/.../b.xml", b"/a/.../b.xml"),
+    ],
+)
+def test_plain_and_dotted_download_paths(named: str, raw: bytes | None) -> None:
+    assert provider_path(BASE, named) == on_provider_host(BASE, named).raw_path
+    if raw is not None:
+        assert provider_path(BASE, named) == raw
 
 
 # -- callback checks --------------------------------------------------------------------------
