@@ -6,7 +6,8 @@ import contextlib
 import logging
 import sqlite3
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from types import MappingProxyType
 from typing import Any
 
 import asyncpg
@@ -23,7 +24,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from notaflow import tracing
 from notaflow.errors import IngressError
 from notaflow.focus_kinds import NFSE
-from notaflow.ingress import focus_nfse, health, ports, route_modules
+from notaflow.ingress import focus_nfse, health, ports, provider_webhooks, route_modules
 from notaflow.ingress.body import receive_body
 from notaflow.ingress.deps import IngressDeps
 from notaflow.ingress.dialects import for_path, render
@@ -150,26 +151,95 @@ class TracingMiddleware:
                 current.update_name(f"{method} {route}")
 
 
-_HOT_PATH = "/v2/nfse"
+_NFSE_PATH = "/v2/nfse"
+_CALLBACK_PATH = "/webhooks/focus/nfse"
 _JSON = b"application/json"
+_RECEIVED = orjson.dumps(provider_webhooks.RECEIVED)
+
+# What a raw route makes of a request: the status and JSON body of its answer, or IngressError.
+HotHandler = Callable[[Scope, Receive], Awaitable[tuple[int, bytes]]]
+
+
+def _request_headers(
+    scope: Scope, credential: bytes
+) -> tuple[str | None, str | None, str | None, dict[str, str]]:
+    """One pass over the raw headers, the first occurrence winning as in Starlette's `Headers`:
+    the `credential` header (lower case), Content-Type, Content-Length and the trace headers."""
+    given = content_type = content_length = None
+    trace: dict[str, str] = {}
+    for name, value in scope["headers"]:
+        if name == credential:
+            if given is None:
+                given = value.decode("latin-1")
+        elif name == b"content-type":
+            if content_type is None:
+                content_type = value.decode("latin-1")
+        elif name == b"content-length":
+            if content_length is None:
+                content_length = value.decode("latin-1")
+        elif name in _TRACE_HEADERS and name.decode() not in trace:
+            trace[name.decode()] = value.decode("latin-1")
+    return given, content_type, content_length, trace
+
+
+def _nfse_handler(d: IngressDeps) -> HotHandler:
+    """`POST /v2/nfse`: `focus_nfse.create_nfse`'s answer."""
+
+    async def handle(scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        authorization, content_type, content_length, trace = _request_headers(
+            scope, b"authorization"
+        )
+        cnpj, ref = await focus_nfse.accept_note(
+            NFSE,
+            d,
+            authorization=authorization or "",
+            query_string=scope.get("query_string", b""),
+            content_type=content_type or "",
+            read=lambda limit: receive_body(receive, content_length, limit),
+            trace=trace,
+        )
+        return 202, orjson.dumps(focus_nfse.accepted_body(cnpj, ref))
+
+    return handle
+
+
+def _callback_handler(d: IngressDeps) -> HotHandler:
+    """`POST /webhooks/focus/nfse`: `provider_webhooks.focus_nfse_callback`'s answer, one per
+    note Focus authorizes."""
+    credential = d.settings.focus_webhook_header.lower().encode("latin-1")
+
+    async def handle(scope: Scope, receive: Receive) -> tuple[int, bytes]:
+        given, content_type, content_length, trace = _request_headers(scope, credential)
+        await provider_webhooks.accept_callback(
+            d,
+            given or "",
+            content_type or "",
+            lambda limit: receive_body(receive, content_length, limit),
+            trace,
+        )
+        return 200, _RECEIVED
+
+    return handle
 
 
 class HotRoute:
-    """`POST /v2/nfse` as a raw ASGI handler in front of Starlette: the ingress's busiest
-    route skips the middleware chain, the router, the Request and Response objects and the
-    per-request metric label lookups (about a fifth of its CPU time at 64 connections). It
-    answers exactly what the Starlette route (`focus_nfse.create_nfse`, still there for every
-    other case) answers, records the same request metrics, and handles errors as the stack
-    does: IngressError rendered in its dialect, anything else logged and answered 500, then
-    re-raised to the server. Only plain requests come here (see `IngressApp`); with tracing on
-    everything goes through Starlette, which owns the server span."""
+    """A busy POST route as a raw ASGI handler in front of Starlette: `POST /v2/nfse` and
+    Focus's callbacks, two requests per note. They skip the middleware chain, the router, the
+    Request and Response objects and the per-request metric label lookups (about a fifth of the
+    note POST's CPU time at 64 connections). Each answers exactly what its Starlette route
+    (still there for every other case) answers, records the same request metrics, and handles
+    errors as the stack does: IngressError rendered in its dialect, anything else logged and
+    answered 500, then re-raised to the server. Only plain requests come here (see
+    `IngressApp`); with tracing on everything goes through Starlette, which owns the server
+    span."""
 
-    def __init__(self, d: IngressDeps, metrics: Metrics | None) -> None:
-        self._d = d
+    def __init__(self, path: str, handle: HotHandler, metrics: Metrics | None) -> None:
+        self._path = path
+        self._handle = handle
         self._metrics = metrics
         self._counts: dict[int, Any] = {}
         self._duration = (
-            metrics.http_request_duration_seconds.labels(_HOT_PATH, "POST") if metrics else None
+            metrics.http_request_duration_seconds.labels(path, "POST") if metrics else None
         )
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -177,43 +247,20 @@ class HotRoute:
         status = 500  # an exception before the response started is answered 500
         started = False
         try:
-            authorization = content_type = content_length = None
-            trace: dict[str, str] = {}
-            for name, value in scope["headers"]:  # one pass; the first occurrence wins
-                if name == b"authorization":
-                    if authorization is None:
-                        authorization = value.decode("latin-1")
-                elif name == b"content-type":
-                    if content_type is None:
-                        content_type = value.decode("latin-1")
-                elif name == b"content-length":
-                    if content_length is None:
-                        content_length = value.decode("latin-1")
-                elif name in _TRACE_HEADERS and name.decode() not in trace:
-                    trace[name.decode()] = value.decode("latin-1")
             try:
-                cnpj, ref = await focus_nfse.accept_note(
-                    NFSE,
-                    self._d,
-                    authorization=authorization or "",
-                    query_string=scope.get("query_string", b""),
-                    content_type=content_type or "",
-                    read=lambda limit: receive_body(receive, content_length, limit),
-                    trace=trace,
-                )
+                answer, body = await self._handle(scope, receive)
             except IngressError as exc:
                 if exc.status_code >= 500:
-                    log.warning("POST %s answered %d: %s", _HOT_PATH, exc.status_code, exc)
+                    log.warning("POST %s answered %d: %s", self._path, exc.status_code, exc)
                 response = render(exc)
                 status, started = response.status_code, True
                 await response(scope, receive, send)
                 return
-            body = orjson.dumps(focus_nfse.accepted_body(cnpj, ref))
-            status, started = 202, True
+            status, started = answer, True
             await send(
                 {
                     "type": "http.response.start",
-                    "status": 202,
+                    "status": answer,
                     "headers": [(b"content-length", b"%d" % len(body)), (b"content-type", _JSON)],
                 }
             )
@@ -228,9 +275,9 @@ class HotRoute:
                 raise
             # As the Starlette stack: answered in the dialect; a database error ends there,
             # anything else goes on to the server (ServerErrorMiddleware re-raises it).
-            answer = await _unexpected(Request(scope), exc)
-            status = answer.status_code
-            await answer(scope, receive, send)
+            answer_of = await _unexpected(Request(scope), exc)
+            status = answer_of.status_code
+            await answer_of(scope, receive, send)
             if not isinstance(exc, _DATABASE_ERRORS):
                 raise
         finally:
@@ -238,7 +285,7 @@ class HotRoute:
                 counter = self._counts.get(status)
                 if counter is None:
                     counter = self._metrics.http_requests_total.labels(
-                        _HOT_PATH, "POST", str(status)
+                        self._path, "POST", str(status)
                     )
                     self._counts[status] = counter
                 counter.inc()
@@ -246,27 +293,25 @@ class HotRoute:
 
 
 class IngressApp(Starlette):
-    """Starlette with the hot route in front (see `HotRoute`). A request goes there only when
-    the router would pick `create_nfse` and no middleware would change the answer: exact path,
-    no root path, no NUL in the query (`RefuseNul`), tracing off."""
+    """Starlette with the hot routes in front (see `HotRoute`). A request goes to one only when
+    the router would pick its Starlette route and no middleware would change the answer: exact
+    path, POST, no root path, no NUL in the query (`RefuseNul`), tracing off."""
 
-    hot: HotRoute | None = None
-    # With an ops port, the hot route must not answer there either (see ingress/ports.py).
+    hot: Mapping[str, HotRoute] = MappingProxyType({})  # by path; none until create_app
+    # With an ops port, the hot routes must not answer there either (see ingress/ports.py).
     ops_port: int = 0
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        hot = self.hot
-        if (
-            hot is not None
-            and scope["type"] == "http"
-            and scope["path"] == _HOT_PATH
-            and scope["method"] == "POST"
-            and not scope.get("root_path")
-            and b"%00" not in scope.get("query_string", b"")
-            and (not self.ops_port or ports.local_port(scope) != self.ops_port)
-        ):
-            await hot(scope, receive, send)
-            return
+        if scope["type"] == "http" and scope["method"] == "POST":
+            hot = self.hot.get(scope["path"])
+            if (
+                hot is not None
+                and not scope.get("root_path")
+                and b"%00" not in scope.get("query_string", b"")
+                and (not self.ops_port or ports.local_port(scope) != self.ops_port)
+            ):
+                await hot(scope, receive, send)
+                return
         await super().__call__(scope, receive, send)
 
 
@@ -314,7 +359,10 @@ def create_app(
     app.state.deps = d
     app.ops_port = d.settings.ops_port
     if not tracing.enabled():
-        app.hot = HotRoute(d, metrics)
+        app.hot = {
+            _NFSE_PATH: HotRoute(_NFSE_PATH, _nfse_handler(d), metrics),
+            _CALLBACK_PATH: HotRoute(_CALLBACK_PATH, _callback_handler(d), metrics),
+        }
     return app
 
 

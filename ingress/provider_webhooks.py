@@ -8,6 +8,7 @@ topic (the emission consumer applies it); duplicates are harmless there.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Awaitable, Callable, Mapping
 
 from starlette.requests import Request
 from starlette.responses import Response
@@ -16,7 +17,8 @@ from starlette.routing import Route
 from notaflow import topics as t
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable
-from notaflow.ingress.deps import deps
+from notaflow.ingress.body import read_body
+from notaflow.ingress.deps import IngressDeps, deps
 from notaflow.ingress.dialects import FOCUS, FocusError
 from notaflow.ingress.openapi_parts import Description, embedded_schema, focus_errors, json_response
 from notaflow.ingress.responses import FastJSONResponse
@@ -26,13 +28,24 @@ from notaflow.tracing import trace_fields
 SOURCE = t.SOURCE_FOCUS_WEBHOOK
 
 
-async def focus_nfse_callback(request: Request) -> Response:
-    d = deps(request)
+# The answer to an accepted callback, as bytes: the raw route (ingress.app) sends it as it is.
+RECEIVED = {"status": "recebido"}
+
+
+async def accept_callback(
+    d: IngressDeps,
+    given: str,
+    content_type: str,
+    read: Callable[[int], Awaitable[bytes]],
+    trace: Mapping[str, str],
+) -> None:
+    """A Focus callback without Starlette's Request (it also runs as a raw ASGI route, see
+    `ingress.app`): `given` is the value of the configured header; returns once Kafka
+    acknowledged the event, raises FocusError for every refusal."""
     secret = d.settings.focus_webhook_secret
-    given = request.headers.get(d.settings.focus_webhook_header, "")
     if not secret or not hmac.compare_digest(given.encode(), secret.encode()):
         raise FocusError(401, "nao_autorizado", "Autorização do webhook inválida")
-    body = await FOCUS.json(request, d.settings.max_body_bytes)
+    body = await FOCUS.parse(content_type, read, d.settings.max_body_bytes)
     if not isinstance(body, dict) or not validator("focus_callback").is_valid(body):
         raise FocusError(
             400, "requisicao_invalida", "Corpo do webhook fora do formato da Focus NFe"
@@ -50,13 +63,25 @@ async def focus_nfse_callback(request: Request) -> Response:
         data=body,
         subject=str(body["ref"]),
         tenant=doc.tenant_id if doc is not None else "",
-        **trace_fields(request.headers),
+        **trace_fields(trace),
     )
     try:
         await d.bus.publish(d.topics.provider_events, event, key)
     except BusUnavailable as exc:
         raise FOCUS.unavailable() from exc  # Focus retries the delivery later
-    return FastJSONResponse({"status": "recebido"})
+
+
+async def focus_nfse_callback(request: Request) -> Response:
+    d = deps(request)
+    headers = request.headers
+    await accept_callback(
+        d,
+        headers.get(d.settings.focus_webhook_header, ""),
+        headers.get("content-type", ""),
+        lambda limit: read_body(request, limit),
+        headers,
+    )
+    return FastJSONResponse(RECEIVED)
 
 
 routes = [Route("/webhooks/focus/nfse", focus_nfse_callback, methods=["POST"])]

@@ -1,6 +1,7 @@
-"""The hot route (`ingress.app.HotRoute`, POST /v2/nfse as a raw ASGI handler) answers exactly
-what the Starlette route answers: status, headers, body, logs, request metrics and the
-exception handed to the server, for accepted and refused requests alike."""
+"""The hot routes (`ingress.app.HotRoute`: POST /v2/nfse and Focus's callback as raw ASGI
+handlers) answer exactly what their Starlette routes answer: status, headers, body, logs,
+request metrics and the exception handed to the server, for accepted and refused requests
+alike."""
 
 from __future__ import annotations
 
@@ -54,6 +55,41 @@ class Intake:
 
 class Topics:
     nfse_commands = "commands"
+    provider_events = "provider-events"
+
+
+class Documents:
+    """The callback's lookup of the note by Focus's ref."""
+
+    mode: str | None = None
+
+    async def by_provider_ref(self, ref: str) -> Any:
+        if self.mode == "db_locked":
+            raise sqlite3.OperationalError("database is locked")
+        if ref == "known":
+            return Document(tenant_id="acme", kind="nfse", ref="abc1")
+        return None
+
+
+class Document:
+    def __init__(self, tenant_id: str, kind: str, ref: str) -> None:
+        self.tenant_id, self.kind, self.ref = tenant_id, kind, ref
+
+
+class Bus:
+    def __init__(self) -> None:
+        self.mode: str | None = None
+        self.published: list[Any] = []  # what identifies an event, less its id and time
+
+    async def publish(self, topic: str, event: Any, key: bytes) -> None:
+        if self.mode == "bus_down":
+            raise BusUnavailable("down")
+        if self.mode == "boom":
+            raise RuntimeError("boom")
+        self.published.append(
+            (topic, key, event.type, event.source, event.data, event.subject, event.tenant,
+             event.trace())
+        )  # fmt: skip
 
 
 class NoAccounts:
@@ -91,7 +127,8 @@ ODD_LENGTH = [*headers(length=False), (b"content-length", "²".encode())]
 FORM = b"application/x-www-form-urlencoded"
 
 # (name, query, body chunks (None: the client disconnects), headers, intake mode)
-CASES: list[tuple[str, bytes, list[bytes] | None, list[tuple[bytes, bytes]], str | None]] = [
+Case = tuple[str, bytes, list[bytes] | None, list[tuple[bytes, bytes]], str | None]
+CASES: list[Case] = [
     ("accepted", Q, A, headers(), None),
     ("traceparent", Q, A, headers((b"traceparent", TRACE)), None),
     ("no credentials", Q, A, headers(auth=None), None),
@@ -144,10 +181,16 @@ class Capture(logging.Handler):
         )
 
 
-async def answers(hot: bool) -> tuple[list[Any], list[str]]:
-    intake = Intake()
+async def answers(
+    hot: bool, path: str = "/v2/nfse", cases: list[Case] | None = None
+) -> tuple[list[Any], list[str]]:
+    cases = CASES if cases is None else cases
+    intake, documents, bus = Intake(), Documents(), Bus()
+    settings = Settings(
+        max_body_bytes=2000, focus_webhook_secret=SECRET, focus_webhook_header="X-Focus-Key"
+    )
     deps = IngressDeps(
-        settings=Settings(max_body_bytes=2000), engine=None, bus=None, documents=None,  # type: ignore[arg-type]
+        settings=settings, engine=None, bus=bus, documents=documents,  # type: ignore[arg-type]
         intake=intake, nfce_intake=None, tenants=None, tenant_cache=Cache(), topics=Topics(),  # type: ignore[arg-type]
         hooks=None, waiters=None,  # type: ignore[arg-type]
         account_store=object(), operators=object(),  # type: ignore[arg-type]
@@ -155,21 +198,21 @@ async def answers(hot: bool) -> tuple[list[Any], list[str]]:
     )  # fmt: skip
     metrics = Metrics(CollectorRegistry())
     app = create_app(deps, manage_resources=False, metrics=metrics)
-    assert app.hot is not None  # type: ignore[attr-defined]
+    assert path in app.hot  # type: ignore[attr-defined]
     if not hot:
-        app.hot = None  # type: ignore[attr-defined]
+        app.hot = {}  # type: ignore[attr-defined]
     capture = Capture()
     root = logging.getLogger()
     root.addHandler(capture)
     out: list[Any] = []
     try:
-        for _name, query, chunks, hdrs, mode in CASES:
-            intake.mode = mode
+        for _name, query, chunks, hdrs, mode in cases:
+            intake.mode = documents.mode = bus.mode = mode
             capture.records.clear()
             scope = {
                 "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
                 "server": ("127.0.0.1", 8000), "client": ("127.0.0.1", 5555), "scheme": "http",
-                "method": "POST", "root_path": "", "path": "/v2/nfse", "raw_path": b"/v2/nfse",
+                "method": "POST", "root_path": "", "path": path, "raw_path": path.encode(),
                 "query_string": query, "headers": hdrs, "state": {},
             }  # fmt: skip
             inbox: list[dict[str, Any]] = (
@@ -193,7 +236,8 @@ async def answers(hot: bool) -> tuple[list[Any], list[str]]:
                 await app(scope, receive, send)
             except Exception as exc:
                 error = repr(exc)
-            out.append((sent, error, list(capture.records)))
+            out.append((sent, error, list(capture.records), list(bus.published)))
+            bus.published.clear()
     finally:
         root.removeHandler(capture)
     series = [
@@ -223,10 +267,81 @@ async def test_hot_route_answers_as_the_starlette_route() -> None:
         ("database locked", 503, False),
         ("database bug", 500, False),
     ]:
-        sent, error, _ = by_name[name]
+        sent, error, _, _ = by_name[name]
         assert (sent[0]["status"], error is not None) == (status, handed_on), name
     # Issue 19: a client that goes away mid-body is neither a 500 nor a logged error.
-    sent, error, logged = by_name["client disconnects"]
+    sent, error, logged, _ = by_name["client disconnects"]
     assert (sent[0]["status"], error, logged) == (499, None, [])
-    statuses = [sent[0]["status"] if sent else None for sent, _, _ in fast]
+    statuses = [sent[0]["status"] if sent else None for sent, _, _, _ in fast]
     assert statuses.count(202) == 8 and 500 in statuses and 503 in statuses
+
+
+SECRET = "s3cret"
+CALLBACK = json.dumps(
+    {"cnpj_prestador": "51916585000125", "ref": "known", "status": "autorizado",
+     "numero": "233", "codigo_verificacao": "AB12", "caminho_xml_nota_fiscal": "/a/x.xml"}
+).encode()  # fmt: skip
+
+
+def callback_headers(
+    *extra: tuple[bytes, bytes],
+    body: bytes = CALLBACK,
+    key: bytes | None = SECRET.encode(),
+    ctype: bytes | None = b"application/json",
+) -> list[tuple[bytes, bytes]]:
+    out = [(b"host", b"test")]
+    if key is not None:
+        out.append((b"x-focus-key", key))
+    if ctype is not None:
+        out.append((b"content-type", ctype))
+    return [*out, (b"content-length", str(len(body)).encode()), *extra]
+
+
+UNKNOWN = CALLBACK.replace(b'"known"', b'"other"')
+NOT_FOCUS = b'{"ref": 1}'
+CALLBACK_CASES: list[Case] = [
+    ("accepted", b"", [CALLBACK], callback_headers(), None),
+    ("unknown note", b"", [UNKNOWN], callback_headers(body=UNKNOWN), None),
+    ("traceparent", b"", [CALLBACK], callback_headers((b"traceparent", TRACE)), None),
+    ("no key", b"", [CALLBACK], callback_headers(key=None), None),
+    ("wrong key", b"", [CALLBACK], callback_headers(key=b"nope"), None),
+    ("key in authorization", b"", [CALLBACK],
+     [(b"authorization", SECRET.encode()), *callback_headers(key=None)], None),
+    ("first key wins", b"", [CALLBACK], callback_headers((b"x-focus-key", b"nope")), None),
+    ("first key refused", b"", [CALLBACK],
+     [(b"x-focus-key", b"nope"), *callback_headers()], None),
+    ("not json", b"", [b"{x"], callback_headers(body=b"{x"), None),
+    ("xml", b"", [CALLBACK], callback_headers(ctype=b"application/xml"), None),
+    ("not focus's", b"", [NOT_FOCUS], callback_headers(body=NOT_FOCUS), None),
+    ("too large", b"", [b"x" * 2001], callback_headers(body=b"x" * 2001), None),
+    ("bus down", b"", [CALLBACK], callback_headers(), "bus_down"),
+    ("unexpected error", b"", [CALLBACK], callback_headers(), "boom"),
+    ("database locked", b"", [CALLBACK], callback_headers(), "db_locked"),
+    ("client disconnects", b"", None, callback_headers(), None),
+]  # fmt: skip
+
+
+async def test_the_callback_hot_route_answers_as_the_starlette_route() -> None:
+    path = "/webhooks/focus/nfse"
+    slow, slow_series = await answers(False, path, CALLBACK_CASES)
+    fast, fast_series = await answers(True, path, CALLBACK_CASES)
+    for (name, *_), expected, got in zip(CALLBACK_CASES, slow, fast, strict=True):
+        assert got == expected, name
+    assert fast_series == slow_series
+    statuses = {
+        case[0]: sent[0]["status"] if sent else None
+        for case, (sent, _, _, _) in zip(CALLBACK_CASES, fast, strict=True)
+    }
+    published = {case[0]: events for case, (*_, events) in zip(CALLBACK_CASES, fast, strict=True)}
+    [(topic, key, *_, trace)] = published["traceparent"]
+    assert (topic, key) == ("provider-events", b"acme:nfse:abc1")
+    assert trace["traceparent"] == TRACE.decode()
+    assert published["unknown note"][0][1] == b"provider:other"
+    assert not published["wrong key"] and not published["not focus's"]
+    assert statuses == {
+        "accepted": 200, "unknown note": 200, "traceparent": 200, "no key": 401,
+        "wrong key": 401, "key in authorization": 401, "first key wins": 200,
+        "first key refused": 401, "not json": 400, "xml": 415, "not focus's": 400,
+        "too large": 413, "bus down": 503, "unexpected error": 500, "database locked": 503,
+        "client disconnects": 499,
+    }  # fmt: skip
