@@ -40,6 +40,7 @@ RecordHandler = Callable[[Any], Awaitable[None]]
 @dataclass
 class Stats:
     processed: int = 0
+    skipped: int = 0  # of the processed: a type no handler here takes (Runner._unrouted)
     retried: int = 0
     dead_lettered: int = 0
     left_for_redelivery: int = 0

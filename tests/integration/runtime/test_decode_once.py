@@ -1,6 +1,7 @@
 """The runner decodes each record's envelope once, before any handler, against the real broker:
 a record it cannot read is dead-lettered there with the reason; the others reach the handler
-routed for their topic and event type as an `Event`, the same object on every attempt."""
+routed for their topic and event type as an `Event`, the same object on every attempt. A record
+whose `ce_type` no handler takes (another group's command) is skipped by that header alone."""
 
 from __future__ import annotations
 
@@ -44,6 +45,8 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
             (other.value(), other.headers()),
             (b"not json", good.headers()),
             (flaky.value(), flaky.headers()),
+            (b"not json", other.headers()),  # not ours: skipped unread, not dead-lettered
+            (good.value(), [(k, b"\xff" if k == "ce_type" else v) for k, v in good.headers()]),
         ]:
             await producer.send_and_wait(topic, value, key=b"doc", headers=headers)
     finally:
@@ -70,7 +73,7 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
     )
     task = asyncio.create_task(runner.run())
     try:
-        await eventually(lambda: runner.stats.processed == 5)
+        await eventually(lambda: runner.stats.processed == 7)
     finally:
         runner.stop()
         with contextlib.suppress(Exception):
@@ -80,7 +83,8 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
     assert [e.id for e in seen] == ["good", "flaky", "flaky"]
     assert seen[0].data == {"n": 1} and seen[0].type == "x"
     assert seen[1] is seen[2], "decoded once, whatever the attempts"
-    assert (runner.stats.dead_lettered, runner.stats.retried) == (2, 1)
+    assert (runner.stats.dead_lettered, runner.stats.retried) == (3, 1)
+    assert runner.stats.skipped == 2
 
     reader = AIOKafkaConsumer(**client_options(one), group_id=None)
     await reader.start()
@@ -89,7 +93,7 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
         await reader.seek_to_beginning()
         letters = []
         async with asyncio.timeout(10):
-            while len(letters) < 2:
+            while len(letters) < 3:
                 for records in (await reader.getmany(timeout_ms=200)).values():
                     letters.extend(records)
         committed = AIOKafkaConsumer(
@@ -97,7 +101,7 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
         )
         await committed.start()
         try:
-            assert await committed.committed(TopicPartition(topic, 0)) == 5
+            assert await committed.committed(TopicPartition(topic, 0)) == 7
         finally:
             await committed.stop()
     finally:
@@ -108,4 +112,5 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
     }
     assert reasons[1] == "invalid: ce_id: missing CloudEvents header ce_id"
     assert reasons[3].startswith("invalid: data: value is not JSON: ")
-    assert sorted(reasons) == [1, 3]
+    assert reasons[6] == "invalid: ce_type: header ce_type is not UTF-8"
+    assert sorted(reasons) == [1, 3, 6]
