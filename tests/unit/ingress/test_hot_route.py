@@ -105,10 +105,11 @@ def headers(
     auth: bytes | None = AUTH,
     ctype: bytes | None = b"application/json",
     length: bool = True,
+    credential: bytes = b"authorization",
 ) -> list[tuple[bytes, bytes]]:
     out = [(b"host", b"test")]
     if auth is not None:
-        out.append((b"authorization", auth))
+        out.append((credential, auth))
     if ctype is not None:
         out.append((b"content-type", ctype))
     if length:
@@ -289,12 +290,8 @@ def callback_headers(
     key: bytes | None = SECRET.encode(),
     ctype: bytes | None = b"application/json",
 ) -> list[tuple[bytes, bytes]]:
-    out = [(b"host", b"test")]
-    if key is not None:
-        out.append((b"x-focus-key", key))
-    if ctype is not None:
-        out.append((b"content-type", ctype))
-    return [*out, (b"content-length", str(len(body)).encode()), *extra]
+    """`headers` for a callback: the key in the configured header (`X-Focus-Key` here)."""
+    return headers(*extra, body=body, auth=key, ctype=ctype, credential=b"x-focus-key")
 
 
 UNKNOWN = CALLBACK.replace(b'"known"', b'"other"')
