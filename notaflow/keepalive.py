@@ -72,6 +72,18 @@ _Origin = tuple[bytes, str, int, str | None]
 Opener = Callable[..., Awaitable[tuple[asyncio.StreamReader, asyncio.StreamWriter]]]
 
 
+class _Call(NamedTuple):
+    """One `exchange`, as each of its attempts makes it."""
+
+    origin: _Origin
+    method: bytes
+    target: bytes
+    headers: list[tuple[bytes, bytes]]
+    body: bytes
+    timeouts: dict[str, float | None]
+    max_body: int | None
+
+
 class _NoAnswer(Exception):
     """A call failed before any byte of an answer came back; `error` is what it raises,
     `reused` whether its connection was a kept one."""
@@ -160,7 +172,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
         callers whose receivers deduplicate, since the server may in rare cases have taken the
         request before it closed."""
         origin: _Origin = (scheme, host, port, server_hostname)
-        call = (origin, method, target, headers, body, timeouts, max_body)
+        call = _Call(origin, method, target, headers, body, timeouts, max_body)
         try:
             async with asyncio.timeout(timeouts.get("pool")):
                 await self._slots.acquire()
@@ -168,7 +180,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             raise httpx.PoolTimeout("no free connection") from exc
         try:
             try:
-                return await self._attempt(*call)
+                return await self._attempt(call)
             except _NoAnswer as exc:
                 if not (retry_stale and exc.reused):
                     raise exc.error from exc.__cause__
@@ -176,31 +188,20 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
                 # restarted, or closes idle ones after the same while): the retry opens one.
                 self._drop_idle(origin)
             try:
-                return await self._attempt(*call)
+                return await self._attempt(call)
             except _NoAnswer as exc:
                 raise exc.error from exc.__cause__
         finally:
             self._slots.release()
 
-    async def _attempt(
-        self,
-        origin: _Origin,
-        method: bytes,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        timeouts: dict[str, float | None],
-        max_body: int | None,
-    ) -> Reply:
+    async def _attempt(self, call: _Call) -> Reply:
         """One call on one connection, closed on any failure; a `_NoAnswer` says whether the
         connection was a kept one."""
         conn: _Connection | None = None
         reused = False
         try:
-            conn, reused = await self._checkout(origin, timeouts.get("connect"))
-            return await self._exchange(
-                conn, origin, method, target, headers, body, timeouts, max_body
-            )
+            conn, reused = await self._checkout(call.origin, call.timeouts.get("connect"))
+            return await self._exchange(conn, call)
         except BaseException as exc:
             if conn is not None:
                 conn.close()
@@ -267,17 +268,8 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             else:
                 del self._idle[origin]
 
-    async def _exchange(
-        self,
-        conn: _Connection,
-        origin: _Origin,
-        method: bytes,
-        target: bytes,
-        headers: list[tuple[bytes, bytes]],
-        body: bytes,
-        timeouts: dict[str, float | None],
-        max_body: int | None = None,
-    ) -> Reply:
+    async def _exchange(self, conn: _Connection, call: _Call) -> Reply:
+        origin, method, target, headers, body, timeouts, max_body = call
         conn.writer.write(_request_head(method, target, headers, body) + body)
         try:
             async with asyncio.timeout(timeouts.get("write")):
