@@ -220,7 +220,7 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             conn = idle.pop()
             if not idle:
                 del self._idle[origin]
-            if conn.usable() and not self._expired(conn, time.monotonic()):
+            if conn.usable() and (self._expiry is None or not self._expired(conn)):
                 return conn, True
             conn.close()
         scheme, host, port, server_hostname = origin
@@ -238,18 +238,20 @@ class KeepAliveTransport(httpx.AsyncBaseTransport):
             raise httpx.ConnectError(f"connect to {where}: {exc}") from exc
         return _Connection(reader, writer), False
 
-    def _expired(self, conn: _Connection, now: float) -> bool:
-        return self._expiry is not None and now - conn.idle_since > self._expiry
+    def _expired(self, conn: _Connection, now: float | None = None) -> bool:
+        assert self._expiry is not None
+        return (time.monotonic() if now is None else now) - conn.idle_since > self._expiry
 
     def _checkin(self, origin: _Origin, conn: _Connection) -> None:
-        now = time.monotonic()
-        if self._expiry is not None and now - self._swept > self._expiry:
-            self._sweep(now)
+        if self._expiry is not None:  # no clock read per call where nothing expires (Focus)
+            now = time.monotonic()
+            if now - self._swept > self._expiry:
+                self._sweep(now)
+            conn.idle_since = now
         idle = self._idle.setdefault(origin, [])
         if self._max_idle is not None and len(idle) >= self._max_idle:
             conn.close()
             return
-        conn.idle_since = now
         idle.append(conn)
 
     def _sweep(self, now: float) -> None:
