@@ -5,19 +5,15 @@ UTF-8) that tells the reader which note it is about (número, código de verific
 tomador, valor) and where to get it; `render_nfce_email` the same for an NFC-e, with its DANFE
 attached. Only Message-ID and Date depend on the clock, and tests can pass both.
 
-The messages are the standard library's compat32 classes (`email.mime`, `email.header`), not
-`EmailMessage`: the modern policy parses every header through the header registry, runs the
-bodies through the content manager and refolds every header again when the message is
-flattened, which cost 0.59 ms to render and 0.31 ms more for aiosmtplib to flatten (under
-`email.policy.SMTP`) per e-mail, a fifth of the notification consumer's CPU. Here the headers
-are stored as they are written, already encoded (RFC 2047 encoded-words for the Subject and
-display names), the bodies are quoted-printable, every boundary is chosen when the multipart is
-made, and aiosmtplib flattens a plain `Message` under compat32 (`flatten_message`): 0.20 ms to
-render, 0.41 ms with the flattening (CPU, one NFS-e e-mail; 0.90 ms before). The recipient gets
-the same message: the same headers and texts once decoded, 7-bit clean. The parts are then
-built as plain `Message`s with the headers `email.mime` writes (`_text_part`, `_multipart`):
-the same bytes, 0.44 -> 0.37 ms with the flattening; and the mailer flattens them without
-refolding the headers written folded here (`providers/mail_wire`): 0.26 ms.
+The messages are the standard library's compat32 `Message`s, not `EmailMessage`: the modern
+policy parses every header through the header registry, runs the bodies through the content
+manager and refolds every header again when the message is flattened (0.90 ms of CPU per NFS-e
+e-mail, rendered and flattened: a fifth of the notification consumer). Here every header is
+stored as it is written, already encoded (RFC 2047 encoded-words for the Subject and display
+names) and folded, the bodies are quoted-printable, each part carries the headers `email.mime`
+would write (`_text_part`, `_multipart`: a test holds the bytes to it) and each multipart its
+boundary from the start; the mailer flattens them without refolding (`providers/mail_wire`).
+0.26 ms per e-mail, rendered and flattened; the recipient gets the same message, 7-bit clean.
 """
 
 from __future__ import annotations
