@@ -39,6 +39,7 @@ async def publish_status(
         subject=doc.ref,
         id=f"{doc.kind}-{doc.id}-{doc.attempt}-{doc.status}",
         tenant=doc.tenant_id,
+        status=doc.status,
         **trace_fields(cause.trace()),
     )
     await bus.publish(topics.lifecycle, event, t.document_key(doc.tenant_id, doc.kind, doc.ref))

@@ -67,6 +67,8 @@ EMAIL_KINDS = {AUTHORIZED: "autorizada", CANCELLED: "cancelada"}
 # As at Focus, hooks fire when the prefeitura has spoken, not when a note enters processing
 # (the client knows that already: it got the 202).
 HOOK_STATUSES = OUTCOMES
+# The statuses something is delivered for; `on_status` returns at once on any other.
+DELIVERED = frozenset(HOOK_STATUSES) | frozenset(EMAIL_KINDS)
 # SMTP "try again later" (4xx, outages) is retried sooner than Focus's hook schedule.
 EMAIL_RETRY_SCHEDULE: tuple[float, ...] = (60, 300, 1800, 3600, 10800)
 LOCK_SECONDS = 120.0
@@ -129,7 +131,9 @@ class NotificationConsumer:
         kinds) on the command topic."""
         routes = Routes()
         for event_type in (t.NFSE_STATUS, t.NFCE_STATUS):
-            routes.add(self._topics.lifecycle, event_type, self.on_status)
+            # Only the statuses delivered: the runner skips the rest (half of a note's
+            # lifecycle events) undecoded, by their `ce_status`.
+            routes.add(self._topics.lifecycle, event_type, self.on_status, statuses=DELIVERED)
         for event_type in BY_EMAIL_TYPE:
             routes.add(self._topics.nfse_commands, event_type, self.on_email)
         for event_type in BY_HOOK_TYPE:
@@ -140,7 +144,7 @@ class NotificationConsumer:
 
     async def on_status(self, event: Event) -> None:
         status = str(event.data.get("status"))
-        if status not in HOOK_STATUSES and status not in EMAIL_KINDS:
+        if status not in DELIVERED:
             return  # `processando_autorizacao` and the like: nothing to deliver, nothing to read
         doc = await self._note(event.data)
         if doc is None:

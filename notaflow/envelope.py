@@ -25,6 +25,10 @@ class Event:
     id: str = field(default_factory=lambda: str(uuid.uuid4()))
     time: str = field(default_factory=lambda: datetime.now(UTC).isoformat())
     tenant: str = ""
+    # A lifecycle event's document status, as the `ce_status` extension attribute too: a
+    # consumer that delivers only some statuses skips the others by this header, undecoded
+    # (`notaflow.routing`). The data's "status" stays the truth.
+    status: str = ""
     # W3C Trace Context and Baggage (notaflow.tracing.TRACE_HEADERS), as record headers.
     traceparent: str = ""
     tracestate: str = ""
@@ -48,6 +52,8 @@ class Event:
             out.append(("ce_subject", self.subject.encode()))
         if self.tenant:
             out.append(("ce_tenant", self.tenant.encode()))
+        if self.status:
+            out.append(("ce_status", self.status.encode()))
         for name, value in self.trace().items():
             if value:
                 out.append((name, value.encode()))
@@ -84,6 +90,7 @@ def decode(headers: Headers | None, value: bytes | None) -> Event:
         id=attrs["ce_id"],
         time=attrs.get("ce_time", ""),
         tenant=attrs.get("ce_tenant", ""),
+        status=attrs.get("ce_status", ""),
         traceparent=attrs.get("traceparent", ""),
         tracestate=attrs.get("tracestate", ""),
         baggage=attrs.get("baggage", ""),

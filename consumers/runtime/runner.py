@@ -225,22 +225,28 @@ class Runner:
         return bool(self._window.tasks) or any(self.lag().values())
 
     def _unrouted(self, record: Any) -> bool:
-        """A record of a type no handler here takes: the command topics are shared, and every
-        command reaches every group that reads one of its types (the cancellation consumer sees
-        every emit, the notification consumer too). Told by the `ce_type` header, the last one
-        as `envelope.decode` reads it; a record without a readable type goes the whole way, to
-        be dead-lettered if it cannot be decoded."""
+        """A record no handler here takes: of a type none takes (the command topics are shared,
+        and every command reaches every group that reads one of its types: the cancellation
+        consumer sees every emit, the notification consumer too), or of a status its route
+        leaves (`Routes.wants`: the notification consumer's `processando_autorizacao`). Told by
+        the `ce_type` and `ce_status` headers, the last of each as `envelope.decode` reads
+        them; a record without a readable type goes the whole way, to be dead-lettered if it
+        cannot be decoded."""
         routes = self._routes
         if routes is None:
             return False
-        event_type = None
+        event_type = status = None
         for name, value in record.headers or ():
             if name == "ce_type":
                 event_type = value
+            elif name == "ce_status":
+                status = value
         if not event_type:
             return False
         try:
-            return routes.find(record.topic, event_type.decode()) is None
+            return not routes.wants(
+                record.topic, event_type.decode(), status.decode() if status else ""
+            )
         except UnicodeDecodeError:
             return False
 

@@ -1,7 +1,8 @@
 """The runner decodes each record's envelope once, before any handler, against the real broker:
 a record it cannot read is dead-lettered there with the reason; the others reach the handler
 routed for their topic and event type as an `Event`, the same object on every attempt. A record
-whose `ce_type` no handler takes (another group's command) is skipped by that header alone."""
+whose `ce_type` no handler takes (another group's command), or whose `ce_status` its route
+leaves, is skipped by that header alone."""
 
 from __future__ import annotations
 
@@ -36,11 +37,15 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
     good = Event(type="x", source="test", data={"n": 1}, id="good")
     flaky = Event(type="x", source="test", data={"n": 2}, id="flaky")
     other = Event(type="someone-elses", source="test", data={}, id="other")
+    done = Event(type="x", source="test", data={"n": 4}, id="done", status="done")
+    waiting = Event(type="x", source="test", data={}, id="waiting", status="waiting")
     producer = AIOKafkaProducer(**client_options(one), acks="all")
     await producer.start()
     try:
         for value, headers in [
             (good.value(), good.headers()),
+            (done.value(), done.headers()),
+            (b"not json", waiting.headers()),  # a status the route leaves: skipped unread
             (b'{"n": 3}', []),  # plain JSON, no CloudEvents headers
             (other.value(), other.headers()),
             (b"not json", good.headers()),
@@ -66,25 +71,26 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
         one,
         "decode",
         [topic],
-        Routes().add(topic, "x", handler),
+        Routes().add(topic, "x", handler, statuses={"done"}),
         bus,
         dlq,
         retry=RetryPolicy(base=0.01, maximum=0.01, attempts=3),
     )
     task = asyncio.create_task(runner.run())
     try:
-        await eventually(lambda: runner.stats.processed == 7)
+        await eventually(lambda: runner.stats.processed == 9)
     finally:
         runner.stop()
         with contextlib.suppress(Exception):
             await asyncio.wait_for(task, 15)
         await bus.stop()
 
-    assert [e.id for e in seen] == ["good", "flaky", "flaky"]
+    assert [e.id for e in seen] == ["good", "done", "flaky", "flaky"]
     assert seen[0].data == {"n": 1} and seen[0].type == "x"
-    assert seen[1] is seen[2], "decoded once, whatever the attempts"
+    assert seen[1].status == "done"
+    assert seen[2] is seen[3], "decoded once, whatever the attempts"
     assert (runner.stats.dead_lettered, runner.stats.retried) == (3, 1)
-    assert runner.stats.skipped == 2
+    assert runner.stats.skipped == 3
 
     reader = AIOKafkaConsumer(**client_options(one), group_id=None)
     await reader.start()
@@ -101,7 +107,7 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
         )
         await committed.start()
         try:
-            assert await committed.committed(TopicPartition(topic, 0)) == 7
+            assert await committed.committed(TopicPartition(topic, 0)) == 9
         finally:
             await committed.stop()
     finally:
@@ -110,7 +116,7 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
         int(dict(r.headers)["dlq_origin_offset"]): dict(r.headers)["dlq_error"].decode()
         for r in letters
     }
-    assert reasons[1] == "invalid: ce_id: missing CloudEvents header ce_id"
-    assert reasons[3].startswith("invalid: data: value is not JSON: ")
-    assert reasons[6] == "invalid: ce_type: header ce_type is not UTF-8"
-    assert sorted(reasons) == [1, 3, 6]
+    assert reasons[3] == "invalid: ce_id: missing CloudEvents header ce_id"
+    assert reasons[5].startswith("invalid: data: value is not JSON: ")
+    assert reasons[8] == "invalid: ce_type: header ce_type is not UTF-8"
+    assert sorted(reasons) == [3, 5, 8]

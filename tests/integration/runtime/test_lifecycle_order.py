@@ -57,10 +57,10 @@ async def test_a_status_read_before_the_note_moved_on_is_not_published(
     assert cancelled is not None
     assert not await publish_if_current(bus, topics, store, authorized, "test", CAUSE)
     assert await publish_if_current(bus, topics, store, cancelled, "test", CAUSE)
-    statuses = [
-        json.loads(r.value)["status"] for r in await read_all(settings, topics.lifecycle, 2)
-    ]
-    assert statuses == [AUTHORIZED, CANCELLED]
+    records = await read_all(settings, topics.lifecycle, 2)
+    assert [json.loads(r.value)["status"] for r in records] == [AUTHORIZED, CANCELLED]
+    # The status in the `ce_status` header as well, for consumers that skip by it.
+    assert [dict(r.headers)["ce_status"] for r in records] == [b"autorizado", b"cancelado"]
 
 
 async def test_an_earlier_attempt_is_not_published_after_a_re_emission(

@@ -23,6 +23,7 @@ def full_event() -> Event:
         data={"tenant": "acme", "ref": "r-1", "valor": 10.5, "itens": [1, 2], "nome": "São João"},
         subject="r-1",
         tenant="acme",
+        status="autorizado",
         traceparent="00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
         tracestate="congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
         baggage="userId=alice,serverNode=DF%2028",
@@ -45,6 +46,7 @@ def test_headers_are_binary_mode_cloudevents() -> None:
         "ce_time": event.time.encode(),
         "ce_subject": b"r-1",
         "ce_tenant": b"acme",
+        "ce_status": b"autorizado",
         "traceparent": event.traceparent.encode(),
         "tracestate": b"congo=t61rcWkgMzE,rojo=00f067aa0ba902b7",
         "baggage": b"userId=alice,serverNode=DF%2028",
@@ -56,7 +58,8 @@ def test_headers_are_binary_mode_cloudevents() -> None:
 def test_optional_attributes_are_omitted_and_round_trip_empty() -> None:
     event = Event(type="t", source="s", data={})
     names = [name for name, _ in event.headers()]
-    assert not {"ce_subject", "ce_tenant", "traceparent", "tracestate", "baggage"} & set(names)
+    optional = {"ce_subject", "ce_tenant", "ce_status", "traceparent", "tracestate", "baggage"}
+    assert not optional & set(names)
     assert decode(event.headers(), event.value()) == event
 
 

@@ -33,6 +33,26 @@ async def test_an_event_goes_to_the_handler_of_its_topic_and_type() -> None:
     assert seen == [("a", 1), ("b", 2), ("b", 3)]
 
 
+async def test_a_route_of_some_statuses_takes_those_and_the_events_that_do_not_say() -> None:
+    seen: list[str] = []
+
+    async def handler(e: Event) -> None:
+        seen.append(e.id)
+
+    routes = Routes().include(
+        Routes().add("lifecycle", "status", handler, statuses={"autorizado", "cancelado"})
+    )
+    for id_, status in [("a", "autorizado"), ("p", "processando_autorizacao"), ("n", ""),
+                        ("c", "cancelado")]:  # fmt: skip
+        event = Event(type="status", source="test", data={}, id=id_, status=status)
+        assert await routes.dispatch("lifecycle", event) == (id_ != "p")
+    assert seen == ["a", "n", "c"]
+    assert routes.wants("lifecycle", "status", "autorizado")
+    assert not routes.wants("lifecycle", "status", "processando_autorizacao")
+    assert routes.wants("lifecycle", "status", "")  # no ce_status: the handler judges
+    assert not routes.wants("lifecycle", "other", "autorizado")
+
+
 async def test_a_pair_is_routed_once_also_across_included_routes() -> None:
     async def handler(e: Event) -> None:
         return None
