@@ -20,7 +20,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from email.message import Message
@@ -150,9 +150,10 @@ class NotificationConsumer:
         if doc is None:
             return
         view = {k: v for k, v in event.data.items() if k not in ("tenant", "kind", "id")}
-        if view.get("status") in HOOK_STATUSES:
-            await self._fire_hooks(doc, view, event.id)
-        kind = EMAIL_KINDS.get(str(view.get("status")))
+        work: list[Coroutine[Any, Any, object]] = []
+        if status in HOOK_STATUSES:
+            work.append(self._fire_hooks(doc, view, event.id))
+        kind = EMAIL_KINDS.get(status)
         # The NFS-e's tomador, the NFC-e's cliente: whoever the note was issued to.
         focus_kind = BY_KIND.get(doc.kind)
         if focus_kind is not None:
@@ -160,7 +161,8 @@ class NotificationConsumer:
         else:
             address = (doc.payload.get("cliente") or {}).get("email")
         if kind and address:
-            await self._email(doc, [address], kind, view, event.id)
+            work.append(self._email(doc, [address], kind, view, event.id))
+        await _all_of(work)
 
     async def on_email(self, event: Event) -> None:
         data = event.data
@@ -412,3 +414,18 @@ class NotificationConsumer:
                 log.exception("retry pass failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._settings.retry_poll)
+
+
+async def _all_of(work: Sequence[Coroutine[Any, Any, object]]) -> None:
+    """Run `work` side by side: a note's hooks and its e-mail are apart, so a slow hook
+    receiver (up to its timeout) does not hold the tomador's e-mail back, nor the SMTP server
+    the hooks; and their delivery rows go in the same batch. Each runs to its end even when
+    another fails (none is left half done under a record that will be retried); then the
+    first failure is raised, and the retry finds what was delivered in its rows."""
+    if len(work) == 1:
+        await work[0]
+        return
+    results = await asyncio.gather(*work, return_exceptions=True)
+    for result in results:
+        if isinstance(result, BaseException):
+            raise result
