@@ -14,12 +14,18 @@ from testkit.processes import ROOT
 def test_pipeline_bench_runs_tiny_and_its_checks_hold() -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "pipeline.py"), "--notes", "20", "--warmup", "2",
-         "--samples", "5", "--connections", "4", "--timeout", "60"],
+         "--samples", "5", "--connections", "4", "--timeout", "60", "--idle", "0.5"],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
     assert "checks: hooks 20/20, e-mails 20/20, delivered twice 0" in out.stdout, out.stdout
     assert "lifecycle processando->autorizado 20/20" in out.stdout, out.stdout
-    per_process = dict(re.findall(r"^  (\w[\w ]*?)\s+(\d+\.\d+)$", out.stdout, re.MULTILINE))
+    per_process = {
+        name: (float(total), float(idle))
+        for name, total, idle in re.findall(
+            r"^  (\w[\w ]*?)\s+(\d+\.\d+)  \(idle (\d+\.\d+)\)", out.stdout, re.MULTILINE
+        )
+    }
     assert set(per_process) >= {"ingress", "emission", "notification", "cancellation"}, out.stdout
+    assert all(idle <= total for total, idle in per_process.values()), out.stdout
     assert re.search(r"POST -> hook delivered \(20\): p50 \d+ ms, p99 \d+ ms", out.stdout)
