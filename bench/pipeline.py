@@ -251,7 +251,7 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--timeout", type=float, default=0.0, help="give up after (s; 0: by N)")
     p.add_argument("--profile", default="", help="py-spy each process (raw stacks) into DIR")
-    p.add_argument("--idle", type=float, default=2.0, help="idle CPU measured for (s)")
+    p.add_argument("--idle", type=float, default=3.0, help="idle CPU measured for (s)")
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="notaflow-bench-pipeline-"))
@@ -426,7 +426,7 @@ def main() -> int:
         print(f"notes fully done:     {rate:8.0f}/s (first POST to last e-mail/hook)")
         print(
             f"CPU per note, by process (ms; idle: what it spends with no load over the same "
-            f"{cpu_seconds:.1f} s, from {args.idle:.0f} s measured after the warm-up):"
+            f"{cpu_seconds:.1f} s, from {args.idle:g} s measured after the warm-up):"
         )
         for name in PROCESSES:
             print(f"  {name:<14} {cpu[name] / n * 1000:6.3f}  (idle {idle[name] / n * 1000:.3f})")
