@@ -6,7 +6,7 @@ dead-letters one it cannot read before any handler runs, and calls the handler r
 record's topic and type with the decoded `Event` (the envelope's fields and its data). An event
 with no route is not an error: the command topics are shared, and another consumer's group
 takes the types this one leaves (as `notaflow.testing`'s in-memory bus does, for unit tests).
-The runner tells those by their `ce_type` header (`find`) and skips them before decoding.
+The runner tells those by their `ce_type` header (`wants`) and skips them before decoding.
 
 A route may also take only some statuses of a lifecycle event (`statuses`): the notification
 consumer delivers outcomes, not `processando_autorizacao`, half of a note's lifecycle events.
