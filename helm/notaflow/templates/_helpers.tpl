@@ -133,6 +133,7 @@ twin and the checksum.
   "NOTAFLOW_CONSUMER_RETRY_BASE" (toString $c.consumer.retryBase)
   "NOTAFLOW_CONSUMER_RETRY_MAX" (toString $c.consumer.retryMax)
   "NOTAFLOW_CONSUMER_MAX_ATTEMPTS" (toString $c.consumer.maxAttempts)
+  "NOTAFLOW_CONSUMER_FETCH_WAIT_MS" (toString $c.consumer.fetchWaitMs)
   "NOTAFLOW_LOG_LEVEL" $c.logLevel
   "NOTAFLOW_LOG_FORMAT" $c.logFormat
   "NOTAFLOW_KAFKA_GROUP_PREFIX" $c.kafka.groupPrefix
