@@ -544,6 +544,9 @@ def test_the_processes_read_the_mounted_secret(full: list[Manifest], tmp_path: P
     assert settings.kafka_sasl_password == "kafka-pw"
     assert settings.smtp_password == "smtp-pw"
     assert settings.database_url.startswith("postgresql+asyncpg://")
+    # Kafka answers a fetch as records arrive: the chart's consumers ask less often than the
+    # settings' default, which is for the embedded broker.
+    assert settings.consumer_fetch_wait_ms == 500 > Settings().consumer_fetch_wait_ms
 
 
 def test_every_pod_template_has_the_config_checksum(full: list[Manifest]) -> None:
