@@ -32,6 +32,7 @@ from notaflow.store import (
 )
 from notaflow.store.deliveries import SENT
 from testkit.receiver import Receiver, ReceiverServer, Reply
+from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from testkit.smtp import ThreadedSmtpSink
 
 CNPJ = "51916585000125"
@@ -58,17 +59,9 @@ class World:
         """A note to `address`, authorized: the consumer's handling of its lifecycle event (a
         task) and the event's id."""
         ref = uuid.uuid4().hex[:12]
-        document = normalize_nfse(
-            {
-                "data_emissao": "2026-05-27T10:00:00-03:00",
-                "prestador": {"cnpj": CNPJ, "inscricao_municipal": "1",
-                              "codigo_municipio": "4106902"},
-                "tomador": {"cnpj": "11222333000181", "razao_social": "Cliente",
-                            "email": address},
-                "servico": {"aliquota": 3, "discriminacao": "Consultoria", "iss_retido": "false",
-                            "item_lista_servico": "0107", "valor_servicos": "1.00"},
-            }
-        )  # fmt: skip
+        document = with_valid_cnpjs(JSON_EXAMPLE)  # seed 001's note, from our prestador
+        document["tomador"]["email"] = address
+        document = normalize_nfse(document)
         claim = await self.documents.claim(
             "acme", "nfse", ref, CNPJ, document, uuid.uuid4().hex, "test"
         )
