@@ -52,6 +52,7 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
             (flaky.value(), flaky.headers()),
             (b"not json", other.headers()),  # not ours: skipped unread, not dead-lettered
             (good.value(), [(k, b"\xff" if k == "ce_type" else v) for k, v in good.headers()]),
+            (done.value(), [*good.headers(), ("ce_status", b"\xff")]),  # unreadable: not skipped
         ]:
             await producer.send_and_wait(topic, value, key=b"doc", headers=headers)
     finally:
@@ -78,7 +79,7 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
     )
     task = asyncio.create_task(runner.run())
     try:
-        await eventually(lambda: runner.stats.processed == 9)
+        await eventually(lambda: runner.stats.processed == 10)
     finally:
         runner.stop()
         with contextlib.suppress(Exception):
@@ -89,7 +90,7 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
     assert seen[0].data == {"n": 1} and seen[0].type == "x"
     assert seen[1].status == "done"
     assert seen[2] is seen[3], "decoded once, whatever the attempts"
-    assert (runner.stats.dead_lettered, runner.stats.retried) == (3, 1)
+    assert (runner.stats.dead_lettered, runner.stats.retried) == (4, 1)
     assert runner.stats.skipped == 3
 
     reader = AIOKafkaConsumer(**client_options(one), group_id=None)
@@ -99,7 +100,7 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
         await reader.seek_to_beginning()
         letters = []
         async with asyncio.timeout(10):
-            while len(letters) < 3:
+            while len(letters) < 4:
                 for records in (await reader.getmany(timeout_ms=200)).values():
                     letters.extend(records)
         committed = AIOKafkaConsumer(
@@ -107,7 +108,7 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
         )
         await committed.start()
         try:
-            assert await committed.committed(TopicPartition(topic, 0)) == 9
+            assert await committed.committed(TopicPartition(topic, 0)) == 10
         finally:
             await committed.stop()
     finally:
@@ -119,4 +120,5 @@ async def test_invalid_envelopes_are_dead_lettered_before_any_handler(settings: 
     assert reasons[3] == "invalid: ce_id: missing CloudEvents header ce_id"
     assert reasons[5].startswith("invalid: data: value is not JSON: ")
     assert reasons[8] == "invalid: ce_type: header ce_type is not UTF-8"
-    assert sorted(reasons) == [3, 5, 8]
+    assert reasons[9] == "invalid: ce_status: header ce_status is not UTF-8"
+    assert sorted(reasons) == [3, 5, 8, 9]
