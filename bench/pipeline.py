@@ -251,7 +251,10 @@ def main() -> int:
     p.add_argument("--warmup", type=int, default=20)
     p.add_argument("--timeout", type=float, default=0.0, help="give up after (s; 0: by N)")
     p.add_argument("--profile", default="", help="py-spy each process (raw stacks) into DIR")
-    p.add_argument("--idle", type=float, default=3.0, help="idle CPU measured for (s)")
+    p.add_argument(
+        "--idle", type=float, default=3.0,
+        help="idle CPU measured for (s; under 10, while the consumers keep the short fetch wait)",
+    )  # fmt: skip
     args = p.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="notaflow-bench-pipeline-"))
