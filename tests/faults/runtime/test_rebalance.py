@@ -17,6 +17,7 @@ generator (NOTAFLOW_FAULT_SEED, in every failure message); run with -s to see th
 from __future__ import annotations
 
 import asyncio
+import copy
 import itertools
 import json
 import os
@@ -26,7 +27,7 @@ import signal
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -109,11 +110,20 @@ def scale(stack: Stack, rng: random.Random, started: float, log: list[str]) -> N
     note(f"{len([p for p in emission_members(stack) if p.process.poll() is None])} members")
 
 
-async def send_load(stack: Stack, rng: random.Random) -> tuple[list[str], dict[str, int]]:
-    """POST /v2/nfse at RATE for DURATION (each must be 202); every CANCEL_EVERY-th note is
-    cancelled 0.2-1.5 s later, while its emission is in flight. Returns the refs and the
-    cancels' HTTP answers."""
-    document = with_valid_cnpjs(JSON_EXAMPLE)
+async def send_load(
+    stack: Stack,
+    rng: random.Random,
+    *,
+    rate: float = RATE,
+    duration: float = DURATION,
+    prefix: str = "scale",
+    tomador_email: Callable[[str], str] | None = None,
+) -> tuple[list[str], dict[str, int]]:
+    """POST /v2/nfse at `rate` for `duration` (each must be 202); every CANCEL_EVERY-th note
+    is cancelled 0.2-1.5 s later, while its emission is in flight. `tomador_email`: each
+    note's tomador address, by ref (else the example's). Returns the refs and the cancels'
+    HTTP answers."""
+    example = with_valid_cnpjs(JSON_EXAMPLE)
     refs: list[str] = []
     cancels: dict[str, int] = {}
     refused: list[tuple[str, int, str]] = []
@@ -123,7 +133,11 @@ async def send_load(stack: Stack, rng: random.Random) -> tuple[list[str], dict[s
     ) as client:
 
         async def one(n: int) -> None:
-            ref = f"scale{n:04d}"
+            ref = f"{prefix}{n:04d}"
+            document = example
+            if tomador_email is not None:
+                document = copy.deepcopy(example)
+                document["tomador"]["email"] = tomador_email(ref)
             r = await client.post("/v2/nfse", params={"ref": ref}, json=document)
             if r.status_code != 202:
                 refused.append((ref, r.status_code, r.text))
@@ -138,9 +152,9 @@ async def send_load(stack: Stack, rng: random.Random) -> tuple[list[str], dict[s
 
         t0 = time.monotonic()
         tasks = []
-        for n in range(int(RATE * DURATION)):
+        for n in range(int(rate * duration)):
             tasks.append(asyncio.create_task(one(n)))
-            await asyncio.sleep(max(0.0, t0 + (n + 1) / RATE - time.monotonic()))
+            await asyncio.sleep(max(0.0, t0 + (n + 1) / rate - time.monotonic()))
         await asyncio.gather(*tasks)
     assert not refused, f"commands not accepted: {refused[:5]}"
     return refs, cancels
