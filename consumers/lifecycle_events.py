@@ -156,4 +156,11 @@ async def note_to_cancel(
     if check is not Cancel.GO:
         await reply_status(bus, topics, cause, source, check.value)
         return None
+    # The authorization this cancel acts on goes out again first. Its writer records a state
+    # before publishing it, so a process that died between the two left the event to a
+    # redelivery; once this cancel has moved the note on, that redelivery finds it cancelled
+    # and publishes nothing (an older status would go backwards). Sent here, under its
+    # deterministic id (downstream keeps one copy), the stream still reads autorizado ->
+    # cancelado and the tomador still hears of the authorization. One record per cancel.
+    await publish_status(bus, topics, doc, source, cause)
     return doc

@@ -19,7 +19,13 @@ from opentelemetry.trace import SpanKind
 from notaflow import topics as t
 from notaflow import tracing
 from notaflow.bus import Publisher
-from notaflow.consumers.lifecycle_events import note_to_cancel, publish_status, reply, reply_status
+from notaflow.consumers.lifecycle_events import (
+    note_to_cancel,
+    publish_if_current,
+    publish_status,
+    reply,
+    reply_status,
+)
 from notaflow.consumers.providers.emites import EmitesClient, EmitesReply
 from notaflow.consumers.providers.emites_accounts import EmitesByCompany
 from notaflow.envelope import Event
@@ -113,6 +119,13 @@ class NfceEmitter:
             doc = await self._docs.get(tenant_id, KIND, ref)
             assert doc is not None
         if doc.command_id != event.id or doc.status != PROCESSING:
+            if doc.command_id == event.id:
+                # A redelivery of this very command: the process that made the outcome may
+                # have died between its write and its event, so the event goes out again
+                # (deterministic id, deduplicated downstream) if it is still the note's state.
+                await publish_if_current(
+                    self._bus, self._topics, self._docs, doc, self._source, event
+                )
             await self._answer(event, doc)  # a redelivery: answer what happened
             return
         if doc.submitted_at is not None:

@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import pytest
 
-from notaflow.errors import Transient
+from notaflow import topics as t
+from notaflow.envelope import Event
+from notaflow.errors import BusUnavailable, Transient
 from notaflow.focus_kinds import NFSE
-from notaflow.lifecycle import AUTHORIZED, CANCELLED, ERROR, focus_ref
-from tests.unit.runtime.conftest import JUSTIFICATIVA, World
+from notaflow.lifecycle import AUTHORIZED, CANCELLED, ERROR, PROCESSING, focus_ref
+from tests.unit.runtime.conftest import JUSTIFICATIVA, TENANT, World
 
 
 async def authorized(world: World, ref: str, **servico: str) -> str:
@@ -113,3 +115,48 @@ async def test_the_other_consumers_commands_are_left_to_them(world: World) -> No
         await world.bus.send(world.topics.nfse_commands, event, b"k"),
     )
     assert world.sandbox.stats.posts == {}
+
+
+async def test_an_authorization_whose_event_was_lost_goes_out_before_the_cancellation(
+    world: World,
+) -> None:
+    """The emission consumer recorded the authorization and died before its event went out.
+    The cancel reaches the note first: its redelivered callback then finds it cancelled and
+    publishes nothing, so the cancel itself sends the authorization, under its own id, ahead
+    of the cancellation (the stream never skips autorizado, and never goes backwards)."""
+    event = world.emit_command("r1")
+    doc = await world.claim("r1", event)
+    await world.command(event)
+    pref = focus_ref(doc.id, doc.attempt)
+    body = await world.at_focus(pref, AUTHORIZED)
+    callback = await world.bus.send(
+        world.topics.provider_events,
+        Event(type=t.FOCUS_NFSE_CALLBACK, source="test", data=body, subject=pref),
+        t.document_key(TENANT, "nfse", "r1"),
+    )
+    world.bus.unavailable = BusUnavailable("the process died here")
+    with pytest.raises(BusUnavailable):
+        await world.bus.deliver(world.emission, callback)
+    world.bus.unavailable = None
+    assert (await world.doc("r1")).status == AUTHORIZED
+    assert world.statuses() == [PROCESSING]
+
+    await world.command(world.cancel_command("r1"), world.cancellation)
+    assert world.statuses() == [PROCESSING, AUTHORIZED, CANCELLED]
+    authorization = world.bus.events(world.topics.lifecycle)[1]
+    assert authorization.id == f"nfse-{doc.id}-{doc.attempt}-{AUTHORIZED}"
+    assert authorization.data["numero"] == (await world.doc("r1")).result["numero"]
+
+    # The callback's redelivery, now: the note has moved on, nothing older goes out.
+    await world.bus.deliver(world.emission, callback)
+    assert world.statuses() == [PROCESSING, AUTHORIZED, CANCELLED]
+
+
+async def test_a_cancel_sends_the_authorization_again_under_the_same_id(world: World) -> None:
+    """When the authorization did go out, the cancel's copy carries the same id, which the
+    notification consumer's delivery rows keep once."""
+    await authorized(world, "r1")
+    await world.command(world.cancel_command("r1"), world.cancellation)
+    events = world.bus.events(world.topics.lifecycle)
+    assert [e.data["status"] for e in events] == [PROCESSING, AUTHORIZED, AUTHORIZED, CANCELLED]
+    assert events[1].id == events[2].id
