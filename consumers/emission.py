@@ -137,9 +137,16 @@ class EmissionConsumer:
         if doc is None or doc.command_id != event.id:
             log.info("skipping stale emit %s for %s/%s", event.id, tenant_id, ref)
             return
-        if doc.submitted_at is not None or doc.status != PROCESSING:
+        if doc.submitted_at is not None:
             # Redelivery of a command already handed to the provider (its lifecycle event went
-            # out before the hand-over was recorded, below).
+            # out before the hand-over was recorded, below); outcomes after it are the
+            # callbacks', whose redeliveries send their events again.
+            return
+        if doc.status != PROCESSING:
+            # An outcome this handler wrote itself, never handed over (a refusal, a refused
+            # token, a disabled account): the process may have died between that write and
+            # its event, so the event goes out again (same id, deduplicated downstream).
+            await self._publish_status(doc, event)
             return
         try:
             token = await self._token(tenant_id, cnpj)

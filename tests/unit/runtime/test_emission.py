@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from notaflow import topics as t
-from notaflow.errors import InvalidDocument, Transient
+from notaflow.errors import BusUnavailable, InvalidDocument, Transient
 from notaflow.focus_kinds import NFSE
 from notaflow.lifecycle import ERROR, PROCESSING, focus_ref
 from tests.unit.runtime.conftest import TENANT, World
@@ -89,6 +89,28 @@ async def test_a_provider_refusal_is_a_final_explained_error(world: World) -> No
     assert doc.status == ERROR
     assert doc.erros and "Marcador do sandbox" in str(doc.erros[0]["mensagem"])
     assert world.statuses() == [ERROR]
+
+
+async def test_a_refusal_whose_event_was_lost_goes_out_with_the_redelivery(
+    world: World,
+) -> None:
+    """Focus refused the document, the refusal was recorded, the process died before its
+    event: the redelivered command finds the outcome it wrote and sends the event then."""
+    event = world.emit_command("r1", document=world.nfse(discriminacao="[sandbox:delay=x]"))
+    doc = await world.claim("r1", event)
+    record = await world.bus.send(
+        world.topics.nfse_commands, event, t.document_key(TENANT, "nfse", "r1")
+    )
+    world.bus.unavailable = BusUnavailable("the process died here")
+    with pytest.raises(BusUnavailable):
+        await world.bus.deliver(world.emission, record)
+    world.bus.unavailable = None
+    assert (await world.doc("r1")).status == ERROR
+    assert world.statuses() == []
+    await world.bus.deliver(world.emission, record)
+    (refusal,) = world.bus.events(world.topics.lifecycle)
+    assert refusal.data["status"] == ERROR
+    assert refusal.id == f"nfse-{doc.id}-{doc.attempt}-{ERROR}"
 
 
 async def test_a_refused_ref_is_reused_by_a_new_command_as_a_new_attempt(world: World) -> None:
