@@ -151,6 +151,10 @@ async def note_to_cancel(
         raise Transient("a nota ainda está em processamento", retry_after=1.0)
     if check is Cancel.ALREADY_CANCELLED:
         mine = await cancelled_by(documents, doc, cause)
+        if mine:
+            # This command's redelivery: the process that cancelled may have died between
+            # the write and the event, so the event goes out again (same id, kept once).
+            await publish_status(bus, topics, doc, source, cause)
         await reply_status(bus, topics, cause, source, CANCEL_DONE if mine else check.value)
         return None
     if check is not Cancel.GO:

@@ -7,10 +7,12 @@ from __future__ import annotations
 import pytest
 
 from notaflow import topics as t
+from notaflow.consumers.cancellation import CancellationConsumer
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, Transient
 from notaflow.focus_kinds import NFSE
 from notaflow.lifecycle import AUTHORIZED, CANCELLED, ERROR, PROCESSING, focus_ref
+from notaflow.testing import InMemoryBus
 from tests.unit.runtime.conftest import JUSTIFICATIVA, TENANT, World
 
 
@@ -75,7 +77,9 @@ async def test_a_redelivered_cancel_answers_cancelado_again_without_a_second_del
     await world.bus.deliver(world.cancellation, record)
     assert [r["status"] for r in world.replies()] == ["cancelado", "cancelado"]
     assert world.sandbox.stats.cancellations[pref] == 1
-    assert world.statuses().count(CANCELLED) == 1
+    # The redelivery sends the cancellation's event again, under the same id.
+    cancellations = [e for e in world.bus.events(world.topics.lifecycle) if e.status == CANCELLED]
+    assert len(cancellations) == 2 and len({e.id for e in cancellations}) == 1
     # Another command for the cancelled note: it did not cancel it.
     await world.command(world.cancel_command("r1"), world.cancellation)
     assert world.replies()[-1]["status"] == "nfe_cancelada"
@@ -160,3 +164,43 @@ async def test_a_cancel_sends_the_authorization_again_under_the_same_id(world: W
     events = world.bus.events(world.topics.lifecycle)
     assert [e.data["status"] for e in events] == [PROCESSING, AUTHORIZED, AUTHORIZED, CANCELLED]
     assert events[1].id == events[2].id
+
+
+class DiesAtCancelado:
+    """The consumer's bus, for a process that dies right after writing the cancellation:
+    every publish goes through until the `cancelado` event, which never leaves."""
+
+    def __init__(self, bus: InMemoryBus) -> None:
+        self._bus = bus
+
+    async def publish(self, topic: str, event: Event, key: bytes) -> None:
+        if event.status == CANCELLED:
+            raise BusUnavailable("the process died here")
+        await self._bus.publish(topic, event, key)
+
+    async def publish_many(self, topic: str, records: list[tuple[bytes, Event]]) -> None:
+        await self._bus.publish_many(topic, records)
+
+    async def publish_raw(
+        self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
+    ) -> None:
+        await self._bus.publish_raw(topic, value, key, headers)
+
+
+async def test_a_cancellation_whose_event_was_lost_goes_out_with_the_redelivery(
+    world: World,
+) -> None:
+    pref = await authorized(world, "r1")
+    dying = CancellationConsumer(world.docs, world.focus, DiesAtCancelado(world.bus), world.topics)
+    command = world.cancel_command("r1")
+    with pytest.raises(BusUnavailable):
+        await world.command(command, dying.routes())
+    assert (await world.doc("r1")).status == CANCELLED
+    assert CANCELLED not in world.statuses()
+    assert world.replies() == []
+
+    (record,) = world.bus.records(world.topics.nfse_commands)[-1:]
+    await world.bus.deliver(world.cancellation, record)
+    assert world.statuses()[-1] == CANCELLED
+    assert world.replies() == [{"command_id": command.id, "status": "cancelado"}]
+    assert world.sandbox.stats.cancellations[pref] == 1
