@@ -46,6 +46,7 @@ from notaflow.lifecycle import (
     PROCESSING,
     can_follow,
     focus_ref,
+    focus_ref_parts,
     ref_reusable,
     sources,
     xml_path,
@@ -211,6 +212,8 @@ class EmissionConsumer:
             raise InvalidDocument("data", f"callback inválido: {errors[0]}")
         doc = await self._docs.by_provider_ref(str(body["ref"]))
         if doc is None:
+            if await self._earlier_attempt(str(body["ref"])):
+                return
             raise InvalidDocument("ref", f"callback para ref desconhecida {body['ref']}")
         status = body["status"]
         if status not in OUTCOMES:
@@ -271,6 +274,24 @@ class EmissionConsumer:
         if updated is not None:
             # The conditional transition tells the note is in this state now: no re-read.
             await publish_status(self._bus, self._topics, updated, SOURCE, event)
+
+    async def _earlier_attempt(self, provider_ref: str) -> bool:
+        """Whether `provider_ref` is an earlier attempt of a note whose ref was emitted again
+        after an error: Focus's late or repeated callback for it (Focus sends a hook again
+        when our answer is slow) is old news, not an unknown ref for the dead-letter topic."""
+        parts = focus_ref_parts(provider_ref)
+        if parts is None:
+            return False
+        doc = await self._docs.by_id(parts[0])
+        if doc is None or doc.kind not in BY_KIND or doc.attempt <= parts[1]:
+            return False
+        log.info(
+            "callback for %s ignored: note %s is at attempt %d now",
+            provider_ref,
+            doc.id,
+            doc.attempt,
+        )
+        return True
 
     async def _verified(
         self, doc: Document, body: dict[str, Any], confirm: bool

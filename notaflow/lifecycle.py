@@ -14,6 +14,7 @@ spelling the statuses again.
 from __future__ import annotations
 
 import enum
+import re
 import secrets
 
 PROCESSING = "processando_autorizacao"
@@ -128,6 +129,15 @@ CANCEL_NOT_FOUND = "nao_encontrado"
 def focus_ref(document_id: int, attempt: int) -> str:
     """The ref a note goes by at Focus NFe."""
     return f"N{document_id}A{attempt}"
+
+
+def focus_ref_parts(provider_ref: str) -> tuple[int, int] | None:
+    """The (document id, attempt) a ref of ours names, or None for one we never made."""
+    match = _FOCUS_REF.fullmatch(provider_ref)
+    return (int(match[1]), int(match[2])) if match else None
+
+
+_FOCUS_REF = re.compile(r"N([1-9][0-9]{0,17})A([1-9][0-9]{0,8})")
 
 
 def emites_ref(document_id: int, attempt: int) -> str:

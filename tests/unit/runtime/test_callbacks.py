@@ -116,6 +116,26 @@ async def test_a_callback_for_a_ref_we_never_used_is_an_invalid_document(world: 
         await world.callback({"ref": "N999A1", "status": AUTHORIZED})
 
 
+async def test_a_callback_for_an_earlier_attempt_of_a_re_emitted_ref_is_ignored(
+    world: World,
+) -> None:
+    """Focus refused the first attempt; the client emitted the ref again. Focus's repeated
+    callback for the first attempt's ref is old news: ignored, not an unknown ref for the
+    dead-letter topic, and the new attempt is untouched."""
+    first = await emitted(world, "r1", discriminacao="[sandbox:delay=x]")  # refused at the POST
+    assert (await world.doc("r1")).status == ERROR
+    await world.command(world.emit_command("r1"))  # the client's re-emission: attempt 2
+    again = await world.doc("r1")
+    assert again.attempt == 2 and first != again.provider_ref
+    await world.callback({"ref": first, "status": ERROR, "cnpj_prestador": PRESTADOR_CNPJ})
+    assert await world.doc("r1") == again
+    assert world.statuses() == [ERROR, PROCESSANDO]
+    # A ref of ours for a note that does not exist, or one we never made: still refused.
+    for unknown in (focus_ref(again.id + 1, 1), focus_ref(again.id, 3), "X1"):
+        with pytest.raises(InvalidDocument, match="ref desconhecida"):
+            await world.callback({"ref": unknown, "status": ERROR})
+
+
 async def test_a_late_refusal_after_the_cancellation_is_ignored(world: World) -> None:
     pref = await emitted(world, "r1")
     await world.callback(await world.at_focus(pref, AUTHORIZED))

@@ -112,6 +112,11 @@ def test_provider_refs_are_unique_per_document_and_attempt() -> None:
     refs = {lc.focus_ref(d, a) for d in range(1, 30) for a in range(1, 30)}
     assert len(refs) == 29 * 29  # no (document, attempt) pair shares a ref
     assert all(r.isalnum() for r in refs)
+    assert all(
+        lc.focus_ref_parts(lc.focus_ref(d, a)) == (d, a) for d in (1, 7, 10**12) for a in (1, 9)
+    )
+    for foreign in ("", "N0A1", "N1A0", "N01A1", "n1a1", "N1A1x", "N1", "A1", "E1A1", "N1A1\n"):
+        assert lc.focus_ref_parts(foreign) is None, foreign
 
 
 def test_nfce_files_are_kept_by_document_id() -> None:
