@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections import OrderedDict
 from typing import Any
 
 from notaflow import topics as t
@@ -61,6 +62,9 @@ log = logging.getLogger(__name__)
 SOURCE = t.SOURCE_EMISSION
 KIND = "nfse"
 CREDENTIAL_ERROR = "credencial_recusada"
+# At most this many accepted provider refs awaiting their hand-over are kept (a record that
+# ends in the dead-letter topic leaves its ref here until pushed out).
+ACCEPTED_KEPT = 10_000
 ACCOUNT_DISABLED = "conta_desabilitada"
 
 
@@ -83,6 +87,12 @@ class EmissionConsumer:
         self._focus = focus
         self._bus = bus
         self._topics = topics
+        # Provider refs Focus accepted whose hand-over is not recorded yet. A retry of the
+        # record in this process (the broker or the database failed right after the POST)
+        # goes straight to the hand-over instead of POSTing again: Focus would answer the
+        # repeat 422 (ours, so accepted) but count it against the company's 100 requests a
+        # minute. A crash forgets them, and the redelivery takes the 422 path as before.
+        self._accepted: OrderedDict[str, None] = OrderedDict()
 
     def routes(self) -> Routes:
         """Emit commands (a municipal NFS-e or an NFS-e Nacional), Focus's callbacks, NFC-e
@@ -149,6 +159,12 @@ class EmissionConsumer:
             # its event, so the event goes out again (same id, deduplicated downstream).
             await self._publish_status(doc, event)
             return
+        pref = focus_ref(doc.id, doc.attempt)
+        if pref in self._accepted:
+            # Focus took it on an earlier try of this record in this process; what failed
+            # after (the broker, the database) is all that is left to do.
+            await self._hand_over(doc, pref, event)
+            return
         try:
             token = await self._token(tenant_id, cnpj)
         except AccountDisabled:
@@ -162,7 +178,6 @@ class EmissionConsumer:
             }
             await self._finish(doc, ERROR, None, [erro], event)
             return
-        pref = focus_ref(doc.id, doc.attempt)
         # Known before the call, so a callback racing our own bookkeeping still finds the note.
         await self._docs.set_provider_ref(doc.id, doc.attempt, pref)
         try:
@@ -185,13 +200,10 @@ class EmissionConsumer:
         code = reply.body.get("codigo")
         if reply.status_code in (200, 201, 202) or code in ("em_processamento", "nfe_autorizada"):
             # 422 for our own provider ref means an earlier delivery of this command got through.
-            # The lifecycle event goes out before the hand-over is recorded: a crash between the
-            # two leaves the note unrecorded, and whatever comes next (this command redelivered,
-            # or the provider's callback fetched ahead of it) publishes it again under the same
-            # id. The other order could lose it: recorded, never published, and a callback
-            # applied first finds the note submitted and moves it on without it.
-            await self._publish_status(doc, event)
-            await self._docs.mark_submitted(doc.id, doc.attempt, pref)
+            self._accepted[pref] = None
+            while len(self._accepted) > ACCEPTED_KEPT:
+                self._accepted.popitem(last=False)
+            await self._hand_over(doc, pref, event)
             return
         # The provider refused the document outright: a final, explained state.
         erros = reply.body.get("erros") or [
@@ -202,6 +214,17 @@ class EmissionConsumer:
             }
         ]
         await self._finish(doc, ERROR, None, erros, event)
+
+    async def _hand_over(self, doc: Document, pref: str, event: Event) -> None:
+        """What follows Focus's acceptance. The lifecycle event goes out before the hand-over
+        is recorded: a crash between the two leaves the note unrecorded, and whatever comes
+        next (this command redelivered, or the provider's callback fetched ahead of it)
+        publishes it again under the same id. The other order could lose it: recorded, never
+        published, and a callback applied first finds the note submitted and moves it on
+        without it."""
+        await self._publish_status(doc, event)
+        await self._docs.mark_submitted(doc.id, doc.attempt, pref)
+        self._accepted.pop(pref, None)
 
     # -- callbacks -----------------------------------------------------------------------------
 

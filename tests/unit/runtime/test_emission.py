@@ -61,6 +61,29 @@ async def test_a_crash_after_the_post_is_repaired_by_the_redelivery(world: World
     assert world.statuses() == [PROCESSANDO]
 
 
+async def test_a_retry_after_the_broker_failed_the_event_does_not_post_again(
+    world: World,
+) -> None:
+    """Focus took the note, then the broker refused the lifecycle event: the record is retried
+    in this process, which knows Focus has it, so no second POST (a 422 at Focus, but one of
+    the company's 100 requests a minute) before the event and the hand-over record."""
+    event = world.emit_command("r1")
+    doc = await world.claim("r1", event)
+    pref = focus_ref(doc.id, doc.attempt)
+    record = await world.bus.send(
+        world.topics.nfse_commands, event, t.document_key(TENANT, "nfse", "r1")
+    )
+    world.bus.unavailable = BusUnavailable("Kafka is away")
+    with pytest.raises(BusUnavailable):
+        await world.bus.deliver(world.emission, record)
+    world.bus.unavailable = None
+    assert (await world.doc("r1")).submitted_at is None
+    await world.bus.deliver(world.emission, record)  # the runner's retry
+    assert world.posts(pref) == 1
+    assert world.statuses() == [PROCESSANDO]
+    assert (await world.doc("r1")).submitted_at is not None
+
+
 async def test_a_transient_provider_error_leaves_the_command_to_retry(world: World) -> None:
     event = world.emit_command("r1", document=world.nfse(discriminacao="Obra [sandbox:http500=1]"))
     doc = await world.claim("r1", event)
