@@ -70,4 +70,8 @@ def settings(broker: EmbeddedBroker, tmp_path: Path) -> Settings:
         consumer_retry_base=0.05,
         consumer_retry_max=0.5,
         consumer_max_attempts=4,
+        # Longer than httpx's keep-alive expiry (5 s), so a test's client drops an idle
+        # connection before the ingress closes it: with both at 5 s, a request sent on a
+        # connection idle for just under 5 s can meet the server's close (httpx.ReadError).
+        ingress_keep_alive_timeout=15.0,
     )

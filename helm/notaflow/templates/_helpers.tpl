@@ -127,6 +127,7 @@ twin and the checksum.
   "NOTAFLOW_KAFKA_SASL_USERNAME" $c.kafka.saslUsername
   "NOTAFLOW_PUBLIC_URL" (include "notaflow.publicUrl" .)
   "NOTAFLOW_MAX_BODY_BYTES" (toString (int64 $c.maxBodyBytes))
+  "NOTAFLOW_INGRESS_KEEP_ALIVE_TIMEOUT" (toString $c.keepAliveTimeout)
   "NOTAFLOW_FOCUS_BASE_URL" $c.focus.baseUrl
   "NOTAFLOW_FOCUS_TIMEOUT" (toString $c.focus.timeout)
   "NOTAFLOW_FOCUS_WEBHOOK_HEADER" $c.focus.webhookHeader

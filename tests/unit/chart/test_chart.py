@@ -547,6 +547,8 @@ def test_the_processes_read_the_mounted_secret(full: list[Manifest], tmp_path: P
     # Kafka answers a fetch as records arrive: the chart's consumers ask less often than the
     # settings' default, which is for the embedded broker.
     assert settings.consumer_fetch_wait_ms == 500 > Settings().consumer_fetch_wait_ms
+    # Behind a proxy that keeps idle upstream connections 60 s, the pod keeps them longer.
+    assert settings.ingress_keep_alive_timeout == 75 > 60 > Settings().ingress_keep_alive_timeout
 
 
 def test_every_pod_template_has_the_config_checksum(full: list[Manifest]) -> None:
