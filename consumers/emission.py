@@ -300,8 +300,8 @@ class EmissionConsumer:
 
     async def _earlier_attempt(self, provider_ref: str) -> bool:
         """Whether `provider_ref` is an earlier attempt of a note whose ref was emitted again
-        after an error: Focus's late or repeated callback for it (Focus sends a hook again
-        when our answer is slow) is old news, not an unknown ref for the dead-letter topic."""
+        after an error: Focus's late or repeated callback for it (Focus retries a hook it
+        thinks undelivered) is old news, not an unknown ref for the dead-letter topic."""
         parts = focus_ref_parts(provider_ref)
         if parts is None:
             return False
