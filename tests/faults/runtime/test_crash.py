@@ -336,13 +336,17 @@ def test_sigterm_under_load_drains_commits_and_exits_zero(stack: Stack) -> None:
     assert exited_in < RUNNER_GRACE, f"{context}: took {exited_in:.1f}s to exit"
     stopped = re.search(r"consumer emission stopped: Stats\(processed=(\d+)", output)
     assert stopped, f"{context}: no orderly stop in the log\n{output[-3000:]}"
-    # What the drained consumer did is exactly what it committed: every command it POSTed has
-    # its bookkeeping done (submitted) and its offset committed; nothing past them is.
+    # What the drained consumer did, it finished: every command it POSTed has its bookkeeping
+    # done (submitted). Its offsets are committed up to the first record it left in each
+    # partition, so nothing left is skipped; a record POSTed behind one left is committed by
+    # the next owner, which finds it submitted and does not POST it again (checked below).
+    # Usually all of them: under CI's load a record still in its database steps when the
+    # signal came (so it started no call) held back 6 POSTed ones behind it (127 of 133).
     posts_at_exit = sum(sandbox_stats(stack)["posts"].values())
     submitted_at_exit = db_count(stack, "submitted_at IS NOT NULL")
     committed = committed_total(stack, "notaflow-emission", topics.nfse_commands)
     assert submitted_at_exit == posts_at_exit, (context, submitted_at_exit, posts_at_exit)
-    assert committed == posts_at_exit, f"{context}: committed {committed}, POSTed {posts_at_exit}"
+    assert committed <= posts_at_exit, f"{context}: committed {committed}, POSTed {posts_at_exit}"
     stack.procs.remove(consumer)
     consumer.stop()
 
