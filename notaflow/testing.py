@@ -5,7 +5,9 @@ it keeps every record the consumer publishes, per topic and partition (the key p
 partition as Kafka's default partitioner does). `deliver` feeds a record to a consumer's
 `Routes` the way the runner does: the envelope decoded once, the handler routed for its topic
 and event type called with the `Event`; a handler's exception reaches the test, and the record
-then stays uncommitted, as it would in Kafka. `drain` delivers what was published on the routed
+then stays uncommitted, as it would in Kafka. `deliver_dying` delivers a record to a handler
+whose process dies just before it publishes an event (a state written, its event never sent),
+the moment the redeliveries have to repair. `drain` delivers what was published on the routed
 topics, in order, including what the handlers publish meanwhile (a command's lifecycle event
 reaching the notification consumer).
 
@@ -16,12 +18,18 @@ schedule, dead letters, order across concurrent documents, rebalances.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from notaflow.bus import murmur2
 from notaflow.envelope import Event, decode
 from notaflow.errors import BusUnavailable
 from notaflow.routing import Routes
+
+
+class _ProcessDied(BaseException):
+    """The process of `InMemoryBus.deliver_dying`'s handler died. A BaseException, as a SIGKILL
+    is caught by nothing: no handler's `except Exception` sees it."""
 
 
 @dataclass(frozen=True)
@@ -48,17 +56,25 @@ class InMemoryBus:
         self._delivered: set[tuple[str, int, int]] = set()
         # Set to make every publish fail, as the Kafka bus does when the broker is away.
         self.unavailable: BusUnavailable | None = None
+        self._dies_at: Callable[[Event], bool] | None = None
 
     # -- the Publisher interface -----------------------------------------------------------
 
     async def publish(self, topic: str, event: Event, key: bytes) -> None:
+        self._dying(event)
         self._append(topic, key, event.value(), event.headers())
 
     async def publish_many(self, topic: str, records: list[tuple[bytes, Event]]) -> None:
         if self.unavailable is not None:
             raise self.unavailable
+        for _, event in records:
+            self._dying(event)
         for key, event in records:
             self._append(topic, key, event.value(), event.headers())
+
+    def _dying(self, event: Event) -> None:
+        if self._dies_at is not None and self._dies_at(event):
+            raise _ProcessDied(f"died before publishing {event.type} {event.id}")
 
     async def publish_raw(
         self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
@@ -109,6 +125,22 @@ class InMemoryBus:
         taken = await routes.dispatch(record.topic, record.event())
         self._done.add((record.topic, record.partition, record.offset))
         return taken
+
+    async def deliver_dying(
+        self, routes: Routes, record: Record, at: Callable[[Event], bool] = lambda _: True
+    ) -> None:
+        """Deliver `record` to a handler whose process dies just before it publishes the first
+        event `at` picks (any event, by default): what it wrote and published before that
+        stays, that event and everything after it never happen. AssertionError if the
+        handler never came to publish such an event."""
+        self._dies_at = at
+        try:
+            await self.deliver(routes, record)
+        except _ProcessDied:
+            return
+        finally:
+            self._dies_at = None
+        raise AssertionError("the handler published no event it was to die at")
 
     async def drain(self, routes: Routes) -> int:
         """Deliver every record of the routed topics not delivered yet, oldest first, until

@@ -1,7 +1,7 @@
 """An NFC-e whose outcome was recorded by a process that died before its lifecycle event went
 out: the create's redelivery, or a cancel reaching the note first, sends it. The real store
 (SQLite), the Emites sandbox over TCP on 127.0.0.1, the in-memory bus of `notaflow.testing`
-(made unavailable at the instant of the crash)."""
+(its `deliver_dying`: the process dies at the handler's first publish)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ from notaflow import topics as t
 from notaflow.consumers.nfce import NfceCanceller, NfceEmitter
 from notaflow.consumers.providers.emites import EmitesClient
 from notaflow.envelope import Event
-from notaflow.errors import BusUnavailable
 from notaflow.lifecycle import AUTHORIZED, CANCELLED
 from notaflow.routing import Routes
 from notaflow.sandbox.emites import EmitesSandbox, EmitesSandboxConfig
@@ -48,16 +47,6 @@ class Shop:
             self.topics.nfce_commands, event, t.document_key(TENANT, "nfce", ref)
         )
 
-    async def crash_at_publish(self, routes: Routes, record: Record) -> None:
-        """Deliver `record` with every publish failing: the handler's writes are made, its
-        events are not, as when the process dies between the two."""
-        self.bus.unavailable = BusUnavailable("the process died here")
-        try:
-            with pytest.raises(BusUnavailable):
-                await self.bus.deliver(routes, record)
-        finally:
-            self.bus.unavailable = None
-
     def lifecycle(self) -> list[Event]:
         return self.bus.events(self.topics.lifecycle)
 
@@ -88,7 +77,7 @@ async def shop(tmp_path: Path) -> AsyncIterator[Shop]:
 
 async def test_the_redelivered_create_sends_the_authorization_it_recorded(shop: Shop) -> None:
     create = await shop.send(t.NFCE_CREATE, "v1", nfce=valid_nfce())
-    await shop.crash_at_publish(shop.emission, create)
+    await shop.bus.deliver_dying(shop.emission, create)
     doc = await shop.docs.get(TENANT, "nfce", "v1")
     assert doc is not None and doc.status == AUTHORIZED
     assert shop.lifecycle() == []
@@ -109,7 +98,7 @@ async def test_the_redelivered_create_sends_the_authorization_it_recorded(shop: 
 
 async def test_a_cancel_first_sends_the_lost_authorization_then_its_own(shop: Shop) -> None:
     create = await shop.send(t.NFCE_CREATE, "v2", nfce=valid_nfce())
-    await shop.crash_at_publish(shop.emission, create)
+    await shop.bus.deliver_dying(shop.emission, create)
     cancel = await shop.send(t.NFCE_CANCEL, "v2", motivo="Desistência do comprador")
     await shop.bus.deliver(shop.cancellation, cancel)
     assert [e.data["status"] for e in shop.lifecycle()] == [AUTHORIZED, CANCELLED]

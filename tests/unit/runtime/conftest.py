@@ -74,10 +74,14 @@ class World:
             tenant=TENANT,
         )
 
+    async def send(self, event: Event) -> Record:
+        """Publish a command on the NFS-e command topic, keyed by its note (not delivered)."""
+        key = t.document_key(TENANT, "nfse", event.subject)
+        return await self.bus.send(self.topics.nfse_commands, event, key)
+
     async def command(self, event: Event, routes: Routes | None = None) -> Record:
         """Publish a command on the NFS-e command topic and deliver it."""
-        key = t.document_key(TENANT, "nfse", event.subject)
-        record = await self.bus.send(self.topics.nfse_commands, event, key)
+        record = await self.send(event)
         await self.bus.deliver(routes or self.emission, record)
         return record
 

@@ -7,12 +7,10 @@ from __future__ import annotations
 import pytest
 
 from notaflow import topics as t
-from notaflow.consumers.cancellation import CancellationConsumer
 from notaflow.envelope import Event
-from notaflow.errors import BusUnavailable, Transient
+from notaflow.errors import Transient
 from notaflow.focus_kinds import NFSE
 from notaflow.lifecycle import AUTHORIZED, CANCELLED, ERROR, PROCESSING, focus_ref
-from notaflow.testing import InMemoryBus
 from tests.unit.runtime.conftest import JUSTIFICATIVA, TENANT, World
 
 
@@ -138,10 +136,7 @@ async def test_an_authorization_whose_event_was_lost_goes_out_before_the_cancell
         Event(type=t.FOCUS_NFSE_CALLBACK, source="test", data=body, subject=pref),
         t.document_key(TENANT, "nfse", "r1"),
     )
-    world.bus.unavailable = BusUnavailable("the process died here")
-    with pytest.raises(BusUnavailable):
-        await world.bus.deliver(world.emission, callback)
-    world.bus.unavailable = None
+    await world.bus.deliver_dying(world.emission, callback)
     assert (await world.doc("r1")).status == AUTHORIZED
     assert world.statuses() == [PROCESSING]
 
@@ -166,40 +161,20 @@ async def test_a_cancel_sends_the_authorization_again_under_the_same_id(world: W
     assert events[1].id == events[2].id
 
 
-class DiesAtCancelado:
-    """The consumer's bus, for a process that dies right after writing the cancellation:
-    every publish goes through until the `cancelado` event, which never leaves."""
-
-    def __init__(self, bus: InMemoryBus) -> None:
-        self._bus = bus
-
-    async def publish(self, topic: str, event: Event, key: bytes) -> None:
-        if event.status == CANCELLED:
-            raise BusUnavailable("the process died here")
-        await self._bus.publish(topic, event, key)
-
-    async def publish_many(self, topic: str, records: list[tuple[bytes, Event]]) -> None:
-        await self._bus.publish_many(topic, records)
-
-    async def publish_raw(
-        self, topic: str, value: bytes | None, key: bytes | None, headers: list[tuple[str, bytes]]
-    ) -> None:
-        await self._bus.publish_raw(topic, value, key, headers)
-
-
 async def test_a_cancellation_whose_event_was_lost_goes_out_with_the_redelivery(
     world: World,
 ) -> None:
+    """The cancellation consumer recorded the cancellation and died before its event (and
+    its answer) went out: the redelivered command, which finds it cancelled the note itself,
+    sends both."""
     pref = await authorized(world, "r1")
-    dying = CancellationConsumer(world.docs, world.focus, DiesAtCancelado(world.bus), world.topics)
     command = world.cancel_command("r1")
-    with pytest.raises(BusUnavailable):
-        await world.command(command, dying.routes())
+    record = await world.send(command)
+    await world.bus.deliver_dying(world.cancellation, record, at=lambda e: e.status == CANCELLED)
     assert (await world.doc("r1")).status == CANCELLED
     assert CANCELLED not in world.statuses()
     assert world.replies() == []
 
-    (record,) = world.bus.records(world.topics.nfse_commands)[-1:]
     await world.bus.deliver(world.cancellation, record)
     assert world.statuses()[-1] == CANCELLED
     assert world.replies() == [{"command_id": command.id, "status": "cancelado"}]

@@ -70,9 +70,7 @@ async def test_a_retry_after_the_broker_failed_the_event_does_not_post_again(
     event = world.emit_command("r1")
     doc = await world.claim("r1", event)
     pref = focus_ref(doc.id, doc.attempt)
-    record = await world.bus.send(
-        world.topics.nfse_commands, event, t.document_key(TENANT, "nfse", "r1")
-    )
+    record = await world.send(event)
     world.bus.unavailable = BusUnavailable("Kafka is away")
     with pytest.raises(BusUnavailable):
         await world.bus.deliver(world.emission, record)
@@ -121,13 +119,8 @@ async def test_a_refusal_whose_event_was_lost_goes_out_with_the_redelivery(
     event: the redelivered command finds the outcome it wrote and sends the event then."""
     event = world.emit_command("r1", document=world.nfse(discriminacao="[sandbox:delay=x]"))
     doc = await world.claim("r1", event)
-    record = await world.bus.send(
-        world.topics.nfse_commands, event, t.document_key(TENANT, "nfse", "r1")
-    )
-    world.bus.unavailable = BusUnavailable("the process died here")
-    with pytest.raises(BusUnavailable):
-        await world.bus.deliver(world.emission, record)
-    world.bus.unavailable = None
+    record = await world.send(event)
+    await world.bus.deliver_dying(world.emission, record)
     assert (await world.doc("r1")).status == ERROR
     assert world.statuses() == []
     await world.bus.deliver(world.emission, record)

@@ -121,3 +121,28 @@ async def test_an_unavailable_bus_raises_for_one_record_and_for_many() -> None:
     with pytest.raises(BusUnavailable):
         await bus.publish_many("t", [(b"k", event("x"))])
     assert bus.records("t") == []
+
+
+async def test_deliver_dying_stops_the_handler_at_the_event_it_picks() -> None:
+    bus = InMemoryBus()
+    steps: list[str] = []
+
+    async def handler(e: Event) -> None:
+        steps.append("written")
+        await bus.publish("out", event("a"), b"k")
+        try:
+            await bus.publish("out", event("b"), b"k")
+        except Exception:  # a process that dies is caught by nothing
+            steps.append("caught")
+        steps.append("after")
+
+    routes = Routes().add("in", "x", handler)
+    record = await bus.send("in", event("x"), b"k")
+    await bus.deliver_dying(routes, record, at=lambda e: e.type == "b")
+    assert steps == ["written"]
+    assert [e.type for e in bus.events("out")] == ["a"]
+    assert bus.committed("in", record.partition) == 0  # not finished: redelivered
+    # Dying at an event the handler never publishes is a test that tests nothing.
+    with pytest.raises(AssertionError, match="no event"):
+        await bus.deliver_dying(routes, record, at=lambda e: e.type == "z")
+    await bus.publish("out", event("b"), b"k")  # the bus is whole again
