@@ -97,6 +97,11 @@ class Stack:
         self.procs.append(proc)
         return proc
 
+    def members(self, consumer: str) -> list[Proc]:
+        """The processes of one consumer group (`consume <consumer>`), as spawned and named
+        (`consumer-<consumer>`, `consumer-<consumer>-2`, ...), running or ended."""
+        return [p for p in self.procs if p.name.startswith(f"consumer-{consumer}")]
+
     def stop(self) -> None:
         for proc in reversed(self.procs):
             proc.stop()

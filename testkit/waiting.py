@@ -21,6 +21,12 @@ def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: floa
         time.sleep(interval)
 
 
+def sleep_until(started: float, second: float) -> None:
+    """Sleep until `second` seconds after the `time.monotonic()` moment `started` (a fault
+    script's timeline); at once if that moment has passed."""
+    time.sleep(max(0.0, started + second - time.monotonic()))
+
+
 def wait_http(url: str, timeout: float = 30.0, proc: subprocess.Popen[bytes] | None = None) -> None:
     def ok() -> bool:
         if proc is not None and proc.poll() is not None:

@@ -229,7 +229,7 @@ def wait_all_authorized(stack: Stack, n: int, timeout: float, context: str) -> N
 
 
 def emission_consumer(stack: Stack) -> Proc:
-    [proc] = [p for p in stack.procs if p.name.startswith("consumer-emission")]
+    [proc] = stack.members("emission")
     return proc
 
 

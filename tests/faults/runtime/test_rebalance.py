@@ -37,10 +37,9 @@ import pytest
 from notaflow import topics as t
 from notaflow.settings import Settings
 from testkit.kafka import read_topic
-from testkit.processes import Proc
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from testkit.stack import Stack
-from testkit.waiting import wait_for
+from testkit.waiting import sleep_until, wait_for
 from tests.faults.runtime.test_crash import fetch_notes, sandbox_stats
 
 SEED = int(os.environ.get("NOTAFLOW_FAULT_SEED", "6"))
@@ -70,15 +69,11 @@ def stack(settings: Settings, tmp_path: Path) -> Iterator[Stack]:
     s.stop()
 
 
-def emission_members(stack: Stack) -> list[Proc]:
-    return [p for p in stack.procs if p.name.startswith("consumer-emission")]
-
-
 def scale(stack: Stack, rng: random.Random, started: float, log: list[str]) -> None:
     """1 -> 4 -> 6 -> 2 emission members while the commands flow. Runs in a thread."""
 
     def at(second: float) -> None:
-        time.sleep(max(0.0, started + second - time.monotonic()))
+        sleep_until(started, second)
 
     def note(what: str) -> None:
         log.append(f"{time.monotonic() - started:.1f}s {what}")
@@ -95,7 +90,7 @@ def scale(stack: Stack, rng: random.Random, started: float, log: list[str]) -> N
         stack.spawn(["consume", "emission"], f"consumer-emission-{spawned}")
     note("6 members")
     at(20 + rng.uniform(0, 2))
-    victims = rng.sample(emission_members(stack), 4)
+    victims = rng.sample(stack.members("emission"), 4)
     for n, (victim, sig) in enumerate(
         zip(victims, [signal.SIGTERM, signal.SIGKILL] * 2, strict=True)
     ):
@@ -107,7 +102,7 @@ def scale(stack: Stack, rng: random.Random, started: float, log: list[str]) -> N
             time.sleep(rng.uniform(0.2, 1.0))
     for victim in victims:
         victim.process.wait(30)  # the SIGTERMed ones drain first
-    note(f"{len([p for p in emission_members(stack) if p.process.poll() is None])} members")
+    note(f"{len([p for p in stack.members('emission') if p.process.poll() is None])} members")
 
 
 async def send_load(
@@ -242,7 +237,7 @@ def test_scaling_1_4_6_2_with_sigterm_and_sigkill_keeps_every_note_in_order(
     assert not dead, f"{context}: {len(dead)} record(s) dead-lettered"
 
     # The members: co-located assignments only; the SIGTERMed ones drained and exited 0.
-    members = emission_members(stack)
+    members = stack.members("emission")
     logs = {p.name: p.output() for p in members}
     split = [name for name, text in logs.items() if "not assigned for all" in text]
     assert not split, f"{context}: split assignments in {split}"

@@ -35,11 +35,10 @@ import pytest
 from notaflow import topics as t
 from notaflow.settings import Settings
 from testkit.kafka import read_topic
-from testkit.processes import Proc
 from testkit.receiver import Receiver, ReceiverServer
 from testkit.smtp import ThreadedSmtpSink
 from testkit.stack import Stack
-from testkit.waiting import wait_for
+from testkit.waiting import sleep_until, wait_for
 from tests.faults.runtime.test_rebalance import _all_final, send_load
 
 SEED = int(os.environ.get("NOTAFLOW_FAULT_SEED", "6"))
@@ -85,15 +84,11 @@ def world(settings: Settings, tmp_path: Path) -> Iterator[World]:
     sink.stop()
 
 
-def members(stack: Stack) -> list[Proc]:
-    return [p for p in stack.procs if p.name.startswith("consumer-notification")]
-
-
 def scale(stack: Stack, rng: random.Random, started: float, log: list[str]) -> None:
     """1 -> 3 -> 2 -> 1 notification members while the notes flow. Runs in a thread."""
 
     def at(second: float) -> None:
-        time.sleep(max(0.0, started + second - time.monotonic()))
+        sleep_until(started, second)
 
     at(3 + rng.uniform(0, 2))
     for n in (2, 3):
@@ -101,7 +96,7 @@ def scale(stack: Stack, rng: random.Random, started: float, log: list[str]) -> N
     log.append(f"{time.monotonic() - started:.1f}s 3 members")
     for second in (9, 14):
         at(second + rng.uniform(0, 2))
-        victim = rng.choice([p for p in members(stack) if p.process.poll() is None])
+        victim = rng.choice([p for p in stack.members("notification") if p.process.poll() is None])
         victim.process.send_signal(signal.SIGTERM)
         log.append(f"{time.monotonic() - started:.1f}s SIGTERM {victim.name}")
         victim.process.wait(30)
@@ -172,7 +167,7 @@ def test_scaling_notification_delivers_each_note_once_and_in_order(world: World)
         stack.settings.kafka_bootstrap, t.Topics(stack.settings.kafka_topic_prefix).dead_letter
     )
     assert not dead, f"{context}: {len(dead)} record(s) dead-lettered"
-    left = [p for p in members(stack) if p.process.poll() is not None]
+    left = [p for p in stack.members("notification") if p.process.poll() is not None]
     assert [p.process.returncode for p in left] == [0, 0], f"{context}: {changes}"
     assert len(cancelled) >= len(refs) // 6, f"{context}: {len(cancelled)} cancelled"
     print(
