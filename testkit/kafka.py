@@ -1,4 +1,5 @@
-"""Reading a topic from the outside, as an operator's tool would: no consumer group, no commits."""
+"""Reading Kafka from the outside, as an operator's tool would: a topic's records without a
+consumer group, a group's committed offsets without joining it."""
 
 from __future__ import annotations
 
@@ -32,6 +33,27 @@ def read_topic(bootstrap: str, topic: str) -> list[Any]:
                 for batch in (await consumer.getmany(timeout_ms=500)).values():
                     records.extend(batch)
             return records
+        finally:
+            await consumer.stop()
+
+    return asyncio.run(run())
+
+
+def committed_total(bootstrap: str, group: str, *topics: str) -> int:
+    """Sum over the partitions of `topics` of the offsets `group` has committed, read without
+    joining the group."""
+
+    async def run() -> int:
+        consumer = AIOKafkaConsumer(
+            bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False
+        )
+        await consumer.start()
+        try:
+            total = 0
+            for topic in topics:
+                for p in sorted(consumer.partitions_for_topic(topic) or set()):
+                    total += await consumer.committed(TopicPartition(topic, p)) or 0
+            return total
         finally:
             await consumer.stop()
 

@@ -31,6 +31,7 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from notaflow import topics as t
 from notaflow.launch.broker import EmbeddedBroker, free_port
 from notaflow.settings import Settings
+from testkit.kafka import committed_total
 from testkit.s3 import S3Server
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from testkit.stack import Stack
@@ -142,25 +143,13 @@ async def stream(stack: Stack, broker: EmbeddedBroker) -> Run:
 def committed(stack: Stack) -> int:
     """The emission group's committed offsets, summed over its partitions: they move while the
     consumer works through records, also records whose notes are done already."""
-
-    async def read() -> int:
-        topics = t.Topics(stack.settings.kafka_topic_prefix)
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=stack.settings.kafka_bootstrap,
-            group_id=f"{stack.settings.kafka_group_prefix}emission",
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        try:
-            total = 0
-            for topic in (topics.nfse_commands, topics.provider_events):
-                for partition in range(stack.settings.kafka_partitions):
-                    total += await consumer.committed(TopicPartition(topic, partition)) or 0
-            return total
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
+    topics = t.Topics(stack.settings.kafka_topic_prefix)
+    return committed_total(
+        stack.settings.kafka_bootstrap,
+        f"{stack.settings.kafka_group_prefix}emission",
+        topics.nfse_commands,
+        topics.provider_events,
+    )
 
 
 def settle(

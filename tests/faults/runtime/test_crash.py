@@ -33,11 +33,10 @@ from typing import Any
 
 import httpx
 import pytest
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from notaflow import topics as t
 from notaflow.settings import Settings
-from testkit.kafka import read_topic
+from testkit.kafka import committed_total, read_topic
 from testkit.processes import Proc
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from testkit.stack import Stack
@@ -136,27 +135,6 @@ def progress(stack: Stack) -> tuple[int, int]:
     """(POSTs the sandbox received, notes authorized in notaflow): both move only while the
     emission consumer works (commands, then the callbacks Focus sent back)."""
     return sum(sandbox_stats(stack)["posts"].values()), authorized_count(stack)
-
-
-def committed_total(stack: Stack, group: str, topic: str) -> int:
-    """Sum over `topic`'s partitions of the offsets `group` has committed, read without joining
-    the group."""
-
-    async def run() -> int:
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=stack.settings.kafka_bootstrap,
-            group_id=group,
-            enable_auto_commit=False,
-        )
-        await consumer.start()
-        try:
-            parts = consumer.partitions_for_topic(topic) or set()
-            offsets = [await consumer.committed(TopicPartition(topic, p)) for p in sorted(parts)]
-            return sum(o or 0 for o in offsets)
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(run())
 
 
 @dataclass
@@ -344,9 +322,13 @@ def test_sigterm_under_load_drains_commits_and_exits_zero(stack: Stack) -> None:
     # signal came (so it started no call) held back 6 POSTed ones behind it (127 of 133).
     posts_at_exit = sum(sandbox_stats(stack)["posts"].values())
     submitted_at_exit = db_count(stack, "submitted_at IS NOT NULL")
-    committed = committed_total(stack, "notaflow-emission", topics.nfse_commands)
+    committed = committed_total(
+        stack.settings.kafka_bootstrap, "notaflow-emission", topics.nfse_commands
+    )
     assert submitted_at_exit == posts_at_exit, (context, submitted_at_exit, posts_at_exit)
-    assert committed <= posts_at_exit, f"{context}: committed {committed}, POSTed {posts_at_exit}"
+    assert 0 < committed <= posts_at_exit, (
+        f"{context}: committed {committed}, POSTed {posts_at_exit}"
+    )
     stack.procs.remove(consumer)
     consumer.stop()
 
