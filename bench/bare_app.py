@@ -7,9 +7,13 @@ body and answers 202, served two ways:
   strictest baseline;
 - `asyncio`: held to the asyncio loop (`uvicorn.Server(...).serve()` inside `asyncio.run`),
   httptools, no access log, no `server` header: the pair the ingress is compared with when it
-  is started with `--loop asyncio`, so that ratio compares the work done per request only.
+  is started with `--loop asyncio`, so that ratio compares the work done per request only;
+- `asgi`: no Starlette at all, a bare ASGI callable doing the same (read the body, parse it,
+  answer 202) under uvicorn's defaults without the access log: the least any endpoint costs
+  under uvicorn, which the floor benchmark (`bench/floor.py`) counts for each request the
+  ingress serves.
 
-    python bench/bare_app.py PORT [default|quiet|asyncio]
+    python bench/bare_app.py PORT [default|quiet|asyncio|asgi]
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
@@ -39,11 +44,35 @@ async def accept(request: Request) -> Response:
 
 app = Starlette(routes=[Route("/v2/nfse", accept, methods=["POST"])])
 
+_ACCEPTED_HEADERS = [(b"content-type", b"application/json")]
+
+
+async def bare_asgi(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    if scope["type"] != "http":  # lifespan: nothing to start
+        message = await receive()
+        await send({"type": message["type"] + ".complete"})
+        return
+    body, more = b"", True
+    while more:
+        message = await receive()
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
+    document = json.loads(body)
+    answer = json.dumps(
+        {"cnpj_prestador": document["prestador"]["cnpj"], "status": "processando_autorizacao"}
+    ).encode()
+    headers = [*_ACCEPTED_HEADERS, (b"content-length", str(len(answer)).encode())]
+    await send({"type": "http.response.start", "status": 202, "headers": headers})
+    await send({"type": "http.response.body", "body": answer})
+
+
 if __name__ == "__main__":
     port = int(sys.argv[1])
     mode = sys.argv[2] if len(sys.argv) > 2 else "default"
     if mode == "default":
         uvicorn.run(app, host="127.0.0.1", port=port)
+    elif mode == "asgi":
+        uvicorn.run(bare_asgi, host="127.0.0.1", port=port, access_log=False)
     elif mode == "quiet":
         uvicorn.run(app, host="127.0.0.1", port=port, access_log=False)
     else:

@@ -24,9 +24,10 @@ are not counted here):
 
 Each is measured here alone, OPS times at CONCURRENCY in flight (SMTP: 4 connections, as the
 mailer keeps), with the libraries notaflow uses and their defaults, and nothing else:
-- served: a bare Starlette endpoint that parses the note's JSON and answers 202, under
-  uvicorn's defaults without the access log (`bench/bare_app.py quiet`), its own process,
-  loaded from here over keep-alive connections; its CPU from /proc;
+- served: a bare ASGI endpoint that parses the note's JSON and answers 202, under uvicorn's
+  defaults without the access log (`bench/bare_app.py asgi`: no Starlette, which the ingress's
+  two hot routes skip too), its own process, loaded from here over keep-alive connections; its
+  CPU from /proc;
 - exchanges: a bare keep-alive HTTP/1.1 client (the pipeline bench's load generator) against
   the stand-in (`bench/focus_stub.py`, no latency), a third each of the Focus POST with the
   note's JSON, the XML GET and the hook POST;
@@ -80,7 +81,7 @@ from testkit.waiting import wait_for, wait_http
 
 # (name, what it stands for) of each kind of I/O, measured alone.
 STEPS: list[tuple[str, str]] = [
-    ("http served", "bare Starlette, uvicorn's defaults without the access log"),
+    ("http served", "bare ASGI app, uvicorn's defaults without the access log"),
     ("http exchange", "bare keep-alive client: Focus POST, XML GET, hook POST"),
     ("kafka produce", "aiokafka, acks=all, linger 1 ms"),
     ("kafka read", "aiokafka consumer group, from a backlog"),
@@ -336,7 +337,7 @@ class Peers:
             stdout=self._log, stderr=self._log,
         )  # fmt: skip
         self.app = subprocess.Popen(
-            [sys.executable, str(ROOT / "bench" / "bare_app.py"), str(self.app_port), "quiet"],
+            [sys.executable, str(ROOT / "bench" / "bare_app.py"), str(self.app_port), "asgi"],
             stdout=self._log, stderr=self._log,
         )  # fmt: skip
         self.world = f"http://127.0.0.1:{self.world_port}"
