@@ -2,7 +2,7 @@
 machine, so the pipeline benchmark's CPU per note can be read against the least this design
 could spend.
 
-    bin/bench floor [--ops 3000] [--rounds 3] [--concurrency 32]
+    bin/bench floor [--ops 3000] [--rounds 3] [--concurrency 32] [--rate 0]
 
 One note through the pipeline (`bench/pipeline.py`) is, at the least, this much I/O done by
 notaflow's processes (the peers, the broker and the stand-in world, are not counted there and
@@ -40,9 +40,14 @@ mailer keeps), with the libraries notaflow uses and their defaults, and nothing 
 - SMTP: aiosmtplib's `sendmail` of the NFS-e e-mail as notaflow renders it (flattened once,
   before), to an aiosmtpd server (the stand-in's).
 CPU is this process's (or the server's) user + system time over the OPS, warm connections;
-best and median of ROUNDS. The floor is the sum of count x median. What it leaves out is the
-part no design removes either (parsing Focus's JSON, validating the note, rendering the
-e-mail, the event loop's timers): it is a floor, not an estimate.
+best and median of ROUNDS. `--rate R` paces every step as R notes a second would (a step that
+comes twice a note at 2R a second, SQLite's rows ten a transaction all the same; the records
+read then come from a producer process at that rate): each operation then finds its process
+asleep, as at a moderate production rate, and pays the wake-up the saturated run spreads over
+many. The report also gives one event-loop wake-up's CPU (an `asyncio.sleep(0.001)`).
+The floor is the sum of count x median. What it leaves out is the part no design removes
+either (parsing Focus's JSON, validating the note, rendering the e-mail, the event loop's
+timers): it is a floor, not an estimate.
 """
 
 from __future__ import annotations
@@ -60,9 +65,11 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TypeVar
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -109,6 +116,7 @@ PER_NOTE: dict[str, dict[str, int]] = {
     "cancellation": {"kafka read": 1},
 }
 PARTITIONS = 12
+_C = TypeVar("_C")
 SMTP_CONNECTIONS = 4  # the mailer's NOTAFLOW_SMTP_CONNECTIONS default
 
 
@@ -116,48 +124,73 @@ def _cpu() -> float:
     return time.process_time()
 
 
-async def _spread(ops: int, concurrency: int, one: Callable[[int], Awaitable[None]]) -> None:
-    """`one(i)` for i in range(ops), `concurrency` at once."""
-    next_op = iter(range(ops))
+@dataclass(frozen=True)
+class Load:
+    """How a step's operations come: `ops` of them, at most `concurrency` at once, as fast as
+    they go (`rate` 0) or started `rate` a second, evenly (each then wakes its process, as at a
+    moderate production rate, instead of finding it busy)."""
 
-    async def worker() -> None:
-        for i in next_op:
-            await one(i)
-
-    await asyncio.gather(*(worker() for _ in range(concurrency)))
+    ops: int
+    concurrency: int
+    rate: float = 0.0
 
 
-async def http_served(base: str, pid: int, ops: int, concurrency: int) -> float:
+async def drive(load: Load, pool: Sequence[_C], one: Callable[[int, _C], Awaitable[None]]) -> None:
+    """`one(i, connection)` for i in range(load.ops), each on a connection of `pool` no other
+    operation holds meanwhile."""
+    free: asyncio.Queue[_C] = asyncio.Queue()
+    for connection in pool:
+        free.put_nowait(connection)
+
+    async def run(i: int) -> None:
+        connection = await free.get()
+        try:
+            await one(i, connection)
+        finally:
+            free.put_nowait(connection)
+
+    if not load.rate:
+        next_op = iter(range(load.ops))
+
+        async def worker() -> None:
+            for i in next_op:
+                await run(i)
+
+        await asyncio.gather(*(worker() for _ in range(len(pool))))
+        return
+    loop = asyncio.get_running_loop()
+    started, tasks = loop.time(), []
+    for i in range(load.ops):
+        if (wait := started + i / load.rate - loop.time()) > 0:
+            await asyncio.sleep(wait)
+        tasks.append(asyncio.create_task(run(i)))
+    await asyncio.gather(*tasks)
+
+
+async def http_served(base: str, pid: int, load: Load) -> float:
     body = note_body("REFPLACEHOLDER")
-    clients = [Http(base, "") for _ in range(concurrency)]
+    clients = [Http(base, "") for _ in range(load.concurrency)]
     await asyncio.gather(*(c.request("POST", "/v2/nfse?ref=w", body) for c in clients))  # warm
 
-    async def one(i: int) -> None:
-        status, _ = await clients[i % concurrency].request("POST", f"/v2/nfse?ref=F{i}", body)
+    async def one(i: int, http: Http) -> None:
+        status, _ = await http.request("POST", f"/v2/nfse?ref=F{i}", body)
         assert status == 202, status
 
-    # Each client is held by one worker at a time: worker k takes ops k, k+C, k+2C, ...
     before = _cpu_seconds(pid)
-    await asyncio.gather(*(_serial(range(k, ops, concurrency), one) for k in range(concurrency)))
+    await drive(load, clients, one)
     spent = _cpu_seconds(pid) - before
     for c in clients:
         c.close()
-    return spent / ops
+    return spent / load.ops
 
 
-async def _serial(indexes: range, one: Callable[[int], Awaitable[None]]) -> None:
-    for i in indexes:
-        await one(i)
-
-
-async def http_exchange(world: str, ops: int, concurrency: int) -> float:
+async def http_exchange(world: str, load: Load) -> float:
     body = note_body("REFPLACEHOLDER")
     hook = json.dumps({"ref": "F", "status": "autorizado", "numero": "233"}).encode()
-    clients = [Http(world, "Basic Zm9jdXM6") for _ in range(concurrency)]
+    clients = [Http(world, "Basic Zm9jdXM6") for _ in range(load.concurrency)]
     await asyncio.gather(*(c.request("GET", "/_count") for c in clients))
 
-    async def one(i: int) -> None:
-        http = clients[i % concurrency]
+    async def one(i: int, http: Http) -> None:
         kind = i % 3
         if kind == 0:
             status, _ = await http.request("POST", f"/v2/nfse?ref=F{i}A1", body)
@@ -168,11 +201,11 @@ async def http_exchange(world: str, ops: int, concurrency: int) -> float:
         assert status in (200, 202), status
 
     before = _cpu()
-    await asyncio.gather(*(_serial(range(k, ops, concurrency), one) for k in range(concurrency)))
+    await drive(load, clients, one)
     spent = _cpu() - before
     for c in clients:
         c.close()
-    return spent / ops
+    return spent / load.ops
 
 
 def _record() -> tuple[bytes, list[tuple[str, bytes]]]:
@@ -187,7 +220,7 @@ def _record() -> tuple[bytes, list[tuple[str, bytes]]]:
     return note_body("F1"), headers
 
 
-async def kafka_produce(bootstrap: str, topic: str, ops: int, concurrency: int) -> float:
+async def kafka_produce(bootstrap: str, topic: str, load: Load) -> float:
     producer = AIOKafkaProducer(
         bootstrap_servers=bootstrap, acks="all", linger_ms=1, max_batch_size=1024 * 1024
     )
@@ -196,36 +229,65 @@ async def kafka_produce(bootstrap: str, topic: str, ops: int, concurrency: int) 
         value, headers = _record()
         await producer.send_and_wait(topic, value, key=b"warm", headers=headers)
 
-        async def one(i: int) -> None:
+        async def one(i: int, _: None) -> None:
             await producer.send_and_wait(topic, value, key=b"doc-%d" % i, headers=headers)
 
         before = _cpu()
-        await _spread(ops, concurrency, one)
-        return (_cpu() - before) / ops
+        await drive(load, [None] * load.concurrency, one)
+        return (_cpu() - before) / load.ops
     finally:
         await producer.stop()
 
 
-async def kafka_read(bootstrap: str, topic: str, ops: int) -> float:
+async def kafka_read(bootstrap: str, topic: str, load: Load) -> float:
+    """Records read by a new group: from the backlog the produce step left (as fast as they
+    go), or as another process produces them at `load.rate`."""
     consumer = AIOKafkaConsumer(
         topic,
         bootstrap_servers=bootstrap,
         group_id=f"floor-{uuid.uuid4().hex[:8]}",
-        auto_offset_reset="earliest",
+        auto_offset_reset="earliest" if not load.rate else "latest",
     )
     await consumer.start()
+    producer: asyncio.subprocess.Process | None = None
     try:
-        first = await consumer.getone()  # the group joined, fetching under way
+        if load.rate:
+            while not consumer.assignment():  # joined: what comes from now on is read
+                await consumer.getmany(timeout_ms=100)
+            await consumer.seek_to_end()
+            producer = await asyncio.create_subprocess_exec(
+                sys.executable, __file__, "produce", bootstrap, topic, str(load.ops + 1),
+                str(load.rate),
+            )  # fmt: skip
+        first = await consumer.getone()  # fetching under way
         assert first.value
         got, before = 1, _cpu()
-        while got < ops + 1:
-            batches = await consumer.getmany(timeout_ms=1000)
+        while got < load.ops + 1:
+            batches = await consumer.getmany(timeout_ms=5000)
             if not batches:
-                raise RuntimeError(f"only {got} of {ops + 1} records read back")
+                raise RuntimeError(f"only {got} of {load.ops + 1} records read")
             got += sum(len(records) for records in batches.values())
         return (_cpu() - before) / (got - 1)
     finally:
         await consumer.stop()
+        if producer is not None:
+            await asyncio.wait_for(producer.wait(), 30)
+
+
+async def produce_paced(bootstrap: str, topic: str, ops: int, rate: float) -> None:
+    """`bench/floor.py produce ...`: the paced records `kafka_read` reads, from a process of
+    their own so that their CPU is not the reader's."""
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all", linger_ms=1)
+    await producer.start()
+    try:
+        value, headers = _record()
+
+        async def one(i: int, _: None) -> None:
+            await producer.send_and_wait(topic, value, key=b"doc-%d" % i, headers=headers)
+
+        await drive(Load(ops, 64, rate), [None] * 64, one)
+    finally:
+        await producer.stop()
 
 
 def _sqlite(path: Path) -> sqlite3.Connection:
@@ -239,11 +301,17 @@ def _sqlite(path: Path) -> sqlite3.Connection:
     return conn
 
 
-def sqlite_write(path: Path, ops: int, start: int) -> float:
+def _pace(load: Load, started: float, i: int) -> None:
+    if load.rate and (wait := started + i / load.rate - time.monotonic()) > 0:
+        time.sleep(wait)
+
+
+def sqlite_write(path: Path, load: Load, start: int) -> float:
     conn = _sqlite(path)
     payload = note_body("F1").decode()
-    before = _cpu()
+    ops, before, started = load.ops, _cpu(), time.monotonic()
     for first in range(start, start + ops, 10):
+        _pace(load, started, first - start)  # paced: ten rows a transaction all the same
         conn.execute("BEGIN IMMEDIATE")
         for i in range(first, min(first + 10, start + ops)):
             conn.execute(
@@ -258,10 +326,11 @@ def sqlite_write(path: Path, ops: int, start: int) -> float:
     return spent / ops
 
 
-def sqlite_read(path: Path, ops: int, rows: int) -> float:
+def sqlite_read(path: Path, load: Load, rows: int) -> float:
     conn = _sqlite(path)
-    before = _cpu()
+    ops, before, started = load.ops, _cpu(), time.monotonic()
     for i in range(ops):
+        _pace(load, started, i)
         row = conn.execute(
             "SELECT id, tenant, ref, status, payload, updated_at FROM documents WHERE id = ?",
             (i % rows,),
@@ -286,26 +355,32 @@ def _email() -> bytes:
     return flatten(message, eight_bit=True)
 
 
-async def smtp_send(port: int, ops: int) -> float:
+async def smtp_send(port: int, load: Load) -> float:
     message = _email()
     clients = [aiosmtplib.SMTP(hostname="127.0.0.1", port=port) for _ in range(SMTP_CONNECTIONS)]
     for client in clients:
         await client.connect()
         await client.ehlo()
 
-    async def one(i: int) -> None:
-        client = clients[i % SMTP_CONNECTIONS]
+    async def one(i: int, client: aiosmtplib.SMTP) -> None:
         await client.sendmail("nfse@notaflow.bench", [f"F{i}@cliente.example"], message)
 
-    await asyncio.gather(*(one(i) for i in range(SMTP_CONNECTIONS)))  # warm
+    await asyncio.gather(*(one(i, client) for i, client in enumerate(clients)))  # warm
     before = _cpu()
-    await asyncio.gather(
-        *(_serial(range(k, ops, SMTP_CONNECTIONS), one) for k in range(SMTP_CONNECTIONS))
-    )
+    await drive(load, clients, one)
     spent = _cpu() - before
     for client in clients:
         await client.quit()
-    return spent / ops
+    return spent / load.ops
+
+
+async def wake_up() -> float:
+    """CPU of one wake-up of an event loop with nothing to do but sleep 1 ms: what every
+    answer, fetch and timer that finds a process asleep costs it before any work."""
+    n, before = 300, _cpu()
+    for _ in range(n):
+        await asyncio.sleep(0.001)
+    return (_cpu() - before) / n
 
 
 def _listening(port: int, proc: subprocess.Popen[bytes]) -> bool:
@@ -359,6 +434,7 @@ class Peers:
 
 async def measure(args: argparse.Namespace, peers: Peers, db: Path) -> dict[str, list[float]]:
     results: dict[str, list[float]] = {name: [] for name, _ in STEPS}
+    results["wake-up"] = []
     bootstrap, topic = peers.broker.bootstrap, "floor-records"
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
@@ -366,23 +442,34 @@ async def measure(args: argparse.Namespace, peers: Peers, db: Path) -> dict[str,
         await admin.create_topics([NewTopic(topic, PARTITIONS, 1)])
     finally:
         await admin.close()
-    ops, c = args.ops, args.concurrency
+
+    def load(step: str) -> Load:
+        # Paced, each step comes as often as `rate` notes a second make it come.
+        per_note = sum(steps.get(step, 0) for steps in PER_NOTE.values())
+        return Load(args.ops, args.concurrency, args.rate * per_note)
+
     for round_ in range(args.rounds):
-        results["http served"].append(await http_served(peers.app_url, peers.app.pid, ops, c))
-        results["http exchange"].append(await http_exchange(peers.world, ops, c))
-        results["kafka produce"].append(await kafka_produce(bootstrap, topic, ops, c))
-        results["kafka read"].append(await kafka_read(bootstrap, topic, ops))
-        results["sqlite write"].append(sqlite_write(db, ops, round_ * ops))
-        results["sqlite read"].append(sqlite_read(db, ops, ops))
-        results["smtp send"].append(await smtp_send(peers.smtp_port, ops))
+        results["wake-up"].append(await wake_up())
+        results["http served"].append(
+            await http_served(peers.app_url, peers.app.pid, load("http served"))
+        )
+        results["http exchange"].append(await http_exchange(peers.world, load("http exchange")))
+        results["kafka produce"].append(
+            await kafka_produce(bootstrap, topic, load("kafka produce"))
+        )
+        results["kafka read"].append(await kafka_read(bootstrap, topic, load("kafka read")))
+        results["sqlite write"].append(sqlite_write(db, load("sqlite write"), round_ * args.ops))
+        results["sqlite read"].append(sqlite_read(db, load("sqlite read"), args.ops))
+        results["smtp send"].append(await smtp_send(peers.smtp_port, load("smtp send")))
         _say(f"round {round_ + 1} of {args.rounds}")
     return results
 
 
 def report(results: dict[str, list[float]], args: argparse.Namespace) -> float:
+    pace = f"paced as {args.rate:g} notes a second" if args.rate else "as fast as they go"
     print(
-        f"floor benchmark ({args.ops} operations a round, {args.concurrency} in flight, "
-        f"{args.rounds} rounds; CPU of the side notaflow plays)"
+        f"floor benchmark ({args.ops} operations a step and round, {pace}, at most "
+        f"{args.concurrency} in flight, {args.rounds} rounds; CPU of the side notaflow plays)"
     )
     median = {name: statistics.median(values) * 1e6 for name, values in results.items()}
     print(f"  {'step':<14} {'us each: best / median':>24} {'per note':>9}")
@@ -390,6 +477,8 @@ def report(results: dict[str, list[float]], args: argparse.Namespace) -> float:
         count = sum(steps.get(name, 0) for steps in PER_NOTE.values())
         print(f"  {name:<14} {min(results[name]) * 1e6:>13.1f} / {median[name]:<8.1f} "
               f"{count:>9}   {what}")  # fmt: skip
+    wake = statistics.median(results["wake-up"]) * 1e6
+    print(f"  (one event-loop wake-up, asyncio.sleep(0.001): {wake:.1f} us of CPU)")
     print("floor per note, by process (ms of CPU; the pipeline benchmark's figures are beside it "
           "in the README):")  # fmt: skip
     floor = 0.0
@@ -404,10 +493,17 @@ def report(results: dict[str, list[float]], args: argparse.Namespace) -> float:
 
 
 def main() -> int:
+    if sys.argv[1:2] == ["produce"]:  # kafka_read's paced producer
+        bootstrap, topic, ops, rate = sys.argv[2:6]
+        asyncio.run(produce_paced(bootstrap, topic, int(ops), float(rate)))
+        return 0
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--ops", type=int, default=3000, help="operations per step and round")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=32)
+    p.add_argument(
+        "--rate", type=float, default=0.0, help="notes a second to pace the steps as (0: no pace)"
+    )
     args = p.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-floor-"))
     peers = Peers(work)

@@ -8,13 +8,16 @@ import re
 import subprocess
 import sys
 
+import pytest
+
 from testkit.processes import ROOT
 
 
-def test_floor_bench_runs_tiny_and_prints_every_step() -> None:
+@pytest.mark.parametrize("rate", ["0", "50"])
+def test_floor_bench_runs_tiny_and_prints_every_step(rate: str) -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "floor.py"), "--ops", "60", "--rounds", "1",
-         "--concurrency", "4"],
+         "--concurrency", "4", "--rate", rate],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
@@ -28,3 +31,4 @@ def test_floor_bench_runs_tiny_and_prints_every_step() -> None:
     parts = sum(float(v) for k, v in floors.items() if k != "all notaflow")
     assert abs(parts - float(floors["all notaflow"])) < 0.005, out.stdout
     assert float(floors["all notaflow"]) > 0, out.stdout
+    assert re.search(r"one event-loop wake-up, asyncio.sleep\(0.001\): \d+\.\d us", out.stdout)
