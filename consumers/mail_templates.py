@@ -18,6 +18,7 @@ boundary from the start; the mailer flattens them without refolding (`providers/
 
 from __future__ import annotations
 
+import functools
 import html
 import re
 import secrets
@@ -341,6 +342,7 @@ def _utf8_raw(text: str) -> str:
     return text.encode("utf-8").decode("ascii", "surrogateescape")
 
 
+@functools.lru_cache(maxsize=1024)  # an issuer's name, e-mail after e-mail: ~40 us when not ASCII
 def _phrase(name: str) -> str:
     """A display name as a header writes it: quoted when it has specials; when not ASCII, in
     encoded-words of at most 75 characters (RFC 2047; `formataddr` would make one of any

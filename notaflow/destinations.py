@@ -12,6 +12,7 @@ ingress and the consumers both import it, never each other.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 from collections.abc import Iterable
@@ -56,6 +57,9 @@ class Unresolved(NotaflowError):
     """The host has no address at the moment."""
 
 
+# A hook's URL is parsed at every delivery, and httpx's parser is ~12 us a URL: the answers
+# for the URLs in use are kept (httpx.URL is immutable; a refusal raises and is not kept).
+@functools.lru_cache(maxsize=4096)
 def parse_destination(url: str) -> tuple[httpx.URL, str, int]:
     # The same parser as the one that sends: no differential between check and use.
     if _URL_BAD.search(url):

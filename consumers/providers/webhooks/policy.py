@@ -35,6 +35,11 @@ def _parse_destination(url: str) -> tuple[httpx.URL, str, int]:
         raise DestinationRefused(str(exc)) from exc
 
 
+def parsed_url(url: str) -> httpx.URL:
+    """`url` as the policy checked it (and as the sender sends to it)."""
+    return _parse_destination(url)[0]
+
+
 def _check_addresses(host: str, addresses: Iterable[str]) -> list[str]:
     try:
         return destinations.check_addresses(host, addresses)

@@ -29,6 +29,7 @@ from notaflow.consumers.providers.webhooks.policy import (
     Resolver,
     check_auth_header,
     literal,
+    parsed_url,
     resolve_and_check,
 )
 from notaflow.errors import Transient
@@ -156,7 +157,7 @@ class WebhookSender:
 
     async def _send(self, url: str, headers: list[tuple[bytes, bytes]], body: bytes) -> Reply:
         addresses = await resolve_and_check(url, self._allow_private, self._resolver)
-        parsed = httpx.URL(url)
+        parsed = parsed_url(url)  # the URL the check parsed, not a second parse
         # The name (and port) the receiver knows itself by, also when the connection goes to a
         # pinned address.
         headers = [(b"Host", parsed.netloc), *headers]

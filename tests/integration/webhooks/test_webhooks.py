@@ -511,6 +511,19 @@ async def test_resolve_and_check_sync_and_async_resolvers() -> None:
         await resolve_and_check("http://x.test/", False, resolving_to("10.0.0.1"))
 
 
+async def test_a_url_parse_is_kept_but_every_delivery_resolves_and_checks_again() -> None:
+    # The parse of a hook's URL is kept between deliveries (destinations.parse_destination);
+    # its host's addresses and their check are not: a name that now points inside is refused.
+    url = "https://kept-parse.example/hook"
+    assert await resolve_and_check(url, False, resolving_to("8.8.8.8")) == ["8.8.8.8"]
+    with pytest.raises(DestinationRefused, match=r"10\.0\.0\.1"):
+        await resolve_and_check(url, False, resolving_to("10.0.0.1"))
+    assert await resolve_and_check(url, False, resolving_to("1.1.1.1")) == ["1.1.1.1"]
+    for _ in range(2):  # a refused URL is refused each time, not kept as parsed
+        with pytest.raises(DestinationRefused, match="credentials"):
+            await resolve_and_check("https://u@kept-parse.example/", True, no_dns)
+
+
 # --------------------------------------------------------------------------- retry schedule
 
 
