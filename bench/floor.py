@@ -465,7 +465,19 @@ async def measure(args: argparse.Namespace, peers: Peers, db: Path) -> dict[str,
     return results
 
 
+def per_process(results: dict[str, list[float]]) -> dict[str, float]:
+    """The floor per note of each notaflow process and of all of them (ms), from the medians."""
+    median = {name: statistics.median(values) for name, values in results.items()}
+    floors = {
+        process: sum(count * median[name] for name, count in steps.items()) * 1000
+        for process, steps in PER_NOTE.items()
+    }
+    floors["all notaflow"] = sum(floors.values())
+    return floors
+
+
 def report(results: dict[str, list[float]], args: argparse.Namespace) -> float:
+    """Print the steps and the floor per process; answer the floor of a note (ms)."""
     pace = f"paced as {args.rate:g} notes a second" if args.rate else "as fast as they go"
     print(
         f"floor benchmark ({args.ops} operations a step and round, {pace}, at most "
@@ -481,15 +493,31 @@ def report(results: dict[str, list[float]], args: argparse.Namespace) -> float:
     print(f"  (one event-loop wake-up, asyncio.sleep(0.001): {wake:.1f} us of CPU)")
     print("floor per note, by process (ms of CPU; the pipeline benchmark's figures are beside it "
           "in the README):")  # fmt: skip
-    floor = 0.0
-    for process, steps in PER_NOTE.items():
-        spent = sum(count * median[name] for name, count in steps.items())
-        floor += spent
-        print(f"  {process:<14} {spent / 1000:.3f}")
-    print(f"  {'all notaflow':<14} {floor / 1000:.3f}   -> {1e6 / floor:,.0f} notes per CPU-second "
+    floors = per_process(results)
+    for process in PER_NOTE:
+        print(f"  {process:<14} {floors[process]:.3f}")
+    floor = floors["all notaflow"]
+    print(f"  {'all notaflow':<14} {floor:.3f}   -> {1000 / floor:,.0f} notes per CPU-second "
           f"at best (target >= 2,000; load average now {os.getloadavg()[0]:.1f} on "
           f"{os.cpu_count()} cores)")  # fmt: skip
     return floor
+
+
+def run(args: argparse.Namespace) -> dict[str, list[float]]:
+    """Start the peers, measure every step (`args`: ops, rounds, concurrency, rate), stop them."""
+    work = Path(tempfile.mkdtemp(prefix="bench-floor-"))
+    peers = Peers(work)
+    try:
+        measuring = measure(args, peers, work / "floor.db")
+        try:
+            import uvloop  # the consumers' loop
+
+            return uvloop.run(measuring)
+        except ImportError:
+            return asyncio.run(measuring)
+    finally:
+        peers.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def main() -> int:
@@ -505,20 +533,7 @@ def main() -> int:
         "--rate", type=float, default=0.0, help="notes a second to pace the steps as (0: no pace)"
     )
     args = p.parse_args()
-    work = Path(tempfile.mkdtemp(prefix="bench-floor-"))
-    peers = Peers(work)
-    try:
-        run = measure(args, peers, work / "floor.db")
-        try:
-            import uvloop  # the consumers' loop
-
-            results = uvloop.run(run)
-        except ImportError:
-            results = asyncio.run(run)
-        report(results, args)
-    finally:
-        peers.stop()
-        shutil.rmtree(work, ignore_errors=True)
+    report(run(args), args)
     return 0
 
 

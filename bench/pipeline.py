@@ -4,7 +4,7 @@ note.
 
     bin/bench pipeline [--notes 5000] [--database sqlite|postgres] [--rate 0]
                        [--connections 32] [--latency 0.1] [--callback-delay 0.2]
-                       [--profile DIR]
+                       [--profile DIR] [--floor-ops 2000] [--floor-rounds 1]
 
 What runs, each its own process on loopback, configured only by NOTAFLOW_* variables:
 `notaflow ingress`, `notaflow consume emission`, `notaflow consume notification` and
@@ -36,6 +36,10 @@ p50/p99 from the POST to `autorizado` visible in `GET /v2/nfse/REF` (a sample of
 polled every 20 ms, at most 8 at once, so the polls cost the ingress little; counted) and to
 the hook delivered (every note). Checks: every note autorizado, one e-mail and one hook each,
 no note twice, its lifecycle events in order.
+
+Then, its processes stopped, the same I/O with nothing of notaflow around it (`bench/floor.py`,
+at the same pace, FLOOR-OPS operations a step): each process's CPU per note as a multiple of
+its floor, the baseline measured in the same run (`--floor-ops 0` skips it).
 
 NOTAFLOW_SMTP_PAUSE is 0 here: the default (1 s between sends to one server, as HubSoft does
 not to be taken for spam) caps e-mail at one per second by design, which is not what is
@@ -240,6 +244,37 @@ def _p50_p99(values: list[float]) -> str:
 
 
 def main() -> int:
+    args = _parser().parse_args()
+    code, per_note = pipeline(args)
+    if args.floor_ops and per_note:
+        compare_with_floor(per_note, args)
+    return code
+
+
+def compare_with_floor(per_note: dict[str, float], args: argparse.Namespace) -> None:
+    """The floor (`bench/floor.py`) measured right after the pipeline, at its pace, and the
+    pipeline's CPU per note as a multiple of it: the same-run baseline for this benchmark."""
+    from bench import floor
+
+    _say("measuring the floor")
+    floor_args = argparse.Namespace(
+        ops=args.floor_ops, rounds=args.floor_rounds, concurrency=32, rate=args.rate
+    )
+    floors = floor.per_process(floor.run(floor_args))
+    pace = f"paced as {args.rate:g} notes a second" if args.rate else "as fast as they go"
+    print(
+        f"the same I/O with nothing of notaflow around it (bin/bench floor, {pace}, "
+        f"{args.floor_ops} operations a step, {args.floor_rounds} round(s)), ms per note:"
+    )
+    for name in (*PROCESSES, "all notaflow"):
+        if name in floors and name in per_note:
+            print(
+                f"  {name:<14} {floors[name]:6.3f}   pipeline {per_note[name]:.3f} = "
+                f"{per_note[name] / floors[name]:.1f}x its floor"
+            )
+
+
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser()
     p.add_argument("--notes", type=int, default=5000)
     p.add_argument("--database", choices=["sqlite", "postgres"], default="sqlite")
@@ -255,7 +290,17 @@ def main() -> int:
         "--idle", type=float, default=3.0,
         help="idle CPU measured for (s; under 10, while the consumers keep the short fetch wait)",
     )  # fmt: skip
-    args = p.parse_args()
+    p.add_argument(
+        "--floor-ops", type=int, default=2000,
+        help="operations a step of the floor measured after the pipeline (0: none)",
+    )  # fmt: skip
+    p.add_argument("--floor-rounds", type=int, default=1)
+    return p
+
+
+def pipeline(args: argparse.Namespace) -> tuple[int, dict[str, float]]:
+    """Run the benchmark; answer its exit code and the CPU per note (ms) by process and of all
+    of them (empty when it did not finish)."""
 
     tmp = Path(tempfile.mkdtemp(prefix="notaflow-bench-pipeline-"))
     broker = start_broker(tmp / "broker.log")
@@ -461,7 +506,9 @@ def main() -> int:
             and twice == 0
             and ordered == n
         )
-        return 0 if ok else 1
+        per_note = {name: cpu[name] / n * 1000 for name in PROCESSES}
+        per_note["all notaflow"] = total / n * 1000
+        return (0 if ok else 1), per_note
     finally:
         for spy in spies:
             if spy.poll() is None:

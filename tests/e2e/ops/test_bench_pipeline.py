@@ -1,6 +1,7 @@
 """`bin/bench pipeline` run tiny, so it cannot rot: 20 notes through the production processes
 (ingress, emission, notification, cancellation) against the stand-in world, every check of the
-benchmark holding (each note autorizado, e-mailed and hooked once, its lifecycle in order)."""
+benchmark holding (each note autorizado, e-mailed and hooked once, its lifecycle in order), and
+each process's figure set against its floor measured after it."""
 
 from __future__ import annotations
 
@@ -14,7 +15,8 @@ from testkit.processes import ROOT
 def test_pipeline_bench_runs_tiny_and_its_checks_hold() -> None:
     out = subprocess.run(
         [sys.executable, str(ROOT / "bench" / "pipeline.py"), "--notes", "20", "--warmup", "2",
-         "--samples", "5", "--connections", "4", "--timeout", "60", "--idle", "0.5"],
+         "--samples", "5", "--connections", "4", "--timeout", "60", "--idle", "0.5",
+         "--floor-ops", "40"],
         cwd=ROOT, capture_output=True, text=True, timeout=180,
     )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr[-3000:]
@@ -28,3 +30,8 @@ def test_pipeline_bench_runs_tiny_and_its_checks_hold() -> None:
     }
     assert set(per_process) >= {"ingress", "emission", "notification", "cancellation"}, out.stdout
     assert re.search(r"POST -> hook delivered \(20\): p50 \d+ ms, p99 \d+ ms", out.stdout)
+    # The same run's baseline: each process's CPU per note against its floor.
+    multiples = re.findall(
+        r"^  (\w[\w ]*?)\s+\d+\.\d{3}   pipeline \d+\.\d{3} = ", out.stdout, re.M
+    )
+    assert multiples == ["ingress", "emission", "notification", "cancellation", "all notaflow"]
