@@ -91,7 +91,7 @@ STEPS: list[tuple[str, str]] = [
     ("http served", "bare ASGI app, uvicorn's defaults without the access log"),
     ("http exchange", "bare keep-alive client: Focus POST, XML GET, hook POST"),
     ("kafka produce", "aiokafka, acks=all, linger 1 ms"),
-    ("kafka read", "aiokafka consumer group, from a backlog"),
+    ("kafka read", "aiokafka consumer group (as fast as they go: from a backlog)"),
     ("sqlite write", "a row, ten a transaction, WAL"),
     ("sqlite read", "a row by primary key"),
     ("smtp send", "aiosmtplib sendmail on a kept connection"),

@@ -156,6 +156,51 @@ async def test_timeouts_and_refusals_are_httpx_errors(server: tuple[Server, str]
             await client.get("http://127.0.0.1:1/x")
 
 
+async def test_a_call_waiting_for_a_free_connection_times_out_as_httpx_does(
+    server: tuple[Server, str],
+) -> None:
+    # The pool timer is only set when every slot is taken: here one call holds the only one.
+    s, base = server
+    s.stall = True
+    port = int(base.rsplit(":", 1)[1])
+    transport = KeepAliveTransport(max_connections=1)
+    holding = asyncio.create_task(
+        _call(
+            transport,
+            port,
+        )
+    )
+    await asyncio.sleep(0.1)
+    try:
+        with pytest.raises(httpx.PoolTimeout):
+            await transport.exchange(
+                b"http", "127.0.0.1", port, b"POST", b"/h", [(b"Host", b"h")], b"{}",
+                {"pool": 0.2},
+            )  # fmt: skip
+    finally:
+        holding.cancel()
+    s.stall = False
+    assert await _call(transport, port) == b"ok"  # the slot came back
+
+
+async def test_a_body_the_server_does_not_read_times_out_writing() -> None:
+    # The write timer is only set when the socket did not take the whole request at once.
+    async def never_read(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await asyncio.sleep(10)
+        writer.close()
+
+    sink = await asyncio.start_server(never_read, "127.0.0.1", 0)
+    port = sink.sockets[0].getsockname()[1]
+    try:
+        with pytest.raises(httpx.WriteTimeout):
+            await KeepAliveTransport().exchange(
+                b"http", "127.0.0.1", port, b"POST", b"/h", [(b"Host", b"h")],
+                b"x" * (64 * 1024 * 1024), {"write": 0.3},
+            )  # fmt: skip
+    finally:
+        sink.close()
+
+
 async def test_focus_adapter_on_this_transport_sends_what_httpx_would(
     server: tuple[Server, str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
