@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prometheus_client import (
@@ -172,6 +172,8 @@ class Metrics:
         # arguments each time (three calls per record were 4 % of a light consumer's CPU).
         self._outcomes: dict[tuple[str, str], Any] = {}  # (consumer, outcome) -> counter
         self._timers: dict[str, tuple[Any, Any]] = {}  # consumer -> (in-flight, duration)
+        self._publish_timers: dict[str, Any] = {}  # topic -> duration
+        self._call_timers: dict[tuple[str, str], Any] = {}  # (provider, operation) -> duration
         # Which release runs where (a rollout half done shows two versions), and the standard
         # process_* (CPU, memory, file descriptors) and python_* (GC, version) series the
         # default registry would have: each process has a registry of its own.
@@ -227,8 +229,7 @@ class Metrics:
         with contextlib.suppress(KeyError):
             self.consumer_lag.remove(consumer, topic, str(partition))
 
-    @contextlib.contextmanager
-    def processing(self, consumer: str) -> Iterator[None]:
+    def processing(self, consumer: str) -> contextlib.AbstractContextManager[None]:
         """Around one record's handling: in-flight gauge and processing time."""
         timers = self._timers.get(consumer)
         if timers is None:
@@ -237,42 +238,75 @@ class Metrics:
                 self.consumer_processing_duration_seconds.labels(consumer),
             )
         gauge, duration = timers
-        gauge.inc()
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            gauge.dec()
-            duration.observe(time.perf_counter() - start)
+        return _Timed(duration, gauge)
 
-    @contextlib.contextmanager
-    def publishing(self, topic: str) -> Iterator[None]:
-        start = time.perf_counter()
-        try:
-            yield
-        finally:
-            self.kafka_publish_duration_seconds.labels(topic).observe(time.perf_counter() - start)
+    def publishing(self, topic: str) -> contextlib.AbstractContextManager[None]:
+        duration = self._publish_timers.get(topic)
+        if duration is None:
+            duration = self._publish_timers[topic] = self.kafka_publish_duration_seconds.labels(
+                topic
+            )
+        return _Timed(duration)
 
-    @contextlib.contextmanager
     def provider_call(
         self,
         provider: str,
         operation: str,
         kind: Callable[[BaseException], str] = lambda exc: type(exc).__name__,
-    ) -> Iterator[None]:
+    ) -> contextlib.AbstractContextManager[None]:
         """Time a provider call; an exception counts as an error of `kind(exc)` and propagates.
         The default kind is the exception's class name: bounded, since our adapters map every
         foreign error to a few classes of their own."""
-        start = time.perf_counter()
-        try:
-            yield
-        except Exception as exc:
-            self.provider_errors_total.labels(provider, operation, kind(exc)).inc()
-            raise
-        finally:
-            self.provider_request_duration_seconds.labels(provider, operation).observe(
-                time.perf_counter() - start
+        key = (provider, operation)
+        duration = self._call_timers.get(key)
+        if duration is None:
+            duration = self._call_timers[key] = self.provider_request_duration_seconds.labels(
+                provider, operation
             )
+        return _ProviderCall(duration, self.provider_errors_total, key, kind)
+
+
+class _Timed:
+    """A block's duration into a histogram series, with an in-flight gauge when given: what a
+    `contextlib.contextmanager` does here, without a generator per block (2.7 against 0.8 us,
+    several times a record). The series are looked up once (`labels` takes a lock)."""
+
+    __slots__ = ("_duration", "_gauge", "_start")
+
+    def __init__(self, duration: Any, gauge: Any = None) -> None:
+        self._duration, self._gauge, self._start = duration, gauge, 0.0
+
+    def __enter__(self) -> None:
+        if self._gauge is not None:
+            self._gauge.inc()
+        self._start = time.perf_counter()
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        # None: an exception propagates.
+        if self._gauge is not None:
+            self._gauge.dec()
+        self._duration.observe(time.perf_counter() - self._start)
+
+
+class _ProviderCall(_Timed):
+    """`_Timed`, and an exception (not a cancellation) counted by its kind."""
+
+    __slots__ = ("_errors", "_key", "_kind")
+
+    def __init__(
+        self,
+        duration: Any,
+        errors: Counter,
+        key: tuple[str, str],
+        kind: Callable[[BaseException], str],
+    ) -> None:
+        super().__init__(duration)
+        self._errors, self._key, self._kind = errors, key, kind
+
+    def __exit__(self, kind: Any, error: BaseException | None, tb: Any) -> None:
+        if isinstance(error, Exception):
+            self._errors.labels(*self._key, self._kind(error)).inc()
+        super().__exit__(kind, error, tb)
 
 
 def render(registry: CollectorRegistry) -> tuple[bytes, str]:

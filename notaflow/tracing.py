@@ -17,6 +17,7 @@ client (`POST`, `url.full`, `server.address`), messaging (`send <topic>` / `proc
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -195,16 +196,25 @@ def with_current_traceparent(headers: list[tuple[str, bytes]]) -> list[tuple[str
     return [(k, v) for k, v in headers if k != "traceparent"] + [("traceparent", current.encode())]
 
 
-@contextmanager
+# What `span` is while tracing is off: no generator per record, call and publish.
+_NO_SPAN: contextlib.nullcontext[None] = contextlib.nullcontext()
+
+
 def span(
     name: str,
     kind: SpanKind = SpanKind.INTERNAL,
     carrier: Mapping[str, str] | None = None,
     **attributes: Any,
-) -> Iterator[Span | None]:
+) -> contextlib.AbstractContextManager[Span | None]:
     if not _enabled:
-        yield None
-        return
+        return _NO_SPAN
+    return _span(name, kind, carrier, attributes)
+
+
+@contextmanager
+def _span(
+    name: str, kind: SpanKind, carrier: Mapping[str, str] | None, attributes: dict[str, Any]
+) -> Iterator[Span | None]:
     with tracer().start_as_current_span(
         name,
         context=propagate.extract(carrier) if carrier else None,

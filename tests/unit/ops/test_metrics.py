@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import platform
 
 import httpx
@@ -121,8 +122,12 @@ def test_provider_call_counts_errors_by_kind_and_reraises() -> None:
     errors = "notaflow_provider_errors_total"
     assert sample(registry, errors, provider="focus", operation="emit", kind="TimeoutError") == 1
     assert sample(registry, errors, provider="smtp", operation="send", kind="refused") == 1
+    with pytest.raises(asyncio.CancelledError), m.provider_call("focus", "emit"):
+        raise asyncio.CancelledError  # a cancelled call is timed, not counted as an error
     count = "notaflow_provider_request_duration_seconds_count"
-    assert sample(registry, count, provider="focus", operation="emit") == 2
+    assert sample(registry, count, provider="focus", operation="emit") == 3
+    cancelled = {"provider": "focus", "operation": "emit", "kind": "CancelledError"}
+    assert sample(registry, errors, **cancelled) is None
 
 
 def test_publish_timing_and_lag() -> None:
