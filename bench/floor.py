@@ -116,8 +116,13 @@ PER_NOTE: dict[str, dict[str, int]] = {
     "cancellation": {"kafka read": 1},
 }
 PARTITIONS = 12
-_C = TypeVar("_C")
 SMTP_CONNECTIONS = 4  # the mailer's NOTAFLOW_SMTP_CONNECTIONS default
+_C = TypeVar("_C")
+
+
+def per_note(step: str) -> int:
+    """How many times one note does `step`, all processes together."""
+    return sum(steps.get(step, 0) for steps in PER_NOTE.values())
 
 
 def _cpu() -> float:
@@ -445,8 +450,7 @@ async def measure(args: argparse.Namespace, peers: Peers, db: Path) -> dict[str,
 
     def load(step: str) -> Load:
         # Paced, each step comes as often as `rate` notes a second make it come.
-        per_note = sum(steps.get(step, 0) for steps in PER_NOTE.values())
-        return Load(args.ops, args.concurrency, args.rate * per_note)
+        return Load(args.ops, args.concurrency, args.rate * per_note(step))
 
     for round_ in range(args.rounds):
         results["wake-up"].append(await wake_up())
@@ -486,7 +490,7 @@ def report(results: dict[str, list[float]], args: argparse.Namespace) -> float:
     median = {name: statistics.median(values) * 1e6 for name, values in results.items()}
     print(f"  {'step':<14} {'us each: best / median':>24} {'per note':>9}")
     for name, what in STEPS:
-        count = sum(steps.get(name, 0) for steps in PER_NOTE.values())
+        count = per_note(name)
         print(f"  {name:<14} {min(results[name]) * 1e6:>13.1f} / {median[name]:<8.1f} "
               f"{count:>9}   {what}")  # fmt: skip
     wake = statistics.median(results["wake-up"]) * 1e6
