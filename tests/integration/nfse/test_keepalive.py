@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -164,23 +165,19 @@ async def test_a_call_waiting_for_a_free_connection_times_out_as_httpx_does(
     s.stall = True
     port = int(base.rsplit(":", 1)[1])
     transport = KeepAliveTransport(max_connections=1)
-    holding = asyncio.create_task(
-        _call(
-            transport,
-            port,
-        )
-    )
+    holding = asyncio.create_task(_call(transport, port))
     await asyncio.sleep(0.1)
     try:
         with pytest.raises(httpx.PoolTimeout):
-            await transport.exchange(
-                b"http", "127.0.0.1", port, b"POST", b"/h", [(b"Host", b"h")], b"{}",
-                {"pool": 0.2},
-            )  # fmt: skip
+            await _call(transport, port, timeouts={"pool": 0.2})
+        holding.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await holding
+        s.stall = False
+        assert await _call(transport, port) == b"ok"  # the slot came back
     finally:
         holding.cancel()
-    s.stall = False
-    assert await _call(transport, port) == b"ok"  # the slot came back
+        await transport.aclose()
 
 
 async def test_a_body_the_server_does_not_read_times_out_writing() -> None:
@@ -191,13 +188,12 @@ async def test_a_body_the_server_does_not_read_times_out_writing() -> None:
 
     sink = await asyncio.start_server(never_read, "127.0.0.1", 0)
     port = sink.sockets[0].getsockname()[1]
+    transport = KeepAliveTransport()
     try:
         with pytest.raises(httpx.WriteTimeout):
-            await KeepAliveTransport().exchange(
-                b"http", "127.0.0.1", port, b"POST", b"/h", [(b"Host", b"h")],
-                b"x" * (64 * 1024 * 1024), {"write": 0.3},
-            )  # fmt: skip
+            await _call(transport, port, body=b"x" * (64 * 1024 * 1024), timeouts={"write": 0.3})
     finally:
+        await transport.aclose()
         sink.close()
 
 
@@ -260,9 +256,15 @@ async def test_a_response_leaves_nothing_for_the_cyclic_collector(
     assert left == []
 
 
-async def _call(transport: KeepAliveTransport, port: int, **kw: Any) -> bytes:
+async def _call(
+    transport: KeepAliveTransport,
+    port: int,
+    body: bytes = b"{}",
+    timeouts: dict[str, float | None] | None = None,
+    **kw: Any,
+) -> bytes:
     reply = await transport.exchange(
-        b"http", "127.0.0.1", port, b"POST", b"/h", [(b"Host", b"h")], b"{}", {}, **kw
+        b"http", "127.0.0.1", port, b"POST", b"/h", [(b"Host", b"h")], body, timeouts or {}, **kw
     )
     return reply.content
 
