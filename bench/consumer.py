@@ -450,6 +450,24 @@ def _answers(url: str) -> bool:
         return False
 
 
+def _switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of all of a process's threads so far (Linux
+    /proc): a voluntary one is a thread that slept and was woken, the wake-up whose CPU
+    `bin/bench floor` prints; a thread that exited takes its count with it."""
+    voluntary = involuntary = 0
+    for status in Path(f"/proc/{pid}/task").glob("*/status"):
+        try:
+            text = status.read_text()
+        except OSError:  # the thread exited meanwhile
+            continue
+        for line in text.splitlines():
+            if line.startswith("voluntary_ctxt_switches:"):
+                voluntary += int(line.split()[1])
+            elif line.startswith("nonvoluntary_ctxt_switches:"):
+                involuntary += int(line.split()[1])
+    return voluntary, involuntary
+
+
 def _cpu_seconds(pid: int) -> float:
     """User + system CPU of a process so far (Linux /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()

@@ -70,7 +70,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from bench.consumer import _cpu_seconds, percentile
+from bench.consumer import _cpu_seconds, _switches, percentile
 from notaflow import topics as t
 from notaflow.envelope import decode
 from notaflow.launch.broker import free_port
@@ -402,13 +402,14 @@ def pipeline(args: argparse.Namespace) -> tuple[int, dict[str, float]]:
                     subprocess.Popen(
                         [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
                          str(procs[name].pid), "--format", "raw", "--rate", "200",
-                         "--nonblocking", "-o", str(Path(args.profile) / f"{name}.txt")],
+                         "--nonblocking", "--gil", "-o", str(Path(args.profile) / f"{name}.txt")],
                         stdout=log, stderr=log,
                     )
                 )  # fmt: skip
         refs = [f"b{i}" for i in range(args.notes)]
         sample_every = max(1, args.notes // args.samples) if args.samples else 0
         cpu_before = {name: _cpu_seconds(procs[name].pid) for name in PROCESSES}
+        switches_before = {name: _switches(procs[name].pid) for name in PROCESSES}
         cpu_from = time.monotonic()
         broker_before = _cpu_seconds(broker.process.pid) if broker.process else 0.0
         stand_in_before = _cpu_seconds(procs["stand-in"].pid)
@@ -437,6 +438,13 @@ def pipeline(args: argparse.Namespace) -> tuple[int, dict[str, float]]:
         mail_at = {a.split("@")[0]: at for a, at in mails if a.split("@")[0].startswith("b")}
         finished = max(max(hook_at.values()), max(mail_at.values()))
         cpu = {name: _cpu_seconds(procs[name].pid) - cpu_before[name] for name in PROCESSES}
+        switches = {}
+        for name in PROCESSES:
+            (woken, preempted), (woken0, preempted0) = (
+                _switches(procs[name].pid),
+                switches_before[name],
+            )
+            switches[name] = (woken - woken0, preempted - preempted0)
         cpu_seconds = time.monotonic() - cpu_from
         idle = {name: idle_rate[name] * cpu_seconds for name in PROCESSES}
         broker_cpu = (_cpu_seconds(broker.process.pid) if broker.process else 0.0) - broker_before
@@ -477,7 +485,10 @@ def pipeline(args: argparse.Namespace) -> tuple[int, dict[str, float]]:
             f"{cpu_seconds:.1f} s, from {args.idle:g} s measured after the warm-up):"
         )
         for name in PROCESSES:
-            print(f"  {name:<14} {cpu[name] / n * 1000:6.3f}  (idle {idle[name] / n * 1000:.3f})")
+            print(
+                f"  {name:<14} {cpu[name] / n * 1000:6.3f}  (idle {idle[name] / n * 1000:.3f}; "
+                f"{switches[name][0] / n:.1f} wake-ups, {switches[name][1] / n:.1f} preemptions)"
+            )
         idle_total = sum(idle.values())
         print(
             f"  {'all notaflow':<14} {total / n * 1000:6.3f}  (idle {idle_total / n * 1000:.3f})"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine, Sequence
@@ -316,18 +317,22 @@ class NotificationConsumer:
             authorization=hook.authorization,
             authorization_header=hook.authorization_header,
         )
-        attributes: dict[str, Any] = {
-            "peer.service": "webhook",
-            "notaflow.hook.id": hook.id,
-            **tracing.http_client_attributes("POST", hook.url),
-        }
-        with tracing.span("POST", kind=SpanKind.CLIENT, **attributes) as current:
-            result = await self._webhooks.deliver(
-                target, delivery.payload["body"], f"msg_nf{delivery.id}", int(time.time())
-            )
-            if current is not None and result.status_code is not None:
-                current.set_attribute("http.response.status_code", result.status_code)
-        host = urlsplit(hook.url).hostname or ""
+        deliver = self._webhooks.deliver(
+            target, delivery.payload["body"], f"msg_nf{delivery.id}", int(time.time())
+        )
+        if tracing.enabled():  # the span's attributes cost a URL parse: not when no one reads it
+            attributes: dict[str, Any] = {
+                "peer.service": "webhook",
+                "notaflow.hook.id": hook.id,
+                **tracing.http_client_attributes("POST", hook.url),
+            }
+            with tracing.span("POST", kind=SpanKind.CLIENT, **attributes) as current:
+                result = await deliver
+                if current is not None and result.status_code is not None:
+                    current.set_attribute("http.response.status_code", result.status_code)
+        else:
+            result = await deliver
+        host = _host(hook.url)
         message = "ok" if result.ok else (result.error or f"HTTP {result.status_code}")
         return Outcome(result.ok, result.status_code, message, host, now), result.retryable
 
@@ -414,6 +419,12 @@ class NotificationConsumer:
                 log.exception("retry pass failed")
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), self._settings.retry_poll)
+
+
+@functools.lru_cache(maxsize=4096)  # a hook's URL, delivery after delivery
+def _host(url: str) -> str:
+    """The host an attempt's record names."""
+    return urlsplit(url).hostname or ""
 
 
 async def _all_of(work: Sequence[Coroutine[Any, Any, object]]) -> None:

@@ -25,10 +25,22 @@ def test_pipeline_bench_runs_tiny_and_its_checks_hold() -> None:
     per_process = {
         name: (float(total), float(idle))  # idle: /proc's 10 ms ticks over 0.5 s, coarse
         for name, total, idle in re.findall(
-            r"^  (\w[\w ]*?)\s+(\d+\.\d+)  \(idle (\d+\.\d+)\)", out.stdout, re.MULTILINE
+            r"^  (\w[\w ]*?)\s+(\d+\.\d+)  \(idle (\d+\.\d+)[;)]", out.stdout, re.MULTILINE
         )
     }
     assert set(per_process) >= {"ingress", "emission", "notification", "cancellation"}, out.stdout
+    # Each process's context switches per note, from /proc: every process sleeps and is woken
+    # at least once for 20 notes' records, so none can read 0.0 on both.
+    switches = {
+        name: (float(woken), float(preempted))
+        for name, woken, preempted in re.findall(
+            r"^  (\w+)\s+\d+\.\d+  \(idle \d+\.\d+; (\d+\.\d) wake-ups, (\d+\.\d) preemptions\)",
+            out.stdout,
+            re.MULTILINE,
+        )
+    }
+    assert list(switches) == ["ingress", "emission", "notification", "cancellation"], out.stdout
+    assert all(woken > 0 for woken, _ in switches.values()), out.stdout
     assert re.search(r"POST -> hook delivered \(20\): p50 \d+ ms, p99 \d+ ms", out.stdout)
     # The same run's baseline: each process's CPU per note against its floor.
     multiples = re.findall(

@@ -18,10 +18,18 @@ from notaflow.launch.broker import EmbeddedBroker
 from notaflow.settings import Settings
 from notaflow.topics import Topics
 from testkit.kafka import read_topic
+from testkit.receiver import Receiver, ReceiverServer
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from testkit.smtp import ThreadedSmtpSink
 from testkit.stack import Stack
 from testkit.waiting import wait_for
+
+
+@pytest.fixture(scope="module")
+def receiver() -> Iterator[Receiver]:
+    server = ReceiverServer()
+    yield server.start()
+    server.stop()
 
 
 @pytest.fixture(scope="module")
@@ -44,6 +52,7 @@ def traced(
         smtp_security="none",
         smtp_pause=0.05,
         otel_dir=str(spans),
+        hooks_allow_private=True,  # the hook receiver is on loopback
     )
     stack = Stack(settings, tmp, consumers=("emission", "notification")).start()
     yield stack, spans
@@ -85,7 +94,9 @@ def _traceparent() -> tuple[str, str]:
     return trace_id, f"00-{trace_id}-{secrets.token_hex(8)}-01"
 
 
-def test_one_trace_from_request_to_provider_and_to_email(traced: tuple[Stack, Path]) -> None:
+def test_one_trace_from_request_to_provider_and_to_email(
+    traced: tuple[Stack, Path], receiver: Receiver
+) -> None:
     stack, directory = traced
 
     def of(trace_id: str) -> list[dict[str, Any]]:
@@ -182,3 +193,25 @@ def test_one_trace_from_request_to_provider_and_to_email(traced: tuple[Stack, Pa
     process = by_id[smtp["parent_id"]]
     assert process["service"] == "consumer-notification"
     assert up_to_request(process, by_id)["name"] == "POST /v2/nfse/{ref}/email"
+
+    # A hook re-fire shows the path to a client's webhook: HTTP -> Kafka -> notification
+    # consumer -> the hook's POST, a client span naming the hook and its answer.
+    with stack.client() as c:
+        hook = c.post("/v2/hooks", json={"event": "nfse", "url": receiver.url("/traced")}).json()
+        hook_trace, header = _traceparent()
+        r = c.post("/v2/nfse/tr1/hook", headers={"traceparent": header})
+        assert r.status_code in (200, 202), r.text
+    wait_for(lambda: written(hook_trace, "POST", "POST /v2/nfse/{ref}/hook"), 20)
+    spans = of(hook_trace)
+    by_id = {s["span_id"]: s for s in spans}
+    post = next(s for s in spans if s["name"] == "POST" and s["kind"] == "CLIENT")
+    assert post["service"] == "consumer-notification"
+    attrs = post["attributes"]
+    assert attrs["peer.service"] == "webhook"
+    assert attrs["notaflow.hook.id"] == hook["id"]
+    assert attrs["http.request.method"] == "POST"
+    assert attrs["url.full"] == receiver.url("/traced")
+    assert (attrs["server.address"], attrs["server.port"]) == ("127.0.0.1", receiver.port)
+    assert attrs["http.response.status_code"] == 200
+    assert any(seen.path == "/traced" for seen in receiver.seen)
+    assert up_to_request(by_id[post["parent_id"]], by_id)["name"] == "POST /v2/nfse/{ref}/hook"
