@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 from collections.abc import Callable, Coroutine
@@ -44,7 +45,7 @@ from notaflow.consumers.runtime.dead_letters import DeadLetters
 from notaflow.consumers.runtime.offsets import Offsets
 from notaflow.consumers.runtime.retries import RetryPolicy, RetrySchedule
 from notaflow.consumers.runtime.window import Start, Window
-from notaflow.logs import log_context, trace_id_of
+from notaflow.logs import deferred_log_context, trace_id_of
 from notaflow.metrics import Metrics
 from notaflow.routing import Routes
 from notaflow.settings import Settings
@@ -291,9 +292,8 @@ class Runner:
                 if self._metrics is not None
                 else contextlib.nullcontext()
             )
-            context = _record_context(record)
             # The record's ids on every line about it: its attempts, retries and dead letter.
-            with timer, log_context(**context):
+            with timer, deferred_log_context(functools.partial(_record_context, record)):
                 outcome = await self._attempts.handle(record, _trace_carrier(record), fence)
         except BaseException as exc:
             # Not done (shutdown, a revoke, or even the dead-letter publish failed): the offset

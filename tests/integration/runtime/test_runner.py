@@ -8,6 +8,7 @@ import asyncio
 import contextlib
 import itertools
 import json
+import logging
 import os
 import random
 import sqlite3
@@ -40,6 +41,7 @@ from notaflow.consumers.assignment import (
 from notaflow.consumers.runtime import RetryPolicy, Runner
 from notaflow.consumers.runtime.offsets import PartitionOffsets as _Partition
 from notaflow.errors import InvalidDocument, Permanent, RateLimited, Stopping, Transient
+from notaflow.logs import current_context
 from notaflow.settings import Settings
 from notaflow.store import RetryLedger, create_engine, migrate
 from notaflow.topics import Topics
@@ -868,3 +870,51 @@ async def test_revoke_cancels_what_outlives_the_grace_period(fast: Settings) -> 
         assert not run.runner._window.tasks  # cancelled: nothing of it can act after the release
         assert await committed(one, "notaflow-fencehang", TopicPartition(topic, 0)) is None
         await run.stop()
+
+
+# -- log lines ---------------------------------------------------------------------------------
+
+
+async def test_a_records_log_lines_carry_its_ids_and_only_its_own(fast: Settings) -> None:
+    """Every line a handler logs names its record (event id, tenant, ref, trace id, from the
+    headers, made only when a line is logged), records running at once each their own."""
+    topic = fast.kafka_topic_prefix + "logged"
+    await ensure_topics(fast, [topic, fast.kafka_topic_prefix + "dead-letter"])
+    trace = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+    def headers(i: int) -> list[tuple[str, bytes]]:
+        out = [("ce_id", f"ev-{i}".encode()), ("ce_tenant", b"acme"), ("ce_subject", b"r%d" % i)]
+        if i % 2 == 0:  # odd records have no trace: no trace_id on their lines
+            out.append(("traceparent", f"00-{trace}-00f067aa0ba902b7-01".encode()))
+        return out
+
+    await produce(fast, topic, [(b"k%d" % i, b"{}", headers(i)) for i in range(8)])
+    seen: list[dict[str, Any]] = []
+
+    class Keep(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            seen.append({"message": record.getMessage(), **current_context()})
+
+    logger = logging.getLogger("tests.runner.logged")
+    logger.setLevel(logging.INFO)
+    logger.addHandler(keep := Keep())
+    handled: list[str] = []
+
+    async def handle(record: Any) -> None:
+        await asyncio.sleep(random.uniform(0, 0.02))  # interleaved with the others
+        logger.info("handling %s", dict(record.headers)["ce_id"].decode())
+        handled.append(record.key.decode())
+
+    try:
+        async with running(fast, "logged", topic, handle) as run:
+            await eventually(lambda: len(handled) >= 8)
+            await run.stop()
+        logger.info("outside")
+    finally:
+        logger.removeHandler(keep)
+    lines = {line["message"]: line for line in seen}
+    for i in range(8):
+        line = lines[f"handling ev-{i}"]
+        assert (line["event_id"], line["tenant"], line["ref"]) == (f"ev-{i}", "acme", f"r{i}")
+        assert line.get("trace_id") == (trace if i % 2 == 0 else None)
+    assert lines["outside"] == {"message": "outside"}

@@ -17,6 +17,7 @@ from notaflow.logs import (
     RedactionFilter,
     configure_json_logging,
     current_context,
+    deferred_log_context,
     log_context,
     redact,
     trace_id_of,
@@ -67,6 +68,33 @@ def test_context_fields_nest_and_restore(capture: Any) -> None:
     assert inner["trace_id"] == "4bf92f3577b34da6a3ce929d0e0e4736"
     assert outer["tenant"] == "acme" and "ref" not in outer
     assert not {"tenant", "ref", "event_id", "trace_id"} & none.keys()
+    assert current_context() == {}
+
+
+def test_a_deferred_context_is_made_once_and_only_for_a_line_logged(capture: Any) -> None:
+    logger, stream = capture
+    made: list[str] = []
+
+    def fields(ref: str) -> dict[str, Any]:
+        made.append(ref)
+        return {"ref": ref, "event_id": f"e-{ref}", "trace_id": None}
+
+    with log_context(tenant="acme", ref="outer"):
+        with deferred_log_context(lambda: fields("quiet")):
+            pass  # nothing logged: the fields are never made
+        with deferred_log_context(lambda: fields("p1")):
+            logger.info("first")
+            with log_context(event_id="e-nested"):
+                logger.info("nested")
+            logger.info("second")
+        logger.info("after")
+    first, nested, second, after = lines(stream)
+    assert made == ["p1"]
+    for line in (first, second):
+        assert (line["tenant"], line["ref"], line["event_id"]) == ("acme", "p1", "e-p1")
+        assert "trace_id" not in line  # None removes a field, as in log_context
+    assert (nested["ref"], nested["event_id"]) == ("p1", "e-nested")
+    assert (after["ref"], "event_id" in after) == ("outer", False)
     assert current_context() == {}
 
 
