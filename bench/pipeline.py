@@ -31,7 +31,9 @@ events published) from the first POST to the last note done; CPU seconds per not
 notaflow process and their sum (the target is <= 0.5 ms: >= 2,000 notes per CPU-second), each
 with its idle part: what the process spends with no note at all over the same time (fetch
 loops, heartbeats, timers), measured for `--idle` seconds after the warm-up, while the
-consumers' fetches still use the short wait they use under load;
+consumers' fetches still use the short wait they use under load, and its context switches
+per note (wake-ups: a thread slept and was woken; preemptions: runnable, the core taken by
+another process);
 p50/p99 from the POST to `autorizado` visible in `GET /v2/nfse/REF` (a sample of notes, each
 polled every 20 ms, at most 8 at once, so the polls cost the ingress little; counted) and to
 the hook delivered (every note). Checks: every note autorizado, one e-mail and one hook each,
