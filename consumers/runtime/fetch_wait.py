@@ -6,7 +6,10 @@ latency there. Kept while nothing comes, it made every idle consumer ask forty t
 an idle `notaflow dev` (four consumers) burnt ~20 ms of CPU a second per consumer and ~106 ms
 in the broker answering them, a tenth of this 2-core machine doing nothing. After
 `IDLE_AFTER` (10 s) without a record the wait becomes `NOTAFLOW_CONSUMER_FETCH_WAIT_IDLE_MS`
-(250); the first record after that goes back to the short one. Kafka answers a fetch as soon
+(250); the first record after that goes back to the short one. A record counts only if this
+consumer takes it: the command topics are shared, and the cancellation consumer, which takes
+none of the emit commands it reads, kept the short wait under every emission load (0.12 ms of
+CPU a note in `bin/bench pipeline`, most of it asking). Kafka answers a fetch as soon
 as records arrive, so there the longer wait costs no latency; on the embedded broker the first
 records after ten quiet seconds wait up to ~200 ms more (measured: 80 ms at a 100 ms wait, 200
 at 200-300, 300 at 500; idle CPU 8.8, 4.9 and 3.9 ms a second against 30 at 25). Ten seconds,

@@ -71,7 +71,9 @@ class Runner:
         ledger: RetryLedger | None = None,
         tenant_cap: int | None = None,
         slot_cap: Callable[[tuple[str, str]], int | None] | None = None,
+        fetch_idle_after: float = fetch_wait.IDLE_AFTER,
     ) -> None:
+        self._fetch_idle_after = fetch_idle_after
         self._metrics = metrics
         self._settings = settings
         self.name = name
@@ -144,7 +146,9 @@ class Runner:
         window = self._window
         # Short fetch waits while records flow, long ones once idle (`fetch_wait`).
         pacer = fetch_wait.FetchPacer(
-            self._settings.consumer_fetch_wait_ms, self._settings.consumer_fetch_wait_idle_ms
+            self._settings.consumer_fetch_wait_ms,
+            self._settings.consumer_fetch_wait_idle_ms,
+            self._fetch_idle_after,
         )
         paced = True
         try:
@@ -156,15 +160,12 @@ class Runner:
                     log.warning("%s: fetch failed: %r", self.name, exc)
                     await asyncio.sleep(0.5)
                     continue
-                wait = pacer.fetched(bool(batches), time.monotonic())
-                if wait is not None and paced and not fetch_wait.apply(consumer, wait):
-                    paced = False
-                    log.warning("%s: this aiokafka cannot change its fetch wait", self.name)
                 # After the fetch, not before: getmany waits out a rebalance and returns only
                 # records of the assignment that follows it (taken before, a batch fetched
                 # under the new assignment looked stale and was dropped, with the fetch
                 # position already past it: the partitions stalled until the next rebalance).
                 generation = window.generation
+                handled = False  # a record here takes: skipped ones alone keep no short wait
                 for tp, records in batches.items():
                     for record in records:
                         if not await window.slot_or_stop():
@@ -180,6 +181,7 @@ class Runner:
                         if self._unrouted(record):
                             self._skip(tp, record)
                             continue
+                        handled = True
                         window.start(
                             tp,
                             record.offset,
@@ -190,6 +192,12 @@ class Runner:
                         )
                     if self._stopping.is_set() or window.generation != generation:
                         break
+                # Told after the records are sorted: the cancellation consumer reads every emit
+                # command and takes none, and those alone kept it asking forty times a second.
+                wait = pacer.fetched(handled, time.monotonic())
+                if wait is not None and paced and not fetch_wait.apply(consumer, wait):
+                    paced = False
+                    log.warning("%s: this aiokafka cannot change its fetch wait", self.name)
                 if time.monotonic() - last_commit > 0.5:
                     await self.commit()
                     last_commit = time.monotonic()
