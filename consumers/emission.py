@@ -178,8 +178,8 @@ class EmissionConsumer:
             }
             await self._finish(doc, ERROR, None, [erro], event)
             return
-        # Known before the call, so a callback racing our own bookkeeping still finds the note.
-        await self._docs.set_provider_ref(doc.id, doc.attempt, pref)
+        # No write before the call: a callback racing our own bookkeeping finds the note by the
+        # attempt its ref names (`DocumentStore.by_provider_ref`).
         try:
             reply = await self._focus.emit_document(
                 kind.api_path, pref, doc.payload, token, tenant_id
@@ -326,7 +326,9 @@ class EmissionConsumer:
         Focus's own host costs only the XML download we make anyway; anything else (an outcome
         that frees the ref or cannot be undone, a disagreement, a path off Focus's host) costs
         one GET of the note at Focus, whose answer is applied instead of the callback's."""
-        why = foreign_note(doc.cnpj_prestador, doc.provider_ref, body)
+        # Found by the ref, recorded or named (a callback ahead of the hand-over's record).
+        pref = doc.provider_ref or focus_ref(doc.id, doc.attempt)
+        why = foreign_note(doc.cnpj_prestador, pref, body)
         if not why and not confirm and body["status"] == AUTHORIZED:
             try:
                 xml = await self._focus.download(
@@ -346,15 +348,14 @@ class EmissionConsumer:
                 why = "XML do provedor não confere com o callback"
         if why:
             log.warning("callback for document %s not taken as sent: %s", doc.id, why)
-        assert doc.provider_ref is not None  # found by it
         token = await self._doc_token(doc)
         reply = await self._focus.get_document(
-            BY_KIND[doc.kind].api_path, doc.provider_ref, token, doc.tenant_id
+            BY_KIND[doc.kind].api_path, pref, token, doc.tenant_id
         )
         truth = reply.body
         if (
             reply.status_code != 200
-            or str(truth.get("ref")) != doc.provider_ref
+            or str(truth.get("ref")) != pref
             or truth.get("status") not in OUTCOMES
         ):
             log.warning(

@@ -126,6 +126,10 @@ CANCEL_NOT_FOUND = "nao_encontrado"
 # after an error is a new note at the provider), letters and digits only.
 
 
+# The kinds Focus NFe emits (`focus_kinds.BY_KIND`): each attempt goes to Focus as `focus_ref`.
+FOCUS_KINDS = frozenset({"nfse", "nfsen"})
+
+
 def focus_ref(document_id: int, attempt: int) -> str:
     """The ref a note goes by at Focus NFe."""
     return f"N{document_id}A{attempt}"

@@ -1,5 +1,5 @@
 """The items of the store's group batches, as both drivers receive them: one call each of
-`set_provider_ref` / `mark_submitted`, `transition`, a re-claim and `put_blob`."""
+`mark_submitted`, `transition`, a re-claim and `put_blob`."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ import orjson
 
 @dataclass(frozen=True)
 class Update:
-    """`set_provider_ref` (submitted False) or `mark_submitted` (True) of one attempt."""
+    """`mark_submitted` of one attempt."""
 
-    submitted: bool
     document_id: int
     attempt: int
     provider_ref: str

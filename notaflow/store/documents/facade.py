@@ -30,7 +30,7 @@ _R = TypeVar("_R")
 
 
 class DocumentStore:
-    """The reads and writes of a busy consumer (`get`, `set_provider_ref`, `mark_submitted`,
+    """The reads and writes of a busy consumer (`get`, `by_provider_ref`, `mark_submitted`,
     `transition`, the re-claim after an error) go through group batches: what concurrent
     handlers ask for in the same moment costs one round trip (PostgreSQL) or one inline
     transaction (SQLite), not one pooled connection, one thread hop and one commit each.
@@ -114,6 +114,10 @@ class DocumentStore:
         return from_row(row) if row is not None else None
 
     async def by_provider_ref(self, provider_ref: str) -> Document | None:
+        """The note Focus knows as `provider_ref`: the one whose hand-over recorded it, or, for a
+        ref of ours (`lifecycle.focus_ref`) not recorded yet, the attempt it names. Focus may call
+        back before the hand-over is written (or after a crash that lost it), and no write before
+        the POST is needed for the callback to find its note."""
         return await self._by_pref.submit(provider_ref)
 
     async def _by_provider_refs(self, refs: list[str]) -> list[Document | None]:
@@ -286,7 +290,7 @@ class DocumentStore:
 
     async def mark_submitted(self, document_id: int, attempt: int, provider_ref: str) -> bool:
         """Record that the provider has the request; False when it was already recorded."""
-        return await self._updates.submit(Update(True, document_id, attempt, provider_ref))
+        return await self._updates.submit(Update(document_id, attempt, provider_ref))
 
     async def unmark_submitted(self, document_id: int, attempt: int) -> None:
         """The request surely never reached the provider: it may be sent again."""
@@ -296,10 +300,6 @@ class DocumentStore:
                 .where(documents.c.id == document_id, documents.c.attempt == attempt)
                 .values(submitted_at=None, updated_at=_now())
             )
-
-    async def set_provider_ref(self, document_id: int, attempt: int, provider_ref: str) -> None:
-        """Committed when this returns: the provider may call back before we hear its answer."""
-        await self._updates.submit(Update(False, document_id, attempt, provider_ref))
 
     async def _update_many(self, updates: list[Update]) -> list[bool]:
         return await self._on_driver(

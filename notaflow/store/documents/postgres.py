@@ -10,7 +10,7 @@ from typing import Any
 
 import orjson
 
-from notaflow.lifecycle import ERROR, PROCESSING
+from notaflow.lifecycle import ERROR, FOCUS_KINDS, PROCESSING, focus_ref_parts
 from notaflow.store.documents.batches import Blob, Reclaim, Transition, Update
 from notaflow.store.documents.model import (
     INSERT_COLUMNS,
@@ -72,47 +72,58 @@ async def get(driver: Any, keys: list[tuple[str, str, str]]) -> list[Document | 
     return [found.get(key) for key in keys]
 
 
+_D_COLUMNS = ", ".join("d." + c.strip() for c in SELECT_COLUMNS.split(","))
+
+
 async def by_provider_refs(driver: Any, refs: list[str]) -> list[Document | None]:
+    """Each ref's note: the one that recorded it, or, for a ref of ours not recorded yet, the
+    attempt it names (`focus_ref`: Focus may answer before the hand-over is written). That
+    second statement only when such a ref was not found by the first."""
     rows = await driver.fetch(
-        f"SELECT {', '.join('d.' + c.strip() for c in SELECT_COLUMNS.split(','))} "
-        "FROM documents d JOIN unnest($1::text[]) AS u(p) ON d.provider_ref = u.p",
+        f"SELECT {_D_COLUMNS} FROM documents d JOIN unnest($1::text[]) AS u(p) "
+        "ON d.provider_ref = u.p",
         refs,
     )
     found = {row[7]: from_raw(row) for row in rows}  # provider_ref is the 8th column
+    unrecorded = {
+        ref: parts
+        for ref in refs
+        if ref not in found and (parts := focus_ref_parts(ref)) is not None
+    }
+    if unrecorded:
+        rows = await driver.fetch(
+            f"SELECT {_D_COLUMNS} FROM documents d "
+            "JOIN unnest($1::bigint[], $2::int[]) AS u(i, a) ON d.id = u.i AND d.attempt = u.a "
+            "WHERE d.provider_ref IS NULL AND d.kind = ANY($3::text[])",
+            [parts[0] for parts in unrecorded.values()],
+            [parts[1] for parts in unrecorded.values()],
+            sorted(FOCUS_KINDS),
+        )
+        by_attempt = {(row[0], row[5]): from_raw(row) for row in rows}  # id, attempt
+        for ref, parts in unrecorded.items():
+            if parts in by_attempt:
+                found[ref] = by_attempt[parts]
     return [found.get(ref) for ref in refs]
 
 
 async def update(driver: Any, updates: list[Update], now: datetime) -> list[bool]:
-    """asyncpg: one statement per kind of update, the rows as arrays. A batch never holds two
-    updates of one attempt (a handler awaits each before the next, and one document's records
-    run one at a time), so the set-based statements mean the same as the one-by-one ones."""
-    refs = [u for u in updates if not u.submitted]
-    marks = [u for u in updates if u.submitted]
-    done: set[tuple[int, int]] = set()
-    async with driver.transaction():
-        if refs:
-            await driver.execute(
-                "UPDATE documents d SET provider_ref = u.p "
-                "FROM unnest($1::bigint[], $2::int[], $3::text[]) AS u(i, a, p) "
-                "WHERE d.id = u.i AND d.attempt = u.a",
-                *arrays(refs, "document_id", "attempt", "provider_ref"),
-            )
-        if marks:
-            rows = await driver.fetch(
-                "UPDATE documents d SET provider_ref = u.p, submitted_at = $4, updated_at = $4 "
-                "FROM unnest($1::bigint[], $2::int[], $3::text[]) AS u(i, a, p) "
-                "WHERE d.id = u.i AND d.attempt = u.a AND d.submitted_at IS NULL "
-                "RETURNING d.id, d.attempt",
-                *arrays(marks, "document_id", "attempt", "provider_ref"),
-                now,
-            )
-            done = {(int(r[0]), int(r[1])) for r in rows}
+    """asyncpg: one statement, the rows as arrays. A batch never holds two marks of one attempt
+    (a handler awaits each before the next, and one document's records run one at a time), so
+    the set-based statement means the same as the one-by-one ones."""
+    rows = await driver.fetch(
+        "UPDATE documents d SET provider_ref = u.p, submitted_at = $4, updated_at = $4 "
+        "FROM unnest($1::bigint[], $2::int[], $3::text[]) AS u(i, a, p) "
+        "WHERE d.id = u.i AND d.attempt = u.a AND d.submitted_at IS NULL "
+        "RETURNING d.id, d.attempt",
+        *arrays(updates, "document_id", "attempt", "provider_ref"),
+        now,
+    )
+    done = {(int(r[0]), int(r[1])) for r in rows}
     out: list[bool] = []
     for u in updates:
         key = (u.document_id, u.attempt)
-        out.append(not u.submitted or key in done)
-        if u.submitted:
-            done.discard(key)  # a second mark of the same attempt would have found it set
+        out.append(key in done)
+        done.discard(key)  # a second mark of the same attempt would have found it set
     return out
 
 

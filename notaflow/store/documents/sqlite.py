@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 
 import orjson
 
-from notaflow.lifecycle import ERROR, PROCESSING
+from notaflow.lifecycle import ERROR, FOCUS_KINDS, PROCESSING, focus_ref_parts
 from notaflow.store.documents.batches import Blob, Reclaim, Transition, Update
 from notaflow.store.documents.model import (
     INSERT_COLUMNS,
@@ -70,12 +70,23 @@ def get(conn: sqlite3.Connection, keys: list[tuple[str, str, str]]) -> list[Docu
 
 
 def by_provider_refs(conn: sqlite3.Connection, refs: list[str]) -> list[Document | None]:
+    """Each ref's note: the one that recorded it, or, for a ref of ours not recorded yet, the
+    attempt it names (`focus_ref`: Focus may answer before the hand-over is written)."""
     sql = f"SELECT {SELECT_COLUMNS} FROM documents WHERE provider_ref = ?"
     out: list[Document | None] = []
     for ref in refs:
         row = conn.execute(sql, (ref,)).fetchone()
+        parts = focus_ref_parts(ref) if row is None else None
+        if parts is not None:
+            row = conn.execute(_UNRECORDED, (*parts, *sorted(FOCUS_KINDS))).fetchone()
         out.append(from_raw(row) if row is not None else None)
     return out
+
+
+_UNRECORDED = (
+    f"SELECT {SELECT_COLUMNS} FROM documents WHERE id = ? AND attempt = ? "
+    f"AND provider_ref IS NULL AND kind IN ({', '.join('?' * len(FOCUS_KINDS))})"
+)
 
 
 def update(conn: sqlite3.Connection, updates: list[Update], now: datetime) -> list[bool]:
@@ -84,17 +95,11 @@ def update(conn: sqlite3.Connection, updates: list[Update], now: datetime) -> li
     at = text_time(now)
     out: list[bool] = []
     for u in updates:
-        if u.submitted:
-            cur = conn.execute(
-                "UPDATE documents SET provider_ref = ?, submitted_at = ?, updated_at = ? "
-                "WHERE id = ? AND attempt = ? AND submitted_at IS NULL",
-                (u.provider_ref, at, at, u.document_id, u.attempt),
-            )
-        else:
-            cur = conn.execute(
-                "UPDATE documents SET provider_ref = ? WHERE id = ? AND attempt = ?",
-                (u.provider_ref, u.document_id, u.attempt),
-            )
+        cur = conn.execute(
+            "UPDATE documents SET provider_ref = ?, submitted_at = ?, updated_at = ? "
+            "WHERE id = ? AND attempt = ? AND submitted_at IS NULL",
+            (u.provider_ref, at, at, u.document_id, u.attempt),
+        )
         out.append(cur.rowcount == 1)
     return out
 

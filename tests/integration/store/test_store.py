@@ -17,7 +17,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from notaflow.errors import RefInUse
-from notaflow.lifecycle import AUTHORIZED, CANCELLED, ERROR, PROCESSING, TRANSITIONS
+from notaflow.lifecycle import AUTHORIZED, CANCELLED, ERROR, PROCESSING, TRANSITIONS, focus_ref
 from notaflow.store import (
     Claim,
     ClaimRequest,
@@ -674,6 +674,37 @@ async def test_a_delivery_is_not_taken_before_its_retry_time(engine: AsyncEngine
     await store.record(fresh.id, False, 500, "HTTP 500", "example.com", datetime.now(UTC))
     assert await store.lock(fresh.id, 30)  # due now
     assert not await store.lock(fresh.id, 30)  # and taken by one caller only
+
+
+async def test_a_ref_of_ours_finds_the_attempt_it_names_before_its_hand_over(
+    store: DocumentStore,
+) -> None:
+    """Focus may call back before the hand-over records the ref (nothing is written before the
+    POST): `N{id}A{attempt}` finds that attempt of an NFS-e while its ref is unrecorded, and
+    nothing else: not another attempt, not an NFC-e, not a note recorded under another ref,
+    in one batch with recorded refs and unknown ones."""
+    fresh = await claim(store, "u1")
+    handed = await claim(store, "u2")
+    await store.mark_submitted(handed.document_id, 1, focus_ref(handed.document_id, 1))
+    other_ref = await claim(store, "u3")
+    await store.mark_submitted(other_ref.document_id, 1, "focus-legacy-u3")
+    nfce = await claim(store, "u4", kind="nfce")
+    refs = [
+        focus_ref(fresh.document_id, 1),  # unrecorded: found by the attempt it names
+        focus_ref(handed.document_id, 1),  # recorded
+        focus_ref(fresh.document_id, 2),  # an attempt the note has not made
+        focus_ref(other_ref.document_id, 1),  # the note went to Focus under another ref
+        focus_ref(nfce.document_id, 1),  # an NFC-e never goes to Focus
+        focus_ref(10**9, 1),  # no such note
+        "focus-legacy-u3",
+    ]
+    found = await asyncio.gather(*(store.by_provider_ref(r) for r in refs))
+    assert [d.ref if d else None for d in found] == ["u1", "u2", None, None, None, None, "u3"]
+    assert found[0] is not None and found[0].provider_ref is None
+    # Once handed over, the same ref finds it by the recorded value, as before.
+    assert await store.mark_submitted(fresh.document_id, 1, refs[0])
+    again = await store.by_provider_ref(refs[0])
+    assert again is not None and (again.ref, again.provider_ref) == ("u1", refs[0])
 
 
 async def test_callback_lookups_and_blobs_in_concurrent_batches(store: DocumentStore) -> None:

@@ -64,7 +64,6 @@ async def test_a_callback_before_the_answer_was_recorded_keeps_the_stream_in_ord
     event = world.emit_command("r1")
     doc = await world.claim("r1", event)
     pref = focus_ref(doc.id, doc.attempt)
-    await world.docs.set_provider_ref(doc.id, doc.attempt, pref)
     await world.focus.emit_document(NFSE.api_path, pref, doc.payload)
     await world.callback(await world.at_focus(pref, "autorizado"))
     applied = await world.doc("r1")
@@ -73,6 +72,57 @@ async def test_a_callback_before_the_answer_was_recorded_keeps_the_stream_in_ord
     await world.command(event)  # the redelivered command finds the note handed over
     assert world.posts(pref) == 1
     assert world.statuses() == [PROCESSANDO, AUTHORIZED]
+
+
+async def test_a_refusal_ahead_of_the_hand_over_is_confirmed_under_the_ref_it_names(
+    world: World,
+) -> None:
+    """The POST got through and nothing of it is recorded yet (there is no write before the
+    POST, and the process may have died after it): Focus's refusal finds the note by the
+    attempt its ref names, is confirmed with Focus under that ref, and applied after the
+    hand-over it records."""
+    event = world.emit_command("r1", document=world.nfse(discriminacao="Obra [sandbox:erro]"))
+    doc = await world.claim("r1", event)
+    pref = focus_ref(doc.id, doc.attempt)
+    await world.focus.emit_document(NFSE.api_path, pref, doc.payload)
+    assert (await world.doc("r1")).provider_ref is None
+    body = await world.at_focus(pref, ERROR)
+    consultas = world.sandbox.stats.consultas[pref]
+    await world.callback(body)
+    applied = await world.doc("r1")
+    assert (applied.status, applied.provider_ref) == (ERROR, pref)
+    assert applied.submitted_at is not None
+    assert world.sandbox.stats.consultas[pref] == consultas + 1
+    assert world.statuses() == [PROCESSANDO, ERROR]
+
+
+async def test_a_callback_for_an_attempt_focus_never_got_changes_nothing(world: World) -> None:
+    """A ref of ours names the note before anything is recorded, so a forged callback for a
+    note whose POST has not been made reaches the checks: Focus does not know the ref, and
+    nothing is applied or published."""
+    event = world.emit_command("r1")
+    doc = await world.claim("r1", event)
+    pref = focus_ref(doc.id, doc.attempt)
+    forged = {
+        "ref": pref,
+        "status": AUTHORIZED,
+        "cnpj_prestador": PRESTADOR_CNPJ,
+        "numero": "1",
+        "codigo_verificacao": "AB12-CD3",
+        "caminho_xml_nota_fiscal": "/notas_fiscais_servico/forjada.xml",
+    }
+    await world.callback(forged)
+    untouched = await world.doc("r1")
+    assert (untouched.status, untouched.provider_ref, untouched.submitted_at) == (
+        PROCESSING,
+        None,
+        None,
+    )
+    assert world.statuses() == []
+    assert world.posts(pref) == 0
+    await world.command(event)  # the command still goes through as usual
+    assert world.posts(pref) == 1
+    assert (await world.doc("r1")).submitted_at is not None
 
 
 async def test_a_refusal_is_applied_only_as_focus_confirms_it(world: World) -> None:

@@ -51,7 +51,6 @@ async def test_a_crash_after_the_post_is_repaired_by_the_redelivery(world: World
     event = world.emit_command("r1")
     doc = await world.claim("r1", event)
     pref = focus_ref(doc.id, doc.attempt)
-    await world.docs.set_provider_ref(doc.id, doc.attempt, pref)
     first = await world.focus.emit_document(NFSE.api_path, pref, doc.payload)
     assert first.status_code == 202
     await world.command(event)
@@ -90,9 +89,12 @@ async def test_a_transient_provider_error_leaves_the_command_to_retry(world: Wor
     record = await world.bus.send(world.topics.nfse_commands, event, key)
     with pytest.raises(Transient, match="HTTP 500"):
         await world.bus.deliver(world.emission, record)
-    # Known before the call (a racing callback finds the note), but not handed over.
+    # Nothing written for the attempt (no write before the POST), and a callback racing it
+    # still finds the note by the attempt its ref names.
     failed = await world.doc("r1")
-    assert (failed.provider_ref, failed.submitted_at) == (pref, None)
+    assert (failed.provider_ref, failed.submitted_at) == (None, None)
+    found = await world.docs.by_provider_ref(pref)
+    assert found is not None and found.id == doc.id
     assert world.statuses() == []
     assert world.bus.committed(record.topic, record.partition) == record.offset
     await world.bus.deliver(world.emission, record)  # the runner's retry
