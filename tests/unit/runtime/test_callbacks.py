@@ -23,6 +23,18 @@ async def emitted(world: World, ref: str, **servico: str) -> str:
     return focus_ref(doc.id, doc.attempt)
 
 
+def forged_authorization(pref: str) -> dict[str, str]:
+    """An authorization for our ref naming an XML Focus never made."""
+    return {
+        "ref": pref,
+        "status": AUTHORIZED,
+        "cnpj_prestador": PRESTADOR_CNPJ,
+        "numero": "1",
+        "codigo_verificacao": "AB12-CD3",
+        "caminho_xml_nota_fiscal": "/notas_fiscais_servico/forjada.xml",
+    }
+
+
 async def test_an_authorization_after_the_answer_is_applied_with_our_own_xml_name(
     world: World,
 ) -> None:
@@ -103,14 +115,7 @@ async def test_a_callback_for_an_attempt_focus_never_got_changes_nothing(world: 
     event = world.emit_command("r1")
     doc = await world.claim("r1", event)
     pref = focus_ref(doc.id, doc.attempt)
-    forged = {
-        "ref": pref,
-        "status": AUTHORIZED,
-        "cnpj_prestador": PRESTADOR_CNPJ,
-        "numero": "1",
-        "codigo_verificacao": "AB12-CD3",
-        "caminho_xml_nota_fiscal": "/notas_fiscais_servico/forjada.xml",
-    }
+    forged = forged_authorization(pref)
     await world.callback(forged)
     untouched = await world.doc("r1")
     assert (untouched.status, untouched.provider_ref, untouched.submitted_at) == (
@@ -139,14 +144,7 @@ async def test_a_refusal_is_applied_only_as_focus_confirms_it(world: World) -> N
 
 async def test_a_forged_authorization_is_not_applied(world: World) -> None:
     pref = await emitted(world, "r1", discriminacao="Obra [sandbox:delay=60]")
-    forged = {
-        "ref": pref,
-        "status": AUTHORIZED,
-        "cnpj_prestador": PRESTADOR_CNPJ,
-        "numero": "1",
-        "codigo_verificacao": "AB12-CD3",
-        "caminho_xml_nota_fiscal": "/notas_fiscais_servico/forjada.xml",
-    }
+    forged = forged_authorization(pref)
     await world.callback(forged)
     # The XML is not on Focus: Focus was asked, and it says the note is still processing.
     assert (await world.doc("r1")).status == PROCESSING
