@@ -126,10 +126,6 @@ CANCEL_NOT_FOUND = "nao_encontrado"
 # after an error is a new note at the provider), letters and digits only.
 
 
-# The kinds Focus NFe emits (`focus_kinds.BY_KIND`): each attempt goes to Focus as `focus_ref`.
-FOCUS_KINDS = frozenset({"nfse", "nfsen"})
-
-
 def focus_ref(document_id: int, attempt: int) -> str:
     """The ref a note goes by at Focus NFe."""
     return f"N{document_id}A{attempt}"
@@ -171,6 +167,9 @@ def nfce_blob(document_id: int, name: str) -> str:
 # Names handed out before this remain valid (their rows are kept).
 
 XML_PREFIXES = {"nfse": "/notas_fiscais_servico/", "nfsen": "/notas_fiscais_servico_nacional/"}
+# The kinds Focus NFe emits (`focus_kinds.BY_KIND`, which a test holds equal): each attempt goes
+# to Focus as `focus_ref`, and its XML is served under one of the names above.
+FOCUS_KINDS = frozenset(XML_PREFIXES)
 
 
 def xml_path(kind: str) -> str:

@@ -72,15 +72,12 @@ async def get(driver: Any, keys: list[tuple[str, str, str]]) -> list[Document | 
     return [found.get(key) for key in keys]
 
 
-_D_COLUMNS = ", ".join("d." + c.strip() for c in SELECT_COLUMNS.split(","))
-
-
 async def by_provider_refs(driver: Any, refs: list[str]) -> list[Document | None]:
     """Each ref's note: the one that recorded it, or, for a ref of ours not recorded yet, the
     attempt it names (`focus_ref`: Focus may answer before the hand-over is written). That
     second statement only when such a ref was not found by the first."""
     rows = await driver.fetch(
-        f"SELECT {_D_COLUMNS} FROM documents d JOIN unnest($1::text[]) AS u(p) "
+        f"SELECT {_PG_COLUMNS} FROM documents d JOIN unnest($1::text[]) AS u(p) "
         "ON d.provider_ref = u.p",
         refs,
     )
@@ -92,7 +89,7 @@ async def by_provider_refs(driver: Any, refs: list[str]) -> list[Document | None
     }
     if unrecorded:
         rows = await driver.fetch(
-            f"SELECT {_D_COLUMNS} FROM documents d "
+            f"SELECT {_PG_COLUMNS} FROM documents d "
             "JOIN unnest($1::bigint[], $2::int[]) AS u(i, a) ON d.id = u.i AND d.attempt = u.a "
             "WHERE d.provider_ref IS NULL AND d.kind = ANY($3::text[])",
             [parts[0] for parts in unrecorded.values()],

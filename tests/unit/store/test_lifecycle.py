@@ -10,6 +10,7 @@ import re
 import pytest
 
 from notaflow import lifecycle as lc
+from notaflow.focus_kinds import BY_KIND
 from notaflow.lifecycle import AUTHORIZED, CANCELLED, ERROR, PROCESSING, Cancel
 
 P, A, E, C = PROCESSING, AUTHORIZED, ERROR, CANCELLED
@@ -138,3 +139,8 @@ def test_public_xml_names_are_fresh_and_unguessable(kind: str, prefix: str) -> N
     assert lc.XML_PREFIXES[kind] == prefix
     with pytest.raises(KeyError):
         lc.xml_path("nfce")  # NFC-e files are served behind the tenant's auth, by id
+
+
+def test_the_focus_kinds_are_the_ones_focus_emits() -> None:
+    """The store finds a callback's note among these kinds: the same as the Focus dialect's."""
+    assert set(BY_KIND) == lc.FOCUS_KINDS
