@@ -317,21 +317,15 @@ class NotificationConsumer:
             authorization=hook.authorization,
             authorization_header=hook.authorization_header,
         )
-        deliver = self._webhooks.deliver(
-            target, delivery.payload["body"], f"msg_nf{delivery.id}", int(time.time())
+        span = tracing.client_span(
+            "POST", hook.url, **{"peer.service": "webhook", "notaflow.hook.id": hook.id}
         )
-        if tracing.enabled():  # the span's attributes cost a URL parse: not when no one reads it
-            attributes: dict[str, Any] = {
-                "peer.service": "webhook",
-                "notaflow.hook.id": hook.id,
-                **tracing.http_client_attributes("POST", hook.url),
-            }
-            with tracing.span("POST", kind=SpanKind.CLIENT, **attributes) as current:
-                result = await deliver
-                if current is not None and result.status_code is not None:
-                    current.set_attribute("http.response.status_code", result.status_code)
-        else:
-            result = await deliver
+        with span as current:
+            result = await self._webhooks.deliver(
+                target, delivery.payload["body"], f"msg_nf{delivery.id}", int(time.time())
+            )
+            if current is not None and result.status_code is not None:
+                current.set_attribute("http.response.status_code", result.status_code)
         host = _host(hook.url)
         message = "ok" if result.ok else (result.error or f"HTTP {result.status_code}")
         return Outcome(result.ok, result.status_code, message, host, now), result.retryable

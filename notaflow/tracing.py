@@ -211,6 +211,17 @@ def span(
     return _span(name, kind, carrier, attributes)
 
 
+def client_span(
+    method: str, url: str, **attributes: Any
+) -> contextlib.AbstractContextManager[Span | None]:
+    """A CLIENT span around an HTTP call, named by its method, with the URL's attributes
+    (`http_client_attributes`): made, URL parse included, only while tracing is on."""
+    if not _enabled:
+        return _NO_SPAN
+    attributes.update(http_client_attributes(method, url))
+    return _span(method, SpanKind.CLIENT, None, attributes)
+
+
 @contextmanager
 def _span(
     name: str, kind: SpanKind, carrier: Mapping[str, str] | None, attributes: dict[str, Any]

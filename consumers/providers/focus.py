@@ -19,7 +19,6 @@ from urllib.parse import quote
 
 import httpx
 import orjson
-from opentelemetry.trace import SpanKind
 
 from notaflow import tracing
 from notaflow.accounts import FocusCredentials
@@ -263,22 +262,12 @@ class FocusClient:
         status: int | None = None
         headers: dict[str, str] = {}
         try:
-            if tracing.enabled():
-                attributes: dict[str, Any] = {
-                    "peer.service": "focus",
-                    # The token travels in the Authorization header, never in the URL.
-                    **tracing.http_client_attributes(
-                        method, url if "://" in url else site.text + url
-                    ),
-                }
-                with tracing.span(method, kind=SpanKind.CLIENT, **attributes) as current:
-                    status, headers, content = await self._send(
-                        method, url, json, params, token, site
-                    )
-                    if current is not None:
-                        current.set_attribute("http.response.status_code", status)
-            else:
+            # The token travels in the Authorization header, never in the URL.
+            full = url if "://" in url else site.text + url
+            with tracing.client_span(method, full, **{"peer.service": "focus"}) as current:
                 status, headers, content = await self._send(method, url, json, params, token, site)
+                if current is not None:
+                    current.set_attribute("http.response.status_code", status)
         except httpx.HTTPError as exc:
             _raise_mapped(f"Focus {method} {url}", exc)
         finally:
