@@ -26,6 +26,7 @@ class Server:
         # unanswered: kept connections the server dropped while a request was on its way.
         self.forget_after_first = False
         self.heads: list[bytes] = []
+        self.port = 0  # set once listening
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -63,8 +64,8 @@ class Server:
 async def server() -> AsyncIterator[tuple[Server, str]]:
     s = Server()
     srv = await asyncio.start_server(s.handle, "127.0.0.1", 0)
-    port = srv.sockets[0].getsockname()[1]
-    yield s, f"http://127.0.0.1:{port}"
+    s.port = srv.sockets[0].getsockname()[1]
+    yield s, f"http://127.0.0.1:{s.port}"
     srv.close()
 
 
@@ -161,9 +162,9 @@ async def test_a_call_waiting_for_a_free_connection_times_out_as_httpx_does(
     server: tuple[Server, str],
 ) -> None:
     # The pool timer is only set when every slot is taken: here one call holds the only one.
-    s, base = server
+    s, _ = server
     s.stall = True
-    port = int(base.rsplit(":", 1)[1])
+    port = s.port
     transport = KeepAliveTransport(max_connections=1)
     holding = asyncio.create_task(_call(transport, port))
     await asyncio.sleep(0.1)
@@ -272,9 +273,9 @@ async def _call(
 async def test_a_kept_connection_dropped_by_the_server_is_retried_once_when_asked(
     server: tuple[Server, str],
 ) -> None:
-    s, base = server
+    s, _ = server
     s.forget_after_first = True
-    port = int(base.rsplit(":", 1)[1])
+    port = s.port
     transport = KeepAliveTransport()
     try:
         assert await _call(transport, port, retry_stale=True) == b"ok"
@@ -292,9 +293,9 @@ async def test_the_retry_opens_a_new_connection_not_another_kept_one(
 ) -> None:
     """Two kept connections, both dropped by the server (a restart): the retry does not take
     the second dead one."""
-    s, base = server
+    s, _ = server
     s.forget_after_first = True
-    port = int(base.rsplit(":", 1)[1])
+    port = s.port
     transport = KeepAliveTransport()
     try:
         assert await asyncio.gather(_call(transport, port), _call(transport, port)) == [b"ok"] * 2
@@ -328,8 +329,8 @@ async def test_a_new_connection_failing_is_not_retried() -> None:
 async def test_idle_connections_are_bounded_per_origin_and_expire(
     server: tuple[Server, str],
 ) -> None:
-    s, base = server
-    port = int(base.rsplit(":", 1)[1])
+    s, _ = server
+    port = s.port
     transport = KeepAliveTransport(max_idle_per_origin=2, idle_expiry=0.2)
     try:
         await asyncio.gather(*(_call(transport, port) for _ in range(5)))
@@ -345,8 +346,8 @@ async def test_idle_connections_are_bounded_per_origin_and_expire(
 
 
 async def test_a_long_answer_is_read_no_further_than_asked(server: tuple[Server, str]) -> None:
-    s, base = server
-    port = int(base.rsplit(":", 1)[1])
+    s, _ = server
+    port = s.port
     s.answer = b"HTTP/1.1 200 OK\r\ncontent-length: 1000000\r\n\r\n" + b"x" * 1_000_000
     transport = KeepAliveTransport()
     try:
