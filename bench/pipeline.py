@@ -440,13 +440,13 @@ def pipeline(args: argparse.Namespace) -> tuple[int, dict[str, float]]:
         mail_at = {a.split("@")[0]: at for a, at in mails if a.split("@")[0].startswith("b")}
         finished = max(max(hook_at.values()), max(mail_at.values()))
         cpu = {name: _cpu_seconds(procs[name].pid) - cpu_before[name] for name in PROCESSES}
-        switches = {}
-        for name in PROCESSES:
-            (woken, preempted), (woken0, preempted0) = (
-                _switches(procs[name].pid),
-                switches_before[name],
-            )
-            switches[name] = (woken - woken0, preempted - preempted0)
+        switches = {
+            name: [
+                a - b
+                for a, b in zip(_switches(procs[name].pid), switches_before[name], strict=True)
+            ]
+            for name in PROCESSES
+        }
         cpu_seconds = time.monotonic() - cpu_from
         idle = {name: idle_rate[name] * cpu_seconds for name in PROCESSES}
         broker_cpu = (_cpu_seconds(broker.process.pid) if broker.process else 0.0) - broker_before

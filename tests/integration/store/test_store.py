@@ -697,9 +697,10 @@ async def test_a_ref_of_ours_finds_the_attempt_it_names_before_its_hand_over(
         focus_ref(nfce.document_id, 1),  # an NFC-e never goes to Focus
         focus_ref(10**9, 1),  # no such note
         "focus-legacy-u3",
+        "N999999999999999999A999999999",  # the largest a ref of ours can name: no overflow
     ]
     found = await asyncio.gather(*(store.by_provider_ref(r) for r in refs))
-    assert [d.ref if d else None for d in found] == ["u1", "u2", None, None, None, None, "u3"]
+    assert [d.ref if d else None for d in found] == ["u1", "u2", None, None, None, None, "u3", None]
     assert found[0] is not None and found[0].provider_ref is None
     # Once handed over, the same ref finds it by the recorded value, as before.
     assert await store.mark_submitted(fresh.document_id, 1, refs[0])
