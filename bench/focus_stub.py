@@ -330,6 +330,14 @@ class MailCounter:
     def __init__(self, world: World) -> None:
         self._world = world
 
+    async def handle_EHLO(
+        self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
+    ) -> list[str]:
+        # PIPELINING offered, as production servers (and the sandbox's sink) offer it.
+        session.host_name = hostname
+        responses.insert(-1, "250-PIPELINING")
+        return responses
+
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         now = time.time()
         self._world.mails.extend((rcpt, now) for rcpt in envelope.rcpt_tos)
