@@ -42,10 +42,16 @@ _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 def wire_text(message: bytes) -> tuple[bytes, int]:
     """The text as DATA carries it (CRLF line ends, leading dots doubled, ended by `.`), and
     its size for SIZE as aiosmtplib counts it (CRLF line ends, before the dots)."""
-    text = _LINE_ENDS.sub(b"\r\n", message)
+    if b"\r" in message:
+        text = _LINE_ENDS.sub(b"\r\n", message)
+    else:  # every line end a bare LF, as `mail_wire.flatten` writes them: the same, in C
+        text = message.replace(b"\n", b"\r\n")
     if not text.endswith(b"\r\n"):
         text += b"\r\n"
-    return _LEADING_DOT.sub(b"..", text) + b".\r\n", len(text)
+    size = len(text)
+    if text.startswith(b".") or b"\n." in text:
+        text = _LEADING_DOT.sub(b"..", text)
+    return text + b".\r\n", size
 
 
 def command_lines(

@@ -18,7 +18,7 @@ from typing import Any
 
 import aiosmtplib
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from notaflow.consumers.mail_templates import NfseLinks, render_nfse_email
@@ -352,7 +352,14 @@ async def test_a_silent_server_times_out_as_transient() -> None:
 # -- the pure parts -------------------------------------------------------------------------
 
 
-@given(st.binary(max_size=300))
+@given(
+    st.binary(max_size=300)
+    | st.lists(st.sampled_from([b"a", b".", b"\n", b"\r", b"\r\n"])).map(b"".join)
+)
+@example(b"linha\n.ponto\n..dois\nfim")  # line ends all LF: the fast path
+@example(b".primeira\n")
+@example(b"sem fim de linha")
+@example(b"CR\r\nmisto\rLF\n.ponto")
 def test_the_text_is_what_aiosmtplib_sends(message: bytes) -> None:
     from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 
