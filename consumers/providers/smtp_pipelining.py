@@ -42,10 +42,9 @@ _CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
 def wire_text(message: bytes) -> tuple[bytes, int]:
     """The text as DATA carries it (CRLF line ends, leading dots doubled, ended by `.`), and
     its size for SIZE as aiosmtplib counts it (CRLF line ends, before the dots)."""
-    if b"\r" in message:
-        text = _LINE_ENDS.sub(b"\r\n", message)
-    else:  # every line end a bare LF, as `mail_wire.flatten` writes them: the same, in C
-        text = message.replace(b"\n", b"\r\n")
+    # Every line end a bare LF, as `mail_wire.flatten` writes them: the same, in C.
+    lf_only = b"\r" not in message
+    text = message.replace(b"\n", b"\r\n") if lf_only else _LINE_ENDS.sub(b"\r\n", message)
     if not text.endswith(b"\r\n"):
         text += b"\r\n"
     size = len(text)
