@@ -1,5 +1,6 @@
-"""A compat32 message as SMTP carries it: its bytes and its MAIL options, as aiosmtplib's
-`send_message` makes them, less the refolding of headers that come folded already.
+"""A message as SMTP carries it: its bytes and its MAIL options, as aiosmtplib's
+`send_message` makes them, less, for a compat32 message, the refolding of headers that come
+folded already. An `EmailMessage` is flattened by aiosmtplib's own `flatten_message`.
 
 aiosmtplib flattens a compat32 `Message` under compat32, whose `fold_binary` runs every header
 through `email.header.Header` to fold it again: twelve headers per notification e-mail, most of
@@ -7,7 +8,8 @@ its 0.20 ms of flattening (0.08 ms here). The notification e-mails' headers are 
 (`mail_templates`), and compat32's folding gives back a value that already fits as it is: the
 policy here writes such a value directly and hands every other one to compat32. The bytes are
 aiosmtplib's, byte for byte (tests hold them to it, for the rendered e-mails and for random
-header values); so are the options, which `send` then hands to aiosmtplib's `sendmail`.
+header values); so are the options. `send` then pipelines the transaction where the server
+offers PIPELINING (`smtp_pipelining`), or hands it to aiosmtplib's `sendmail`.
 """
 
 from __future__ import annotations
@@ -17,10 +19,11 @@ import io
 import re
 from collections.abc import Callable, Sequence
 from email.generator import BytesGenerator
-from email.message import Message
+from email.message import EmailMessage, Message
 from email.policy import Compat32, compat32
 
 import aiosmtplib
+from aiosmtplib.email import flatten_message
 
 from notaflow.consumers.providers import smtp_pipelining
 
@@ -86,8 +89,9 @@ def mail_options(
 async def send(
     client: aiosmtplib.SMTP, message: Message, sender: str, recipients: Sequence[str]
 ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
-    """`client.send_message(message, sender=sender, recipients=recipients)` for a compat32
-    message, flattened here; pipelined (`smtp_pipelining`) where the server offers it."""
+    """`client.send_message(message, sender=sender, recipients=recipients)`: a compat32
+    message flattened here, an `EmailMessage` as aiosmtplib flattens it; the transaction
+    pipelined (`smtp_pipelining`) where the server offers it."""
     if client.is_ehlo_or_helo_needed:  # the options depend on what EHLO offers
         try:
             await client.ehlo()
@@ -96,7 +100,12 @@ async def send(
                 raise
             await client.helo()
     options, eight_bit = mail_options(sender, recipients, client.supports_extension)
-    data = flatten(message, eight_bit)
+    if isinstance(message, EmailMessage):
+        data = flatten_message(
+            message, utf8="SMTPUTF8" in options, cte_type="8bit" if eight_bit else "7bit"
+        )
+    else:
+        data = flatten(message, eight_bit)
     if client.supports_extension("pipelining"):  # two round trips instead of four
         return await smtp_pipelining.send(client, data, sender, recipients, options)
     return await client.sendmail(sender, list(recipients), data, mail_options=options)

@@ -32,7 +32,7 @@ import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from email.headerregistry import Address
-from email.message import EmailMessage, Message
+from email.message import Message
 from email.utils import getaddresses
 from functools import cached_property
 from typing import Literal
@@ -259,14 +259,9 @@ class Mailer:
             client, keep = await self._connection()
             usable = False  # after a failure other than an SMTP answer, the state is unknown
             try:
-                if isinstance(message, EmailMessage):
-                    errors, reply = await client.send_message(
-                        message, sender=cfg.sender_address, recipients=recipients
-                    )
-                else:  # compat32: flattened without refolding what comes folded (mail_wire)
-                    errors, reply = await mail_wire.send(
-                        client, message, cfg.sender_address, recipients
-                    )
+                errors, reply = await mail_wire.send(
+                    client, message, cfg.sender_address, recipients
+                )
                 usable = True
             except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):
                 usable = True  # an SMTP answer: aiosmtplib reset the envelope (RSET)

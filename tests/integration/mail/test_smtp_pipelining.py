@@ -12,7 +12,7 @@ import re
 import ssl
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field, replace
-from email.message import Message
+from email.message import EmailMessage, Message
 from pathlib import Path
 from typing import Any
 
@@ -72,11 +72,25 @@ def _stable(raw: bytes) -> bytes:
 Outcome = list[tuple[str, bool, int | None]] | str
 
 
-async def _outcome(sink: SmtpSink, to: list[str], text: str = "Serviço") -> Outcome:
+def _invoice(config: SmtpConfig, to: list[str], text: str) -> EmailMessage:
+    """An `EmailMessage`, as the invoice and HubSoft e-mails are: flattened by aiosmtplib."""
+    msg = EmailMessage()
+    msg["From"] = config.from_header
+    msg["To"] = ", ".join(to)
+    msg["Subject"] = "Fatura de dezembro — ACME"
+    msg.set_content(text)
+    msg.add_attachment(b"%PDF-1.4\n" + bytes(range(256)), "application", "pdf", filename="f.pdf")
+    return msg
+
+
+async def _outcome(
+    sink: SmtpSink, to: list[str], text: str = "Serviço", kind: str = "compat32"
+) -> Outcome:
     config = _config(sink.host, sink.port)
     mailer = Mailer(config)
     try:
-        results = await mailer.send(_rendered(config, to, text))
+        message = _rendered(config, to, text) if kind == "compat32" else _invoice(config, to, text)
+        results = await mailer.send(message)
         return [(r.address, r.accepted, r.code) for r in results]
     except (Permanent, Transient) as exc:
         return type(exc).__name__
@@ -95,14 +109,18 @@ BEHAVIOURS: dict[str, tuple[Callable[[SmtpSink], None], list[str]]] = {
 }
 
 
+@pytest.mark.parametrize("kind", ["compat32", "EmailMessage"])
 @pytest.mark.parametrize("name", list(BEHAVIOURS))
-async def test_the_outcome_and_the_bytes_are_sendmails(tmp_path: Path, name: str) -> None:
+async def test_the_outcome_and_the_bytes_are_sendmails(
+    tmp_path: Path, name: str, kind: str
+) -> None:
     behave, to = BEHAVIOURS[name]
     seen = []
     for pipelining in (False, True):
         async with SmtpSink(tmp_path / str(pipelining), pipelining=pipelining) as sink:
             behave(sink)
-            outcome = await _outcome(sink, to, "linha\n.começa com ponto\r\nCR só\r e fim.")
+            text = "linha\n.começa com ponto\r\nCR só\r e fim."
+            outcome = await _outcome(sink, to, text, kind)
             # then the same connection's next transaction is whole (the envelope was reset)
             sink.reset()
             after = await _outcome(sink, ["ana@example.com"])
