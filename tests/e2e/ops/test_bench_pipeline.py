@@ -42,6 +42,10 @@ def test_pipeline_bench_runs_tiny_and_its_checks_hold() -> None:
     assert list(switches) == ["ingress", "emission", "notification", "cancellation"], out.stdout
     assert all(woken > 0 for woken, _ in switches.values()), out.stdout
     assert re.search(r"POST -> hook delivered \(20\): p50 \d+ ms, p99 \d+ ms", out.stdout)
+    polled = re.search(
+        r"sampled\): p50 \d+ ms, p99 \d+ ms; (\d+) GETs polled, ([\d.]+) a note", out.stdout
+    )
+    assert polled and int(polled[1]) >= 1 and float(polled[2]) > 0, out.stdout
     # The same run's baseline: each process's CPU per note against its floor.
     multiples = re.findall(
         r"^  (\w[\w ]*?)\s+\d+\.\d{3}   pipeline \d+\.\d{3} = ", out.stdout, re.M
