@@ -419,3 +419,33 @@ async def test_it_is_taken_only_where_offered(tmp_path: Path) -> None:
             async with aiosmtplib.SMTP(hostname=sink.host, port=sink.port) as probe:
                 await probe.ehlo()
                 assert probe.supports_extension("pipelining") is offered
+
+
+def test_under_uvloop_as_in_production(tls_context: ssl.SSLContext) -> None:  # noqa: F811
+    """The consumers run uvloop, whose transports (plain and TLS) are not asyncio's: lent to
+    the replies and given back, over STARTTLS, implicit TLS and plain, with a message large
+    enough for the transport to pause writing, and a refusal between sends."""
+    import uvloop
+
+    async def sends() -> list[tuple[str, int, int]]:
+        seen = []
+        for security, implicit in (("starttls", False), ("tls", True), ("none", False)):
+            context = None if security == "none" else tls_context
+            async with SmtpSink(None, tls_context=context, implicit_tls=implicit) as sink:
+                cfg = _config(sink.host, sink.port, security=security, validate_certs=False)
+                mailer = Mailer(cfg)
+                for n in range(3):
+                    [sent] = await mailer.send(_rendered(cfg, [f"t{n}@example.com"]))
+                    assert sent.accepted
+                [big] = await mailer.send(_invoice(cfg, ["b@example.com"], "x" * 2_000_000))
+                sink.refuse("recusado")
+                after = await mailer.send(
+                    _rendered(cfg, ["recusado@example.com", "ok@example.com"])
+                )
+                await mailer.aclose()
+                assert big.accepted and [r.accepted for r in after] == [False, True]
+                assert len(sink.received[3].raw) > 2_000_000
+                seen.append((security, len(sink.received), len({m.peer for m in sink.received})))
+        return seen
+
+    assert uvloop.run(sends()) == [("starttls", 5, 1), ("tls", 5, 1), ("none", 5, 1)]
