@@ -35,6 +35,7 @@ from email.utils import formataddr, formatdate, getaddresses, make_msgid
 from typing import Any, Literal
 
 from notaflow.brdocs import clean_document
+from notaflow.consumers import quoted_printable
 
 __all__ = [
     "NfseKind",
@@ -317,13 +318,14 @@ def _alternative(text: str, html_text: str) -> Message:
 
 def _text_part(text: str, subtype: str) -> Message:
     """What `MIMEText(text, subtype, _BODY_CHARSET)` makes, less its MIME-Version: the same
-    headers and the body through the same encoder (`Charset.body_encode`), without the class's
+    headers and the body as its encoder writes it (`Charset.body_encode`, through the faster
+    `quoted_printable.body_encode`; a property test holds the two equal), without the class's
     round trips (the text encoded, decoded, encoded again, its parameters formatted): a sixth of
     rendering an e-mail. A test holds it to what MIMEText writes."""
     part = Message()
     part["Content-Type"] = f'text/{subtype}; charset="utf-8"'
     part["Content-Transfer-Encoding"] = "quoted-printable"
-    part.set_payload(_BODY_CHARSET.body_encode(text))
+    part.set_payload(quoted_printable.body_encode(text))
     return part
 
 
