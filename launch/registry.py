@@ -181,6 +181,7 @@ def mailer(res: Resources) -> Mailer | None:
             sender_name=s.smtp_sender_name,
             pause_between_sends=s.smtp_pause,
             connections=s.smtp_connections,
+            pipelining=s.smtp_pipelining,
             local_hostname="notaflow",
             # A connection kept for the next send saves the handshake, EHLO and QUIT of every
             # e-mail.
@@ -280,6 +281,7 @@ def build_notification(res: Resources) -> Wired:
             sender_address=s.smtp_sender,
             pause_between_sends=s.smtp_pause,
             connections=s.smtp_connections,
+            pipelining=s.smtp_pipelining,
             local_hostname="notaflow",
             keep_alive=SMTP_KEEP_ALIVE,
         ),

@@ -136,6 +136,9 @@ class Settings:
     # Sends to one server at once, each on its own connection, when smtp_pause is 0 (with a
     # pause they go one at a time).
     smtp_connections: int = bounded(4, 1, 64)
+    # Pipeline each e-mail's MAIL, RCPT and DATA (RFC 2920) where the server offers PIPELINING:
+    # off for a server, or a middlebox in front of it, that offers it and mishandles it.
+    smtp_pipelining: bool = True
     smtp_timeout: float = 30.0
     # Provider accounts (notaflow/accounts.py): Fernet keys encrypting their secrets at rest,
     # comma-separated, newest first. The newest encrypts; every key listed still decrypts, so a

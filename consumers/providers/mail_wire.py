@@ -87,11 +87,16 @@ def mail_options(
 
 
 async def send(
-    client: aiosmtplib.SMTP, message: Message, sender: str, recipients: Sequence[str]
+    client: aiosmtplib.SMTP,
+    message: Message,
+    sender: str,
+    recipients: Sequence[str],
+    *,
+    pipelining: bool = True,
 ) -> tuple[dict[str, aiosmtplib.SMTPResponse], str]:
     """`client.send_message(message, sender=sender, recipients=recipients)`: a compat32
     message flattened here, an `EmailMessage` as aiosmtplib flattens it; the transaction
-    pipelined (`smtp_pipelining`) where the server offers it."""
+    pipelined (`smtp_pipelining`) where the server offers it, unless `pipelining` is off."""
     if client.is_ehlo_or_helo_needed:  # the options depend on what EHLO offers
         try:
             await client.ehlo()
@@ -106,6 +111,6 @@ async def send(
         )
     else:
         data = flatten(message, eight_bit)
-    if client.supports_extension("pipelining"):  # two round trips instead of four
+    if pipelining and client.supports_extension("pipelining"):  # two round trips, not four
         return await smtp_pipelining.send(client, data, sender, recipients, options)
     return await client.sendmail(sender, list(recipients), data, mail_options=options)

@@ -75,6 +75,8 @@ class SmtpConfig:
     # Sends to the server at once, each on its own connection, when there is no pause between
     # sends (module docstring); with a pause they are one at a time.
     connections: int = 1
+    # MAIL, RCPT and DATA in one write where the server offers PIPELINING (`smtp_pipelining`).
+    pipelining: bool = True
 
     def __post_init__(self) -> None:
         if self.security not in ("none", "starttls", "tls"):
@@ -260,7 +262,7 @@ class Mailer:
             usable = False  # after a failure other than an SMTP answer, the state is unknown
             try:
                 errors, reply = await mail_wire.send(
-                    client, message, cfg.sender_address, recipients
+                    client, message, cfg.sender_address, recipients, pipelining=cfg.pipelining
                 )
                 usable = True
             except (aiosmtplib.SMTPResponseException, aiosmtplib.SMTPRecipientsRefused):

@@ -265,6 +265,18 @@ async def test_mail_rcpt_and_data_go_before_any_reply() -> None:
     ]
 
 
+async def test_turned_off_it_waits_for_each_reply() -> None:
+    """`NOTAFLOW_SMTP_PIPELINING=false` (`SmtpConfig.pipelining`), for a server that offers it
+    and mishandles it: one command at a time, so the server that holds its replies until DATA
+    is never answered and the send times out, where the pipelined one goes through."""
+    from notaflow.settings import Settings
+
+    assert Settings.from_env({"NOTAFLOW_SMTP_PIPELINING": "false"}).smtp_pipelining is False
+    async with _scripted(Script()) as port:
+        assert await _send(port, ["ana@example.com"], pipelining=False, timeout=1) == "Transient"
+        assert await _send(port, ["ana@example.com"], timeout=1) == [("ana@example.com", True, 250)]
+
+
 SCRIPTS: dict[str, tuple[Script, Outcome]] = {
     "sender refused": (
         Script(
