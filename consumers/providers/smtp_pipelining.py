@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 from collections.abc import Sequence
 from typing import cast
 
@@ -30,27 +29,31 @@ import aiosmtplib
 from aiosmtplib import SMTPResponse
 from aiosmtplib.email import quote_address
 
-__all__ = ["ReplyParser", "command_lines", "send", "wire_text"]
+# aiosmtplib's own rules, so that what goes out and what is refused are its: a reply's bounds,
+# the text's line ends and dot-stuffing, the characters no command line may carry.
+from aiosmtplib.protocol import (
+    COMMAND_INJECTION_REGEX,
+    MAX_LINE_LENGTH,
+    MAX_RESPONSE_LENGTH,
+    PERIOD_REGEX,
+    normalize_message_line_endings,
+)
 
-# aiosmtplib's bounds on a reply line and a whole reply.
-MAX_LINE = 8192
-MAX_REPLY = 1024 * 1024
-_LINE_ENDS = re.compile(rb"\r\n|\n|\r(?!\n)")
-_LEADING_DOT = re.compile(rb"(?m)^\.")
-_CONTROL = re.compile(rb"[\x00-\x1f\x7f]")
+__all__ = ["ReplyParser", "command_lines", "send", "wire_text"]
 
 
 def wire_text(message: bytes) -> tuple[bytes, int]:
     """The text as DATA carries it (CRLF line ends, leading dots doubled, ended by `.`), and
     its size for SIZE as aiosmtplib counts it (CRLF line ends, before the dots)."""
-    # Every line end a bare LF, as `mail_wire.flatten` writes them: the same, in C.
-    lf_only = b"\r" not in message
-    text = message.replace(b"\n", b"\r\n") if lf_only else _LINE_ENDS.sub(b"\r\n", message)
-    if not text.endswith(b"\r\n"):
-        text += b"\r\n"
+    if b"\r" in message:
+        text = normalize_message_line_endings(message)
+    else:  # every line end a bare LF, as `mail_wire.flatten` writes them: the same, in C
+        text = message.replace(b"\n", b"\r\n")
+        if not text.endswith(b"\r\n"):
+            text += b"\r\n"
     size = len(text)
-    if text.startswith(b".") or b"\n." in text:
-        text = _LEADING_DOT.sub(b"..", text)
+    if text.startswith(b".") or b"\n." in text:  # the regex pass only when it has work
+        text = PERIOD_REGEX.sub(b"..", text)
     return text + b".\r\n", size
 
 
@@ -67,7 +70,7 @@ def command_lines(
     ]
     lines += [b"RCPT TO:" + quote_address(r).encode(encoding) for r in recipients]
     for line in lines:
-        if _CONTROL.search(line):
+        if COMMAND_INJECTION_REGEX.search(line):
             raise ValueError("Command arg contains a prohibited control character")
     lines.append(b"DATA")
     return b"\r\n".join(lines) + b"\r\n"
@@ -88,7 +91,7 @@ class ReplyParser:
         while (end := self._buffer.find(b"\n")) >= 0:
             line = bytes(self._buffer[: end + 1])
             del self._buffer[: end + 1]
-            if len(line) > MAX_LINE:
+            if len(line) > MAX_LINE_LENGTH:
                 raise aiosmtplib.SMTPResponseException(-1, "Response too long")
             try:
                 int(line[:3])
@@ -105,7 +108,7 @@ class ReplyParser:
                 replies.append(
                     SMTPResponse(int(line[:3]), joined.decode("utf-8", "surrogateescape"))
                 )
-        if len(self._buffer) + sum(map(len, self._lines)) > MAX_REPLY:
+        if len(self._buffer) + sum(map(len, self._lines)) > MAX_RESPONSE_LENGTH:
             raise aiosmtplib.SMTPResponseException(-1, "Response too long")
         return replies
 

@@ -461,3 +461,18 @@ def test_under_uvloop_as_in_production(tls_context: ssl.SSLContext) -> None:  # 
         return seen
 
     assert uvloop.run(sends()) == [("starttls", 5, 1), ("tls", 5, 1), ("none", 5, 1)]
+
+
+def test_a_reply_is_bounded_as_aiosmtplib_bounds_it() -> None:
+    from aiosmtplib.protocol import MAX_LINE_LENGTH, MAX_RESPONSE_LENGTH
+
+    with pytest.raises(aiosmtplib.SMTPResponseException, match="too long"):
+        smtp_pipelining.ReplyParser().feed(b"250 " + b"x" * MAX_LINE_LENGTH + b"\r\n")
+    endless = smtp_pipelining.ReplyParser()
+    line = b"250-" + b"x" * 1000 + b"\r\n"
+    with pytest.raises(aiosmtplib.SMTPResponseException, match="too long"):
+        for _ in range(MAX_RESPONSE_LENGTH // len(line) + 1):
+            endless.feed(line)
+    # a long reply under the bound is read whole
+    fine = smtp_pipelining.ReplyParser().feed(line * 20 + b"250 end\r\n")
+    assert [r.code for r in fine] == [250] and fine[0].message.count("\n") == 20
