@@ -26,7 +26,6 @@ from notaflow.consumers.providers import smtp_pipelining
 from notaflow.consumers.providers.mailer import Mailer, SmtpConfig
 from notaflow.errors import Permanent, Transient
 from notaflow.sandbox.smtp_sink import SmtpSink
-from tests.integration.mail.test_mailer import tls_context  # noqa: F401 (a fixture)
 
 
 def _config(host: str, port: int, **overrides: object) -> SmtpConfig:
@@ -142,7 +141,7 @@ async def test_a_kept_connection_carries_one_transaction_after_another(tmp_path:
         assert len({m.peer for m in sink.received}) == 1
 
 
-async def test_over_starttls(tls_context: ssl.SSLContext, tmp_path: Path) -> None:  # noqa: F811
+async def test_over_starttls(tls_context: ssl.SSLContext, tmp_path: Path) -> None:
     async with SmtpSink(tmp_path, tls_context=tls_context) as sink:
         config = _config(sink.host, sink.port, security="starttls", validate_certs=False)
         mailer = Mailer(config)
@@ -433,7 +432,7 @@ async def test_it_is_taken_only_where_offered(tmp_path: Path) -> None:
                 assert probe.supports_extension("pipelining") is offered
 
 
-def test_under_uvloop_as_in_production(tls_context: ssl.SSLContext) -> None:  # noqa: F811
+def test_under_uvloop_as_in_production(tls_context: ssl.SSLContext) -> None:
     """The consumers run uvloop, whose transports (plain and TLS) are not asyncio's: lent to
     the replies and given back, over STARTTLS, implicit TLS and plain, with a message large
     enough for the transport to pause writing, and a refusal between sends."""
