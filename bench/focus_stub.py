@@ -333,10 +333,9 @@ class MailCounter:
     async def handle_EHLO(
         self, server: Any, session: Any, envelope: Any, hostname: str, responses: list[str]
     ) -> list[str]:
-        # PIPELINING offered, as production servers (and the sandbox's sink) offer it.
-        session.host_name = hostname
-        responses.insert(-1, "250-PIPELINING")
-        return responses
+        from notaflow.sandbox.smtp_sink import ehlo_reply  # PIPELINING, as the sink offers it
+
+        return ehlo_reply(session, hostname, responses)
 
     async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
         now = time.time()

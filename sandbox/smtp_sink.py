@@ -29,9 +29,21 @@ from typing import Any, Literal, cast
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
-__all__ = ["ReceivedMessage", "SmtpSink", "serve_smtp_sink"]
+__all__ = ["ReceivedMessage", "SmtpSink", "ehlo_reply", "serve_smtp_sink"]
 
 HOSTNAME = "notaflow-smtp-sink"
+
+
+def ehlo_reply(
+    session: Session, hostname: str, responses: list[str], *, pipelining: bool = True
+) -> list[str]:
+    """What an aiosmtpd handler's `handle_EHLO` answers to offer PIPELINING (RFC 2920), as
+    production servers do. aiosmtpd reads commands one line at a time from its stream, so
+    commands sent together are answered in order: it only never says it takes them."""
+    session.host_name = hostname  # this form of the hook owns that (aiosmtpd's docs)
+    if pipelining:
+        responses.insert(-1, "250-PIPELINING")
+    return responses
 
 
 @dataclass(frozen=True)
@@ -172,12 +184,7 @@ class SmtpSink:
         hostname: str,
         responses: list[str],
     ) -> list[str]:
-        session.host_name = hostname  # this form of the hook owns that (aiosmtpd's docs)
-        if self.pipelining:
-            # aiosmtpd reads commands one line at a time from its stream, so commands sent
-            # together are answered in order: it only never says it takes them.
-            responses.insert(-1, "250-PIPELINING")
-        return responses
+        return ehlo_reply(session, hostname, responses, pipelining=self.pipelining)
 
     def _authenticate(
         self, server: SMTP, session: Session, envelope: Envelope, mechanism: str, data: Any
