@@ -5,7 +5,6 @@ address with the name kept for SNI and the certificate check."""
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import ssl
 import threading
 import time
@@ -16,10 +15,6 @@ from typing import Any
 import httpx
 import pytest
 import uvicorn
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
@@ -36,6 +31,7 @@ from notaflow.keepalive import KeepAliveTransport
 from notaflow.replies import ReplyWaiters
 from notaflow.settings import Settings
 from notaflow.store import DocumentStore, HookStore, TenantStore, create_engine, migrate
+from testkit.certificates import self_signed
 
 CNPJ = "51916585000125"
 SECRET = "whsec_" + "MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
@@ -120,39 +116,11 @@ async def test_public_destinations_and_names_not_resolving_now_are_accepted(
 # -- https pinned to the checked address ----------------------------------------------------
 
 
-def _certificate(name: str, tmp: Path) -> tuple[Path, Path]:
-    key = ec.generate_private_key(ec.SECP256R1())
-    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, name)])
-    now = dt.datetime.now(dt.UTC)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(subject)
-        .issuer_name(subject)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.SubjectAlternativeName([x509.DNSName(name)]), critical=False)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp / f"{name}.pem", tmp / f"{name}.key"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return cert_file, key_file
-
-
 class TlsReceiver:
     """An https endpoint on 127.0.0.1 presenting a certificate for `name` only."""
 
     def __init__(self, name: str, tmp: Path) -> None:
-        self.cert, key = _certificate(name, tmp)
+        self.cert, key = self_signed(name, tmp, ca=True)
         self.hosts: list[str] = []
         app = Starlette(routes=[Route("/hook", self.endpoint, methods=["POST"])])
         config = uvicorn.Config(
