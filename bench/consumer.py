@@ -89,7 +89,7 @@ class Loader:
         self.engine = create_engine(settings.database_url)
         self.docs = DocumentStore(self.engine)
         self.bus = Bus(settings)
-        self.intake = Intake(self.docs, self.bus, self.topics.nfse_commands)
+        self.intake = Intake(self.docs, self.bus, self.topics.nfse_commands, self.topics.lifecycle)
         self.document = normalize_nfse(with_valid_cnpjs(JSON_EXAMPLE))
         self.rejected = copy.deepcopy(self.document)
         self.rejected["servico"]["discriminacao"] += " " + REJECT_MARKER

@@ -138,6 +138,11 @@ class EmissionConsumer:
 
         if document is not None and (doc is None or ref_reusable(doc.status)):
             # Published straight to Kafka by another system, or a re-emission after an error.
+            if doc is not None:
+                # The error this attempt replaces goes out again first, as the ingress sends it
+                # for the re-emissions it takes (`ingress.intake`): its writer may have died
+                # before publishing it, and its redelivered callback will find the note moved on.
+                await publish_status(self._bus, self._topics, doc, SOURCE, event)
             try:
                 await self._docs.claim(
                     tenant_id, kind.kind, ref, cnpj, document, event.id, SOURCE, current=doc

@@ -21,7 +21,7 @@ from notaflow.lifecycle import (
 from notaflow.schemas import validator
 from notaflow.store import Document, DocumentStore
 from notaflow.tracing import trace_fields
-from notaflow.views import view_of
+from notaflow.views import status_event
 
 log = logging.getLogger(__name__)
 
@@ -31,18 +31,8 @@ async def publish_status(
 ) -> None:
     """A lifecycle event with a deterministic id: a retry after a crash republishes the same
     id, which downstream consumers deduplicate."""
-    data = {"tenant": doc.tenant_id, "kind": doc.kind, "id": doc.id, **view_of(doc)}
-    event = Event(
-        type=t.NFCE_STATUS if doc.kind == "nfce" else t.NFSE_STATUS,
-        source=source,
-        data=data,
-        subject=doc.ref,
-        id=f"{doc.kind}-{doc.id}-{doc.attempt}-{doc.status}",
-        tenant=doc.tenant_id,
-        status=doc.status,
-        **trace_fields(cause.trace()),
-    )
-    await bus.publish(topics.lifecycle, event, t.document_key(doc.tenant_id, doc.kind, doc.ref))
+    key, event = status_event(doc, source, cause.trace())
+    await bus.publish(topics.lifecycle, event, key)
 
 
 async def publish_if_current(

@@ -110,6 +110,8 @@ class NfceEmitter:
         emites = await self._emites.client(tenant_id, cnpj)
         doc = await self._docs.get(tenant_id, KIND, ref)
         if doc is None or (doc.command_id != event.id and ref_reusable(doc.status)):
+            if doc is not None:  # the error it replaces, again first (`ingress.intake`)
+                await publish_status(self._bus, self._topics, doc, self._source, event)
             try:
                 await self._docs.claim(
                     tenant_id, KIND, ref, cnpj, document, event.id, self._source, current=doc

@@ -14,6 +14,14 @@ one set per claim batch each queued behind the last (fewer, fuller batches: less
 record, fewer wake-ups). If that publish fails, what was claimed behind it is answered at once
 (503, claims released) rather than after one more timeout, as the bus does for batches queued
 behind a failed one.
+
+A re-emission after `erro_autorizacao` takes the ref from the errored attempt, and the ingress
+is then the next to move the note: it publishes that error's lifecycle event again, ahead of
+the new attempt's command. The consumer that recorded the error may have died before its
+event went out; the redelivered callback that would send it finds the note at the new attempt
+and may not publish an older status, so the client's `erro_autorizacao` hook and the stream's
+record would be lost. Under its deterministic id, a copy of an event that did go out is kept
+once downstream. Only re-emissions pay for it: one more produce before their commands.
 """
 
 from __future__ import annotations
@@ -22,11 +30,13 @@ import asyncio
 import logging
 from collections.abc import Sequence
 
+from notaflow import topics as t
 from notaflow.batcher import GroupBatcher, Pending
 from notaflow.bus import Bus
 from notaflow.envelope import Event
 from notaflow.errors import BusUnavailable, RefInUse
 from notaflow.store import Claim, ClaimRequest, DocumentStore
+from notaflow.views import status_event
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +50,14 @@ class Intake:
         documents: DocumentStore,
         bus: Bus,
         topic: str,
+        lifecycle: str,
         max_batch: int = 256,
         max_publish: int = 1024,
     ) -> None:
         self._docs = documents
         self._bus = bus
         self._topic = topic
+        self._lifecycle = lifecycle
         self._max_publish = max_publish
         self._claims: GroupBatcher[_Item, Claim | RefInUse] = GroupBatcher(
             self._claim, max_batch=max_batch, settle=self._claimed_batch, failed=_db_failed
@@ -95,7 +107,14 @@ class Intake:
                 )
 
     async def _publish(self, claimed: list[_Claimed]) -> BusUnavailable | None:
+        replaced = [
+            status_event(claim.replaced, t.SOURCE_INGRESS, item[1].trace())
+            for item, claim, _ in claimed
+            if claim.replaced is not None
+        ]
         try:
+            if replaced:  # acknowledged before the commands: the new attempt's events follow
+                await self._bus.publish_many(self._lifecycle, replaced)
             await self._bus.publish_many(
                 self._topic, [(item[2], item[1]) for item, _, _ in claimed]
             )

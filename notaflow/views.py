@@ -1,12 +1,16 @@
 """The public shape of a document: what `GET /v2/nfse/REF` answers, what lifecycle events and
-client webhooks carry. One function, so the three never drift apart."""
+client webhooks carry. One function, so the three never drift apart; and the lifecycle record
+itself (`status_event`), the same whichever process publishes it."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from notaflow import topics as t
+from notaflow.envelope import Event
 from notaflow.lifecycle import ERROR, is_issued
 from notaflow.store.documents import Document
+from notaflow.tracing import trace_fields
 
 # Provider fields copied onto the public view once the prefeitura answered (seed 001, GET).
 RESULT_FIELDS = (
@@ -78,3 +82,20 @@ def nfce_view(doc: Document) -> dict[str, Any]:
 
 def view_of(doc: Document) -> dict[str, Any]:
     return nfce_view(doc) if doc.kind == "nfce" else nfse_view(doc)
+
+
+def status_event(doc: Document, source: str, trace: dict[str, str]) -> tuple[bytes, Event]:
+    """`doc`'s state as a lifecycle record (its key and event). The id is deterministic, so
+    whoever publishes a state again (a redelivery, the next mover after a crash) publishes the
+    same event, which downstream consumers deduplicate."""
+    event = Event(
+        type=t.NFCE_STATUS if doc.kind == "nfce" else t.NFSE_STATUS,
+        source=source,
+        data={"tenant": doc.tenant_id, "kind": doc.kind, "id": doc.id, **view_of(doc)},
+        subject=doc.ref,
+        id=f"{doc.kind}-{doc.id}-{doc.attempt}-{doc.status}",
+        tenant=doc.tenant_id,
+        status=doc.status,
+        **trace_fields(trace),
+    )
+    return t.document_key(doc.tenant_id, doc.kind, doc.ref), event

@@ -260,7 +260,7 @@ class DocumentStore:
             "erros": current.erros,
             "submitted_at": current.submitted_at,
         }
-        return Claim(current.id, command_id, current.attempt + 1, previous)
+        return Claim(current.id, command_id, current.attempt + 1, previous, current)
 
     async def _reclaim_many(self, items: list[Reclaim]) -> list[bool]:
         return await self._on_driver(

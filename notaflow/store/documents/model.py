@@ -43,6 +43,9 @@ class Claim:
     command_id: str
     attempt: int
     previous: dict[str, Any] | None  # the row before a reuse after erro_autorizacao
+    # That document as it was read, whose state its writer may have died before publishing:
+    # the ingress publishes it again ahead of the new attempt's command (`ingress.intake`).
+    replaced: Document | None = None
 
 
 @dataclass(frozen=True)

@@ -80,8 +80,8 @@ async def make_world(settings: Settings) -> AsyncIterator[World]:
     documents = DocumentStore(engine)
     deps = IngressDeps(
         settings=settings, engine=engine, bus=bus, documents=documents,
-        intake=Intake(documents, bus, topics.nfse_commands),
-        nfce_intake=Intake(documents, bus, topics.nfce_commands),
+        intake=Intake(documents, bus, topics.nfse_commands, topics.lifecycle),
+        nfce_intake=Intake(documents, bus, topics.nfce_commands, topics.lifecycle),
         tenants=tenants, tenant_cache=TenantCache(tenants), topics=topics,
         hooks=None, waiters=ReplyWaiters(),  # type: ignore[arg-type]
     )  # fmt: skip

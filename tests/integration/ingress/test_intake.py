@@ -1,6 +1,7 @@
 """The ingress's group commit (claim + publish for many requests at once) on both databases
-and the real broker: one winner per ref, every winner's command in Kafka, and nothing left
-claimed when Kafka does not acknowledge."""
+and the real broker: one winner per ref, every winner's command in Kafka, nothing left
+claimed when Kafka does not acknowledge, and a re-emission after an error publishes that
+error's lifecycle event again, ahead of its command."""
 
 from __future__ import annotations
 
@@ -12,10 +13,11 @@ import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from notaflow.bus import Bus, ensure_topics
-from notaflow.envelope import Event
+from notaflow.envelope import Event, decode
 from notaflow.errors import BusUnavailable, RefInUse
 from notaflow.ingress.intake import Intake
 from notaflow.launch.broker import free_port
+from notaflow.lifecycle import ERROR, PROCESSING
 from notaflow.settings import Settings
 from notaflow.store import Claim, ClaimRequest, DocumentStore, create_engine, migrate
 from notaflow.topics import document_key
@@ -39,6 +41,10 @@ def item(ref: str) -> tuple[ClaimRequest, Event, bytes]:
 
 
 async def records_in(settings: Settings, topic: str) -> list[str]:
+    return [e.id for e in await events_in(settings, topic)]
+
+
+async def events_in(settings: Settings, topic: str) -> list[Event]:
     consumer = AIOKafkaConsumer(bootstrap_servers=settings.kafka_bootstrap)
     await consumer.start()
     try:
@@ -46,11 +52,11 @@ async def records_in(settings: Settings, topic: str) -> list[str]:
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
-        ids: list[str] = []
+        events: list[Event] = []
         while any([await consumer.position(tp) < ends[tp] for tp in parts]):
             for records in (await consumer.getmany(timeout_ms=500)).values():
-                ids += [dict(r.headers)["ce_id"].decode() for r in records]
-        return ids
+                events += [decode(r.headers, r.value) for r in records]
+        return events
     finally:
         await consumer.stop()
 
@@ -64,7 +70,7 @@ async def test_one_winner_per_ref_and_every_winner_published(
     bus = Bus(settings)
     await bus.start()
     await bus.wait_connected(10)
-    intake = Intake(store, bus, topic, max_batch=max_batch)
+    intake = Intake(store, bus, topic, settings.kafka_topic_prefix + "lifecycle", max_batch)
     refs = [f"r{i}" for i in range(150)] + [f"r{i}" for i in range(0, 150, 10)]
     items = [item(r) for r in refs]
     try:
@@ -84,7 +90,7 @@ async def test_one_winner_per_ref_and_every_winner_published(
 async def test_kafka_down_releases_every_claim(store: DocumentStore, settings: Settings) -> None:
     dead = settings.replace(kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_publish_timeout=1)
     bus = Bus(dead)  # never started: publishing fails at once
-    intake = Intake(store, bus, "nowhere")
+    intake = Intake(store, bus, "nowhere", "nowhere.lifecycle")
     items = [item(f"d{i}") for i in range(20)]
     results = await asyncio.gather(*(intake.submit(*it) for it in items), return_exceptions=True)
     assert all(isinstance(r, BusUnavailable) for r in results), results
@@ -93,3 +99,65 @@ async def test_kafka_down_releases_every_claim(store: DocumentStore, settings: S
     # The refs are free again: a retry once Kafka is back can claim them.
     again = await store.claim_many([item("d0")[0]])
     assert isinstance(again[0], Claim)
+
+
+async def errored(store: DocumentStore, ref: str) -> Claim:
+    """A note whose attempt ended in erro_autorizacao, recorded by its consumer, which died
+    before its lifecycle event went out: the state is written, the event is not."""
+    (first,) = await store.claim_many([item(ref)[0]])
+    assert isinstance(first, Claim)
+    erros = [{"codigo": "E160", "mensagem": "Inscrição municipal inválida", "correcao": None}]
+    assert await store.transition(first.document_id, 1, ERROR, "test", erros=erros) is not None
+    return first
+
+
+async def test_a_re_emission_publishes_the_errors_event_before_its_command(
+    store: DocumentStore, settings: Settings
+) -> None:
+    """The redelivered callback that would have sent the error finds the note at its second
+    attempt and may not publish an older status: the ingress, which moved it on, sends it."""
+    commands, lifecycle = (settings.kafka_topic_prefix + name for name in ("cmds", "lifecycle"))
+    await ensure_topics(settings, [commands, lifecycle])
+    first = await errored(store, "e1")
+    fresh = item("n1")  # a new ref beside it: nothing of the kind is published for it
+    again = item("e1")
+    bus = Bus(settings)
+    await bus.start()
+    await bus.wait_connected(10)
+    intake = Intake(store, bus, commands, lifecycle)
+    try:
+        new, second = await asyncio.gather(intake.submit(*fresh), intake.submit(*again))
+    finally:
+        await bus.stop()
+    assert (new.attempt, second.attempt) == (1, 2)
+    assert second.replaced is not None and second.replaced.attempt == 1
+
+    (event,) = await events_in(settings, lifecycle)
+    assert event.id == f"nfse-{first.document_id}-1-{ERROR}"  # the id its consumer would use
+    assert event.status == ERROR and event.subject == "e1" and event.tenant == "acme"
+    assert event.data == {
+        "tenant": "acme",
+        "kind": "nfse",
+        "id": first.document_id,
+        "cnpj_prestador": "51916585000125",
+        "ref": "e1",
+        "status": ERROR,
+        "erros": [{"codigo": "E160", "mensagem": "Inscrição municipal inválida", "correcao": None}],
+    }
+    assert sorted(await records_in(settings, commands)) == sorted([fresh[1].id, again[1].id])
+    doc = await store.get("acme", "nfse", "e1")
+    assert doc is not None and (doc.status, doc.attempt) == (PROCESSING, 2)
+
+
+async def test_a_re_emission_kafka_refuses_leaves_the_error_as_it_was(
+    store: DocumentStore, settings: Settings
+) -> None:
+    """Its error's event could not go out: the command is not sent, the claim is released, and
+    the client's retry finds the note in erro_autorizacao again."""
+    await errored(store, "e2")
+    dead = settings.replace(kafka_bootstrap=f"127.0.0.1:{free_port()}", kafka_publish_timeout=1)
+    intake = Intake(store, Bus(dead), "nowhere", "nowhere.lifecycle")
+    with pytest.raises(BusUnavailable):
+        await intake.submit(*item("e2"))
+    doc = await store.get("acme", "nfse", "e2")
+    assert doc is not None and (doc.status, doc.attempt) == (ERROR, 1)

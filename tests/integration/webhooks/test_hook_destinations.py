@@ -52,8 +52,8 @@ async def api(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
     documents = DocumentStore(engine)
     deps = IngressDeps(
         settings=settings, engine=engine, bus=bus, documents=documents,
-        intake=Intake(documents, bus, topics.nfse_commands),
-        nfce_intake=Intake(documents, bus, topics.nfce_commands),
+        intake=Intake(documents, bus, topics.nfse_commands, topics.lifecycle),
+        nfce_intake=Intake(documents, bus, topics.nfce_commands, topics.lifecycle),
         tenants=tenants, tenant_cache=TenantCache(tenants), topics=topics,
         hooks=HookStore(engine), waiters=ReplyWaiters(),
     )  # fmt: skip

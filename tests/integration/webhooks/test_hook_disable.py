@@ -160,8 +160,8 @@ async def world(database_url: str, servers: tuple[Receiver, Receiver]) -> AsyncI
     store = HookStore(engine)
     deps = IngressDeps(
         settings=settings, engine=engine, bus=bus, documents=documents,
-        intake=Intake(documents, bus, topics.nfse_commands),
-        nfce_intake=Intake(documents, bus, topics.nfce_commands),
+        intake=Intake(documents, bus, topics.nfse_commands, topics.lifecycle),
+        nfce_intake=Intake(documents, bus, topics.nfce_commands, topics.lifecycle),
         tenants=tenants, tenant_cache=TenantCache(tenants), topics=topics,
         hooks=store, waiters=ReplyWaiters(),
     )  # fmt: skip

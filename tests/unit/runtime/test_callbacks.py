@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import pytest
 
+from notaflow import topics as t
+from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument
 from notaflow.focus_kinds import NFSE
 from notaflow.lifecycle import AUTHORIZED, ERROR, PROCESSING, focus_ref
 from testkit.erp_documents import PRESTADOR_CNPJ
-from tests.unit.runtime.conftest import World
+from tests.unit.runtime.conftest import TENANT, World
 
 PROCESSANDO = "processando_autorizacao"
 
@@ -142,6 +144,35 @@ async def test_a_refusal_is_applied_only_as_focus_confirms_it(world: World) -> N
     assert world.statuses() == [PROCESSANDO, ERROR]
 
 
+async def test_an_error_whose_event_was_lost_goes_out_before_the_re_emission(
+    world: World,
+) -> None:
+    """The callback's error was recorded and the process died before its event went out. The
+    client re-emitted the ref (here straight to Kafka; the ingress's path is tested in
+    tests/integration/ingress/test_intake.py) before the callback came again, and that
+    redelivery finds the note at its second attempt and may not publish an older status: the
+    re-emission sends the error first, under the id its writer would have used."""
+    pref = await emitted(world, "r1", discriminacao="Obra [sandbox:erro]")
+    body = await world.at_focus(pref, ERROR)
+    first = await world.doc("r1")
+    key = t.document_key(TENANT, "nfse", "r1")
+    event = Event(type=t.FOCUS_NFSE_CALLBACK, source="test", data=body, subject=pref)
+    callback = await world.bus.send(world.topics.provider_events, event, key)
+    await world.bus.deliver_dying(world.emission, callback, at=lambda e: e.status == ERROR)
+    assert (await world.doc("r1")).status == ERROR
+    assert world.statuses() == [PROCESSANDO]
+
+    await world.command(world.emit_command("r1"))
+    assert world.statuses() == [PROCESSANDO, ERROR, PROCESSANDO]
+    error = world.bus.events(world.topics.lifecycle)[1]
+    assert error.id == f"nfse-{first.id}-{first.attempt}-{ERROR}"
+    assert error.data["erros"][0]["codigo"] == "E999"
+
+    await world.bus.deliver(world.emission, callback)  # the note has moved on: nothing older
+    assert world.statuses() == [PROCESSANDO, ERROR, PROCESSANDO]
+    assert (await world.doc("r1")).attempt == 2
+
+
 async def test_a_forged_authorization_is_not_applied(world: World) -> None:
     pref = await emitted(world, "r1", discriminacao="Obra [sandbox:delay=60]")
     forged = forged_authorization(pref)
@@ -177,7 +208,7 @@ async def test_a_callback_for_an_earlier_attempt_of_a_re_emitted_ref_is_ignored(
     assert again.attempt == 2 and first != again.provider_ref
     await world.callback({"ref": first, "status": ERROR, "cnpj_prestador": PRESTADOR_CNPJ})
     assert await world.doc("r1") == again
-    assert world.statuses() == [ERROR, PROCESSANDO]
+    assert world.statuses() == [ERROR, ERROR, PROCESSANDO]  # the re-emission sent it again
     # A ref of ours for a note that does not exist, or one we never made: still refused.
     for unknown in (focus_ref(again.id + 1, 1), focus_ref(again.id, 3), "X1"):
         with pytest.raises(InvalidDocument, match="ref desconhecida"):

@@ -139,7 +139,10 @@ async def test_a_refused_ref_is_reused_by_a_new_command_as_a_new_attempt(world: 
     doc = await world.doc("r1")
     assert (doc.status, doc.attempt, doc.provider_ref) == (PROCESSING, 2, f"N{doc.id}A2")
     assert world.posts(f"N{doc.id}A2") == 1
-    assert world.statuses() == [ERROR, PROCESSANDO]
+    # The error goes out again ahead of the new attempt, under its id (kept once downstream).
+    assert world.statuses() == [ERROR, ERROR, PROCESSANDO]
+    first, again, _ = world.bus.events(world.topics.lifecycle)
+    assert first.id == again.id == f"nfse-{doc.id}-1-{ERROR}"
 
 
 async def test_a_command_superseded_by_another_is_skipped(world: World) -> None:
