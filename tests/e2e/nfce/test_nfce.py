@@ -21,7 +21,7 @@ from pypdf import PdfReader
 
 from notaflow import topics as t
 from notaflow.brdocs import valid_access_key
-from notaflow.envelope import Event
+from notaflow.envelope import Event, decode
 from notaflow.launch.broker import EmbeddedBroker, free_port, port_open
 from notaflow.settings import Settings
 from testkit.nfce_documents import (
@@ -32,6 +32,7 @@ from testkit.nfce_documents import (
     international_with_address,
     valid_nfce,
 )
+from testkit.kafka import read_topic
 from testkit.processes import Proc
 from testkit.smtp import ThreadedSmtpSink
 from testkit.stack import Stack
@@ -266,6 +267,40 @@ def test_a_command_straight_to_kafka_takes_the_same_shapes(stack: Stack) -> None
     assert note["avisos"] == [
         'Parâmetro "produtos.0.informacoes_adicionais" vazio: omitido no envio à Emites-Client'
     ]
+
+
+def test_a_command_straight_to_kafka_re_sends_the_error_it_takes_the_ref_from(
+    stack: Stack,
+) -> None:
+    """SEFAZ rejected the first attempt; a producer re-creates the ref straight on Kafka. The
+    consumer that takes the ref sends the rejection's event again before anything of the new
+    attempt (its writer may have died before sending it), under the same id."""
+    rejected = valid_nfce()
+    rejected["produtos"][0]["ncm"] = "00"
+    ref = "rekafka1"
+    with stack.client() as c:
+        assert c.post("/v2/nfce", params={"ref": ref}, json=rejected).status_code == 422
+    event = Event(
+        type=t.NFCE_CREATE,
+        source="test/producer",
+        data={"tenant": "acme", "ref": ref, "nfce": valid_nfce()},
+        subject=ref,
+        id=str(uuid.uuid4()),
+        tenant="acme",
+    )
+    topics = t.Topics(stack.settings.kafka_topic_prefix)
+    key = t.document_key("acme", "nfce", ref)
+    asyncio.run(_publish(stack.settings.kafka_bootstrap, topics.nfce_commands, key, event))
+
+    def of_the_note() -> list[Event]:
+        records = read_topic(stack.settings.kafka_bootstrap, topics.lifecycle)
+        return [e for r in records if (e := decode(r.headers, r.value)).subject == ref]
+
+    events = wait_for(lambda: (e := of_the_note()) and e[-1].status == "autorizado" and e, 20)
+    first, again, *later = events
+    assert first.status == again.status == "erro_autorizacao" and first.id == again.id
+    assert first.id.endswith("-1-erro_autorizacao")
+    assert later and all(e.id.split("-")[2] == "2" for e in later)
 
 
 # Last: it stops the Emites sandbox the other tests use.
