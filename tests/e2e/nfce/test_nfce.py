@@ -24,6 +24,7 @@ from notaflow.brdocs import valid_access_key
 from notaflow.envelope import Event, decode
 from notaflow.launch.broker import EmbeddedBroker, free_port, port_open
 from notaflow.settings import Settings
+from testkit.kafka import read_topic
 from testkit.nfce_documents import (
     EMPTY_OPTIONAL_TEXTS,
     FOREIGN_ID,
@@ -32,7 +33,6 @@ from testkit.nfce_documents import (
     international_with_address,
     valid_nfce,
 )
-from testkit.kafka import read_topic
 from testkit.processes import Proc
 from testkit.smtp import ThreadedSmtpSink
 from testkit.stack import Stack
