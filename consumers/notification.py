@@ -8,7 +8,9 @@
 Every delivery is a row keyed by (event id, recipient or hook): a redelivered record finds its
 row and sends nothing twice. Failures are recorded per attempt and retried on a schedule by
 `run_retries`, which survives restarts because the schedule lives in the database; a row is
-locked while it is being attempted, so several replicas never send the same thing at once.
+locked while it is being attempted, so several replicas never send the same thing at once. The
+lock is a short lease renewed while the attempt runs (`delivery_leases`, `keep_leases`): a
+process that dies leaves its deliveries to the others a lease later.
 
 As at Focus, a hook failing most deliveries for 7 days is disabled (`hook_is_failing`): judged
 after each failed attempt; its pending deliveries are then given up without a request.
@@ -33,6 +35,7 @@ from opentelemetry.trace import SpanKind
 from notaflow import topics as t
 from notaflow import tracing
 from notaflow.bus import Publisher
+from notaflow.consumers.delivery_leases import LeaseLost, Leases
 from notaflow.consumers.lifecycle_events import reply
 from notaflow.consumers.mail_templates import (
     NfseLinks,
@@ -72,7 +75,6 @@ HOOK_STATUSES = OUTCOMES
 DELIVERED = frozenset(HOOK_STATUSES) | frozenset(EMAIL_KINDS)
 # SMTP "try again later" (4xx, outages) is retried sooner than Focus's hook schedule.
 EMAIL_RETRY_SCHEDULE: tuple[float, ...] = (60, 300, 1800, 3600, 10800)
-LOCK_SECONDS = 120.0
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,7 @@ class NotificationSettings:
     hook_schedule: Sequence[float]
     email_schedule: Sequence[float] = EMAIL_RETRY_SCHEDULE
     retry_poll: float = 1.0
+    delivery_lease: float = 15.0  # seconds a delivery's lock lasts unless renewed
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class NotificationConsumer:
         self._tenant_names = TenantCache(tenants)
         self._hooks = hooks
         self._deliveries = deliveries
+        self._leases = Leases(deliveries, settings.delivery_lease)
         # The tenant's own SMTP server where it has one (issue 15), else the global one.
         self._mailers = mailer if isinstance(mailer, MailerByTenant) else MailerByTenant(mailer)
         self._mailer = self._mailers.default
@@ -200,7 +204,7 @@ class NotificationConsumer:
         for hook in await self._hooks.matching(doc.tenant_id, doc.kind, doc.cnpj_prestador):
             delivery, ours = await self._deliveries.ensure_locked(
                 doc.tenant_id, doc.id, "webhook", f"hook:{event_id}:{hook.id}", hook.id,
-                {"body": view}, LOCK_SECONDS,
+                {"body": view}, self._leases.lease,
             )  # fmt: skip
             # The hook as read a moment ago: its first attempt does not read it again.
             await self.attempt(delivery, locked=ours, doc=doc, hook=hook)
@@ -212,7 +216,7 @@ class NotificationConsumer:
         for address in dict.fromkeys(addresses):
             delivery, ours = await self._deliveries.ensure_locked(
                 doc.tenant_id, doc.id, "email", f"email:{event_id}:{address}", address,
-                {"kind": kind, "view": view}, LOCK_SECONDS,
+                {"kind": kind, "view": view}, self._leases.lease,
             )  # fmt: skip
             outcome = await self.attempt(delivery, locked=ours, doc=doc)
             if outcome is None:  # a redelivery: answer what the first delivery did
@@ -253,16 +257,22 @@ class NotificationConsumer:
         note's first deliveries cost the database a few statements fewer)."""
         if delivery.status != PENDING:
             return None
-        if not locked and not await self._deliveries.lock(delivery.id, LOCK_SECONDS):
+        if not locked and not await self._deliveries.lock(delivery.id, self._leases.lease):
             return None
-        if delivery.channel == "webhook":
-            outcome, retry = await self._post(delivery, hook)
-            schedule = self._settings.hook_schedule
-        else:
-            if doc is None or doc.id != delivery.document_id:
-                doc = await self._docs.by_id(delivery.document_id)
-            outcome, retry = await self._send_mail(delivery, doc)
-            schedule = self._settings.email_schedule
+        try:
+            async with self._leases.held(delivery.id):
+                if delivery.channel == "webhook":
+                    outcome, retry = await self._post(delivery, hook)
+                    schedule = self._settings.hook_schedule
+                else:
+                    if doc is None or doc.id != delivery.document_id:
+                        doc = await self._docs.by_id(delivery.document_id)
+                    outcome, retry = await self._send_mail(delivery, doc)
+                    schedule = self._settings.email_schedule
+        except LeaseLost as exc:
+            # Left pending, unrecorded: whoever takes it once the lease has run out tries again.
+            log.warning("delivery %s (%s) stopped: %s", delivery.id, delivery.channel, exc)
+            return None
         next_at = None
         if not outcome.ok and retry:
             delay = next_attempt_delay(delivery.attempts + 1, schedule)
@@ -400,6 +410,11 @@ class NotificationConsumer:
         )
 
     # -- retries -----------------------------------------------------------------------------
+
+    async def keep_leases(self) -> None:
+        """Renew the locks of the deliveries under way until cancelled: cancel it after the
+        runner and `run_retries` have ended (their attempts hold leases to the end)."""
+        await self._leases.run()
 
     async def run_retries(self, stop: asyncio.Event) -> None:
         """Attempt due deliveries until `stop` is set."""

@@ -303,6 +303,7 @@ def build_notification(res: Resources) -> Wired:
         NotificationSettings(
             public_url=s.public_url,
             hook_schedule=tuple(float(x) for x in s.hooks_retry_schedule.split(",") if x.strip()),
+            delivery_lease=s.delivery_lease,
         ),
         res.metrics,
     )
@@ -314,11 +315,21 @@ def build_notification(res: Resources) -> Wired:
         smtp,
         s.public_url,
     )
+    # Cancelled last (the stack closes in reverse): the runner's and the retry pass's attempts
+    # keep their leases to their end.
+    leases = asyncio.create_task(notification.keep_leases())
+    res.closing.push_async_callback(_cancel, leases)
     retries = asyncio.create_task(notification.run_retries(res.stopping))
     # Registered after the clients, so the loop has ended before they close; whatever unwinds
     # the stack (a stop, or a failure before the runner started) ends the loop first.
     res.closing.push_async_callback(_end, retries, res.stopping)
     return Wired(notification.routes().include(invoices.routes(res.topics)), plain_window(s))
+
+
+async def _cancel(task: asyncio.Task[None]) -> None:
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
 
 
 async def _end(task: asyncio.Task[None], stopping: asyncio.Event) -> None:

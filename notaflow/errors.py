@@ -19,6 +19,7 @@
     │   └── DestinationRefused  (consumers.providers.webhooks) a URL breaks the SSRF policy
     ├── Transient               retry later (5xx, timeout, refused); `retry_after` a hint
     │   ├── RateLimited         the provider's 429, `retry_after` its Retry-After
+    │   ├── LeaseLost           (consumers.delivery_leases) a delivery's lock not kept: stopped
     │   └── Unsent              never left this process: retrying cannot repeat it
     │       └── Stopping        not sent because the process stops: no attempt spent
     ├── IngressError            a refused request: status, headers, the dialect's body

@@ -151,6 +151,9 @@ class Settings:
     hooks_allow_private: bool = False
     hooks_retry_schedule: str = "60,1800,3600,10800,86400"
     hooks_timeout: float = 10.0
+    # Seconds an e-mail's or a hook's lock lasts unless its process renews it (every third of
+    # it, while the attempt runs): how long a dead process's deliveries wait for another.
+    delivery_lease: float = bounded(15.0, 1.5)
     # Consumers
     # Calls in flight at the provider per consumer process (Focus's client enforces it), and
     # for consumers without such a client, the records in flight.

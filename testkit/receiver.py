@@ -29,6 +29,7 @@ class Reply:
     status: int = 200
     delay: float = 0.0
     headers: dict[str, str] = field(default_factory=dict)
+    held: bool = False  # answered only after `Receiver.release()` (or the server's stop)
 
 
 class Receiver:
@@ -38,6 +39,13 @@ class Receiver:
         self.port = port
         self.seen: list[Seen] = []
         self.script: deque[Reply] = deque()
+        self._released: asyncio.Event | None = None  # made on the server's loop
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    def release(self) -> None:
+        """Answer the held requests (from any thread)."""
+        if self._loop is not None and self._released is not None:
+            self._loop.call_soon_threadsafe(self._released.set)
 
     def url(self, path: str = "/hook", host: str = "127.0.0.1") -> str:
         return f"http://{host}:{self.port}{path}"
@@ -57,6 +65,10 @@ class Receiver:
         reply = self.script.popleft() if self.script else Reply()
         if reply.delay:
             await asyncio.sleep(reply.delay)
+        if reply.held:
+            if self._released is None:
+                self._loop, self._released = asyncio.get_running_loop(), asyncio.Event()
+            await self._released.wait()
         return Response(status_code=reply.status, headers=reply.headers)
 
 
@@ -88,6 +100,7 @@ class ReceiverServer:
         return self.receiver
 
     def stop(self) -> None:
+        self.receiver.release()  # the server waits for the requests it is answering
         self.server.should_exit = True
         self.thread.join(5)
         self.sock.close()

@@ -190,6 +190,26 @@ class DeliveryStore:
             )
         return res.rowcount == 1
 
+    async def renew(self, delivery_ids: Sequence[int], seconds: float) -> set[int]:
+        """Extend to `seconds` from now the locks of `delivery_ids` that still hold (pending,
+        locked into the future); the ids extended. A lock renewed before it ran out was never
+        free, so it is still the renewer's: nobody else could have taken it."""
+        if not delivery_ids:
+            return set()
+        now = _now()
+        async with self._engine.begin() as conn:
+            rows = await conn.execute(
+                deliveries.update()
+                .where(
+                    deliveries.c.id.in_(list(delivery_ids)),
+                    deliveries.c.status == PENDING,
+                    deliveries.c.locked_until >= now,
+                )
+                .values(locked_until=now + timedelta(seconds=seconds), updated_at=now)
+                .returning(deliveries.c.id)
+            )
+            return {int(row[0]) for row in rows}
+
     async def due(
         self, limit: int = 50, channels: tuple[str, ...] = ("email", "webhook")
     ) -> list[Delivery]:

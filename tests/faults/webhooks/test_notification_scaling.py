@@ -11,9 +11,8 @@ and its lifecycle events are handled in order, skipping `processando_autorizacao
 
 The proof: every note's `autorizado` hook and e-mail delivered exactly once, the cancelled
 ones' `cancelado` hook and e-mail exactly once and after the `autorizado` ones; nothing
-dead-lettered; the SIGTERMed members exited 0. A SIGKILLed member's deliveries under way stay
-locked for two minutes (`LOCK_SECONDS`) before `run_retries` takes them: too long for this
-test; the emission consumer's SIGKILLs are in `tests/faults/runtime/`."""
+dead-lettered; the SIGTERMed members exited 0. A SIGKILLed member is
+`test_notification_kill.py`'s."""
 
 from __future__ import annotations
 
