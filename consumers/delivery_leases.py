@@ -31,6 +31,8 @@ from notaflow.errors import Transient
 
 log = logging.getLogger(__name__)
 
+DEFAULT_LEASE = 15.0  # NOTAFLOW_DELIVERY_LEASE's default
+
 
 class LeaseLost(Transient):
     """The attempt was stopped: its lock could not be kept. Whoever takes the delivery once

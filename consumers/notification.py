@@ -9,8 +9,8 @@ Every delivery is a row keyed by (event id, recipient or hook): a redelivered re
 row and sends nothing twice. Failures are recorded per attempt and retried on a schedule by
 `run_retries`, which survives restarts because the schedule lives in the database; a row is
 locked while it is being attempted, so several replicas never send the same thing at once. The
-lock is a short lease renewed while the attempt runs (`delivery_leases`, `keep_leases`): a
-process that dies leaves its deliveries to the others a lease later.
+lock is a short lease renewed while the attempt runs (`delivery_leases`): a process that dies
+leaves its deliveries to the others a lease later.
 
 As at Focus, a hook failing most deliveries for 7 days is disabled (`hook_is_failing`): judged
 after each failed attempt; its pending deliveries are then given up without a request.
@@ -35,7 +35,7 @@ from opentelemetry.trace import SpanKind
 from notaflow import topics as t
 from notaflow import tracing
 from notaflow.bus import Publisher
-from notaflow.consumers.delivery_leases import LeaseLost, Leases
+from notaflow.consumers.delivery_leases import DEFAULT_LEASE, LeaseLost, Leases
 from notaflow.consumers.lifecycle_events import reply
 from notaflow.consumers.mail_templates import (
     NfseLinks,
@@ -83,7 +83,7 @@ class NotificationSettings:
     hook_schedule: Sequence[float]
     email_schedule: Sequence[float] = EMAIL_RETRY_SCHEDULE
     retry_poll: float = 1.0
-    delivery_lease: float = 15.0  # seconds a delivery's lock lasts unless renewed
+    delivery_lease: float = DEFAULT_LEASE  # seconds a delivery's lock lasts unless renewed
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,7 @@ class NotificationConsumer:
         settings: NotificationSettings,
         metrics: Metrics | None = None,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+        leases: Leases | None = None,
     ) -> None:
         self._metrics = metrics
         # What the hook health check judges "the last 7 days" by, and only that (tests pass
@@ -120,7 +121,8 @@ class NotificationConsumer:
         self._tenant_names = TenantCache(tenants)
         self._hooks = hooks
         self._deliveries = deliveries
-        self._leases = Leases(deliveries, settings.delivery_lease)
+        # Renewed by whoever runs them (`Leases.run`: the process, beside `run_retries`).
+        self._leases = leases or Leases(deliveries, settings.delivery_lease)
         # The tenant's own SMTP server where it has one (issue 15), else the global one.
         self._mailers = mailer if isinstance(mailer, MailerByTenant) else MailerByTenant(mailer)
         self._mailer = self._mailers.default
@@ -410,11 +412,6 @@ class NotificationConsumer:
         )
 
     # -- retries -----------------------------------------------------------------------------
-
-    async def keep_leases(self) -> None:
-        """Renew the locks of the deliveries under way until cancelled: cancel it after the
-        runner and `run_retries` have ended (their attempts hold leases to the end)."""
-        await self._leases.run()
 
     async def run_retries(self, stop: asyncio.Event) -> None:
         """Attempt due deliveries until `stop` is set."""

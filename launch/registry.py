@@ -261,6 +261,7 @@ def build_notification(res: Resources) -> Wired:
     """E-mails and webhooks of the documents, and the invoice e-mails of billing (one SMTP
     client for both)."""
     from notaflow.consumers.billing.mail import BillingMailer
+    from notaflow.consumers.delivery_leases import Leases
     from notaflow.consumers.notification import NotificationConsumer, NotificationSettings
     from notaflow.consumers.providers.mailer import SmtpConfig
     from notaflow.consumers.providers.mailer_accounts import MailerByTenant
@@ -291,6 +292,9 @@ def build_notification(res: Resources) -> Wired:
     deliveries, hooks = DeliveryStore(engine), HookStore(engine)
     res.closing.callback(deliveries.close)
     res.closing.callback(hooks.close)
+    # One set of delivery leases for the NFS-e and NFC-e deliveries and the invoice e-mails
+    # (one table), renewed by one loop.
+    leases = Leases(deliveries, s.delivery_lease)
     notification = NotificationConsumer(
         res.documents,
         TenantStore(engine),
@@ -306,6 +310,7 @@ def build_notification(res: Resources) -> Wired:
             delivery_lease=s.delivery_lease,
         ),
         res.metrics,
+        leases=leases,
     )
     invoices = BillingMailer(
         engine,
@@ -314,11 +319,11 @@ def build_notification(res: Resources) -> Wired:
         InvoiceDeliveryStore(engine),
         smtp,
         s.public_url,
+        leases,
     )
     # Cancelled last (the stack closes in reverse): the runner's and the retry pass's attempts
     # keep their leases to their end.
-    leases = asyncio.create_task(notification.keep_leases())
-    res.closing.push_async_callback(_cancel, leases)
+    res.closing.push_async_callback(_cancel, asyncio.create_task(leases.run()))
     retries = asyncio.create_task(notification.run_retries(res.stopping))
     # Registered after the clients, so the loop has ended before they close; whatever unwinds
     # the stack (a stop, or a failure before the runner started) ends the loop first.

@@ -11,6 +11,7 @@ from urllib.parse import urlsplit
 
 from notaflow import schemas
 from notaflow import topics as t
+from notaflow.consumers.delivery_leases import DEFAULT_LEASE, LeaseLost, Leases
 from notaflow.consumers.providers.mailer import Mailer
 from notaflow.envelope import Event
 from notaflow.errors import Permanent, Transient
@@ -26,7 +27,6 @@ from notaflow.store.invoices import (
 )
 
 log = logging.getLogger(__name__)
-LOCK_SECONDS = 120.0
 
 
 class BillingMailer:
@@ -38,8 +38,11 @@ class BillingMailer:
         deliveries: InvoiceDeliveryStore,
         mailer: Mailer | None,
         public_url: str,
+        leases: Leases | None = None,
     ) -> None:
         self._engine = engine
+        # The notification consumer's, in its process: one renewal pass for both.
+        self._leases = leases or Leases(deliveries, DEFAULT_LEASE)
         self._invoices = invoices
         self._config = config
         self._deliveries = deliveries
@@ -59,14 +62,22 @@ class BillingMailer:
         delivery = await self._deliveries.hold(
             invoice.tenant_id, invoice.id, f"invoice-mail:{event.id}", data["to"], data
         )
-        if delivery.status != PENDING or not await self._deliveries.lock(delivery.id, LOCK_SECONDS):
-            return  # sent (or given up) already, or another replica has it now
+        if delivery.status != PENDING:
+            return  # sent (or given up) already
+        if not await self._deliveries.lock(delivery.id, self._leases.lease):
+            # Another replica is sending it, or a process that died was: the command comes
+            # back after the lease, and finds it sent or takes it (these rows have no retry
+            # schedule of their own: returning here would lose the e-mail of a dead sender).
+            raise Transient("invoice e-mail under way elsewhere", retry_after=self._leases.lease)
         if self._mailer is None:
             await self._deliveries.record(delivery.id, False, None, "no SMTP server", "", None)
             raise Permanent("no SMTP server configured")
         message = await self._message(invoice, data, delivery.id)
         try:
-            results = await self._mailer.send(message)
+            async with self._leases.held(delivery.id):
+                results = await self._mailer.send(message)
+        except LeaseLost:
+            raise  # left pending and locked for the rest of the lease: the redelivery retries
         except (Permanent, Transient) as exc:
             await self._deliveries.record(delivery.id, False, None, str(exc), "", None)
             if exc.retriable:

@@ -28,6 +28,7 @@ from notaflow.bus import Bus, ensure_topics
 from notaflow.consumers.billing import BillingEvents, BillingMailer, DunningJob
 from notaflow.consumers.providers.mailer import Mailer, SmtpConfig
 from notaflow.envelope import decode
+from notaflow.errors import Transient
 from notaflow.ingress import hubsoft_financeiro, wuro
 from notaflow.ingress.app import create_app
 from notaflow.ingress.auth import TenantCache
@@ -379,6 +380,33 @@ async def test_wuro_mail_with_and_without_pdf_draft_refused(world: World) -> Non
     assert r.status_code == 403
     r = await w.http.get("/api/v3.2/invoice/F1/pdf?token=forged.token")
     assert r.status_code == 403
+
+
+async def test_an_invoice_mail_locked_by_a_dead_sender_is_sent_once_its_lease_ends(
+    world: World,
+) -> None:
+    """Another process took the e-mail and died before sending it. The command's redelivery
+    finds the row locked: it fails (retried later) instead of returning as if the e-mail were
+    another replica's to send, since these rows have no retry schedule of their own and the
+    e-mail would be lost. Once the lease has run out, the next delivery sends it, once."""
+    w = world
+    await publish_and_apply(w, [event("l1", "issued", 1)])
+    r = await w.http.post("/api/v3.2/invoice/F1/mail", json={}, headers=w.wuro())
+    assert r.status_code == 200, r.text
+    (record,) = await w.drain(Topics(w.prefix).billing_commands, 1)
+    command = decode(record.headers, record.value)
+    rows = InvoiceDeliveryStore(w.engine)
+    invoice = await InvoiceStore(w.engine).get("acme", "F1")
+    assert invoice is not None
+    held = await rows.hold("acme", invoice.id, f"invoice-mail:{command.id}", "x", command.data)
+    assert await rows.lock(held.id, 0.5)  # the dead sender's lease
+    with pytest.raises(Transient, match="under way elsewhere"):
+        await w.mailer.send(command)
+    assert w.sink.received == []
+    await asyncio.sleep(0.6)
+    await w.mailer.send(command)
+    await w.mailer.send(command)  # a later redelivery: sent already
+    assert [m.rcpt_tos for m in w.sink.received] == [["joao@cliente.example"]]
 
 
 async def test_dunning_run_twice_sends_once(world: World) -> None:
