@@ -68,7 +68,9 @@ def _body(payload: dict[str, Any]) -> bytes:
 # more is not read further, and its connection is dropped.
 _BODY_READ_LIMIT = 64 * 1024
 # Idle connections kept per receiver, and for how long (servers drop idle ones after a few
-# seconds; Node's default is 5): bounded, as the receivers are the tenants' many.
+# seconds; Node's default is 5): bounded, as the receivers are the tenants' many. Beyond its
+# 8, a receiver keeps more while all of them together keep fewer than the connections in use
+# at once may be: a burst's connections serve the next burst.
 _IDLE_PER_ORIGIN = 8
 _IDLE_EXPIRY = 4.0
 
@@ -79,6 +81,7 @@ def hook_transport(max_connections: int = 100) -> KeepAliveTransport:
         httpx.create_ssl_context(),
         max_connections,
         max_idle_per_origin=_IDLE_PER_ORIGIN,
+        max_idle=max_connections,
         idle_expiry=_IDLE_EXPIRY,
     )
 

@@ -345,6 +345,34 @@ async def test_idle_connections_are_bounded_per_origin_and_expire(
         await transport.aclose()
 
 
+async def test_a_burst_keeps_its_connections_for_the_next_within_the_total_bound(
+    server: tuple[Server, str],
+) -> None:
+    """Two kept per origin at least, more while all origins together keep fewer than six: a
+    burst's connections serve the next burst instead of being closed and opened again."""
+    s, _ = server
+    port = s.port
+    transport = KeepAliveTransport(max_idle_per_origin=2, max_idle=6, idle_expiry=0.3)
+    other = {"server_hostname": "other"}  # another origin on the same server
+
+    async def burst(n: int, **kw: Any) -> int:
+        before = s.connections
+        await asyncio.gather(*(_call(transport, port, **kw) for _ in range(n)))
+        return s.connections - before
+
+    try:
+        assert await burst(8) == 8
+        assert await burst(8) == 2  # six were kept, up to the total
+        assert await burst(3, **other) == 3
+        assert await burst(3, **other) == 1  # its own two, though the total is reached
+        assert await burst(8) == 2
+        await asyncio.sleep(0.4)  # past the expiry: none is used, and all are swept
+        assert await burst(1) == 1
+        assert await burst(3, **other) == 3
+    finally:
+        await transport.aclose()
+
+
 async def test_a_long_answer_is_read_no_further_than_asked(server: tuple[Server, str]) -> None:
     s, _ = server
     port = s.port
