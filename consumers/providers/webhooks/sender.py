@@ -17,6 +17,7 @@ used (an environment proxy would reach what the SSRF check refused), no redirect
 from __future__ import annotations
 
 import asyncio
+import ssl
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -75,10 +76,13 @@ _IDLE_PER_ORIGIN = 8
 _IDLE_EXPIRY = 4.0
 
 
-def hook_transport(max_connections: int = 100) -> KeepAliveTransport:
-    """The transport a sender owns unless given one: certifi's CAs, as httpx uses."""
+def hook_transport(
+    max_connections: int = 100, ssl_context: ssl.SSLContext | None = None
+) -> KeepAliveTransport:
+    """The transport a sender owns unless given one: certifi's CAs, as httpx uses, unless
+    `ssl_context` says otherwise (the hooks benchmark's receiver has its own)."""
     return KeepAliveTransport(
-        httpx.create_ssl_context(),
+        ssl_context or httpx.create_ssl_context(),
         max_connections,
         max_idle_per_origin=_IDLE_PER_ORIGIN,
         max_idle=max_connections,
