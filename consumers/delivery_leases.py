@@ -109,7 +109,9 @@ class Leases:
         now = asyncio.get_running_loop().time()
         for delivery_id in ids:
             scope = self._held.get(delivery_id)
-            if delivery_id not in kept and scope is not None:
+            # A scope stopped by an earlier pass and still running (its block caught the
+            # cancellation to clean up) is left to end; a stopped scope cannot be rescheduled.
+            if delivery_id not in kept and scope is not None and not scope.expired():
                 scope.reschedule(now)  # ends the attempt's block with LeaseLost
 
     async def run(self) -> None:
@@ -117,4 +119,7 @@ class Leases:
         stopping consumer still finishes the ones under way)."""
         while True:
             await asyncio.sleep(self.lease / 3)
-            await self.renew_once()
+            try:
+                await self.renew_once()
+            except Exception:  # the loop must outlive any one pass: the leases depend on it
+                log.exception("delivery lease renewal pass failed")

@@ -122,3 +122,30 @@ async def test_a_block_that_fails_on_its_own_is_not_a_lost_lease(store: Delivery
     assert leases.under_way == 0
     with pytest.raises(ValueError, match="positive"):
         Leases(store, 0)
+
+
+async def test_a_block_that_cleans_up_after_its_stop_does_not_stop_the_renewals(
+    store: DeliveryStore,
+) -> None:
+    """A block that catches the stop to clean up (awaiting meanwhile) is still running at the
+    next pass, which leaves it be; the loop goes on renewing the others."""
+    failing = Unreachable()
+    leases = Leases(failing, LEASE)
+    renewing = asyncio.create_task(leases.run())
+    cleaned = asyncio.Event()
+    try:
+        async with leases.held(await locked(store, "cleanup")):
+            try:
+                await asyncio.sleep(3600)
+            except asyncio.CancelledError:
+                await asyncio.sleep(LEASE / 2)  # past the next pass
+                cleaned.set()
+                raise
+    except LeaseLost:
+        pass
+    finally:
+        passes = failing.calls
+        await asyncio.sleep(LEASE / 3 + 0.1)
+        alive = not renewing.done()
+        renewing.cancel()
+    assert cleaned.is_set() and alive and passes >= 2
