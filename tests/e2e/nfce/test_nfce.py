@@ -229,6 +229,22 @@ def test_foreign_customer_abroad_is_sefaz_s_call(stack: Stack) -> None:
         assert [e["mensagem"][:3] for e in r.json()["erros"]] == ["722"], r.text
 
 
+def create_on_kafka(stack: Stack, ref: str, document: dict[str, Any]) -> t.Topics:
+    """NFCE_CREATE published by a producer that skips the HTTP door; the stack's topics."""
+    event = Event(
+        type=t.NFCE_CREATE,
+        source="test/producer",
+        data={"tenant": "acme", "ref": ref, "nfce": document},
+        subject=ref,
+        id=str(uuid.uuid4()),
+        tenant="acme",
+    )
+    topics = t.Topics(stack.settings.kafka_topic_prefix)
+    key = t.document_key("acme", "nfce", ref)
+    asyncio.run(_publish(stack.settings.kafka_bootstrap, topics.nfce_commands, key, event))
+    return topics
+
+
 async def _publish(bootstrap: str, topic: str, key: bytes, event: Event) -> None:
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, acks="all")
     await producer.start()
@@ -245,17 +261,7 @@ def test_a_command_straight_to_kafka_takes_the_same_shapes(stack: Stack) -> None
     document["indicador_presenca"] = "1"
     document["produtos"][0]["codigo_origem_produto"] = "0"
     ref = "ofkafka1"
-    event = Event(
-        type=t.NFCE_CREATE,
-        source="test/producer",
-        data={"tenant": "acme", "ref": ref, "nfce": document},
-        subject=ref,
-        id=str(uuid.uuid4()),
-        tenant="acme",
-    )
-    topics = t.Topics(stack.settings.kafka_topic_prefix)
-    key = t.document_key("acme", "nfce", ref)
-    asyncio.run(_publish(stack.settings.kafka_bootstrap, topics.nfce_commands, key, event))
+    create_on_kafka(stack, ref, document)
     with stack.client() as c:
         note = wait_for(
             lambda: (n := c.get(f"/v2/nfce/{ref}").json()).get("status") == "autorizado" and n, 20
@@ -280,17 +286,7 @@ def test_a_command_straight_to_kafka_re_sends_the_error_it_takes_the_ref_from(
     ref = "rekafka1"
     with stack.client() as c:
         assert c.post("/v2/nfce", params={"ref": ref}, json=rejected).status_code == 422
-    event = Event(
-        type=t.NFCE_CREATE,
-        source="test/producer",
-        data={"tenant": "acme", "ref": ref, "nfce": valid_nfce()},
-        subject=ref,
-        id=str(uuid.uuid4()),
-        tenant="acme",
-    )
-    topics = t.Topics(stack.settings.kafka_topic_prefix)
-    key = t.document_key("acme", "nfce", ref)
-    asyncio.run(_publish(stack.settings.kafka_bootstrap, topics.nfce_commands, key, event))
+    topics = create_on_kafka(stack, ref, valid_nfce())
 
     def of_the_note() -> list[Event]:
         records = read_topic(stack.settings.kafka_bootstrap, topics.lifecycle)

@@ -20,7 +20,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -28,51 +27,28 @@ import pytest
 from notaflow import topics as t
 from notaflow.settings import Settings
 from testkit.kafka import read_topic
-from testkit.receiver import Receiver, ReceiverServer, Reply
+from testkit.receiver import Reply
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
-from testkit.smtp import ThreadedSmtpSink
-from testkit.stack import Stack
 from testkit.waiting import wait_for
+from tests.faults.webhooks.world import World, notification_world
 
 LEASE = 4.0  # NOTAFLOW_DELIVERY_LEASE (15 by default)
 SESSION = 4.0  # how long the group waits for the dead member
 NOTES = 12
 
 
-@dataclass
-class World:
-    stack: Stack
-    sink: ThreadedSmtpSink
-    receiver: Receiver
-
-
 @pytest.fixture
 def world(settings: Settings, tmp_path: Path) -> Iterator[World]:
-    sink = ThreadedSmtpSink(tmp_path / "outbox").start()
-    server = ReceiverServer()
-    receiver = server.start()
-    stack = Stack(
-        settings.replace(
-            kafka_session_timeout_ms=int(SESSION * 1000),
-            smtp_host="127.0.0.1",
-            smtp_port=sink.port,
-            smtp_security="none",
-            smtp_sender="nfse@notaflow.test",
-            smtp_pause=0.0,
-            hooks_allow_private=True,
-            hooks_timeout=120.0,  # the held POSTs wait for the kill, not for a timeout
-            delivery_lease=LEASE,
-        ),
+    with notification_world(
+        settings,
         tmp_path,
-        consumers=("emission", "notification"),
-    ).start()
-    with stack.client() as c:
-        hook = c.post("/v2/hooks", json={"event": "nfse", "url": receiver.url("/held")})
-        assert hook.status_code == 200, hook.text
-    yield World(stack, sink, receiver)
-    stack.stop()
-    server.stop()
-    sink.stop()
+        ("emission", "notification"),
+        "/held",
+        kafka_session_timeout_ms=int(SESSION * 1000),
+        hooks_timeout=120.0,  # the held POSTs wait for the kill, not for a timeout
+        delivery_lease=LEASE,
+    ) as world:
+        yield world
 
 
 def test_a_killed_members_deliveries_go_out_a_lease_later(world: World) -> None:

@@ -26,7 +26,6 @@ import time
 import uuid
 from collections import defaultdict
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -34,53 +33,30 @@ import pytest
 from notaflow import topics as t
 from notaflow.settings import Settings
 from testkit.kafka import read_topic
-from testkit.receiver import Receiver, ReceiverServer
-from testkit.smtp import ThreadedSmtpSink
 from testkit.stack import Stack
 from testkit.waiting import sleep_until, wait_for
 from tests.faults.runtime.test_rebalance import _all_final, send_load
+from tests.faults.webhooks.world import World, notification_world
 
 SEED = int(os.environ.get("NOTAFLOW_FAULT_SEED", "6"))
 RATE, DURATION = 10.0, 16.0  # notes per second, seconds of notes
 
 
-@dataclass
-class World:
-    stack: Stack
-    sink: ThreadedSmtpSink
-    receiver: Receiver
-
-
 @pytest.fixture
 def world(settings: Settings, tmp_path: Path) -> Iterator[World]:
-    sink = ThreadedSmtpSink(tmp_path / "outbox").start()
-    receiver_server = ReceiverServer()
-    receiver = receiver_server.start()
-    scaled = settings.replace(
+    with notification_world(
+        settings,
+        tmp_path,
+        ("emission", "cancellation", "notification"),
         kafka_partitions=6,
         kafka_session_timeout_ms=4000,
         cancel_wait=5.0,
         consumer_retry_base=0.5,
         consumer_retry_max=1.0,
         consumer_max_attempts=60,
-        smtp_host="127.0.0.1",
-        smtp_port=sink.port,
-        smtp_security="none",
-        smtp_sender="nfse@notaflow.test",
-        smtp_pause=0.0,
-        hooks_allow_private=True,
         hooks_retry_schedule="0.3,0.6,1",
-    )
-    stack = Stack(
-        scaled, tmp_path, sandbox_delay=0.2, consumers=("emission", "cancellation", "notification")
-    ).start()
-    with stack.client() as c:
-        hook = c.post("/v2/hooks", json={"event": "nfse", "url": receiver.url()})
-        assert hook.status_code == 200, hook.text
-    yield World(stack, sink, receiver)
-    stack.stop()
-    receiver_server.stop()
-    sink.stop()
+    ) as world:
+        yield world
 
 
 def scale(stack: Stack, rng: random.Random, started: float, log: list[str]) -> None:
