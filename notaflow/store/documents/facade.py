@@ -200,7 +200,7 @@ class DocumentStore:
                 )
                 doc_id = int(res.inserted_primary_key[0])  # type: ignore[index]
                 await self._record(conn, doc_id, 1, PROCESSING, source, None, now)
-            return Claim(doc_id, command_id, 1, None)
+            return Claim(doc_id, command_id, 1)
         except IntegrityError:
             pass
         return await self._reclaim(request)
@@ -221,7 +221,7 @@ class DocumentStore:
         out: list[Claim | RefInUse] = []
         for r in requests:
             if r.command_id in inserted:
-                out.append(Claim(inserted[r.command_id], r.command_id, 1, None))
+                out.append(Claim(inserted[r.command_id], r.command_id, 1))
                 continue
             try:
                 out.append(await self._reclaim(r))
@@ -249,18 +249,7 @@ class DocumentStore:
         )
         if not await self._reclaims.submit(item):
             raise RefInUse(ref, PROCESSING)
-        previous = {
-            "status": current.status,
-            "attempt": current.attempt,
-            "command_id": current.command_id,
-            "cnpj_prestador": current.cnpj_prestador,
-            "payload": current.payload,
-            "provider_ref": current.provider_ref,
-            "result": current.result,
-            "erros": current.erros,
-            "submitted_at": current.submitted_at,
-        }
-        return Claim(current.id, command_id, current.attempt + 1, previous, current)
+        return Claim(current.id, command_id, current.attempt + 1, current)
 
     async def _reclaim_many(self, items: list[Reclaim]) -> list[bool]:
         return await self._on_driver(

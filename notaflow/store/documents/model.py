@@ -42,10 +42,28 @@ class Claim:
     document_id: int
     command_id: str
     attempt: int
-    previous: dict[str, Any] | None  # the row before a reuse after erro_autorizacao
-    # That document as it was read, whose state its writer may have died before publishing:
-    # the ingress publishes it again ahead of the new attempt's command (`ingress.intake`).
+    # The document a reuse after erro_autorizacao took the ref from, as it was read: `release`
+    # puts its row back, and the ingress publishes its state again ahead of the new attempt's
+    # command (its writer may have died before publishing it: `ingress.intake`).
     replaced: Document | None = None
+
+    @property
+    def previous(self) -> dict[str, Any] | None:
+        """The replaced row's columns that the claim changed (None for a new ref)."""
+        d = self.replaced
+        if d is None:
+            return None
+        return {
+            "status": d.status,
+            "attempt": d.attempt,
+            "command_id": d.command_id,
+            "cnpj_prestador": d.cnpj_prestador,
+            "payload": d.payload,
+            "provider_ref": d.provider_ref,
+            "result": d.result,
+            "erros": d.erros,
+            "submitted_at": d.submitted_at,
+        }
 
 
 @dataclass(frozen=True)
