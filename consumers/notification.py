@@ -83,7 +83,6 @@ class NotificationSettings:
     hook_schedule: Sequence[float]
     email_schedule: Sequence[float] = EMAIL_RETRY_SCHEDULE
     retry_poll: float = 1.0
-    delivery_lease: float = DEFAULT_LEASE  # seconds a delivery's lock lasts unless renewed
 
 
 @dataclass(frozen=True)
@@ -122,7 +121,7 @@ class NotificationConsumer:
         self._hooks = hooks
         self._deliveries = deliveries
         # Renewed by whoever runs them (`Leases.run`: the process, beside `run_retries`).
-        self._leases = leases or Leases(deliveries, settings.delivery_lease)
+        self._leases = leases or Leases(deliveries, DEFAULT_LEASE)
         # The tenant's own SMTP server where it has one (issue 15), else the global one.
         self._mailers = mailer if isinstance(mailer, MailerByTenant) else MailerByTenant(mailer)
         self._mailer = self._mailers.default

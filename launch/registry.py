@@ -307,7 +307,6 @@ def build_notification(res: Resources) -> Wired:
         NotificationSettings(
             public_url=s.public_url,
             hook_schedule=tuple(float(x) for x in s.hooks_retry_schedule.split(",") if x.strip()),
-            delivery_lease=s.delivery_lease,
         ),
         res.metrics,
         leases=leases,
