@@ -17,9 +17,10 @@ token scaled from Focus's 100 a minute to 100 per 2-second window (CREDITS per s
    on, until the burst has drained (every burst note `autorizado`).
 
 Reported from the same run: the burst's drain time (first POST to last `autorizado`) against
-its credit bound (2 × BURST credits / CREDITS per second: two credits per note, the POST and
-the download of the XML its callback names), and the trickle tenants' p50/p99 from POST to
-`autorizado` (the lifecycle event's Kafka timestamp) in each phase. Checks: every note
+its credit bound (BURST credits / CREDITS per second: one credit per note, the POST; the
+download of the XML its callback names goes without credentials and costs none), and the
+trickle tenants' p50/p99 from POST to `autorizado` (the lifecycle event's Kafka timestamp) in
+each phase. Checks: every note
 `autorizado`, no note POSTed (accepted) twice at the stand-in and no second `autorizado` per
 note, and no 429 beyond the first of a token's window. Targets: burst ≥ 0.9 of its bound,
 trickle p99 ≤ 1.25× the idle phase's.
@@ -64,7 +65,7 @@ from testkit.waiting import wait_http
 
 CNPJ = "51916585000125"  # the stand-in's XML names it: every tenant emits for it
 WINDOW = 2.0  # Focus's minute, scaled
-CREDITS_PER_NOTE = 2  # the POST and the XML download the callback makes
+CREDITS_PER_NOTE = 1  # the POST (the callback's XML download carries no token)
 
 
 def focus_token(tenant: str) -> str:

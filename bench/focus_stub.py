@@ -18,8 +18,9 @@ emission followed by its re-emission and check the two arrive in publish order.
 Each token (HTTP Basic user) gets N API requests per fixed window of S seconds; every answer
 carries `Rate-Limit-Limit`, `Rate-Limit-Remaining` and `Rate-Limit-Reset` (seconds, fractional:
 the window is scaled down), and past the limit the request is refused with 429 and
-`Retry-After` (refused requests do not use up the window, as in the sandbox). A download of
-the XML is a request too, and costs a credit (focus-2026.md §5, as the sandbox counts it).
+`Retry-After` (refused requests do not use up the window, as in the sandbox). The XML is a
+public file, as at Focus: fetched without credentials (as the consumer does) it costs no
+token a credit; fetched with a token, it is that token's request like any other (§5).
 `GET /_rate` answers per token the credits used and the 429s per window.
 `GET /_stats` answers the arrivals as JSON `[[ref, epoch seconds, status], ...]`, `GET /_count`
 how many there are, `GET /_peak` the most POSTs it ever had unanswered at once (what the
@@ -198,7 +199,7 @@ class Responder(asyncio.Protocol):
             # The authorized note's XML, which the consumer downloads when a callback names it.
             name = url.path.rsplit("/", 1)[-1]
             extra: dict[str, str] | None = None
-            if self._world.rate_limit:
+            if self._world.rate_limit and token:
                 allowed, extra = self._world.charge(token)
                 if not allowed:
                     refusal = b'{"codigo":"limite_excedido","mensagem":"Limite excedido"}'

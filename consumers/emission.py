@@ -328,7 +328,8 @@ class EmissionConsumer:
         ("xml" or "consulta"), or None when Focus does not confirm the callback.
 
         Cheapest first: an authorization that names our note and agrees with the XML on
-        Focus's own host costs only the XML download we make anyway; anything else (an outcome
+        Focus's own host costs no credit (the XML download we make anyway goes without the
+        token, as Focus serves it); anything else (an outcome
         that frees the ref or cannot be undone, a disagreement, a path off Focus's host) costs
         one GET of the note at Focus, whose answer is applied instead of the callback's."""
         # Found by the ref, recorded or named (a callback ahead of the hand-over's record).

@@ -218,7 +218,9 @@ def backlog_view(
 ) -> dict[str, Any]:
     """The operator's view of who waits (the consumer's `GET /backlog`): per tenant, records
     queued and running and, where its provider credits are known, when the backlog drains at
-    that rate, counting one credit per record (an emission's POST, a callback's XML download)."""
+    that rate, counting one credit per record: an emission's POST; a callback costs none (its
+    XML is downloaded without the token) or one GET where Focus must confirm it, so the estimate
+    is an upper bound."""
     tenants = []
     for tenant, (queued, running) in sorted(detail.items(), key=lambda kv: -sum(kv[1])):
         per_second = rate(tenant)

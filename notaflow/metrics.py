@@ -155,6 +155,13 @@ class Metrics:
             ["tenant", "operation"],
             registry=r,
         )
+        self.focus_downloads_total = Counter(
+            "notaflow_focus_downloads_total",
+            "Files downloaded from Focus without credentials (the notes' XML: no credit), by "
+            "tenant.",
+            ["tenant"],
+            registry=r,
+        )
         self.focus_credential_errors_total = Counter(
             "notaflow_focus_credential_errors_total",
             "Focus answers 401/403 (a company's token refused), by tenant.",
@@ -201,6 +208,9 @@ class Metrics:
 
     def focus_credit(self, tenant: str, operation: str) -> None:
         self.focus_credits_total.labels(tenant, operation).inc()
+
+    def focus_download(self, tenant: str) -> None:
+        self.focus_downloads_total.labels(tenant).inc()
 
     def focus_credential_error(self, tenant: str) -> None:
         self.focus_credential_errors_total.labels(tenant).inc()

@@ -316,13 +316,15 @@ class FocusClient:
         return await self._exchange(method, raw_path, json, token, site)
 
     async def _exchange(
-        self, method: str, raw_path: bytes, json: Any, token: str, site: _Site
+        self, method: str, raw_path: bytes, json: Any, token: str | None, site: _Site
     ) -> tuple[int, dict[str, str], bytes]:
         """One exchange straight on the transport, the request as the client would build it:
         the status, the headers (names in lower case) and the decoded body. The host is always
-        the configured base's: this is the only place the token is attached."""
+        the configured base's: this is the only place the token is attached (None: a request
+        without credentials, a public file's download)."""
         headers = self._headers.copy()
-        headers.append(self._authorization(token))
+        if token is not None:
+            headers.append(self._authorization(token))
         content = b""
         if json is not None:
             content = orjson.dumps(json)
@@ -430,37 +432,35 @@ class FocusClient:
         )
 
     async def download(self, path: str, token: Caller = None, tenant: str = "") -> bytes:
-        """A file Focus names by path (`caminho_xml_nota_fiscal`), on the same lean exchange as
-        the API calls. The path is resolved on the configured host or refused (ForeignPath):
-        it may come from a callback, and the exchange carries our token. A download is a
-        request to Focus, so it is paid with one of the token's credits like any other
-        (focus-2026.md §5; the sandbox counts it so)."""
-        token, site = self._caller(token)
+        """A file Focus names by path (`caminho_xml_nota_fiscal`, `caminho_xml_cancelamento`),
+        on the same lean exchange as the API calls, from the company's Focus host: the path is
+        resolved on that host or refused (ForeignPath), since it may come from a callback.
+
+        Sent without credentials, as Focus serves these files and as its clients fetch them
+        (focus-2026.md §1: the unguessable name is the secret). A request that carries no token
+        spends none of a token's credits (§5: 100 a minute per token), so an authorized note
+        costs one credit, its POST, where it cost two while the download carried the token;
+        and no path a callback names is ever sent with the token. The download still takes a
+        call slot: the concurrency limit bounds everything in flight at Focus. A 429 (a limit
+        of Focus's own on anonymous requests) is retried after its Retry-After like any other,
+        without touching the token's window. `token` only names the company's environment."""
+        _, site = self._caller(token)
         target = provider_path(site.url, path)
         shown = target.split(b"?", 1)[0].decode("ascii", "replace")  # a query may be a signature
-        if not await self.windows.acquire(token):
-            raise Stopping("Focus: consumer stopping, call not started")
+        await self._take_turn()
         try:
-            await self._take_turn()
-        except BaseException:
-            self.windows.release(token)
-            raise
-        status: int | None = None
-        headers: dict[str, str] = {}
-        try:
-            status, headers, content = await self._exchange("GET", target, None, token, site)
+            status, headers, content = await self._exchange("GET", target, None, None, site)
         except httpx.HTTPError as exc:
             _raise_mapped(f"Focus GET {shown}", exc)
         finally:
             self._end_turn()
-            self.windows.observe(token, status, headers)
         if status == 429:
             retry_after = _seconds(headers.get("retry-after")) or _seconds(
                 headers.get("rate-limit-reset")
             )
             raise RateLimited("Focus rate limit reached", retry_after=retry_after or 1.0)
         if self._metrics is not None:
-            self._metrics.focus_credit(tenant, "download")
+            self._metrics.focus_download(tenant)
         if status >= 400:
             raise Transient(f"Focus GET {shown}: HTTP {status}")
         return content

@@ -26,7 +26,7 @@ from notaflow.sandbox.focus.dialect import FocusError, invalid, json_object
 from notaflow.sandbox.focus.hooks import Hooks
 from notaflow.sandbox.focus.kinds import MUNICIPAL, NACIONAL
 from notaflow.sandbox.focus.notes import Handler, Notes
-from notaflow.sandbox.focus.state import RateLimiter, Shared, Stats
+from notaflow.sandbox.focus.state import RateLimiter, RateVerdict, Shared, Stats
 
 
 class FocusSandbox:
@@ -108,7 +108,7 @@ class FocusSandbox:
                 # is not processed.
                 await asyncio.sleep(self._outage_hang)
                 return FocusError(504, "gateway_timeout", "Tempo esgotado (sandbox)").response()
-            verdict = self._limiter.hit(token, self.shared.now())
+            verdict = self._charge(token)
             if verdict.allowed:
                 try:
                     response = await handler(request, token)
@@ -123,6 +123,41 @@ class FocusSandbox:
             if outage == "slow":
                 # A provider under load: it does the work, but its answer takes `hang` seconds.
                 await asyncio.sleep(self._outage_hang)
+            return response
+
+        return endpoint
+
+    def _charge(self, token: str) -> RateVerdict:
+        verdict = self._limiter.hit(token, self.shared.now())
+        if verdict.allowed:
+            self.stats.credits[token] += 1
+        return verdict
+
+    def public_file(
+        self, handler: Callable[[Request], Awaitable[Response]]
+    ) -> Callable[[Request], Awaitable[Response]]:
+        """A file Focus serves without credentials (the XML: its unguessable name is the
+        secret, and its clients fetch it so, focus-2026.md §1). Fetched without a token it costs
+        no token anything; fetched with one, it is that token's request and spends one of its
+        credits like any other (§5), refused with 429 past the limit."""
+
+        async def endpoint(request: Request) -> Response:
+            if "authorization" not in request.headers:
+                return await handler(request)
+            try:
+                token = self._token(request)
+            except FocusError as exc:
+                return exc.response()
+            verdict = self._charge(token)
+            response: Response
+            if not verdict.allowed:
+                response = FocusError(
+                    429, "limite_excedido", "Limite de requisições por minuto excedido"
+                ).response()
+                response.headers["Retry-After"] = str(verdict.reset)
+            else:
+                response = await handler(request)
+            response.headers.update(verdict.headers())
             return response
 
         return endpoint
@@ -191,8 +226,8 @@ class FocusSandbox:
     def routes(self) -> list[Route]:
         api = self.authenticated
         return [
-            *self.nfse.routes(api),
-            *self.nfsen.routes(api),
+            *self.nfse.routes(api, self.public_file),
+            *self.nfsen.routes(api, self.public_file),
             Route("/v2/hooks", api(self.hooks.create), methods=["POST"]),
             Route("/v2/hooks", api(self.hooks.list), methods=["GET"]),
             Route("/v2/hooks/{id}", api(self.hooks.get), methods=["GET"]),

@@ -122,6 +122,10 @@ class NoteKind(ABC, Generic[A]):
 # auth, rate limit and outages into a Starlette endpoint.
 Handler = Callable[[Request, str], Awaitable[Response]]
 Authenticated = Callable[[Handler], Callable[[Request], Awaitable[Response]]]
+# A public file's endpoint, wrapped with what its request costs (`FocusSandbox.public_file`).
+Public = Callable[
+    [Callable[[Request], Awaitable[Response]]], Callable[[Request], Awaitable[Response]]
+]
 
 
 class Notes(Generic[A]):
@@ -282,8 +286,7 @@ class Notes(Generic[A]):
         nota = self._by_xml.get(name.removesuffix(rules.CANCEL_SUFFIX))
         if nota is None or nota.autorizada is None or (cancel and nota.cancelamento is None):
             return not_found("Arquivo não encontrado").response()
-        # Every download is a request to Focus, so a credit (focus-2026.md §5), whichever the
-        # kind and whichever the XML.
+        # Counted whoever asks; a credit only when it came with a token (`public_file`).
         self._shared.stats.downloads[nota.ref] += 1
         if cancel and nota.cancelamento is not None:
             at, motivo = nota.cancelamento
@@ -299,8 +302,9 @@ class Notes(Generic[A]):
             raise not_found()
         return nota, nota.autorizada
 
-    def routes(self, authenticated: Authenticated) -> list[Route]:
-        """The API (behind `authenticated`: auth, rate limit, outages) and the public pages."""
+    def routes(self, authenticated: Authenticated, public_file: Public) -> list[Route]:
+        """The API (behind `authenticated`: auth, rate limit, outages) and the public pages;
+        the XML behind `public_file` (no credentials needed; a token sent is charged)."""
         base = f"/v2/{self.kind.event}"
         return [
             Route(base, authenticated(self.emit), methods=["POST"]),
@@ -308,7 +312,7 @@ class Notes(Generic[A]):
             Route(base + "/{ref}", authenticated(self.cancel), methods=["DELETE"]),
             Route(base + "/{ref}/email", authenticated(self.email), methods=["POST"]),
             Route(base + "/{ref}/hook", authenticated(self.refire), methods=["POST"]),
-            Route(f"{self.kind.xml_dir}/{{name}}.xml", self.xml, methods=["GET"]),
+            Route(f"{self.kind.xml_dir}/{{name}}.xml", public_file(self.xml), methods=["GET"]),
             *self.kind.public_routes(self),
         ]
 

@@ -23,9 +23,12 @@ class Stats:
     http500: Counter[str] = field(default_factory=Counter)
     emails: Counter[str] = field(default_factory=Counter)
     callbacks: Counter[str] = field(default_factory=Counter)
-    # Focus credits beyond the POST: GETs of a note and XML downloads, by ref (issue 19).
+    # Requests beyond the POST, by ref (issue 19): GETs of a note, XML downloads.
     consultas: Counter[str] = field(default_factory=Counter)
     downloads: Counter[str] = field(default_factory=Counter)
+    # Credits spent, by token: every request a token made and the rate limit let through,
+    # the API's and a public file's fetched with the token (focus-2026.md §5).
+    credits: Counter[str] = field(default_factory=Counter)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -38,6 +41,7 @@ class Stats:
             "emails": dict(self.emails),
             "consultas": dict(self.consultas),
             "downloads": dict(self.downloads),
+            "credits": dict(self.credits),
             "callbacks": {
                 key: self.callbacks[key] for key in ("sent", "failed", "given_up", "dropped")
             },

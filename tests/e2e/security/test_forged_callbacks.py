@@ -25,6 +25,7 @@ from testkit.stack import DEMO_CNPJS, Stack
 from testkit.waiting import wait_for
 
 CNPJ_A, CNPJ_B = DEMO_CNPJS
+TOKEN = "sandbox-token"  # the stack's Focus token (testkit.stack)
 
 
 @pytest.fixture
@@ -101,12 +102,15 @@ def test_forged_callbacks_never_carry_the_token_nor_change_a_note(
 ) -> None:
     attacker = Attacker(stack)
     port = listener.receiver.port
+    spent = httpx.get(f"{stack.sandbox}/_sandbox/stats").json()["credits"].get(TOKEN, 0)
     b_pref = attacker.emit("b1", note(CNPJ_B))
     b_view = stack.wait_status("b1", {"autorizado"})
-    # What a genuine authorization costs at Focus: the POST and the XML download, as before
-    # verification (the callback is checked against that XML), no GET.
+    # What a genuine authorization costs at Focus: one credit, the POST. The callback is checked
+    # against the XML, downloaded without credentials as Focus serves it, so no token's credit;
+    # no GET.
     stats = httpx.get(f"{stack.sandbox}/_sandbox/stats").json()
     assert (stats["consultas"].get(b_pref, 0), stats["downloads"][b_pref]) == (0, 1)
+    assert stats["credits"][TOKEN] - spent == 1
     b_genuine = attacker.at_focus(b_pref)  # (this GET is the test's, not the consumer's)
 
     def exfiltrating(path: str) -> Any:

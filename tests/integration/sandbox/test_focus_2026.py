@@ -13,7 +13,7 @@ import pytest
 
 from notaflow.sandbox import focus_rules as rules
 from testkit.erp_documents import ERP_NFSE, ERP_NFSE_FOREIGN
-from tests.integration.sandbox.test_focus_sandbox import Sandbox, running_sandbox
+from tests.integration.sandbox.test_focus_sandbox import TOKEN, Sandbox, running_sandbox
 
 NS = "{http://www.abrasf.org.br/nfse.xsd}"
 
@@ -95,8 +95,30 @@ async def test_sandbox_keeps_what_it_received_and_the_cancellation_xml(sandbox: 
     assert root.tag == f"{NS}CancelarNfseResposta"
     assert root.findtext(f".//{NS}Numero") == note["numero"]
     assert root.findtext(f".//{NS}MotivoCancelamento") == "Serviço não prestado ao cliente"
-    # Each download is a request to Focus, so a credit: the note's XML and its cancellation's.
+    # Both downloads counted (the note's XML and its cancellation's); neither came with the
+    # token, so neither cost it a credit: the POST, three GETs and the DELETE did.
     assert (await sandbox.stats())["downloads"]["n26"] == 2
+
+
+async def test_a_public_file_costs_a_credit_only_when_fetched_with_the_token() -> None:
+    """Focus serves the XML without credentials: fetched so, it is no token's request; fetched
+    with the token, it is one of that token's requests like any other (focus-2026.md §5)."""
+    limit = 60
+    async with running_sandbox(rate_limit_per_minute=limit) as sandbox:
+        assert (await sandbox.post("n28", copy.deepcopy(ERP_NFSE))).status_code == 202
+        note = await sandbox.wait_status("n28", "autorizado")
+        path = note["caminho_xml_nota_fiscal"]
+        spent = (await sandbox.stats())["credits"][TOKEN]  # the POST and the polling GETs
+        assert 2 <= spent < limit
+        for _ in range(5):
+            assert (await sandbox.anon.get(path)).status_code == 200
+        assert (await sandbox.stats())["credits"][TOKEN] == spent
+        answers = [await sandbox.api.get(path) for _ in range(limit - spent + 1)]
+        stats = await sandbox.stats()
+    assert [a.status_code for a in answers[:-1]] == [200] * (limit - spent)
+    assert answers[-1].status_code == 429 and answers[-1].json()["codigo"] == "limite_excedido"
+    assert answers[0].headers["Rate-Limit-Remaining"] == str(limit - spent - 1)
+    assert stats["credits"][TOKEN] == limit and stats["downloads"]["n28"] == 5 + limit - spent
 
 
 async def test_sandbox_refuses_an_inconsistent_group_with_its_e_code(sandbox: Sandbox) -> None:

@@ -401,7 +401,7 @@ async def test_download_by_path_and_by_url_on_the_focus_host_only() -> None:
         with pytest.raises(Transient, match="HTTP 404"):
             await focus.download("/notas_fiscais_servico/missing.xml")
         # Issue 19: a path from a callback that names another host is refused before any
-        # request is made (the exchange carries the token).
+        # request is made.
         for foreign in (
             "https://files.focus.test/x/N1A1-nfse.xml",
             "http://127.0.0.1:9/x.xml",
@@ -420,10 +420,37 @@ async def test_download_by_path_and_by_url_on_the_focus_host_only() -> None:
     assert by_path == by_url == b"<xml/>"
     assert str(seen[0].url) == f"{BASE}/notas_fiscais_servico/N1A1-nfse.xml"
     assert str(seen[1].url) == f"{BASE}/x/N1A1-nfse.xml"
-    assert seen[0].headers["Authorization"].startswith("Basic ")
+    # Focus serves these files without credentials: the token never goes with a path.
+    assert all("Authorization" not in r.headers for r in seen)
     assert len(seen) == 4
     assert seen[3].url.host == "focus.test"
     assert seen[3].url.raw_path == b"/notas/%C3%A9@127.0.0.1:9/x.xml"
+
+
+async def test_a_download_spends_no_credit_and_waits_for_none() -> None:
+    """The XML goes without credentials, so it is no request of the token's: a token whose
+    window is spent still downloads at once, and the window is left as Focus last told it. A
+    429 on a download (a limit on anonymous requests) is retried later, and blocks no token."""
+    answers = iter([
+        httpx.Response(200, json={}, headers={"Rate-Limit-Limit": "100",
+                                              "Rate-Limit-Remaining": "0",
+                                              "Rate-Limit-Reset": "30"}),
+        httpx.Response(200, content=b"<xml/>"),
+        httpx.Response(429, headers={"Retry-After": "7"}),
+    ])
+    focus = client(lambda request: next(answers))
+    try:
+        await focus.emit_nfse("r1", {})  # the token's window: spent for 30 s
+        window = focus.windows.window(TOKEN)
+        before = (window.remaining, window.in_flight)
+        got = await asyncio.wait_for(focus.download("/notas_fiscais_servico/r1.xml"), 1.0)
+        with pytest.raises(RateLimited) as refused:
+            await asyncio.wait_for(focus.download("/notas_fiscais_servico/r1.xml"), 1.0)
+        assert (window.remaining, window.in_flight) == before == (0, 0)
+    finally:
+        await focus.aclose()
+    assert got == b"<xml/>"
+    assert refused.value.retry_after == 7.0
 
 
 async def test_calls_waiting_for_a_slot_respect_a_429_that_came_meanwhile() -> None:

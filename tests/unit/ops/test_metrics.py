@@ -55,6 +55,7 @@ def test_every_metric_follows_the_naming_conventions() -> None:
         "notaflow_webhook_deliveries": "counter",
         "notaflow_hooks_disabled": "counter",
         "notaflow_focus_credits": "counter",
+        "notaflow_focus_downloads": "counter",
         "notaflow_focus_credential_errors": "counter",
         "notaflow_tenant_backlog": "gauge",
     }
