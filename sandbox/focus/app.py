@@ -115,10 +115,7 @@ class FocusSandbox:
                 except FocusError as exc:
                     response = exc.response()
             else:
-                response = FocusError(
-                    429, "limite_excedido", "Limite de requisições por minuto excedido"
-                ).response()
-                response.headers["Retry-After"] = str(verdict.reset)
+                response = _over_limit(verdict)
             response.headers.update(verdict.headers())
             if outage == "slow":
                 # A provider under load: it does the work, but its answer takes `hang` seconds.
@@ -149,14 +146,7 @@ class FocusSandbox:
             except FocusError as exc:
                 return exc.response()
             verdict = self._charge(token)
-            response: Response
-            if not verdict.allowed:
-                response = FocusError(
-                    429, "limite_excedido", "Limite de requisições por minuto excedido"
-                ).response()
-                response.headers["Retry-After"] = str(verdict.reset)
-            else:
-                response = await handler(request)
+            response = await handler(request) if verdict.allowed else _over_limit(verdict)
             response.headers.update(verdict.headers())
             return response
 
@@ -238,6 +228,15 @@ class FocusSandbox:
             Route("/_sandbox/requests", self.get_requests, methods=["GET"]),
             Route("/_sandbox/clock", self.advance_clock, methods=["POST"]),
         ]
+
+
+def _over_limit(verdict: RateVerdict) -> Response:
+    """Focus's 429: the token's requests for this minute are spent."""
+    response = FocusError(
+        429, "limite_excedido", "Limite de requisições por minuto excedido"
+    ).response()
+    response.headers["Retry-After"] = str(verdict.reset)
+    return response
 
 
 def create_focus_sandbox(config: FocusSandboxConfig | None = None) -> Starlette:
