@@ -439,12 +439,13 @@ class FocusClient:
         Sent without credentials, as Focus serves these files and as its clients fetch them
         (focus-2026.md §1: the unguessable name is the secret). A request that carries no token
         spends none of a token's credits (§5: 100 a minute per token), so an authorized note
-        costs one credit, its POST, where it cost two while the download carried the token;
-        and no path a callback names is ever sent with the token. The download still takes a
-        call slot: the concurrency limit bounds everything in flight at Focus. A 429 (a limit
-        of Focus's own on anonymous requests) is retried after its Retry-After like any other,
-        without touching the token's window. `token` only names the company's environment."""
-        _, site = self._caller(token)
+        costs one credit, its POST, where it cost two while the download carried the token.
+        Only a host that refuses the file without credentials (401/403: a proxy, an environment
+        that wants them) gets it asked again with the company's token, paid as a credit like
+        any API call. The download takes a call slot: the concurrency limit bounds everything
+        in flight at Focus. A 429 on an anonymous download (a limit of Focus's own) is retried
+        after its Retry-After like any other, without touching the token's window."""
+        caller, site = self._caller(token)
         target = provider_path(site.url, path)
         shown = target.split(b"?", 1)[0].decode("ascii", "replace")  # a query may be a signature
         await self._take_turn()
@@ -454,16 +455,45 @@ class FocusClient:
             _raise_mapped(f"Focus GET {shown}", exc)
         finally:
             self._end_turn()
+        if status in (401, 403):
+            status, headers, content = await self._credited_download(
+                target, shown, caller, site, tenant
+            )
+        elif self._metrics is not None and status != 429:
+            self._metrics.focus_download(tenant)
         if status == 429:
             retry_after = _seconds(headers.get("retry-after")) or _seconds(
                 headers.get("rate-limit-reset")
             )
             raise RateLimited("Focus rate limit reached", retry_after=retry_after or 1.0)
-        if self._metrics is not None:
-            self._metrics.focus_download(tenant)
         if status >= 400:
             raise Transient(f"Focus GET {shown}: HTTP {status}")
         return content
+
+    async def _credited_download(
+        self, target: bytes, shown: str, token: str, site: _Site, tenant: str
+    ) -> tuple[int, dict[str, str], bytes]:
+        """The download again with the token: a request of the token's, waiting for and
+        spending one of its credits."""
+        if not await self.windows.acquire(token):
+            raise Stopping("Focus: consumer stopping, call not started")
+        try:
+            await self._take_turn()
+        except BaseException:
+            self.windows.release(token)
+            raise
+        status: int | None = None
+        headers: dict[str, str] = {}
+        try:
+            status, headers, content = await self._exchange("GET", target, None, token, site)
+        except httpx.HTTPError as exc:
+            _raise_mapped(f"Focus GET {shown}", exc)
+        finally:
+            self._end_turn()
+            self.windows.observe(token, status, headers)
+        if self._metrics is not None and status != 429:
+            self._metrics.focus_credit(tenant, "download")
+        return status, headers, content
 
     async def register_hook(
         self, url: str, authorization: str, header: str = "Authorization", event: str = "nfse"

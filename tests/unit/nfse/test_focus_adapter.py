@@ -11,6 +11,7 @@ from collections.abc import Callable
 
 import httpx
 import pytest
+from prometheus_client import CollectorRegistry
 
 from notaflow.consumers.providers.focus import FocusClient, FocusReply
 from notaflow.consumers.providers.rate_windows import RateWindows
@@ -22,6 +23,7 @@ from notaflow.errors import (
     Transient,
     Unsent,
 )
+from notaflow.metrics import Metrics
 
 BASE = "https://focus.test"
 TOKEN = "tok-123"
@@ -431,13 +433,21 @@ async def test_a_download_spends_no_credit_and_waits_for_none() -> None:
     """The XML goes without credentials, so it is no request of the token's: a token whose
     window is spent still downloads at once, and the window is left as Focus last told it. A
     429 on a download (a limit on anonymous requests) is retried later, and blocks no token."""
-    answers = iter([
-        httpx.Response(200, json={}, headers={"Rate-Limit-Limit": "100",
-                                              "Rate-Limit-Remaining": "0",
-                                              "Rate-Limit-Reset": "30"}),
-        httpx.Response(200, content=b"<xml/>"),
-        httpx.Response(429, headers={"Retry-After": "7"}),
-    ])
+    answers = iter(
+        [
+            httpx.Response(
+                200,
+                json={},
+                headers={
+                    "Rate-Limit-Limit": "100",
+                    "Rate-Limit-Remaining": "0",
+                    "Rate-Limit-Reset": "30",
+                },
+            ),
+            httpx.Response(200, content=b"<xml/>"),
+            httpx.Response(429, headers={"Retry-After": "7"}),
+        ]
+    )
     focus = client(lambda request: next(answers))
     try:
         await focus.emit_nfse("r1", {})  # the token's window: spent for 30 s
@@ -451,6 +461,48 @@ async def test_a_download_spends_no_credit_and_waits_for_none() -> None:
         await focus.aclose()
     assert got == b"<xml/>"
     assert refused.value.retry_after == 7.0
+
+
+async def test_a_host_that_wants_credentials_for_the_file_gets_the_token_and_a_credit() -> None:
+    """Should a host refuse the XML without credentials (a proxy, an environment that wants
+    them), the download is asked again with the company's token, as a request of the token's:
+    its credit is reserved and the answer's window observed."""
+    seen: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        seen.append(request)
+        if "Authorization" not in request.headers:
+            return httpx.Response(401, json={"codigo": "permissao_negada"})
+        return httpx.Response(
+            200,
+            content=b"<xml/>",
+            headers={
+                "Rate-Limit-Limit": "100",
+                "Rate-Limit-Remaining": "41",
+                "Rate-Limit-Reset": "30",
+            },
+        )
+
+    metrics = Metrics(CollectorRegistry())
+    focus = FocusClient(
+        BASE, TOKEN, timeout=5, transport=httpx.MockTransport(handler), metrics=metrics
+    )
+    try:
+        got = await focus.download("/notas_fiscais_servico/r1.xml", tenant="alpha")
+        window = focus.windows.window(TOKEN)
+    finally:
+        await focus.aclose()
+    assert got == b"<xml/>"
+    assert ["Authorization" in r.headers for r in seen] == [False, True]
+    assert (
+        seen[1].headers["Authorization"]
+        == "Basic " + base64.b64encode(f"{TOKEN}:".encode()).decode()
+    )
+    assert (window.remaining, window.in_flight) == (41, 0)
+    credits = metrics.registry.get_sample_value(
+        "notaflow_focus_credits_total", {"tenant": "alpha", "operation": "download"}
+    )
+    assert credits == 1.0
 
 
 async def test_calls_waiting_for_a_slot_respect_a_429_that_came_meanwhile() -> None:
