@@ -152,6 +152,36 @@ def test_many_concurrent_cancellations(world: World) -> None:
     assert elapsed < 10, elapsed
 
 
+def test_a_cancellation_through_notaflow_costs_two_credits(world: World) -> None:
+    """What a cancellation through notaflow costs at Focus: the DELETE, whose answer is the
+    status alone (seed 001), and one GET that names the cancellation XML, which is then
+    downloaded without credentials. The `cancelado` callback Focus sends meanwhile finds the
+    note cancelled and costs nothing. With the POST: three credits a cancelled note."""
+    refs = [f"cc{i}" for i in range(8)]
+
+    def focus() -> dict[str, Any]:
+        stats: dict[str, Any] = httpx.get(f"{world.stack.sandbox}/_sandbox/stats").json()
+        return stats
+
+    before = focus()
+    for ref in refs:
+        world.emit(ref)
+    for ref in refs:
+        world.stack.wait_status(ref, {"autorizado"})
+    with world.client() as c:
+        for ref in refs:
+            r = c.request("DELETE", f"/v2/nfse/{ref}", json=JUST)
+            assert (r.status_code, r.json()) == (200, {"status": "cancelado"})
+    sent = before["callbacks"]["sent"] + 2 * len(refs)
+    wait_for(lambda: focus()["callbacks"]["sent"] >= sent, 10)
+    time.sleep(2)  # the cancelado callbacks through the ingress, Kafka and the emission consumer
+    after = focus()
+    asked = sum(after["consultas"].values()) - sum(before["consultas"].values())
+    spent = after["credits"]["sandbox-token"] - before["credits"].get("sandbox-token", 0)
+    assert (asked, spent) == (len(refs), 3 * len(refs))
+    assert sum(after["downloads"].values()) - sum(before["downloads"].values()) == 2 * len(refs)
+
+
 # -- e-mail -----------------------------------------------------------------------------------
 
 
