@@ -466,7 +466,7 @@ class FocusClient:
                 headers.get("rate-limit-reset")
             )
             raise RateLimited("Focus rate limit reached", retry_after=retry_after or 1.0)
-        if status >= 400:
+        if status >= 300:  # a redirect is not followed: its page must never be kept as the XML
             raise Transient(f"Focus GET {shown}: HTTP {status}")
         return content
 

@@ -394,6 +394,8 @@ async def test_download_by_path_and_by_url_on_the_focus_host_only() -> None:
         seen.append(request)
         if request.url.path.endswith("missing.xml"):
             return httpx.Response(404, text="não encontrado")
+        if request.url.path.endswith("moved.xml"):
+            return httpx.Response(302, headers={"Location": "https://s3.test/x.xml"}, text="Moved")
         return httpx.Response(200, content=b"<xml/>", headers={"content-type": "application/xml"})
 
     focus = client(handler)
@@ -402,6 +404,9 @@ async def test_download_by_path_and_by_url_on_the_focus_host_only() -> None:
         by_url = await focus.download(f"{BASE}/x/N1A1-nfse.xml")
         with pytest.raises(Transient, match="HTTP 404"):
             await focus.download("/notas_fiscais_servico/missing.xml")
+        # A redirect is not followed, and its page is never taken for the XML.
+        with pytest.raises(Transient, match="HTTP 302"):
+            await focus.download("/notas_fiscais_servico/moved.xml")
         # Issue 19: a path from a callback that names another host is refused before any
         # request is made.
         for foreign in (
@@ -424,9 +429,9 @@ async def test_download_by_path_and_by_url_on_the_focus_host_only() -> None:
     assert str(seen[1].url) == f"{BASE}/x/N1A1-nfse.xml"
     # Focus serves these files without credentials: the token never goes with a path.
     assert all("Authorization" not in r.headers for r in seen)
-    assert len(seen) == 4
-    assert seen[3].url.host == "focus.test"
-    assert seen[3].url.raw_path == b"/notas/%C3%A9@127.0.0.1:9/x.xml"
+    assert len(seen) == 5
+    assert seen[4].url.host == "focus.test"
+    assert seen[4].url.raw_path == b"/notas/%C3%A9@127.0.0.1:9/x.xml"
 
 
 async def test_a_download_spends_no_credit_and_waits_for_none() -> None:
