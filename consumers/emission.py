@@ -8,6 +8,7 @@ submitted does nothing, a duplicate callback finds its transition already made.
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 from collections import OrderedDict
@@ -60,6 +61,10 @@ from notaflow.views import result_from_provider
 
 log = logging.getLogger(__name__)
 SOURCE = t.SOURCE_EMISSION
+# Seconds a `cancelado` callback for a note still authorized here waits for notaflow's own
+# cancellation to be recorded before it is confirmed with Focus (`_own_cancellation`): the
+# DELETE's answer, a GET and a download at Focus's latency, and a credit waited for.
+CANCEL_SETTLE = 5.0
 KIND = "nfse"
 CREDENTIAL_ERROR = "credencial_recusada"
 # At most this many accepted provider refs awaiting their hand-over are kept (a record that
@@ -78,8 +83,10 @@ class EmissionConsumer:
         topics: t.Topics,
         nfce: NfceEmitter | None = None,
         focus_token: FocusToken | None = None,
+        cancel_settle: float = CANCEL_SETTLE,
     ) -> None:
         self._focus_token = focus_token
+        self._cancel_settle = cancel_settle
         self._nfce = nfce
         self._docs = documents
         # Every command names its tenant; a cached copy saves two queries per note.
@@ -255,6 +262,11 @@ class EmissionConsumer:
         correcting = _correctable(doc) and status in CORRECTABLE
         if not correcting and not can_follow(doc.status, status):
             return  # late callback: the note has moved on
+        if status == CANCELLED and doc.status == AUTHORIZED:
+            settled = await self._own_cancellation(doc, str(body["ref"]))
+            if settled is not None:
+                await self._publish_status(settled, event)  # as for any repeated callback
+                return
         checked = await self._verified(doc, body, confirm=correcting or status in CONFIRM_FIRST)
         if checked is None:
             return
@@ -376,6 +388,28 @@ class EmissionConsumer:
         if truth["status"] == AUTHORIZED and path:
             return truth, await self._focus.download(str(path), token, doc.tenant_id), "consulta"
         return truth, None, "consulta"
+
+    async def _own_cancellation(self, doc: Document, provider_ref: str) -> Document | None:
+        """The note as cancelled by notaflow's own DELETE, if the cancellation consumer records
+        it within `cancel_settle` seconds; else None. Focus calls back `cancelado` as soon as it
+        answers a DELETE, and when the DELETE was ours the cancellation consumer is recording
+        that answer meanwhile (after the GET that names the cancellation XML, and its download):
+        the callback often comes first. Confirming it with Focus then costs a credit for what
+        is our own doing; waiting a little costs nothing. A cancellation made outside notaflow
+        is confirmed and applied that much later."""
+        waited, pause = 0.0, 0.05
+        while waited < self._cancel_settle:
+            await asyncio.sleep(pause)
+            waited += pause
+            pause = min(pause * 2, 1.0, self._cancel_settle - waited)
+            now = await self._docs.by_provider_ref(provider_ref)
+            if now is None or now.id != doc.id or now.attempt != doc.attempt:
+                return None
+            if now.status == CANCELLED:
+                return now
+            if now.status != AUTHORIZED:
+                return None
+        return None
 
     async def _token(self, tenant_id: str, cnpj: str) -> FocusCredentials | None:
         return None if self._focus_token is None else await self._focus_token(tenant_id, cnpj)

@@ -4,15 +4,19 @@ or before it (a crash between the POST and that record)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+
 import pytest
 
 from notaflow import topics as t
+from notaflow.consumers.emission import EmissionConsumer
 from notaflow.envelope import Event
 from notaflow.errors import InvalidDocument
 from notaflow.focus_kinds import NFSE
-from notaflow.lifecycle import AUTHORIZED, ERROR, PROCESSING, focus_ref
+from notaflow.lifecycle import AUTHORIZED, CANCELLED, ERROR, PROCESSING, focus_ref
 from testkit.erp_documents import PRESTADOR_CNPJ
-from tests.unit.runtime.conftest import TENANT, World
+from tests.unit.runtime.conftest import JUSTIFICATIVA, TENANT, World
 
 PROCESSANDO = "processando_autorizacao"
 
@@ -224,3 +228,61 @@ async def test_a_late_refusal_after_the_cancellation_is_ignored(world: World) ->
     assert (await world.doc("r1")).status == "cancelado"
     # (The cancel sends the authorization it acts on again, under the same id.)
     assert world.statuses() == [PROCESSANDO, AUTHORIZED, AUTHORIZED, "cancelado"]
+
+
+# -- `cancelado` after our own DELETE ---------------------------------------------------------
+
+
+async def authorized_at_focus_and_here(world: World, ref: str) -> str:
+    pref = await emitted(world, ref)
+    await world.callback(await world.at_focus(pref, AUTHORIZED))
+    assert (await world.doc(ref)).status == AUTHORIZED
+    return pref
+
+
+async def test_a_cancelado_callback_waits_for_our_own_cancellation_instead_of_asking(
+    world: World,
+) -> None:
+    """Focus calls back `cancelado` as soon as it answers a DELETE; when the DELETE was ours,
+    the cancellation consumer is still recording its answer. The callback waits for that record
+    instead of spending a GET to confirm what notaflow itself did."""
+    pref = await authorized_at_focus_and_here(world, "r1")
+    await world.focus.cancel_nfse(pref, JUSTIFICATIVA)  # our DELETE, its answer not recorded yet
+    body = await world.at_focus(pref, CANCELLED)
+    asked = world.sandbox.stats.consultas[pref]
+    waiting = asyncio.create_task(world.callback(body))
+    await asyncio.sleep(0.3)
+    assert not waiting.done()
+    assert world.sandbox.stats.consultas[pref] == asked  # not asked: waiting for our record
+    await world.command(world.cancel_command("r1"), world.cancellation)  # the answer recorded
+    await asyncio.wait_for(waiting, 5)
+    doc = await world.doc("r1")
+    assert doc.status == CANCELLED
+    history = await world.docs.history(doc.id)
+    assert [h["source"] for h in history if h["status"] == CANCELLED] == [t.SOURCE_CANCELLATION]
+    # The one GET is the cancellation consumer's, for the XML's path (the DELETE's answer is the
+    # status alone); the callback asked nothing.
+    assert world.sandbox.stats.consultas[pref] == asked + 1
+    assert world.statuses()[-1] == CANCELLED
+
+
+async def test_a_cancellation_made_elsewhere_is_confirmed_after_the_wait(world: World) -> None:
+    pref = await authorized_at_focus_and_here(world, "r1")
+    await world.focus.cancel_nfse(pref, JUSTIFICATIVA)  # at Focus's panel, not through notaflow
+    body = await world.at_focus(pref, CANCELLED)
+    asked = world.sandbox.stats.consultas[pref]
+    settle = 0.3
+    emission = EmissionConsumer(
+        world.docs, world.tenants, world.focus, world.bus, world.topics, cancel_settle=settle
+    ).routes()
+    key = t.document_key(TENANT, "nfse", "r1")
+    record = await world.bus.send(
+        world.topics.provider_events,
+        Event(type=t.FOCUS_NFSE_CALLBACK, source="test", data=body, subject=pref),
+        key,
+    )
+    started = time.monotonic()
+    await world.bus.deliver(emission, record)
+    assert time.monotonic() - started >= settle
+    assert (await world.doc("r1")).status == CANCELLED
+    assert world.sandbox.stats.consultas[pref] == asked + 1  # confirmed with Focus, as before
