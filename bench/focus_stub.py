@@ -21,7 +21,9 @@ the window is scaled down), and past the limit the request is refused with 429 a
 `Retry-After` (refused requests do not use up the window, as in the sandbox). The XML is a
 public file, as at Focus: fetched without credentials (as the consumer does) it costs no
 token a credit; fetched with a token, it is that token's request like any other (§5).
-`GET /_rate` answers per token the credits used and the 429s per window.
+`GET /_rate` answers per token the credits used and the 429s per window; `GET /_credits` the
+credits each token spent in all (limited or not) and the XML downloads `[without a token, with
+one]`.
 `GET /_stats` answers the arrivals as JSON `[[ref, epoch seconds, status], ...]`, `GET /_count`
 how many there are, `GET /_peak` the most POSTs it ever had unanswered at once (what the
 consumer's concurrency limit must hold).
@@ -49,6 +51,7 @@ import asyncio
 import base64
 import json
 import time
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -115,6 +118,20 @@ class World:
     started: float = field(default_factory=time.monotonic)
     # token -> window index -> [credits used, requests refused]
     windows: dict[str, dict[int, list[int]]] = field(default_factory=dict)
+    # Credits spent per token, limited or not, and the XML downloads without / with a token
+    # (`GET /_credits`: the pipeline benchmark's credits per note).
+    credits: Counter[str] = field(default_factory=Counter)
+    downloads: list[int] = field(default_factory=lambda: [0, 0])
+
+    def spend(self, token: str) -> tuple[bool, dict[str, str] | None]:
+        """One request of `token`: allowed?, and the rate headers when credits are limited."""
+        if not self.rate_limit:
+            self.credits[token] += 1
+            return True, None
+        allowed, headers = self.charge(token)
+        if allowed:
+            self.credits[token] += 1
+        return allowed, headers
 
     def charge(self, token: str) -> tuple[bool, dict[str, str]]:
         """One API request of `token`: allowed?, and the rate headers of the answer."""
@@ -176,6 +193,11 @@ class Responder(asyncio.Protocol):
         if method == "GET" and url.path == "/_rate":
             self._send(_response(200, "OK", json.dumps(self._world.windows).encode()))
             return
+        if method == "GET" and url.path == "/_credits":
+            anonymous, with_token = self._world.downloads
+            got = {"credits": self._world.credits, "downloads": [anonymous, with_token]}
+            self._send(_response(200, "OK", json.dumps(got).encode()))
+            return
         if method == "GET" and url.path == "/_peak":
             self._send(_response(200, "OK", str(self._open.peak).encode()))
             return
@@ -199,27 +221,26 @@ class Responder(asyncio.Protocol):
             # The authorized note's XML, which the consumer downloads when a callback names it.
             name = url.path.rsplit("/", 1)[-1]
             extra: dict[str, str] | None = None
-            if self._world.rate_limit and token:
-                allowed, extra = self._world.charge(token)
+            if token:
+                allowed, extra = self._world.spend(token)
                 if not allowed:
                     refusal = b'{"codigo":"limite_excedido","mensagem":"Limite excedido"}'
                     self._send(_response(429, "Too Many Requests", refusal, extra=extra))
                     return
+            self._world.downloads[bool(token)] += 1
             self._send(_response(200, "OK", _xml(name), "application/xml", extra))
             return
         if method != "POST" or url.path != "/v2/nfse":
             self._send(_response(404, "Not Found", b'{"codigo":"nao_encontrado"}'))
             return
         ref = parse_qs(url.query).get("ref", [""])[0]
-        rate: dict[str, str] | None = None
-        if self._world.rate_limit:
-            allowed, rate = self._world.charge(token)
-            if not allowed:
-                refusal = b'{"codigo":"limite_excedido","mensagem":"Limite excedido"}'
-                reply = _response(429, "Too Many Requests", refusal, extra=rate)
-                self._open.now += 1
-                asyncio.get_running_loop().call_later(self._latency, self._answer, reply)
-                return
+        allowed, rate = self._world.spend(token)
+        if not allowed:
+            refusal = b'{"codigo":"limite_excedido","mensagem":"Limite excedido"}'
+            reply = _response(429, "Too Many Requests", refusal, extra=rate)
+            self._open.now += 1
+            asyncio.get_running_loop().call_later(self._latency, self._answer, reply)
+            return
         if REJECT_MARKER in body and ref.endswith("A1"):
             status, reason = _REFUSED, "Bad Request"
             answer = {

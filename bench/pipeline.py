@@ -389,6 +389,7 @@ def pipeline(args: argparse.Namespace) -> tuple[int, dict[str, float]]:
         loop.run_until_complete(load(base, authorization, warm, 4, 0, 0))
         wait_for(lambda: done("w", len(warm)), 120, 0.2)
         _say("warmed up")
+        credits_before = httpx.get(f"{world}/_credits", timeout=60).json()
         # What each process spends with nothing to do, as it is during the load: the consumers'
         # fetches keep their short wait for 10 s after the last record (fetch_wait).
         idle_from = {name: _cpu_seconds(procs[name].pid) for name in PROCESSES}
@@ -439,6 +440,7 @@ def pipeline(args: argparse.Namespace) -> tuple[int, dict[str, float]]:
         _say("all done")
         hooks = stand_in(world, "hooks")
         mails = stand_in(world, "mails")
+        credits_after = httpx.get(f"{world}/_credits", timeout=60).json()
         hook_at = {r: at for r, at, s in hooks if s == "autorizado" and r.startswith("b")}
         mail_at = {a.split("@")[0]: at for a, at in mails if a.split("@")[0].startswith("b")}
         finished = max(max(hook_at.values()), max(mail_at.values()))
@@ -461,6 +463,7 @@ def pipeline(args: argparse.Namespace) -> tuple[int, dict[str, float]]:
         time.sleep(0.5)  # any duplicate delivery still on its way
         hooks = stand_in(world, "hooks")
         mails = stand_in(world, "mails")
+        credits_after = httpx.get(f"{world}/_credits", timeout=60).json()
         ordered, repeated = loop.run_until_complete(
             lifecycle(broker.bootstrap, t.Topics(settings.kafka_topic_prefix).lifecycle, set(refs))
         )
@@ -511,6 +514,13 @@ def pipeline(args: argparse.Namespace) -> tuple[int, dict[str, float]]:
             f"{gets} GETs polled, {gets / n:.2f} a note, served by the ingress in its figure"
         )
         print(f"POST -> hook delivered ({len(to_hook)}): {_p50_p99(to_hook)}")
+        spent = sum(credits_after["credits"].values()) - sum(credits_before["credits"].values())
+        got, had = credits_after["downloads"], credits_before["downloads"]
+        anonymous, with_token = got[0] - had[0], got[1] - had[1]
+        print(
+            f"Focus credits per note: {spent / n:.2f} ({spent} requests of a token; XML downloads "
+            f"{anonymous} without credentials, {with_token} with the token)"
+        )
         print(
             f"checks: hooks {len(hook_counts)}/{n}, e-mails {len(mail_counts)}/{n}, delivered "
             f"twice {twice}, lifecycle processando->autorizado {ordered}/{n}, repeated event "
