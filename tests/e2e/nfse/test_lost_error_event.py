@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -67,8 +68,15 @@ def crash_after_the_error(database_url: str, ref: str) -> tuple[int, int]:
         engine = create_engine(database_url)
         docs = DocumentStore(engine)
         try:
-            doc = await docs.get("acme", "nfse", ref)
-            assert doc is not None and doc.status == PROCESSING and doc.submitted_at is not None
+            # The hand-over's record follows its lifecycle event (event first): wait for it.
+            deadline = time.monotonic() + 20
+            while True:
+                doc = await docs.get("acme", "nfse", ref)
+                if doc is not None and doc.submitted_at is not None:
+                    break
+                assert time.monotonic() < deadline, doc
+                await asyncio.sleep(0.05)
+            assert doc.status == PROCESSING
             erro = await docs.transition(doc.id, doc.attempt, ERROR, "emission", erros=ERROS)
             assert erro is not None
             return doc.id, doc.attempt
