@@ -38,7 +38,7 @@ from notaflow.errors import (
     Stopping,
     Transient,
 )
-from notaflow.focus_kinds import BY_EMIT_TYPE, BY_KIND, NFSE, FocusKind
+from notaflow.focus_kinds import BY_CANCEL_TYPE, BY_EMIT_TYPE, BY_KIND, NFSE, FocusKind
 from notaflow.lifecycle import (
     AUTHORIZED,
     CANCELLED,
@@ -61,10 +61,14 @@ from notaflow.views import result_from_provider
 
 log = logging.getLogger(__name__)
 SOURCE = t.SOURCE_EMISSION
-# Seconds a `cancelado` callback for a note still authorized here waits for notaflow's own
-# cancellation to be recorded before it is confirmed with Focus (`_own_cancellation`): the
-# DELETE's answer, a GET and a download at Focus's latency, and a credit waited for.
+# Seconds a `cancelado` callback for a note still authorized here, whose cancel command this
+# consumer saw, waits for the cancellation consumer to record it before it is confirmed with
+# Focus (`_own_cancellation`): the DELETE's answer, a GET and a download at Focus's latency,
+# and a credit waited for.
 CANCEL_SETTLE = 5.0
+# Cancel commands seen, the most recent kept (a note whose command was pushed out, or seen by
+# a process that has since restarted, is confirmed with Focus, as one cancelled elsewhere).
+CANCELS_KEPT = 10_000
 KIND = "nfse"
 CREDENTIAL_ERROR = "credencial_recusada"
 # At most this many accepted provider refs awaiting their hand-over are kept (a record that
@@ -100,6 +104,9 @@ class EmissionConsumer:
         # repeat 422 (ours, so accepted) but count it against the company's 100 requests a
         # minute. A crash forgets them, and the redelivery takes the 422 path as before.
         self._accepted: OrderedDict[str, None] = OrderedDict()
+        # Notes (tenant, kind, ref) whose cancel command went by on the command topic: their
+        # `cancelado` callback is likely our own DELETE's (`_own_cancellation`).
+        self._cancels: OrderedDict[tuple[str, str, str], None] = OrderedDict()
 
     def routes(self) -> Routes:
         """Emit commands (a municipal NFS-e or an NFS-e Nacional), Focus's callbacks, NFC-e
@@ -111,7 +118,23 @@ class EmissionConsumer:
             )
         routes.add(self._topics.nfce_commands, t.NFCE_CREATE, self.create_nfce)
         routes.add(self._topics.provider_events, t.FOCUS_NFSE_CALLBACK, self.apply_callback)
+        for event_type, kind in BY_CANCEL_TYPE.items():  # the cancellation consumer's to do
+            seen = functools.partial(self.saw_cancel, kind=kind)
+            routes.add(self._topics.nfse_commands, event_type, seen)
         return routes
+
+    async def saw_cancel(self, event: Event, kind: FocusKind = NFSE) -> None:
+        """A cancel command went by (the cancellation consumer carries it out): remember its
+        note, so that Focus's `cancelado` callback for it waits for our own record instead of
+        being confirmed at a credit. The command shares its note's key with the callbacks, and
+        records of one key run in order, so it is seen before the callback it causes."""
+        data = event.data if isinstance(event.data, dict) else {}
+        tenant, ref = data.get("tenant"), data.get("ref")
+        if isinstance(tenant, str) and isinstance(ref, str):
+            self._cancels[(tenant, kind.kind, ref)] = None
+            self._cancels.move_to_end((tenant, kind.kind, ref))
+            while len(self._cancels) > CANCELS_KEPT:
+                self._cancels.popitem(last=False)
 
     async def create_nfce(self, event: Event) -> None:
         if self._nfce is None:
@@ -262,7 +285,11 @@ class EmissionConsumer:
         correcting = _correctable(doc) and status in CORRECTABLE
         if not correcting and not can_follow(doc.status, status):
             return  # late callback: the note has moved on
-        if status == CANCELLED and doc.status == AUTHORIZED:
+        if (
+            status == CANCELLED
+            and doc.status == AUTHORIZED
+            and (doc.tenant_id, doc.kind, doc.ref) in self._cancels
+        ):
             settled = await self._own_cancellation(doc, str(body["ref"]))
             if settled is not None:
                 await self._publish_status(settled, event)  # as for any repeated callback
@@ -395,8 +422,8 @@ class EmissionConsumer:
         answers a DELETE, and when the DELETE was ours the cancellation consumer is recording
         that answer meanwhile (after the GET that names the cancellation XML, and its download):
         the callback often comes first. Confirming it with Focus then costs a credit for what
-        is our own doing; waiting a little costs nothing. A cancellation made outside notaflow
-        is confirmed and applied that much later."""
+        is our own doing; waiting a little costs nothing. Only notes whose cancel command this
+        consumer saw wait: a cancellation made outside notaflow is confirmed at once."""
         waited, pause = 0.0, 0.05
         while waited < self._cancel_settle:
             await asyncio.sleep(pause)

@@ -244,9 +244,12 @@ async def test_a_cancelado_callback_waits_for_our_own_cancellation_instead_of_as
     world: World,
 ) -> None:
     """Focus calls back `cancelado` as soon as it answers a DELETE; when the DELETE was ours,
-    the cancellation consumer is still recording its answer. The callback waits for that record
+    the cancellation consumer is still recording its answer. The emission consumer saw the
+    cancel command go by (it shares the note's key), so the callback waits for that record
     instead of spending a GET to confirm what notaflow itself did."""
     pref = await authorized_at_focus_and_here(world, "r1")
+    cancel = await world.send(world.cancel_command("r1"))
+    await world.bus.deliver(world.emission, cancel)  # seen going by
     await world.focus.cancel_nfse(pref, JUSTIFICATIVA)  # our DELETE, its answer not recorded yet
     body = await world.at_focus(pref, CANCELLED)
     asked = world.sandbox.stats.consultas[pref]
@@ -254,7 +257,7 @@ async def test_a_cancelado_callback_waits_for_our_own_cancellation_instead_of_as
     await asyncio.sleep(0.3)
     assert not waiting.done()
     assert world.sandbox.stats.consultas[pref] == asked  # not asked: waiting for our record
-    await world.command(world.cancel_command("r1"), world.cancellation)  # the answer recorded
+    await world.bus.deliver(world.cancellation, cancel)  # the DELETE's answer recorded
     await asyncio.wait_for(waiting, 5)
     doc = await world.doc("r1")
     assert doc.status == CANCELLED
@@ -266,23 +269,37 @@ async def test_a_cancelado_callback_waits_for_our_own_cancellation_instead_of_as
     assert world.statuses()[-1] == CANCELLED
 
 
-async def test_a_cancellation_made_elsewhere_is_confirmed_after_the_wait(world: World) -> None:
+async def test_a_cancellation_made_elsewhere_is_confirmed_at_once(world: World) -> None:
+    """No cancel command went by: Focus's `cancelado` is someone else's doing (its panel,
+    another system), confirmed with Focus straight away, as before."""
     pref = await authorized_at_focus_and_here(world, "r1")
-    await world.focus.cancel_nfse(pref, JUSTIFICATIVA)  # at Focus's panel, not through notaflow
+    await world.focus.cancel_nfse(pref, JUSTIFICATIVA)
     body = await world.at_focus(pref, CANCELLED)
     asked = world.sandbox.stats.consultas[pref]
+    started = time.monotonic()
+    await world.callback(body)
+    assert time.monotonic() - started < 1.0  # no wait for a record that will not come
+    assert (await world.doc("r1")).status == CANCELLED
+    assert world.sandbox.stats.consultas[pref] == asked + 1
+
+
+async def test_a_cancel_seen_but_never_recorded_is_confirmed_after_the_wait(world: World) -> None:
+    """The cancel command went by but its cancellation never gets recorded (its consumer is
+    down): the callback waits `cancel_settle`, then asks Focus."""
+    pref = await authorized_at_focus_and_here(world, "r1")
     settle = 0.3
     emission = EmissionConsumer(
         world.docs, world.tenants, world.focus, world.bus, world.topics, cancel_settle=settle
     ).routes()
+    await world.bus.deliver(emission, await world.send(world.cancel_command("r1")))
+    await world.focus.cancel_nfse(pref, JUSTIFICATIVA)
+    body = await world.at_focus(pref, CANCELLED)
+    asked = world.sandbox.stats.consultas[pref]
     key = t.document_key(TENANT, "nfse", "r1")
-    record = await world.bus.send(
-        world.topics.provider_events,
-        Event(type=t.FOCUS_NFSE_CALLBACK, source="test", data=body, subject=pref),
-        key,
-    )
+    event = Event(type=t.FOCUS_NFSE_CALLBACK, source="test", data=body, subject=pref)
+    record = await world.bus.send(world.topics.provider_events, event, key)
     started = time.monotonic()
     await world.bus.deliver(emission, record)
     assert time.monotonic() - started >= settle
     assert (await world.doc("r1")).status == CANCELLED
-    assert world.sandbox.stats.consultas[pref] == asked + 1  # confirmed with Focus, as before
+    assert world.sandbox.stats.consultas[pref] == asked + 1

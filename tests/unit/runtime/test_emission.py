@@ -185,7 +185,12 @@ async def test_a_command_outside_its_schema_is_an_invalid_document(world: World)
 
 
 async def test_the_other_consumers_commands_are_left_to_them(world: World) -> None:
+    """A cancel command is the cancellation consumer's: the emission consumer only notes that
+    it went by (its `cancelado` callback then waits for our record, see test_callbacks), and
+    answers nothing, asks Focus nothing."""
     key = t.document_key(TENANT, "nfse", "r1")
     record = await world.bus.send(world.topics.nfse_commands, world.cancel_command("r1"), key)
-    assert not await world.bus.deliver(world.emission, record)
+    await world.bus.deliver(world.emission, record)
     assert world.bus.records(world.topics.replies) == []
+    assert world.bus.records(world.topics.lifecycle) == []
+    assert world.sandbox.stats.cancellations == {} and world.sandbox.stats.consultas == {}
