@@ -126,8 +126,10 @@ class EmissionConsumer:
     async def saw_cancel(self, event: Event, kind: FocusKind = NFSE) -> None:
         """A cancel command went by (the cancellation consumer carries it out): remember its
         note, so that Focus's `cancelado` callback for it waits for our own record instead of
-        being confirmed at a credit. The command shares its note's key with the callbacks, and
-        records of one key run in order, so it is seen before the callback it causes."""
+        being confirmed at a credit. The command is published before the DELETE it causes, and
+        shares its note's key with the callbacks, whose records run in the order fetched: it is
+        seen first unless this consumer lags behind on the command topic, and then the callback
+        is confirmed at a credit, as before."""
         data = event.data if isinstance(event.data, dict) else {}
         tenant, ref = data.get("tenant"), data.get("ref")
         if isinstance(tenant, str) and isinstance(ref, str):
