@@ -450,9 +450,7 @@ class FocusClient:
         shown = target.split(b"?", 1)[0].decode("ascii", "replace")  # a query may be a signature
         await self._take_turn()
         try:
-            status, headers, content = await self._exchange("GET", target, None, None, site)
-        except httpx.HTTPError as exc:
-            _raise_mapped(f"Focus GET {shown}", exc)
+            status, headers, content = await self._fetch(target, shown, None, site)
         finally:
             self._end_turn()
         if status in (401, 403):
@@ -485,15 +483,22 @@ class FocusClient:
         status: int | None = None
         headers: dict[str, str] = {}
         try:
-            status, headers, content = await self._exchange("GET", target, None, token, site)
-        except httpx.HTTPError as exc:
-            _raise_mapped(f"Focus GET {shown}", exc)
+            status, headers, content = await self._fetch(target, shown, token, site)
         finally:
             self._end_turn()
             self.windows.observe(token, status, headers)
         if self._metrics is not None and status != 429:
             self._metrics.focus_credit(tenant, "download")
         return status, headers, content
+
+    async def _fetch(
+        self, target: bytes, shown: str, token: str | None, site: _Site
+    ) -> tuple[int, dict[str, str], bytes]:
+        """One GET of a file (the caller holds a call slot), its transport errors mapped."""
+        try:
+            return await self._exchange("GET", target, None, token, site)
+        except httpx.HTTPError as exc:
+            _raise_mapped(f"Focus GET {shown}", exc)
 
     async def register_hook(
         self, url: str, authorization: str, header: str = "Authorization", event: str = "nfse"
