@@ -29,6 +29,11 @@ class ThreadedSmtpSink:
     def port(self) -> int:
         return int(self.sink.port)
 
+    def settings(self) -> dict[str, Any]:
+        """The settings that send a notaflow process's e-mail here (plain SMTP on loopback),
+        for `Settings(...)` or `settings.replace(...)`; the sender and pause stay the test's."""
+        return {"smtp_host": "127.0.0.1", "smtp_port": self.port, "smtp_security": "none"}
+
     def call(self, fn: Callable[[], Any]) -> Any:
         async def run() -> Any:
             return fn()

@@ -58,9 +58,7 @@ def world(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
         database_url=f"sqlite:///{tmp / 'billing.db'}",
         consumer_retry_base=0.2,
         consumer_retry_max=1.0,
-        smtp_host="127.0.0.1",
-        smtp_port=sink.port,
-        smtp_security="none",
+        **sink.settings(),
         smtp_sender="faturas@acme.example",
         smtp_pause=0.05,
     ).replace(billing_link_secret="link-" + uuid.uuid4().hex)

@@ -71,9 +71,7 @@ def stack(
         emites_cnpj=CNPJ,
         emites_timeout=5.0,
         nfce_wait=8.0,
-        smtp_host="127.0.0.1",
-        smtp_port=sink.port,
-        smtp_security="none",
+        **sink.settings(),
         smtp_pause=0.05,
     )
     emites = Proc(

@@ -55,9 +55,7 @@ def world(settings: Settings, database_url: str, tmp_path: Path) -> Iterator[Wor
         settings.replace(
             database_url=database_url,
             cancel_wait=10.0,
-            smtp_host="127.0.0.1",
-            smtp_port=sink.port,
-            smtp_security="none",
+            **sink.settings(),
             smtp_sender="nfse@notaflow.test",
             smtp_pause=0.05,
             hooks_allow_private=True,

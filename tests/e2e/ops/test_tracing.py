@@ -47,9 +47,7 @@ def traced(
         kafka_session_timeout_ms=6000,
         kafka_heartbeat_ms=300,
         database_url=f"sqlite:///{tmp / 'nf.db'}",
-        smtp_host="127.0.0.1",
-        smtp_port=sink.port,
-        smtp_security="none",
+        **sink.settings(),
         smtp_pause=0.05,
         otel_dir=str(spans),
         hooks_allow_private=True,  # the hook receiver is on loopback

@@ -71,9 +71,7 @@ def world(broker: EmbeddedBroker, tmp_path_factory: pytest.TempPathFactory) -> I
         consumer_retry_base=0.1,
         consumer_retry_max=0.3,
         consumer_max_attempts=3,
-        smtp_host="127.0.0.1",
-        smtp_port=sink.port,
-        smtp_security="none",
+        **sink.settings(),
         smtp_sender="nfse@notaflow.test",
         smtp_pause=0.01,
         hooks_allow_private=True,  # the receiver is on loopback

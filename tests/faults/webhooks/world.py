@@ -37,9 +37,7 @@ def notification_world(
     receiver = server.start()
     stack = Stack(
         settings.replace(
-            smtp_host="127.0.0.1",
-            smtp_port=sink.port,
-            smtp_security="none",
+            **sink.settings(),
             smtp_sender="nfse@notaflow.test",
             smtp_pause=0.0,
             hooks_allow_private=True,
