@@ -53,6 +53,12 @@ class Stack:
     def sandbox(self) -> str:
         return self.settings.focus_base_url
 
+    def focus_stats(self) -> dict[str, Any]:
+        """The Focus sandbox's counters (`/_sandbox/stats`): POSTs, GETs, downloads and
+        credits per token, callbacks sent."""
+        stats: dict[str, Any] = httpx.get(f"{self.sandbox}/_sandbox/stats", timeout=30).json()
+        return stats
+
     def run(self, *args: str) -> str:
         out = subprocess.run(
             [*NOTAFLOW, *args],

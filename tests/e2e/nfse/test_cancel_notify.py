@@ -157,11 +157,7 @@ def test_a_cancellation_through_notaflow_costs_two_credits(world: World) -> None
     note cancelled and costs nothing. With the POST: three credits a cancelled note."""
     refs = [f"cc{i}" for i in range(8)]
 
-    def focus() -> dict[str, Any]:
-        stats: dict[str, Any] = httpx.get(f"{world.stack.sandbox}/_sandbox/stats").json()
-        return stats
-
-    before = focus()
+    before = world.stack.focus_stats()
     for ref in refs:
         world.emit(ref)
     for ref in refs:
@@ -171,9 +167,9 @@ def test_a_cancellation_through_notaflow_costs_two_credits(world: World) -> None
             r = c.request("DELETE", f"/v2/nfse/{ref}", json=JUST)
             assert (r.status_code, r.json()) == (200, {"status": "cancelado"})
     sent = before["callbacks"]["sent"] + 2 * len(refs)
-    wait_for(lambda: focus()["callbacks"]["sent"] >= sent, 10)
+    wait_for(lambda: world.stack.focus_stats()["callbacks"]["sent"] >= sent, 10)
     time.sleep(2)  # the cancelado callbacks through the ingress, Kafka and the emission consumer
-    after = focus()
+    after = world.stack.focus_stats()
     asked = sum(after["consultas"].values()) - sum(before["consultas"].values())
     spent = after["credits"]["sandbox-token"] - before["credits"].get("sandbox-token", 0)
     assert (asked, spent) == (len(refs), 3 * len(refs))

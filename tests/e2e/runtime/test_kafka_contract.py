@@ -158,5 +158,5 @@ def test_redelivered_command_emits_once(stack: Stack) -> None:
         )
     )
     asyncio.run(asyncio.sleep(2))
-    stats = httpx.get(f"{stack.sandbox}/_sandbox/stats").json()
+    stats = stack.focus_stats()
     assert stats["emissions"] == {"N1A1": 1}, stats

@@ -39,7 +39,7 @@ def test_reconciler_completes_a_note_whose_callback_was_lost(stack: Stack) -> No
         assert c.post("/v2/nfsen", params={"ref": "lostn"}, json=nacional).status_code == 202
     # Focus got them and authorized them, but told nobody.
     wait_for(
-        lambda: len(httpx.get(f"{stack.sandbox}/_sandbox/stats").json()["authorizations"]) == 2,
+        lambda: len(stack.focus_stats()["authorizations"]) == 2,
         20,
     )
     time.sleep(0.5)

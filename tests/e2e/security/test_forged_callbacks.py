@@ -86,8 +86,8 @@ class Attacker:
             return body
 
     def consultas(self) -> dict[str, int]:
-        stats: dict[str, dict[str, int]] = httpx.get(f"{self.stack.sandbox}/_sandbox/stats").json()
-        return stats["consultas"]
+        consultas: dict[str, int] = self.stack.focus_stats()["consultas"]
+        return consultas
 
     def settle(self, pref: str, before: int, listener: ReceiverServer | None = None) -> None:
         """Wait until the consumer asked Focus about `pref` again (its verification ran), or
@@ -102,13 +102,13 @@ def test_forged_callbacks_never_carry_the_token_nor_change_a_note(
 ) -> None:
     attacker = Attacker(stack)
     port = listener.receiver.port
-    spent = httpx.get(f"{stack.sandbox}/_sandbox/stats").json()["credits"].get(TOKEN, 0)
+    spent = stack.focus_stats()["credits"].get(TOKEN, 0)
     b_pref = attacker.emit("b1", note(CNPJ_B))
     b_view = stack.wait_status("b1", {"autorizado"})
     # What a genuine authorization costs at Focus: one credit, the POST. The callback is checked
     # against the XML, downloaded without credentials as Focus serves it, so no token's credit;
     # no GET.
-    stats = httpx.get(f"{stack.sandbox}/_sandbox/stats").json()
+    stats = stack.focus_stats()
     assert (stats["consultas"].get(b_pref, 0), stats["downloads"][b_pref]) == (0, 1)
     assert stats["credits"][TOKEN] - spent == 1
     b_genuine = attacker.at_focus(b_pref)  # (this GET is the test's, not the consumer's)
@@ -166,7 +166,7 @@ def test_forged_callbacks_never_carry_the_token_nor_change_a_note(
     assert attacker.view("b1") == b_view
 
     assert listener.receiver.seen == [], "a forged callback made the consumer call another host"
-    stats = httpx.get(f"{stack.sandbox}/_sandbox/stats").json()
+    stats = stack.focus_stats()
     assert stats["emissions"] == {pref: 1 for pref in prefs}
     assert "sandbox-token" not in "".join(p.output() for p in stack.procs)
     # Same processes (a stack costs ~10-20 s to start): the correction case.
@@ -183,7 +183,7 @@ def corrects_an_unconfirmed_authorization(stack: Stack) -> None:
     rejected["servico"]["discriminacao"] += " [sandbox:erro]"
     e_pref = attacker.emit("e1", rejected)
     stack.wait_status("e1", {"erro_autorizacao"})
-    stats = httpx.get(f"{stack.sandbox}/_sandbox/stats").json()
+    stats = stack.focus_stats()
     assert (stats["consultas"][e_pref], stats["downloads"].get(e_pref, 0)) == (1, 0)
 
     d_pref = attacker.emit("d1", note(CNPJ_A))

@@ -80,7 +80,7 @@ def test_provider_outage_then_recovery(stack: Stack) -> None:
     with stack.client() as c:
         assert c.get("/v2/nfse/doomed").json()["status"] == "processando_autorizacao"
 
-    stats = httpx.get(f"{stack.sandbox}/_sandbox/stats").json()
+    stats = stack.focus_stats()
     assert len(stats["authorizations"]) == NOTES + 1
     assert set(stats["authorizations"].values()) == {1}, "each note authorized exactly once"
 

@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
@@ -280,7 +279,7 @@ def test_broker_outage_loses_no_accepted_command(
         settle(stack, refused, stall=STALL, timeout=240.0, working=lambda: committed(stack))
     )
     refused_states = Counter(states[r] for r in refused)
-    stats = httpx.get(f"{stack.sandbox}/_sandbox/stats").json()
+    stats = stack.focus_stats()
     authorized = sum(1 for s in states.values() if s == "autorizado")
     figures.update(
         accepted=len(accepted),

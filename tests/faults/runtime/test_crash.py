@@ -110,11 +110,6 @@ def fetch_notes(stack: Stack, refs: list[str], concurrency: int = 32) -> dict[st
     return asyncio.run(run())
 
 
-def sandbox_stats(stack: Stack) -> dict[str, Any]:
-    stats: dict[str, Any] = httpx.get(f"{stack.sandbox}/_sandbox/stats", timeout=30).json()
-    return stats
-
-
 def db_count(stack: Stack, where: str) -> int:
     """Documents matching `where` (read-only look at the SQLite file: used to time the faults
     and to compare with Kafka and the sandbox; the verdict on the notes comes from the API)."""
@@ -134,7 +129,7 @@ def authorized_count(stack: Stack) -> int:
 def progress(stack: Stack) -> tuple[int, int]:
     """(POSTs the sandbox received, notes authorized in notaflow): both move only while the
     emission consumer works (commands, then the callbacks Focus sent back)."""
-    return sum(sandbox_stats(stack)["posts"].values()), authorized_count(stack)
+    return sum(stack.focus_stats()["posts"].values()), authorized_count(stack)
 
 
 @dataclass
@@ -158,7 +153,7 @@ def verify_every_note_authorized_once(stack: Stack, refs: list[str], context: st
     numbers = {(body["cnpj_prestador"], body["numero"]) for body in notes.values()}
     assert len(numbers) == n, f"{context}: {n} notes share {len(numbers)} numbers"
 
-    stats = sandbox_stats(stack)
+    stats = stack.focus_stats()
     posts, emissions = Counter(stats["posts"]), Counter(stats["emissions"])
     authorizations = Counter(stats["authorizations"])
     twice = {ref: c for ref, c in emissions.items() if c > 1}
@@ -320,7 +315,7 @@ def test_sigterm_under_load_drains_commits_and_exits_zero(stack: Stack) -> None:
     # the next owner, which finds it submitted and does not POST it again (checked below).
     # Usually all of them: under CI's load a record still in its database steps when the
     # signal came (so it started no call) held back 6 POSTed ones behind it (127 of 133).
-    posts_at_exit = sum(sandbox_stats(stack)["posts"].values())
+    posts_at_exit = sum(stack.focus_stats()["posts"].values())
     submitted_at_exit = db_count(stack, "submitted_at IS NOT NULL")
     committed = committed_total(
         stack.settings.kafka_bootstrap, "notaflow-emission", topics.nfse_commands
