@@ -12,7 +12,7 @@ import asyncio
 import functools
 import logging
 from collections import OrderedDict
-from typing import Any
+from typing import Any, TypeVar
 
 from notaflow import topics as t
 from notaflow.accounts import AccountDisabled, FocusCredentials
@@ -60,6 +60,7 @@ from notaflow.store.tenants import TenantCache
 from notaflow.views import result_from_provider
 
 log = logging.getLogger(__name__)
+K = TypeVar("K")
 SOURCE = t.SOURCE_EMISSION
 # Seconds a `cancelado` callback for a note still authorized here, whose cancel command this
 # consumer saw, waits for the cancellation consumer to record it before it is confirmed with
@@ -133,10 +134,7 @@ class EmissionConsumer:
         data = event.data if isinstance(event.data, dict) else {}
         tenant, ref = data.get("tenant"), data.get("ref")
         if isinstance(tenant, str) and isinstance(ref, str):
-            self._cancels[(tenant, kind.kind, ref)] = None
-            self._cancels.move_to_end((tenant, kind.kind, ref))
-            while len(self._cancels) > CANCELS_KEPT:
-                self._cancels.popitem(last=False)
+            _remember(self._cancels, (tenant, kind.kind, ref), CANCELS_KEPT)
 
     async def create_nfce(self, event: Event) -> None:
         if self._nfce is None:
@@ -237,9 +235,7 @@ class EmissionConsumer:
         code = reply.body.get("codigo")
         if reply.status_code in (200, 201, 202) or code in ("em_processamento", "nfe_autorizada"):
             # 422 for our own provider ref means an earlier delivery of this command got through.
-            self._accepted[pref] = None
-            while len(self._accepted) > ACCEPTED_KEPT:
-                self._accepted.popitem(last=False)
+            _remember(self._accepted, pref, ACCEPTED_KEPT)
             await self._hand_over(doc, pref, event)
             return
         # The provider refused the document outright: a final, explained state.
@@ -472,3 +468,11 @@ def _correctable(doc: Document) -> bool:
     """An authorization applied from a callback Focus was not asked about: a later outcome
     that disagrees is checked with Focus and, if Focus says so, replaces it."""
     return doc.status == AUTHORIZED and doc.result.get(VERIFIED_BY) != "consulta"
+
+
+def _remember(seen: OrderedDict[K, None], key: K, kept: int) -> None:
+    """`key` as the most recent of `seen`, which keeps only the `kept` most recent."""
+    seen[key] = None
+    seen.move_to_end(key)
+    while len(seen) > kept:
+        seen.popitem(last=False)
