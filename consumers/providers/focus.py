@@ -457,7 +457,7 @@ class FocusClient:
             status, headers, content = await self._credited_download(
                 target, shown, caller, site, tenant
             )
-        elif self._metrics is not None and status != 429:
+        elif self._metrics is not None and status < 300:
             self._metrics.focus_download(tenant)
         if status == 429:
             retry_after = _seconds(headers.get("retry-after")) or _seconds(
