@@ -107,13 +107,14 @@ class World:
             assert time.monotonic() < deadline, reply.body
             await asyncio.sleep(0.005)
 
-    async def callback(self, body: dict[str, Any]) -> Record:
-        """A provider callback as the ingress publishes it (keyed by the note's document)."""
+    async def callback(self, body: dict[str, Any], routes: Routes | None = None) -> Record:
+        """A provider callback as the ingress publishes it (keyed by the note's document),
+        delivered to the emission consumer (or `routes`)."""
         doc = await self.docs.by_provider_ref(str(body["ref"]))
         key = t.document_key(TENANT, "nfse", doc.ref) if doc else b"provider:x"
         event = Event(type=t.FOCUS_NFSE_CALLBACK, source="test", data=body, subject=body["ref"])
         record = await self.bus.send(self.topics.provider_events, event, key)
-        await self.bus.deliver(self.emission, record)
+        await self.bus.deliver(routes or self.emission, record)
         return record
 
     def statuses(self) -> list[str]:
