@@ -40,7 +40,7 @@ from testkit.kafka import read_topic
 from testkit.seed_examples import JSON_EXAMPLE, with_valid_cnpjs
 from testkit.stack import Stack
 from testkit.waiting import sleep_until, wait_for
-from tests.faults.runtime.test_crash import fetch_notes, sandbox_stats
+from tests.faults.runtime.test_crash import fetch_notes
 
 SEED = int(os.environ.get("NOTAFLOW_FAULT_SEED", "6"))
 PARTITIONS = 6
@@ -199,7 +199,7 @@ def test_scaling_1_4_6_2_with_sigterm_and_sigkill_keeps_every_note_in_order(
     settled_in = time.monotonic() - started
 
     # Every note: authorized once at the provider; the cancelled ones cancelled once.
-    stats = sandbox_stats(stack)
+    stats = stack.focus_stats()
     emissions, authorizations = Counter(stats["emissions"]), Counter(stats["authorizations"])
     assert len(authorizations) == len(refs), f"{context}: {len(authorizations)} authorized"
     assert set(authorizations.values()) == {1}, f"{context}: {authorizations.most_common(3)}"

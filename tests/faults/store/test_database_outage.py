@@ -29,7 +29,6 @@ from testkit.postgres import ThrowawayPostgres, pg_binaries
 from testkit.stack import Stack
 from testkit.streaming import Stream, open_loop
 from tests.faults.runtime.test_broker_outage import settle
-from tests.faults.runtime.test_crash import sandbox_stats
 
 INTERVAL = 1 / 20  # a command every 50 ms whatever the answers (open loop)
 BEFORE, DOWN, AFTER = 3.0, 5.0, 3.0
@@ -122,7 +121,7 @@ def test_database_outage_loses_no_accepted_command_and_dead_letters_nothing(
         Counter(states.values()),
     )
     # ... each once at the provider.
-    posts = sandbox_stats(stack)["posts"]
+    posts = stack.focus_stats()["posts"]
     emitted_twice = [ref for ref, n in posts.items() if n > 1]
     # A 503'd ref was never claimed: it is unknown to notaflow and the provider alike.
     with stack.client() as c:
